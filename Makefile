@@ -1,0 +1,32 @@
+# Feegate — the two commands a newcomer needs:
+#   make demo   run the daily fee-control job on a simulated county (SQLite, meter simulator, shipped data)
+#   make test   run the whole test suite
+# `make demo ARGS='--meters 300 --days 30 --json'` passes flags to `feegate demo`.
+
+CARGO ?= cargo
+ARGS ?=
+PLUGINS := tariff-step warning-threshold notice-sms-zh cutoff-habit
+PLUGIN_FLAGS := $(foreach p,$(PLUGINS),-p policy-$(p)) -p hostile-policy -p impure-policy
+
+.PHONY: demo test plugins wasm-target fmt lint
+
+# rustup does not add targets by itself here (RUSTUP_AUTO_INSTALL=0).
+wasm-target:
+	rustup target add wasm32-wasip2
+
+# The policy components, built for wasm32-wasip2 into target/wasm32-wasip2/plugin/.
+plugins: wasm-target
+	$(CARGO) build --target wasm32-wasip2 --profile plugin $(PLUGIN_FLAGS)
+
+demo: plugins
+	$(CARGO) run -p feegate -- demo $(ARGS)
+
+test: plugins
+	$(CARGO) test --workspace
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets

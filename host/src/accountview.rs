@@ -1,0 +1,146 @@
+//! Read models of an account that several stages need: agreement, arrears, habit,
+//! recent history and delivered notices. One place, so every stage sees the same facts.
+
+use crate::db::{DbError, ds, parse_ds, parse_ts};
+use crate::money::Fen;
+use crate::policy::bindings::{Agreement, DayUsage};
+use crate::policy::convert::{date_to_wit, fen_to_wit};
+use chrono::{NaiveDate, NaiveDateTime};
+use sqlx::{AnyConnection, Row};
+
+/// The facts about one account as stored now.
+#[derive(Debug, Clone)]
+pub struct AccountFacts {
+    pub account_id: String,
+    pub customer_id: String,
+    pub meter_id: String,
+    pub station_id: String,
+    pub balance_fen: Fen,
+    pub relay_state: String,
+    pub arrears_since: Option<NaiveDate>,
+    pub ontime_topups_in_a_row: u32,
+    pub topups_total: u32,
+    pub disconnected_at: Option<NaiveDateTime>,
+    pub alarm_threshold_fen: Fen,
+    pub auto_debit_fen: Option<Fen>,
+    pub keep_power: bool,
+    pub mobile_verified: bool,
+    pub vulnerable: bool,
+}
+
+impl AccountFacts {
+    /// Loads an account with its current agreement.
+    pub async fn load(conn: &mut AnyConnection, account_id: &str) -> Result<Self, DbError> {
+        let r = sqlx::query(
+            "SELECT a.account_id, a.customer_id, a.meter_id, a.station_id, a.balance_fen, a.relay_state, a.arrears_since,
+                    a.ontime_topups_in_a_row, a.topups_total, a.disconnected_at,
+                    g.alarm_threshold_fen, g.auto_debit_fen, g.keep_power,
+                    CASE WHEN c.master_mobile IS NOT NULL AND c.master_mobile = g.mobile THEN 1 ELSE 0 END, c.vulnerable
+             FROM accounts a JOIN agreements g ON g.agreement_id = a.agreement_id JOIN customers c ON c.customer_id = a.customer_id
+             WHERE a.account_id = $1",
+        )
+        .bind(account_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(Self {
+            account_id: r.try_get(0)?,
+            customer_id: r.try_get(1)?,
+            meter_id: r.try_get(2)?,
+            station_id: r.try_get(3)?,
+            balance_fen: r.try_get(4)?,
+            relay_state: r.try_get(5)?,
+            arrears_since: r
+                .try_get::<Option<String>, _>(6)?
+                .map(|s| parse_ds(&s))
+                .transpose()?,
+            ontime_topups_in_a_row: r.try_get::<i64, _>(7)? as u32,
+            topups_total: r.try_get::<i64, _>(8)? as u32,
+            disconnected_at: r
+                .try_get::<Option<String>, _>(9)?
+                .map(|s| parse_ts(&s))
+                .transpose()?,
+            alarm_threshold_fen: r.try_get(10)?,
+            auto_debit_fen: r.try_get(11)?,
+            keep_power: r.try_get::<i64, _>(12)? != 0,
+            mobile_verified: r.try_get::<i64, _>(13)? != 0,
+            vulnerable: r.try_get::<i64, _>(14)? != 0,
+        })
+    }
+
+    /// The agreement as the policy contract shapes it.
+    pub fn agreement(&self) -> Agreement {
+        Agreement {
+            alarm_threshold: fen_to_wit(self.alarm_threshold_fen),
+            auto_debit_amount: self.auto_debit_fen.map(fen_to_wit),
+            keep_power: self.keep_power,
+            mobile_verified: self.mobile_verified,
+        }
+    }
+
+    /// Whole days in arrears on `today` (0 when not in arrears).
+    pub fn days_in_arrears(&self, today: NaiveDate) -> u32 {
+        self.arrears_since
+            .map_or(0, |s| (today - s).num_days().max(0) as u32)
+    }
+}
+
+/// The last `days` settled days, oldest first.
+pub async fn recent_days(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    days: u32,
+) -> Result<Vec<DayUsage>, DbError> {
+    let rows = sqlx::query("SELECT business_date, kwh_centi, charge_fen FROM settlements WHERE account_id = $1 ORDER BY business_date DESC LIMIT $2")
+        .bind(account_id)
+        .bind(i64::from(days))
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows.iter().rev() {
+        out.push(DayUsage {
+            date: date_to_wit(parse_ds(&r.try_get::<String, _>(0)?)?),
+            kwh: fen_to_wit(r.try_get(1)?), // centi-kWh has the same scale (2) as fen
+            charge: fen_to_wit(r.try_get(2)?),
+        });
+    }
+    Ok(out)
+}
+
+/// Highest warning level queued, sent or delivered since the account's last top-up.
+pub async fn level_already_notified(
+    conn: &mut AnyConnection,
+    account_id: &str,
+) -> Result<u8, DbError> {
+    let r = sqlx::query(
+        "SELECT COALESCE(MAX(o.warning_level), 0) FROM sms_outbox o
+         WHERE o.account_id = $1 AND o.status <> 'failed'
+           AND o.created_at >= COALESCE((SELECT MAX(e.posted_at) FROM ledger_entries e
+                                         WHERE e.account_id = $1 AND e.kind IN ('payment', 'prepayment')), '')",
+    )
+    .bind(account_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(r.try_get::<i64, _>(0)? as u8)
+}
+
+/// When the arrears notice of the current arrears episode was delivered, if it was.
+pub async fn arrears_notice_delivered_at(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    arrears_since: Option<NaiveDate>,
+) -> Result<Option<NaiveDateTime>, DbError> {
+    let Some(since) = arrears_since else {
+        return Ok(None);
+    };
+    let r = sqlx::query(
+        "SELECT MIN(delivered_at) FROM sms_outbox WHERE account_id = $1 AND kind IN ('arrears', 'disconnection-pending')
+         AND status = 'delivered' AND created_at >= $2",
+    )
+    .bind(account_id)
+    .bind(ds(since))
+    .fetch_one(&mut *conn)
+    .await?;
+    r.try_get::<Option<String>, _>(0)?
+        .map(|s| parse_ts(&s))
+        .transpose()
+}

@@ -1,0 +1,368 @@
+//! Disconnection (停电): the county's cutoff component decides per account in arrears;
+//! the host enforces the rollout stage and the safety floor, opens approval work
+//! orders (审批停电), and issues trips as relay commands.
+//!
+//! The host's rules on top of the policy:
+//! - only accounts in arrears (balance < 0) with a closed relay and no command in
+//!   flight are considered;
+//! - in the `notify-only` stage nothing is ever tripped, whatever the policy says;
+//! - `disconnect` from the policy (the county is automatic, or this customer was moved
+//!   to automatic by their prepaying habit) and an approved work order both pass the
+//!   [`SafetyFloor`] at the moment of the trip; a refusal is recorded in
+//!   `floor_refusals` and the trip is not issued.
+
+use crate::accountview::{AccountFacts, arrears_notice_delivered_at};
+use crate::collection::station_rates;
+use crate::config::RelayConfig;
+use crate::county::{County, PolicySnapshot};
+use crate::db::{Db, DbError, ds, ts};
+use crate::decision_log::{self, DecisionRecord};
+use crate::floor::{FloorFacts, FloorRefusal};
+use crate::policy::bindings::{CutoffAction, CutoffInput, RolloutStage as WitStage};
+use crate::policy::convert::{fen_to_wit, time_to_wit};
+use crate::policy::set::RolloutStage;
+use crate::policy::{PolicyEngine, PolicyKind};
+use chrono::{NaiveDateTime, NaiveTime};
+use feegate_meter::registers::RelayCommand;
+use sqlx::{AnyConnection, Row};
+
+/// Outcome of a cutoff run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CutoffReport {
+    pub considered: u32,
+    pub kept: u32,
+    pub deferred: u32,
+    pub approvals_requested: u32,
+    pub trips_created: u32,
+    pub floor_refused: u32,
+    pub held: u32,
+}
+
+fn wit_stage(s: RolloutStage) -> WitStage {
+    match s {
+        RolloutStage::NotifyOnly => WitStage::NotifyOnly,
+        RolloutStage::ApprovalGated => WitStage::ApprovalGated,
+        RolloutStage::Automatic => WitStage::Automatic,
+    }
+}
+
+/// Gathers the floor facts for an account at `now`.
+pub async fn floor_facts(
+    conn: &mut AnyConnection,
+    county: &str,
+    facts: &AccountFacts,
+    now: NaiveDateTime,
+) -> Result<FloorFacts, DbError> {
+    let latest = sqlx::query("SELECT MAX(reading_date) FROM readings WHERE meter_id = $1")
+        .bind(&facts.meter_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let latest_reading_at = latest
+        .try_get::<Option<String>, _>(0)?
+        .map(|d| crate::db::parse_ds(&d).map(|d| d.and_time(NaiveTime::MIN)))
+        .transpose()?;
+    let estimated = sqlx::query("SELECT 1 FROM holds WHERE account_id = $1 AND stage IN ('reading', 'settlement') AND released_at IS NULL")
+        .bind(&facts.account_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some();
+    let in_flight =
+        sqlx::query("SELECT 1 FROM payments WHERE account_id = $1 AND status = 'in-flight'")
+            .bind(&facts.account_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .is_some();
+    let notice = arrears_notice_delivered_at(conn, &facts.account_id, facts.arrears_since).await?;
+    let rates = station_rates(conn, county, now.date()).await?;
+    let trips = sqlx::query(
+        "SELECT COUNT(*) FROM relay_commands c JOIN accounts a ON a.account_id = c.account_id
+         WHERE a.station_id = $1 AND c.command = 'trip' AND c.created_at >= $2",
+    )
+    .bind(&facts.station_id)
+    .bind(ds(now.date()))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(FloorFacts {
+        now,
+        keep_power: facts.keep_power,
+        vulnerable: facts.vulnerable,
+        latest_reading_at,
+        balance_estimated: estimated,
+        payment_in_flight: in_flight,
+        notice_delivered_at: notice,
+        station_read_success_rate: rates.get(&facts.station_id).and_then(|r| r.rate()),
+        payment_channel_down: false,
+        station_trips_today: trips.try_get::<i64, _>(0)? as u32,
+    })
+}
+
+async fn record_refusal(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    source: &str,
+    now: NaiveDateTime,
+    refusals: &[FloorRefusal],
+) -> Result<(), DbError> {
+    sqlx::query("INSERT INTO floor_refusals (account_id, source, decided_at, protected_window, refusals_json) VALUES ($1, $2, $3, $4, $5)")
+        .bind(account_id)
+        .bind(source)
+        .bind(ts(now))
+        .bind(i64::from(refusals.iter().any(FloorRefusal::is_protected_window)))
+        .bind(serde_json::to_string(refusals).expect("refusals serialise"))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Applies the floor and, if it allows, creates the trip command. Returns whether a
+/// trip was created.
+async fn trip_if_floor_allows(
+    conn: &mut AnyConnection,
+    county: &County,
+    facts: &AccountFacts,
+    source: &str,
+    now: NaiveDateTime,
+    relay: &RelayConfig,
+) -> Result<Result<bool, Vec<FloorRefusal>>, DbError> {
+    let floor_facts = floor_facts(conn, &county.county, facts, now).await?;
+    let refusals = county.floor.check(&floor_facts);
+    if !refusals.is_empty() {
+        record_refusal(conn, &facts.account_id, source, now, &refusals).await?;
+        return Ok(Err(refusals));
+    }
+    Ok(Ok(crate::relay::create(
+        conn,
+        &facts.account_id,
+        source,
+        RelayCommand::Trip,
+        now,
+        relay,
+    )
+    .await?
+    .is_some()))
+}
+
+/// Runs the cutoff component over the county's accounts in arrears.
+pub async fn run(
+    db: &Db,
+    engine: &PolicyEngine,
+    county: &County,
+    policies: &PolicySnapshot,
+    now: NaiveDateTime,
+    relay: &RelayConfig,
+) -> Result<CutoffReport, DbError> {
+    let mut report = CutoffReport::default();
+    let candidates: Vec<String> = sqlx::query(
+        "SELECT a.account_id FROM accounts a
+         WHERE a.county = $1 AND a.status = 'active' AND a.balance_fen < 0 AND a.relay_state = 'closed'
+           AND NOT EXISTS (SELECT 1 FROM relay_commands c WHERE c.account_id = a.account_id
+                           AND c.status IN ('pending', 'issuing', 'awaiting-confirmation', 'awaiting-customer'))
+           AND NOT EXISTS (SELECT 1 FROM work_orders w WHERE w.account_id = a.account_id
+                           AND w.kind = 'approve-disconnection' AND w.status IN ('open', 'approved'))
+         ORDER BY a.account_id",
+    )
+    .bind(&county.county)
+    .fetch_all(&db.pool)
+    .await?
+    .iter()
+    .map(|r| r.try_get(0))
+    .collect::<Result<_, _>>()?;
+    let cutoff = policies.get(PolicyKind::Cutoff);
+    let today = now.date();
+    for account_id in candidates {
+        report.considered += 1;
+        let mut conn = db.pool.acquire().await?;
+        let facts = AccountFacts::load(&mut conn, &account_id).await?;
+        let input = CutoffInput {
+            account_id: account_id.clone(),
+            now: time_to_wit(now),
+            calendar: county.floor.calendar().facts(today),
+            balance: fen_to_wit(facts.balance_fen),
+            agreement: facts.agreement(),
+            days_in_arrears: facts.days_in_arrears(today),
+            disconnection_notice_delivered_at: arrears_notice_delivered_at(
+                &mut conn,
+                &account_id,
+                facts.arrears_since,
+            )
+            .await?
+            .map(time_to_wit),
+            rollout_stage: wit_stage(policies.rollout_stage),
+            on_time_topups_in_a_row: facts.ontime_topups_in_a_row,
+            topups_total: facts.topups_total,
+            parameters: cutoff.parameters_json.clone(),
+        };
+        let invocation = engine.decide(&cutoff.component, &input);
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let decision_id = decision_log::record(
+            &mut tx,
+            &DecisionRecord {
+                county: &county.county,
+                kind: "cutoff",
+                account_id: &account_id,
+                business_date: &ds(today),
+                decided_at: &ts(now),
+                component_sha256: &cutoff.component.sha256,
+                input: &input,
+                invocation: &invocation,
+            },
+        )
+        .await?;
+        match &invocation.outcome {
+            Err(f) => {
+                // A failed cutoff policy never cuts anybody off.
+                decision_log::hold(
+                    &mut tx,
+                    &account_id,
+                    &ds(today),
+                    "cutoff",
+                    &decision_log::hold_reason(f),
+                    Some(decision_id),
+                    &ts(now),
+                )
+                .await?;
+                report.held += 1;
+            }
+            Ok(out) => match (&out.action, policies.rollout_stage) {
+                (CutoffAction::Keep, _) => report.kept += 1,
+                (CutoffAction::Defer(_), _) => report.deferred += 1,
+                // The host enforces the stage: notify-only never trips or asks to.
+                (_, RolloutStage::NotifyOnly) => report.kept += 1,
+                (CutoffAction::RequestApproval, _) => {
+                    let refusals_now = county
+                        .floor
+                        .check(&floor_facts(&mut tx, &county.county, &facts, now).await?);
+                    let evidence = serde_json::json!({
+                        "balance_yuan": crate::money::format_yuan(facts.balance_fen),
+                        "days_in_arrears": facts.days_in_arrears(today),
+                        "arrears_notice_delivered_at": input.disconnection_notice_delivered_at.as_ref().map(|t| format!("{:?}", t)),
+                        "decision_id": decision_id,
+                        "policy_reason": out.reason_code,
+                        "policy_explanation": out.explanation,
+                        "floor_refusals_at_request": refusals_now,
+                    });
+                    let key = format!(
+                        "approve-disconnection:{account_id}:{}",
+                        facts.arrears_since.map(ds).unwrap_or_default()
+                    );
+                    let inserted = sqlx::query(
+                        "INSERT INTO work_orders (kind, account_id, station_id, decision_id, dedup_key, status, evidence_json, opened_at)
+                         VALUES ('approve-disconnection', $1, $2, $3, $4, 'open', $5, $6) ON CONFLICT (dedup_key) DO NOTHING",
+                    )
+                    .bind(&account_id)
+                    .bind(&facts.station_id)
+                    .bind(decision_id)
+                    .bind(key)
+                    .bind(evidence.to_string())
+                    .bind(ts(now))
+                    .execute(&mut *tx)
+                    .await?;
+                    report.approvals_requested += inserted.rows_affected() as u32;
+                }
+                (CutoffAction::Disconnect, _) => {
+                    match trip_if_floor_allows(
+                        &mut tx,
+                        county,
+                        &facts,
+                        &format!("decision:{decision_id}"),
+                        now,
+                        relay,
+                    )
+                    .await?
+                    {
+                        Ok(created) => report.trips_created += u32::from(created),
+                        Err(_) => report.floor_refused += 1,
+                    }
+                }
+            },
+        }
+        tx.commit().await?;
+    }
+    Ok(report)
+}
+
+/// Records a station staff member's decision on an approval work order.
+pub async fn decide_work_order(
+    db: &Db,
+    work_order_id: i64,
+    approve: bool,
+    who: &str,
+    now: NaiveDateTime,
+    note: &str,
+) -> Result<bool, DbError> {
+    let r = sqlx::query(
+        "UPDATE work_orders SET status = $2, decided_by = $3, decided_at = $4, note = $5
+         WHERE work_order_id = $1 AND kind = 'approve-disconnection' AND status = 'open'",
+    )
+    .bind(work_order_id)
+    .bind(if approve { "approved" } else { "held" })
+    .bind(who)
+    .bind(ts(now))
+    .bind(note)
+    .execute(&db.pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Outcome of executing approved work orders.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecutionReport {
+    pub trips_created: u32,
+    pub floor_refused: u32,
+    /// Orders cancelled because the customer paid in the meantime.
+    pub cancelled_paid: u32,
+}
+
+/// Executes approved disconnection work orders: each passes the floor at this moment
+/// or waits for the next execution; an account that is no longer in arrears has its
+/// order cancelled.
+pub async fn execute_approved(
+    db: &Db,
+    county: &County,
+    now: NaiveDateTime,
+    relay: &RelayConfig,
+) -> Result<ExecutionReport, DbError> {
+    let mut report = ExecutionReport::default();
+    let orders = sqlx::query(
+        "SELECT w.work_order_id, w.account_id FROM work_orders w JOIN accounts a ON a.account_id = w.account_id
+         WHERE a.county = $1 AND w.kind = 'approve-disconnection' AND w.status = 'approved' ORDER BY w.work_order_id",
+    )
+    .bind(&county.county)
+    .fetch_all(&db.pool)
+    .await?;
+    for o in orders {
+        let (id, account_id): (i64, String) = (o.try_get(0)?, o.try_get(1)?);
+        let mut conn = db.pool.acquire().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let facts = AccountFacts::load(&mut tx, &account_id).await?;
+        if facts.balance_fen >= 0 || facts.relay_state != "closed" {
+            sqlx::query("UPDATE work_orders SET status = 'cancelled', note = COALESCE(note, '') || ' [cancelled: no longer in arrears or already open]' WHERE work_order_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            report.cancelled_paid += 1;
+        } else {
+            match trip_if_floor_allows(
+                &mut tx,
+                county,
+                &facts,
+                &format!("work-order:{id}"),
+                now,
+                relay,
+            )
+            .await?
+            {
+                Ok(created) => {
+                    sqlx::query("UPDATE work_orders SET status = 'done' WHERE work_order_id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    report.trips_created += u32::from(created);
+                }
+                Err(_) => report.floor_refused += 1,
+            }
+        }
+        tx.commit().await?;
+    }
+    Ok(report)
+}

@@ -1,0 +1,252 @@
+//! The daily job for one county, stage by stage, each stage idempotent and marked done
+//! in `job_runs` so a restart resumes where it stopped and never runs a day twice:
+//!
+//! | local time | stage |
+//! |---|---|
+//! | 00:10 | collection of the daily frozen readings for today |
+//! | 00:20 | settlement of yesterday's consumption, then warnings |
+//! | whenever not quiet hours | SMS outbox |
+//! | 09:00 (configurable) | cutoff decisions |
+//! | through the day | approved work orders executed, relay commands issued and verified, payments |
+
+use crate::clock::Clock;
+use crate::collection::{self, CollectionReport};
+use crate::config::HostConfig;
+use crate::county::County;
+use crate::cutoff::{self, CutoffReport, ExecutionReport};
+use crate::db::{Db, DbError, ds, ts};
+use crate::ledger::EntryKind;
+use crate::outbox::{self, NoticeRequest, OutboxReport, SmsGateway};
+use crate::payment::{self, Applied, PaymentError, PaymentNotice, Reconnection};
+use crate::policy::PolicyEngine;
+use crate::policy::bindings::NoticeKind;
+use crate::relay::{self, RelayReport};
+use crate::settlement::{self, SettlementError, SettlementReport};
+use crate::warning::{self, WarningReport};
+use chrono::NaiveDate;
+use feegate_meter::client::ModbusMeterClient;
+use feegate_meter::registers::RelayCommand;
+use std::sync::Arc;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    Settlement(#[from] SettlementError),
+    #[error(transparent)]
+    Payment(#[from] PaymentError),
+}
+
+/// Everything one host process runs with.
+pub struct Host {
+    pub db: Db,
+    pub engine: Arc<PolicyEngine>,
+    pub meters: ModbusMeterClient,
+    pub county: Arc<County>,
+    pub config: HostConfig,
+    pub clock: Arc<dyn Clock>,
+    pub sms: Arc<dyn SmsGateway>,
+}
+
+/// What the morning stages did.
+#[derive(Debug, Clone, Default)]
+pub struct MorningReport {
+    pub collection: CollectionReport,
+    pub settlement: SettlementReport,
+    pub warning: WarningReport,
+    /// Stages skipped because `job_runs` says they completed before.
+    pub skipped_stages: Vec<&'static str>,
+}
+
+impl Host {
+    async fn stage_done(&self, stage: &str, date: NaiveDate) -> Result<bool, DbError> {
+        Ok(sqlx::query(
+            "SELECT 1 FROM job_runs WHERE county = $1 AND stage = $2 AND business_date = $3",
+        )
+        .bind(&self.county.county)
+        .bind(stage)
+        .bind(ds(date))
+        .fetch_optional(&self.db.pool)
+        .await?
+        .is_some())
+    }
+
+    async fn mark_done(&self, stage: &str, date: NaiveDate) -> Result<(), DbError> {
+        sqlx::query("INSERT INTO job_runs (county, stage, business_date, completed_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            .bind(&self.county.county)
+            .bind(stage)
+            .bind(ds(date))
+            .bind(ts(self.clock.now()))
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Collection, settlement and warnings for `date` (readings frozen at 00:00 of
+    /// `date`, consumption of the day before). Every stage is idempotent on its own;
+    /// the `job_runs` marks only save the work of re-checking.
+    pub async fn run_morning(&self, date: NaiveDate) -> Result<MorningReport, JobError> {
+        let mut report = MorningReport::default();
+        // One snapshot for the whole run: an activation meanwhile applies from the next run.
+        let policies = self.county.snapshot();
+        if self.stage_done("collection", date).await? {
+            report.skipped_stages.push("collection");
+        } else {
+            report.collection = collection::collect_daily(
+                &self.db,
+                &self.meters,
+                &self.county.county,
+                date,
+                self.clock.now(),
+            )
+            .await?;
+            self.mark_done("collection", date).await?;
+        }
+        if self.stage_done("settlement", date).await? {
+            report.skipped_stages.push("settlement");
+        } else {
+            report.settlement = settlement::settle(
+                &self.db,
+                &self.engine,
+                &self.county.county,
+                &policies,
+                date,
+                self.clock.now(),
+                &self.config.settlement,
+            )
+            .await?;
+            report.warning = warning::assess(
+                &self.db,
+                &self.engine,
+                &self.county.county,
+                &policies,
+                &report.settlement.settled_accounts,
+                date,
+                self.clock.now(),
+                self.config.settlement.history_days,
+            )
+            .await?;
+            self.mark_done("settlement", date).await?;
+        }
+        Ok(report)
+    }
+
+    /// Delivers queued SMS (outside quiet hours).
+    pub async fn run_outbox(&self) -> Result<OutboxReport, JobError> {
+        Ok(outbox::deliver(&self.db, self.sms.as_ref(), self.clock.now()).await?)
+    }
+
+    /// Runs the cutoff decisions now.
+    pub async fn run_cutoff(&self) -> Result<CutoffReport, JobError> {
+        let policies = self.county.snapshot();
+        Ok(cutoff::run(
+            &self.db,
+            &self.engine,
+            &self.county,
+            &policies,
+            self.clock.now(),
+            &self.config.relay,
+        )
+        .await?)
+    }
+
+    /// Executes approved disconnection work orders now.
+    pub async fn execute_approved(&self) -> Result<ExecutionReport, JobError> {
+        Ok(
+            cutoff::execute_approved(&self.db, &self.county, self.clock.now(), &self.config.relay)
+                .await?,
+        )
+    }
+
+    /// Issues and verifies relay commands, and tells customers what happened.
+    pub async fn drive_relays(&self) -> Result<RelayReport, JobError> {
+        let now = self.clock.now();
+        let report = relay::drive(&self.db, &self.meters, now).await?;
+        let policies = self.county.snapshot();
+        for e in &report.events {
+            let kind = match (e.command, e.confirmed, e.awaiting_customer) {
+                (RelayCommand::Trip, true, _) => NoticeKind::Disconnected,
+                (RelayCommand::CloseAllowed, false, true) => NoticeKind::PressButtonToRestore,
+                (RelayCommand::CloseAllowed | RelayCommand::DirectClose, true, _) => {
+                    NoticeKind::Reconnected
+                }
+                _ => continue,
+            };
+            let mut conn = self.db.pool.acquire().await?;
+            let balance_fen = crate::accountview::AccountFacts::load(&mut conn, &e.account_id)
+                .await?
+                .balance_fen;
+            let req = NoticeRequest {
+                kind,
+                account_id: e.account_id.clone(),
+                today: now.date(),
+                balance_fen,
+                days_of_credit_left: None,
+                amount_fen: None,
+                deadline: None,
+                warning_level: 0,
+                dedup_key: format!("relay:{}:{}", e.command_id, outbox::kind_name(kind)),
+            };
+            outbox::queue_notice(
+                &mut conn,
+                &self.engine,
+                &self.county.county,
+                &policies,
+                &req,
+                now,
+            )
+            .await?;
+        }
+        Ok(report)
+    }
+
+    /// Applies a settled payment; if it lifts a disconnected account to its reconnect
+    /// line, reconnection starts at once (the relay command is issued and verified in
+    /// this call).
+    pub async fn pay(&self, p: &PaymentNotice<'_>) -> Result<(Applied, Reconnection), JobError> {
+        let now = self.clock.now();
+        let applied = payment::apply(&self.db, p, EntryKind::Payment, now).await?;
+        let policies = self.county.snapshot();
+        if let Applied::Posted { balance_after_fen } = applied {
+            let mut conn = self.db.pool.acquire().await?;
+            let req = NoticeRequest {
+                kind: NoticeKind::PaymentReceived,
+                account_id: p.account_id.to_string(),
+                today: now.date(),
+                balance_fen: balance_after_fen,
+                days_of_credit_left: None,
+                amount_fen: Some(p.amount_fen),
+                deadline: None,
+                warning_level: 0,
+                dedup_key: format!("paid:{}:{}", p.channel, p.channel_txn_id),
+            };
+            outbox::queue_notice(
+                &mut conn,
+                &self.engine,
+                &self.county.county,
+                &policies,
+                &req,
+                now,
+            )
+            .await?;
+        }
+        let reconnection = payment::reconnect_if_due(
+            &self.db,
+            &self.engine,
+            &self.county.county,
+            &policies,
+            p.account_id,
+            now,
+            &self.config.relay,
+        )
+        .await?;
+        if matches!(reconnection, Reconnection::Commanded(_)) {
+            self.drive_relays().await?;
+        }
+        Ok((applied, reconnection))
+    }
+}

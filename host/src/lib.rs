@@ -1,0 +1,37 @@
+//! Feegate host runtime: remote prepaid fee control (远程费控).
+//!
+//! Data flows one way, and each arrow is a table, so any step can be re-run after a
+//! crash without doing its work twice:
+//!
+//! ```text
+//! meters → collection → readings → settlement → ledger → warning/cutoff decisions
+//!        → sms_outbox / work_orders / relay_commands → meters
+//! ```
+//!
+//! Module map: [`collection`] reads meters; [`settlement`] prices consumption and posts
+//! to the [`ledger`]; [`warning`] and [`cutoff`] ask the county's [`policy`] components
+//! and apply the host's [`floor`] (safety floor); [`outbox`] delivers SMS; [`relay`]
+//! issues and verifies relay commands; [`payment`] takes money in and starts
+//! reconnection; [`db`] owns storage; [`demo`] drives a simulated county.
+
+pub mod accountview;
+pub mod calendar;
+pub mod clock;
+pub mod collection;
+pub mod config;
+pub mod county;
+pub mod cutoff;
+pub mod db;
+pub mod decision_log;
+pub mod demo;
+pub mod floor;
+pub mod job;
+pub mod ledger;
+pub mod money;
+pub mod onboarding;
+pub mod outbox;
+pub mod payment;
+pub mod policy;
+pub mod relay;
+pub mod settlement;
+pub mod warning;

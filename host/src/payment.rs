@@ -1,0 +1,349 @@
+//! Payments and reconnection (复电).
+//!
+//! A payment is applied exactly once per (channel, channel transaction id): the
+//! `payments` row is unique on that pair and its ledger entry's idempotency key is
+//! `payment:<channel>:<txn>`. A payment may first arrive "in flight" (a bank transfer
+//! announced but not yet settled): while it is, the safety floor refuses any trip.
+//!
+//! When a payment lifts a disconnected account to its reconnect line, reconnection
+//! starts at once: the cutoff component picks the mode (close-allowed, direct close,
+//! or call first) and the relay command is created in the same step.
+
+use crate::accountview::AccountFacts;
+use crate::config::RelayConfig;
+use crate::county::PolicySnapshot;
+use crate::db::{Db, DbError, ds, ts};
+use crate::decision_log::{self, DecisionRecord};
+use crate::ledger::{self, EntryKind, LedgerError, Posting};
+use crate::money::Fen;
+use crate::policy::bindings::{ReconnectionInput, ReconnectionMode};
+use crate::policy::convert::{fen_to_wit, time_to_wit};
+use crate::policy::{PolicyEngine, PolicyKind};
+use chrono::NaiveDateTime;
+use feegate_meter::registers::RelayCommand;
+use sqlx::Row;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum PaymentError {
+    #[error("amount must be a positive number of fen, got {0}")]
+    NonPositive(Fen),
+    #[error("account {0} does not exist; check the account number on the payment")]
+    UnknownAccount(String),
+    #[error(
+        "payment {channel}/{txn} was announced for account {stored}, now for {given}; refused, needs reconciliation"
+    )]
+    AccountMismatch {
+        channel: String,
+        txn: String,
+        stored: String,
+        given: String,
+    },
+    #[error(
+        "payment {channel}/{txn} was announced as {stored} fen, now as {given} fen; refused, needs reconciliation"
+    )]
+    AmountMismatch {
+        channel: String,
+        txn: String,
+        stored: Fen,
+        given: Fen,
+    },
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// A payment as a channel reports it.
+#[derive(Debug, Clone)]
+pub struct PaymentNotice<'a> {
+    /// bank-transfer | online-banking | kiosk | alipay | app | business-hall
+    pub channel: &'a str,
+    pub channel_txn_id: &'a str,
+    pub account_id: &'a str,
+    pub amount_fen: Fen,
+}
+
+/// Result of applying a payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Posted now; the balance after it.
+    Posted { balance_after_fen: Fen },
+    /// This (channel, txn) was applied before; nothing moved.
+    AlreadyApplied,
+    /// Recorded as in flight; not on the balance yet.
+    InFlight,
+}
+
+async fn upsert_payment(
+    conn: &mut sqlx::AnyConnection,
+    p: &PaymentNotice<'_>,
+    now: NaiveDateTime,
+) -> Result<String, PaymentError> {
+    if p.amount_fen <= 0 {
+        return Err(PaymentError::NonPositive(p.amount_fen));
+    }
+    sqlx::query(
+        "INSERT INTO payments (channel, channel_txn_id, account_id, amount_fen, status, initiated_at)
+         SELECT $1, $2, $3, $4, 'in-flight', $5 WHERE EXISTS (SELECT 1 FROM accounts WHERE account_id = $3)
+         ON CONFLICT (channel, channel_txn_id) DO NOTHING",
+    )
+    .bind(p.channel)
+    .bind(p.channel_txn_id)
+    .bind(p.account_id)
+    .bind(p.amount_fen)
+    .bind(ts(now))
+    .execute(&mut *conn)
+    .await?;
+    let row = sqlx::query("SELECT account_id, amount_fen, status FROM payments WHERE channel = $1 AND channel_txn_id = $2")
+        .bind(p.channel)
+        .bind(p.channel_txn_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| PaymentError::UnknownAccount(p.account_id.to_string()))?;
+    let (stored_account, stored_amount, status): (String, Fen, String) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    if stored_account != p.account_id {
+        return Err(PaymentError::AccountMismatch {
+            channel: p.channel.into(),
+            txn: p.channel_txn_id.into(),
+            stored: stored_account,
+            given: p.account_id.into(),
+        });
+    }
+    if stored_amount != p.amount_fen {
+        return Err(PaymentError::AmountMismatch {
+            channel: p.channel.into(),
+            txn: p.channel_txn_id.into(),
+            stored: stored_amount,
+            given: p.amount_fen,
+        });
+    }
+    Ok(status)
+}
+
+/// Records a payment the channel announced but has not settled yet (idempotent).
+pub async fn announce(
+    db: &Db,
+    p: &PaymentNotice<'_>,
+    now: NaiveDateTime,
+) -> Result<Applied, PaymentError> {
+    let mut tx = db.pool.begin().await?;
+    let status = upsert_payment(&mut tx, p, now).await?;
+    tx.commit().await?;
+    Ok(if status == "applied" {
+        Applied::AlreadyApplied
+    } else {
+        Applied::InFlight
+    })
+}
+
+/// Applies a settled payment exactly once: ledger entry, balance, payment status, the
+/// prepaying-habit counters and arrears, in one transaction. `kind` is `Prepayment`
+/// for the initial prepayment that activates an account (it does not count as a
+/// top-up), else `Payment`.
+pub async fn apply(
+    db: &Db,
+    p: &PaymentNotice<'_>,
+    kind: EntryKind,
+    now: NaiveDateTime,
+) -> Result<Applied, PaymentError> {
+    let mut tx = db.pool.begin().await?;
+    let status = upsert_payment(&mut tx, p, now).await?;
+    if status == "applied" {
+        return Ok(Applied::AlreadyApplied);
+    }
+    let before: Fen = sqlx::query("SELECT balance_fen FROM accounts WHERE account_id = $1")
+        .bind(p.account_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+    let key = format!("payment:{}:{}", p.channel, p.channel_txn_id);
+    let posted = ledger::post(
+        &mut tx,
+        &Posting {
+            account_id: p.account_id,
+            kind,
+            amount_fen: p.amount_fen,
+            idempotency_key: &key,
+            business_date: &ds(now.date()),
+            posted_at: &ts(now),
+            reference: &format!("{}:{}", p.channel, p.channel_txn_id),
+        },
+    )
+    .await?;
+    let balance_after_fen = match posted {
+        ledger::PostOutcome::Posted {
+            balance_after_fen, ..
+        } => balance_after_fen,
+        ledger::PostOutcome::AlreadyPosted { .. } => before,
+    };
+    sqlx::query("UPDATE payments SET status = 'applied', applied_at = $3, entry_id = $4 WHERE channel = $1 AND channel_txn_id = $2")
+        .bind(p.channel)
+        .bind(p.channel_txn_id)
+        .bind(ts(now))
+        .bind(posted.entry_id())
+        .execute(&mut *tx)
+        .await?;
+    if kind == EntryKind::Prepayment {
+        sqlx::query("UPDATE accounts SET status = 'active' WHERE account_id = $1 AND status = 'pending-prepayment'").bind(p.account_id).execute(&mut *tx).await?;
+    } else {
+        // A top-up made before the balance fell below zero extends the prepaying
+        // habit; one made in arrears resets it.
+        let on_time = before >= 0;
+        sqlx::query(
+            "UPDATE accounts SET topups_total = topups_total + 1,
+                    ontime_topups_in_a_row = CASE WHEN $2 = 1 THEN ontime_topups_in_a_row + 1 ELSE 0 END
+             WHERE account_id = $1",
+        )
+        .bind(p.account_id)
+        .bind(i64::from(on_time))
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE accounts SET arrears_since = NULL WHERE account_id = $1 AND balance_fen >= 0",
+    )
+    .bind(p.account_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Applied::Posted { balance_after_fen })
+}
+
+/// What reconnection did for an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconnection {
+    /// Not disconnected, or a command is already in flight.
+    NotNeeded,
+    /// Still below the reconnect line.
+    BelowLine,
+    /// A relay command was created (mode as chosen by the policy).
+    Commanded(RelayCommand),
+    /// A call-first work order was opened.
+    CallFirst,
+    /// The cutoff component failed: the account is held and a person must reconnect.
+    PolicyFailed,
+}
+
+/// Starts reconnection for a disconnected account if its balance allows it.
+pub async fn reconnect_if_due(
+    db: &Db,
+    engine: &PolicyEngine,
+    county: &str,
+    policies: &PolicySnapshot,
+    account_id: &str,
+    now: NaiveDateTime,
+    relay: &RelayConfig,
+) -> Result<Reconnection, DbError> {
+    let mut conn = db.pool.acquire().await?;
+    let facts = AccountFacts::load(&mut conn, account_id).await?;
+    if facts.relay_state != "open"
+        || crate::relay::has_active_command(&mut conn, account_id).await?
+    {
+        return Ok(Reconnection::NotNeeded);
+    }
+    let cutoff = policies.get(PolicyKind::Cutoff);
+    let hours = facts
+        .disconnected_at
+        .map_or(0, |t| (now - t).num_hours().max(0) as u32);
+    let input = ReconnectionInput {
+        account_id: account_id.to_string(),
+        now: time_to_wit(now),
+        balance: fen_to_wit(facts.balance_fen),
+        agreement: facts.agreement(),
+        hours_disconnected: hours,
+        parameters: cutoff.parameters_json.clone(),
+    };
+    let invocation = engine.reconnection(&cutoff.component, &input);
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let decision_id = decision_log::record(
+        &mut tx,
+        &DecisionRecord {
+            county,
+            kind: "reconnection",
+            account_id,
+            business_date: &ds(now.date()),
+            decided_at: &ts(now),
+            component_sha256: &cutoff.component.sha256,
+            input: &input,
+            invocation: &invocation,
+        },
+    )
+    .await?;
+    let result = match &invocation.outcome {
+        Err(f) => {
+            decision_log::hold(
+                &mut tx,
+                account_id,
+                &ds(now.date()),
+                "reconnection",
+                &decision_log::hold_reason(f),
+                Some(decision_id),
+                &ts(now),
+            )
+            .await?;
+            // A person reconnects: open a call-first order so the customer is not left dark.
+            open_call_first(
+                &mut tx,
+                &facts,
+                decision_id,
+                now,
+                "reconnection policy failed",
+            )
+            .await?;
+            Reconnection::PolicyFailed
+        }
+        Ok(out) => match out.mode {
+            None => Reconnection::BelowLine,
+            Some(ReconnectionMode::CallFirst) => {
+                open_call_first(&mut tx, &facts, decision_id, now, &out.explanation).await?;
+                Reconnection::CallFirst
+            }
+            Some(mode) => {
+                let command = if mode == ReconnectionMode::DirectClose {
+                    RelayCommand::DirectClose
+                } else {
+                    RelayCommand::CloseAllowed
+                };
+                crate::relay::create(
+                    &mut tx,
+                    account_id,
+                    &format!("decision:{decision_id}"),
+                    command,
+                    now,
+                    relay,
+                )
+                .await?;
+                Reconnection::Commanded(command)
+            }
+        },
+    };
+    tx.commit().await?;
+    Ok(result)
+}
+
+async fn open_call_first(
+    conn: &mut sqlx::AnyConnection,
+    facts: &AccountFacts,
+    decision_id: i64,
+    now: NaiveDateTime,
+    why: &str,
+) -> Result<(), DbError> {
+    let evidence = serde_json::json!({ "balance_yuan": crate::money::format_yuan(facts.balance_fen), "decision_id": decision_id, "why": why });
+    sqlx::query(
+        "INSERT INTO work_orders (kind, account_id, station_id, decision_id, dedup_key, status, evidence_json, opened_at)
+         VALUES ('call-before-reconnection', $1, $2, $3, $4, 'open', $5, $6) ON CONFLICT (dedup_key) DO NOTHING",
+    )
+    .bind(&facts.account_id)
+    .bind(&facts.station_id)
+    .bind(decision_id)
+    .bind(format!("call-before-reconnection:{decision_id}"))
+    .bind(evidence.to_string())
+    .bind(ts(now))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

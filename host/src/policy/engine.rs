@@ -1,0 +1,569 @@
+//! Compiling, checking and running policy components under limits.
+//!
+//! Shape (after Kubewarden's "pre-instantiate once, fresh evaluator per request"):
+//! a component is compiled, checked and pre-instantiated once at load; every decision
+//! runs in a fresh [`Store`] with its own fuel, memory limiter, epoch deadline and
+//! deny-all WASI context, so one misbehaving decision cannot leak state into the next.
+
+use super::PolicyKind;
+use super::bindings::{
+    CutoffInput, CutoffOutput, NoticeInput, NoticeOutput, PolicyError, ReconnectionInput,
+    ReconnectionOutput, TariffInput, TariffOutput, WarningInput, WarningOutput, cutoff, notice,
+    tariff, warning,
+};
+use super::contract::{SUPPORTED_CONTRACT, export_version, refused_import_reason};
+use crate::config::PolicyLimits;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use thiserror::Error;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Why a component was refused at load. Each message says what to change.
+#[derive(Debug, Error)]
+pub enum PolicyLoadError {
+    #[error(
+        "component is {size} bytes, over the {limit}-byte limit; strip debug info and build with the `plugin` profile"
+    )]
+    TooLarge { size: usize, limit: usize },
+    #[error(
+        "not a valid WebAssembly component: {0}; build it with `cargo build --target wasm32-wasip2`"
+    )]
+    Invalid(String),
+    #[error(
+        "component imports `{import}`, which {why}; policies must be pure functions of their input"
+    )]
+    ForbiddenImport { import: String, why: &'static str },
+    #[error(
+        "component exports {found} but this host supports contract version(s) {supported:?} of {interface}; rebuild it against the host's wit/"
+    )]
+    UnsupportedContract {
+        interface: &'static str,
+        found: String,
+        supported: &'static [&'static str],
+    },
+    #[error(
+        "component is not a {kind} policy: it exports {exports:?}, expected {interface}@<version>"
+    )]
+    WrongKind {
+        kind: PolicyKind,
+        interface: &'static str,
+        exports: Vec<String>,
+    },
+    #[error("component cannot be linked: {0}")]
+    Link(String),
+}
+
+/// Why a decision has no usable output. The affected account is held, never guessed at.
+#[derive(Debug, Clone, Error, Serialize, PartialEq, Eq)]
+#[serde(tag = "failure", rename_all = "kebab-case")]
+pub enum PolicyFailure {
+    /// The component declined with a policy-error (e.g. bad parameters).
+    #[error("policy refused: {code}: {message}")]
+    Refused { code: String, message: String },
+    #[error("ran out of fuel ({limit} units)")]
+    OutOfFuel { limit: u64 },
+    #[error("exceeded the time limit of {limit_ms} ms")]
+    Timeout { limit_ms: u64 },
+    #[error("exceeded the memory limit: {detail}")]
+    MemoryLimit { detail: String },
+    #[error("trapped: {detail}")]
+    Trap { detail: String },
+    /// The output broke the contract (negative charge, empty SMS, oversized text...).
+    #[error("invalid output: {detail}")]
+    InvalidOutput { detail: String },
+}
+
+impl PolicyFailure {
+    /// Short stable code for reports and the decision log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Refused { .. } => "refused",
+            Self::OutOfFuel { .. } => "out-of-fuel",
+            Self::Timeout { .. } => "timeout",
+            Self::MemoryLimit { .. } => "memory-limit",
+            Self::Trap { .. } => "trap",
+            Self::InvalidOutput { .. } => "invalid-output",
+        }
+    }
+}
+
+/// One run of a component: its outcome plus what the audit needs.
+#[derive(Debug, Clone)]
+pub struct Invocation<T> {
+    pub outcome: Result<T, PolicyFailure>,
+    /// Fuel consumed (≈ WebAssembly instructions executed).
+    pub fuel_used: u64,
+    /// Guest stdout and stderr, captured and bounded (lossy UTF-8).
+    pub guest_output: String,
+}
+
+enum KindPre {
+    Tariff(tariff::TariffPolicyPre<GuestState>),
+    Warning(warning::WarningPolicyPre<GuestState>),
+    Notice(notice::NoticePolicyPre<GuestState>),
+    Cutoff(cutoff::CutoffPolicyPre<GuestState>),
+}
+
+/// A compiled, checked, pre-instantiated component, identified by the sha256 of its bytes.
+pub struct LoadedComponent {
+    pub kind: PolicyKind,
+    /// Lowercase hex sha256 of the component bytes: the component's identity.
+    pub sha256: String,
+    /// Contract version the component was built against (e.g. "1.0.0").
+    pub contract_version: String,
+    /// Imports the component declares (all within the allow-list).
+    pub imports: Vec<String>,
+    pub size_bytes: usize,
+    pre: KindPre,
+}
+
+impl std::fmt::Debug for LoadedComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedComponent")
+            .field("kind", &self.kind)
+            .field("sha256", &self.sha256)
+            .field("contract_version", &self.contract_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-store state: the deny-all WASI context, captured output and the memory limiter.
+struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryCap,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Refuses memory or table growth past a cap and remembers that it did, so the failure
+/// is reported as "memory limit" rather than as whatever trap the guest turns it into.
+struct MemoryCap {
+    max_bytes: usize,
+    max_table_elements: usize,
+    hit: Option<String>,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            let detail = format!(
+                "wanted {desired} bytes of linear memory (had {current}), limit {}",
+                self.max_bytes
+            );
+            self.hit = Some(detail.clone());
+            return Err(wasmtime::format_err!(detail));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_table_elements {
+            let detail = format!(
+                "wanted {desired} table elements (had {current}), limit {}",
+                self.max_table_elements
+            );
+            self.hit = Some(detail.clone());
+            return Err(wasmtime::format_err!(detail));
+        }
+        Ok(true)
+    }
+}
+
+/// The wasmtime engine, the deny-all linker and the limits; cheap to share (`Arc`).
+pub struct PolicyEngine {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    limits: PolicyLimits,
+}
+
+impl PolicyEngine {
+    /// Builds the engine: fuel metering and epoch interruption on, and a ticker thread
+    /// that advances the epoch every `limits.epoch_tick`. The ticker holds only a weak
+    /// handle, so it stops when the engine is dropped.
+    pub fn new(limits: PolicyLimits) -> anyhow::Result<Arc<Self>> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        // Fuel makes runaway loops deterministic to stop and gives the audit a cost figure.
+        config.consume_fuel(true);
+        // Epochs bound wall-clock time even where fuel is not consumed (host calls).
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut linker = Linker::new(&engine);
+        // Every WASI interface is linked, but the context built per store grants nothing
+        // (no args, env, preopens, network; stdin closed), and a component importing
+        // clocks, randomness, files or sockets is refused before it gets here.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+
+        let weak = engine.weak();
+        let tick = limits.epoch_tick;
+        std::thread::Builder::new()
+            .name("feegate-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(tick);
+                }
+            })?;
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            limits,
+        }))
+    }
+
+    pub fn limits(&self) -> &PolicyLimits {
+        &self.limits
+    }
+
+    /// Compiles and checks a component for `kind`: size, imports within the allow-list,
+    /// exports the kind's interface at a supported contract version, links.
+    pub fn load(&self, kind: PolicyKind, bytes: &[u8]) -> Result<LoadedComponent, PolicyLoadError> {
+        if bytes.len() > self.limits.max_component_bytes {
+            return Err(PolicyLoadError::TooLarge {
+                size: bytes.len(),
+                limit: self.limits.max_component_bytes,
+            });
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| PolicyLoadError::Invalid(format!("{e:#}")))?;
+        let ty = component.component_type();
+        let mut imports = Vec::new();
+        for (name, _) in ty.imports(&self.engine) {
+            if let Some(why) = refused_import_reason(name) {
+                return Err(PolicyLoadError::ForbiddenImport {
+                    import: name.to_string(),
+                    why,
+                });
+            }
+            imports.push(name.to_string());
+        }
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let found = exports
+            .iter()
+            .find(|e| e.starts_with(kind.interface()) && export_version(kind, e).is_some())
+            .ok_or_else(|| PolicyLoadError::WrongKind {
+                kind,
+                interface: kind.interface(),
+                exports: exports.clone(),
+            })?;
+        let version = export_version(kind, found).unwrap_or_default().to_string();
+        if !SUPPORTED_CONTRACT.contains(&version.as_str()) {
+            return Err(PolicyLoadError::UnsupportedContract {
+                interface: kind.interface(),
+                found: found.clone(),
+                supported: SUPPORTED_CONTRACT,
+            });
+        }
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PolicyLoadError::Link(format!("{e:#}")))?;
+        let link = |e: wasmtime::Error| PolicyLoadError::Link(format!("{e:#}"));
+        let pre = match kind {
+            PolicyKind::Tariff => {
+                KindPre::Tariff(tariff::TariffPolicyPre::new(instance_pre).map_err(link)?)
+            }
+            PolicyKind::Warning => {
+                KindPre::Warning(warning::WarningPolicyPre::new(instance_pre).map_err(link)?)
+            }
+            PolicyKind::Notice => {
+                KindPre::Notice(notice::NoticePolicyPre::new(instance_pre).map_err(link)?)
+            }
+            PolicyKind::Cutoff => {
+                KindPre::Cutoff(cutoff::CutoffPolicyPre::new(instance_pre).map_err(link)?)
+            }
+        };
+        Ok(LoadedComponent {
+            kind,
+            sha256: sha256_hex(bytes),
+            contract_version: version,
+            imports,
+            size_bytes: bytes.len(),
+            pre,
+        })
+    }
+
+    fn new_store(&self) -> (Store<GuestState>, MemoryOutputPipe, MemoryOutputPipe) {
+        let stdout = MemoryOutputPipe::new(self.limits.guest_output_bytes);
+        let stderr = MemoryOutputPipe::new(self.limits.guest_output_bytes);
+        // Deny-all: the builder's defaults give no args, no env, no preopens and a
+        // closed stdin; the network is switched off explicitly.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = GuestState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryCap {
+                max_bytes: self.limits.memory_bytes,
+                max_table_elements: 100_000,
+                hit: None,
+            },
+            stdout: stdout.clone(),
+            stderr: stderr.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store
+            .set_fuel(self.limits.fuel_per_decision)
+            .expect("fuel is enabled in the engine config");
+        let tick_ns = self.limits.epoch_tick.as_nanos().max(1);
+        let ticks = self.limits.time_limit.as_nanos().div_ceil(tick_ns) as u64;
+        store.set_epoch_deadline(ticks.max(1));
+        (store, stdout, stderr)
+    }
+
+    /// Runs `call` in a fresh store and classifies the result. `validate` checks the
+    /// output against the contract.
+    fn run<R: Serialize>(
+        &self,
+        call: impl FnOnce(&mut Store<GuestState>) -> wasmtime::Result<Result<R, PolicyError>>,
+        validate: impl FnOnce(&R, &PolicyLimits) -> Result<(), String>,
+    ) -> Invocation<R> {
+        let (mut store, _, _) = self.new_store();
+        let result = call(&mut store);
+        let fuel_used = self
+            .limits
+            .fuel_per_decision
+            .saturating_sub(store.get_fuel().unwrap_or(0));
+        let state = store.data();
+        let mut guest_output = String::from_utf8_lossy(&state.stdout.contents()).into_owned();
+        let err_text = String::from_utf8_lossy(&state.stderr.contents()).into_owned();
+        if !err_text.is_empty() {
+            guest_output.push_str(&err_text);
+        }
+        let outcome = match result {
+            Ok(Ok(output)) => {
+                match validate(&output, &self.limits).and_then(|()| self.check_size(&output)) {
+                    Ok(()) => Ok(output),
+                    Err(detail) => Err(PolicyFailure::InvalidOutput { detail }),
+                }
+            }
+            Ok(Err(e)) => Err(PolicyFailure::Refused {
+                code: truncate(&e.code, 64),
+                message: truncate(&e.message, 500),
+            }),
+            Err(e) => Err(self.classify(&e, state.limiter.hit.clone())),
+        };
+        Invocation {
+            outcome,
+            fuel_used,
+            guest_output,
+        }
+    }
+
+    fn check_size<R: Serialize>(&self, output: &R) -> Result<(), String> {
+        let size = serde_json::to_vec(output)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if size > self.limits.max_output_bytes {
+            return Err(format!(
+                "output is {size} bytes, over the {} byte limit",
+                self.limits.max_output_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    fn classify(&self, e: &wasmtime::Error, memory_hit: Option<String>) -> PolicyFailure {
+        if let Some(detail) = memory_hit {
+            return PolicyFailure::MemoryLimit { detail };
+        }
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => PolicyFailure::OutOfFuel {
+                limit: self.limits.fuel_per_decision,
+            },
+            Some(Trap::Interrupt) => PolicyFailure::Timeout {
+                limit_ms: self.limits.time_limit.as_millis() as u64,
+            },
+            _ => PolicyFailure::Trap {
+                detail: truncate(&format!("{e:#}"), 1000),
+            },
+        }
+    }
+
+    /// Prices a period's consumption with a tariff component.
+    pub fn price(&self, c: &LoadedComponent, input: &TariffInput) -> Invocation<TariffOutput> {
+        let KindPre::Tariff(pre) = &c.pre else {
+            return wrong_kind(c, PolicyKind::Tariff);
+        };
+        self.run(
+            |store| {
+                pre.instantiate(&mut *store)?
+                    .feegate_policy_tariff()
+                    .call_price(&mut *store, input)
+            },
+            |out, limits| {
+                common_checks(&out.reason_code, &out.explanation, limits)?;
+                if out.charge_fen < 0 {
+                    return Err(format!("charge-fen {} is negative", out.charge_fen));
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// Assesses a balance with a warning component.
+    pub fn assess(&self, c: &LoadedComponent, input: &WarningInput) -> Invocation<WarningOutput> {
+        let KindPre::Warning(pre) = &c.pre else {
+            return wrong_kind(c, PolicyKind::Warning);
+        };
+        self.run(
+            |store| {
+                pre.instantiate(&mut *store)?
+                    .feegate_policy_warning()
+                    .call_assess(&mut *store, input)
+            },
+            |out, limits| {
+                common_checks(&out.reason_code, &out.explanation, limits)?;
+                if out.level > 3 {
+                    return Err(format!("warning level {} is not 0..=3", out.level));
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// Words an SMS with a notice component.
+    pub fn word(&self, c: &LoadedComponent, input: &NoticeInput) -> Invocation<NoticeOutput> {
+        let KindPre::Notice(pre) = &c.pre else {
+            return wrong_kind(c, PolicyKind::Notice);
+        };
+        self.run(
+            |store| {
+                pre.instantiate(&mut *store)?
+                    .feegate_policy_notice()
+                    .call_word(&mut *store, input)
+            },
+            |out, limits| {
+                common_checks(&out.reason_code, &out.explanation, limits)?;
+                let chars = out.text.chars().count();
+                if chars == 0 || chars > limits.max_sms_chars {
+                    return Err(format!(
+                        "SMS text has {chars} characters; must be 1..={}",
+                        limits.max_sms_chars
+                    ));
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// Decides disconnection with a cutoff component.
+    pub fn decide(&self, c: &LoadedComponent, input: &CutoffInput) -> Invocation<CutoffOutput> {
+        let KindPre::Cutoff(pre) = &c.pre else {
+            return wrong_kind(c, PolicyKind::Cutoff);
+        };
+        self.run(
+            |store| {
+                pre.instantiate(&mut *store)?
+                    .feegate_policy_cutoff()
+                    .call_decide(&mut *store, input)
+            },
+            |out, limits| common_checks(&out.reason_code, &out.explanation, limits),
+        )
+    }
+
+    /// Picks the reconnection mode with a cutoff component.
+    pub fn reconnection(
+        &self,
+        c: &LoadedComponent,
+        input: &ReconnectionInput,
+    ) -> Invocation<ReconnectionOutput> {
+        let KindPre::Cutoff(pre) = &c.pre else {
+            return wrong_kind(c, PolicyKind::Cutoff);
+        };
+        self.run(
+            |store| {
+                pre.instantiate(&mut *store)?
+                    .feegate_policy_cutoff()
+                    .call_reconnection(&mut *store, input)
+            },
+            |out, limits| common_checks(&out.reason_code, &out.explanation, limits),
+        )
+    }
+}
+
+fn wrong_kind<T>(c: &LoadedComponent, wanted: PolicyKind) -> Invocation<T> {
+    Invocation {
+        outcome: Err(PolicyFailure::InvalidOutput {
+            detail: format!(
+                "component {} is a {} policy, called as {wanted}",
+                c.sha256, c.kind
+            ),
+        }),
+        fuel_used: 0,
+        guest_output: String::new(),
+    }
+}
+
+fn common_checks(
+    reason_code: &str,
+    explanation: &str,
+    limits: &PolicyLimits,
+) -> Result<(), String> {
+    let n = reason_code.chars().count();
+    if n == 0 || n > limits.max_reason_code_chars {
+        return Err(format!(
+            "reason-code has {n} characters; must be 1..={}",
+            limits.max_reason_code_chars
+        ));
+    }
+    if !reason_code
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "reason-code {reason_code:?} must be ASCII letters, digits, '-' or '_'"
+        ));
+    }
+    let n = explanation.chars().count();
+    if n == 0 || n > limits.max_explanation_chars {
+        return Err(format!(
+            "explanation has {n} characters; must be 1..={}",
+            limits.max_explanation_chars
+        ));
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    s.chars().take(max_chars).collect()
+}
+
+/// Lowercase hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}

@@ -1,0 +1,358 @@
+//! Containment: a policy component that loops, traps, hoards memory, lies in its output
+//! or reads the clock is refused at load or stopped at run time — and nobody is charged
+//! wrongly or cut off on its account; the affected accounts are held and reported.
+//!
+//! The hostile component (tests/hostile-policy) picks its misbehaviour from the `mode`
+//! in its parameters.
+
+mod common;
+
+use chrono::NaiveDate;
+use feegate::config::PolicyLimits;
+use feegate::county::ActiveComponent;
+use feegate::db::Db;
+use feegate::demo::{ComponentOverride, Scenario};
+use feegate::ledger::{self, EntryKind, Posting};
+use feegate::policy::bindings::{CustomerClass, Date, Decimal as WitDecimal, TariffInput};
+use feegate::policy::{PolicyEngine, PolicyFailure, PolicyKind, PolicyLoadError};
+use sqlx::Row;
+use std::time::Duration;
+
+fn tariff_input(mode: &str) -> TariffInput {
+    TariffInput {
+        account_id: "3500000001".into(),
+        customer_class: CustomerClass::LowVoltageResidential,
+        period_first: Date {
+            year: 2013,
+            month: 1,
+            day: 1,
+        },
+        period_last: Date {
+            year: 2013,
+            month: 1,
+            day: 1,
+        },
+        kwh: WitDecimal {
+            mantissa: 1234,
+            scale: 2,
+        },
+        year_to_date_kwh: WitDecimal {
+            mantissa: 0,
+            scale: 0,
+        },
+        month_to_date_kwh: WitDecimal {
+            mantissa: 0,
+            scale: 0,
+        },
+        tou_split: vec![],
+        time_of_use_elected: false,
+        parameters: format!("{{\"mode\":\"{mode}\"}}"),
+    }
+}
+
+fn engine(limits: PolicyLimits) -> std::sync::Arc<PolicyEngine> {
+    PolicyEngine::new(limits).expect("engine")
+}
+
+fn hostile() -> Vec<u8> {
+    std::fs::read(common::component("hostile_policy"))
+        .expect("hostile component built by `make plugins`")
+}
+
+#[test]
+fn every_run_time_misbehaviour_is_contained() {
+    let limits = PolicyLimits {
+        fuel_per_decision: 20_000_000,
+        memory_bytes: 16 << 20,
+        ..PolicyLimits::default()
+    };
+    let engine = engine(limits);
+    let c = engine
+        .load(PolicyKind::Tariff, &hostile())
+        .expect("the hostile component is a valid tariff component");
+    type Check = fn(&PolicyFailure) -> bool;
+    let table: Vec<(&str, Check)> = vec![
+        ("loop", |f| {
+            matches!(f, PolicyFailure::OutOfFuel { limit: 20_000_000 })
+        }),
+        ("trap", |f| matches!(f, PolicyFailure::Trap { .. })),
+        ("memory", |f| matches!(f, PolicyFailure::MemoryLimit { .. })),
+        (
+            "negative",
+            |f| matches!(f, PolicyFailure::InvalidOutput { detail } if detail.contains("negative")),
+        ),
+        (
+            "huge",
+            |f| matches!(f, PolicyFailure::InvalidOutput { detail } if detail.contains("explanation")),
+        ),
+        ("chatty", |f| matches!(f, PolicyFailure::Trap { .. })),
+    ];
+    for (mode, check) in table {
+        let run = engine.price(&c, &tariff_input(mode));
+        match &run.outcome {
+            Err(f) => assert!(check(f), "mode {mode}: unexpected failure {f:?}"),
+            Ok(out) => panic!("mode {mode}: expected a contained failure, got {out:?}"),
+        }
+    }
+    // The same component behaves when asked to, in a fresh store: nothing leaked.
+    let ok = engine.price(&c, &tariff_input("ok"));
+    assert_eq!(ok.outcome.expect("ok mode").charge_fen, 12);
+    assert!(ok.fuel_used > 0);
+}
+
+#[test]
+fn a_loop_without_fuel_limit_is_stopped_by_the_epoch_deadline() {
+    let limits = PolicyLimits {
+        fuel_per_decision: u64::MAX / 4,
+        time_limit: Duration::from_millis(200),
+        ..PolicyLimits::default()
+    };
+    let engine = engine(limits);
+    let c = engine.load(PolicyKind::Tariff, &hostile()).unwrap();
+    let started = std::time::Instant::now();
+    let run = engine.price(&c, &tariff_input("loop"));
+    assert_eq!(
+        run.outcome.unwrap_err(),
+        PolicyFailure::Timeout { limit_ms: 200 }
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stopped, not left running"
+    );
+}
+
+#[test]
+fn impure_wrong_or_broken_components_are_refused_at_load() {
+    let engine = engine(PolicyLimits::default());
+    let impure = std::fs::read(common::component("impure_policy")).unwrap();
+    match engine.load(PolicyKind::Tariff, &impure) {
+        Err(PolicyLoadError::ForbiddenImport { import, .. }) => {
+            assert!(
+                import.starts_with("wasi:clocks/") || import.starts_with("wasi:random/"),
+                "{import}"
+            )
+        }
+        other => panic!("impure component must be refused, got {other:?}"),
+    }
+    let tariff = std::fs::read(common::component("policy_tariff_step")).unwrap();
+    assert!(matches!(
+        engine.load(PolicyKind::Warning, &tariff),
+        Err(PolicyLoadError::WrongKind {
+            kind: PolicyKind::Warning,
+            ..
+        })
+    ));
+    assert!(matches!(
+        engine.load(PolicyKind::Tariff, b"not wasm at all"),
+        Err(PolicyLoadError::Invalid(_))
+    ));
+    let small = self::engine(PolicyLimits {
+        max_component_bytes: 1024,
+        ..PolicyLimits::default()
+    });
+    assert!(matches!(
+        small.load(PolicyKind::Tariff, &tariff),
+        Err(PolicyLoadError::TooLarge { limit: 1024, .. })
+    ));
+    // Messages tell the engineer what to change.
+    let err = engine
+        .load(PolicyKind::Tariff, &impure)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pure functions of their input"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_tariff_charges_nobody_and_holds_every_account() {
+    let opts = common::small_county(12, 6, 3);
+    let trap = ComponentOverride {
+        kind: PolicyKind::Tariff,
+        wasm: common::component("hostile_policy"),
+        parameters_json: r#"{"mode":"trap"}"#.into(),
+    };
+    let mut s = Scenario::new(&opts, &[trap]).await.unwrap();
+    for day in 0..=6 {
+        s.run_day(opts.start + chrono::Duration::days(day), day == 6)
+            .await
+            .unwrap();
+    }
+    let sum = s.summary().await.unwrap();
+    assert_eq!(
+        sum.charged_yuan, "0.00",
+        "no charge is guessed when the tariff fails"
+    );
+    assert!(sum.ledger_balanced);
+    assert_eq!(
+        sum.paid_yuan, sum.balance_total_yuan,
+        "balances are untouched prepayments"
+    );
+    assert!(sum.policy_failures > 0);
+    assert_eq!(
+        sum.held_accounts, sum.accounts,
+        "every account with a reading is held and reported"
+    );
+    assert_eq!(sum.disconnections, 0);
+    let db = &s.host.db;
+    let held: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM holds WHERE stage = 'settlement' AND reason LIKE 'policy trap%'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+    .try_get(0)
+    .unwrap();
+    assert!(held > 0);
+    let settlements: i64 = sqlx::query("SELECT COUNT(*) FROM settlements")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+        .try_get(0)
+        .unwrap();
+    assert_eq!(settlements, 0);
+}
+
+/// Puts every account of the scenario 1,000 yuan into arrears with a correction entry.
+async fn everyone_in_arrears(db: &Db) {
+    let accounts: Vec<String> = sqlx::query("SELECT account_id FROM accounts")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get(0).unwrap())
+        .collect();
+    for a in accounts {
+        let mut tx = db.pool.begin().await.unwrap();
+        ledger::post(
+            &mut tx,
+            &Posting {
+                account_id: &a,
+                kind: EntryKind::Correction,
+                amount_fen: -100_000,
+                idempotency_key: &format!("test-arrears:{a}"),
+                business_date: "2013-01-08",
+                posted_at: "2013-01-08 01:00:00",
+                reference: "test",
+            },
+        )
+        .await
+        .unwrap();
+        sqlx::query("UPDATE accounts SET arrears_since = '2013-01-08' WHERE account_id = $1")
+            .bind(&a)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+}
+
+fn activate(s: &Scenario, kind: PolicyKind, mode: &str) {
+    let component = s.host.engine.load(kind, &hostile()).unwrap();
+    s.host.county.activate(ActiveComponent {
+        component,
+        parameters_json: format!("{{\"mode\":\"{mode}\"}}"),
+    });
+}
+
+async fn trips(db: &Db) -> i64 {
+    sqlx::query("SELECT COUNT(*) FROM relay_commands WHERE command = 'trip'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+        .try_get(0)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_safety_floor_refuses_what_a_disconnect_everyone_policy_asks() {
+    let opts = common::small_county(8, 7, 5);
+    let mut s = Scenario::new(&opts, &[]).await.unwrap();
+    let start = opts.start;
+    for day in 0..7 {
+        s.run_day(start + chrono::Duration::days(day), false)
+            .await
+            .unwrap();
+    }
+    s.run_day(NaiveDate::from_ymd_opt(2013, 1, 8).unwrap(), true)
+        .await
+        .unwrap();
+    everyone_in_arrears(&s.host.db).await;
+    activate(&s, PolicyKind::Cutoff, "disconnect");
+
+    // Tuesday 20:00: protected hours. The policy asks to disconnect all; nobody is.
+    s.advance(
+        NaiveDate::from_ymd_opt(2013, 1, 8)
+            .unwrap()
+            .and_hms_opt(20, 0, 0)
+            .unwrap(),
+    )
+    .unwrap();
+    let r = s.host.run_cutoff().await.unwrap();
+    assert_eq!(r.considered, 8);
+    assert_eq!(r.trips_created, 0);
+    assert_eq!(r.floor_refused, 8);
+    let protected: i64 =
+        sqlx::query("SELECT COUNT(*) FROM floor_refusals WHERE protected_window = 1")
+            .fetch_one(&s.host.db.pool)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+    assert_eq!(protected, 8);
+
+    // Wednesday 10:00: not protected, but no arrears notice was delivered: still nobody.
+    s.advance(
+        NaiveDate::from_ymd_opt(2013, 1, 9)
+            .unwrap()
+            .and_hms_opt(10, 0, 0)
+            .unwrap(),
+    )
+    .unwrap();
+    let r = s.host.run_cutoff().await.unwrap();
+    assert_eq!(r.trips_created, 0);
+    let reasons: Vec<String> =
+        sqlx::query("SELECT refusals_json FROM floor_refusals WHERE decided_at >= '2013-01-09'")
+            .fetch_all(&s.host.db.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get(0).unwrap())
+            .collect();
+    assert_eq!(reasons.len(), 8);
+    assert!(
+        reasons.iter().all(|j| j.contains("notice-not-delivered")),
+        "{reasons:?}"
+    );
+    assert_eq!(trips(&s.host.db).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_cutoff_policy_cuts_nobody_off() {
+    let opts = common::small_county(8, 3, 11);
+    let mut s = Scenario::new(&opts, &[]).await.unwrap();
+    for day in 0..3 {
+        s.run_day(opts.start + chrono::Duration::days(day), false)
+            .await
+            .unwrap();
+    }
+    everyone_in_arrears(&s.host.db).await;
+    activate(&s, PolicyKind::Cutoff, "trap");
+    s.advance(
+        NaiveDate::from_ymd_opt(2013, 1, 8)
+            .unwrap()
+            .and_hms_opt(10, 0, 0)
+            .unwrap(),
+    )
+    .unwrap();
+    let r = s.host.run_cutoff().await.unwrap();
+    assert_eq!(r.held, 8);
+    assert_eq!(r.trips_created + r.approvals_requested, 0);
+    assert_eq!(trips(&s.host.db).await, 0);
+    let held: i64 =
+        sqlx::query("SELECT COUNT(DISTINCT account_id) FROM holds WHERE stage = 'cutoff'")
+            .fetch_one(&s.host.db.pool)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+    assert_eq!(held, 8);
+}

@@ -1,0 +1,13 @@
+//! Meter I/O for Feegate.
+//!
+//! - [`profile`]: household consumption profiles from the Low Carbon London data set.
+//! - [`registers`]: the Modbus register map of the simulated meter (shared by both ends).
+//! - [`sim`]: a Modbus TCP meter simulator whose meters follow real households.
+//! - [`client`]: the host's Modbus TCP client (read registers, switch relays).
+//! - [`dlt645`]: the DL/T 645-2007 frame codec.
+
+pub mod client;
+pub mod dlt645;
+pub mod profile;
+pub mod registers;
+pub mod sim;

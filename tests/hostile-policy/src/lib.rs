@@ -1,0 +1,167 @@
+//! A hostile policy component, for containment tests only.
+//!
+//! It exports all four policy interfaces; what it does is chosen by the `mode` field
+//! of its parameters (a plain string search, so even unparseable parameters work):
+//!
+//! | mode | behaviour |
+//! |---|---|
+//! | `ok` | behaves: charges 1 fen per whole kWh, warns nobody, keeps power, direct close |
+//! | `loop` | spins forever (fuel / epoch limits must stop it) |
+//! | `trap` | panics (an `unreachable` trap under `panic = abort`) |
+//! | `memory` | allocates without end (the memory limit must stop it) |
+//! | `negative` | returns a negative charge (output validation must refuse it) |
+//! | `huge` | returns a 1 MiB explanation (the size limit must refuse it) |
+//! | `chatty` | prints 64 KiB to stdout (the bounded capture must stop it) |
+//! | `disconnect` | cutoff: asks to disconnect everyone, always (the floor must hold) |
+
+wit_bindgen::generate!({
+    inline: r#"
+        package test:hostile;
+        world hostile {
+            export feegate:policy/tariff@1.0.0;
+            export feegate:policy/warning@1.0.0;
+            export feegate:policy/notice@1.0.0;
+            export feegate:policy/cutoff@1.0.0;
+        }
+    "#,
+    path: "../../wit",
+    world: "test:hostile/hostile",
+    generate_all,
+});
+
+use exports::feegate::policy::cutoff::{
+    CutoffAction, CutoffInput, CutoffOutput, ReconnectionInput, ReconnectionMode,
+    ReconnectionOutput,
+};
+use exports::feegate::policy::notice::{NoticeInput, NoticeOutput};
+use exports::feegate::policy::tariff::{TariffInput, TariffOutput};
+use exports::feegate::policy::warning::{WarningInput, WarningOutput};
+use feegate::policy::types::PolicyError;
+
+struct Hostile;
+
+fn mode(parameters: &str) -> &'static str {
+    for m in [
+        "loop",
+        "trap",
+        "memory",
+        "negative",
+        "huge",
+        "chatty",
+        "disconnect",
+    ] {
+        if parameters.contains(&format!("\"{m}\"")) {
+            return m;
+        }
+    }
+    "ok"
+}
+
+/// Misbehaves per `mode`; returns only for the modes that shape the output.
+fn misbehave(m: &str) {
+    match m {
+        "loop" => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "trap" => panic!("hostile component: deliberate trap"),
+        "memory" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "chatty" => {
+            let line = "x".repeat(1024);
+            for _ in 0..64 {
+                println!("{line}");
+            }
+        }
+        _ => {}
+    }
+}
+
+fn explanation(m: &str) -> String {
+    if m == "huge" {
+        "x".repeat(1 << 20)
+    } else {
+        format!("hostile component in mode {m}")
+    }
+}
+
+impl exports::feegate::policy::tariff::Guest for Hostile {
+    fn price(input: TariffInput) -> Result<TariffOutput, PolicyError> {
+        let m = mode(&input.parameters);
+        misbehave(m);
+        let whole_kwh = input.kwh.mantissa / 10i64.pow(u32::from(input.kwh.scale));
+        Ok(TariffOutput {
+            lines: vec![],
+            charge_fen: if m == "negative" { -100 } else { whole_kwh },
+            reason_code: "hostile".into(),
+            explanation: explanation(m),
+        })
+    }
+}
+
+impl exports::feegate::policy::warning::Guest for Hostile {
+    fn assess(input: WarningInput) -> Result<WarningOutput, PolicyError> {
+        let m = mode(&input.parameters);
+        misbehave(m);
+        Ok(WarningOutput {
+            level: if m == "negative" { 9 } else { 0 },
+            actions: vec![],
+            days_of_credit_left: None,
+            reason_code: "hostile".into(),
+            explanation: explanation(m),
+        })
+    }
+}
+
+impl exports::feegate::policy::notice::Guest for Hostile {
+    fn word(input: NoticeInput) -> Result<NoticeOutput, PolicyError> {
+        let m = mode(&input.parameters);
+        misbehave(m);
+        Ok(NoticeOutput {
+            text: if m == "negative" {
+                String::new()
+            } else {
+                "hostile notice".into()
+            },
+            reason_code: "hostile".into(),
+            explanation: explanation(m),
+        })
+    }
+}
+
+impl exports::feegate::policy::cutoff::Guest for Hostile {
+    fn decide(input: CutoffInput) -> Result<CutoffOutput, PolicyError> {
+        let m = mode(&input.parameters);
+        misbehave(m);
+        let action = if m == "disconnect" {
+            CutoffAction::Disconnect
+        } else {
+            CutoffAction::Keep
+        };
+        Ok(CutoffOutput {
+            action,
+            automatic_customer: m == "disconnect",
+            reason_code: "hostile".into(),
+            explanation: explanation(m),
+        })
+    }
+
+    fn reconnection(input: ReconnectionInput) -> Result<ReconnectionOutput, PolicyError> {
+        let m = mode(&input.parameters);
+        misbehave(m);
+        Ok(ReconnectionOutput {
+            mode: Some(ReconnectionMode::DirectClose),
+            reason_code: "hostile".into(),
+            explanation: explanation(m),
+        })
+    }
+}
+
+export!(Hostile);
