@@ -232,6 +232,15 @@ pub async fn run(
                     let refusals_now = county
                         .floor
                         .check(&floor_facts(&mut tx, &county.county, &facts, now).await?);
+                    if refusals_now.iter().any(FloorRefusal::is_permanent) {
+                        // Keep-power or vulnerable: nobody is asked to approve what the
+                        // floor will never allow.
+                        let source = format!("decision:{decision_id}");
+                        record_refusal(&mut tx, &account_id, &source, now, &refusals_now).await?;
+                        report.floor_refused += 1;
+                        tx.commit().await?;
+                        continue;
+                    }
                     let evidence = serde_json::json!({
                         "balance_yuan": crate::money::format_yuan(facts.balance_fen),
                         "days_in_arrears": facts.days_in_arrears(today),
@@ -359,7 +368,19 @@ pub async fn execute_approved(
                         .await?;
                     report.trips_created += u32::from(created);
                 }
-                Err(_) => report.floor_refused += 1,
+                Err(refusals) => {
+                    report.floor_refused += 1;
+                    if refusals.iter().any(FloorRefusal::is_permanent) {
+                        sqlx::query(
+                            "UPDATE work_orders SET status = 'cancelled',
+                                    note = COALESCE(note, '') || ' [cancelled: the safety floor never allows this trip]'
+                             WHERE work_order_id = $1",
+                        )
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
             }
         }
         tx.commit().await?;

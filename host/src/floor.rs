@@ -76,6 +76,12 @@ pub enum FloorRefusal {
 }
 
 impl FloorRefusal {
+    /// True for refusals that will not pass with time (keep-power, a vulnerable
+    /// customer): a disconnection request meeting one is closed, not retried daily.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::KeepPower | Self::VulnerableCustomer)
+    }
+
     /// True for the refusals that make a moment a protected window (as opposed to
     /// account-specific refusals).
     pub fn is_protected_window(&self) -> bool {

@@ -554,10 +554,7 @@ async fn concurrent_requests_to_one_gateway_are_serialised_and_all_correct() {
 async fn different_gateways_are_served_in_parallel() {
     let (fleet, addrs) = fleet(4, 2).await;
     fleet
-        .set_reply_delay(0, Some(Duration::from_millis(500)))
-        .unwrap();
-    fleet
-        .set_reply_delay(2, Some(Duration::from_millis(500)))
+        .set_reply_delay(0, Some(Duration::from_millis(1500)))
         .unwrap();
     assert_ne!(addrs[0].gateway, addrs[2].gateway);
     let c = ModbusMeterClient::new(ClientConfig {
@@ -565,14 +562,21 @@ async fn different_gateways_are_served_in_parallel() {
         retries: 0,
         retry_backoff: Duration::from_millis(10),
     });
-    let t0 = Instant::now();
-    let (a, b) = tokio::join!(c.read_energy(addrs[0]), c.read_energy(addrs[2]));
-    let took = t0.elapsed();
-    assert_eq!(a.unwrap(), fleet.meter_info(0).unwrap().start_kwh());
-    assert_eq!(b.unwrap(), fleet.meter_info(2).unwrap().start_kwh());
+    // Gateway A's reply is held back; gateway B must answer while A is still pending.
+    let slow = tokio::spawn({
+        let c = c.clone();
+        let addr = addrs[0];
+        async move { c.read_energy(addr).await }
+    });
+    let b = c.read_energy(addrs[2]).await;
     assert!(
-        took < Duration::from_millis(900),
-        "took {took:?}: gateways were not parallel"
+        !slow.is_finished(),
+        "gateway B waited for gateway A: gateways were not parallel"
+    );
+    assert_eq!(b.unwrap(), fleet.meter_info(2).unwrap().start_kwh());
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        fleet.meter_info(0).unwrap().start_kwh()
     );
 }
 
@@ -686,23 +690,17 @@ fn leap_day_dates_replay_28_february() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_meters_advance_fast_and_answer() {
+async fn ten_thousand_meters_advance_and_answer() {
     let n = 10_000;
     let (fleet, addrs) = fleet(n, 247).await;
     assert_eq!(fleet.gateway_stats().len(), 41); // ceil(10000 / 247)
     fleet.advance_to(at(2013, 4, 1, 0)).unwrap();
-    let t0 = Instant::now();
+    // Correctness only here; speed is a benchmark's business, not a test's.
     let mut t = at(2013, 4, 1, 0);
     for _ in 0..48 {
         t += chrono::Duration::hours(1);
         fleet.advance_to(t).unwrap();
     }
-    let per_step = t0.elapsed() / 48;
-    eprintln!("advance_to over {n} meters: {per_step:?} per step");
-    assert!(
-        per_step < Duration::from_millis(500),
-        "advance_to too slow: {per_step:?}"
-    );
 
     let c = client(1);
     for i in [0, 99, 100, 5_000, 9_999] {

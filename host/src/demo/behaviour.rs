@@ -4,13 +4,13 @@
 //!
 //! | habit | share | reacts to |
 //! |---|---|---|
-//! | prompt | 55 % | tops up the day a low-balance SMS arrives |
+//! | prompt | 55 % | tops up the day a low-balance SMS arrives; a third of them lapse into "late" after three top-ups |
 //! | slow | 25 % | tops up 2–4 days after the first warning (often after the second alarm) |
 //! | late | 15 % | ignores warnings; pays within a day of being disconnected |
 //! | absent | 5 % | pays 5–10 days after being disconnected |
 //!
-//! Amounts are whole multiples of 50 yuan covering 20–60 days of the household's
-//! recent average charge; channels are drawn from the real ones (a bank transfer is
+//! Amounts are whole multiples of 50 yuan covering 10–25 days (prompt payers) or 20–60
+//! days (the others) of the household's recent average charge; channels are drawn from the real ones (a bank transfer is
 //! "in flight" for four hours before it settles). A customer told to press the meter
 //! button after paying (合闸允许) presses it within three hours.
 
@@ -37,6 +37,10 @@ pub struct Persona {
     pub keep_power: bool,
     pub vulnerable: bool,
     pub habit: Habit,
+    /// After this many top-ups the customer stops reacting to warnings and pays only
+    /// once disconnected — by then the cutoff policy has moved them to automatic
+    /// disconnection for their prepaying habit.
+    pub lapses_after_topups: Option<u32>,
     /// Initial prepayment, fen.
     pub initial_prepayment_fen: i64,
     /// 预警值, fen.
@@ -84,15 +88,21 @@ impl Behaviour {
             keep_power: self.rng.random_range(0..100) < 2,
             vulnerable: self.rng.random_range(0..100) < 2,
             habit,
+            lapses_after_topups: (habit == Habit::Prompt && self.rng.random_range(0..3) == 0)
+                .then_some(3),
             initial_prepayment_fen: [10_000, 15_000, 20_000][self.rng.random_range(0..3)],
             alarm_threshold_fen: 5_000,
         }
     }
 
-    /// A top-up amount in fen: multiples of 50 yuan covering 20–60 days of
-    /// `avg_daily_charge_fen`, at least 50 yuan.
-    pub fn topup_fen(&mut self, avg_daily_charge_fen: i64) -> i64 {
-        let days = self.rng.random_range(20..=60);
+    /// A top-up amount in fen: multiples of 50 yuan covering 10–25 days (prompt payers)
+    /// or 20–60 days (the others) of `avg_daily_charge_fen`, at least 50 yuan.
+    pub fn topup_fen(&mut self, habit: Habit, avg_daily_charge_fen: i64) -> i64 {
+        let days = if habit == Habit::Prompt {
+            self.rng.random_range(10..=25)
+        } else {
+            self.rng.random_range(20..=60)
+        };
         let want = avg_daily_charge_fen.max(100) * days;
         ((want + 4_999) / 5_000).max(1) * 5_000
     }
@@ -138,7 +148,7 @@ mod tests {
     }
 
     #[test]
-    fn topups_are_whole_fifty_yuan_and_cover_at_least_twenty_days() {
+    fn topups_are_whole_fifty_yuan_and_cover_the_habit_s_days() {
         let mut b = Behaviour::new(1);
         for avg in [0, 100, 473, 1_999, 12_345] {
             let fen = b.topup_fen(avg);

@@ -120,6 +120,18 @@ struct Customer {
     persona: Persona,
     /// A payment is already scheduled (don't schedule another for the same episode).
     payment_pending: bool,
+    /// Top-ups made so far (excluding the initial prepayment).
+    topups: u32,
+}
+
+impl Customer {
+    /// The habit in force now (a lapsing prompt payer turns late).
+    fn habit(&self) -> Habit {
+        match self.persona.lapses_after_topups {
+            Some(n) if self.topups >= n => Habit::Late,
+            _ => self.persona.habit,
+        }
+    }
 }
 
 /// Replaces one policy of the county's set, e.g. with a hostile component in a test.
@@ -294,6 +306,7 @@ impl Scenario {
                 account_id,
                 persona,
                 payment_pending: false,
+                topups: 0,
             });
         }
         Ok(Self {
@@ -338,6 +351,7 @@ impl Scenario {
                 }
                 (9, 0) => {
                     host.run_cutoff().await?;
+                    host.drive_relays().await?;
                 }
                 (10, 30) => {
                     staff_decide(host, &mut self.behaviour, t).await?;
@@ -477,7 +491,7 @@ async fn react_to_sms(
             continue;
         };
         let c = &mut customers[meter];
-        let when = match (kind.as_str(), c.persona.habit) {
+        let when = match (kind.as_str(), c.habit()) {
             ("press-button-to-restore", _) => {
                 let press = at + Duration::minutes(behaviour.days(5, 180));
                 events
@@ -546,7 +560,8 @@ async fn customer_event(
                 .await?;
             let (sum, n): (i64, i64) = (recent.try_get(0)?, recent.try_get(1)?);
             let avg = if n > 0 { (sum + n - 1) / n } else { 500 };
-            let amount_fen = behaviour.topup_fen(avg);
+            let amount_fen = behaviour.topup_fen(customers[meter].habit(), avg);
+            customers[meter].topups += 1;
             let channel = behaviour.channel();
             *txn_seq += 1;
             let txn = format!("{channel}-{:010}", *txn_seq);

@@ -1,0 +1,337 @@
+//! `tariff-step`: the annual (or monthly) step tariff (阶梯电价) with optional time-of-use
+//! adders (峰谷电价), as a `feegate:policy/tariff@1.0.0` component.
+//!
+//! Rules (parameters from the county's policy set, e.g. `policies/xianyou/policy-set.toml`,
+//! whose Fujian figures are an unverified example — see that file):
+//!
+//! 1. **Steps.** Cycle-to-date usage (`year-to-date-kwh` for `cycle = "calendar-year"`,
+//!    `month-to-date-kwh` for `"calendar-month"`) decides which step each kWh of the period
+//!    falls in; each step's kWh is priced at that step's price (元/kWh). Usage that ends
+//!    exactly on a threshold stays in the lower step.
+//! 2. **Cycle boundary.** A period that spans the cycle boundary is spread evenly per day
+//!    (exactly, remainder on the last day); the days in the new cycle start from 0 kWh.
+//!    See [`tariff::allocate`].
+//! 3. **Time of use.** When the customer elected time of use and the host sent a band
+//!    split, each band's kWh adds that band's `add` (元/kWh, may be negative) on top of the
+//!    step price — Fujian practice: the step is decided by total usage, the band adder
+//!    applies per kWh of the band. A band the county does not list adds 0. The split must
+//!    add up to `kwh` exactly (`tou-split-mismatch`). With time of use elected but no split
+//!    (the meter has no band registers) the period is priced on the steps alone and the
+//!    explanation says so.
+//! 4. **Rounding.** Line amounts are unrounded yuan; `charge-fen` is their sum rounded once
+//!    to fen with `charge_rounding` (`half-up`, `half-even` or `down`).
+//!
+//! The logic is plain Rust ([`price`]), unit-testable natively; the component export is a
+//! thin wrapper compiled only for `wasm32`.
+
+pub mod tariff;
+
+use feegate_policy_sdk::calendar::CivilDate;
+use feegate_policy_sdk::decimal::{at_least_dp, from_parts, to_parts};
+use feegate_policy_sdk::{Decimal, PolicyError as SdkError};
+use tariff::{Band, Cycle, Segment, StepPortion, Tariff};
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "tariff-policy",
+    additional_derives: [PartialEq, Eq],
+});
+
+pub use exports::feegate::policy::tariff::{ChargeLine, TariffInput, TariffOutput};
+pub use feegate::policy::types::{
+    BandUsage, CustomerClass, Date, Decimal as WitDecimal, PolicyError, TouBand,
+};
+
+/// Reason code of every successful pricing without time-of-use adders.
+pub const REASON_STEP: &str = "step-tariff";
+/// Reason code when time-of-use adders were applied on top of the steps.
+pub const REASON_STEP_TOU: &str = "step-tariff-tou";
+/// Error code when the time-of-use split does not add up to `kwh`.
+pub const ERR_TOU_SPLIT_MISMATCH: &str = "tou-split-mismatch";
+
+impl From<SdkError> for PolicyError {
+    fn from(e: SdkError) -> Self {
+        PolicyError {
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
+/// WIT `decimal` → exact [`Decimal`].
+pub fn dec(value: &WitDecimal, what: &str) -> Result<Decimal, SdkError> {
+    from_parts(value.mantissa, value.scale, what)
+}
+
+/// Exact [`Decimal`] → WIT `decimal`.
+pub fn wit(value: Decimal, what: &str) -> Result<WitDecimal, SdkError> {
+    let (mantissa, scale) = to_parts(value, what)?;
+    Ok(WitDecimal { mantissa, scale })
+}
+
+fn date(value: &Date, what: &str) -> Result<CivilDate, SdkError> {
+    CivilDate::new(value.year, value.month, value.day)
+        .map_err(|e| SdkError::invalid_input(format!("{what}: {e}")))
+}
+
+fn non_negative(value: Decimal, what: &str) -> Result<Decimal, SdkError> {
+    if value < Decimal::ZERO {
+        return Err(SdkError::invalid_input(format!(
+            "{what} {value} is negative"
+        )));
+    }
+    Ok(value)
+}
+
+fn band(b: TouBand) -> Band {
+    match b {
+        TouBand::Sharp => Band::Sharp,
+        TouBand::Peak => Band::Peak,
+        TouBand::Flat => Band::Flat,
+        TouBand::Valley => Band::Valley,
+    }
+}
+
+/// Price one period's consumption.
+///
+/// Returns one charge line per (cycle segment, step) with kWh > 0, then one line per
+/// time-of-use band with an adder and kWh > 0; `charge-fen` is the sum of the unrounded
+/// line amounts (元) rounded once to fen (分).
+///
+/// # Errors
+/// `bad-parameters` for parameters that do not parse or validate ([`Tariff::from_json`]);
+/// `invalid-input` for a negative kWh (period, cycle-to-date or band), an impossible date
+/// or `period-last` before `period-first`; `tou-split-mismatch` when the band split does
+/// not add up to `kwh`; `decimal-out-of-range` for a decimal the WIT record cannot carry.
+pub fn price(input: &TariffInput) -> Result<TariffOutput, PolicyError> {
+    Ok(price_checked(input)?)
+}
+
+fn price_checked(input: &TariffInput) -> Result<TariffOutput, SdkError> {
+    let tariff = Tariff::from_json(&input.parameters)?;
+    let first = date(&input.period_first, "period-first")?;
+    let last = date(&input.period_last, "period-last")?;
+    let kwh = non_negative(dec(&input.kwh, "kwh")?, "kwh")?;
+    let ytd = non_negative(
+        dec(&input.year_to_date_kwh, "year-to-date-kwh")?,
+        "year-to-date-kwh",
+    )?;
+    let mtd = non_negative(
+        dec(&input.month_to_date_kwh, "month-to-date-kwh")?,
+        "month-to-date-kwh",
+    )?;
+    let cycle_to_date = match tariff.cycle {
+        Cycle::CalendarYear => ytd,
+        Cycle::CalendarMonth => mtd,
+    };
+
+    let segments = tariff::allocate(tariff.cycle, first, last, kwh, cycle_to_date)?;
+    let split = segments.len() > 1;
+
+    let mut lines = Vec::new();
+    let mut total = Decimal::ZERO;
+    let mut story = Vec::new();
+    for segment in &segments {
+        let portions = tariff.step_portions(segment.cycle_to_date, segment.kwh);
+        for portion in &portions {
+            let amount = portion.amount();
+            total += amount;
+            let item = if split {
+                format!(
+                    "step {} ({}..{})",
+                    portion.step, segment.first, segment.last
+                )
+            } else {
+                format!("step {}", portion.step)
+            };
+            lines.push(ChargeLine {
+                item,
+                kwh: wit(portion.kwh, "charge-line kwh")?,
+                price: wit(portion.price, "charge-line price")?,
+                amount: wit(amount, "charge-line amount")?,
+            });
+        }
+        story.push(describe_segment(tariff.cycle, segment, &portions, split));
+    }
+
+    // Time-of-use adders on top of the step price.
+    let mut tou_note = String::new();
+    let mut adders_applied = false;
+    if input.time_of_use_elected {
+        if input.tou_split.is_empty() {
+            tou_note = " Time of use elected but no band split was reported: priced on the \
+                        steps alone."
+                .to_string();
+        } else {
+            let mut per_band = [Decimal::ZERO; 4];
+            let mut split_sum = Decimal::ZERO;
+            for usage in &input.tou_split {
+                let b = band(usage.band);
+                let what = format!("tou-split {} kwh", b.name());
+                let band_kwh = non_negative(dec(&usage.kwh, &what)?, &what)?;
+                per_band[b.index()] += band_kwh;
+                split_sum += band_kwh;
+            }
+            if split_sum != kwh {
+                return Err(SdkError::new(
+                    ERR_TOU_SPLIT_MISMATCH,
+                    format!("the time-of-use split adds up to {split_sum} kWh, not {kwh} kWh"),
+                ));
+            }
+            let mut parts = Vec::new();
+            for (b, band_kwh) in Band::ALL.into_iter().zip(per_band) {
+                let Some(add) = tariff.adder(b) else {
+                    if !band_kwh.is_zero() {
+                        parts.push(format!(
+                            "{} {} kWh has no adder",
+                            b.name(),
+                            at_least_dp(band_kwh, 2)
+                        ));
+                    }
+                    continue;
+                };
+                if band_kwh.is_zero() {
+                    continue;
+                }
+                let amount = band_kwh * add;
+                total += amount;
+                adders_applied = true;
+                lines.push(ChargeLine {
+                    item: format!("{} adder", b.name()),
+                    kwh: wit(band_kwh, "charge-line kwh")?,
+                    price: wit(add, "charge-line price")?,
+                    amount: wit(amount, "charge-line amount")?,
+                });
+                parts.push(format!(
+                    "{} {} kWh × {}{} 元/kWh = {} 元",
+                    b.name(),
+                    at_least_dp(band_kwh, 2),
+                    if add.is_sign_negative() { "" } else { "+" },
+                    add,
+                    yuan(amount)
+                ));
+            }
+            tou_note = format!(" Time-of-use adders: {}.", parts.join("; "));
+        }
+    }
+
+    if total < Decimal::ZERO {
+        return Err(SdkError::invalid_input(format!(
+            "the charge {total} 元 would be negative"
+        )));
+    }
+    let charge_fen = tariff.rounding.to_fen(total)?;
+
+    let period = if first == last {
+        first.to_string()
+    } else {
+        format!("{first}..{last} ({})", days(first.days_until(last) + 1))
+    };
+    let kind = match tariff.cycle {
+        Cycle::CalendarYear => "Annual",
+        Cycle::CalendarMonth => "Monthly",
+    };
+    let explanation = format!(
+        "{kind} step tariff, {period}: {} kWh{}. {}{} Total {} 元, posted as {} fen ({}).",
+        at_least_dp(kwh, 2),
+        if split {
+            " spread evenly per day across the cycle boundary"
+        } else {
+            ""
+        },
+        story.join(" "),
+        tou_note,
+        yuan(total),
+        charge_fen,
+        tariff.rounding.name()
+    );
+
+    Ok(TariffOutput {
+        lines,
+        charge_fen,
+        reason_code: if adders_applied {
+            REASON_STEP_TOU
+        } else {
+            REASON_STEP
+        }
+        .to_string(),
+        explanation,
+    })
+}
+
+/// An unrounded yuan amount for reading: no trailing zeros, at least 2 decimals.
+fn yuan(amount: Decimal) -> String {
+    at_least_dp(amount.normalize(), 2)
+}
+
+fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+        .unwrap_or_default()
+}
+
+fn days(n: i64) -> String {
+    if n == 1 {
+        "1 day".to_string()
+    } else {
+        format!("{n} days")
+    }
+}
+
+fn describe_segment(
+    cycle: Cycle,
+    segment: &Segment,
+    portions: &[StepPortion],
+    split: bool,
+) -> String {
+    let steps = if portions.is_empty() {
+        "nothing to price".to_string()
+    } else {
+        portions
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} kWh at step {} ({} 元/kWh) = {} 元",
+                    at_least_dp(p.kwh, 2),
+                    p.step,
+                    p.price,
+                    yuan(p.amount())
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    if split {
+        format!(
+            "{}..{} ({}, {} kWh, {} before it {} kWh): {}.",
+            segment.first,
+            segment.last,
+            days(segment.days),
+            at_least_dp(segment.kwh, 2),
+            cycle.to_date_name(),
+            at_least_dp(segment.cycle_to_date, 2),
+            steps
+        )
+    } else {
+        format!(
+            "{} before the period {} kWh: {}.",
+            capitalised(cycle.to_date_name()),
+            at_least_dp(segment.cycle_to_date, 2),
+            steps
+        )
+    }
+}
+
+/// The component: `feegate:policy/tariff@1.0.0#price`.
+pub struct Component;
+
+impl exports::feegate::policy::tariff::Guest for Component {
+    fn price(input: TariffInput) -> Result<TariffOutput, PolicyError> {
+        price(&input)
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+export!(Component);
