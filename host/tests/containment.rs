@@ -356,3 +356,34 @@ async fn a_trapping_cutoff_policy_cuts_nobody_off() {
             .unwrap();
     assert_eq!(held, 8);
 }
+
+/// A guest that writes to stderr (every panicking guest does) must not take the host
+/// down, whatever kind of async runtime calls it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_trap_inside_a_current_thread_runtime_is_contained() {
+    let engine = engine(PolicyLimits::default());
+    let c = engine.load(PolicyKind::Tariff, &hostile()).unwrap();
+    let run = engine.price(&c, &tariff_input("trap"));
+    assert!(
+        matches!(run.outcome, Err(PolicyFailure::Trap { .. })),
+        "{:?}",
+        run.outcome
+    );
+    assert!(
+        run.guest_output.contains("deliberate trap"),
+        "the guest's panic message is captured: {:?}",
+        run.guest_output
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_inside_a_multi_thread_runtime_is_contained() {
+    let engine = engine(PolicyLimits::default());
+    let c = engine.load(PolicyKind::Tariff, &hostile()).unwrap();
+    let run = engine.price(&c, &tariff_input("trap"));
+    assert!(
+        matches!(run.outcome, Err(PolicyFailure::Trap { .. })),
+        "{:?}",
+        run.outcome
+    );
+}

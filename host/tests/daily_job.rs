@@ -76,6 +76,7 @@ async fn re_running_a_morning_after_a_crash_settles_nothing_twice() {
             .unwrap();
     }
     let date = opts.start + chrono::Duration::days(5);
+    s.advance(date.and_hms_opt(0, 10, 0).unwrap()).unwrap();
     let first = s.host.run_morning(date).await.unwrap();
     assert!(first.settlement.settled > 0);
     let ledger_rows = |db: feegate::db::Db| async move {

@@ -151,12 +151,14 @@ mod tests {
     fn topups_are_whole_fifty_yuan_and_cover_the_habit_s_days() {
         let mut b = Behaviour::new(1);
         for avg in [0, 100, 473, 1_999, 12_345] {
-            let fen = b.topup_fen(avg);
-            assert_eq!(fen % 5_000, 0, "{fen}");
-            assert!(
-                fen >= 5_000 && fen >= avg.max(100) * 20,
-                "avg {avg} → {fen}"
-            );
+            for (habit, min_days) in [(Habit::Prompt, 10), (Habit::Slow, 20)] {
+                let fen = b.topup_fen(habit, avg);
+                assert_eq!(fen % 5_000, 0, "{fen}");
+                assert!(
+                    fen >= 5_000 && fen >= avg.max(100) * min_days,
+                    "avg {avg} → {fen}"
+                );
+            }
         }
     }
 }

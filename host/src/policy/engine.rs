@@ -347,7 +347,32 @@ impl PolicyEngine {
 
     /// Runs `call` in a fresh store and classifies the result. `validate` checks the
     /// output against the contract.
-    fn run<R: Serialize>(
+    ///
+    /// wasmtime-wasi's synchronous streams (a guest writing to stdout or stderr, e.g. a
+    /// panic message) block on tokio internally, which would panic inside an async task.
+    /// So inside a multi-threaded runtime the guest runs under `block_in_place`, inside a
+    /// current-thread runtime on a scoped thread of its own, and outside tokio directly.
+    fn run<R: Serialize + Send>(
+        &self,
+        call: impl FnOnce(&mut Store<GuestState>) -> wasmtime::Result<Result<R, PolicyError>> + Send,
+        validate: impl FnOnce(&R, &PolicyLimits) -> Result<(), String> + Send,
+    ) -> Invocation<R> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| self.run_here(call, validate))
+            }
+            Ok(_) => std::thread::scope(|scope| {
+                scope
+                    .spawn(|| self.run_here(call, validate))
+                    .join()
+                    .expect("policy thread does not panic")
+            }),
+            Err(_) => self.run_here(call, validate),
+        }
+    }
+
+    fn run_here<R: Serialize>(
         &self,
         call: impl FnOnce(&mut Store<GuestState>) -> wasmtime::Result<Result<R, PolicyError>>,
         validate: impl FnOnce(&R, &PolicyLimits) -> Result<(), String>,

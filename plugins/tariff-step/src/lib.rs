@@ -125,6 +125,7 @@ fn price_checked(input: &TariffInput) -> Result<TariffOutput, SdkError> {
         Cycle::CalendarMonth => mtd,
     };
 
+    let overflow = || SdkError::out_of_range(format!("pricing {kwh} kWh overflows a decimal"));
     let segments = tariff::allocate(tariff.cycle, first, last, kwh, cycle_to_date)?;
     let split = segments.len() > 1;
 
@@ -134,8 +135,8 @@ fn price_checked(input: &TariffInput) -> Result<TariffOutput, SdkError> {
     for segment in &segments {
         let portions = tariff.step_portions(segment.cycle_to_date, segment.kwh);
         for portion in &portions {
-            let amount = portion.amount();
-            total += amount;
+            let amount = portion.checked_amount().ok_or_else(overflow)?;
+            total = total.checked_add(amount).ok_or_else(overflow)?;
             let item = if split {
                 format!(
                     "step {} ({}..{})",
@@ -193,8 +194,8 @@ fn price_checked(input: &TariffInput) -> Result<TariffOutput, SdkError> {
                 if band_kwh.is_zero() {
                     continue;
                 }
-                let amount = band_kwh * add;
-                total += amount;
+                let amount = band_kwh.checked_mul(add).ok_or_else(overflow)?;
+                total = total.checked_add(amount).ok_or_else(overflow)?;
                 adders_applied = true;
                 lines.push(ChargeLine {
                     item: format!("{} adder", b.name()),

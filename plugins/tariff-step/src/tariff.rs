@@ -315,8 +315,16 @@ pub struct StepPortion {
 
 impl StepPortion {
     /// Unrounded amount, yuan: kWh × price.
+    ///
+    /// # Panics
+    /// On decimal overflow; [`checked_amount`](Self::checked_amount) does not.
     pub fn amount(&self) -> Decimal {
         self.kwh * self.price
+    }
+
+    /// Unrounded amount, yuan: kWh × price; `None` on decimal overflow.
+    pub fn checked_amount(&self) -> Option<Decimal> {
+        self.kwh.checked_mul(self.price)
     }
 }
 

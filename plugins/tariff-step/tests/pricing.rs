@@ -518,6 +518,21 @@ fn refused_inputs() {
         "invalid-input",
     ));
 
+    // An absurd price times a huge reading overflows a 96-bit decimal: refused, no trap.
+    let huge_price = XIANYOU.replace("\"0.7983\"", "\"79228162514264.3375\"");
+    cases.push((
+        "overflow",
+        input(
+            &huge_price,
+            "2013-06-01",
+            "2013-06-01",
+            "92233720368547758.07",
+            "0",
+            "0",
+        ),
+        "decimal-out-of-range",
+    ));
+
     let mut c = ok();
     c.kwh = policy_tariff_step::WitDecimal {
         mantissa: 1,

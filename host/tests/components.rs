@@ -1,0 +1,386 @@
+//! The shipped policy components, run as WebAssembly through the host's engine, against
+//! hand-computed tables. (Each plugin also has native unit tests of its logic; these
+//! check the built components and the contract between host and guest.)
+//!
+//! Parameters are Xianyou's policy set: steps 0.4983 / 0.5483 / 0.7983 yuan per kWh at
+//! 2760 and 4800 kWh a year, peak +0.0300, valley −0.2000, half-up to fen.
+
+mod common;
+
+use feegate::config::PolicyLimits;
+use feegate::county::{County, PolicySnapshot};
+use feegate::policy::PolicyEngine;
+use feegate::policy::PolicyKind;
+use feegate::policy::bindings::*;
+use std::sync::Arc;
+
+fn county() -> (Arc<PolicyEngine>, County) {
+    let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
+    let county = County::load(
+        &engine,
+        &common::repo().join("policies/xianyou"),
+        &common::components_dir(),
+        Default::default(),
+    )
+    .unwrap();
+    (engine, county)
+}
+
+fn dec(s: &str) -> Decimal {
+    let d: rust_decimal::Decimal = s.parse().unwrap();
+    feegate::policy::convert::to_wit(d).unwrap()
+}
+
+fn date(y: u16, m: u8, d: u8) -> Date {
+    Date {
+        year: y,
+        month: m,
+        day: d,
+    }
+}
+
+fn tariff_input(
+    p: &PolicySnapshot,
+    first: Date,
+    last: Date,
+    kwh: &str,
+    ytd: &str,
+    split: Vec<BandUsage>,
+) -> TariffInput {
+    TariffInput {
+        account_id: "3500000001".into(),
+        customer_class: CustomerClass::LowVoltageResidential,
+        period_first: first,
+        period_last: last,
+        kwh: dec(kwh),
+        year_to_date_kwh: dec(ytd),
+        month_to_date_kwh: dec("0"),
+        time_of_use_elected: !split.is_empty(),
+        tou_split: split,
+        parameters: p.get(PolicyKind::Tariff).parameters_json.clone(),
+    }
+}
+
+#[test]
+fn the_step_tariff_matches_hand_computed_charges_across_every_boundary() {
+    let (engine, county) = county();
+    let p = county.snapshot();
+    let day = date(2013, 6, 1);
+    // (case, first, last, kWh, year-to-date kWh, expected fen, worked out by hand)
+    let table = [
+        ("all in step 1", day, day, "10", "0", 498), // 10 × 0.4983 = 4.983
+        ("ends on 2760 exactly", day, day, "5", "2755", 249), // 5 × 0.4983 = 2.4915
+        ("crosses 2760", day, day, "10", "2755", 523), // 2.4915 + 5 × 0.5483 = 5.233
+        ("crosses 4800", day, day, "20", "4790", 1347), // 10 × 0.5483 + 10 × 0.7983 = 13.466
+        ("all in step 3", day, day, "10", "5000", 798), // 7.983
+        ("crosses both", day, day, "2200", "2700", 122_826), // 60 × 0.4983 + 2040 × 0.5483 + 100 × 0.7983 = 1228.26
+        // 40 kWh over 2013-12-30..2014-01-02, 10 a day: 2013's 20 kWh from 2750 (10 at
+        // step 1, 10 at step 2), 2014's 20 kWh from 0 at step 1: 4.983 + 5.483 + 9.966.
+        (
+            "year boundary",
+            date(2013, 12, 30),
+            date(2014, 1, 2),
+            "40",
+            "2750",
+            2043,
+        ),
+    ];
+    for (case, first, last, kwh, ytd, fen) in table {
+        let run = engine.price(
+            &p.get(PolicyKind::Tariff).component,
+            &tariff_input(&p, first, last, kwh, ytd, vec![]),
+        );
+        let out = run.outcome.unwrap_or_else(|f| panic!("{case}: {f}"));
+        assert_eq!(out.charge_fen, fen, "{case}: {}", out.explanation);
+        assert!(run.fuel_used > 0);
+    }
+}
+
+#[test]
+fn time_of_use_adders_apply_on_top_of_the_step_price() {
+    let (engine, county) = county();
+    let p = county.snapshot();
+    let day = date(2013, 1, 10);
+    let split = vec![
+        BandUsage {
+            band: TouBand::Peak,
+            kwh: dec("6"),
+        },
+        BandUsage {
+            band: TouBand::Valley,
+            kwh: dec("4"),
+        },
+    ];
+    // 10 × 0.4983 + 6 × 0.0300 − 4 × 0.2000 = 4.363
+    let out = engine
+        .price(
+            &p.get(PolicyKind::Tariff).component,
+            &tariff_input(&p, day, day, "10", "0", split),
+        )
+        .outcome
+        .unwrap();
+    assert_eq!(out.charge_fen, 436);
+    // A split that does not add up is refused, never priced.
+    let bad = vec![BandUsage {
+        band: TouBand::Peak,
+        kwh: dec("6"),
+    }];
+    let failure = engine
+        .price(
+            &p.get(PolicyKind::Tariff).component,
+            &tariff_input(&p, day, day, "10", "0", bad),
+        )
+        .outcome
+        .unwrap_err();
+    assert!(
+        matches!(failure, feegate::policy::PolicyFailure::Refused { ref code, .. } if code == "tou-split-mismatch"),
+        "{failure:?}"
+    );
+}
+
+fn agreement() -> Agreement {
+    Agreement {
+        alarm_threshold: dec("50.00"),
+        auto_debit_amount: None,
+        keep_power: false,
+        mobile_verified: true,
+    }
+}
+
+#[test]
+fn the_warning_component_follows_its_table() {
+    let (engine, county) = county();
+    let p = county.snapshot();
+    let week: Vec<DayUsage> = (1..=7)
+        .map(|d| DayUsage {
+            date: date(2013, 1, d),
+            kwh: dec("10.00"),
+            charge: dec("5.00"),
+        })
+        .collect();
+    // (case, balance, already notified, expected level, expect a notify action)
+    let table = [
+        ("comfortable", "100.00", 0, 0, false),
+        ("under the alarm threshold", "40.00", 0, 1, true),
+        ("already warned at level 1", "40.00", 1, 1, false),
+        ("second alarm", "8.00", 1, 2, true),
+        ("arrears", "-3.00", 2, 3, true),
+    ];
+    for (case, balance, notified, level, notify) in table {
+        let input = WarningInput {
+            account_id: "3500000001".into(),
+            today: date(2013, 1, 8),
+            balance: dec(balance),
+            agreement: agreement(),
+            recent_days: week.clone(),
+            days_in_arrears: u32::from(level == 3),
+            level_already_notified: notified,
+            auto_debit_in_flight: false,
+            parameters: p.get(PolicyKind::Warning).parameters_json.clone(),
+        };
+        let out = engine
+            .assess(&p.get(PolicyKind::Warning).component, &input)
+            .outcome
+            .unwrap_or_else(|f| panic!("{case}: {f}"));
+        assert_eq!(out.level, level, "{case}: {}", out.explanation);
+        assert_eq!(
+            out.actions.contains(&WarningAction::Notify),
+            notify,
+            "{case}: {:?}",
+            out.actions
+        );
+    }
+    // 40 yuan at 5 yuan a day: 8.0 days of credit.
+    let input = WarningInput {
+        account_id: "3500000001".into(),
+        today: date(2013, 1, 8),
+        balance: dec("40.00"),
+        agreement: agreement(),
+        recent_days: week,
+        days_in_arrears: 0,
+        level_already_notified: 0,
+        auto_debit_in_flight: false,
+        parameters: p.get(PolicyKind::Warning).parameters_json.clone(),
+    };
+    let out = engine
+        .assess(&p.get(PolicyKind::Warning).component, &input)
+        .outcome
+        .unwrap();
+    let days = feegate::policy::convert::from_wit(&out.days_of_credit_left.unwrap()).unwrap();
+    assert_eq!(days, "8.0".parse::<rust_decimal::Decimal>().unwrap());
+}
+
+fn t(d: Date, hour: u8, minute: u8) -> LocalTime {
+    LocalTime {
+        date: d,
+        hour,
+        minute,
+    }
+}
+
+#[test]
+fn the_cutoff_component_is_approval_gated_until_a_customer_shows_the_habit() {
+    let (engine, county) = county();
+    let p = county.snapshot();
+    let cal = |d: Date, weekday: u8| CalendarFacts {
+        today: d,
+        iso_weekday: weekday,
+        public_holiday: false,
+        extreme_weather: false,
+    };
+    let tue = date(2013, 1, 8);
+    let base = CutoffInput {
+        account_id: "3500000001".into(),
+        now: t(tue, 10, 0),
+        calendar: cal(tue, 2),
+        balance: dec("-12.00"),
+        agreement: agreement(),
+        days_in_arrears: 1,
+        disconnection_notice_delivered_at: Some(t(date(2013, 1, 7), 8, 1)),
+        rollout_stage: RolloutStage::ApprovalGated,
+        on_time_topups_in_a_row: 0,
+        topups_total: 2,
+        parameters: p.get(PolicyKind::Cutoff).parameters_json.clone(),
+    };
+    type Tweak = fn(&mut CutoffInput);
+    // (case, change to the base input, expected action kind)
+    let table: Vec<(&str, Tweak, &str)> = vec![
+        (
+            "arrears, notice delivered yesterday",
+            |_| {},
+            "request-approval",
+        ),
+        (
+            "prepaying habit: automatic",
+            |i| i.on_time_topups_in_a_row = 3,
+            "disconnect",
+        ),
+        ("credit left", |i| i.balance = dec("0.00"), "keep"),
+        ("keep-power", |i| i.agreement.keep_power = true, "keep"),
+        (
+            "notify-only county",
+            |i| i.rollout_stage = RolloutStage::NotifyOnly,
+            "keep",
+        ),
+        (
+            "automatic county",
+            |i| i.rollout_stage = RolloutStage::Automatic,
+            "disconnect",
+        ),
+        ("evening", |i| i.now = t(date(2013, 1, 8), 19, 0), "defer"),
+        (
+            "saturday",
+            |i| {
+                i.now = t(date(2013, 1, 12), 10, 0);
+                i.calendar = CalendarFacts {
+                    today: date(2013, 1, 12),
+                    iso_weekday: 6,
+                    public_holiday: false,
+                    extreme_weather: false,
+                };
+            },
+            "defer",
+        ),
+        (
+            "public holiday",
+            |i| i.calendar.public_holiday = true,
+            "defer",
+        ),
+        (
+            "no notice delivered",
+            |i| i.disconnection_notice_delivered_at = None,
+            "defer",
+        ),
+        (
+            "notice delivered this morning",
+            |i| i.disconnection_notice_delivered_at = Some(t(date(2013, 1, 8), 8, 30)),
+            "defer",
+        ),
+    ];
+    for (case, tweak, expected) in table {
+        let mut input = base.clone();
+        tweak(&mut input);
+        let out = engine
+            .decide(&p.get(PolicyKind::Cutoff).component, &input)
+            .outcome
+            .unwrap_or_else(|f| panic!("{case}: {f}"));
+        let got = match out.action {
+            CutoffAction::Keep => "keep",
+            CutoffAction::Defer(_) => "defer",
+            CutoffAction::RequestApproval => "request-approval",
+            CutoffAction::Disconnect => "disconnect",
+        };
+        assert_eq!(
+            got, expected,
+            "{case}: {} ({})",
+            out.explanation, out.reason_code
+        );
+    }
+}
+
+#[test]
+fn reconnection_is_close_allowed_unless_long_off_or_still_in_arrears() {
+    let (engine, county) = county();
+    let p = county.snapshot();
+    let table = [
+        ("paid up", "30.00", 20, Some(ReconnectionMode::CloseAllowed)),
+        (
+            "off for over 30 days",
+            "30.00",
+            800,
+            Some(ReconnectionMode::CallFirst),
+        ),
+        ("still in arrears", "-0.01", 20, None),
+    ];
+    for (case, balance, hours, mode) in table {
+        let input = ReconnectionInput {
+            account_id: "3500000001".into(),
+            now: t(date(2013, 1, 9), 14, 0),
+            balance: dec(balance),
+            agreement: agreement(),
+            hours_disconnected: hours,
+            parameters: p.get(PolicyKind::Cutoff).parameters_json.clone(),
+        };
+        let out = engine
+            .reconnection(&p.get(PolicyKind::Cutoff).component, &input)
+            .outcome
+            .unwrap_or_else(|f| panic!("{case}: {f}"));
+        assert_eq!(out.mode, mode, "{case}: {}", out.explanation);
+    }
+}
+
+#[test]
+fn notices_are_worded_in_chinese_with_the_balance_and_the_county_signature() {
+    let (engine, county) = county();
+    let p = county.snapshot();
+    let input = NoticeInput {
+        kind: NoticeKind::LowBalance,
+        account_id: "3500000001".into(),
+        customer_name: "张三".into(),
+        today: date(2013, 1, 8),
+        balance: dec("23.40"),
+        days_of_credit_left: Some(dec("4.5")),
+        amount: None,
+        deadline: None,
+        parameters: p.get(PolicyKind::Notice).parameters_json.clone(),
+    };
+    let out = engine
+        .word(&p.get(PolicyKind::Notice).component, &input)
+        .outcome
+        .unwrap();
+    for needle in [
+        "【仙游供电】",
+        "张三",
+        "3500000001",
+        "23.40元",
+        "4.5",
+        "95598",
+    ] {
+        assert!(
+            out.text.contains(needle),
+            "{needle:?} missing in {}",
+            out.text
+        );
+    }
+    assert!(out.text.chars().count() <= 140);
+}
