@@ -247,7 +247,7 @@ pub async fn drive(
 /// Why a pending trip must not be sent any more, if it must not.
 async fn trip_no_longer_due(db: &Db, account_id: &str) -> Result<Option<String>, DbError> {
     let row = sqlx::query(
-        "SELECT a.balance_fen, EXISTS (SELECT 1 FROM payments p WHERE p.account_id = a.account_id AND p.status = 'in-flight')
+        "SELECT a.balance_fen, CASE WHEN EXISTS (SELECT 1 FROM payments p WHERE p.account_id = a.account_id AND p.status = 'in-flight') THEN 1 ELSE 0 END
          FROM accounts a WHERE a.account_id = $1",
     )
     .bind(account_id)

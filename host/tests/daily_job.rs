@@ -80,10 +80,12 @@ async fn re_running_a_morning_after_a_crash_settles_nothing_twice() {
     let first = s.host.run_morning(date).await.unwrap();
     assert!(first.settlement.settled > 0);
     let ledger_rows = |db: feegate::db::Db| async move {
-        let r = sqlx::query("SELECT COUNT(*), COALESCE(SUM(amount_fen), 0) FROM ledger_entries")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        let r = sqlx::query(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) FROM ledger_entries",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
         (
             r.try_get::<i64, _>(0).unwrap(),
             r.try_get::<i64, _>(1).unwrap(),
@@ -299,7 +301,7 @@ async fn a_payment_that_races_a_trip_keeps_the_power_on() {
             .try_get(0)
             .unwrap();
     let sum: i64 =
-        sqlx::query("SELECT SUM(amount_fen) FROM ledger_entries WHERE account_id = '3500000001'")
+        sqlx::query("SELECT CAST(SUM(amount_fen) AS BIGINT) FROM ledger_entries WHERE account_id = '3500000001'")
             .fetch_one(&s.host.db.pool)
             .await
             .unwrap()
