@@ -12,10 +12,13 @@
 //! to the [`ledger`]; [`warning`] and [`cutoff`] ask the county's [`policy`] components
 //! and apply the host's [`floor`] (safety floor); [`outbox`] delivers SMS; [`relay`]
 //! issues and verifies relay commands; [`payment`] takes money in and starts
-//! reconnection; [`db`] owns storage; [`demo`] drives a simulated county.
+//! reconnection; [`registry`] holds published policy versions and swaps them in hot;
+//! [`audit`] verifies and replays the decision log; [`db`] owns storage; [`demo`] drives a simulated county.
 
 pub mod accountview;
+pub mod audit;
 pub mod calendar;
+pub mod cli;
 pub mod clock;
 pub mod collection;
 pub mod config;
@@ -32,6 +35,7 @@ pub mod onboarding;
 pub mod outbox;
 pub mod payment;
 pub mod policy;
+pub mod registry;
 pub mod relay;
 pub mod settlement;
 pub mod warning;

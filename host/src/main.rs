@@ -17,6 +17,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Policy lifecycle: keys, trust, publish, activate, roll back, list, diff.
+    Policy(feegate::cli::PolicyArgs),
+    /// The decision log: list, verify the hash chain, replay decisions.
+    Audit(feegate::cli::AuditArgs),
     /// Run a simulated county through the whole daily job on real consumption data.
     Demo {
         /// Number of simulated meters (more than the 100 households reuse profiles with an offset).
@@ -84,6 +88,18 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Policy(args) => {
+            if !feegate::cli::run_policy(args).await? {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
+        Command::Audit(args) => {
+            if !feegate::cli::run_audit(args).await? {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
         Command::Demo {
             meters,
             days,

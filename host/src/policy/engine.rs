@@ -58,7 +58,7 @@ pub enum PolicyLoadError {
 }
 
 /// Why a decision has no usable output. The affected account is held, never guessed at.
-#[derive(Debug, Clone, Error, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, Serialize, serde::Deserialize, PartialEq, Eq)]
 #[serde(tag = "failure", rename_all = "kebab-case")]
 pub enum PolicyFailure {
     /// The component declined with a policy-error (e.g. bad parameters).
