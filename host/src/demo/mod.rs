@@ -199,11 +199,7 @@ impl Scenario {
             let bytes = std::fs::read(&o.wasm)
                 .with_context(|| format!("cannot read {}", o.wasm.display()))?;
             let component = engine.load(o.kind, &bytes)?;
-            override_bytes.push((o, bytes, component.contract_version.clone()));
-            county.activate(crate::county::ActiveComponent {
-                component,
-                parameters_json: o.parameters_json.clone(),
-            });
+            override_bytes.push((o, bytes, component));
         }
         let county = Arc::new(county);
         let (url, tmp) = match &opts.db_url {
@@ -228,17 +224,21 @@ impl Scenario {
             opts.start.and_time(NaiveTime::MIN),
         )
         .await?;
-        for (o, bytes, contract) in &override_bytes {
+        for (o, bytes, component) in override_bytes {
             registry::record_shipped(
                 &db,
                 &county.county,
                 o.kind,
-                bytes,
-                contract,
+                &bytes,
+                &component.contract_version,
                 &o.parameters_json,
                 opts.start.and_time(NaiveTime::MIN),
             )
             .await?;
+            county.activate(crate::county::ActiveComponent {
+                component,
+                parameters_json: o.parameters_json.clone(),
+            });
         }
 
         let fleet = Arc::new(
