@@ -17,6 +17,7 @@
 
 pub mod accountview;
 pub mod audit;
+pub mod bench;
 pub mod calendar;
 pub mod cli;
 pub mod clock;

@@ -21,6 +21,11 @@ enum Command {
     Policy(feegate::cli::PolicyArgs),
     /// The decision log: list, verify the hash chain, replay decisions.
     Audit(feegate::cli::AuditArgs),
+    /// Benchmarks that print figures (`bench policy`). Build with --release for real figures.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Run a simulated county through the whole daily job on real consumption data.
     Demo {
         /// Number of simulated meters (more than the 100 households reuse profiles with an offset).
@@ -67,6 +72,41 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// ns per decision per policy kind (Wasm single, batched, native) and hot-swap latency.
+    Policy {
+        /// Recorded decisions timed per kind.
+        #[arg(long, default_value_t = 2000)]
+        decisions: usize,
+        /// Meters of the simulated county that records the inputs.
+        #[arg(long, default_value_t = 60)]
+        meters: usize,
+        /// Days of the simulated county (enough for arrears and cutoff decisions).
+        #[arg(long, default_value_t = 45)]
+        days: u32,
+        /// Registry watcher poll period, ms.
+        #[arg(long, default_value_t = 10)]
+        poll_ms: u64,
+        #[arg(
+            long,
+            env = "FEEGATE_DATA",
+            default_value = "../shared/data/lcl_2013_daily_kwh_100hh.csv"
+        )]
+        data: PathBuf,
+        #[arg(long, env = "FEEGATE_POLICY_SET", default_value = "policies/xianyou")]
+        policy_set: PathBuf,
+        #[arg(
+            long,
+            env = "FEEGATE_COMPONENTS",
+            default_value = "target/wasm32-wasip2/plugin"
+        )]
+        components: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -91,6 +131,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(args) => {
             if !feegate::cli::run_policy(args).await? {
                 std::process::exit(2);
+            }
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Policy {
+                    decisions,
+                    meters,
+                    days,
+                    poll_ms,
+                    data,
+                    policy_set,
+                    components,
+                    json,
+                },
+        } => {
+            let opts = feegate::bench::BenchOptions {
+                demo: DemoOptions {
+                    meters,
+                    days,
+                    start: NaiveDate::from_ymd_opt(2013, 1, 1).expect("valid date"),
+                    seed: 2013,
+                    db_url: None,
+                    data,
+                    policy_set,
+                    components,
+                    meters_per_gateway: 16,
+                    read_timeout: std::time::Duration::from_millis(100),
+                    progress: false,
+                },
+                decisions,
+                poll: std::time::Duration::from_millis(poll_ms),
+            };
+            let report = feegate::bench::policy(&opts).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                feegate::bench::print(&report);
             }
             Ok(())
         }

@@ -27,7 +27,7 @@ use crate::county::{ActiveComponent, County};
 use crate::db::{Db, DbError, TIME_FMT, ts};
 use crate::policy::engine::sha256_hex;
 use crate::policy::set::{PolicySet, RolloutStage};
-use crate::policy::{PolicyEngine, PolicyKind, PolicyLoadError};
+use crate::policy::{LoadedComponent, PolicyEngine, PolicyKind, PolicyLoadError};
 use chrono::NaiveDateTime;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
@@ -896,8 +896,12 @@ pub struct Watcher {
     clock: Arc<dyn Clock>,
     /// Activation id applied per kind (absent: the policy-set file is in force).
     applied: Mutex<BTreeMap<PolicyKind, i64>>,
-    /// Loaded components by publication id, so a rollback swaps without recompiling.
-    cache: Mutex<BTreeMap<i64, Arc<ActiveComponent>>>,
+    /// Compiled components by sha256: the ones in force at start, and every version
+    /// published for the county (compiled ahead by [`Watcher::prepare`]), so that an
+    /// activation or a rollback is a pointer swap, not a compilation.
+    compiled: Mutex<BTreeMap<String, LoadedComponent>>,
+    /// Highest publication id already compiled ahead.
+    prepared_up_to: Mutex<i64>,
 }
 
 impl Watcher {
@@ -907,19 +911,69 @@ impl Watcher {
         county: Arc<County>,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let snapshot = county.snapshot();
+        let compiled = PolicyKind::ALL
+            .iter()
+            .map(|k| {
+                let c = &snapshot.get(*k).component;
+                (c.sha256.clone(), c.clone())
+            })
+            .collect();
         Self {
             db,
             engine,
             county,
             clock,
             applied: Mutex::new(BTreeMap::new()),
-            cache: Mutex::new(BTreeMap::new()),
+            compiled: Mutex::new(compiled),
+            prepared_up_to: Mutex::new(0),
         }
+    }
+
+    /// Compiles, ahead of any activation, every version published for the county since
+    /// the last call (a component that no longer loads is skipped here; activating it
+    /// reports why). Called by [`Watcher::poll`]; cheap when nothing was published.
+    pub async fn prepare(&self) -> Result<usize, RegistryError> {
+        let since = *self.prepared_up_to.lock().expect("watcher lock");
+        let mut n = 0;
+        for p in publications(&self.db, &self.county.county, None).await? {
+            if p.publication_id <= since {
+                continue;
+            }
+            *self.prepared_up_to.lock().expect("watcher lock") = p.publication_id;
+            if self
+                .compiled
+                .lock()
+                .expect("watcher lock")
+                .contains_key(&p.component_sha256)
+            {
+                continue;
+            }
+            let bytes = component_bytes(&self.db, &p.component_sha256).await?;
+            let engine = self.engine.clone();
+            let kind = p.kind;
+            // Compiling takes a while (cranelift); keep it off the async executor.
+            let loaded = tokio::task::spawn_blocking(move || engine.load(kind, &bytes))
+                .await
+                .map_err(|e| RegistryError::Corrupt {
+                    what: "compilation task",
+                    detail: e.to_string(),
+                })?;
+            if let Ok(c) = loaded {
+                self.compiled
+                    .lock()
+                    .expect("watcher lock")
+                    .insert(p.component_sha256.clone(), c);
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Applies every activation that became effective since the last poll; returns the
     /// swaps made. Cheap when nothing changed (one indexed query per kind).
     pub async fn poll(&self) -> Result<Vec<Swapped>, RegistryError> {
+        self.prepare().await?;
         let now = self.clock.now();
         let mut swapped = Vec::new();
         for kind in PolicyKind::ALL {
@@ -929,34 +983,34 @@ impl Watcher {
             if self.applied.lock().expect("watcher lock").get(&kind) == Some(&a.activation_id) {
                 continue;
             }
+            let p = publication(&self.db, a.publication_id)
+                .await?
+                .ok_or_else(|| RegistryError::Corrupt {
+                    what: "activation",
+                    detail: format!("publication {} missing", a.publication_id),
+                })?;
             let cached = self
-                .cache
+                .compiled
                 .lock()
                 .expect("watcher lock")
-                .get(&a.publication_id)
+                .get(&p.component_sha256)
                 .cloned();
-            let active = match cached {
+            let component = match cached {
                 Some(c) => c,
                 None => {
-                    let p = publication(&self.db, a.publication_id)
-                        .await?
-                        .ok_or_else(|| RegistryError::Corrupt {
-                            what: "activation",
-                            detail: format!("publication {} missing", a.publication_id),
-                        })?;
                     let bytes = component_bytes(&self.db, &p.component_sha256).await?;
-                    let component = self.engine.load(kind, &bytes)?;
-                    let c = Arc::new(ActiveComponent {
-                        component,
-                        parameters_json: p.parameters_json,
-                    });
-                    self.cache
+                    let c = self.engine.load(kind, &bytes)?;
+                    self.compiled
                         .lock()
                         .expect("watcher lock")
-                        .insert(a.publication_id, c.clone());
+                        .insert(p.component_sha256.clone(), c.clone());
                     c
                 }
             };
+            let active = Arc::new(ActiveComponent {
+                component,
+                parameters_json: p.parameters_json,
+            });
             let from = self.county.snapshot().get(kind).component.sha256.clone();
             self.county.activate_shared(active);
             self.applied
