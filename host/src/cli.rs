@@ -79,6 +79,15 @@ pub enum PolicyCommand {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Run a component on fixture cases (input → expected output) before publishing.
+    /// Exits non-zero on any failing case. Format: `host/src/fixtures.rs`.
+    Test {
+        component: PathBuf,
+        #[arg(long)]
+        fixtures: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Publish a signed component version for a county.
     Publish {
         component: PathBuf,
@@ -343,9 +352,19 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
         println!("{}", registry::sign(&key, &read(component)?, &params));
         return Ok(true);
     }
+    if let PolicyCommand::Test {
+        component,
+        fixtures,
+        json,
+    } = &args.command
+    {
+        return policy_test(component, fixtures, *json);
+    }
     let db = Db::open(&args.db.db).await?;
     match args.command {
-        PolicyCommand::Key { .. } | PolicyCommand::Sign { .. } => unreachable!("handled above"),
+        PolicyCommand::Key { .. } | PolicyCommand::Sign { .. } | PolicyCommand::Test { .. } => {
+            unreachable!("handled above")
+        }
         PolicyCommand::Trust { command } => match command {
             TrustCommand::Add {
                 county,
@@ -571,6 +590,46 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
         }
     }
     Ok(true)
+}
+
+fn policy_test(component: &Path, fixtures: &Path, json: bool) -> anyhow::Result<bool> {
+    let text = read_text(fixtures)?;
+    let log_kind = crate::fixtures::kind_of(&text).map_err(anyhow::Error::msg)?;
+    let kind = audit::component_kind(&log_kind)
+        .with_context(|| format!("fixture kind {log_kind:?} is not a policy kind"))?;
+    let engine = engine()?;
+    let c = engine
+        .load(kind, &read(component)?)
+        .with_context(|| format!("{} refused", component.display()))?;
+    let results = tokio::task::block_in_place(|| crate::fixtures::run(&engine, &c, &text))
+        .map_err(anyhow::Error::msg)?;
+    let failed = results.iter().filter(|r| !r.passed).count();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for r in &results {
+            println!(
+                "{}  {:<60} {:>9} fuel{}",
+                if r.passed { "pass" } else { "FAIL" },
+                r.name,
+                r.fuel_used,
+                if r.passed {
+                    String::new()
+                } else {
+                    format!("\n      {}\n      output: {}", r.mismatch, r.output)
+                }
+            );
+        }
+        println!(
+            "{} case(s): {} passed, {failed} failed ({} {}, sha256 {})",
+            results.len(),
+            results.len() - failed,
+            kind,
+            component.display(),
+            short(&c.sha256)
+        );
+    }
+    Ok(failed == 0)
 }
 
 async fn latest_business_date(

@@ -28,6 +28,7 @@ pub mod cutoff;
 pub mod db;
 pub mod decision_log;
 pub mod demo;
+pub mod fixtures;
 pub mod floor;
 pub mod job;
 pub mod ledger;

@@ -812,3 +812,30 @@ fn parameters_are_canonical_whatever_their_spelling() {
     assert_eq!(a, b);
     assert!(registry::canonical_parameters("[1, 2]").is_err());
 }
+
+#[test]
+fn policy_test_runs_the_shipped_tariff_fixtures_and_catches_a_wrong_expectation() {
+    let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
+    let c = engine
+        .load(PolicyKind::Tariff, &wasm("policy_tariff_step"))
+        .unwrap();
+    let text =
+        std::fs::read_to_string(common::repo().join("plugins/tariff-step/fixtures/xianyou.json"))
+            .unwrap();
+    let results = feegate::fixtures::run(&engine, &c, &text).unwrap();
+    assert_eq!(results.len(), 4);
+    for r in &results {
+        assert!(r.passed, "{}: {}", r.name, r.mismatch);
+        assert!(r.fuel_used > 0);
+    }
+    let wrong = text.replace("\"charge_fen\": 523", "\"charge_fen\": 524");
+    assert_ne!(wrong, text);
+    let results = feegate::fixtures::run(&engine, &c, &wrong).unwrap();
+    let failed: Vec<_> = results.iter().filter(|r| !r.passed).collect();
+    assert_eq!(failed.len(), 1);
+    assert!(
+        failed[0].mismatch.contains("expected 524, got 523"),
+        "{}",
+        failed[0].mismatch
+    );
+}
