@@ -650,9 +650,8 @@ async fn verify_detects_an_edited_a_removed_and_a_cut_off_decision() {
     assert_eq!(r.breaks[0].decision_id, 5);
     assert!(r.breaks[0].problem.contains("edited"), "{:?}", r.breaks);
 
-    // Edited even with its hash recomputed: the next row's link breaks.
-    // (Covered by the removal case's logic; a forger must rewrite every later row, and
-    // then the head recorded earlier no longer matches.)
+    // (A forger who also recomputes every later row's hashes leaves a consistent chain;
+    // only a head hash kept elsewhere catches that, as for the cut-off end below.)
 
     // Removed: a row in the middle.
     let removed = copy("removed.db");
@@ -838,4 +837,138 @@ fn policy_test_runs_the_shipped_tariff_fixtures_and_catches_a_wrong_expectation(
         "{}",
         failed[0].mismatch
     );
+}
+
+/// The walkthrough of README.md, through the real binary.
+#[test]
+fn the_readme_walkthrough_works_at_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let params = dir.path().join("tariff.json");
+    std::fs::write(&params, TARIFF_PARAMS).unwrap();
+    let tariff = common::component("policy_tariff_step");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_feegate"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("FEEGATE_DB", &db)
+            .env("FEEGATE_WHO", "ops-test")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ok = |args: &[&str]| {
+        let (code, stdout, stderr) = run(args);
+        assert_eq!(code, Some(0), "{args:?}\n{stdout}\n{stderr}");
+        stdout
+    };
+    ok(&["policy", "key", "new", "--out", "lin"]);
+    assert!(dir.path().join("lin.key").exists() && dir.path().join("lin.pub").exists());
+    let (code, _, stderr) = run(&["policy", "key", "new", "--out", "lin"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("refusing to overwrite"), "{stderr}");
+    ok(&[
+        "policy", "trust", "add", "--county", "xianyou", "--key", "lin.pub", "--who", "Lin",
+    ]);
+    let tariff_path = tariff.to_str().unwrap();
+    let params_path = params.to_str().unwrap();
+    let published = ok(&[
+        "policy",
+        "publish",
+        tariff_path,
+        "--county",
+        "xianyou",
+        "--kind",
+        "tariff",
+        "--params",
+        params_path,
+        "--key",
+        "lin.key",
+        "--note",
+        "2013 notice",
+    ]);
+    assert!(published.contains("by Lin"), "{published}");
+    // Signed elsewhere, published with --signature.
+    let sig = ok(&[
+        "policy",
+        "sign",
+        tariff_path,
+        "--params",
+        params_path,
+        "--key",
+        "lin.key",
+    ]);
+    std::fs::write(dir.path().join("t.sig"), sig).unwrap();
+    ok(&[
+        "policy",
+        "publish",
+        tariff_path,
+        "--county",
+        "xianyou",
+        "--kind",
+        "tariff",
+        "--params",
+        params_path,
+        "--signature",
+        "t.sig",
+        "--note",
+        "same again",
+    ]);
+    let sha = feegate::policy::engine::sha256_hex(&std::fs::read(&tariff).unwrap());
+    ok(&[
+        "policy",
+        "activate",
+        "--county",
+        "xianyou",
+        "--kind",
+        "tariff",
+        "--version",
+        &sha[..10],
+        "--stage",
+        "approval",
+        "--note",
+        "go live",
+    ]);
+    let list = ok(&["policy", "list", "--county", "xianyou"]);
+    assert!(list.contains("* in force"), "{list}");
+    let history = ok(&["policy", "history", "--county", "xianyou"]);
+    assert!(
+        history.contains("by ops-test") && history.contains("go live"),
+        "{history}"
+    );
+    let show = ok(&[
+        "policy",
+        "show",
+        "--county",
+        "xianyou",
+        "--kind",
+        "tariff",
+        "--version",
+        &sha,
+    ]);
+    assert!(show.contains("feegate:policy@1.0.0"), "{show}");
+    // Nothing earlier to roll back to (no host recorded a policy-set file here).
+    let (code, _, stderr) = run(&[
+        "policy", "rollback", "--county", "xianyou", "--kind", "tariff", "--note", "x",
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("nothing to roll back to"), "{stderr}");
+    let verify = ok(&["audit", "verify"]);
+    assert!(verify.contains("chain intact"), "{verify}");
+    let (code, stdout, _) = run(&[
+        "policy",
+        "test",
+        tariff_path,
+        "--fixtures",
+        common::repo()
+            .join("plugins/tariff-step/fixtures/xianyou.json")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("4 passed, 0 failed"), "{stdout}");
 }
