@@ -1,7 +1,8 @@
 # Feegate — the two commands a newcomer needs:
 #   make demo   run the daily fee-control job on a simulated county (SQLite, meter simulator, shipped data)
 #   make test   run the whole test suite
-# `make demo ARGS='--meters 300 --days 30 --json'` passes flags to `feegate demo`.
+# `make demo ARGS='--meters 300 --days 30 --json'` passes flags to `feegate demo`; only the
+# demo's output goes to stdout (build chatter goes to stderr), so --json pipes cleanly.
 
 CARGO ?= cargo
 ARGS ?=
@@ -12,14 +13,14 @@ PLUGIN_FLAGS := $(foreach p,$(PLUGINS),-p policy-$(p)) -p hostile-policy -p impu
 
 # rustup does not add targets by itself here (RUSTUP_AUTO_INSTALL=0).
 wasm-target:
-	rustup target add wasm32-wasip2
+	@rustup target add wasm32-wasip2 >&2
 
 # The policy components, built for wasm32-wasip2 into target/wasm32-wasip2/plugin/.
 plugins: wasm-target
-	$(CARGO) build --target wasm32-wasip2 --profile plugin $(PLUGIN_FLAGS)
+	@$(CARGO) build --target wasm32-wasip2 --profile plugin $(PLUGIN_FLAGS)
 
 demo: plugins
-	$(CARGO) run -p feegate -- demo $(ARGS)
+	@$(CARGO) run -q -p feegate -- demo $(ARGS)
 
 test: plugins
 	$(CARGO) test --workspace

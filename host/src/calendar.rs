@@ -17,6 +17,15 @@ pub struct CountyCalendar {
 }
 
 impl CountyCalendar {
+    /// True when the calendar lists public holidays for `year`. A year it does not
+    /// cover is unknown ground: the safety floor treats every day of it as protected
+    /// until the county loads that year's State Council notice.
+    pub fn covers(&self, year: i32) -> bool {
+        self.public_holidays.iter().any(|d| d.year() == year)
+    }
+}
+
+impl CountyCalendar {
     pub fn new(file: &CalendarFile) -> Self {
         Self {
             public_holidays: file.public_holidays.iter().copied().collect(),

@@ -69,13 +69,18 @@ impl County {
                     set.county
                 )
             })?;
-            components.insert(
-                *kind,
-                Arc::new(ActiveComponent {
-                    component,
-                    parameters_json: entry.parameters_json.clone(),
-                }),
-            );
+            let active = ActiveComponent {
+                component,
+                parameters_json: entry.parameters_json.clone(),
+            };
+            probe(engine, &active).map_err(|e| {
+                anyhow::anyhow!(
+                    "policy set of {}: the {kind} component ({}) cannot work with its [{kind}.parameters]: {e}",
+                    set.county,
+                    path.display()
+                )
+            })?;
+            components.insert(*kind, Arc::new(active));
         }
         let calendar = CountyCalendar::new(&set.calendar);
         let floor = SafetyFloor::new(host_floor, &set.floor, calendar)
@@ -120,5 +125,111 @@ impl County {
             rollout_stage: stage,
             components: guard.components.clone(),
         });
+    }
+}
+
+/// Runs one ordinary decision through a component with its county parameters, so a set
+/// whose parameters the component refuses (a price of "abc", a misspelt key) fails at
+/// load with the component's own message, not later as a hold on every account.
+pub fn probe(
+    engine: &PolicyEngine,
+    active: &ActiveComponent,
+) -> Result<(), crate::policy::PolicyFailure> {
+    use crate::policy::bindings::*;
+    let day = Date {
+        year: 2013,
+        month: 1,
+        day: 7,
+    };
+    let yuan = |fen| crate::policy::convert::fen_to_wit(fen);
+    let agreement = Agreement {
+        alarm_threshold: yuan(5_000),
+        auto_debit_amount: None,
+        keep_power: false,
+        mobile_verified: true,
+    };
+    let params = active.parameters_json.clone();
+    let c = &active.component;
+    match c.kind {
+        PolicyKind::Tariff => engine
+            .price(
+                c,
+                &TariffInput {
+                    account_id: "probe".into(),
+                    customer_class: CustomerClass::LowVoltageResidential,
+                    period_first: day,
+                    period_last: day,
+                    kwh: yuan(1_000),
+                    year_to_date_kwh: yuan(0),
+                    month_to_date_kwh: yuan(0),
+                    tou_split: vec![],
+                    time_of_use_elected: false,
+                    parameters: params,
+                },
+            )
+            .outcome
+            .map(drop),
+        PolicyKind::Warning => engine
+            .assess(
+                c,
+                &WarningInput {
+                    account_id: "probe".into(),
+                    today: day,
+                    balance: yuan(10_000),
+                    agreement,
+                    recent_days: vec![],
+                    days_in_arrears: 0,
+                    level_already_notified: 0,
+                    auto_debit_in_flight: false,
+                    parameters: params,
+                },
+            )
+            .outcome
+            .map(drop),
+        PolicyKind::Notice => engine
+            .word(
+                c,
+                &NoticeInput {
+                    kind: NoticeKind::PaymentReceived,
+                    account_id: "probe".into(),
+                    customer_name: "probe".into(),
+                    today: day,
+                    balance: yuan(10_000),
+                    days_of_credit_left: None,
+                    amount: Some(yuan(5_000)),
+                    deadline: None,
+                    parameters: params,
+                },
+            )
+            .outcome
+            .map(drop),
+        PolicyKind::Cutoff => engine
+            .decide(
+                c,
+                &CutoffInput {
+                    account_id: "probe".into(),
+                    now: LocalTime {
+                        date: day,
+                        hour: 10,
+                        minute: 0,
+                    },
+                    calendar: CalendarFacts {
+                        today: day,
+                        iso_weekday: 1,
+                        public_holiday: false,
+                        extreme_weather: false,
+                    },
+                    balance: yuan(10_000),
+                    agreement,
+                    days_in_arrears: 0,
+                    disconnection_notice_delivered_at: None,
+                    rollout_stage: crate::policy::bindings::RolloutStage::ApprovalGated,
+                    on_time_topups_in_a_row: 0,
+                    topups_total: 0,
+                    parameters: params,
+                },
+            )
+            .outcome
+            .map(drop),
     }
 }

@@ -244,7 +244,7 @@ pub async fn run(
                     let evidence = serde_json::json!({
                         "balance_yuan": crate::money::format_yuan(facts.balance_fen),
                         "days_in_arrears": facts.days_in_arrears(today),
-                        "arrears_notice_delivered_at": input.disconnection_notice_delivered_at.as_ref().map(|t| format!("{:?}", t)),
+                        "arrears_notice_delivered_at": input.disconnection_notice_delivered_at.as_ref().map(|t| format!("{:04}-{:02}-{:02} {:02}:{:02}", t.date.year, t.date.month, t.date.day, t.hour, t.minute)),
                         "decision_id": decision_id,
                         "policy_reason": out.reason_code,
                         "policy_explanation": out.explanation,

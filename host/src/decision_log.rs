@@ -181,3 +181,23 @@ pub async fn hold(
 pub fn hold_reason(f: &PolicyFailure) -> String {
     format!("policy {}: {f}", f.code())
 }
+
+/// Releases an account's open holds at `stage` after a person has looked at them
+/// (e.g. a bad reading corrected, a meter replacement recorded). Returns how many were
+/// released. The next settlement then covers the whole span from the last good one.
+pub async fn release_holds(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    stage: &str,
+    who: &str,
+    now: &str,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query("UPDATE holds SET released_at = $3, released_by = $4 WHERE account_id = $1 AND stage = $2 AND released_at IS NULL")
+        .bind(account_id)
+        .bind(stage)
+        .bind(now)
+        .bind(who)
+        .execute(&mut *conn)
+        .await?;
+    Ok(r.rows_affected())
+}

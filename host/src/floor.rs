@@ -16,7 +16,7 @@
 use crate::calendar::{CountyCalendar, DailyWindow, parse_hhmm};
 use crate::config::FloorConfig;
 use crate::policy::set::CountyFloorFile;
-use chrono::{NaiveDateTime, Timelike};
+use chrono::{Datelike, NaiveDateTime, Timelike};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
@@ -73,6 +73,11 @@ pub enum FloorRefusal {
     StationCapReached {
         cap: u32,
     },
+    /// The county calendar lists no public holidays for this year: holidays unknown,
+    /// so every day of it is protected until the county loads the year's notice.
+    CalendarNotCovered {
+        year: i32,
+    },
 }
 
 impl FloorRefusal {
@@ -91,6 +96,7 @@ impl FloorRefusal {
                 | Self::Weekend
                 | Self::PublicHoliday
                 | Self::ExtremeWeather
+                | Self::CalendarNotCovered { .. }
         )
     }
 }
@@ -176,6 +182,9 @@ impl SafetyFloor {
         }
         if self.calendar.is_extreme_weather(d) {
             out.push(FloorRefusal::ExtremeWeather);
+        }
+        if !self.calendar.covers(d.year()) {
+            out.push(FloorRefusal::CalendarNotCovered { year: d.year() });
         }
         out
     }

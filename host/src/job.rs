@@ -119,18 +119,41 @@ impl Host {
                 &self.config.settlement,
             )
             .await?;
+            self.mark_done("settlement", date).await?;
+        }
+        // Warnings are a stage of their own: after a crash between settlement and
+        // warnings, the accounts settled for the day are read back from `settlements`,
+        // less those already assessed today, so no warning is lost or doubled.
+        if self.stage_done("warning", date).await? {
+            report.skipped_stages.push("warning");
+        } else {
+            let settled_day = crate::db::ds(date.pred_opt().expect("date after 0001-01-01"));
+            let accounts: Vec<String> = sqlx::query(
+                "SELECT s.account_id FROM settlements s JOIN accounts a ON a.account_id = s.account_id
+                 WHERE a.county = $1 AND s.business_date = $2
+                   AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.kind = 'warning' AND d.account_id = s.account_id AND d.business_date = $3)
+                 ORDER BY s.account_id",
+            )
+            .bind(&self.county.county)
+            .bind(settled_day)
+            .bind(crate::db::ds(date))
+            .fetch_all(&self.db.pool)
+            .await?
+            .iter()
+            .map(|r| sqlx::Row::try_get(r, 0))
+            .collect::<Result<_, _>>()?;
             report.warning = warning::assess(
                 &self.db,
                 &self.engine,
                 &self.county.county,
                 &policies,
-                &report.settlement.settled_accounts,
+                &accounts,
                 date,
                 self.clock.now(),
                 self.config.settlement.history_days,
             )
             .await?;
-            self.mark_done("settlement", date).await?;
+            self.mark_done("warning", date).await?;
         }
         Ok(report)
     }
@@ -180,6 +203,31 @@ impl Host {
     /// flight; returns how many got a relay command.
     async fn reconnect_sweep(&self) -> Result<u32, JobError> {
         let now = self.clock.now();
+        // Armed relays (close-allowed) whose command has ended: the status word says
+        // whether the customer has pressed the button since; the account follows it.
+        let armed = sqlx::query(
+            "SELECT a.account_id, m.gateway, m.unit_id FROM accounts a JOIN meters m ON m.meter_id = a.meter_id
+             WHERE a.county = $1 AND a.relay_state = 'close-allowed'
+               AND NOT EXISTS (SELECT 1 FROM relay_commands c WHERE c.account_id = a.account_id
+                               AND c.status IN ('pending', 'issuing', 'awaiting-confirmation', 'awaiting-customer'))",
+        )
+        .bind(&self.county.county)
+        .fetch_all(&self.db.pool)
+        .await?;
+        for r in armed {
+            let account: String = sqlx::Row::try_get(&r, 0)?;
+            let addr = crate::collection::parse_address(
+                &sqlx::Row::try_get::<String, _>(&r, 1)?,
+                sqlx::Row::try_get(&r, 2)?,
+            )?;
+            if let Ok(state) = self.meters.read_relay(addr).await {
+                sqlx::query("UPDATE accounts SET relay_state = $2 WHERE account_id = $1")
+                    .bind(&account)
+                    .bind(relay::state_name(state))
+                    .execute(&self.db.pool)
+                    .await?;
+            }
+        }
         let accounts: Vec<String> = sqlx::query(
             "SELECT a.account_id FROM accounts a WHERE a.county = $1 AND a.relay_state = 'open' AND a.balance_fen >= 0
                AND NOT EXISTS (SELECT 1 FROM relay_commands c WHERE c.account_id = a.account_id
@@ -213,7 +261,14 @@ impl Host {
 
     async fn drive_relays_once(&self) -> Result<RelayReport, JobError> {
         let now = self.clock.now();
-        let report = relay::drive(&self.db, &self.meters, now).await?;
+        let report = relay::drive(
+            &self.db,
+            &self.meters,
+            &self.county.floor,
+            &self.county.county,
+            now,
+        )
+        .await?;
         let policies = self.county.snapshot();
         for e in &report.events {
             let kind = match (e.command, e.confirmed, e.awaiting_customer) {
@@ -221,6 +276,31 @@ impl Host {
                 (RelayCommand::CloseAllowed, false, true) => NoticeKind::PressButtonToRestore,
                 (RelayCommand::CloseAllowed | RelayCommand::DirectClose, true, _) => {
                     NoticeKind::Reconnected
+                }
+                (RelayCommand::CloseAllowed | RelayCommand::DirectClose, false, false) => {
+                    // A reconnection that failed (no confirmation, or the customer never
+                    // pressed the button): a person follows up; nobody is left dark
+                    // without someone knowing.
+                    let mut conn = self.db.pool.acquire().await?;
+                    let station: String =
+                        sqlx::query("SELECT station_id FROM accounts WHERE account_id = $1")
+                            .bind(&e.account_id)
+                            .fetch_one(&mut *conn)
+                            .await
+                            .and_then(|r| sqlx::Row::try_get(&r, 0))?;
+                    let evidence = serde_json::json!({ "command_id": e.command_id, "command": relay::command_name(e.command), "detail": e.detail });
+                    sqlx::query(
+                        "INSERT INTO work_orders (kind, account_id, station_id, dedup_key, status, evidence_json, opened_at)
+                         VALUES ('relay-failure', $1, $2, $3, 'open', $4, $5) ON CONFLICT (dedup_key) DO NOTHING",
+                    )
+                    .bind(&e.account_id)
+                    .bind(station)
+                    .bind(format!("relay-failure:{}", e.command_id))
+                    .bind(evidence.to_string())
+                    .bind(crate::db::ts(now))
+                    .execute(&mut *conn)
+                    .await?;
+                    continue;
                 }
                 _ => continue,
             };

@@ -324,8 +324,8 @@ fn print_summary(s: &demo::DemoSummary) {
         s.warnings, s.sms_sent
     );
     println!(
-        "  work orders  {} opened; {} approvals, {} held by staff",
-        s.work_orders_opened, s.approvals, s.holds_by_staff
+        "  work orders  {} opened ({} disconnection approvals); {} approved, {} held by staff",
+        s.work_orders_opened, s.approval_orders_opened, s.approvals, s.holds_by_staff
     );
     println!(
         "  relays       {} disconnections, {} reconnections (each confirmed by a fresh status read); {} still off at the end",

@@ -11,6 +11,7 @@
 
 use crate::config::RelayConfig;
 use crate::db::{Db, DbError, parse_ts, ts};
+use crate::floor::{FloorRefusal, SafetyFloor};
 use chrono::NaiveDateTime;
 use feegate_meter::client::ModbusMeterClient;
 use feegate_meter::registers::{RelayCommand, RelayState};
@@ -106,6 +107,8 @@ fn reached(command: RelayCommand, state: RelayState) -> bool {
 pub async fn drive(
     db: &Db,
     client: &ModbusMeterClient,
+    floor: &SafetyFloor,
+    county: &str,
     now: NaiveDateTime,
 ) -> Result<RelayReport, DbError> {
     let mut report = RelayReport::default();
@@ -125,9 +128,12 @@ pub async fn drive(
         let addr = crate::collection::parse_address(&r.try_get::<String, _>(5)?, r.try_get(6)?)?;
 
         if status == "pending" && command == RelayCommand::Trip {
-            // A trip is re-checked at the last moment: a payment may have arrived since
-            // the decision. Paid or paying customers are never cut off.
-            if let Some(why) = trip_no_longer_due(db, &account_id).await? {
+            // A trip is re-checked at the moment the frame would leave: a payment may
+            // have arrived, the deadline passed, or the clock moved into a protected
+            // window since the decision (e.g. a restart in the evening).
+            if let Some(why) =
+                trip_no_longer_due(db, floor, county, &account_id, deadline, now).await?
+            {
                 fail(db, id, &why, &mut report, &account_id, command).await?;
                 continue;
             }
@@ -245,25 +251,40 @@ pub async fn drive(
 }
 
 /// Why a pending trip must not be sent any more, if it must not.
-async fn trip_no_longer_due(db: &Db, account_id: &str) -> Result<Option<String>, DbError> {
-    let row = sqlx::query(
-        "SELECT a.balance_fen, CASE WHEN EXISTS (SELECT 1 FROM payments p WHERE p.account_id = a.account_id AND p.status = 'in-flight') THEN 1 ELSE 0 END
-         FROM accounts a WHERE a.account_id = $1",
-    )
-    .bind(account_id)
-    .fetch_one(&db.pool)
-    .await?;
-    let (balance, in_flight): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-    Ok(if balance >= 0 {
-        Some(format!(
+async fn trip_no_longer_due(
+    db: &Db,
+    floor: &SafetyFloor,
+    county: &str,
+    account_id: &str,
+    deadline: NaiveDateTime,
+    now: NaiveDateTime,
+) -> Result<Option<String>, DbError> {
+    let mut conn = db.pool.acquire().await?;
+    let facts = crate::accountview::AccountFacts::load(&mut conn, account_id).await?;
+    if facts.balance_fen >= 0 {
+        return Ok(Some(format!(
             "not sent: the balance is {} yuan, no longer in arrears",
-            crate::money::format_yuan(balance)
-        ))
-    } else if in_flight != 0 {
-        Some("not sent: a payment is in flight".to_string())
-    } else {
-        None
-    })
+            crate::money::format_yuan(facts.balance_fen)
+        )));
+    }
+    if now > deadline {
+        return Ok(Some(format!(
+            "not sent: its deadline {deadline} has passed"
+        )));
+    }
+    let refusals: Vec<FloorRefusal> = floor
+        .check(&crate::cutoff::floor_facts(&mut conn, county, &facts, now).await?)
+        .into_iter()
+        // The station cap was applied when the trip was decided; this trip is in it.
+        .filter(|r| !matches!(r, FloorRefusal::StationCapReached { .. }))
+        .collect();
+    if refusals.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "not sent: the safety floor refuses it now: {}",
+        serde_json::to_string(&refusals).expect("refusals serialise")
+    )))
 }
 
 async fn set_status(

@@ -256,6 +256,19 @@ async fn settle_account(
         report.already_settled += 1;
         return Ok(());
     }
+    // A span held for a bad reading stays held until a person has looked at it
+    // (`feegate holds release`): the next good reading must not quietly bill across it.
+    if sqlx::query(
+        "SELECT 1 FROM holds WHERE account_id = $1 AND stage = 'reading' AND released_at IS NULL",
+    )
+    .bind(&c.account_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .is_some()
+    {
+        report.held += 1;
+        return Ok(());
+    }
     let period_first = opening_date;
     let period_last = reading_date.pred_opt().expect("date after 0001-01-01");
     let business_date = ds(period_last);
@@ -369,6 +382,12 @@ async fn settle_account(
             sqlx::query("UPDATE accounts SET arrears_since = $2 WHERE account_id = $1 AND balance_fen < 0 AND arrears_since IS NULL")
                 .bind(&c.account_id)
                 .bind(ds(reading_date))
+                .execute(&mut *tx)
+                .await?;
+            // A settlement the tariff failed earlier is now settled: its hold is over.
+            sqlx::query("UPDATE holds SET released_at = $2, released_by = 'settlement' WHERE account_id = $1 AND stage = 'settlement' AND released_at IS NULL")
+                .bind(&c.account_id)
+                .bind(ts(now))
                 .execute(&mut *tx)
                 .await?;
             report.settled += 1;

@@ -77,8 +77,32 @@ async fn re_running_a_morning_after_a_crash_settles_nothing_twice() {
     }
     let date = opts.start + chrono::Duration::days(5);
     s.advance(date.and_hms_opt(0, 10, 0).unwrap()).unwrap();
+    // The process collects and settles, then dies before the warning stage.
+    let now = feegate::clock::Clock::now(s.clock.as_ref());
+    feegate::collection::collect_daily(&s.host.db, &s.host.meters, "xianyou", date, now)
+        .await
+        .unwrap();
+    let policies = s.host.county.snapshot();
+    let settled = feegate::settlement::settle(
+        &s.host.db,
+        &s.host.engine,
+        "xianyou",
+        &policies,
+        date,
+        now,
+        &s.host.config.settlement,
+    )
+    .await
+    .unwrap();
+    assert!(settled.settled > 0);
+    // Restart: the morning resumes; nothing is settled twice, every settled account is assessed.
     let first = s.host.run_morning(date).await.unwrap();
-    assert!(first.settlement.settled > 0);
+    assert_eq!(first.settlement.settled, 0);
+    assert_eq!(first.settlement.already_settled, settled.settled);
+    assert_eq!(
+        first.warning.assessed, settled.settled,
+        "no warning lost to the crash"
+    );
     let ledger_rows = |db: feegate::db::Db| async move {
         let r = sqlx::query(
             "SELECT COUNT(*), CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) FROM ledger_entries",
@@ -104,7 +128,8 @@ async fn re_running_a_morning_after_a_crash_settles_nothing_twice() {
         "meters with today's reading are not read again"
     );
     assert_eq!(again.settlement.settled, 0);
-    assert_eq!(again.settlement.already_settled, first.settlement.settled);
+    assert_eq!(again.settlement.already_settled, settled.settled);
+    assert_eq!(again.warning.assessed, 0, "no account assessed twice");
     assert_eq!(
         ledger_rows(s.host.db.clone()).await,
         before,
@@ -113,7 +138,64 @@ async fn re_running_a_morning_after_a_crash_settles_nothing_twice() {
 
     // With the marks in place the stages are skipped outright.
     let third = s.host.run_morning(date).await.unwrap();
-    assert_eq!(third.skipped_stages, vec!["collection", "settlement"]);
+    assert_eq!(
+        third.skipped_stages,
+        vec!["collection", "settlement", "warning"]
+    );
+}
+
+/// Puts `account` in arrears since 2013-01-07 with its arrears notice delivered that
+/// morning, so that on Tuesday 2013-01-08 10:00 the safety floor allows a trip.
+async fn make_trippable(db: &feegate::db::Db, account: &str) {
+    let mut tx = db.pool.begin().await.unwrap();
+    feegate::ledger::post(
+        &mut tx,
+        &feegate::ledger::Posting {
+            account_id: account,
+            kind: feegate::ledger::EntryKind::Correction,
+            amount_fen: -100_000,
+            idempotency_key: &format!("test:arrears:{account}"),
+            business_date: "2013-01-07",
+            posted_at: "2013-01-07 00:20:00",
+            reference: "test",
+        },
+    )
+    .await
+    .unwrap();
+    sqlx::query("UPDATE accounts SET arrears_since = '2013-01-07' WHERE account_id = $1")
+        .bind(account)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO sms_outbox (account_id, kind, dedup_key, mobile, body, warning_level, status, created_at, sent_at, delivered_at)
+         VALUES ($1, 'arrears', $2, '13900000000', 'test', 3, 'delivered', '2013-01-07 00:30:00', '2013-01-07 08:00:00', '2013-01-07 08:00:00')",
+    )
+    .bind(account)
+    .bind(format!("test:notice:{account}"))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// A scenario of `meters` meters run to Tuesday 2013-01-08 10:00 (readings fresh).
+async fn scenario_at_tuesday_morning(
+    meters: usize,
+    seed: u64,
+) -> (demo::Scenario, chrono::NaiveDateTime) {
+    let opts = common::small_county(meters, 8, seed);
+    let mut s = demo::Scenario::new(&opts, &[]).await.unwrap();
+    for day in 0..7 {
+        s.run_day(opts.start + chrono::Duration::days(day), false)
+            .await
+            .unwrap();
+    }
+    let tuesday = chrono::NaiveDate::from_ymd_opt(2013, 1, 8).unwrap();
+    s.run_day(tuesday, true).await.unwrap();
+    let now = tuesday.and_hms_opt(10, 0, 0).unwrap();
+    s.advance(now).unwrap();
+    (s, now)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,10 +203,10 @@ async fn a_relay_command_left_issuing_by_a_crash_is_verified_not_resent() {
     use feegate::relay;
     use feegate_meter::registers::{RelayCommand, RelayState};
     use sqlx::Row;
-    let opts = common::small_county(4, 1, 4);
-    let s = demo::Scenario::new(&opts, &[]).await.unwrap();
-    let now = opts.start.and_hms_opt(10, 0, 0).unwrap();
-    s.advance(now).unwrap();
+    let (s, now) = scenario_at_tuesday_morning(4, 4).await;
+    let (floor, county) = (&s.host.county.floor, s.host.county.county.as_str());
+    make_trippable(&s.host.db, "3500000001").await;
+    make_trippable(&s.host.db, "3500000002").await;
     let mut conn = s.host.db.pool.acquire().await.unwrap();
     let id = relay::create(
         &mut conn,
@@ -158,7 +240,9 @@ async fn a_relay_command_left_issuing_by_a_crash_is_verified_not_resent() {
         .await
         .unwrap();
     drop(conn);
-    let report = relay::drive(&s.host.db, &s.host.meters, now).await.unwrap();
+    let report = relay::drive(&s.host.db, &s.host.meters, floor, county, now)
+        .await
+        .unwrap();
     assert_eq!(report.issued, 0, "not sent again");
     assert_eq!(
         s.fleet.relay_state(0).unwrap(),
@@ -177,20 +261,6 @@ async fn a_relay_command_left_issuing_by_a_crash_is_verified_not_resent() {
     // A meter that acknowledges without moving its relay is never counted as tripped.
     s.fleet.set_ack_without_state_change(1, true).unwrap();
     let mut conn = s.host.db.pool.acquire().await.unwrap();
-    feegate::ledger::post(
-        &mut conn,
-        &feegate::ledger::Posting {
-            account_id: "3500000002",
-            kind: feegate::ledger::EntryKind::Correction,
-            amount_fen: -50_000,
-            idempotency_key: "test:arrears:2",
-            business_date: "2013-01-01",
-            posted_at: "2013-01-01 10:00:00",
-            reference: "test",
-        },
-    )
-    .await
-    .unwrap();
     relay::create(
         &mut conn,
         "3500000002",
@@ -203,12 +273,14 @@ async fn a_relay_command_left_issuing_by_a_crash_is_verified_not_resent() {
     .unwrap()
     .unwrap();
     drop(conn);
-    let report = relay::drive(&s.host.db, &s.host.meters, now).await.unwrap();
-    assert_eq!(report.issued, 1);
+    let report = relay::drive(&s.host.db, &s.host.meters, floor, county, now)
+        .await
+        .unwrap();
+    assert_eq!(report.issued, 1, "{report:?}");
     assert!(report.events.is_empty(), "still awaiting confirmation");
     let later = now + chrono::Duration::hours(3);
     s.advance(later).unwrap();
-    let report = relay::drive(&s.host.db, &s.host.meters, later)
+    let report = relay::drive(&s.host.db, &s.host.meters, floor, county, later)
         .await
         .unwrap();
     assert_eq!(report.events.len(), 1);
@@ -224,6 +296,43 @@ async fn a_relay_command_left_issuing_by_a_crash_is_verified_not_resent() {
             .try_get(0)
             .unwrap();
     assert_eq!(state, "closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trip_left_pending_is_not_sent_once_the_evening_comes() {
+    use feegate::relay;
+    use feegate_meter::registers::{RelayCommand, RelayState};
+    let (s, now) = scenario_at_tuesday_morning(2, 6).await;
+    make_trippable(&s.host.db, "3500000001").await;
+    let mut conn = s.host.db.pool.acquire().await.unwrap();
+    relay::create(
+        &mut conn,
+        "3500000001",
+        "decision:evening",
+        RelayCommand::Trip,
+        now,
+        &s.host.config.relay,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    drop(conn);
+    // The process was down from 10:00; it drives its queue at 18:30.
+    let evening = now + chrono::Duration::minutes(510);
+    s.advance(evening).unwrap();
+    let report = relay::drive(
+        &s.host.db,
+        &s.host.meters,
+        &s.host.county.floor,
+        &s.host.county.county,
+        evening,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.issued, 0);
+    let why = report.events[0].detail.clone().unwrap();
+    assert!(why.contains("not sent"), "{why}");
+    assert_eq!(s.fleet.relay_state(0).unwrap(), RelayState::Closed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,7 +384,15 @@ async fn a_payment_that_races_a_trip_keeps_the_power_on() {
     payment::apply(&s.host.db, &paid, EntryKind::Payment, now)
         .await
         .unwrap();
-    let report = relay::drive(&s.host.db, &s.host.meters, now).await.unwrap();
+    let report = relay::drive(
+        &s.host.db,
+        &s.host.meters,
+        &s.host.county.floor,
+        &s.host.county.county,
+        now,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.issued, 0);
     assert!(
         report.events[0]

@@ -84,6 +84,9 @@ pub struct DemoSummary {
     pub warnings: u64,
     pub sms_sent: u64,
     pub work_orders_opened: u64,
+    /// Of those, disconnection approval orders (the rest: offline follow-ups, data
+    /// maintenance, call-before-reconnection, relay failures).
+    pub approval_orders_opened: u64,
     pub approvals: u64,
     pub holds_by_staff: u64,
     pub disconnections: u64,
@@ -214,6 +217,14 @@ impl Scenario {
             }
         };
         let db = Db::open(&url).await?;
+        let existing: i64 = sqlx::query("SELECT COUNT(*) FROM accounts")
+            .fetch_one(&db.pool)
+            .await?
+            .try_get(0)?;
+        anyhow::ensure!(
+            existing == 0,
+            "the database {url} already holds {existing} accounts; the demo onboards a fresh county: pass a new --db, or omit it for a temporary one"
+        );
         // Every component the host runs goes into the registry, so each decision it
         // logs can be replayed (`feegate audit replay`).
         registry::record_policy_set(
@@ -712,6 +723,7 @@ async fn summarize(db: &Db, county: &County, opts: &DemoOptions) -> anyhow::Resu
         warnings: u(count(db, "SELECT COUNT(*) FROM sms_outbox WHERE warning_level > 0 AND status = 'delivered'").await?),
         sms_sent: u(count(db, "SELECT COUNT(*) FROM sms_outbox WHERE status IN ('sent', 'delivered')").await?),
         work_orders_opened: u(count(db, "SELECT COUNT(*) FROM work_orders").await?),
+        approval_orders_opened: u(count(db, "SELECT COUNT(*) FROM work_orders WHERE kind = 'approve-disconnection'").await?),
         approvals: u(count(db, "SELECT COUNT(*) FROM work_orders WHERE kind = 'approve-disconnection' AND decided_by IS NOT NULL AND status IN ('approved', 'done', 'cancelled')").await?),
         holds_by_staff: u(count(db, "SELECT COUNT(*) FROM work_orders WHERE kind = 'approve-disconnection' AND status = 'held'").await?),
         disconnections: trips.len() as u64,

@@ -45,6 +45,7 @@ pub struct HourWindow {
 
 /// The county's additions to the host safety floor.
 #[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct CountyFloorFile {
     pub protected_hours: Option<HourWindow>,
     #[serde(default)]
@@ -58,6 +59,7 @@ pub struct CountyFloorFile {
 /// Calendar facts the county declares (public holidays from the State Council's annual
 /// notice; extreme-weather days as declared by the county).
 #[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct CalendarFile {
     #[serde(default)]
     pub public_holidays: Vec<NaiveDate>,
@@ -66,6 +68,7 @@ pub struct CalendarFile {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ComponentEntryFile {
     plugin: String,
     #[serde(default)]
