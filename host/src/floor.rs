@@ -412,6 +412,20 @@ mod tests {
     }
 
     #[test]
+    fn a_year_the_holiday_calendar_does_not_cover_is_protected() {
+        let mut f = allowed();
+        f.now = t("2014-01-31 10:00"); // Spring Festival 2014, absent from a 2013 calendar
+        f.latest_reading_at = Some(t("2014-01-31 00:00"));
+        f.notice_delivered_at = Some(t("2014-01-30 08:00"));
+        let refusals = floor().check(&f);
+        assert_eq!(
+            refusals,
+            vec![FloorRefusal::CalendarNotCovered { year: 2014 }]
+        );
+        assert!(refusals[0].is_protected_window());
+    }
+
+    #[test]
     fn a_county_cannot_loosen_the_host_floor() {
         let county = CountyFloorFile {
             protected_hours: Some(HourWindow {

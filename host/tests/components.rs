@@ -384,3 +384,30 @@ fn notices_are_worded_in_chinese_with_the_balance_and_the_county_signature() {
     }
     assert!(out.text.chars().count() <= 140);
 }
+
+#[test]
+fn a_policy_set_whose_parameters_the_component_refuses_does_not_load() {
+    let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let shipped =
+        std::fs::read_to_string(common::repo().join("policies/xianyou/policy-set.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("policy-set.toml"),
+        shipped.replacen(r#"price = "0.4983""#, r#"price = "abc""#, 1),
+    )
+    .unwrap();
+    let err = County::load(
+        &engine,
+        dir.path(),
+        &common::components_dir(),
+        Default::default(),
+    )
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("tariff component")
+            && msg.contains("[tariff.parameters]")
+            && msg.contains("abc"),
+        "{msg}"
+    );
+}

@@ -426,3 +426,73 @@ async fn a_payment_that_races_a_trip_keeps_the_power_on() {
             .unwrap();
     assert_eq!(balance, sum);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_implausible_reading_stays_held_until_a_person_releases_it() {
+    use feegate::db::ds;
+    use sqlx::Row;
+    let opts = common::small_county(3, 6, 12);
+    let mut s = demo::Scenario::new(&opts, &[]).await.unwrap();
+    for day in 0..4 {
+        s.run_day(opts.start + chrono::Duration::days(day), false)
+            .await
+            .unwrap();
+    }
+    // A garbage register arrives for meter 1 on day 4 (400 kWh more than yesterday).
+    let day4 = opts.start + chrono::Duration::days(4);
+    let prev: i64 = sqlx::query("SELECT register_centi_kwh FROM readings WHERE meter_id = 'M000000000001' AND reading_date = $1")
+        .bind(ds(day4.pred_opt().unwrap())).fetch_one(&s.host.db.pool).await.unwrap().try_get(0).unwrap();
+    sqlx::query("INSERT INTO readings (meter_id, reading_date, register_centi_kwh, source, collected_at) VALUES ('M000000000001', $1, $2, 'import', $3)")
+        .bind(ds(day4)).bind(prev + 40_000).bind(format!("{} 00:05:00", ds(day4))).execute(&s.host.db.pool).await.unwrap();
+    let settled = |db: feegate::db::Db| async move {
+        let r = sqlx::query("SELECT COUNT(*) FROM settlements WHERE account_id = '3500000001'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        r.try_get::<i64, _>(0).unwrap()
+    };
+    let before = settled(s.host.db.clone()).await;
+    s.run_day(day4, false).await.unwrap();
+    s.run_day(day4 + chrono::Duration::days(1), false)
+        .await
+        .unwrap();
+    // Held on day 4, and the good reading of day 5 does not bill across the bad span.
+    assert_eq!(
+        settled(s.host.db.clone()).await,
+        before,
+        "nothing billed while held"
+    );
+    // A person looks, corrects the reading and releases the hold: the span settles.
+    sqlx::query("UPDATE readings SET register_centi_kwh = $2 WHERE meter_id = 'M000000000001' AND reading_date = $1")
+        .bind(ds(day4)).bind(prev + 1_000).execute(&s.host.db.pool).await.unwrap();
+    let mut conn = s.host.db.pool.acquire().await.unwrap();
+    let released = feegate::decision_log::release_holds(
+        &mut conn,
+        "3500000001",
+        "reading",
+        "station-staff",
+        "2013-01-06 09:00:00",
+    )
+    .await
+    .unwrap();
+    assert_eq!(released, 1);
+    drop(conn);
+    s.run_day(day4 + chrono::Duration::days(2), true)
+        .await
+        .unwrap();
+    let r = sqlx::query("SELECT period_first, period_last FROM settlements WHERE account_id = '3500000001' ORDER BY business_date DESC LIMIT 1")
+        .fetch_one(&s.host.db.pool).await.unwrap();
+    let (first, last): (String, String) = (r.try_get(0).unwrap(), r.try_get(1).unwrap());
+    assert_eq!(
+        (first.as_str(), last.as_str()),
+        ("2013-01-04", "2013-01-06"),
+        "one period from the last good reading"
+    );
+    let mut conn = s.host.db.pool.acquire().await.unwrap();
+    assert!(
+        feegate::ledger::unbalanced_accounts(&mut conn)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -208,6 +208,32 @@ mod tests {
     }
 
     #[test]
+    fn a_misspelt_key_is_refused_not_ignored() {
+        let shipped = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/xianyou/policy-set.toml"),
+        )
+        .unwrap();
+        for (right, wrong) in [
+            ("public_holidays = [", "public_holiday = ["),
+            (
+                "station_daily_cutoff_cap = 50",
+                "station_daily_cutof_cap = 50",
+            ),
+            ("[cutoff.parameters]", "[cutoff.parameter]"),
+        ] {
+            assert!(shipped.contains(right), "{right}");
+            let err = PolicySet::parse(&shipped.replacen(right, wrong, 1), Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            let key = wrong
+                .split([' ', '[', ']', '.'])
+                .find(|w| w.len() > 6)
+                .unwrap();
+            assert!(err.contains(key), "{wrong}: {err}");
+        }
+    }
+
+    #[test]
     fn missing_kind_is_named() {
         let text = r#"county = "x"
 display_name = "X"
