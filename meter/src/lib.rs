@@ -5,11 +5,13 @@
 //! - [`sim`]: a Modbus TCP meter simulator whose meters follow real households.
 //! - [`client`]: the host's Modbus TCP client (read registers, switch relays).
 //! - [`dlt645`]: the DL/T 645-2007 frame codec.
+//! - [`qgdw376`]: Q/GDW 1376.1 framing (login, heartbeat, AFN 10H transparent forwarding).
 //! - [`modbus_map`]: Modbus register maps as data (`meter/maps/*.toml`) and Modbus RTU framing.
 
 pub mod client;
 pub mod dlt645;
 pub mod modbus_map;
 pub mod profile;
+pub mod qgdw376;
 pub mod registers;
 pub mod sim;
