@@ -24,6 +24,7 @@ pub mod cutoff;
 pub mod db;
 pub mod decision_log;
 pub mod demo;
+pub mod fieldtools;
 pub mod floor;
 pub mod job;
 pub mod ledger;

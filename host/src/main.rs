@@ -61,6 +61,195 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         read_timeout_ms: u64,
     },
+    /// DL/T 645-2007 field tools: decode a captured frame, build a request.
+    Dlt645 {
+        #[command(subcommand)]
+        cmd: Dlt645Cmd,
+    },
+    /// Q/GDW 1376.1 field tools.
+    Q376 {
+        #[command(subcommand)]
+        cmd: Q376Cmd,
+    },
+    /// Modbus field tools.
+    Modbus {
+        #[command(subcommand)]
+        cmd: ModbusCmd,
+    },
+    /// Read or switch one real or simulated meter.
+    Meter {
+        #[command(subcommand)]
+        cmd: MeterCmd,
+    },
+    /// Performance figures against the simulator on loopback.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum Dlt645Cmd {
+    /// Decode a frame (hex, spaces allowed, FEH preamble optional): JSON, or an error naming
+    /// the broken field.
+    Decode { hex: String },
+    /// Build a request frame (hex, with a 4-byte FEH preamble).
+    Encode {
+        #[command(subcommand)]
+        what: EncodeCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum EncodeCmd {
+    /// Read data (11H).
+    Read {
+        /// Meter address, 12 digits as printed on the meter.
+        #[arg(long)]
+        address: String,
+        /// Data identifier, 8 hex digits (e.g. 00010000 total forward active energy).
+        #[arg(long)]
+        di: String,
+    },
+    /// Relay control (1CH) in plaintext.
+    Relay {
+        #[arg(long)]
+        address: String,
+        /// trip, close-allowed, direct-close, alarm, alarm-release, keep-power-on, keep-power-off.
+        #[arg(long)]
+        command: String,
+        /// Meter-local deadline, YYYY-MM-DDTHH:MM:SS.
+        #[arg(long)]
+        valid_until: chrono::NaiveDateTime,
+        /// LEVEL:CODE, e.g. 02:123456.
+        #[arg(long)]
+        password: String,
+        /// Operator code, 8 hex digits.
+        #[arg(long, default_value = "00000000")]
+        operator: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Q376Cmd {
+    /// Decode a 1376.1 frame and any DL/T 645 frame it forwards: JSON or an error naming the field.
+    Decode { hex: String },
+}
+
+#[derive(Subcommand)]
+enum ModbusCmd {
+    /// Decode a Modbus RTU response (CRC checked); with --map and --register, its value.
+    DecodeRtu {
+        hex: String,
+        /// Built-in map name (eastron-sdm120, eastron-sdm630, chint-ddsu666, chint-dtsu666, feegate-sim) or a file.
+        #[arg(long)]
+        map: Option<String>,
+        #[arg(long)]
+        register: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct TargetArgs {
+    /// dlt645 (TCP serial gateway) or modbus (Modbus TCP).
+    #[arg(long, default_value = "dlt645")]
+    protocol: String,
+    /// Gateway host:port.
+    #[arg(long)]
+    gateway: std::net::SocketAddr,
+    /// DL/T 645 meter address (12 digits).
+    #[arg(long)]
+    address: Option<String>,
+    /// Modbus unit id.
+    #[arg(long)]
+    unit: Option<u8>,
+    /// Modbus register map (name or file).
+    #[arg(long, default_value = "feegate-sim")]
+    map: String,
+    /// Reply timeout, ms.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+}
+
+impl TargetArgs {
+    fn target(&self) -> anyhow::Result<feegate::fieldtools::Target> {
+        use feegate::fieldtools::Target;
+        Ok(match self.protocol.as_str() {
+            "dlt645" => Target::Dlt645 {
+                gateway: self.gateway,
+                address: self
+                    .address
+                    .as_deref()
+                    .context("--address is required for dlt645")?
+                    .parse()?,
+            },
+            "modbus" => Target::Modbus {
+                gateway: self.gateway,
+                unit: self.unit.context("--unit is required for modbus")?,
+                map: self.map.clone(),
+            },
+            other => anyhow::bail!("--protocol {other:?}: use dlt645 or modbus"),
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum MeterCmd {
+    /// Read energy, the daily frozen reading and the relay state.
+    Read {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Send a relay command and confirm it with a fresh status read.
+    Relay {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long)]
+        command: String,
+        /// Meter-local deadline, YYYY-MM-DDTHH:MM:SS.
+        #[arg(long)]
+        valid_until: chrono::NaiveDateTime,
+        /// DL/T 645 password LEVEL:CODE.
+        #[arg(long)]
+        password: Option<String>,
+        /// DL/T 645 operator code, 8 hex digits.
+        #[arg(long)]
+        operator: Option<String>,
+        /// The meter accepts only commands sealed by the county's security module.
+        #[arg(long)]
+        requires_security: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Read every simulated meter's daily frozen reading once, gateways in parallel.
+    Collect {
+        #[arg(long, default_value_t = 10_000)]
+        meters: usize,
+        #[arg(long, default_value_t = 100)]
+        gateways: usize,
+        /// Simulated device latency per reply, ms.
+        #[arg(long, default_value_t = 50)]
+        latency_ms: u64,
+        /// modbus or dlt645.
+        #[arg(long, default_value = "modbus")]
+        protocol: String,
+        /// Per-request reply timeout, ms.
+        #[arg(long, default_value_t = 250)]
+        timeout_ms: u64,
+        /// Repetitions after a timeout.
+        #[arg(long, default_value_t = 1)]
+        retries: u32,
+        #[arg(
+            long,
+            env = "FEEGATE_DATA",
+            default_value = "../shared/data/lcl_2013_daily_kwh_100hh.csv"
+        )]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -83,7 +272,130 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    use feegate::fieldtools as ft;
     match cli.command {
+        Command::Dlt645 { cmd } => {
+            let out = match cmd {
+                Dlt645Cmd::Decode { hex } => ft::dlt645_decode(&hex)?,
+                Dlt645Cmd::Encode {
+                    what: EncodeCmd::Read { address, di },
+                } => ft::dlt645_encode_read(&address, &di)?,
+                Dlt645Cmd::Encode {
+                    what:
+                        EncodeCmd::Relay {
+                            address,
+                            command,
+                            valid_until,
+                            password,
+                            operator,
+                        },
+                } => {
+                    ft::dlt645_encode_relay(&address, &command, valid_until, &password, &operator)?
+                }
+            };
+            println!("{out}");
+            Ok(())
+        }
+        Command::Q376 {
+            cmd: Q376Cmd::Decode { hex },
+        } => {
+            println!("{}", ft::q376_decode(&hex)?);
+            Ok(())
+        }
+        Command::Modbus {
+            cmd: ModbusCmd::DecodeRtu { hex, map, register },
+        } => {
+            println!(
+                "{}",
+                ft::rtu_decode(&hex, map.as_deref(), register.as_deref())?
+            );
+            Ok(())
+        }
+        Command::Meter {
+            cmd: MeterCmd::Read { target },
+        } => {
+            let t = target.target()?;
+            let timeout = std::time::Duration::from_millis(target.timeout_ms);
+            println!("{}", ft::meter_read(&t, timeout).await?);
+            Ok(())
+        }
+        Command::Meter {
+            cmd:
+                MeterCmd::Relay {
+                    target,
+                    command,
+                    valid_until,
+                    password,
+                    operator,
+                    requires_security,
+                },
+        } => {
+            let t = target.target()?;
+            let timeout = std::time::Duration::from_millis(target.timeout_ms);
+            println!(
+                "{}",
+                ft::meter_relay(
+                    &t,
+                    &command,
+                    valid_until,
+                    password.as_deref(),
+                    operator.as_deref(),
+                    requires_security,
+                    timeout
+                )
+                .await?
+            );
+            Ok(())
+        }
+        Command::Bench {
+            cmd:
+                BenchCmd::Collect {
+                    meters,
+                    gateways,
+                    latency_ms,
+                    protocol,
+                    timeout_ms,
+                    retries,
+                    data,
+                    json,
+                },
+        } => {
+            let r = ft::bench_collect(
+                &data,
+                meters,
+                gateways,
+                std::time::Duration::from_millis(latency_ms),
+                &protocol,
+                std::time::Duration::from_millis(timeout_ms),
+                retries,
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "bench collect ({}): {} meters behind {} gateways, {} ms simulated device latency",
+                    r.protocol, r.meters, r.gateways, r.latency_ms
+                );
+                println!(
+                    "  {} reads in {:.2} s: {:.0} reads/s; read success rate {} ({} ok, {} failed)",
+                    r.reads_ok + r.reads_failed,
+                    r.seconds,
+                    r.reads_per_second,
+                    r.read_success_rate,
+                    r.reads_ok,
+                    r.reads_failed
+                );
+                println!(
+                    "  {} meters are silent by design (no household data for the day); timeout {} ms, {} retr{}",
+                    r.meters_silent_by_data,
+                    r.timeout_ms,
+                    r.retries,
+                    if r.retries == 1 { "y" } else { "ies" }
+                );
+            }
+            Ok(())
+        }
         Command::Demo {
             meters,
             days,

@@ -41,13 +41,20 @@ pub const AFN_LINK: u8 = 0x02;
 /// AFN: data forwarding.
 pub const AFN_FORWARD: u8 = 0x10;
 
-/// Terminal address (A1 region code + A2 terminal number).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// Terminal address (A1 region code + A2 terminal number); shown and serialised as
+/// `RRRR-TTTT` (hex digits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TerminalAddress {
     /// A1, administrative region code, as its 4 BCD digits (e.g. 0x0200 → "0200").
     pub region: u16,
     /// A2, terminal number 1..=65535 (0 is invalid, FFFFH is broadcast).
     pub terminal: u16,
+}
+
+impl Serialize for TerminalAddress {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 impl fmt::Display for TerminalAddress {
