@@ -33,6 +33,7 @@ pub mod onboarding;
 pub mod outbox;
 pub mod payment;
 pub mod policy;
+pub mod readings;
 pub mod relay;
 pub mod settlement;
 pub mod warning;

@@ -81,6 +81,11 @@ enum Command {
         #[command(subcommand)]
         cmd: MeterCmd,
     },
+    /// Collection (集抄): the daily report, readings imported from a head-end system.
+    Collection {
+        #[command(subcommand)]
+        cmd: CollectionCmd,
+    },
     /// Performance figures against the simulator on loopback.
     Bench {
         #[command(subcommand)]
@@ -222,6 +227,28 @@ enum MeterCmd {
 }
 
 #[derive(Subcommand)]
+enum CollectionCmd {
+    /// Coverage and read success rate per supply station on a day (exact fractions).
+    Report {
+        #[arg(long)]
+        date: NaiveDate,
+        #[arg(long, env = "FEEGATE_DB")]
+        db: String,
+        /// Only this county.
+        #[arg(long)]
+        county: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import readings (CSV: meter_id,reading_date,register_kwh; or a JSON array). Idempotent.
+    Import {
+        file: PathBuf,
+        #[arg(long, env = "FEEGATE_DB")]
+        db: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum BenchCmd {
     /// Read every simulated meter's daily frozen reading once, gateways in parallel.
     Collect {
@@ -345,6 +372,66 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .await?
             );
+            Ok(())
+        }
+        Command::Collection {
+            cmd:
+                CollectionCmd::Report {
+                    date,
+                    db,
+                    county,
+                    json,
+                },
+        } => {
+            let db = feegate::db::Db::open(&db).await?;
+            let rows = feegate::readings::station_report(&db, county.as_deref(), date).await?;
+            if json {
+                let v: Vec<_> = rows
+                    .iter()
+                    .map(|(s, r)| {
+                        serde_json::json!({
+                            "station": s, "meters": r.meters, "read_ok": r.read_ok,
+                            "covered": r.covered, "attempts": r.attempts,
+                            "failed_attempts": r.failed_attempts,
+                            "read_success_rate": r.read_success_rate().map(|d| d.to_string()),
+                            "coverage": r.coverage().map(|d| d.to_string()),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("collection report for {date}");
+                println!(
+                    "  {:<16} {:>7} {:>8} {:>12} {:>8} {:>10} {:>8}",
+                    "station", "meters", "read ok", "success", "covered", "coverage", "attempts"
+                );
+                let pct = |d: Option<rust_decimal::Decimal>| {
+                    d.map(|d| format!("{}%", (d * rust_decimal::Decimal::ONE_HUNDRED).round_dp(2)))
+                        .unwrap_or_else(|| "-".into())
+                };
+                for (s, r) in &rows {
+                    println!(
+                        "  {:<16} {:>7} {:>8} {:>12} {:>8} {:>10} {:>8}",
+                        s,
+                        r.meters,
+                        r.read_ok,
+                        pct(r.read_success_rate()),
+                        r.covered,
+                        pct(r.coverage()),
+                        format!("{}/{}", r.attempts - r.failed_attempts, r.attempts)
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Collection {
+            cmd: CollectionCmd::Import { file, db },
+        } => {
+            let db = feegate::db::Db::open(&db).await?;
+            let rows = feegate::readings::read_file(&file)?;
+            let now = chrono::Local::now().naive_local();
+            let r = feegate::readings::import_readings(&db, &rows, now).await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
         }
         Command::Bench {
