@@ -86,6 +86,11 @@ enum Command {
         #[command(subcommand)]
         cmd: CollectionCmd,
     },
+    /// Simulated meters for the field tools: Modbus TCP and DL/T 645 gateways on loopback.
+    Sim {
+        #[command(subcommand)]
+        cmd: SimCmd,
+    },
     /// Performance figures against the simulator on loopback.
     Bench {
         #[command(subcommand)]
@@ -245,6 +250,26 @@ enum CollectionCmd {
         file: PathBuf,
         #[arg(long, env = "FEEGATE_DB")]
         db: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SimCmd {
+    /// Serve simulated meters until Ctrl-C; prints each meter's addresses.
+    Serve {
+        #[arg(long, default_value_t = 4)]
+        meters: usize,
+        #[arg(long, default_value_t = 4)]
+        meters_per_gateway: u8,
+        /// The simulated clock stands at 00:00 of this date (after one simulated day).
+        #[arg(long, default_value = "2013-01-02")]
+        date: NaiveDate,
+        #[arg(
+            long,
+            env = "FEEGATE_DATA",
+            default_value = "../shared/data/lcl_2013_daily_kwh_100hh.csv"
+        )]
+        data: PathBuf,
     },
 }
 
@@ -432,6 +457,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let now = chrono::Local::now().naive_local();
             let r = feegate::readings::import_readings(&db, &rows, now).await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        }
+        Command::Sim {
+            cmd:
+                SimCmd::Serve {
+                    meters,
+                    meters_per_gateway,
+                    date,
+                    data,
+                },
+        } => {
+            anyhow::ensure!(
+                (1..=247).contains(&meters_per_gateway),
+                "--meters-per-gateway must be 1..=247"
+            );
+            let fleet =
+                std::sync::Arc::new(feegate_meter::sim::SimFleet::from_csv(&data, meters, 2013)?);
+            let midnight = |d: NaiveDate| d.and_hms_opt(0, 0, 0).expect("midnight");
+            fleet.advance_to(midnight(date.pred_opt().context("--date too early")?))?;
+            fleet.advance_to(midnight(date))?;
+            let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+            let modbus = fleet.serve(ip, meters_per_gateway).await?;
+            let dlt = fleet
+                .serve_dlt645(ip, usize::from(meters_per_gateway))
+                .await?;
+            println!(
+                "simulated meters at {date} 00:00 (DL/T 645 relay password 02:123456); Ctrl-C to stop"
+            );
+            println!(
+                "  {:>5}  {:<22} {:>4}  {:<22} {}",
+                "meter", "modbus gateway", "unit", "dlt645 gateway", "dlt645 address"
+            );
+            for (i, (m, d)) in modbus.iter().zip(&dlt).enumerate() {
+                let feegate_meter::dlt645_client::Link::Gateway(g) = d.link else {
+                    continue;
+                };
+                println!(
+                    "  {i:>5}  {:<22} {:>4}  {:<22} {}",
+                    m.gateway.to_string(),
+                    m.unit,
+                    g.to_string(),
+                    d.address
+                );
+            }
+            tokio::signal::ctrl_c().await?;
             Ok(())
         }
         Command::Bench {

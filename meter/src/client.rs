@@ -102,6 +102,9 @@ pub enum MeterError {
     /// The meter answered with a value that makes no sense (or the request was refused locally).
     #[error("unusable meter value: {0}")]
     BadValue(String),
+    /// The meter type cannot do what was asked (e.g. it has no relay); nothing was sent.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl MeterError {
@@ -116,13 +119,13 @@ impl MeterError {
             MeterError::Timeout { .. } | MeterError::Io { .. } => true,
             // Server device busy; gateway target device failed to respond.
             MeterError::Exception { code } => matches!(code, 0x06 | 0x0B),
-            MeterError::BadValue(_) => false,
+            MeterError::BadValue(_) | MeterError::Unsupported(_) => false,
         }
     }
 }
 
 fn no_relay(map: &RegisterMap) -> MeterError {
-    MeterError::BadValue(format!(
+    MeterError::Unsupported(format!(
         "the {} has no relay in its register map: it cannot be switched remotely; \
          send a technician or fit a meter with a load switch",
         map.name()
@@ -361,7 +364,7 @@ impl ModbusMeterClient {
                     RelayCommand::DirectClose => relay.direct_close,
                 }
                 .ok_or_else(|| {
-                    MeterError::BadValue(format!(
+                    MeterError::Unsupported(format!(
                         "the {} map has no command code for {command}; use another reconnection mode",
                         map.name()
                     ))
@@ -383,7 +386,7 @@ impl ModbusMeterClient {
                     RelayCommand::Trip => false,
                     RelayCommand::DirectClose => true,
                     RelayCommand::CloseAllowed => {
-                        return Err(MeterError::BadValue(format!(
+                        return Err(MeterError::Unsupported(format!(
                             "the {} relay is a coil: it has no close-allowed mode; use direct close",
                             map.name()
                         )));

@@ -136,14 +136,13 @@ pub enum Dlt645ClientError {
         /// The link.
         link: Link,
         /// What failed.
-        #[source]
         source: io::Error,
     },
     /// The terminal could not forward.
     #[error(transparent)]
     Terminal(#[from] TerminalError),
     /// The meter answered with an error reply.
-    #[error("{meter} refused {function}: {why}{hint}")]
+    #[error("{meter}: {why}{hint}")]
     Refused {
         /// The meter.
         meter: Dlt645Meter,
@@ -160,7 +159,6 @@ pub enum Dlt645ClientError {
         /// The meter.
         meter: Dlt645Meter,
         /// The module's error.
-        #[source]
         source: d::SecurityModuleError,
     },
     /// A frame could not be built or a reply not decoded.
@@ -169,7 +167,6 @@ pub enum Dlt645ClientError {
         /// The meter.
         meter: Dlt645Meter,
         /// The codec error (names the broken field).
-        #[source]
         source: Dlt645Error,
     },
 }

@@ -41,7 +41,6 @@ pub enum TerminalError {
         /// The terminal.
         terminal: TerminalAddress,
         /// What failed.
-        #[source]
         source: io::Error,
     },
     /// The request could not be framed.
