@@ -60,7 +60,7 @@ async fn due_meters(
 ) -> Result<(Vec<DueMeter>, u32), DbError> {
     let rows = sqlx::query(
         "SELECT m.meter_id, a.station_id, m.gateway, m.unit_id,
-                EXISTS (SELECT 1 FROM readings r WHERE r.meter_id = m.meter_id AND r.reading_date = $2) AS has_reading
+                CASE WHEN EXISTS (SELECT 1 FROM readings r WHERE r.meter_id = m.meter_id AND r.reading_date = $2) THEN 1 ELSE 0 END AS has_reading
          FROM accounts a JOIN meters m ON m.meter_id = a.meter_id
          WHERE a.county = $1 AND a.status = 'active' ORDER BY m.meter_id",
     )
@@ -179,7 +179,7 @@ pub async fn station_rates(
 ) -> Result<BTreeMap<String, StationRate>, DbError> {
     let rows = sqlx::query(
         "SELECT a.station_id, COUNT(*) AS expected,
-                SUM(CASE WHEN EXISTS (SELECT 1 FROM readings r WHERE r.meter_id = a.meter_id AND r.reading_date = $2) THEN 1 ELSE 0 END) AS ok
+                CAST(SUM(CASE WHEN EXISTS (SELECT 1 FROM readings r WHERE r.meter_id = a.meter_id AND r.reading_date = $2) THEN 1 ELSE 0 END) AS BIGINT) AS ok
          FROM accounts a WHERE a.county = $1 AND a.status = 'active' GROUP BY a.station_id",
     )
     .bind(county)

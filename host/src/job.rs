@@ -162,8 +162,56 @@ impl Host {
         )
     }
 
-    /// Issues and verifies relay commands, and tells customers what happened.
+    /// Issues and verifies relay commands, tells customers what happened, and starts
+    /// reconnection for every disconnected account that is back in credit (a payment
+    /// that raced a trip, or a reconnection whose command failed) — so nobody who has
+    /// paid is left in the dark.
     pub async fn drive_relays(&self) -> Result<RelayReport, JobError> {
+        let mut report = self.drive_relays_once().await?;
+        if self.reconnect_sweep().await? > 0 {
+            let again = self.drive_relays_once().await?;
+            report.issued += again.issued;
+            report.events.extend(again.events);
+        }
+        Ok(report)
+    }
+
+    /// Starts reconnection for open relays of accounts in credit with no command in
+    /// flight; returns how many got a relay command.
+    async fn reconnect_sweep(&self) -> Result<u32, JobError> {
+        let now = self.clock.now();
+        let accounts: Vec<String> = sqlx::query(
+            "SELECT a.account_id FROM accounts a WHERE a.county = $1 AND a.relay_state = 'open' AND a.balance_fen >= 0
+               AND NOT EXISTS (SELECT 1 FROM relay_commands c WHERE c.account_id = a.account_id
+                               AND c.status IN ('pending', 'issuing', 'awaiting-confirmation', 'awaiting-customer'))
+               AND NOT EXISTS (SELECT 1 FROM work_orders w WHERE w.account_id = a.account_id
+                               AND w.kind = 'call-before-reconnection' AND w.status = 'open')",
+        )
+        .bind(&self.county.county)
+        .fetch_all(&self.db.pool)
+        .await?
+        .iter()
+        .map(|r| sqlx::Row::try_get(r, 0))
+        .collect::<Result<_, _>>()?;
+        let policies = self.county.snapshot();
+        let mut commanded = 0;
+        for account in accounts {
+            let r = payment::reconnect_if_due(
+                &self.db,
+                &self.engine,
+                &self.county.county,
+                &policies,
+                &account,
+                now,
+                &self.config.relay,
+            )
+            .await?;
+            commanded += u32::from(matches!(r, Reconnection::Commanded(_)));
+        }
+        Ok(commanded)
+    }
+
+    async fn drive_relays_once(&self) -> Result<RelayReport, JobError> {
         let now = self.clock.now();
         let report = relay::drive(&self.db, &self.meters, now).await?;
         let policies = self.county.snapshot();

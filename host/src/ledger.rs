@@ -141,7 +141,7 @@ pub async fn unbalanced_accounts(
     conn: &mut AnyConnection,
 ) -> Result<Vec<(String, Fen, Fen)>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT a.account_id, a.balance_fen, COALESCE(SUM(e.amount_fen), 0) AS ledger_sum
+        "SELECT a.account_id, a.balance_fen, CAST(COALESCE(SUM(e.amount_fen), 0) AS BIGINT) AS ledger_sum
          FROM accounts a LEFT JOIN ledger_entries e ON e.account_id = a.account_id
          GROUP BY a.account_id, a.balance_fen
          HAVING a.balance_fen <> COALESCE(SUM(e.amount_fen), 0)",

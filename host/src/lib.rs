@@ -15,6 +15,7 @@
 //! reconnection; [`db`] owns storage; [`demo`] drives a simulated county.
 
 pub mod accountview;
+pub mod bench;
 pub mod calendar;
 pub mod clock;
 pub mod collection;

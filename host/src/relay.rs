@@ -124,6 +124,14 @@ pub async fn drive(
         let deadline = parse_ts(&r.try_get::<String, _>(4)?)?;
         let addr = crate::collection::parse_address(&r.try_get::<String, _>(5)?, r.try_get(6)?)?;
 
+        if status == "pending" && command == RelayCommand::Trip {
+            // A trip is re-checked at the last moment: a payment may have arrived since
+            // the decision. Paid or paying customers are never cut off.
+            if let Some(why) = trip_no_longer_due(db, &account_id).await? {
+                fail(db, id, &why, &mut report, &account_id, command).await?;
+                continue;
+            }
+        }
         if status == "pending" {
             // Commit "issuing" before the frame leaves: after a crash the command is
             // verified, never sent twice.
@@ -234,6 +242,28 @@ pub async fn drive(
         }
     }
     Ok(report)
+}
+
+/// Why a pending trip must not be sent any more, if it must not.
+async fn trip_no_longer_due(db: &Db, account_id: &str) -> Result<Option<String>, DbError> {
+    let row = sqlx::query(
+        "SELECT a.balance_fen, CASE WHEN EXISTS (SELECT 1 FROM payments p WHERE p.account_id = a.account_id AND p.status = 'in-flight') THEN 1 ELSE 0 END
+         FROM accounts a WHERE a.account_id = $1",
+    )
+    .bind(account_id)
+    .fetch_one(&db.pool)
+    .await?;
+    let (balance, in_flight): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+    Ok(if balance >= 0 {
+        Some(format!(
+            "not sent: the balance is {} yuan, no longer in arrears",
+            crate::money::format_yuan(balance)
+        ))
+    } else if in_flight != 0 {
+        Some("not sent: a payment is in flight".to_string())
+    } else {
+        None
+    })
 }
 
 async fn set_status(

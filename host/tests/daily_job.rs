@@ -80,10 +80,12 @@ async fn re_running_a_morning_after_a_crash_settles_nothing_twice() {
     let first = s.host.run_morning(date).await.unwrap();
     assert!(first.settlement.settled > 0);
     let ledger_rows = |db: feegate::db::Db| async move {
-        let r = sqlx::query("SELECT COUNT(*), COALESCE(SUM(amount_fen), 0) FROM ledger_entries")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        let r = sqlx::query(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) FROM ledger_entries",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
         (
             r.try_get::<i64, _>(0).unwrap(),
             r.try_get::<i64, _>(1).unwrap(),
@@ -175,6 +177,20 @@ async fn a_relay_command_left_issuing_by_a_crash_is_verified_not_resent() {
     // A meter that acknowledges without moving its relay is never counted as tripped.
     s.fleet.set_ack_without_state_change(1, true).unwrap();
     let mut conn = s.host.db.pool.acquire().await.unwrap();
+    feegate::ledger::post(
+        &mut conn,
+        &feegate::ledger::Posting {
+            account_id: "3500000002",
+            kind: feegate::ledger::EntryKind::Correction,
+            amount_fen: -50_000,
+            idempotency_key: "test:arrears:2",
+            business_date: "2013-01-01",
+            posted_at: "2013-01-01 10:00:00",
+            reference: "test",
+        },
+    )
+    .await
+    .unwrap();
     relay::create(
         &mut conn,
         "3500000002",
@@ -208,4 +224,88 @@ async fn a_relay_command_left_issuing_by_a_crash_is_verified_not_resent() {
             .try_get(0)
             .unwrap();
     assert_eq!(state, "closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_that_races_a_trip_keeps_the_power_on() {
+    use feegate::ledger::EntryKind;
+    use feegate::payment::{self, PaymentNotice};
+    use feegate::relay;
+    use feegate_meter::registers::{RelayCommand, RelayState};
+    use sqlx::Row;
+    let opts = common::small_county(2, 1, 8);
+    let s = demo::Scenario::new(&opts, &[]).await.unwrap();
+    let now = opts.start.and_hms_opt(10, 0, 0).unwrap();
+    s.advance(now).unwrap();
+    // Account 1 is in arrears and a trip command waits to be sent...
+    let mut tx = s.host.db.pool.begin().await.unwrap();
+    feegate::ledger::post(
+        &mut tx,
+        &feegate::ledger::Posting {
+            account_id: "3500000001",
+            kind: EntryKind::Correction,
+            amount_fen: -50_000,
+            idempotency_key: "test:arrears",
+            business_date: "2013-01-01",
+            posted_at: "2013-01-01 10:00:00",
+            reference: "test",
+        },
+    )
+    .await
+    .unwrap();
+    relay::create(
+        &mut tx,
+        "3500000001",
+        "decision:race",
+        RelayCommand::Trip,
+        now,
+        &s.host.config.relay,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    tx.commit().await.unwrap();
+    // ...when the customer pays enough.
+    let paid = PaymentNotice {
+        channel: "alipay",
+        channel_txn_id: "2013010122001",
+        account_id: "3500000001",
+        amount_fen: 60_000,
+    };
+    payment::apply(&s.host.db, &paid, EntryKind::Payment, now)
+        .await
+        .unwrap();
+    let report = relay::drive(&s.host.db, &s.host.meters, now).await.unwrap();
+    assert_eq!(report.issued, 0);
+    assert!(
+        report.events[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("no longer in arrears"),
+        "{report:?}"
+    );
+    assert_eq!(s.fleet.relay_state(0).unwrap(), RelayState::Closed);
+    // The same payment notified twice moves money once.
+    assert_eq!(
+        payment::apply(&s.host.db, &paid, EntryKind::Payment, now)
+            .await
+            .unwrap(),
+        payment::Applied::AlreadyApplied
+    );
+    let balance: i64 =
+        sqlx::query("SELECT balance_fen FROM accounts WHERE account_id = '3500000001'")
+            .fetch_one(&s.host.db.pool)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+    let sum: i64 =
+        sqlx::query("SELECT CAST(SUM(amount_fen) AS BIGINT) FROM ledger_entries WHERE account_id = '3500000001'")
+            .fetch_one(&s.host.db.pool)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+    assert_eq!(balance, sum);
 }

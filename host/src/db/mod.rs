@@ -1,6 +1,7 @@
-//! Storage: one database (SQLite by default), reached through sqlx's `Any` driver so
-//! the same queries run on PostgreSQL later. Queries use `$1`-style placeholders,
-//! which both backends accept.
+//! Storage: one database (SQLite by default, PostgreSQL for scale), reached through
+//! sqlx's `Any` driver so the same queries run on both. Queries use `$1`-style
+//! placeholders, which both backends accept; sums are cast to BIGINT and booleans are
+//! integers, because the `Any` driver decodes neither NUMERIC nor mixed booleans.
 //!
 //! Conventions: money INTEGER fen, energy INTEGER centi-kWh, dates TEXT 'YYYY-MM-DD',
 //! times TEXT 'YYYY-MM-DD HH:MM:SS' in county local time, booleans INTEGER 0/1.
@@ -22,6 +23,10 @@ pub enum DbError {
     Sql(#[from] sqlx::Error),
     #[error("stored value is invalid: {0}")]
     Corrupt(String),
+    #[error(
+        "unsupported database URL {0:?}: use sqlite://PATH (default) or postgres://USER@HOST:PORT/DB"
+    )]
+    Unsupported(String),
 }
 
 /// A connection pool plus the backend's name.
@@ -56,7 +61,8 @@ pub fn parse_ds(s: &str) -> Result<NaiveDate, DbError> {
 
 impl Db {
     /// Opens (creating if needed) and migrates the database at `url`, e.g.
-    /// `sqlite:///var/lib/feegate/county.db` or `sqlite::memory:`.
+    /// `sqlite:///var/lib/feegate/county.db` or `postgres://feegate@db:5432/feegate`.
+    /// Each backend has its own migrations (`migrations/sqlite`, `migrations/postgres`).
     ///
     /// SQLite runs with WAL, foreign keys on, a 5 s busy timeout, and a single pooled
     /// connection: SQLite has one writer anyway, and one connection rules out
@@ -68,6 +74,9 @@ impl Db {
             source,
         };
         let is_sqlite = url.starts_with("sqlite:");
+        if !is_sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(DbError::Unsupported(url.to_string()));
+        }
         let url_with_create = if is_sqlite && !url.contains("mode=") && !url.contains(":memory:") {
             format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
         } else {
@@ -96,7 +105,11 @@ impl Db {
             .connect_with(options)
             .await
             .map_err(open_err)?;
-        sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        if is_sqlite {
+            sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        } else {
+            sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        }
         Ok(Self { pool })
     }
 }

@@ -554,7 +554,7 @@ async fn customer_event(
         }
         CustomerEvent::Pay { meter } => {
             let account = customers[meter].account_id.clone();
-            let recent = sqlx::query("SELECT COALESCE(SUM(charge_fen), 0), COUNT(*) FROM (SELECT charge_fen FROM settlements WHERE account_id = $1 ORDER BY business_date DESC LIMIT 14) t")
+            let recent = sqlx::query("SELECT CAST(COALESCE(SUM(charge_fen), 0) AS BIGINT), COUNT(*) FROM (SELECT charge_fen FROM settlements WHERE account_id = $1 ORDER BY business_date DESC LIMIT 14) t")
                 .bind(&account)
                 .fetch_one(&host.db.pool)
                 .await?;
@@ -617,12 +617,20 @@ async fn summarize(db: &Db, county: &County, opts: &DemoOptions) -> anyhow::Resu
     drop(conn);
     let charged = -count(
         db,
-        "SELECT COALESCE(SUM(amount_fen), 0) FROM ledger_entries WHERE kind = 'charge'",
+        "SELECT CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) FROM ledger_entries WHERE kind = 'charge'",
     )
     .await?;
-    let paid = count(db, "SELECT COALESCE(SUM(amount_fen), 0) FROM ledger_entries WHERE kind IN ('payment', 'prepayment')").await?;
-    let balance = count(db, "SELECT COALESCE(SUM(balance_fen), 0) FROM accounts").await?;
-    let kwh = count(db, "SELECT COALESCE(SUM(kwh_centi), 0) FROM settlements").await?;
+    let paid = count(db, "SELECT CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) FROM ledger_entries WHERE kind IN ('payment', 'prepayment')").await?;
+    let balance = count(
+        db,
+        "SELECT CAST(COALESCE(SUM(balance_fen), 0) AS BIGINT) FROM accounts",
+    )
+    .await?;
+    let kwh = count(
+        db,
+        "SELECT CAST(COALESCE(SUM(kwh_centi), 0) AS BIGINT) FROM settlements",
+    )
+    .await?;
     let expected = count(
         db,
         "SELECT COUNT(*) FROM (SELECT DISTINCT meter_id, business_date FROM collection_attempts) t",

@@ -25,10 +25,9 @@
 //! - `request-auto-debit` when level ≥ 1, the agreement has an auto-debit amount (代扣值) and
 //!   no auto-debit is in flight;
 //! - `offline-follow-up` (抄收员线下催费) when the balance is below 0 and `days-in-arrears`
-//!   equals `offline_follow_up_after_days_in_arrears` exactly. The input carries no "task
-//!   already opened" flag, so the equality makes the task open once per arrears episode;
-//!   it relies on the host assessing every account every day (a skipped day on which the
-//!   count jumps past the threshold opens no task).
+//!   has reached `offline_follow_up_after_days_in_arrears`. It is asked for on every
+//!   assessment from then on; the host opens one task per arrears episode (its work order
+//!   is keyed by the episode), so a day without an assessment cannot skip the task.
 
 use feegate_policy_sdk::calendar::CivilDate;
 use feegate_policy_sdk::decimal::{fixed, from_parts, to_parts};
@@ -375,7 +374,7 @@ fn assess_checked(input: &WarningInput) -> Result<WarningOutput, SdkError> {
         }
     }
     let follow_up_day = p.offline_follow_up_after_days_in_arrears;
-    if balance < Decimal::ZERO && input.days_in_arrears == follow_up_day {
+    if balance < Decimal::ZERO && input.days_in_arrears >= follow_up_day {
         actions.push(WarningAction::OfflineFollowUp);
         notes.push(format!(
             "open the meter-reader follow-up (抄收员线下催费): {} days in arrears",

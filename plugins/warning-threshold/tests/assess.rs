@@ -204,11 +204,12 @@ const ROWS: &[Row] = &[
         ..R
     },
     Row {
-        name: "arrears, after the follow-up day",
+        name: "arrears, after the follow-up day (still asked; the host de-duplicates)",
         balance: "-7.20",
         days_in_arrears: 3,
         already: 3,
         level: 3,
+        actions: &[OfflineFollowUp],
         days_left: Some("0.0"),
         reason: "arrears",
         ..R

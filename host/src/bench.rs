@@ -1,0 +1,231 @@
+//! `feegate bench settle`: one day's settlement at scale, measured.
+//!
+//! Set-up (not timed): N accounts are written with bulk SQL — customers, meters,
+//! agreements, accounts with a prepayment entry (200 yuan; 55 yuan for every third account,
+//! so the day's charge takes it under the alarm threshold and the notice path runs too) —
+//! and two daily frozen readings
+//! each, derived from the shared Low Carbon London consumption (account i follows
+//! household i mod 100; the register delta is that household's use on 2013-03-01).
+//!
+//! Timed: the real settlement path (`settlement::settle`: tariff component, decision log,
+//! ledger, balance) and the warning path (`warning::assess`: warning component, notice
+//! component, SMS outbox) for that day. Then, in a second fresh database, a bare
+//! baseline that writes the same number of ledger rows and balance updates with plain
+//! SQL, one transaction per account like settlement. Prints accounts per second for each,
+//! their ratio, and the process's peak resident memory.
+
+use crate::config::HostConfig;
+use crate::county::County;
+use crate::db::Db;
+use crate::money::kwh_to_centi_kwh;
+use crate::policy::PolicyEngine;
+use anyhow::Context;
+use chrono::NaiveDate;
+use feegate_meter::profile::Profiles;
+use std::path::Path;
+use std::time::Instant;
+
+/// Figures of one bench run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SettleFigures {
+    pub accounts: usize,
+    pub settle_seconds: f64,
+    pub settle_accounts_per_second: f64,
+    pub warning_seconds: f64,
+    pub baseline_seconds: f64,
+    pub baseline_accounts_per_second: f64,
+    /// (settlement + warnings) / baseline
+    pub ratio_to_baseline: f64,
+    pub peak_rss_mib: f64,
+}
+
+const DAY0: &str = "2013-03-01";
+const DAY1: &str = "2013-03-02";
+
+async fn seed_accounts(db: &Db, n: usize, profiles: &Profiles) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO counties (county, display_name, rollout_stage) VALUES ('xianyou', '仙游县', 'approval-gated')").execute(&db.pool).await?;
+    sqlx::query(
+        "INSERT INTO stations (station_id, county, name) VALUES ('XY-BT', 'xianyou', '榜头供电所')",
+    )
+    .execute(&db.pool)
+    .await?;
+    let day = NaiveDate::from_ymd_opt(2013, 3, 1).expect("valid date");
+    let households = profiles.households();
+    const CHUNK: usize = 500;
+    for start in (0..n).step_by(CHUNK) {
+        let end = (start + CHUNK).min(n);
+        let mut tx = db.pool.begin().await?;
+        let rows = |f: &dyn Fn(usize) -> String| (start..end).map(f).collect::<Vec<_>>().join(", ");
+        let sql = [
+            format!(
+                "INSERT INTO customers (customer_id, county, station_id, name, master_mobile, customer_class) VALUES {}",
+                rows(&|i| format!(
+                    "('C{i}', 'xianyou', 'XY-BT', '客户{i}', '139{i:08}', 'low-voltage-residential')"
+                ))
+            ),
+            format!(
+                "INSERT INTO meters (meter_id, customer_id, protocol, gateway, unit_id, installed_on) VALUES {}",
+                rows(&|i| format!("('M{i}', 'C{i}', 'modbus-tcp', '127.0.0.1:1', 1, '{DAY0}')"))
+            ),
+            format!(
+                "INSERT INTO agreements (agreement_id, customer_id, alarm_threshold_fen, mobile, signed_at) VALUES {}",
+                rows(&|i| format!("({}, 'C{i}', 5000, '139{i:08}', '{DAY0} 00:00:00')", i + 1))
+            ),
+            format!(
+                "INSERT INTO accounts (account_id, customer_id, meter_id, agreement_id, county, station_id, status, balance_fen) VALUES {}",
+                rows(&|i| format!(
+                    "('A{i}', 'C{i}', 'M{i}', {}, 'xianyou', 'XY-BT', 'active', {})",
+                    i + 1,
+                    prepayment(i)
+                ))
+            ),
+            format!(
+                "INSERT INTO ledger_entries (account_id, kind, amount_fen, balance_after_fen, idempotency_key, business_date, posted_at, reference) VALUES {}",
+                rows(&|i| format!(
+                    "('A{i}', 'prepayment', {0}, {0}, 'open-A{i}', '{DAY0}', '{DAY0} 00:00:00', 'bench')",
+                    prepayment(i)
+                ))
+            ),
+            format!(
+                "INSERT INTO readings (meter_id, reading_date, register_centi_kwh, source, collected_at) VALUES {}",
+                rows(&|i| {
+                    let h = &households[i % households.len()];
+                    let kwh = h.kwh_on(day).unwrap_or_default();
+                    let start_reg = 100_000 + (i as i64 % 1000) * 100;
+                    format!(
+                        "('M{i}', '{DAY0}', {start_reg}, 'daily-frozen', '{DAY0} 00:10:00'), ('M{i}', '{DAY1}', {}, 'daily-frozen', '{DAY1} 00:10:00')",
+                        start_reg + kwh_to_centi_kwh(kwh)
+                    )
+                })
+            ),
+        ];
+        for q in sql {
+            sqlx::query(&q).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// Initial prepayment of bench account `i`, fen.
+fn prepayment(i: usize) -> i64 {
+    if i % 3 == 0 { 5_500 } else { 20_000 }
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Runs the bench. `db_url` none = fresh SQLite files in a temporary directory; a
+/// PostgreSQL URL must name an empty database.
+pub async fn settle(
+    n: usize,
+    db_url: Option<&str>,
+    data: &Path,
+    policy_set: &Path,
+    components: &Path,
+) -> anyhow::Result<SettleFigures> {
+    let config = HostConfig::default();
+    let engine = PolicyEngine::new(config.policy.clone())?;
+    let county = County::load(&engine, policy_set, components, config.floor.clone())?;
+    let profiles = Profiles::load(data).with_context(|| format!("loading {}", data.display()))?;
+    let tmp = tempfile::tempdir()?;
+    let url = |name: &str| {
+        db_url
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("sqlite://{}", tmp.path().join(name).display()))
+    };
+
+    let db = Db::open(&url("settle.db")).await?;
+    seed_accounts(&db, n, &profiles)
+        .await
+        .context("seeding accounts (the database must be empty)")?;
+    let policies = county.snapshot();
+    let date = NaiveDate::from_ymd_opt(2013, 3, 2).expect("valid date");
+    let now = date.and_hms_opt(0, 20, 0).expect("valid time");
+    let t = Instant::now();
+    let report = crate::settlement::settle(
+        &db,
+        &engine,
+        &county.county,
+        &policies,
+        date,
+        now,
+        &config.settlement,
+    )
+    .await?;
+    let settle_seconds = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        report.settled as usize == n,
+        "settled {} of {n} accounts: {report:?}",
+        report.settled
+    );
+    let t = Instant::now();
+    crate::warning::assess(
+        &db,
+        &engine,
+        &county.county,
+        &policies,
+        &report.settled_accounts,
+        date,
+        now,
+        config.settlement.history_days,
+    )
+    .await?;
+    let warning_seconds = t.elapsed().as_secs_f64();
+    db.pool.close().await;
+
+    // Baseline: the same ledger rows and balance moves, bare.
+    let base = if db_url.is_some() {
+        db_url.map(str::to_string).unwrap_or_default()
+    } else {
+        url("baseline.db")
+    };
+    let baseline_seconds = if db_url.is_some() {
+        f64::NAN // a PostgreSQL URL names one database; the baseline needs a second one
+    } else {
+        let db = Db::open(&base).await?;
+        seed_accounts(&db, n, &profiles).await?;
+        let t = Instant::now();
+        for i in 0..n {
+            let mut tx = db.pool.begin().await?;
+            sqlx::query(
+                "UPDATE accounts SET balance_fen = balance_fen - 500 WHERE account_id = $1",
+            )
+            .bind(format!("A{i}"))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO ledger_entries (account_id, kind, amount_fen, balance_after_fen, idempotency_key, business_date, posted_at, reference)
+                 VALUES ($1, 'charge', -500, 19500, $2, $3, $4, 'baseline')",
+            )
+            .bind(format!("A{i}"))
+            .bind(format!("charge:A{i}:{DAY0}"))
+            .bind(DAY0)
+            .bind(format!("{DAY1} 00:20:00"))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+        let s = t.elapsed().as_secs_f64();
+        db.pool.close().await;
+        s
+    };
+    Ok(SettleFigures {
+        accounts: n,
+        settle_seconds,
+        settle_accounts_per_second: n as f64 / settle_seconds,
+        warning_seconds,
+        baseline_seconds,
+        baseline_accounts_per_second: n as f64 / baseline_seconds,
+        ratio_to_baseline: (settle_seconds + warning_seconds) / baseline_seconds,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}

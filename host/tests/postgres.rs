@@ -1,0 +1,56 @@
+//! The same behaviour on PostgreSQL as on SQLite. These tests need a PostgreSQL server
+//! (CI has one at 127.0.0.1:5432, database `test`, trust auth; `FEEGATE_TEST_PG`
+//! overrides the URL); where none is reachable they say so and skip.
+
+mod common;
+
+use feegate::demo;
+use sqlx::Row;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_job_on_postgresql_gives_exactly_the_sqlite_figures() {
+    let Some(pg) =
+        common::pg_database("the_daily_job_on_postgresql_gives_exactly_the_sqlite_figures").await
+    else {
+        return;
+    };
+    let mut opts = common::small_county(16, 40, 17);
+    let on_sqlite = demo::run(&opts).await.expect("demo on SQLite");
+    opts.db_url = Some(pg.url.clone());
+    let on_postgres = demo::run(&opts).await.expect("demo on PostgreSQL");
+    assert_eq!(on_postgres, on_sqlite);
+    assert!(on_postgres.ledger_balanced);
+    assert!(
+        on_postgres.disconnections > 0 && on_postgres.reconnections > 0,
+        "{on_postgres:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgresql_ledger_and_decision_log_refuse_edits() {
+    let Some(pg) = common::pg_database("the_postgresql_ledger_and_decision_log_refuse_edits").await
+    else {
+        return;
+    };
+    let mut opts = common::small_county(4, 3, 2);
+    opts.db_url = Some(pg.url.clone());
+    demo::run(&opts).await.expect("demo on PostgreSQL");
+    let db = feegate::db::Db::open(&pg.url).await.unwrap();
+    let entries: i64 = sqlx::query("SELECT COUNT(*) FROM ledger_entries")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+        .try_get(0)
+        .unwrap();
+    assert!(entries > 0);
+    for sql in [
+        "UPDATE ledger_entries SET amount_fen = 0",
+        "DELETE FROM ledger_entries",
+        "UPDATE decisions SET output_json = NULL",
+        "DELETE FROM decisions",
+    ] {
+        let err = sqlx::query(sql).execute(&db.pool).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    db.pool.close().await;
+}
