@@ -23,7 +23,7 @@ use serde_json::json;
 
 fn unhex(field: &str, s: &str) -> anyhow::Result<Vec<u8>> {
     let t: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    if t.len() % 2 != 0 {
+    if !t.len().is_multiple_of(2) {
         bail!("{field}: {} hex digits, need an even number", t.len());
     }
     (0..t.len())

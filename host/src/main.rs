@@ -510,8 +510,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "simulated meters at {date} 00:00 (DL/T 645 relay password 02:123456); Ctrl-C to stop"
             );
             println!(
-                "  {:>5}  {:<22} {:>4}  {:<22} {}",
-                "meter", "modbus gateway", "unit", "dlt645 gateway", "dlt645 address"
+                "  {:>5}  {:<22} {:>4}  {:<22} dlt645 address",
+                "meter", "modbus gateway", "unit", "dlt645 gateway"
             );
             for (i, (m, d)) in modbus.iter().zip(&dlt).enumerate() {
                 let feegate_meter::dlt645_client::Link::Gateway(g) = d.link else {
