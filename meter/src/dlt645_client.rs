@@ -3,7 +3,8 @@
 //!
 //! - One serialised queue per gateway / terminal: never two requests in flight on one bus.
 //! - A reply is accepted only from the addressed meter, for the function (and data identifier)
-//!   asked; anything else — a late reply to an earlier request, another meter — is stale and
+//!   asked (an error reply carries no identifier: it is matched by address and function only);
+//!   anything else — a late reply to an earlier request, another meter — is stale and
 //!   discarded ([`Dlt645Client::stale_replies`] counts them). DL/T 645 has no transaction id, so
 //!   the connection is kept after a timeout and stale replies are filtered by content.
 //! - Timeouts, I/O errors and garbled replies (which the stream decoder drops) are retried
@@ -279,8 +280,9 @@ impl Dlt645Client {
             .ok_or_else(|| self.unexpected(m, "an energy value", &v))
     }
 
-    /// Reads the last daily frozen reading: freeze time (05060001) and forward active energy
-    /// (05060101). Fails if the freeze time is not a 00:00 of a real date.
+    /// Reads the last daily frozen reading: freeze time (05060001), forward active energy
+    /// (05060101), and the freeze time again (so a freeze between the reads cannot pair a date
+    /// with another day's register). Fails if the freeze time is not a real date.
     pub async fn read_daily_frozen(
         &self,
         m: &Dlt645Meter,
@@ -297,6 +299,18 @@ impl Dlt645Client {
         let energy_kwh = e
             .energy_kwh()
             .ok_or_else(|| self.unexpected(m, "a frozen energy block", &e))?;
+        // A midnight between the two reads would pair a date with the next day's register.
+        let again = self.read(m, Di(0x0506_0001)).await?;
+        if again != t {
+            return Err(Dlt645ClientError::Codec {
+                meter: *m,
+                source: Dlt645Error::InvalidValue {
+                    field: "daily freeze time".into(),
+                    reason: "the meter froze a new day while it was being read; read it again"
+                        .into(),
+                },
+            });
+        }
         Ok(FrozenReading645 { date, energy_kwh })
     }
 
