@@ -98,12 +98,27 @@ impl County {
 
     /// Puts a component in force for its kind; jobs already running keep their snapshot.
     pub fn activate(&self, active: ActiveComponent) {
+        self.activate_shared(Arc::new(active));
+    }
+
+    /// [`County::activate`] for a component already shared (the registry watcher keeps
+    /// loaded versions cached, so a rollback swaps without recompiling).
+    pub fn activate_shared(&self, active: Arc<ActiveComponent>) {
         let mut guard = self.policies.write().expect("policy lock poisoned");
         let mut components = guard.components.clone();
-        components.insert(active.component.kind, Arc::new(active));
+        components.insert(active.component.kind, active);
         *guard = Arc::new(PolicySnapshot {
             rollout_stage: guard.rollout_stage,
             components,
+        });
+    }
+
+    /// Moves the county to another rollout stage; jobs already running keep theirs.
+    pub fn set_rollout_stage(&self, stage: RolloutStage) {
+        let mut guard = self.policies.write().expect("policy lock poisoned");
+        *guard = Arc::new(PolicySnapshot {
+            rollout_stage: stage,
+            components: guard.components.clone(),
         });
     }
 }

@@ -1,6 +1,13 @@
 //! The decision log: every policy decision with the component's sha256, its input,
 //! its output (or failure) and the fuel used. Rows are never updated or deleted
 //! (database triggers refuse it), so an auditor can replay any decision.
+//!
+//! The rows form a hash chain (migration 0002): each row stores `prev_hash`, the
+//! `row_hash` of the row before it (by `decision_id`; `""` for the first), and its own
+//! `row_hash` = [`row_hash`] of its content and `prev_hash`. `crate::audit::verify`
+//! recomputes the chain, so a row edited or removed behind the triggers' back shows.
+//! The chain is appended under the writer's transaction: SQLite has a single writer;
+//! on PostgreSQL the append must take a lock (e.g. `pg_advisory_xact_lock`) first.
 
 use crate::policy::{Invocation, PolicyFailure};
 use serde::Serialize;
@@ -66,10 +73,36 @@ pub async fn record<I: Serialize, O: Serialize + Explained>(
             Some(f.to_string()),
         ),
     };
+    let fuel_used = i64::try_from(r.invocation.fuel_used).unwrap_or(i64::MAX);
+    let prev_hash: String = sqlx::query(
+        "SELECT row_hash FROM decisions WHERE row_hash IS NOT NULL ORDER BY decision_id DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|row| row.try_get::<String, _>(0))
+    .transpose()?
+    .unwrap_or_default();
+    let content = ChainedRow {
+        county: r.county.to_string(),
+        kind: r.kind.to_string(),
+        account_id: r.account_id.to_string(),
+        business_date: r.business_date.to_string(),
+        decided_at: r.decided_at.to_string(),
+        component_sha256: r.component_sha256.to_string(),
+        input_json: input_json.clone(),
+        output_json: output_json.clone(),
+        outcome: outcome.to_string(),
+        failure_json: failure_json.clone(),
+        reason_code: reason.clone(),
+        explanation: explanation.clone(),
+        fuel_used,
+        guest_output: r.invocation.guest_output.clone(),
+    };
+    let hash = row_hash(&content, &prev_hash);
     let row = sqlx::query(
         "INSERT INTO decisions (county, kind, account_id, business_date, decided_at, component_sha256, input_json, output_json,
-                                outcome, failure_json, reason_code, explanation, fuel_used, guest_output)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING decision_id",
+                                outcome, failure_json, reason_code, explanation, fuel_used, guest_output, prev_hash, row_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING decision_id",
     )
     .bind(r.county)
     .bind(r.kind)
@@ -83,11 +116,40 @@ pub async fn record<I: Serialize, O: Serialize + Explained>(
     .bind(failure_json)
     .bind(reason)
     .bind(explanation)
-    .bind(i64::try_from(r.invocation.fuel_used).unwrap_or(i64::MAX))
+    .bind(fuel_used)
     .bind(&r.invocation.guest_output)
+    .bind(&prev_hash)
+    .bind(&hash)
     .fetch_one(&mut *conn)
     .await?;
     row.try_get(0)
+}
+
+/// The content columns of a `decisions` row, in table order: everything the chain
+/// protects (all columns but `decision_id`, whose order the chain itself fixes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainedRow {
+    pub county: String,
+    pub kind: String,
+    pub account_id: String,
+    pub business_date: String,
+    pub decided_at: String,
+    pub component_sha256: String,
+    pub input_json: String,
+    pub output_json: Option<String>,
+    pub outcome: String,
+    pub failure_json: Option<String>,
+    pub reason_code: Option<String>,
+    pub explanation: Option<String>,
+    pub fuel_used: i64,
+    pub guest_output: String,
+}
+
+/// Lowercase hex sha256 of `prev_hash` and the row's content, serialised as one JSON
+/// array (unambiguous: every field is quoted or `null`, in a fixed order).
+pub fn row_hash(row: &ChainedRow, prev_hash: &str) -> String {
+    let canonical = serde_json::to_string(&(prev_hash, row)).expect("strings serialise");
+    crate::policy::engine::sha256_hex(canonical.as_bytes())
 }
 
 /// Holds an account at a stage for a day (idempotent), e.g. after a policy failure.

@@ -12,11 +12,14 @@
 //! to the [`ledger`]; [`warning`] and [`cutoff`] ask the county's [`policy`] components
 //! and apply the host's [`floor`] (safety floor); [`outbox`] delivers SMS; [`relay`]
 //! issues and verifies relay commands; [`payment`] takes money in and starts
-//! reconnection; [`db`] owns storage; [`demo`] drives a simulated county.
+//! reconnection; [`registry`] holds published policy versions and swaps them in hot;
+//! [`audit`] verifies and replays the decision log; [`db`] owns storage; [`demo`] drives a simulated county.
 
 pub mod accountview;
+pub mod audit;
 pub mod bench;
 pub mod calendar;
+pub mod cli;
 pub mod clock;
 pub mod collection;
 pub mod config;
@@ -26,6 +29,7 @@ pub mod db;
 pub mod decision_log;
 pub mod demo;
 pub mod fieldtools;
+pub mod fixtures;
 pub mod floor;
 pub mod job;
 pub mod ledger;
@@ -35,6 +39,7 @@ pub mod outbox;
 pub mod payment;
 pub mod policy;
 pub mod readings;
+pub mod registry;
 pub mod relay;
 pub mod settlement;
 pub mod warning;

@@ -17,10 +17,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Measure: print figures (benchmarks are commands, not timed tests).
+    /// Policy lifecycle: keys, trust, publish, activate, roll back, list, diff.
+    Policy(feegate::cli::PolicyArgs),
+    /// The decision log: list, verify the hash chain, replay decisions.
+    Audit(feegate::cli::AuditArgs),
+    /// Benchmarks that print figures (`bench policy`). Build with --release for real figures.
     Bench {
         #[command(subcommand)]
-        what: Bench,
+        what: BenchWhat,
     },
     /// Run a simulated county through the whole daily job on real consumption data.
     Demo {
@@ -274,7 +278,7 @@ enum SimCmd {
 }
 
 #[derive(Subcommand)]
-enum Bench {
+enum BenchWhat {
     /// Read every simulated meter's daily frozen reading once, gateways in parallel.
     Collect {
         #[arg(long, default_value_t = 10_000)]
@@ -299,6 +303,37 @@ enum Bench {
             default_value = "../shared/data/lcl_2013_daily_kwh_100hh.csv"
         )]
         data: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// ns per decision per policy kind (Wasm single, batched, native) and hot-swap latency.
+    Policy {
+        /// Recorded decisions timed per kind.
+        #[arg(long, default_value_t = 2000)]
+        decisions: usize,
+        /// Meters of the simulated county that records the inputs.
+        #[arg(long, default_value_t = 60)]
+        meters: usize,
+        /// Days of the simulated county (enough for arrears and cutoff decisions).
+        #[arg(long, default_value_t = 45)]
+        days: u32,
+        /// Registry watcher poll period, ms.
+        #[arg(long, default_value_t = 10)]
+        poll_ms: u64,
+        #[arg(
+            long,
+            env = "FEEGATE_DATA",
+            default_value = "../shared/data/lcl_2013_daily_kwh_100hh.csv"
+        )]
+        data: PathBuf,
+        #[arg(long, env = "FEEGATE_POLICY_SET", default_value = "policies/xianyou")]
+        policy_set: PathBuf,
+        #[arg(
+            long,
+            env = "FEEGATE_COMPONENTS",
+            default_value = "target/wasm32-wasip2/plugin"
+        )]
+        components: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -530,7 +565,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench {
             what:
-                Bench::Collect {
+                BenchWhat::Collect {
                     meters,
                     gateways,
                     latency_ms,
@@ -577,9 +612,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Policy(args) => {
+            if !feegate::cli::run_policy(args).await? {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
         Command::Bench {
             what:
-                Bench::Settle {
+                BenchWhat::Settle {
                     accounts,
                     db,
                     data,
@@ -588,9 +629,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             anyhow::ensure!(accounts > 0, "--accounts must be at least 1");
-            let f =
-                feegate::bench::settle(accounts, db.as_deref(), &data, &policy_set, &components)
-                    .await?;
+            let f = feegate::bench::settle::settle(
+                accounts,
+                db.as_deref(),
+                &data,
+                &policy_set,
+                &components,
+            )
+            .await?;
             println!("bench settle: {} accounts", f.accounts);
             println!(
                 "  settlement  {:>9.2} s  {:>10.0} accounts/s  (tariff component, decision log, ledger, balance)",
@@ -607,6 +653,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  ratio       {:>9.2} × baseline", f.ratio_to_baseline);
             println!("  peak memory {:>9.1} MiB", f.peak_rss_mib);
             println!("{}", serde_json::to_string(&f)?);
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Policy {
+                    decisions,
+                    meters,
+                    days,
+                    poll_ms,
+                    data,
+                    policy_set,
+                    components,
+                    json,
+                },
+        } => {
+            let opts = feegate::bench::policy::BenchOptions {
+                demo: DemoOptions {
+                    meters,
+                    days,
+                    start: NaiveDate::from_ymd_opt(2013, 1, 1).expect("valid date"),
+                    seed: 2013,
+                    db_url: None,
+                    data,
+                    policy_set,
+                    components,
+                    meters_per_gateway: 16,
+                    read_timeout: std::time::Duration::from_millis(100),
+                    progress: false,
+                },
+                decisions,
+                poll: std::time::Duration::from_millis(poll_ms),
+            };
+            let report = feegate::bench::policy::policy(&opts).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                feegate::bench::policy::print(&report);
+            }
+            Ok(())
+        }
+        Command::Audit(args) => {
+            if !feegate::cli::run_audit(args).await? {
+                std::process::exit(2);
+            }
             Ok(())
         }
         Command::Demo {

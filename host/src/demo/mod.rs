@@ -28,6 +28,7 @@ use crate::onboarding::{self, Application};
 use crate::outbox::LogGateway;
 use crate::payment::{self, PaymentNotice};
 use crate::policy::{PolicyEngine, PolicyKind};
+use crate::registry;
 use anyhow::Context;
 use behaviour::{Behaviour, Habit, Persona};
 use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime};
@@ -145,6 +146,8 @@ pub struct ComponentOverride {
 /// A simulated county: host, meter fleet, clock and customers, advanced day by day.
 pub struct Scenario {
     pub host: Host,
+    /// Puts versions activated in the registry in force, at every host step.
+    pub watcher: Arc<registry::Watcher>,
     pub fleet: Arc<SimFleet>,
     pub clock: Arc<SimClock>,
     pub sms: Arc<LogGateway>,
@@ -191,14 +194,12 @@ impl Scenario {
             &opts.components,
             config.floor.clone(),
         )?;
+        let mut override_bytes = Vec::new();
         for o in overrides {
             let bytes = std::fs::read(&o.wasm)
                 .with_context(|| format!("cannot read {}", o.wasm.display()))?;
             let component = engine.load(o.kind, &bytes)?;
-            county.activate(crate::county::ActiveComponent {
-                component,
-                parameters_json: o.parameters_json.clone(),
-            });
+            override_bytes.push((o, bytes, component));
         }
         let county = Arc::new(county);
         let (url, tmp) = match &opts.db_url {
@@ -213,6 +214,32 @@ impl Scenario {
             }
         };
         let db = Db::open(&url).await?;
+        // Every component the host runs goes into the registry, so each decision it
+        // logs can be replayed (`feegate audit replay`).
+        registry::record_policy_set(
+            &db,
+            &county,
+            &opts.policy_set,
+            &opts.components,
+            opts.start.and_time(NaiveTime::MIN),
+        )
+        .await?;
+        for (o, bytes, component) in override_bytes {
+            registry::record_shipped(
+                &db,
+                &county.county,
+                o.kind,
+                &bytes,
+                &component.contract_version,
+                &o.parameters_json,
+                opts.start.and_time(NaiveTime::MIN),
+            )
+            .await?;
+            county.activate(crate::county::ActiveComponent {
+                component,
+                parameters_json: o.parameters_json.clone(),
+            });
+        }
 
         let fleet = Arc::new(
             SimFleet::from_csv(&opts.data, opts.meters, opts.seed)
@@ -227,6 +254,15 @@ impl Scenario {
             )
             .await?;
         let clock = Arc::new(SimClock::new(start_time));
+        // Versions activated in the registry (`feegate policy activate`) replace the
+        // policy-set files from their effective time, checked at every host step.
+        let watcher = Arc::new(registry::Watcher::new(
+            db.clone(),
+            engine.clone(),
+            county.clone(),
+            clock.clone(),
+        ));
+        watcher.poll().await?;
         let sms = Arc::new(LogGateway::default());
         let meters = ModbusMeterClient::new(ClientConfig {
             timeout: opts.read_timeout,
@@ -311,6 +347,7 @@ impl Scenario {
         }
         Ok(Self {
             host,
+            watcher,
             fleet,
             clock,
             sms,
@@ -336,6 +373,7 @@ impl Scenario {
             let t = date.and_hms_opt(h, m, 0).expect("valid time");
             self.customer_events_until(t).await?;
             self.advance(t)?;
+            self.watcher.poll().await?;
             let host = &self.host;
             match (h, m) {
                 (0, 10) => {

@@ -58,7 +58,7 @@ pub enum PolicyLoadError {
 }
 
 /// Why a decision has no usable output. The affected account is held, never guessed at.
-#[derive(Debug, Clone, Error, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, Serialize, serde::Deserialize, PartialEq, Eq)]
 #[serde(tag = "failure", rename_all = "kebab-case")]
 pub enum PolicyFailure {
     /// The component declined with a policy-error (e.g. bad parameters).
@@ -101,6 +101,7 @@ pub struct Invocation<T> {
     pub guest_output: String,
 }
 
+#[derive(Clone)]
 enum KindPre {
     Tariff(tariff::TariffPolicyPre<GuestState>),
     Warning(warning::WarningPolicyPre<GuestState>),
@@ -109,6 +110,9 @@ enum KindPre {
 }
 
 /// A compiled, checked, pre-instantiated component, identified by the sha256 of its bytes.
+/// Cloning is cheap (the compiled code is shared), so one compilation serves every
+/// publication of the same bytes.
+#[derive(Clone)]
 pub struct LoadedComponent {
     pub kind: PolicyKind,
     /// Lowercase hex sha256 of the component bytes: the component's identity.
@@ -458,6 +462,55 @@ impl PolicyEngine {
                 Ok(())
             },
         )
+    }
+
+    /// Prices many inputs in ONE store and instance, with the fuel refilled per call.
+    ///
+    /// For `feegate bench policy` only, to measure what instantiation costs: decisions
+    /// never run this way, because an instance could carry state from one customer's
+    /// decision into the next. A trap ends the batch (the rest are not run).
+    pub fn price_batch(
+        &self,
+        c: &LoadedComponent,
+        inputs: &[TariffInput],
+    ) -> Vec<Result<TariffOutput, PolicyFailure>> {
+        let KindPre::Tariff(pre) = &c.pre else {
+            return vec![wrong_kind::<TariffOutput>(c, PolicyKind::Tariff).outcome];
+        };
+        let (mut store, _, _) = self.new_store();
+        let instance = match pre.instantiate(&mut store) {
+            Ok(i) => i,
+            Err(e) => return vec![Err(self.classify(&e, None))],
+        };
+        let mut out = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            store
+                .set_fuel(self.limits.fuel_per_decision)
+                .expect("fuel is enabled in the engine config");
+            let tick_ns = self.limits.epoch_tick.as_nanos().max(1);
+            store.set_epoch_deadline(
+                (self.limits.time_limit.as_nanos().div_ceil(tick_ns) as u64).max(1),
+            );
+            match instance
+                .feegate_policy_tariff()
+                .call_price(&mut store, input)
+            {
+                Ok(Ok(o)) => out.push(
+                    common_checks(&o.reason_code, &o.explanation, &self.limits)
+                        .map(|()| o)
+                        .map_err(|detail| PolicyFailure::InvalidOutput { detail }),
+                ),
+                Ok(Err(e)) => out.push(Err(PolicyFailure::Refused {
+                    code: e.code,
+                    message: e.message,
+                })),
+                Err(e) => {
+                    out.push(Err(self.classify(&e, store.data().limiter.hit.clone())));
+                    break;
+                }
+            }
+        }
+        out
     }
 
     /// Assesses a balance with a warning component.

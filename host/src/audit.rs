@@ -1,0 +1,702 @@
+//! Auditing the decision log: list it, verify its hash chain, replay recorded
+//! decisions bit for bit, and replay them through a candidate version (`policy diff`).
+//!
+//! Replay works because a policy is a pure function of its input: the log holds the
+//! component's sha256 and the exact input JSON, and the registry holds the bytes of
+//! every component the host ever ran (published, or recorded from the policy-set files
+//! at start), so re-running gives the same output — the same JSON, byte for byte.
+
+use crate::db::Db;
+use crate::decision_log::{ChainedRow, row_hash};
+use crate::money::Fen;
+use crate::policy::bindings::{
+    CutoffAction, CutoffInput, CutoffOutput, NoticeInput, NoticeOutput, ReconnectionInput,
+    ReconnectionOutput, TariffInput, TariffOutput, WarningInput, WarningOutput,
+};
+use crate::policy::{Invocation, LoadedComponent, PolicyEngine, PolicyFailure, PolicyKind};
+use crate::registry::{self, RegistryError};
+use serde::Serialize;
+use sqlx::Row;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Why an audit command could not run.
+#[derive(Debug, Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("decision {0} does not exist; `feegate audit log` lists decisions")]
+    NoSuchDecision(i64),
+    #[error("decision {id} has an unreadable {what}: {detail}")]
+    BadRecord {
+        id: i64,
+        what: &'static str,
+        detail: String,
+    },
+}
+
+// ---------------------------------------------------------------------------------
+// Log
+// ---------------------------------------------------------------------------------
+
+/// One line of `audit log`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    pub decision_id: i64,
+    pub county: String,
+    pub kind: String,
+    pub account_id: String,
+    pub business_date: String,
+    pub decided_at: String,
+    pub component_sha256: String,
+    pub outcome: String,
+    pub reason_code: Option<String>,
+    pub explanation: Option<String>,
+    pub fuel_used: i64,
+}
+
+/// Which decisions to list or replay. Empty strings mean "any".
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub county: String,
+    pub kind: String,
+    pub account_id: String,
+    /// First business date, 'YYYY-MM-DD' (inclusive).
+    pub from: String,
+    /// Last business date, 'YYYY-MM-DD' (inclusive).
+    pub to: String,
+    /// At most this many rows (0: no limit).
+    pub limit: i64,
+}
+
+const FILTER_SQL: &str =
+    "($1 = '' OR county = $1) AND ($2 = '' OR kind = $2) AND ($3 = '' OR account_id = $3)
+     AND ($4 = '' OR business_date >= $4) AND ($5 = '' OR business_date <= $5)";
+
+/// Decisions matching `f`, in log order.
+pub async fn log(db: &Db, f: &Filter) -> Result<Vec<LogLine>, AuditError> {
+    let rows = sqlx::query(&format!(
+        "SELECT decision_id, county, kind, account_id, business_date, decided_at, component_sha256, outcome,
+                reason_code, explanation, fuel_used
+         FROM decisions WHERE {FILTER_SQL} ORDER BY decision_id LIMIT $6"
+    ))
+    .bind(&f.county)
+    .bind(&f.kind)
+    .bind(&f.account_id)
+    .bind(&f.from)
+    .bind(&f.to)
+    .bind(if f.limit > 0 { f.limit } else { i64::MAX })
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(LogLine {
+                decision_id: r.try_get(0)?,
+                county: r.try_get(1)?,
+                kind: r.try_get(2)?,
+                account_id: r.try_get(3)?,
+                business_date: r.try_get(4)?,
+                decided_at: r.try_get(5)?,
+                component_sha256: r.try_get(6)?,
+                outcome: r.try_get(7)?,
+                reason_code: r.try_get(8)?,
+                explanation: r.try_get(9)?,
+                fuel_used: r.try_get(10)?,
+            })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------
+// Verify
+// ---------------------------------------------------------------------------------
+
+/// Where the chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainBreak {
+    pub decision_id: i64,
+    /// What is wrong, for the auditor.
+    pub problem: String,
+}
+
+/// Result of `audit verify`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Chained rows checked.
+    pub rows: u64,
+    /// Rows from before the chain existed (NULL hashes; migration 0002).
+    pub unchained: u64,
+    /// `row_hash` of the last row: write it down; a later verify whose log does not
+    /// lead to it means rows were cut off the end.
+    pub head_hash: String,
+    pub last_decision_id: i64,
+    /// Every break found (an edited row breaks its own hash, a removed one the next
+    /// row's link).
+    pub breaks: Vec<ChainBreak>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.breaks.is_empty()
+    }
+}
+
+/// Recomputes the hash chain of the whole decision log.
+///
+/// `expect_head`: a head hash recorded earlier; the log must still contain it (a log
+/// truncated at the end has no other trace). Rows are streamed in id order.
+pub async fn verify(db: &Db, expect_head: Option<&str>) -> Result<VerifyReport, AuditError> {
+    use futures_lite_stream::next;
+    let mut report = VerifyReport {
+        rows: 0,
+        unchained: 0,
+        head_hash: String::new(),
+        last_decision_id: 0,
+        breaks: Vec::new(),
+    };
+    let mut prev = String::new();
+    let mut seen_expected = expect_head.is_none();
+    let mut conn = db.pool.acquire().await?;
+    let mut stream = sqlx::query(
+        "SELECT decision_id, county, kind, account_id, business_date, decided_at, component_sha256, input_json,
+                output_json, outcome, failure_json, reason_code, explanation, fuel_used, guest_output, prev_hash, row_hash
+         FROM decisions ORDER BY decision_id",
+    )
+    .fetch(&mut *conn);
+    while let Some(r) = next(&mut stream).await {
+        let r = r?;
+        let id: i64 = r.try_get(0)?;
+        report.last_decision_id = id;
+        let stored_prev: Option<String> = r.try_get(15)?;
+        let stored_hash: Option<String> = r.try_get(16)?;
+        let (Some(stored_prev), Some(stored_hash)) = (stored_prev, stored_hash) else {
+            if report.rows > 0 {
+                report.breaks.push(ChainBreak {
+                    decision_id: id,
+                    problem: "hash columns are empty after the chain began (row inserted behind the host's back?)".into(),
+                });
+            }
+            report.unchained += 1;
+            continue;
+        };
+        let row = ChainedRow {
+            county: r.try_get(1)?,
+            kind: r.try_get(2)?,
+            account_id: r.try_get(3)?,
+            business_date: r.try_get(4)?,
+            decided_at: r.try_get(5)?,
+            component_sha256: r.try_get(6)?,
+            input_json: r.try_get(7)?,
+            output_json: r.try_get(8)?,
+            outcome: r.try_get(9)?,
+            failure_json: r.try_get(10)?,
+            reason_code: r.try_get(11)?,
+            explanation: r.try_get(12)?,
+            fuel_used: r.try_get(13)?,
+            guest_output: r.try_get(14)?,
+        };
+        if stored_prev != prev {
+            report.breaks.push(ChainBreak {
+                decision_id: id,
+                problem: if report.rows == 0 && !stored_prev.is_empty() {
+                    "the first chained row links to a row that is no longer there (rows removed at the start)".into()
+                } else {
+                    "does not link to the row before it: a row in between was removed or re-ordered".into()
+                },
+            });
+        }
+        let computed = row_hash(&row, &stored_prev);
+        if computed != stored_hash {
+            report.breaks.push(ChainBreak {
+                decision_id: id,
+                problem: "content does not match its row_hash: the row was edited".into(),
+            });
+        }
+        if expect_head == Some(stored_hash.as_str()) {
+            seen_expected = true;
+        }
+        prev = stored_hash;
+        report.rows += 1;
+    }
+    report.head_hash = prev;
+    if !seen_expected {
+        report.breaks.push(ChainBreak {
+            decision_id: report.last_decision_id,
+            problem: format!(
+                "the expected head {} is not in the log: rows were removed from the end",
+                expect_head.unwrap_or_default()
+            ),
+        });
+    }
+    Ok(report)
+}
+
+/// A minimal `StreamExt::next` so the crate needs no futures dependency.
+mod futures_lite_stream {
+    use std::future::poll_fn;
+    use std::pin::Pin;
+
+    pub async fn next<S: futures_core::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+        poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Running a recorded input
+// ---------------------------------------------------------------------------------
+
+/// A typed run of one recorded input.
+#[derive(Debug, Clone)]
+pub enum Run {
+    Tariff(Invocation<TariffOutput>),
+    Warning(Invocation<WarningOutput>),
+    Notice(Invocation<NoticeOutput>),
+    Cutoff(Invocation<CutoffOutput>),
+    Reconnection(Invocation<ReconnectionOutput>),
+}
+
+fn json<T: Serialize>(inv: &Invocation<T>) -> (&'static str, String) {
+    match &inv.outcome {
+        Ok(o) => ("ok", serde_json::to_string(o).expect("outputs serialise")),
+        Err(f) => (
+            "failed",
+            serde_json::to_string(f).expect("failures serialise"),
+        ),
+    }
+}
+
+impl Run {
+    /// (outcome, output JSON or failure JSON) exactly as the decision log writes them.
+    pub fn recorded_form(&self) -> (&'static str, String) {
+        match self {
+            Run::Tariff(i) => json(i),
+            Run::Warning(i) => json(i),
+            Run::Notice(i) => json(i),
+            Run::Cutoff(i) => json(i),
+            Run::Reconnection(i) => json(i),
+        }
+    }
+
+    pub fn fuel_used(&self) -> u64 {
+        match self {
+            Run::Tariff(i) => i.fuel_used,
+            Run::Warning(i) => i.fuel_used,
+            Run::Notice(i) => i.fuel_used,
+            Run::Cutoff(i) => i.fuel_used,
+            Run::Reconnection(i) => i.fuel_used,
+        }
+    }
+
+    fn failure(&self) -> Option<&PolicyFailure> {
+        match self {
+            Run::Tariff(i) => i.outcome.as_ref().err(),
+            Run::Warning(i) => i.outcome.as_ref().err(),
+            Run::Notice(i) => i.outcome.as_ref().err(),
+            Run::Cutoff(i) => i.outcome.as_ref().err(),
+            Run::Reconnection(i) => i.outcome.as_ref().err(),
+        }
+    }
+}
+
+/// The policy kind whose component makes decisions of log kind `kind`
+/// (`reconnection` decisions are made by the cutoff component).
+pub fn component_kind(log_kind: &str) -> Option<PolicyKind> {
+    match log_kind {
+        "reconnection" => Some(PolicyKind::Cutoff),
+        k => k.parse().ok(),
+    }
+}
+
+/// Runs `input_json` (as recorded for a decision of log kind `kind`) through `c`, with
+/// the recorded parameters replaced by `parameters` when given.
+pub fn run_recorded(
+    engine: &PolicyEngine,
+    c: &LoadedComponent,
+    kind: &str,
+    input_json: &str,
+    parameters: Option<&str>,
+) -> Result<Run, String> {
+    let mut value: serde_json::Value =
+        serde_json::from_str(input_json).map_err(|e| e.to_string())?;
+    if let Some(p) = parameters {
+        value["parameters"] = serde_json::Value::String(p.to_string());
+    }
+    fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {
+        serde_json::from_value(v).map_err(|e| e.to_string())
+    }
+    Ok(match kind {
+        "tariff" => Run::Tariff(engine.price(c, &parse::<TariffInput>(value)?)),
+        "warning" => Run::Warning(engine.assess(c, &parse::<WarningInput>(value)?)),
+        "notice" => Run::Notice(engine.word(c, &parse::<NoticeInput>(value)?)),
+        "cutoff" => Run::Cutoff(engine.decide(c, &parse::<CutoffInput>(value)?)),
+        "reconnection" => {
+            Run::Reconnection(engine.reconnection(c, &parse::<ReconnectionInput>(value)?))
+        }
+        other => return Err(format!("unknown decision kind {other:?}")),
+    })
+}
+
+/// Loads components from the registry once per sha256.
+struct ComponentCache<'a> {
+    db: &'a Db,
+    engine: &'a PolicyEngine,
+    loaded: BTreeMap<String, Arc<LoadedComponent>>,
+}
+
+impl<'a> ComponentCache<'a> {
+    fn new(db: &'a Db, engine: &'a PolicyEngine) -> Self {
+        Self {
+            db,
+            engine,
+            loaded: BTreeMap::new(),
+        }
+    }
+
+    async fn get(
+        &mut self,
+        kind: PolicyKind,
+        sha: &str,
+    ) -> Result<Arc<LoadedComponent>, AuditError> {
+        if let Some(c) = self.loaded.get(sha) {
+            return Ok(c.clone());
+        }
+        let bytes = registry::component_bytes(self.db, sha).await?;
+        let c = Arc::new(
+            self.engine
+                .load(kind, &bytes)
+                .map_err(RegistryError::from)?,
+        );
+        self.loaded.insert(sha.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+struct Recorded {
+    id: i64,
+    kind: String,
+    account_id: String,
+    business_date: String,
+    sha: String,
+    input_json: String,
+    outcome: String,
+    output_json: Option<String>,
+    failure_json: Option<String>,
+    fuel_used: i64,
+}
+
+async fn recorded(db: &Db, f: &Filter, one: Option<i64>) -> Result<Vec<Recorded>, AuditError> {
+    let sql = format!(
+        "SELECT decision_id, kind, account_id, business_date, component_sha256, input_json, outcome, output_json, failure_json, fuel_used
+         FROM decisions WHERE ($7 = 0 OR decision_id = $7) AND {FILTER_SQL} ORDER BY decision_id LIMIT $6"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(&f.county)
+        .bind(&f.kind)
+        .bind(&f.account_id)
+        .bind(&f.from)
+        .bind(&f.to)
+        .bind(if f.limit > 0 { f.limit } else { i64::MAX })
+        .bind(one.unwrap_or(0))
+        .fetch_all(&db.pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Recorded {
+                id: r.try_get(0)?,
+                kind: r.try_get(1)?,
+                account_id: r.try_get(2)?,
+                business_date: r.try_get(3)?,
+                sha: r.try_get(4)?,
+                input_json: r.try_get(5)?,
+                outcome: r.try_get(6)?,
+                output_json: r.try_get(7)?,
+                failure_json: r.try_get(8)?,
+                fuel_used: r.try_get(9)?,
+            })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------
+// Replay
+// ---------------------------------------------------------------------------------
+
+/// One replayed decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct Replayed {
+    pub decision_id: i64,
+    pub kind: String,
+    pub component_sha256: String,
+    /// The replayed outcome and output (or failure) JSON equal the recorded ones, byte
+    /// for byte.
+    pub matches: bool,
+    pub recorded: String,
+    pub replayed: String,
+    pub fuel_recorded: i64,
+    pub fuel_replayed: u64,
+    /// Set when a mismatch is expected by nature (a wall-clock timeout).
+    pub note: Option<String>,
+}
+
+/// Replays decision `one`, or every decision matching `f`, from the registry's bytes.
+pub async fn replay(
+    db: &Db,
+    engine: &PolicyEngine,
+    f: &Filter,
+    one: Option<i64>,
+) -> Result<Vec<Replayed>, AuditError> {
+    let rows = recorded(db, f, one).await?;
+    if let Some(id) = one
+        && rows.is_empty()
+    {
+        return Err(AuditError::NoSuchDecision(id));
+    }
+    let mut cache = ComponentCache::new(db, engine);
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let bad = |what, detail| AuditError::BadRecord {
+            id: r.id,
+            what,
+            detail,
+        };
+        let kind = component_kind(&r.kind).ok_or_else(|| bad("kind", r.kind.clone()))?;
+        let c = cache.get(kind, &r.sha).await?;
+        let run =
+            run_recorded(engine, &c, &r.kind, &r.input_json, None).map_err(|e| bad("input", e))?;
+        let (outcome, body) = run.recorded_form();
+        let recorded_body = r.output_json.or(r.failure_json).unwrap_or_default();
+        let matches = outcome == r.outcome && body == recorded_body;
+        let timed_out = recorded_body.contains("\"failure\":\"timeout\"")
+            || matches!(run.failure(), Some(PolicyFailure::Timeout { .. }));
+        let note = (!matches && timed_out).then(|| {
+            "a wall-clock timeout depends on the machine's load, not only on the input".to_string()
+        });
+        out.push(Replayed {
+            decision_id: r.id,
+            kind: r.kind,
+            component_sha256: r.sha,
+            matches,
+            recorded: format!("{}: {recorded_body}", r.outcome),
+            replayed: format!("{outcome}: {body}"),
+            fuel_recorded: r.fuel_used,
+            fuel_replayed: run.fuel_used(),
+            note,
+        });
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------
+// Diff: recorded decisions through a candidate version
+// ---------------------------------------------------------------------------------
+
+/// A decision the candidate would make differently.
+#[derive(Debug, Clone, Serialize)]
+pub struct Changed {
+    pub decision_id: i64,
+    pub account_id: String,
+    pub business_date: String,
+    pub kind: String,
+    pub recorded: String,
+    pub candidate: String,
+    /// Candidate charge minus recorded charge, fen (tariff decisions).
+    pub charge_difference_fen: Fen,
+}
+
+/// Result of `policy diff`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiffReport {
+    pub county: String,
+    pub kind: PolicyKind,
+    pub candidate_sha256: String,
+    pub candidate_publication_id: i64,
+    pub from: String,
+    pub to: String,
+    pub decisions: u64,
+    pub changed: Vec<Changed>,
+    /// Sum over tariff decisions of candidate − recorded charge, fen.
+    pub charge_difference_fen: Fen,
+    pub fuel_recorded: u64,
+    pub fuel_candidate: u64,
+    /// Decisions that failed under the candidate but not as recorded.
+    pub new_failures: u64,
+    /// Warning decisions at level ≥ 1 (recorded, candidate).
+    pub warned: (u64, u64),
+    /// Cutoff decisions that asked to disconnect or for approval to (recorded, candidate).
+    pub disconnections: (u64, u64),
+}
+
+impl DiffReport {
+    /// The candidate would disconnect (or ask to disconnect) more customers.
+    pub fn disconnects_more(&self) -> bool {
+        self.disconnections.1 > self.disconnections.0
+    }
+}
+
+fn summary(run: &Run) -> String {
+    match run {
+        Run::Tariff(i) => i
+            .outcome
+            .as_ref()
+            .map(|o| format!("charge {} fen ({})", o.charge_fen, o.reason_code)),
+        Run::Warning(i) => i
+            .outcome
+            .as_ref()
+            .map(|o| format!("level {} {:?} ({})", o.level, o.actions, o.reason_code)),
+        Run::Notice(i) => i.outcome.as_ref().map(|o| format!("SMS {:?}", o.text)),
+        Run::Cutoff(i) => i
+            .outcome
+            .as_ref()
+            .map(|o| format!("{:?} ({})", o.action, o.reason_code)),
+        Run::Reconnection(i) => i
+            .outcome
+            .as_ref()
+            .map(|o| format!("{:?} ({})", o.mode, o.reason_code)),
+    }
+    .unwrap_or_else(|f| format!("FAILED {}: {f}", f.code()))
+}
+
+fn recorded_run(kind: &str, outcome: &str, body: &str, fuel: i64) -> Result<Run, String> {
+    fn inv<T: serde::de::DeserializeOwned>(
+        outcome: &str,
+        body: &str,
+        fuel: i64,
+    ) -> Result<Invocation<T>, String> {
+        let outcome = if outcome == "ok" {
+            Ok(serde_json::from_str(body).map_err(|e| e.to_string())?)
+        } else {
+            Err(serde_json::from_str::<PolicyFailure>(body).map_err(|e| e.to_string())?)
+        };
+        Ok(Invocation {
+            outcome,
+            fuel_used: fuel.max(0) as u64,
+            guest_output: String::new(),
+        })
+    }
+    Ok(match kind {
+        "tariff" => Run::Tariff(inv(outcome, body, fuel)?),
+        "warning" => Run::Warning(inv(outcome, body, fuel)?),
+        "notice" => Run::Notice(inv(outcome, body, fuel)?),
+        "cutoff" => Run::Cutoff(inv(outcome, body, fuel)?),
+        "reconnection" => Run::Reconnection(inv(outcome, body, fuel)?),
+        other => return Err(format!("unknown decision kind {other:?}")),
+    })
+}
+
+fn would_disconnect(run: &Run) -> bool {
+    matches!(
+        run,
+        Run::Cutoff(Invocation {
+            outcome: Ok(CutoffOutput {
+                action: CutoffAction::Disconnect | CutoffAction::RequestApproval,
+                ..
+            }),
+            ..
+        })
+    )
+}
+
+fn warned(run: &Run) -> bool {
+    matches!(run, Run::Warning(Invocation { outcome: Ok(o), .. }) if o.level >= 1)
+}
+
+fn charge(run: &Run) -> Option<Fen> {
+    match run {
+        Run::Tariff(Invocation { outcome: Ok(o), .. }) => Some(o.charge_fen),
+        _ => None,
+    }
+}
+
+/// Replays the recorded decisions of `county`'s `kind` with business dates in
+/// `from..=to` through the candidate publication (its component and its parameters),
+/// and compares with what was recorded.
+pub async fn diff(
+    db: &Db,
+    engine: &PolicyEngine,
+    county: &str,
+    kind: PolicyKind,
+    candidate: &str,
+    from: &str,
+    to: &str,
+) -> Result<DiffReport, AuditError> {
+    let p = registry::resolve(db, county, kind, candidate).await?;
+    let mut cache = ComponentCache::new(db, engine);
+    let c = cache.get(kind, &p.component_sha256).await?;
+    let log_kinds: &[&str] = if kind == PolicyKind::Cutoff {
+        &["cutoff", "reconnection"]
+    } else {
+        &[kind.as_str()]
+    };
+    let mut report = DiffReport {
+        county: county.to_string(),
+        kind,
+        candidate_sha256: p.component_sha256.clone(),
+        candidate_publication_id: p.publication_id,
+        from: from.to_string(),
+        to: to.to_string(),
+        decisions: 0,
+        changed: Vec::new(),
+        charge_difference_fen: 0,
+        fuel_recorded: 0,
+        fuel_candidate: 0,
+        new_failures: 0,
+        warned: (0, 0),
+        disconnections: (0, 0),
+    };
+    for log_kind in log_kinds {
+        let f = Filter {
+            county: county.to_string(),
+            kind: log_kind.to_string(),
+            from: from.to_string(),
+            to: to.to_string(),
+            ..Filter::default()
+        };
+        for r in recorded(db, &f, None).await? {
+            let bad = |what, detail| AuditError::BadRecord {
+                id: r.id,
+                what,
+                detail,
+            };
+            let body = r
+                .output_json
+                .clone()
+                .or(r.failure_json.clone())
+                .unwrap_or_default();
+            let before = recorded_run(&r.kind, &r.outcome, &body, r.fuel_used)
+                .map_err(|e| bad("output", e))?;
+            let after = run_recorded(engine, &c, &r.kind, &r.input_json, Some(&p.parameters_json))
+                .map_err(|e| bad("input", e))?;
+            report.decisions += 1;
+            report.fuel_recorded += before.fuel_used();
+            report.fuel_candidate += after.fuel_used();
+            report.disconnections.0 += u64::from(would_disconnect(&before));
+            report.disconnections.1 += u64::from(would_disconnect(&after));
+            report.warned.0 += u64::from(warned(&before));
+            report.warned.1 += u64::from(warned(&after));
+            if before.failure().is_none() && after.failure().is_some() {
+                report.new_failures += 1;
+            }
+            let charge_difference_fen = match (charge(&before), charge(&after)) {
+                (Some(b), Some(a)) => a - b,
+                _ => 0,
+            };
+            report.charge_difference_fen += charge_difference_fen;
+            let (before_s, after_s) = (summary(&before), summary(&after));
+            if before_s != after_s || charge_difference_fen != 0 {
+                report.changed.push(Changed {
+                    decision_id: r.id,
+                    account_id: r.account_id.clone(),
+                    business_date: r.business_date.clone(),
+                    kind: r.kind.clone(),
+                    recorded: before_s,
+                    candidate: after_s,
+                    charge_difference_fen,
+                });
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,9 @@
+//! Benchmarks: commands that print figures (never timed tests).
+//!
+//! - [`policy`]: `feegate bench policy` — ns per decision per policy kind, Wasm vs native,
+//!   and hot-swap latency.
+//! - [`settle`]: `feegate bench settle` — one day's settlement at scale against a bare
+//!   baseline.
+
+pub mod policy;
+pub mod settle;

@@ -1,0 +1,1054 @@
+//! The policy registry: which component versions exist for a county, who published
+//! them and why, and which one is in force for each kind since when.
+//!
+//! - **Trust.** A county trusts ed25519 public keys (`policy_trusted_keys`). Every
+//!   publication is signed: the signature covers `sha256(component bytes) ‖
+//!   sha256(canonical parameters JSON)` (64 bytes), so neither the code nor its
+//!   parameters can change after signing.
+//! - **Publish.** The component must load in this host (contract version, import
+//!   allow-list, size limit: [`PolicyEngine::load`]) and the signature must verify
+//!   against a key the county trusts. Bytes are stored content-addressed by sha256
+//!   (`policy_components`), the publication with who, when and why
+//!   (`policy_publications`).
+//! - **Activate.** An activation is an append-only event (`policy_activations`) with an
+//!   effective time, who and why. The version in force for a county and kind is the
+//!   latest event whose effective time has passed. A rollback is a new event.
+//! - **Hot swap.** A [`Watcher`] in the running host polls the activations and puts a
+//!   newly effective version in force with [`County::activate`]; jobs already running
+//!   finish on the snapshot they started with.
+//! - **Shipped components.** The policy-set plugin files the host starts with are stored
+//!   too (source `shipped`, unsigned), so every component sha256 in the decision log can
+//!   be replayed from the registry.
+//!
+//! Tables: `migrations/sqlite/0002_policy_lifecycle.sql`.
+
+use crate::clock::Clock;
+use crate::county::{ActiveComponent, County};
+use crate::db::{Db, DbError, TIME_FMT, ts};
+use crate::policy::engine::sha256_hex;
+use crate::policy::set::{PolicySet, RolloutStage};
+use crate::policy::{LoadedComponent, PolicyEngine, PolicyKind, PolicyLoadError};
+use chrono::NaiveDateTime;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Why a registry operation was refused. Each message says what to do.
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    Load(#[from] PolicyLoadError),
+    #[error("cannot read {path}: {detail}")]
+    File { path: PathBuf, detail: String },
+    #[error(
+        "{path} is not an ed25519 {what} key: {detail}; make a key pair with `feegate policy key new`"
+    )]
+    KeyFile {
+        path: PathBuf,
+        what: &'static str,
+        detail: String,
+    },
+    #[error("refusing to overwrite {0}; choose another --out name or move the old key away")]
+    KeyExists(PathBuf),
+    #[error(
+        "parameters are not valid JSON (or TOML): {0}; give a JSON object such as {{\"steps\": [...]}}"
+    )]
+    BadParameters(String),
+    #[error(
+        "county {county} trusts no signing key; add one with `feegate policy trust add --county {county} --key KEY.pub --who NAME`"
+    )]
+    NoTrustedKey { county: String },
+    #[error(
+        "the signature does not verify against any key county {county} trusts ({keys} key(s)); sign with a trusted key, or have the county trust yours with `feegate policy trust add`"
+    )]
+    BadSignature { county: String, keys: usize },
+    #[error("signature is not 64 bytes of hex: {0}")]
+    SignatureFormat(String),
+    #[error(
+        "no {kind} version of county {county} matches {version:?}; `feegate policy list --county {county}` shows the published ones"
+    )]
+    UnknownVersion {
+        county: String,
+        kind: PolicyKind,
+        version: String,
+    },
+    #[error(
+        "{version:?} matches several components ({matches:?}); give more hex digits of the sha256"
+    )]
+    AmbiguousVersion {
+        version: String,
+        matches: Vec<String>,
+    },
+    #[error(
+        "nothing to roll back to: county {county} has no earlier {kind} version (no earlier activation, no policy-set file recorded by a host)"
+    )]
+    NothingToRollBack { county: String, kind: PolicyKind },
+    #[error(
+        "component {sha256} is not in the registry; publish it first (`feegate policy publish`)"
+    )]
+    MissingBytes { sha256: String },
+    #[error("time {0:?} is not 'YYYY-MM-DD HH:MM:SS' (county local time)")]
+    BadTime(String),
+    #[error("the stored {what} is invalid: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+// ---------------------------------------------------------------------------------
+// Keys and signatures
+// ---------------------------------------------------------------------------------
+
+/// Makes a new ed25519 key pair from the operating system's random source.
+pub fn generate_key() -> SigningKey {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).expect("the operating system has a random source");
+    SigningKey::from_bytes(&seed)
+}
+
+/// Writes `<out>.key` (the private seed, 64 hex digits, mode 0600 on Unix) and
+/// `<out>.pub` (the public key, 64 hex digits). Refuses to overwrite either.
+pub fn write_key_pair(key: &SigningKey, out: &Path) -> Result<(PathBuf, PathBuf), RegistryError> {
+    let private = out.with_extension("key");
+    let public = out.with_extension("pub");
+    for p in [&private, &public] {
+        if p.exists() {
+            return Err(RegistryError::KeyExists(p.clone()));
+        }
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: std::io::Error| RegistryError::File {
+            path,
+            detail: e.to_string(),
+        }
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(&private).map_err(io(&private))?;
+    std::io::Write::write_all(
+        &mut f,
+        format!("{}\n", hex::encode(key.to_bytes())).as_bytes(),
+    )
+    .map_err(io(&private))?;
+    std::fs::write(
+        &public,
+        format!("{}\n", hex::encode(key.verifying_key().to_bytes())),
+    )
+    .map_err(io(&public))?;
+    Ok((private, public))
+}
+
+fn read_hex32(path: &Path, what: &'static str) -> Result<[u8; 32], RegistryError> {
+    let text = std::fs::read_to_string(path).map_err(|e| RegistryError::File {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let bad = |detail: String| RegistryError::KeyFile {
+        path: path.to_path_buf(),
+        what,
+        detail,
+    };
+    let bytes = hex::decode(text.trim()).map_err(|e| bad(format!("not hex ({e})")))?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| bad(format!("{} bytes, expected 32", b.len())))
+}
+
+/// Reads a private key file written by [`write_key_pair`].
+pub fn read_signing_key(path: &Path) -> Result<SigningKey, RegistryError> {
+    Ok(SigningKey::from_bytes(&read_hex32(path, "private")?))
+}
+
+/// Reads a public key file (64 hex digits).
+pub fn read_public_key(path: &Path) -> Result<VerifyingKey, RegistryError> {
+    let bytes = read_hex32(path, "public")?;
+    VerifyingKey::from_bytes(&bytes).map_err(|e| RegistryError::KeyFile {
+        path: path.to_path_buf(),
+        what: "public",
+        detail: e.to_string(),
+    })
+}
+
+/// Parameters as canonical JSON: keys sorted, no insignificant whitespace. Accepts a
+/// JSON document, or TOML (the policy-set format) when it is not JSON.
+pub fn canonical_parameters(text: &str) -> Result<String, RegistryError> {
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(json_err) => {
+            let table: toml::Table = toml::from_str(text)
+                .map_err(|_| RegistryError::BadParameters(json_err.to_string()))?;
+            serde_json::to_value(table).map_err(|e| RegistryError::BadParameters(e.to_string()))?
+        }
+    };
+    if !value.is_object() {
+        return Err(RegistryError::BadParameters("not an object".into()));
+    }
+    // serde_json's map is ordered by key (no `preserve_order`), so this is canonical.
+    Ok(value.to_string())
+}
+
+/// The 64 signed bytes: `sha256(component bytes) ‖ sha256(canonical parameters)`.
+pub fn signed_message(component: &[u8], canonical_params: &str) -> [u8; 64] {
+    let mut msg = [0u8; 64];
+    msg[..32].copy_from_slice(&Sha256::digest(component));
+    msg[32..].copy_from_slice(&Sha256::digest(canonical_params.as_bytes()));
+    msg
+}
+
+/// Signs a component and its canonical parameters; returns the signature as hex.
+pub fn sign(key: &SigningKey, component: &[u8], canonical_params: &str) -> String {
+    hex::encode(
+        key.sign(&signed_message(component, canonical_params))
+            .to_bytes(),
+    )
+}
+
+// ---------------------------------------------------------------------------------
+// Trust
+// ---------------------------------------------------------------------------------
+
+/// A key a county trusts.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrustedKey {
+    pub key_id: i64,
+    pub county: String,
+    pub public_key_hex: String,
+    pub who: String,
+    pub added_by: String,
+    pub added_at: String,
+}
+
+/// Makes `county` trust `key` for signing publications, held by `who`. Idempotent:
+/// trusting the same key again returns the existing entry.
+pub async fn trust_key(
+    db: &Db,
+    county: &str,
+    key: &VerifyingKey,
+    who: &str,
+    added_by: &str,
+    now: NaiveDateTime,
+) -> Result<TrustedKey, RegistryError> {
+    let public_key_hex = hex::encode(key.to_bytes());
+    sqlx::query(
+        "INSERT INTO policy_trusted_keys (county, public_key_hex, who, added_by, added_at) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (county, public_key_hex) DO NOTHING",
+    )
+    .bind(county)
+    .bind(&public_key_hex)
+    .bind(who)
+    .bind(added_by)
+    .bind(ts(now))
+    .execute(&db.pool)
+    .await?;
+    let keys = trusted_keys(db, county).await?;
+    Ok(keys
+        .into_iter()
+        .find(|k| k.public_key_hex == public_key_hex)
+        .expect("just inserted"))
+}
+
+/// The keys `county` trusts now (not revoked).
+pub async fn trusted_keys(db: &Db, county: &str) -> Result<Vec<TrustedKey>, RegistryError> {
+    let rows = sqlx::query(
+        "SELECT key_id, county, public_key_hex, who, added_by, added_at FROM policy_trusted_keys
+         WHERE county = $1 AND revoked_at IS NULL ORDER BY key_id",
+    )
+    .bind(county)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(TrustedKey {
+                key_id: r.try_get(0)?,
+                county: r.try_get(1)?,
+                public_key_hex: r.try_get(2)?,
+                who: r.try_get(3)?,
+                added_by: r.try_get(4)?,
+                added_at: r.try_get(5)?,
+            })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------
+// Publish
+// ---------------------------------------------------------------------------------
+
+/// A published version: a component plus parameters for a county and kind.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Publication {
+    pub publication_id: i64,
+    pub county: String,
+    pub kind: PolicyKind,
+    pub component_sha256: String,
+    pub parameters_json: String,
+    /// `signed` or `shipped`.
+    pub source: String,
+    /// Who published: the holder of the signing key (signed) or `host` (shipped).
+    pub who: String,
+    pub published_at: String,
+    pub note: String,
+    pub contract_version: String,
+    pub size_bytes: i64,
+}
+
+/// What `policy publish` is asked to do.
+pub struct PublishRequest<'a> {
+    pub county: &'a str,
+    pub kind: PolicyKind,
+    pub component: &'a [u8],
+    /// Parameters as given (JSON or TOML); canonicalised before verifying.
+    pub parameters: &'a str,
+    /// ed25519 signature (hex) over [`signed_message`].
+    pub signature_hex: &'a str,
+    pub note: &'a str,
+    pub now: NaiveDateTime,
+}
+
+/// Publishes a signed component version. Refuses a component this host cannot load
+/// (contract version, imports, size), and a signature no trusted key of the county
+/// verifies. Publishing the same component and parameters again returns the existing
+/// publication.
+pub async fn publish(
+    db: &Db,
+    engine: &PolicyEngine,
+    req: &PublishRequest<'_>,
+) -> Result<Publication, RegistryError> {
+    let loaded = engine.load(req.kind, req.component)?;
+    let params = canonical_parameters(req.parameters)?;
+    let sig_bytes: [u8; 64] = hex::decode(req.signature_hex.trim())
+        .map_err(|e| RegistryError::SignatureFormat(e.to_string()))?
+        .try_into()
+        .map_err(|b: Vec<u8>| RegistryError::SignatureFormat(format!("{} bytes", b.len())))?;
+    let signature = Signature::from_bytes(&sig_bytes);
+    let keys = trusted_keys(db, req.county).await?;
+    if keys.is_empty() {
+        return Err(RegistryError::NoTrustedKey {
+            county: req.county.to_string(),
+        });
+    }
+    let msg = signed_message(req.component, &params);
+    let signer = keys
+        .iter()
+        .find(|k| {
+            let Ok(bytes) = hex::decode(&k.public_key_hex) else {
+                return false;
+            };
+            let Ok(bytes) = <[u8; 32]>::try_from(bytes) else {
+                return false;
+            };
+            VerifyingKey::from_bytes(&bytes)
+                .map(|vk| vk.verify(&msg, &signature).is_ok())
+                .unwrap_or(false)
+        })
+        .ok_or_else(|| RegistryError::BadSignature {
+            county: req.county.to_string(),
+            keys: keys.len(),
+        })?;
+    let mut tx = db.pool.begin().await?;
+    store_bytes(
+        &mut tx,
+        req.kind,
+        &loaded.sha256,
+        &loaded.contract_version,
+        req.component,
+        req.now,
+    )
+    .await?;
+    sqlx::query(
+        "INSERT INTO policy_publications (county, kind, component_sha256, parameters_json, parameters_sha256, source,
+                                          signature_hex, signer_key_id, who, published_at, note)
+         VALUES ($1, $2, $3, $4, $5, 'signed', $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+    )
+    .bind(req.county)
+    .bind(req.kind.as_str())
+    .bind(&loaded.sha256)
+    .bind(&params)
+    .bind(sha256_hex(params.as_bytes()))
+    .bind(hex::encode(sig_bytes))
+    .bind(signer.key_id)
+    .bind(&signer.who)
+    .bind(ts(req.now))
+    .bind(req.note)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    find_publication(db, req.county, req.kind, &loaded.sha256, &params, "signed")
+        .await?
+        .ok_or_else(|| RegistryError::Corrupt {
+            what: "publication",
+            detail: "missing right after insert".into(),
+        })
+}
+
+async fn store_bytes(
+    conn: &mut sqlx::AnyConnection,
+    kind: PolicyKind,
+    sha256: &str,
+    contract_version: &str,
+    bytes: &[u8],
+    now: NaiveDateTime,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO policy_components (sha256, kind, contract_version, size_bytes, bytes, stored_at)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha256) DO NOTHING",
+    )
+    .bind(sha256)
+    .bind(kind.as_str())
+    .bind(contract_version)
+    .bind(bytes.len() as i64)
+    .bind(bytes.to_vec())
+    .bind(ts(now))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a component the host loaded from its policy-set files (unsigned, source
+/// `shipped`), so its decisions can be replayed. Idempotent.
+pub async fn record_shipped(
+    db: &Db,
+    county: &str,
+    kind: PolicyKind,
+    bytes: &[u8],
+    contract_version: &str,
+    parameters_json: &str,
+    now: NaiveDateTime,
+) -> Result<Publication, RegistryError> {
+    let sha = sha256_hex(bytes);
+    let mut tx = db.pool.begin().await?;
+    store_bytes(&mut tx, kind, &sha, contract_version, bytes, now).await?;
+    sqlx::query(
+        "INSERT INTO policy_publications (county, kind, component_sha256, parameters_json, parameters_sha256, source, who, published_at, note)
+         VALUES ($1, $2, $3, $4, $5, 'shipped', 'host', $6, 'policy-set plugin file loaded at start') ON CONFLICT DO NOTHING",
+    )
+    .bind(county)
+    .bind(kind.as_str())
+    .bind(&sha)
+    .bind(parameters_json)
+    .bind(sha256_hex(parameters_json.as_bytes()))
+    .bind(ts(now))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    find_publication(db, county, kind, &sha, parameters_json, "shipped")
+        .await?
+        .ok_or_else(|| RegistryError::Corrupt {
+            what: "publication",
+            detail: "missing right after insert".into(),
+        })
+}
+
+const PUBLICATION_COLUMNS: &str =
+    "p.publication_id, p.county, p.kind, p.component_sha256, p.parameters_json, p.source, p.who,
+     p.published_at, p.note, c.contract_version, c.size_bytes
+     FROM policy_publications p JOIN policy_components c ON c.sha256 = p.component_sha256";
+
+fn publication_from(r: &sqlx::any::AnyRow) -> Result<Publication, RegistryError> {
+    let kind: String = r.try_get(2)?;
+    Ok(Publication {
+        publication_id: r.try_get(0)?,
+        county: r.try_get(1)?,
+        kind: kind.parse().map_err(|detail| RegistryError::Corrupt {
+            what: "publication kind",
+            detail,
+        })?,
+        component_sha256: r.try_get(3)?,
+        parameters_json: r.try_get(4)?,
+        source: r.try_get(5)?,
+        who: r.try_get(6)?,
+        published_at: r.try_get(7)?,
+        note: r.try_get(8)?,
+        contract_version: r.try_get(9)?,
+        size_bytes: r.try_get(10)?,
+    })
+}
+
+async fn find_publication(
+    db: &Db,
+    county: &str,
+    kind: PolicyKind,
+    sha: &str,
+    params: &str,
+    source: &str,
+) -> Result<Option<Publication>, RegistryError> {
+    let row = sqlx::query(&format!(
+        "SELECT {PUBLICATION_COLUMNS} WHERE p.county = $1 AND p.kind = $2 AND p.component_sha256 = $3
+         AND p.parameters_sha256 = $4 AND p.source = $5"
+    ))
+    .bind(county)
+    .bind(kind.as_str())
+    .bind(sha)
+    .bind(sha256_hex(params.as_bytes()))
+    .bind(source)
+    .fetch_optional(&db.pool)
+    .await?;
+    row.as_ref().map(publication_from).transpose()
+}
+
+/// One publication by id.
+pub async fn publication(db: &Db, id: i64) -> Result<Option<Publication>, RegistryError> {
+    let row = sqlx::query(&format!(
+        "SELECT {PUBLICATION_COLUMNS} WHERE p.publication_id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await?;
+    row.as_ref().map(publication_from).transpose()
+}
+
+/// Every publication of a county (optionally one kind), oldest first.
+pub async fn publications(
+    db: &Db,
+    county: &str,
+    kind: Option<PolicyKind>,
+) -> Result<Vec<Publication>, RegistryError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {PUBLICATION_COLUMNS} WHERE p.county = $1 AND ($2 = '' OR p.kind = $2) ORDER BY p.publication_id"
+    ))
+    .bind(county)
+    .bind(kind.map(|k| k.as_str()).unwrap_or(""))
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter().map(publication_from).collect()
+}
+
+/// Resolves a version (a sha256 or a unique prefix of at least 8 hex digits, or
+/// `#<publication id>`) to a publication of `county`'s `kind`. When one component was
+/// published several times (different parameters), the latest publication wins;
+/// `#<id>` picks an exact one.
+pub async fn resolve(
+    db: &Db,
+    county: &str,
+    kind: PolicyKind,
+    version: &str,
+) -> Result<Publication, RegistryError> {
+    let unknown = || RegistryError::UnknownVersion {
+        county: county.to_string(),
+        kind,
+        version: version.to_string(),
+    };
+    let all = publications(db, county, Some(kind)).await?;
+    if let Some(id) = version.strip_prefix('#') {
+        let id: i64 = id.parse().map_err(|_| unknown())?;
+        return all
+            .into_iter()
+            .find(|p| p.publication_id == id)
+            .ok_or_else(unknown);
+    }
+    let v = version.to_ascii_lowercase();
+    if v.len() < 8 {
+        return Err(unknown());
+    }
+    let matching: Vec<Publication> = all
+        .into_iter()
+        .filter(|p| p.component_sha256.starts_with(&v))
+        .collect();
+    let mut shas: Vec<String> = matching
+        .iter()
+        .map(|p| p.component_sha256.clone())
+        .collect();
+    shas.dedup();
+    shas.sort();
+    shas.dedup();
+    if shas.len() > 1 {
+        return Err(RegistryError::AmbiguousVersion {
+            version: version.to_string(),
+            matches: shas,
+        });
+    }
+    // Prefer a signed publication over a shipped one, then the latest.
+    matching
+        .into_iter()
+        .max_by_key(|p| (p.source == "signed", p.publication_id))
+        .ok_or_else(unknown)
+}
+
+/// The stored bytes of a component.
+pub async fn component_bytes(db: &Db, sha256: &str) -> Result<Vec<u8>, RegistryError> {
+    let row = sqlx::query("SELECT bytes FROM policy_components WHERE sha256 = $1")
+        .bind(sha256)
+        .fetch_optional(&db.pool)
+        .await?
+        .ok_or_else(|| RegistryError::MissingBytes {
+            sha256: sha256.to_string(),
+        })?;
+    Ok(row.try_get(0)?)
+}
+
+// ---------------------------------------------------------------------------------
+// Activate
+// ---------------------------------------------------------------------------------
+
+/// One activation event.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Activation {
+    pub activation_id: i64,
+    pub county: String,
+    pub kind: PolicyKind,
+    pub publication_id: i64,
+    pub component_sha256: String,
+    /// `activate` or `rollback`.
+    pub action: String,
+    pub rollout_stage: Option<RolloutStage>,
+    pub effective_at: String,
+    pub who: String,
+    pub note: String,
+    pub recorded_at: String,
+}
+
+/// What `policy activate` is asked to do.
+pub struct ActivateRequest<'a> {
+    pub county: &'a str,
+    pub kind: PolicyKind,
+    pub version: &'a str,
+    /// When it takes effect (county local time); `None` = now.
+    pub at: Option<NaiveDateTime>,
+    /// Moves the county's rollout stage with this activation.
+    pub stage: Option<RolloutStage>,
+    pub who: &'a str,
+    pub note: &'a str,
+    pub now: NaiveDateTime,
+}
+
+fn stage_str(s: RolloutStage) -> &'static str {
+    match s {
+        RolloutStage::NotifyOnly => "notify-only",
+        RolloutStage::ApprovalGated => "approval-gated",
+        RolloutStage::Automatic => "automatic",
+    }
+}
+
+/// Parses a rollout stage as the CLI spells it (`approval` is short for `approval-gated`).
+pub fn parse_stage(s: &str) -> Result<RolloutStage, String> {
+    match s {
+        "notify-only" => Ok(RolloutStage::NotifyOnly),
+        "approval" | "approval-gated" => Ok(RolloutStage::ApprovalGated),
+        "automatic" => Ok(RolloutStage::Automatic),
+        _ => Err(format!(
+            "unknown stage {s:?}; expected notify-only, approval or automatic"
+        )),
+    }
+}
+
+/// Parses a county-local time 'YYYY-MM-DD HH:MM:SS' (or 'YYYY-MM-DDTHH:MM:SS').
+pub fn parse_time(s: &str) -> Result<NaiveDateTime, RegistryError> {
+    NaiveDateTime::parse_from_str(&s.replace('T', " "), TIME_FMT)
+        .map_err(|_| RegistryError::BadTime(s.to_string()))
+}
+
+/// Records an activation event. The component must load in this host now (so a
+/// version the host cannot run is refused here, not at the swap).
+pub async fn activate(
+    db: &Db,
+    engine: &PolicyEngine,
+    req: &ActivateRequest<'_>,
+) -> Result<Activation, RegistryError> {
+    let p = resolve(db, req.county, req.kind, req.version).await?;
+    engine.load(req.kind, &component_bytes(db, &p.component_sha256).await?)?;
+    insert_activation(
+        db,
+        &p,
+        "activate",
+        req.stage,
+        req.at.unwrap_or(req.now),
+        req.who,
+        req.note,
+        req.now,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_activation(
+    db: &Db,
+    p: &Publication,
+    action: &str,
+    stage: Option<RolloutStage>,
+    effective_at: NaiveDateTime,
+    who: &str,
+    note: &str,
+    now: NaiveDateTime,
+) -> Result<Activation, RegistryError> {
+    let row = sqlx::query(
+        "INSERT INTO policy_activations (county, kind, publication_id, component_sha256, action, rollout_stage, effective_at, who, note, recorded_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING activation_id",
+    )
+    .bind(&p.county)
+    .bind(p.kind.as_str())
+    .bind(p.publication_id)
+    .bind(&p.component_sha256)
+    .bind(action)
+    .bind(stage.map(stage_str))
+    .bind(ts(effective_at))
+    .bind(who)
+    .bind(note)
+    .bind(ts(now))
+    .fetch_one(&db.pool)
+    .await?;
+    let id: i64 = row.try_get(0)?;
+    history(db, &p.county, Some(p.kind))
+        .await?
+        .into_iter()
+        .find(|a| a.activation_id == id)
+        .ok_or_else(|| RegistryError::Corrupt {
+            what: "activation",
+            detail: "missing right after insert".into(),
+        })
+}
+
+/// Re-activates, as a new event effective now, the version that was in force before
+/// the current one.
+pub async fn rollback(
+    db: &Db,
+    county: &str,
+    kind: PolicyKind,
+    who: &str,
+    note: &str,
+    now: NaiveDateTime,
+) -> Result<Activation, RegistryError> {
+    let nothing = || RegistryError::NothingToRollBack {
+        county: county.to_string(),
+        kind,
+    };
+    let mut effective: Vec<Activation> = history(db, county, Some(kind))
+        .await?
+        .into_iter()
+        .filter(|a| a.effective_at <= ts(now))
+        .collect();
+    effective.sort_by(|a, b| {
+        (&a.effective_at, a.activation_id).cmp(&(&b.effective_at, b.activation_id))
+    });
+    let current = effective.pop().ok_or_else(nothing)?;
+    let previous = effective
+        .into_iter()
+        .rev()
+        .find(|a| a.publication_id != current.publication_id)
+        .map(|a| a.publication_id);
+    // Before the first activation the policy-set file was in force: its latest
+    // recorded (shipped) publication is what to go back to.
+    let previous = match previous {
+        Some(id) => id,
+        None => publications(db, county, Some(kind))
+            .await?
+            .into_iter()
+            .filter(|p| p.source == "shipped" && p.publication_id != current.publication_id)
+            .map(|p| p.publication_id)
+            .max()
+            .ok_or_else(nothing)?,
+    };
+    let p = publication(db, previous).await?.ok_or_else(nothing)?;
+    insert_activation(db, &p, "rollback", None, now, who, note, now).await
+}
+
+/// The activation history of a county (optionally one kind), oldest first.
+pub async fn history(
+    db: &Db,
+    county: &str,
+    kind: Option<PolicyKind>,
+) -> Result<Vec<Activation>, RegistryError> {
+    let rows = sqlx::query(
+        "SELECT activation_id, county, kind, publication_id, component_sha256, action, rollout_stage, effective_at, who, note, recorded_at
+         FROM policy_activations WHERE county = $1 AND ($2 = '' OR kind = $2) ORDER BY activation_id",
+    )
+    .bind(county)
+    .bind(kind.map(|k| k.as_str()).unwrap_or(""))
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let kind: String = r.try_get(2)?;
+            let stage: Option<String> = r.try_get(6)?;
+            Ok(Activation {
+                activation_id: r.try_get(0)?,
+                county: r.try_get(1)?,
+                kind: kind.parse().map_err(|detail| RegistryError::Corrupt {
+                    what: "activation kind",
+                    detail,
+                })?,
+                publication_id: r.try_get(3)?,
+                component_sha256: r.try_get(4)?,
+                action: r.try_get(5)?,
+                rollout_stage: stage
+                    .map(|s| parse_stage(&s))
+                    .transpose()
+                    .map_err(|detail| RegistryError::Corrupt {
+                        what: "rollout stage",
+                        detail,
+                    })?,
+                effective_at: r.try_get(7)?,
+                who: r.try_get(8)?,
+                note: r.try_get(9)?,
+                recorded_at: r.try_get(10)?,
+            })
+        })
+        .collect()
+}
+
+/// The activation in force for a county and kind at `now`: the latest event whose
+/// effective time has passed. `None`: the registry has none, the policy-set file rules.
+pub async fn in_force(
+    db: &Db,
+    county: &str,
+    kind: PolicyKind,
+    now: NaiveDateTime,
+) -> Result<Option<Activation>, RegistryError> {
+    let now = ts(now);
+    Ok(history(db, county, Some(kind))
+        .await?
+        .into_iter()
+        .filter(|a| a.effective_at <= now)
+        .max_by(|a, b| (&a.effective_at, a.activation_id).cmp(&(&b.effective_at, b.activation_id))))
+}
+
+/// The rollout stage set by the latest effective activation that set one, if any.
+pub async fn stage_in_force(
+    db: &Db,
+    county: &str,
+    now: NaiveDateTime,
+) -> Result<Option<RolloutStage>, RegistryError> {
+    let now = ts(now);
+    Ok(history(db, county, None)
+        .await?
+        .into_iter()
+        .filter(|a| a.effective_at <= now && a.rollout_stage.is_some())
+        .max_by(|a, b| (&a.effective_at, a.activation_id).cmp(&(&b.effective_at, b.activation_id)))
+        .and_then(|a| a.rollout_stage))
+}
+
+// ---------------------------------------------------------------------------------
+// The running host: start-up and hot swap
+// ---------------------------------------------------------------------------------
+
+/// Stores the policy-set plugin files of the county the host loaded (source
+/// `shipped`), so that every decision they make is replayable from the registry.
+/// Checks the files still have the bytes the county loaded.
+pub async fn record_policy_set(
+    db: &Db,
+    county: &County,
+    set_dir: &Path,
+    components_dir: &Path,
+    now: NaiveDateTime,
+) -> Result<(), RegistryError> {
+    let set = PolicySet::load(set_dir).map_err(|e| RegistryError::File {
+        path: set_dir.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let snapshot = county.snapshot();
+    for (kind, entry) in &set.components {
+        let path = entry.wasm_path(components_dir);
+        let bytes = std::fs::read(&path).map_err(|e| RegistryError::File {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        let loaded = &snapshot.get(*kind).component;
+        if sha256_hex(&bytes) != loaded.sha256 {
+            return Err(RegistryError::File {
+                path,
+                detail: format!(
+                    "changed on disk since the host loaded it (sha256 {}); restart the host",
+                    loaded.sha256
+                ),
+            });
+        }
+        record_shipped(
+            db,
+            &county.county,
+            *kind,
+            &bytes,
+            &loaded.contract_version,
+            &entry.parameters_json,
+            now,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// A version put in force by [`Watcher::poll`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swapped {
+    pub kind: PolicyKind,
+    pub from_sha256: String,
+    pub to_sha256: String,
+    pub activation_id: i64,
+}
+
+/// Watches the registry's activations for one county and swaps newly effective
+/// versions into the running host ([`County::activate`]).
+///
+/// Failure to load an activated version (impossible unless the host's limits changed
+/// since `policy activate` checked it) keeps the version in force and is reported.
+pub struct Watcher {
+    db: Db,
+    engine: Arc<PolicyEngine>,
+    county: Arc<County>,
+    clock: Arc<dyn Clock>,
+    /// Activation id applied per kind (absent: the policy-set file is in force).
+    applied: Mutex<BTreeMap<PolicyKind, i64>>,
+    /// Compiled components by sha256: the ones in force at start, and every version
+    /// published for the county (compiled ahead by [`Watcher::prepare`]), so that an
+    /// activation or a rollback is a pointer swap, not a compilation.
+    compiled: Mutex<BTreeMap<String, LoadedComponent>>,
+    /// Highest publication id already compiled ahead.
+    prepared_up_to: Mutex<i64>,
+}
+
+impl Watcher {
+    pub fn new(
+        db: Db,
+        engine: Arc<PolicyEngine>,
+        county: Arc<County>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let snapshot = county.snapshot();
+        let compiled = PolicyKind::ALL
+            .iter()
+            .map(|k| {
+                let c = &snapshot.get(*k).component;
+                (c.sha256.clone(), c.clone())
+            })
+            .collect();
+        Self {
+            db,
+            engine,
+            county,
+            clock,
+            applied: Mutex::new(BTreeMap::new()),
+            compiled: Mutex::new(compiled),
+            prepared_up_to: Mutex::new(0),
+        }
+    }
+
+    /// Compiles, ahead of any activation, every version published for the county since
+    /// the last call (a component that no longer loads is skipped here; activating it
+    /// reports why). Called by [`Watcher::poll`]; cheap when nothing was published.
+    pub async fn prepare(&self) -> Result<usize, RegistryError> {
+        let since = *self.prepared_up_to.lock().expect("watcher lock");
+        let mut n = 0;
+        for p in publications(&self.db, &self.county.county, None).await? {
+            if p.publication_id <= since {
+                continue;
+            }
+            *self.prepared_up_to.lock().expect("watcher lock") = p.publication_id;
+            if self
+                .compiled
+                .lock()
+                .expect("watcher lock")
+                .contains_key(&p.component_sha256)
+            {
+                continue;
+            }
+            let bytes = component_bytes(&self.db, &p.component_sha256).await?;
+            let engine = self.engine.clone();
+            let kind = p.kind;
+            // Compiling takes a while (cranelift); keep it off the async executor.
+            let loaded = tokio::task::spawn_blocking(move || engine.load(kind, &bytes))
+                .await
+                .map_err(|e| RegistryError::Corrupt {
+                    what: "compilation task",
+                    detail: e.to_string(),
+                })?;
+            if let Ok(c) = loaded {
+                self.compiled
+                    .lock()
+                    .expect("watcher lock")
+                    .insert(p.component_sha256.clone(), c);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Applies every activation that became effective since the last poll; returns the
+    /// swaps made. Cheap when nothing changed (one indexed query per kind).
+    pub async fn poll(&self) -> Result<Vec<Swapped>, RegistryError> {
+        self.prepare().await?;
+        let now = self.clock.now();
+        let mut swapped = Vec::new();
+        for kind in PolicyKind::ALL {
+            let Some(a) = in_force(&self.db, &self.county.county, kind, now).await? else {
+                continue;
+            };
+            if self.applied.lock().expect("watcher lock").get(&kind) == Some(&a.activation_id) {
+                continue;
+            }
+            let p = publication(&self.db, a.publication_id)
+                .await?
+                .ok_or_else(|| RegistryError::Corrupt {
+                    what: "activation",
+                    detail: format!("publication {} missing", a.publication_id),
+                })?;
+            let cached = self
+                .compiled
+                .lock()
+                .expect("watcher lock")
+                .get(&p.component_sha256)
+                .cloned();
+            let component = match cached {
+                Some(c) => c,
+                None => {
+                    let bytes = component_bytes(&self.db, &p.component_sha256).await?;
+                    let c = self.engine.load(kind, &bytes)?;
+                    self.compiled
+                        .lock()
+                        .expect("watcher lock")
+                        .insert(p.component_sha256.clone(), c.clone());
+                    c
+                }
+            };
+            let active = Arc::new(ActiveComponent {
+                component,
+                parameters_json: p.parameters_json,
+            });
+            let from = self.county.snapshot().get(kind).component.sha256.clone();
+            self.county.activate_shared(active);
+            self.applied
+                .lock()
+                .expect("watcher lock")
+                .insert(kind, a.activation_id);
+            swapped.push(Swapped {
+                kind,
+                from_sha256: from,
+                to_sha256: a.component_sha256.clone(),
+                activation_id: a.activation_id,
+            });
+        }
+        if let Some(stage) = stage_in_force(&self.db, &self.county.county, now).await?
+            && self.county.snapshot().rollout_stage != stage
+        {
+            self.county.set_rollout_stage(stage);
+        }
+        Ok(swapped)
+    }
+
+    /// Polls every `every` until the returned task is aborted (or the runtime stops).
+    /// Errors are logged and retried at the next tick; the version in force stays.
+    pub fn spawn(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match self.poll().await {
+                    Ok(swaps) => {
+                        for s in swaps {
+                            tracing::info!(county = %self.county.county, kind = %s.kind, from = %s.from_sha256, to = %s.to_sha256, "policy activated");
+                        }
+                    }
+                    Err(e) => tracing::error!(county = %self.county.county, "policy watcher: {e}"),
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,974 @@
+//! The policy lifecycle as a county engineer, operations and an auditor meet it:
+//! publish (signed, checked), activate (audited, hot, timed), roll back, replay the
+//! decision log bit for bit, detect tampering with it, and diff a candidate version
+//! against recorded decisions.
+
+mod common;
+
+use chrono::NaiveDateTime;
+use feegate::audit::{self, Filter};
+use feegate::clock::Clock;
+use feegate::config::PolicyLimits;
+use feegate::db::Db;
+use feegate::demo::{ComponentOverride, Scenario};
+use feegate::policy::set::RolloutStage;
+use feegate::policy::{PolicyEngine, PolicyKind, PolicyLoadError};
+use feegate::registry::{self, ActivateRequest, PublishRequest, RegistryError};
+use sqlx::{Connection, Executor, Row};
+
+fn t(s: &str) -> NaiveDateTime {
+    registry::parse_time(s).unwrap()
+}
+
+fn wasm(name: &str) -> Vec<u8> {
+    std::fs::read(common::component(name)).expect("built by `make plugins`")
+}
+
+async fn temp_db() -> (tempfile::TempDir, Db, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+    let db = Db::open(&url).await.unwrap();
+    (dir, db, url)
+}
+
+const TARIFF_PARAMS: &str = r#"{"charge_rounding":"half-up","steps":[{"price":"0.4983","up_to_kwh":"2760"},{"price":"0.5483","up_to_kwh":"4800"},{"price":"0.7983"}]}"#;
+
+/// A county that trusts one key; returns the key.
+async fn trusting_county(db: &Db) -> ed25519_dalek::SigningKey {
+    let key = registry::generate_key();
+    registry::trust_key(
+        db,
+        "xianyou",
+        &key.verifying_key(),
+        "Lin (county engineer)",
+        "ops",
+        t("2013-01-01 08:00:00"),
+    )
+    .await
+    .unwrap();
+    key
+}
+
+async fn publish(
+    db: &Db,
+    engine: &PolicyEngine,
+    key: &ed25519_dalek::SigningKey,
+    kind: PolicyKind,
+    bytes: &[u8],
+    params: &str,
+) -> Result<registry::Publication, RegistryError> {
+    let canonical = registry::canonical_parameters(params)?;
+    let signature = registry::sign(key, bytes, &canonical);
+    registry::publish(
+        db,
+        engine,
+        &PublishRequest {
+            county: "xianyou",
+            kind,
+            component: bytes,
+            parameters: params,
+            signature_hex: &signature,
+            note: "test",
+            now: t("2013-01-01 09:00:00"),
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_refuses_bad_signatures_forbidden_imports_wrong_contracts_and_oversize() {
+    let (_dir, db, _) = temp_db().await;
+    let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
+    let tariff = wasm("policy_tariff_step");
+
+    // No trusted key yet: refused, and the message says how to add one.
+    let stranger = registry::generate_key();
+    let err = publish(
+        &db,
+        &engine,
+        &stranger,
+        PolicyKind::Tariff,
+        &tariff,
+        TARIFF_PARAMS,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RegistryError::NoTrustedKey { .. }), "{err}");
+    assert!(err.to_string().contains("policy trust add"), "{err}");
+
+    let key = trusting_county(&db).await;
+    // Signed by a key the county does not trust.
+    let err = publish(
+        &db,
+        &engine,
+        &stranger,
+        PolicyKind::Tariff,
+        &tariff,
+        TARIFF_PARAMS,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RegistryError::BadSignature { .. }), "{err}");
+
+    // The signature covers the parameters: signed with one price, published with another.
+    let signed_for = registry::canonical_parameters(TARIFF_PARAMS).unwrap();
+    let signature = registry::sign(&key, &tariff, &signed_for);
+    let err = registry::publish(
+        &db,
+        &engine,
+        &PublishRequest {
+            county: "xianyou",
+            kind: PolicyKind::Tariff,
+            component: &tariff,
+            parameters: &TARIFF_PARAMS.replace("0.4983", "0.0001"),
+            signature_hex: &signature,
+            note: "cheaper",
+            now: t("2013-01-01 09:00:00"),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RegistryError::BadSignature { .. }), "{err}");
+
+    // ... and the bytes: one flipped byte in the component.
+    let mut tampered = tariff.clone();
+    let n = tampered.len();
+    tampered[n - 1] ^= 1;
+    let canonical = registry::canonical_parameters(TARIFF_PARAMS).unwrap();
+    let sig_for_original = registry::sign(&key, &tariff, &canonical);
+    let err = registry::publish(
+        &db,
+        &engine,
+        &PublishRequest {
+            county: "xianyou",
+            kind: PolicyKind::Tariff,
+            component: &tampered,
+            parameters: TARIFF_PARAMS,
+            signature_hex: &sig_for_original,
+            note: "tampered",
+            now: t("2013-01-01 09:00:00"),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegistryError::BadSignature { .. } | RegistryError::Load(_)
+        ),
+        "{err}"
+    );
+
+    // A component reading the clock is refused, however well signed.
+    let err = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Tariff,
+        &wasm("impure_policy"),
+        "{}",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegistryError::Load(PolicyLoadError::ForbiddenImport { .. })
+        ),
+        "{err}"
+    );
+    // A warning component published as a tariff.
+    let err = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Tariff,
+        &wasm("policy_warning_threshold"),
+        "{}",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Load(PolicyLoadError::WrongKind { .. })),
+        "{err}"
+    );
+    // Over the size limit.
+    let small = PolicyEngine::new(PolicyLimits {
+        max_component_bytes: 1024,
+        ..PolicyLimits::default()
+    })
+    .unwrap();
+    let err = publish(
+        &db,
+        &small,
+        &key,
+        PolicyKind::Tariff,
+        &tariff,
+        TARIFF_PARAMS,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Load(PolicyLoadError::TooLarge { .. })),
+        "{err}"
+    );
+    // Nothing refused was stored.
+    assert!(
+        registry::publications(&db, "xianyou", None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The good one is stored content-addressed, with who and why; publishing it twice
+    // is one publication.
+    let p = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Tariff,
+        &tariff,
+        TARIFF_PARAMS,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        p.component_sha256,
+        feegate::policy::engine::sha256_hex(&tariff)
+    );
+    assert_eq!(p.who, "Lin (county engineer)");
+    assert_eq!(p.source, "signed");
+    assert_eq!(p.contract_version, "1.0.0");
+    assert_eq!(
+        registry::component_bytes(&db, &p.component_sha256)
+            .await
+            .unwrap(),
+        tariff
+    );
+    let again = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Tariff,
+        &tariff,
+        TARIFF_PARAMS,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.publication_id, p.publication_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activations_take_effect_at_their_time_and_a_rollback_restores_the_previous_version() {
+    let (_dir, db, _) = temp_db().await;
+    let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
+    let key = trusting_county(&db).await;
+    let tariff = wasm("policy_tariff_step");
+    let hostile = wasm("hostile_policy");
+    let a = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Tariff,
+        &tariff,
+        TARIFF_PARAMS,
+    )
+    .await
+    .unwrap();
+    let b = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Tariff,
+        &hostile,
+        r#"{"mode":"ok"}"#,
+    )
+    .await
+    .unwrap();
+    let activate = |version: String, at: &'static str, now: &'static str| {
+        let db = db.clone();
+        let engine = engine.clone();
+        async move {
+            registry::activate(
+                &db,
+                &engine,
+                &ActivateRequest {
+                    county: "xianyou",
+                    kind: PolicyKind::Tariff,
+                    version: &version,
+                    at: Some(t(at)),
+                    stage: None,
+                    who: "ops",
+                    note: "test",
+                    now: t(now),
+                },
+            )
+            .await
+        }
+    };
+    assert!(
+        registry::in_force(&db, "xianyou", PolicyKind::Tariff, t("2013-01-02 00:00:00"))
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing activated: the policy-set file rules"
+    );
+    activate(
+        a.component_sha256[..8].to_string(),
+        "2013-01-02 00:00:00",
+        "2013-01-01 10:00:00",
+    )
+    .await
+    .unwrap();
+    activate(
+        b.component_sha256.clone(),
+        "2013-01-05 00:00:00",
+        "2013-01-01 10:05:00",
+    )
+    .await
+    .unwrap();
+    let in_force = |at: &'static str| {
+        let db = db.clone();
+        async move {
+            registry::in_force(&db, "xianyou", PolicyKind::Tariff, t(at))
+                .await
+                .unwrap()
+                .map(|a| a.publication_id)
+        }
+    };
+    assert_eq!(in_force("2013-01-01 23:59:59").await, None);
+    assert_eq!(
+        in_force("2013-01-02 00:00:00").await,
+        Some(a.publication_id)
+    );
+    assert_eq!(
+        in_force("2013-01-04 23:59:59").await,
+        Some(a.publication_id),
+        "a future activation waits for its time"
+    );
+    assert_eq!(
+        in_force("2013-01-05 00:00:00").await,
+        Some(b.publication_id)
+    );
+
+    // An unknown or too short version is refused with what to do.
+    let err = activate(
+        "deadbeef".into(),
+        "2013-01-06 00:00:00",
+        "2013-01-06 00:00:00",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("policy list"), "{err}");
+    let err = activate("3c5b".into(), "2013-01-06 00:00:00", "2013-01-06 00:00:00")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::UnknownVersion { .. }), "{err}");
+
+    // Rollback is a new event that puts the previous version back.
+    let r = registry::rollback(
+        &db,
+        "xianyou",
+        PolicyKind::Tariff,
+        "ops",
+        "hostile tariff went live by mistake",
+        t("2013-01-06 08:00:00"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.action, "rollback");
+    assert_eq!(r.publication_id, a.publication_id);
+    assert_eq!(
+        in_force("2013-01-06 08:00:00").await,
+        Some(a.publication_id)
+    );
+    let history = registry::history(&db, "xianyou", Some(PolicyKind::Tariff))
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 3, "history keeps every event");
+
+    // The history cannot be rewritten.
+    let err = sqlx::query("DELETE FROM policy_activations")
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_host_swaps_an_activated_version_in_without_restart_and_a_running_settlement_keeps_its_snapshot()
+ {
+    let opts = common::small_county(8, 3, 11);
+    let mut s = Scenario::new(&opts, &[]).await.unwrap();
+    for day in 0..3 {
+        s.run_day(opts.start + chrono::Duration::days(day), false)
+            .await
+            .unwrap();
+    }
+    let db = s.host.db.clone();
+    let engine = s.host.engine.clone();
+    let county = s.host.county.clone();
+    let shipped_sha = county
+        .snapshot()
+        .get(PolicyKind::Tariff)
+        .component
+        .sha256
+        .clone();
+    // The shipped components are in the registry (recorded at start), so their
+    // decisions are replayable.
+    assert_eq!(
+        registry::component_bytes(&db, &shipped_sha).await.unwrap(),
+        wasm("policy_tariff_step")
+    );
+
+    let key = trusting_county(&db).await;
+    let hostile = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Tariff,
+        &wasm("hostile_policy"),
+        r#"{"mode":"ok"}"#,
+    )
+    .await
+    .unwrap();
+    // Activated for 00:05 on day 4 (before the 00:10 settlement), with a stage move.
+    let day4 = opts.start + chrono::Duration::days(3);
+    registry::activate(
+        &db,
+        &engine,
+        &ActivateRequest {
+            county: "xianyou",
+            kind: PolicyKind::Tariff,
+            version: &hostile.component_sha256,
+            at: Some(day4.and_hms_opt(0, 5, 0).unwrap()),
+            stage: Some(RolloutStage::NotifyOnly),
+            who: "ops",
+            note: "flat 1 fen per kWh trial",
+            now: s.clock.now(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        s.watcher.poll().await.unwrap().is_empty(),
+        "not yet effective"
+    );
+
+    // A settlement that started before the swap: it holds its snapshot.
+    let before = county.snapshot();
+    s.advance(day4.and_hms_opt(0, 5, 0).unwrap()).unwrap();
+    let swaps = s.watcher.poll().await.unwrap();
+    assert_eq!(swaps.len(), 1);
+    assert_eq!(swaps[0].from_sha256, shipped_sha);
+    assert_eq!(swaps[0].to_sha256, hostile.component_sha256);
+    assert!(
+        s.watcher.poll().await.unwrap().is_empty(),
+        "a swap happens once"
+    );
+    let after = county.snapshot();
+    assert_eq!(
+        after.get(PolicyKind::Tariff).component.sha256,
+        hostile.component_sha256
+    );
+    assert_eq!(after.rollout_stage, RolloutStage::NotifyOnly);
+    assert_eq!(before.get(PolicyKind::Tariff).component.sha256, shipped_sha);
+    assert_eq!(before.rollout_stage, RolloutStage::ApprovalGated);
+
+    // Day 4's readings (collected by the normal morning), then the settlement that
+    // "started" before the swap runs on its snapshot: every decision by the shipped tariff.
+    s.advance(day4.and_hms_opt(0, 10, 0).unwrap()).unwrap();
+    feegate::collection::collect_daily(&db, &s.host.meters, "xianyou", day4, s.clock.now())
+        .await
+        .unwrap();
+    let report = feegate::settlement::settle(
+        &db,
+        &engine,
+        "xianyou",
+        &before,
+        day4,
+        s.clock.now(),
+        &s.host.config.settlement,
+    )
+    .await
+    .unwrap();
+    assert!(report.settled > 0);
+    let shas: Vec<String> = sqlx::query(
+        "SELECT DISTINCT component_sha256 FROM decisions WHERE kind = 'tariff' AND business_date = $1",
+    )
+    .bind(feegate::db::ds(day4 - chrono::Duration::days(1)))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    assert_eq!(shas, vec![shipped_sha.clone()]);
+
+    // The next day's job takes a fresh snapshot: the new version prices it.
+    s.run_day(day4 + chrono::Duration::days(1), true)
+        .await
+        .unwrap();
+    let shas: Vec<String> = sqlx::query(
+        "SELECT DISTINCT component_sha256 FROM decisions WHERE kind = 'tariff' AND business_date = $1",
+    )
+    .bind(feegate::db::ds(day4))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    assert_eq!(shas, vec![hostile.component_sha256.clone()]);
+
+    // Rolling back swaps the shipped version back in, from the watcher's cache.
+    registry::rollback(
+        &db,
+        "xianyou",
+        PolicyKind::Tariff,
+        "ops",
+        "trial over",
+        s.clock.now(),
+    )
+    .await
+    .unwrap();
+    let swaps = s.watcher.poll().await.unwrap();
+    assert_eq!(swaps.len(), 1);
+    assert_eq!(
+        county.snapshot().get(PolicyKind::Tariff).component.sha256,
+        shipped_sha
+    );
+}
+
+/// A finished small county in a SQLite file, for the audit tests.
+async fn recorded_county(
+    days: u32,
+    overrides: &[ComponentOverride],
+) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("county.db").display());
+    let mut opts = common::small_county(16, days, 5);
+    opts.db_url = Some(url.clone());
+    let mut s = Scenario::new(&opts, overrides).await.unwrap();
+    for day in 0..=days {
+        s.run_day(
+            opts.start + chrono::Duration::days(i64::from(day)),
+            day == days,
+        )
+        .await
+        .unwrap();
+    }
+    s.host.db.pool.close().await;
+    (dir, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_recorded_decision_replays_bit_for_bit_including_failures() {
+    // A tariff that traps on every call: its failures must replay as the same failure.
+    let trap = ComponentOverride {
+        kind: PolicyKind::Warning,
+        wasm: common::component("hostile_policy"),
+        parameters_json: r#"{"mode":"trap"}"#.into(),
+    };
+    let (_dir, url) = recorded_county(4, &[trap]).await;
+    let db = Db::open(&url).await.unwrap();
+    let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
+    let all = audit::replay(&db, &engine, &Filter::default(), None)
+        .await
+        .unwrap();
+    assert!(all.len() > 40, "{} decisions", all.len());
+    assert!(
+        all.iter().any(|r| r.recorded.starts_with("failed")),
+        "the trap was recorded"
+    );
+    assert!(all.iter().any(|r| r.recorded.starts_with("ok")));
+    for r in &all {
+        assert!(
+            r.matches,
+            "decision {} differs:\n{}\n{}",
+            r.decision_id, r.recorded, r.replayed
+        );
+        assert_eq!(
+            r.fuel_recorded as u64, r.fuel_replayed,
+            "decision {}",
+            r.decision_id
+        );
+    }
+    let one = audit::replay(&db, &engine, &Filter::default(), Some(3))
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    let err = audit::replay(&db, &engine, &Filter::default(), Some(999_999))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("audit log"), "{err}");
+}
+
+/// Opens the SQLite file behind the host's back, drops the triggers and runs `sql`.
+async fn tamper(url: &str, sql: &str) {
+    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+    // Settlements point at decisions; a forger would switch the check off too.
+    conn.execute("PRAGMA foreign_keys = OFF").await.unwrap();
+    conn.execute("DROP TRIGGER decisions_no_update")
+        .await
+        .unwrap();
+    conn.execute("DROP TRIGGER decisions_no_delete")
+        .await
+        .unwrap();
+    conn.execute(sql).await.unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_detects_an_edited_a_removed_and_a_cut_off_decision() {
+    let (dir, url) = recorded_county(3, &[]).await;
+    let db = Db::open(&url).await.unwrap();
+    let clean = audit::verify(&db, None).await.unwrap();
+    assert!(clean.ok(), "{:?}", clean.breaks);
+    assert!(clean.rows > 20);
+    assert_eq!(clean.unchained, 0);
+    let head = clean.head_hash.clone();
+    assert!(audit::verify(&db, Some(&head)).await.unwrap().ok());
+    db.pool.close().await;
+
+    let copy = |name: &str| {
+        let to = dir.path().join(name);
+        std::fs::copy(dir.path().join("county.db"), &to).unwrap();
+        format!("sqlite://{}", to.display())
+    };
+
+    // Edited: one charge made smaller.
+    let edited = copy("edited.db");
+    tamper(
+        &edited,
+        "UPDATE decisions SET output_json = replace(output_json, '\"charge_fen\":', '\"charge_fen\":1') WHERE decision_id = 5",
+    )
+    .await;
+    let db = Db::open(&edited).await.unwrap();
+    let r = audit::verify(&db, None).await.unwrap();
+    assert_eq!(r.breaks.len(), 1, "{:?}", r.breaks);
+    assert_eq!(r.breaks[0].decision_id, 5);
+    assert!(r.breaks[0].problem.contains("edited"), "{:?}", r.breaks);
+
+    // (A forger who also recomputes every later row's hashes leaves a consistent chain;
+    // only a head hash kept elsewhere catches that, as for the cut-off end below.)
+
+    // Removed: a row in the middle.
+    let removed = copy("removed.db");
+    tamper(&removed, "DELETE FROM decisions WHERE decision_id = 7").await;
+    let db = Db::open(&removed).await.unwrap();
+    let r = audit::verify(&db, None).await.unwrap();
+    assert_eq!(r.breaks.len(), 1, "{:?}", r.breaks);
+    assert_eq!(r.breaks[0].decision_id, 8);
+    assert!(r.breaks[0].problem.contains("removed"), "{:?}", r.breaks);
+
+    // Cut off the end: only the head recorded earlier shows it.
+    let cut = copy("cut.db");
+    tamper(
+        &cut,
+        "DELETE FROM decisions WHERE decision_id = (SELECT MAX(decision_id) FROM decisions)",
+    )
+    .await;
+    let db = Db::open(&cut).await.unwrap();
+    assert!(audit::verify(&db, None).await.unwrap().ok());
+    let r = audit::verify(&db, Some(&head)).await.unwrap();
+    assert!(!r.ok());
+    assert!(
+        r.breaks[0].problem.contains("removed from the end"),
+        "{:?}",
+        r.breaks
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_reports_the_money_difference_and_loudly_a_candidate_that_disconnects_more() {
+    let (_dir, url) = recorded_county(24, &[]).await;
+    let db = Db::open(&url).await.unwrap();
+    let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
+    let key = trusting_county(&db).await;
+    let (from, to) = ("2013-01-01", "2013-01-31");
+
+    // The same component and parameters as recorded: nothing changes.
+    let shipped: Vec<_> = registry::publications(&db, "xianyou", Some(PolicyKind::Tariff))
+        .await
+        .unwrap();
+    let same = audit::diff(
+        &db,
+        &engine,
+        "xianyou",
+        PolicyKind::Tariff,
+        &format!("#{}", shipped[0].publication_id),
+        from,
+        to,
+    )
+    .await
+    .unwrap();
+    assert!(same.decisions > 100);
+    assert!(same.changed.is_empty(), "{:?}", &same.changed[..1]);
+    assert_eq!(same.charge_difference_fen, 0);
+    assert_eq!(same.fuel_recorded, same.fuel_candidate);
+
+    // Step 1 dearer by 3 fen/kWh: every charge with consumption changes, up.
+    let dearer_params = shipped[0].parameters_json.replace("0.4983", "0.5283");
+    assert_ne!(dearer_params, shipped[0].parameters_json);
+    let dearer = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Tariff,
+        &wasm("policy_tariff_step"),
+        &dearer_params,
+    )
+    .await
+    .unwrap();
+    let d = audit::diff(
+        &db,
+        &engine,
+        "xianyou",
+        PolicyKind::Tariff,
+        &format!("#{}", dearer.publication_id),
+        from,
+        to,
+    )
+    .await
+    .unwrap();
+    assert!(!d.changed.is_empty());
+    assert!(d.charge_difference_fen > 0);
+    assert_eq!(
+        d.charge_difference_fen,
+        d.changed
+            .iter()
+            .map(|c| c.charge_difference_fen)
+            .sum::<i64>()
+    );
+    assert!(d.changed.iter().all(|c| c.charge_difference_fen >= 0));
+
+    // A cutoff candidate that disconnects everybody it is asked about.
+    let cutoffs = audit::log(
+        &db,
+        &Filter {
+            kind: "cutoff".into(),
+            ..Filter::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        !cutoffs.is_empty(),
+        "the county must have reached arrears to test this"
+    );
+    let harsh = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Cutoff,
+        &wasm("hostile_policy"),
+        r#"{"mode":"disconnect"}"#,
+    )
+    .await
+    .unwrap();
+    let d = audit::diff(
+        &db,
+        &engine,
+        "xianyou",
+        PolicyKind::Cutoff,
+        &harsh.component_sha256,
+        from,
+        to,
+    )
+    .await
+    .unwrap();
+    assert!(d.disconnects_more(), "{:?}", d.disconnections);
+    assert_eq!(d.disconnections.1 as usize, cutoffs.len());
+
+    // The shipped cutoff against itself: not more.
+    let shipped_cutoff = registry::publications(&db, "xianyou", Some(PolicyKind::Cutoff))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.source == "shipped")
+        .unwrap();
+    let d = audit::diff(
+        &db,
+        &engine,
+        "xianyou",
+        PolicyKind::Cutoff,
+        &format!("#{}", shipped_cutoff.publication_id),
+        from,
+        to,
+    )
+    .await
+    .unwrap();
+    assert!(!d.disconnects_more());
+    assert!(d.changed.is_empty());
+}
+
+#[test]
+fn parameters_are_canonical_whatever_their_spelling() {
+    let a = registry::canonical_parameters(r#"{ "b": 1, "a": {"y": "2", "x": [1, 2]} }"#).unwrap();
+    let b = registry::canonical_parameters("a = { x = [1, 2], y = \"2\" }\nb = 1\n").unwrap();
+    assert_eq!(a, r#"{"a":{"x":[1,2],"y":"2"},"b":1}"#);
+    assert_eq!(a, b);
+    assert!(registry::canonical_parameters("[1, 2]").is_err());
+}
+
+#[test]
+fn policy_test_runs_the_shipped_tariff_fixtures_and_catches_a_wrong_expectation() {
+    let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
+    let c = engine
+        .load(PolicyKind::Tariff, &wasm("policy_tariff_step"))
+        .unwrap();
+    let text =
+        std::fs::read_to_string(common::repo().join("plugins/tariff-step/fixtures/xianyou.json"))
+            .unwrap();
+    let results = feegate::fixtures::run(&engine, &c, &text).unwrap();
+    assert_eq!(results.len(), 4);
+    for r in &results {
+        assert!(r.passed, "{}: {}", r.name, r.mismatch);
+        assert!(r.fuel_used > 0);
+    }
+    let wrong = text.replace("\"charge_fen\": 523", "\"charge_fen\": 524");
+    assert_ne!(wrong, text);
+    let results = feegate::fixtures::run(&engine, &c, &wrong).unwrap();
+    let failed: Vec<_> = results.iter().filter(|r| !r.passed).collect();
+    assert_eq!(failed.len(), 1);
+    assert!(
+        failed[0].mismatch.contains("expected 524, got 523"),
+        "{}",
+        failed[0].mismatch
+    );
+}
+
+/// The walkthrough of README.md, through the real binary.
+#[test]
+fn the_readme_walkthrough_works_at_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let params = dir.path().join("tariff.json");
+    std::fs::write(&params, TARIFF_PARAMS).unwrap();
+    let tariff = common::component("policy_tariff_step");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_feegate"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("FEEGATE_DB", &db)
+            .env("FEEGATE_WHO", "ops-test")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ok = |args: &[&str]| {
+        let (code, stdout, stderr) = run(args);
+        assert_eq!(code, Some(0), "{args:?}\n{stdout}\n{stderr}");
+        stdout
+    };
+    ok(&["policy", "key", "new", "--out", "lin"]);
+    assert!(dir.path().join("lin.key").exists() && dir.path().join("lin.pub").exists());
+    let (code, _, stderr) = run(&["policy", "key", "new", "--out", "lin"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("refusing to overwrite"), "{stderr}");
+    ok(&[
+        "policy", "trust", "add", "--county", "xianyou", "--key", "lin.pub", "--who", "Lin",
+    ]);
+    let tariff_path = tariff.to_str().unwrap();
+    let params_path = params.to_str().unwrap();
+    let published = ok(&[
+        "policy",
+        "publish",
+        tariff_path,
+        "--county",
+        "xianyou",
+        "--kind",
+        "tariff",
+        "--params",
+        params_path,
+        "--key",
+        "lin.key",
+        "--note",
+        "2013 notice",
+    ]);
+    assert!(published.contains("by Lin"), "{published}");
+    // Signed elsewhere, published with --signature.
+    let sig = ok(&[
+        "policy",
+        "sign",
+        tariff_path,
+        "--params",
+        params_path,
+        "--key",
+        "lin.key",
+    ]);
+    std::fs::write(dir.path().join("t.sig"), sig).unwrap();
+    ok(&[
+        "policy",
+        "publish",
+        tariff_path,
+        "--county",
+        "xianyou",
+        "--kind",
+        "tariff",
+        "--params",
+        params_path,
+        "--signature",
+        "t.sig",
+        "--note",
+        "same again",
+    ]);
+    let sha = feegate::policy::engine::sha256_hex(&std::fs::read(&tariff).unwrap());
+    ok(&[
+        "policy",
+        "activate",
+        "--county",
+        "xianyou",
+        "--kind",
+        "tariff",
+        "--version",
+        &sha[..10],
+        "--stage",
+        "approval",
+        "--note",
+        "go live",
+    ]);
+    let list = ok(&["policy", "list", "--county", "xianyou"]);
+    assert!(list.contains("* in force"), "{list}");
+    let history = ok(&["policy", "history", "--county", "xianyou"]);
+    assert!(
+        history.contains("by ops-test") && history.contains("go live"),
+        "{history}"
+    );
+    let show = ok(&[
+        "policy",
+        "show",
+        "--county",
+        "xianyou",
+        "--kind",
+        "tariff",
+        "--version",
+        &sha,
+    ]);
+    assert!(show.contains("feegate:policy@1.0.0"), "{show}");
+    // Nothing earlier to roll back to (no host recorded a policy-set file here).
+    let (code, _, stderr) = run(&[
+        "policy", "rollback", "--county", "xianyou", "--kind", "tariff", "--note", "x",
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("nothing to roll back to"), "{stderr}");
+    let verify = ok(&["audit", "verify"]);
+    assert!(verify.contains("chain intact"), "{verify}");
+    let (code, stdout, _) = run(&[
+        "policy",
+        "test",
+        tariff_path,
+        "--fixtures",
+        common::repo()
+            .join("plugins/tariff-step/fixtures/xianyou.json")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("4 passed, 0 failed"), "{stdout}");
+}
