@@ -89,7 +89,7 @@ fn outcome_of(e: &MeterError) -> &'static str {
     match e {
         MeterError::Timeout { .. } => "timeout",
         MeterError::Exception { .. } => "exception",
-        MeterError::BadValue(_) => "bad-value",
+        MeterError::BadValue(_) | MeterError::Unsupported(_) => "bad-value",
         _ => "io",
     }
 }

@@ -70,10 +70,242 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         read_timeout_ms: u64,
     },
+    /// DL/T 645-2007 field tools: decode a captured frame, build a request.
+    Dlt645 {
+        #[command(subcommand)]
+        cmd: Dlt645Cmd,
+    },
+    /// Q/GDW 1376.1 field tools.
+    Q376 {
+        #[command(subcommand)]
+        cmd: Q376Cmd,
+    },
+    /// Modbus field tools.
+    Modbus {
+        #[command(subcommand)]
+        cmd: ModbusCmd,
+    },
+    /// Read or switch one real or simulated meter.
+    Meter {
+        #[command(subcommand)]
+        cmd: MeterCmd,
+    },
+    /// Collection (集抄): the daily report, readings imported from a head-end system.
+    Collection {
+        #[command(subcommand)]
+        cmd: CollectionCmd,
+    },
+    /// Simulated meters for the field tools: Modbus TCP and DL/T 645 gateways on loopback.
+    Sim {
+        #[command(subcommand)]
+        cmd: SimCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum Dlt645Cmd {
+    /// Decode a frame (hex, spaces allowed, FEH preamble optional): JSON, or an error naming
+    /// the broken field.
+    Decode { hex: String },
+    /// Build a request frame (hex, with a 4-byte FEH preamble).
+    Encode {
+        #[command(subcommand)]
+        what: EncodeCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum EncodeCmd {
+    /// Read data (11H).
+    Read {
+        /// Meter address, 12 digits as printed on the meter.
+        #[arg(long)]
+        address: String,
+        /// Data identifier, 8 hex digits (e.g. 00010000 total forward active energy).
+        #[arg(long)]
+        di: String,
+    },
+    /// Relay control (1CH) in plaintext.
+    Relay {
+        #[arg(long)]
+        address: String,
+        /// trip, close-allowed, direct-close, alarm, alarm-release, keep-power-on, keep-power-off.
+        #[arg(long)]
+        command: String,
+        /// Meter-local deadline, YYYY-MM-DDTHH:MM:SS.
+        #[arg(long)]
+        valid_until: chrono::NaiveDateTime,
+        /// LEVEL:CODE, e.g. 02:123456.
+        #[arg(long)]
+        password: String,
+        /// Operator code, 8 hex digits.
+        #[arg(long, default_value = "00000000")]
+        operator: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Q376Cmd {
+    /// Decode a 1376.1 frame and any DL/T 645 frame it forwards: JSON or an error naming the field.
+    Decode { hex: String },
+}
+
+#[derive(Subcommand)]
+enum ModbusCmd {
+    /// Decode a Modbus RTU response (CRC checked); with --map and --register, its value.
+    DecodeRtu {
+        hex: String,
+        /// Built-in map name (eastron-sdm120, eastron-sdm630, chint-ddsu666, chint-dtsu666, feegate-sim) or a file.
+        #[arg(long)]
+        map: Option<String>,
+        #[arg(long)]
+        register: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct TargetArgs {
+    /// dlt645 (TCP serial gateway) or modbus (Modbus TCP).
+    #[arg(long, default_value = "dlt645")]
+    protocol: String,
+    /// Gateway host:port.
+    #[arg(long)]
+    gateway: std::net::SocketAddr,
+    /// DL/T 645 meter address (12 digits).
+    #[arg(long)]
+    address: Option<String>,
+    /// Modbus unit id.
+    #[arg(long)]
+    unit: Option<u8>,
+    /// Modbus register map (name or file).
+    #[arg(long, default_value = "feegate-sim")]
+    map: String,
+    /// Reply timeout, ms.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+}
+
+impl TargetArgs {
+    fn target(&self) -> anyhow::Result<feegate::fieldtools::Target> {
+        use feegate::fieldtools::Target;
+        Ok(match self.protocol.as_str() {
+            "dlt645" => Target::Dlt645 {
+                gateway: self.gateway,
+                address: self
+                    .address
+                    .as_deref()
+                    .context("--address is required for dlt645")?
+                    .parse()?,
+            },
+            "modbus" => Target::Modbus {
+                gateway: self.gateway,
+                unit: self.unit.context("--unit is required for modbus")?,
+                map: self.map.clone(),
+            },
+            other => anyhow::bail!("--protocol {other:?}: use dlt645 or modbus"),
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum MeterCmd {
+    /// Read energy, the daily frozen reading and the relay state.
+    Read {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Send a relay command and confirm it with a fresh status read.
+    Relay {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long)]
+        command: String,
+        /// Meter-local deadline, YYYY-MM-DDTHH:MM:SS.
+        #[arg(long)]
+        valid_until: chrono::NaiveDateTime,
+        /// DL/T 645 password LEVEL:CODE.
+        #[arg(long)]
+        password: Option<String>,
+        /// DL/T 645 operator code, 8 hex digits.
+        #[arg(long)]
+        operator: Option<String>,
+        /// The meter accepts only commands sealed by the county's security module.
+        #[arg(long)]
+        requires_security: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CollectionCmd {
+    /// Coverage and read success rate per supply station on a day (exact fractions).
+    Report {
+        #[arg(long)]
+        date: NaiveDate,
+        #[arg(long, env = "FEEGATE_DB")]
+        db: String,
+        /// Only this county.
+        #[arg(long)]
+        county: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import readings (CSV: meter_id,reading_date,register_kwh; or a JSON array). Idempotent.
+    Import {
+        file: PathBuf,
+        #[arg(long, env = "FEEGATE_DB")]
+        db: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SimCmd {
+    /// Serve simulated meters until Ctrl-C; prints each meter's addresses.
+    Serve {
+        #[arg(long, default_value_t = 4)]
+        meters: usize,
+        #[arg(long, default_value_t = 4)]
+        meters_per_gateway: u8,
+        /// The simulated clock stands at 00:00 of this date (after one simulated day).
+        #[arg(long, default_value = "2013-01-02")]
+        date: NaiveDate,
+        #[arg(
+            long,
+            env = "FEEGATE_DATA",
+            default_value = "../shared/data/lcl_2013_daily_kwh_100hh.csv"
+        )]
+        data: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Read every simulated meter's daily frozen reading once, gateways in parallel.
+    Collect {
+        #[arg(long, default_value_t = 10_000)]
+        meters: usize,
+        #[arg(long, default_value_t = 100)]
+        gateways: usize,
+        /// Simulated device latency per reply, ms.
+        #[arg(long, default_value_t = 50)]
+        latency_ms: u64,
+        /// modbus or dlt645.
+        #[arg(long, default_value = "modbus")]
+        protocol: String,
+        /// Per-request reply timeout, ms.
+        #[arg(long, default_value_t = 250)]
+        timeout_ms: u64,
+        /// Repetitions after a timeout.
+        #[arg(long, default_value_t = 1)]
+        retries: u32,
+        #[arg(
+            long,
+            env = "FEEGATE_DATA",
+            default_value = "../shared/data/lcl_2013_daily_kwh_100hh.csv"
+        )]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// ns per decision per policy kind (Wasm single, batched, native) and hot-swap latency.
     Policy {
         /// Recorded decisions timed per kind.
@@ -151,7 +383,235 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    use feegate::fieldtools as ft;
     match cli.command {
+        Command::Dlt645 { cmd } => {
+            let out = match cmd {
+                Dlt645Cmd::Decode { hex } => ft::dlt645_decode(&hex)?,
+                Dlt645Cmd::Encode {
+                    what: EncodeCmd::Read { address, di },
+                } => ft::dlt645_encode_read(&address, &di)?,
+                Dlt645Cmd::Encode {
+                    what:
+                        EncodeCmd::Relay {
+                            address,
+                            command,
+                            valid_until,
+                            password,
+                            operator,
+                        },
+                } => {
+                    ft::dlt645_encode_relay(&address, &command, valid_until, &password, &operator)?
+                }
+            };
+            println!("{out}");
+            Ok(())
+        }
+        Command::Q376 {
+            cmd: Q376Cmd::Decode { hex },
+        } => {
+            println!("{}", ft::q376_decode(&hex)?);
+            Ok(())
+        }
+        Command::Modbus {
+            cmd: ModbusCmd::DecodeRtu { hex, map, register },
+        } => {
+            println!(
+                "{}",
+                ft::rtu_decode(&hex, map.as_deref(), register.as_deref())?
+            );
+            Ok(())
+        }
+        Command::Meter {
+            cmd: MeterCmd::Read { target },
+        } => {
+            let t = target.target()?;
+            let timeout = std::time::Duration::from_millis(target.timeout_ms);
+            println!("{}", ft::meter_read(&t, timeout).await?);
+            Ok(())
+        }
+        Command::Meter {
+            cmd:
+                MeterCmd::Relay {
+                    target,
+                    command,
+                    valid_until,
+                    password,
+                    operator,
+                    requires_security,
+                },
+        } => {
+            let t = target.target()?;
+            let timeout = std::time::Duration::from_millis(target.timeout_ms);
+            println!(
+                "{}",
+                ft::meter_relay(
+                    &t,
+                    &command,
+                    valid_until,
+                    password.as_deref(),
+                    operator.as_deref(),
+                    requires_security,
+                    timeout
+                )
+                .await?
+            );
+            Ok(())
+        }
+        Command::Collection {
+            cmd:
+                CollectionCmd::Report {
+                    date,
+                    db,
+                    county,
+                    json,
+                },
+        } => {
+            let db = feegate::db::Db::open(&db).await?;
+            let rows = feegate::readings::station_report(&db, county.as_deref(), date).await?;
+            if json {
+                let v: Vec<_> = rows
+                    .iter()
+                    .map(|(s, r)| {
+                        serde_json::json!({
+                            "station": s, "meters": r.meters, "read_ok": r.read_ok,
+                            "covered": r.covered, "attempts": r.attempts,
+                            "failed_attempts": r.failed_attempts,
+                            "read_success_rate": r.read_success_rate().map(|d| d.to_string()),
+                            "coverage": r.coverage().map(|d| d.to_string()),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("collection report for {date}");
+                println!(
+                    "  {:<16} {:>7} {:>8} {:>12} {:>8} {:>10} {:>8}",
+                    "station", "meters", "read ok", "success", "covered", "coverage", "attempts"
+                );
+                let pct = |d: Option<rust_decimal::Decimal>| {
+                    d.map(|d| format!("{}%", (d * rust_decimal::Decimal::ONE_HUNDRED).round_dp(2)))
+                        .unwrap_or_else(|| "-".into())
+                };
+                for (s, r) in &rows {
+                    println!(
+                        "  {:<16} {:>7} {:>8} {:>12} {:>8} {:>10} {:>8}",
+                        s,
+                        r.meters,
+                        r.read_ok,
+                        pct(r.read_success_rate()),
+                        r.covered,
+                        pct(r.coverage()),
+                        format!("{}/{}", r.attempts - r.failed_attempts, r.attempts)
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Collection {
+            cmd: CollectionCmd::Import { file, db },
+        } => {
+            let db = feegate::db::Db::open(&db).await?;
+            let rows = feegate::readings::read_file(&file)?;
+            let now = chrono::Local::now().naive_local();
+            let r = feegate::readings::import_readings(&db, &rows, now).await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        }
+        Command::Sim {
+            cmd:
+                SimCmd::Serve {
+                    meters,
+                    meters_per_gateway,
+                    date,
+                    data,
+                },
+        } => {
+            anyhow::ensure!(
+                (1..=247).contains(&meters_per_gateway),
+                "--meters-per-gateway must be 1..=247"
+            );
+            let fleet =
+                std::sync::Arc::new(feegate_meter::sim::SimFleet::from_csv(&data, meters, 2013)?);
+            let midnight = |d: NaiveDate| d.and_hms_opt(0, 0, 0).expect("midnight");
+            fleet.advance_to(midnight(date.pred_opt().context("--date too early")?))?;
+            fleet.advance_to(midnight(date))?;
+            let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+            let modbus = fleet.serve(ip, meters_per_gateway).await?;
+            let dlt = fleet
+                .serve_dlt645(ip, usize::from(meters_per_gateway))
+                .await?;
+            println!(
+                "simulated meters at {date} 00:00 (DL/T 645 relay password 02:123456); Ctrl-C to stop"
+            );
+            println!(
+                "  {:>5}  {:<22} {:>4}  {:<22} dlt645 address",
+                "meter", "modbus gateway", "unit", "dlt645 gateway"
+            );
+            for (i, (m, d)) in modbus.iter().zip(&dlt).enumerate() {
+                let feegate_meter::dlt645_client::Link::Gateway(g) = d.link else {
+                    continue;
+                };
+                println!(
+                    "  {i:>5}  {:<22} {:>4}  {:<22} {}",
+                    m.gateway.to_string(),
+                    m.unit,
+                    g.to_string(),
+                    d.address
+                );
+            }
+            tokio::signal::ctrl_c().await?;
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Collect {
+                    meters,
+                    gateways,
+                    latency_ms,
+                    protocol,
+                    timeout_ms,
+                    retries,
+                    data,
+                    json,
+                },
+        } => {
+            let r = ft::bench_collect(
+                &data,
+                meters,
+                gateways,
+                std::time::Duration::from_millis(latency_ms),
+                &protocol,
+                std::time::Duration::from_millis(timeout_ms),
+                retries,
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "bench collect ({}): {} meters behind {} gateways, {} ms simulated device latency",
+                    r.protocol, r.meters, r.gateways, r.latency_ms
+                );
+                println!(
+                    "  {} reads in {:.2} s: {:.0} reads/s; read success rate {} ({} ok, {} failed)",
+                    r.reads_ok + r.reads_failed,
+                    r.seconds,
+                    r.reads_per_second,
+                    r.read_success_rate,
+                    r.reads_ok,
+                    r.reads_failed
+                );
+                println!(
+                    "  {} meters are silent by design (no household data for the day); timeout {} ms, {} retr{}",
+                    r.meters_silent_by_data,
+                    r.timeout_ms,
+                    r.retries,
+                    if r.retries == 1 { "y" } else { "ies" }
+                );
+            }
+            Ok(())
+        }
         Command::Policy(args) => {
             if !feegate::cli::run_policy(args).await? {
                 std::process::exit(2);

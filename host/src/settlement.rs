@@ -111,6 +111,51 @@ pub fn check_delta(
     DeltaCheck::Consumption(delta)
 }
 
+/// A meter replacement recorded by field staff: the old meter's final register and the new
+/// meter's register when it was fitted, both 0.01 kWh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replacement {
+    /// The old meter's last register value (read at removal).
+    pub old_final: CentiKwh,
+    /// The new meter's register at installation (often 0).
+    pub new_start: CentiKwh,
+}
+
+/// Consumption across a meter replacement between two readings `days` apart: what the old
+/// meter counted after `opening` up to its final reading, plus what the new one counted from
+/// its start reading to `closing`. Each part is checked like any delta, and the sum must be
+/// within the meter's rating; anything else is held. Without the replacement record the same
+/// readings look like a register going backwards and are held by [`check_delta`].
+pub fn check_delta_across_replacement(
+    opening: CentiKwh,
+    replacement: Replacement,
+    closing: CentiKwh,
+    days: i64,
+    cfg: &SettlementConfig,
+) -> DeltaCheck {
+    let old = match check_delta(opening, replacement.old_final, days, cfg) {
+        DeltaCheck::Consumption(c) => c,
+        DeltaCheck::Hold(why) => {
+            return DeltaCheck::Hold(format!("meter replacement, old meter: {why}"));
+        }
+    };
+    let new = match check_delta(replacement.new_start, closing, days, cfg) {
+        DeltaCheck::Consumption(c) => c,
+        DeltaCheck::Hold(why) => {
+            return DeltaCheck::Hold(format!("meter replacement, new meter: {why}"));
+        }
+    };
+    let limit = crate::money::kwh_to_centi_kwh(cfg.max_daily_kwh) * days.max(1);
+    if old + new > limit {
+        return DeltaCheck::Hold(format!(
+            "meter replacement: implausible: {} kWh in {days} day(s) exceeds the meter rating ({} kWh/day)",
+            centi_kwh_to_kwh(old + new),
+            cfg.max_daily_kwh
+        ));
+    }
+    DeltaCheck::Consumption(old + new)
+}
+
 /// The part of `kwh_centi`, spread over `first..=last`, that falls on days in
 /// `from..=to`, in milli-kWh (0.001 kWh). Energy is spread evenly per day in whole
 /// 0.001 kWh with the indivisible remainder on the last day — the rule of the tariff
@@ -459,6 +504,82 @@ mod tests {
                 None => assert!(matches!(got, DeltaCheck::Hold(_)), "{name}: {got:?}"),
             }
         }
+    }
+
+    #[test]
+    fn replacement_bills_old_tail_plus_new_head_and_holds_the_rest() {
+        let cfg = SettlementConfig::default();
+        let r = |old_final, new_start| Replacement {
+            old_final,
+            new_start,
+        };
+        let table: Vec<(&str, CentiKwh, Replacement, CentiKwh, Option<CentiKwh>)> = vec![
+            (
+                "new meter from zero",
+                123_400,
+                r(123_900, 0),
+                700,
+                Some(1_200),
+            ),
+            (
+                "new meter from a start value",
+                123_400,
+                r(123_400, 5_000),
+                5_010,
+                Some(10),
+            ),
+            (
+                "old meter wrapped before removal",
+                99_999_900,
+                r(50, 0),
+                100,
+                Some(250),
+            ),
+            (
+                "old final below the opening",
+                123_400,
+                r(123_000, 0),
+                100,
+                None,
+            ),
+            (
+                "new meter read below its start",
+                123_400,
+                r(123_500, 5_000),
+                4_000,
+                None,
+            ),
+            (
+                "transient zero on the new meter",
+                123_400,
+                r(123_500, 500),
+                0,
+                None,
+            ),
+            (
+                "sum beyond the rating",
+                100_000,
+                r(120_000, 0),
+                20_000,
+                None,
+            ),
+        ];
+        for (name, opening, rep, closing, expected) in table {
+            let got = check_delta_across_replacement(opening, rep, closing, 1, &cfg);
+            match expected {
+                Some(c) => assert_eq!(got, DeltaCheck::Consumption(c), "{name}"),
+                None => assert!(matches!(got, DeltaCheck::Hold(_)), "{name}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn without_the_replacement_record_the_same_readings_are_held() {
+        let cfg = SettlementConfig::default();
+        assert!(matches!(
+            check_delta(123_400, 700, 1, &cfg),
+            DeltaCheck::Hold(_)
+        ));
     }
 
     #[test]

@@ -34,6 +34,8 @@ use crate::registers::{
 
 pub use crate::registers::MeterAddress;
 
+use crate::modbus_map::{RegisterDef, RegisterMap, RelayKind};
+
 /// Client settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
@@ -100,6 +102,9 @@ pub enum MeterError {
     /// The meter answered with a value that makes no sense (or the request was refused locally).
     #[error("unusable meter value: {0}")]
     BadValue(String),
+    /// The meter type cannot do what was asked (e.g. it has no relay); nothing was sent.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl MeterError {
@@ -114,9 +119,17 @@ impl MeterError {
             MeterError::Timeout { .. } | MeterError::Io { .. } => true,
             // Server device busy; gateway target device failed to respond.
             MeterError::Exception { code } => matches!(code, 0x06 | 0x0B),
-            MeterError::BadValue(_) => false,
+            MeterError::BadValue(_) | MeterError::Unsupported(_) => false,
         }
     }
+}
+
+fn no_relay(map: &RegisterMap) -> MeterError {
+    MeterError::Unsupported(format!(
+        "the {} has no relay in its register map: it cannot be switched remotely; \
+         send a technician or fit a meter with a load switch",
+        map.name()
+    ))
 }
 
 fn exception_name(code: u8) -> &'static str {
@@ -267,6 +280,144 @@ impl ModbusMeterClient {
             }
             other => Err(MeterError::BadValue(format!(
                 "{addr}: relay command {command} ({code:#04x}) was echoed as {other:?}"
+            ))),
+        }
+    }
+
+    /// Reads one register of a meter-type map (FC03 or FC04 as the map says) as an exact
+    /// decimal in the register's unit.
+    pub async fn read_mapped(
+        &self,
+        addr: MeterAddress,
+        register: &RegisterDef,
+    ) -> Result<Decimal, MeterError> {
+        let count = register.data_type.words();
+        let words = match register.function {
+            3 => self.read_holding(addr, register.address, count).await?,
+            _ => self.read_input(addr, register.address, count).await?,
+        };
+        register
+            .decode(&words)
+            .map_err(|e| MeterError::BadValue(format!("{addr}: {e}")))
+    }
+
+    /// Reads the billed register of a map (cumulative forward active energy, kWh).
+    pub async fn read_billing_energy(
+        &self,
+        addr: MeterAddress,
+        map: &RegisterMap,
+    ) -> Result<Decimal, MeterError> {
+        self.read_mapped(addr, map.billing_register()).await
+    }
+
+    /// Reads the relay state through a map's `[relay]` section.
+    pub async fn read_mapped_relay(
+        &self,
+        addr: MeterAddress,
+        map: &RegisterMap,
+    ) -> Result<RelayState, MeterError> {
+        let relay = map.relay.as_ref().ok_or_else(|| no_relay(map))?;
+        let reg = map
+            .register(&relay.state_register)
+            .map_err(|e| MeterError::BadValue(e.to_string()))?;
+        let words = match reg.function {
+            3 => self.read_holding(addr, reg.address, 1).await?,
+            _ => self.read_input(addr, reg.address, 1).await?,
+        };
+        let v = words[0];
+        if v == relay.state_closed {
+            Ok(RelayState::Closed)
+        } else if v == relay.state_open {
+            Ok(RelayState::Open)
+        } else if Some(v) == relay.state_close_allowed {
+            Ok(RelayState::CloseAllowed)
+        } else {
+            Err(MeterError::BadValue(format!(
+                "{addr}: relay state register {} holds {v}, which the {} map does not define",
+                reg.name,
+                map.name()
+            )))
+        }
+    }
+
+    /// Sends a relay command through a map's `[relay]` section. `Ok` is the meter's
+    /// acknowledgement only: confirm with [`read_mapped_relay`](Self::read_mapped_relay).
+    /// Fails without sending anything when the meter type has no relay, or no such mode.
+    pub async fn send_mapped_relay(
+        &self,
+        addr: MeterAddress,
+        map: &RegisterMap,
+        command: RelayCommand,
+    ) -> Result<(), MeterError> {
+        let relay = map.relay.as_ref().ok_or_else(|| no_relay(map))?;
+        if addr.unit == 0 {
+            return Err(MeterError::BadValue(
+                "unit id 0 is the RS485 broadcast address: a relay command must name one meter"
+                    .into(),
+            ));
+        }
+        match relay.kind {
+            RelayKind::HoldingRegister => {
+                let code = match command {
+                    RelayCommand::Trip => relay.trip,
+                    RelayCommand::CloseAllowed => relay.close_allowed,
+                    RelayCommand::DirectClose => relay.direct_close,
+                }
+                .ok_or_else(|| {
+                    MeterError::Unsupported(format!(
+                        "the {} map has no command code for {command}; use another reconnection mode",
+                        map.name()
+                    ))
+                })?;
+                match self
+                    .transact(addr, Request::WriteSingleRegister(relay.address, code))
+                    .await?
+                {
+                    Response::WriteSingleRegister(a, v) if a == relay.address && v == code => {
+                        Ok(())
+                    }
+                    other => Err(MeterError::BadValue(format!(
+                        "{addr}: relay command {command} ({code:#04x}) was echoed as {other:?}"
+                    ))),
+                }
+            }
+            RelayKind::Coil => {
+                let on = match command {
+                    RelayCommand::Trip => false,
+                    RelayCommand::DirectClose => true,
+                    RelayCommand::CloseAllowed => {
+                        return Err(MeterError::Unsupported(format!(
+                            "the {} relay is a coil: it has no close-allowed mode; use direct close",
+                            map.name()
+                        )));
+                    }
+                };
+                match self
+                    .transact(addr, Request::WriteSingleCoil(relay.address, on))
+                    .await?
+                {
+                    Response::WriteSingleCoil(a, v) if a == relay.address && v == on => Ok(()),
+                    other => Err(MeterError::BadValue(format!(
+                        "{addr}: relay coil write {on} was echoed as {other:?}"
+                    ))),
+                }
+            }
+        }
+    }
+
+    async fn read_holding(
+        &self,
+        addr: MeterAddress,
+        start: u16,
+        count: u16,
+    ) -> Result<Vec<u16>, MeterError> {
+        match self
+            .transact(addr, Request::ReadHoldingRegisters(start, count))
+            .await?
+        {
+            Response::ReadHoldingRegisters(words) if words.len() == usize::from(count) => Ok(words),
+            other => Err(MeterError::BadValue(format!(
+                "{addr}: asked for {count} holding registers at {start:#06x}, got {other:?}"
             ))),
         }
     }

@@ -5,9 +5,17 @@
 //! - [`sim`]: a Modbus TCP meter simulator whose meters follow real households.
 //! - [`client`]: the host's Modbus TCP client (read registers, switch relays).
 //! - [`dlt645`]: the DL/T 645-2007 frame codec.
+//! - [`dlt645_client`]: DL/T 645 client over TCP serial gateways and 1376.1 terminals.
+//! - [`terminal`]: the Q/GDW 1376.1 master station (terminals log in, heartbeat, forward).
+//! - [`qgdw376`]: Q/GDW 1376.1 framing (login, heartbeat, AFN 10H transparent forwarding).
+//! - [`modbus_map`]: Modbus register maps as data (`meter/maps/*.toml`) and Modbus RTU framing.
 
 pub mod client;
 pub mod dlt645;
+pub mod dlt645_client;
+pub mod modbus_map;
 pub mod profile;
+pub mod qgdw376;
 pub mod registers;
 pub mod sim;
+pub mod terminal;

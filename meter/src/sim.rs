@@ -41,7 +41,12 @@
 //! GatewayPathUnavailable. Each connection's requests are answered one at a time, in order.
 //!
 //! Fault knobs for tests: [`SimFleet::set_silent`], [`SimFleet::set_ack_without_state_change`],
-//! [`SimFleet::set_reply_delay`].
+//! [`SimFleet::set_reply_delay`], [`SimFleet::set_transient_zero`], [`SimFleet::set_garbled`],
+//! [`SimFleet::set_register`] (rollover), [`SimFleet::replace_meter`].
+//!
+//! The same meters also speak DL/T 645-2007 ([`SimFleet::serve_dlt645`], a TCP serial gateway
+//! per group of meters) and sit behind Q/GDW 1376.1 terminals
+//! ([`SimFleet::run_terminal`]); see `sim_dlt645.rs`.
 
 use std::future::Future;
 use std::io;
@@ -60,11 +65,15 @@ use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
 use crate::profile::{ProfileError, Profiles};
+
+#[path = "sim_dlt645.rs"]
+mod front645;
 use crate::registers::{
     ENERGY_REGISTER_MODULUS, FrozenRecord, HOLDING_RELAY_COMMAND, INPUT_ENERGY,
     INPUT_FROZEN_ENERGY, INPUT_RELAY_STATE, MAX_READ_QUANTITY, MAX_UNITS_PER_GATEWAY, RelayCommand,
     RelayState, encode_frozen, u32_to_words,
 };
+pub use front645::{SIM_PASSWORD, TERMINAL_METER_PORT, dlt645_address};
 
 pub use crate::registers::MeterAddress;
 
@@ -215,6 +224,23 @@ struct Meter {
     forced_silent: bool,
     ack_without_state_change: bool,
     reply_delay: Option<Duration>,
+    faults: Faults,
+}
+
+/// Further fault knobs and meter settings (all off by default).
+#[derive(Debug, Clone, Copy, Default)]
+struct Faults {
+    /// Added to the register (0.01 kWh, modulo the register modulus): set by
+    /// [`SimFleet::set_register`] and [`SimFleet::replace_meter`].
+    adjust: u32,
+    /// Energy reads (live and frozen) answer 0 while set.
+    transient_zero: bool,
+    /// DL/T 645 and 1376.1 replies have one byte corrupted.
+    garbled: bool,
+    /// Keep-power (保电): DL/T 645 trips are refused.
+    keep_power: bool,
+    /// DL/T 645 relay commands must be sealed by a security module (password level 98H).
+    requires_security: bool,
 }
 
 impl Meter {
@@ -231,7 +257,8 @@ impl Meter {
     }
 
     fn register(&self) -> u32 {
-        let total = u128::from(self.start) + self.consumed_hundredths();
+        let total =
+            u128::from(self.start) + self.consumed_hundredths() + u128::from(self.faults.adjust);
         (total % u128::from(ENERGY_REGISTER_MODULUS)) as u32
     }
 
@@ -276,9 +303,30 @@ impl Meter {
         self.has_data_today = profile.kwh(to.date(), self.offset_days).is_some();
     }
 
+    /// The register as a read shows it (0 during a transient-zero fault).
+    fn shown_register(&self) -> u32 {
+        if self.faults.transient_zero {
+            0
+        } else {
+            self.register()
+        }
+    }
+
+    /// The frozen record as a read shows it.
+    fn shown_frozen(&self) -> Option<FrozenRecord> {
+        self.frozen.map(|f| FrozenRecord {
+            energy_hundredths: if self.faults.transient_zero {
+                0
+            } else {
+                f.energy_hundredths
+            },
+            ..f
+        })
+    }
+
     fn input_register(&self, addr: u32) -> Option<u16> {
-        let energy = u32_to_words(self.register());
-        let frozen = encode_frozen(self.frozen);
+        let energy = u32_to_words(self.shown_register());
+        let frozen = encode_frozen(self.shown_frozen());
         let a = u16::try_from(addr).ok()?;
         match a {
             INPUT_ENERGY => Some(energy[0]),
@@ -376,6 +424,8 @@ struct RunningGateway {
 pub struct SimFleet {
     shared: Arc<Shared>,
     gateways: Mutex<Vec<RunningGateway>>,
+    /// DL/T 645 gateway and 1376.1 terminal tasks.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for SimFleet {
@@ -458,6 +508,7 @@ impl SimFleet {
                 forced_silent: false,
                 ack_without_state_change: false,
                 reply_delay: None,
+                faults: Faults::default(),
             })
             .collect();
         Ok(SimFleet {
@@ -467,6 +518,7 @@ impl SimFleet {
                 state: Mutex::new(FleetState { now: None, meters }),
             }),
             gateways: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
         })
     }
 
@@ -598,6 +650,54 @@ impl SimFleet {
         self.with_meter(i, |m| m.reply_delay = delay)
     }
 
+    /// Fault knob: energy reads of meter `i` (live and frozen, every protocol) answer 0 while
+    /// `on` (a transient zero); the register itself goes on counting.
+    pub fn set_transient_zero(&self, i: usize, on: bool) -> Result<(), SimError> {
+        self.with_meter(i, |m| m.faults.transient_zero = on)
+    }
+
+    /// Fault knob: DL/T 645 (and 1376.1) replies of meter `i` have one byte corrupted.
+    pub fn set_garbled(&self, i: usize, on: bool) -> Result<(), SimError> {
+        self.with_meter(i, |m| m.faults.garbled = on)
+    }
+
+    /// Meter `i`'s keep-power (保电) flag: DL/T 645 trips are refused while set.
+    pub fn set_keep_power(&self, i: usize, on: bool) -> Result<(), SimError> {
+        self.with_meter(i, |m| m.faults.keep_power = on)
+    }
+
+    /// Meter `i` accepts DL/T 645 relay commands only sealed by a security module.
+    pub fn set_requires_security(&self, i: usize, on: bool) -> Result<(), SimError> {
+        self.with_meter(i, |m| m.faults.requires_security = on)
+    }
+
+    /// Sets meter `i`'s live register to `hundredths` (0.01 kWh, below the register modulus),
+    /// e.g. just under 999999.99 kWh to provoke a rollover. Consumption goes on from there.
+    pub fn set_register(&self, i: usize, hundredths: u32) -> Result<(), SimError> {
+        let modulus = ENERGY_REGISTER_MODULUS;
+        let hundredths = hundredths % modulus;
+        self.with_meter(i, |m| {
+            let current = m.register();
+            m.faults.adjust =
+                ((u64::from(m.faults.adjust) + u64::from(modulus) + u64::from(hundredths)
+                    - u64::from(current))
+                    % u64::from(modulus)) as u32;
+        })
+    }
+
+    /// Replaces meter `i` by a new meter whose register starts at `new_start` (0.01 kWh):
+    /// returns the old meter's final register. The new meter has no daily frozen record until
+    /// its first midnight; the relay is closed.
+    pub fn replace_meter(&self, i: usize, new_start: u32) -> Result<u32, SimError> {
+        let old = self.energy_register(i)?;
+        self.set_register(i, new_start)?;
+        self.with_meter(i, |m| {
+            m.frozen = None;
+            m.relay = RelayState::Closed;
+        })?;
+        Ok(old)
+    }
+
     /// Starts one Modbus TCP server per gateway on `ip`, each on an ephemeral port, with
     /// `meters_per_gateway` (1..=247) meters each; the last gateway may have fewer. Returns each
     /// meter's address, in meter order. Servers run until [`SimFleet::shutdown`] or the fleet is
@@ -687,6 +787,10 @@ impl SimFleet {
             std::mem::take(&mut *self.gateways.lock().unwrap_or_else(|e| e.into_inner()));
         for g in gateways {
             g.task.abort();
+        }
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            t.abort();
         }
     }
 }
@@ -835,6 +939,7 @@ mod tests {
             forced_silent: false,
             ack_without_state_change: false,
             reply_delay: None,
+            faults: Faults::default(),
         };
         // 0.099 kWh over a full day: 9.9 hundredths → 9.
         m.energy_kwh_ns = Decimal::new(99, 3) * Decimal::from(NANOS_PER_DAY as i64);

@@ -1,0 +1,259 @@
+//! Readings from an existing collection system (head-end), imported from CSV or JSON, and
+//! the daily collection report per supply station (`feegate collection report`).
+//!
+//! Import is idempotent: a reading is unique per (meter, date); the same value again is a
+//! duplicate and changes nothing; a *different* value for a stored (meter, date) is a conflict,
+//! reported and never overwritten (a person decides). Registers are exact decimals with at most
+//! two decimals (0.01 kWh); a row with a missing or unparseable register is rejected, never
+//! read as 0.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{NaiveDate, NaiveDateTime};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::db::{Db, DbError, ds, ts};
+
+/// One imported reading.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ImportRow {
+    /// The meter.
+    pub meter_id: String,
+    /// The date whose 00:00 the register was frozen at (YYYY-MM-DD).
+    pub reading_date: NaiveDate,
+    /// Register value, kWh, at most 2 decimals (e.g. "12345.67"). A string in JSON keeps it exact.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub register_kwh: Decimal,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    /// New readings stored.
+    pub inserted: u32,
+    /// Already stored with the same value.
+    pub duplicates: u32,
+    /// Already stored with a different value: `meter date stored new`.
+    pub conflicts: Vec<String>,
+    /// Rows refused: `line: why`.
+    pub rejected: Vec<String>,
+}
+
+/// Import failed as a whole (the file cannot be read or parsed).
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// File trouble.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid CSV / JSON for readings.
+    #[error(
+        "{path}: {message}; expected columns meter_id,reading_date,register_kwh (CSV) or an array of objects with those fields (JSON)"
+    )]
+    Format {
+        /// The file.
+        path: String,
+        /// Parser message.
+        message: String,
+    },
+    /// Database.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<sqlx::Error> for ImportError {
+    fn from(e: sqlx::Error) -> Self {
+        ImportError::Db(DbError::from(e))
+    }
+}
+
+/// Reads rows from a `.csv` or `.json` file.
+pub fn read_file(path: &Path) -> Result<Vec<ImportRow>, ImportError> {
+    let p = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ImportError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    let fmt = |message: String| ImportError::Format {
+        path: p.clone(),
+        message,
+    };
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    {
+        serde_json::from_str(&text).map_err(|e| fmt(e.to_string()))
+    } else {
+        let mut rd = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_reader(text.as_bytes());
+        rd.deserialize()
+            .enumerate()
+            .map(|(i, r)| r.map_err(|e| fmt(format!("row {}: {e}", i + 2))))
+            .collect()
+    }
+}
+
+/// Stores `rows` as readings with source `import`. Idempotent (see the module docs).
+pub async fn import_readings(
+    db: &Db,
+    rows: &[ImportRow],
+    now: NaiveDateTime,
+) -> Result<ImportReport, ImportError> {
+    let mut report = ImportReport::default();
+    let mut tx = db.pool.begin().await?;
+    for (i, r) in rows.iter().enumerate() {
+        let line = i + 1;
+        let centi = r.register_kwh * Decimal::ONE_HUNDRED;
+        if r.register_kwh.is_sign_negative() || centi.fract() != Decimal::ZERO {
+            report.rejected.push(format!(
+                "row {line}: register_kwh {} must be ≥ 0 with at most 2 decimals",
+                r.register_kwh
+            ));
+            continue;
+        }
+        let Ok(centi) = i64::try_from(centi) else {
+            report.rejected.push(format!(
+                "row {line}: register_kwh {} is too large",
+                r.register_kwh
+            ));
+            continue;
+        };
+        let known: Option<i64> = sqlx::query("SELECT 1 FROM meters WHERE meter_id = $1")
+            .bind(&r.meter_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|_| 1);
+        if known.is_none() {
+            report.rejected.push(format!(
+                "row {line}: meter {} is not in the master data",
+                r.meter_id
+            ));
+            continue;
+        }
+        let existing = sqlx::query(
+            "SELECT register_centi_kwh FROM readings WHERE meter_id = $1 AND reading_date = $2",
+        )
+        .bind(&r.meter_id)
+        .bind(ds(r.reading_date))
+        .fetch_optional(&mut *tx)
+        .await?;
+        match existing {
+            Some(row) => {
+                let stored: i64 = row.try_get(0)?;
+                if stored == centi {
+                    report.duplicates += 1;
+                } else {
+                    report.conflicts.push(format!(
+                        "{} {} stored {} new {}",
+                        r.meter_id,
+                        r.reading_date,
+                        Decimal::new(stored, 2),
+                        r.register_kwh
+                    ));
+                }
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO readings (meter_id, reading_date, register_centi_kwh, source, collected_at)
+                     VALUES ($1, $2, $3, 'import', $4)",
+                )
+                .bind(&r.meter_id)
+                .bind(ds(r.reading_date))
+                .bind(centi)
+                .bind(ts(now))
+                .execute(&mut *tx)
+                .await?;
+                report.inserted += 1;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(report)
+}
+
+/// One station's collection figures for a day.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StationDay {
+    /// Meters of active accounts.
+    pub meters: u32,
+    /// Of those, meters with a reading for the day (read success, 抄通).
+    pub read_ok: u32,
+    /// Of those, meters with at least one reading in the 30 days up to the day (covered by
+    /// working collection, 覆盖).
+    pub covered: u32,
+    /// Collection attempts recorded for the day, and how many failed.
+    pub attempts: u32,
+    /// Failed attempts.
+    pub failed_attempts: u32,
+}
+
+impl StationDay {
+    /// read_ok / meters, exact; none when there are no meters.
+    pub fn read_success_rate(&self) -> Option<Decimal> {
+        (self.meters > 0).then(|| Decimal::from(self.read_ok) / Decimal::from(self.meters))
+    }
+    /// covered / meters, exact.
+    pub fn coverage(&self) -> Option<Decimal> {
+        (self.meters > 0).then(|| Decimal::from(self.covered) / Decimal::from(self.meters))
+    }
+}
+
+/// Coverage and read success per station on `date` (all counties, or one).
+pub async fn station_report(
+    db: &Db,
+    county: Option<&str>,
+    date: NaiveDate,
+) -> Result<BTreeMap<String, StationDay>, DbError> {
+    let from = date - chrono::Duration::days(29);
+    let rows = sqlx::query(
+        "SELECT a.station_id, COUNT(*),
+                SUM(CASE WHEN EXISTS (SELECT 1 FROM readings r WHERE r.meter_id = a.meter_id AND r.reading_date = $2) THEN 1 ELSE 0 END),
+                SUM(CASE WHEN EXISTS (SELECT 1 FROM readings r WHERE r.meter_id = a.meter_id AND r.reading_date >= $3 AND r.reading_date <= $2) THEN 1 ELSE 0 END)
+         FROM accounts a
+         WHERE a.status = 'active' AND ($1 = '' OR a.county = $1)
+         GROUP BY a.station_id",
+    )
+    .bind(county.unwrap_or(""))
+    .bind(ds(date))
+    .bind(ds(from))
+    .fetch_all(&db.pool)
+    .await?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let station: String = r.try_get(0)?;
+        let get = |i: usize| -> Result<u32, DbError> { Ok(r.try_get::<i64, _>(i)? as u32) };
+        out.insert(
+            station,
+            StationDay {
+                meters: get(1)?,
+                read_ok: get(2)?,
+                covered: get(3)?,
+                ..StationDay::default()
+            },
+        );
+    }
+    let attempts = sqlx::query(
+        "SELECT station_id, COUNT(*), SUM(CASE WHEN outcome = 'ok' THEN 0 ELSE 1 END)
+         FROM collection_attempts WHERE business_date = $1 GROUP BY station_id",
+    )
+    .bind(ds(date))
+    .fetch_all(&db.pool)
+    .await?;
+    for r in attempts {
+        let station: String = r.try_get(0)?;
+        if let Some(s) = out.get_mut(&station) {
+            s.attempts = r.try_get::<i64, _>(1)? as u32;
+            s.failed_attempts = r.try_get::<i64, _>(2)? as u32;
+        }
+    }
+    Ok(out)
+}
