@@ -17,6 +17,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Accounts held for a person (bad readings, failed policies): list, release.
+    Holds {
+        #[command(subcommand)]
+        cmd: HoldsCmd,
+    },
     /// Policy lifecycle: keys, trust, publish, activate, roll back, list, diff.
     Policy(feegate::cli::PolicyArgs),
     /// The decision log: list, verify the hash chain, replay decisions.
@@ -699,6 +704,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Holds { cmd } => holds(cmd).await,
         Command::Demo {
             meters,
             days,
@@ -803,4 +809,72 @@ fn print_summary(s: &demo::DemoSummary) {
         "  safety floor {} trips refused; {} cutoffs in protected windows",
         s.floor_refusals, s.cutoffs_in_protected_windows
     );
+}
+
+#[derive(Subcommand)]
+enum HoldsCmd {
+    /// Open holds: account, day, stage and reason.
+    List {
+        #[arg(long, env = "FEEGATE_DB", default_value = "sqlite://feegate.db")]
+        db: String,
+    },
+    /// Release an account's open holds at a stage after looking at them (e.g. a bad
+    /// reading corrected); the next settlement then covers the whole span.
+    Release {
+        #[arg(long)]
+        account: String,
+        /// reading | settlement | warning | notice | cutoff | reconnection
+        #[arg(long, default_value = "reading")]
+        stage: String,
+        /// Who looked at it.
+        #[arg(long, env = "FEEGATE_WHO")]
+        who: String,
+        #[arg(long, env = "FEEGATE_DB", default_value = "sqlite://feegate.db")]
+        db: String,
+    },
+}
+
+async fn holds(cmd: HoldsCmd) -> anyhow::Result<()> {
+    use sqlx::Row;
+    match cmd {
+        HoldsCmd::List { db } => {
+            let db = feegate::db::Db::open(&db).await?;
+            let rows = sqlx::query("SELECT account_id, business_date, stage, reason FROM holds WHERE released_at IS NULL ORDER BY account_id, business_date")
+                .fetch_all(&db.pool)
+                .await?;
+            for r in &rows {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    r.try_get::<String, _>(0)?,
+                    r.try_get::<String, _>(1)?,
+                    r.try_get::<String, _>(2)?,
+                    r.try_get::<String, _>(3)?
+                );
+            }
+            eprintln!("{} open hold(s)", rows.len());
+            Ok(())
+        }
+        HoldsCmd::Release {
+            account,
+            stage,
+            who,
+            db,
+        } => {
+            let db = feegate::db::Db::open(&db).await?;
+            let mut conn = db.pool.acquire().await?;
+            // County local time: China Standard Time (UTC+8, no daylight saving).
+            let cst = feegate::clock::SystemClock {
+                offset: chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset"),
+            };
+            let now = feegate::db::ts(feegate::clock::Clock::now(&cst));
+            let n = feegate::decision_log::release_holds(&mut conn, &account, &stage, &who, &now)
+                .await?;
+            anyhow::ensure!(
+                n > 0,
+                "account {account} has no open hold at stage {stage:?}; `feegate holds list` shows the open ones"
+            );
+            println!("released {n} hold(s) of {account} at stage {stage}");
+            Ok(())
+        }
+    }
 }

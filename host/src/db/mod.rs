@@ -15,7 +15,7 @@ use thiserror::Error;
 /// A storage failure, with what to do about it.
 #[derive(Debug, Error)]
 pub enum DbError {
-    #[error("cannot open database {url}: {source}; check the path or URL and permissions")]
+    #[error("cannot open database {url}; check the path or URL and permissions")]
     Open { url: String, source: sqlx::Error },
     #[error("database migration failed: {0}; the database may be from a newer Feegate")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -253,8 +253,15 @@ impl PolicyEngine {
                 limit: self.limits.max_component_bytes,
             });
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| PolicyLoadError::Invalid(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, bytes).map_err(|e| {
+            PolicyLoadError::Invalid(
+                format!("{e:#}")
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })?;
         let ty = component.component_type();
         let mut imports = Vec::new();
         for (name, _) in ty.imports(&self.engine) {

@@ -14,7 +14,9 @@ use thiserror::Error;
 /// A policy set file could not be used.
 #[derive(Debug, Error)]
 pub enum PolicySetError {
-    #[error("cannot read policy set {path}: {source}")]
+    #[error(
+        "cannot read policy set {path} (paths are relative to the current directory: run from the repository root or pass --policy-set)"
+    )]
     Read {
         path: PathBuf,
         source: std::io::Error,
