@@ -15,6 +15,29 @@ struct Cli {
     command: Command,
 }
 
+/// Where a simulated county's inputs are: consumption data, policy set, built components.
+/// Paths are relative to the current directory (run from the repository root).
+#[derive(clap::Args)]
+struct CountyInputs {
+    /// Daily consumption data (Low Carbon London, 100 households, 2013).
+    #[arg(
+        long,
+        env = "FEEGATE_DATA",
+        default_value = "../shared/data/lcl_2013_daily_kwh_100hh.csv"
+    )]
+    data: PathBuf,
+    /// County policy set directory.
+    #[arg(long, env = "FEEGATE_POLICY_SET", default_value = "policies/xianyou")]
+    policy_set: PathBuf,
+    /// Directory of built policy components (`make plugins`).
+    #[arg(
+        long,
+        env = "FEEGATE_COMPONENTS",
+        default_value = "target/wasm32-wasip2/plugin"
+    )]
+    components: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Accounts held for a person (bad readings, failed policies): list, release.
@@ -51,23 +74,8 @@ enum Command {
         /// Database URL (default: a fresh SQLite file in a temporary directory).
         #[arg(long, env = "FEEGATE_DB")]
         db: Option<String>,
-        /// Daily consumption data (Low Carbon London, 100 households, 2013).
-        #[arg(
-            long,
-            env = "FEEGATE_DATA",
-            default_value = "../shared/data/lcl_2013_daily_kwh_100hh.csv"
-        )]
-        data: PathBuf,
-        /// County policy set directory.
-        #[arg(long, env = "FEEGATE_POLICY_SET", default_value = "policies/xianyou")]
-        policy_set: PathBuf,
-        /// Directory of built policy components (`make plugins`).
-        #[arg(
-            long,
-            env = "FEEGATE_COMPONENTS",
-            default_value = "target/wasm32-wasip2/plugin"
-        )]
-        components: PathBuf,
+        #[command(flatten)]
+        inputs: CountyInputs,
         /// Meters behind each simulated serial gateway (1..=247).
         #[arg(long, default_value_t = 16)]
         meters_per_gateway: u8,
@@ -325,20 +333,8 @@ enum BenchWhat {
         /// Registry watcher poll period, ms.
         #[arg(long, default_value_t = 10)]
         poll_ms: u64,
-        #[arg(
-            long,
-            env = "FEEGATE_DATA",
-            default_value = "../shared/data/lcl_2013_daily_kwh_100hh.csv"
-        )]
-        data: PathBuf,
-        #[arg(long, env = "FEEGATE_POLICY_SET", default_value = "policies/xianyou")]
-        policy_set: PathBuf,
-        #[arg(
-            long,
-            env = "FEEGATE_COMPONENTS",
-            default_value = "target/wasm32-wasip2/plugin"
-        )]
-        components: PathBuf,
+        #[command(flatten)]
+        inputs: CountyInputs,
         #[arg(long)]
         json: bool,
     },
@@ -351,20 +347,8 @@ enum BenchWhat {
         /// PostgreSQL URL must name an empty database (no baseline is run then).
         #[arg(long)]
         db: Option<String>,
-        #[arg(
-            long,
-            env = "FEEGATE_DATA",
-            default_value = "../shared/data/lcl_2013_daily_kwh_100hh.csv"
-        )]
-        data: PathBuf,
-        #[arg(long, env = "FEEGATE_POLICY_SET", default_value = "policies/xianyou")]
-        policy_set: PathBuf,
-        #[arg(
-            long,
-            env = "FEEGATE_COMPONENTS",
-            default_value = "target/wasm32-wasip2/plugin"
-        )]
-        components: PathBuf,
+        #[command(flatten)]
+        inputs: CountyInputs,
     },
 }
 
@@ -628,9 +612,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 BenchWhat::Settle {
                     accounts,
                     db,
-                    data,
-                    policy_set,
-                    components,
+                    inputs:
+                        CountyInputs {
+                            data,
+                            policy_set,
+                            components,
+                        },
                 },
         } => {
             anyhow::ensure!(accounts > 0, "--accounts must be at least 1");
@@ -667,9 +654,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     meters,
                     days,
                     poll_ms,
-                    data,
-                    policy_set,
-                    components,
+                    inputs:
+                        CountyInputs {
+                            data,
+                            policy_set,
+                            components,
+                        },
                     json,
                 },
         } => {
@@ -712,9 +702,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             json,
             db,
-            data,
-            policy_set,
-            components,
+            inputs:
+                CountyInputs {
+                    data,
+                    policy_set,
+                    components,
+                },
             meters_per_gateway,
             read_timeout_ms,
         } => {
