@@ -171,19 +171,23 @@ pub async fn collect_daily(
 }
 
 /// Exact read success per station for `date`: meters of active accounts with a stored
-/// reading for the date over meters of active accounts.
+/// reading for the date over meters of active accounts. `station` limits the count to one
+/// station (the safety floor asks per account, so it must not scan the whole county).
 pub async fn station_rates(
     conn: &mut sqlx::AnyConnection,
     county: &str,
+    station: Option<&str>,
     date: NaiveDate,
 ) -> Result<BTreeMap<String, StationRate>, DbError> {
     let rows = sqlx::query(
         "SELECT a.station_id, COUNT(*) AS expected,
                 CAST(SUM(CASE WHEN EXISTS (SELECT 1 FROM readings r WHERE r.meter_id = a.meter_id AND r.reading_date = $2) THEN 1 ELSE 0 END) AS BIGINT) AS ok
-         FROM accounts a WHERE a.county = $1 AND a.status = 'active' GROUP BY a.station_id",
+         FROM accounts a WHERE a.county = $1 AND a.status = 'active' AND ($3 = '' OR a.station_id = $3)
+         GROUP BY a.station_id",
     )
     .bind(county)
     .bind(ds(date))
+    .bind(station.unwrap_or(""))
     .fetch_all(&mut *conn)
     .await?;
     let mut out = BTreeMap::new();

@@ -73,7 +73,7 @@ pub async fn floor_facts(
             .await?
             .is_some();
     let notice = arrears_notice_delivered_at(conn, &facts.account_id, facts.arrears_since).await?;
-    let rates = station_rates(conn, county, now.date()).await?;
+    let rates = station_rates(conn, county, Some(&facts.station_id), now.date()).await?;
     let trips = sqlx::query(
         "SELECT COUNT(*) FROM relay_commands c JOIN accounts a ON a.account_id = c.account_id
          WHERE a.station_id = $1 AND c.command = 'trip' AND c.created_at >= $2",

@@ -308,17 +308,8 @@ impl Host {
             let balance_fen = crate::accountview::AccountFacts::load(&mut conn, &e.account_id)
                 .await?
                 .balance_fen;
-            let req = NoticeRequest {
-                kind,
-                account_id: e.account_id.clone(),
-                today: now.date(),
-                balance_fen,
-                days_of_credit_left: None,
-                amount_fen: None,
-                deadline: None,
-                warning_level: 0,
-                dedup_key: format!("relay:{}:{}", e.command_id, outbox::kind_name(kind)),
-            };
+            let dedup_key = format!("relay:{}:{}", e.command_id, outbox::kind_name(kind));
+            let req = NoticeRequest::event(kind, &e.account_id, now.date(), balance_fen, dedup_key);
             outbox::queue_notice(
                 &mut conn,
                 &self.engine,
@@ -341,16 +332,16 @@ impl Host {
         let policies = self.county.snapshot();
         if let Applied::Posted { balance_after_fen } = applied {
             let mut conn = self.db.pool.acquire().await?;
+            let dedup_key = format!("paid:{}:{}", p.channel, p.channel_txn_id);
             let req = NoticeRequest {
-                kind: NoticeKind::PaymentReceived,
-                account_id: p.account_id.to_string(),
-                today: now.date(),
-                balance_fen: balance_after_fen,
-                days_of_credit_left: None,
                 amount_fen: Some(p.amount_fen),
-                deadline: None,
-                warning_level: 0,
-                dedup_key: format!("paid:{}:{}", p.channel, p.channel_txn_id),
+                ..NoticeRequest::event(
+                    NoticeKind::PaymentReceived,
+                    p.account_id,
+                    now.date(),
+                    balance_after_fen,
+                    dedup_key,
+                )
             };
             outbox::queue_notice(
                 &mut conn,

@@ -36,6 +36,30 @@ pub struct NoticeRequest {
     pub dedup_key: String,
 }
 
+impl NoticeRequest {
+    /// A notice about an event (disconnected, reconnected, payment received…): no
+    /// warning level, no forecast; one message per `dedup_key`.
+    pub fn event(
+        kind: NoticeKind,
+        account_id: &str,
+        today: NaiveDate,
+        balance_fen: Fen,
+        dedup_key: String,
+    ) -> Self {
+        Self {
+            kind,
+            account_id: account_id.to_string(),
+            today,
+            balance_fen,
+            days_of_credit_left: None,
+            amount_fen: None,
+            deadline: None,
+            warning_level: 0,
+            dedup_key,
+        }
+    }
+}
+
 /// Stable name of a notice kind for the outbox.
 pub fn kind_name(k: NoticeKind) -> &'static str {
     match k {

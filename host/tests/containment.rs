@@ -171,11 +171,10 @@ async fn a_trapping_tariff_charges_nobody_and_holds_every_account() {
         parameters_json: r#"{"mode":"trap"}"#.into(),
     };
     let mut s = Scenario::new(&opts, &[trap]).await.unwrap();
-    for day in 0..=6 {
-        s.run_day(opts.start + chrono::Duration::days(day), day == 6)
-            .await
-            .unwrap();
-    }
+    s.run_days(6).await.unwrap();
+    s.run_day(opts.start + chrono::Duration::days(6), true)
+        .await
+        .unwrap();
     let sum = s.summary().await.unwrap();
     assert_eq!(
         sum.charged_yuan, "0.00",
@@ -266,12 +265,7 @@ async fn trips(db: &Db) -> i64 {
 async fn the_safety_floor_refuses_what_a_disconnect_everyone_policy_asks() {
     let opts = common::small_county(8, 7, 5);
     let mut s = Scenario::new(&opts, &[]).await.unwrap();
-    let start = opts.start;
-    for day in 0..7 {
-        s.run_day(start + chrono::Duration::days(day), false)
-            .await
-            .unwrap();
-    }
+    s.run_days(7).await.unwrap();
     s.run_day(NaiveDate::from_ymd_opt(2013, 1, 8).unwrap(), true)
         .await
         .unwrap();
@@ -329,11 +323,7 @@ async fn the_safety_floor_refuses_what_a_disconnect_everyone_policy_asks() {
 async fn a_trapping_cutoff_policy_cuts_nobody_off() {
     let opts = common::small_county(8, 3, 11);
     let mut s = Scenario::new(&opts, &[]).await.unwrap();
-    for day in 0..3 {
-        s.run_day(opts.start + chrono::Duration::days(day), false)
-            .await
-            .unwrap();
-    }
+    s.run_days(3).await.unwrap();
     everyone_in_arrears(&s.host.db).await;
     activate(&s, PolicyKind::Cutoff, "trap");
     s.advance(

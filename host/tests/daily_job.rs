@@ -70,11 +70,7 @@ async fn re_running_a_morning_after_a_crash_settles_nothing_twice() {
     use sqlx::Row;
     let opts = common::small_county(10, 5, 21);
     let mut s = demo::Scenario::new(&opts, &[]).await.unwrap();
-    for day in 0..5 {
-        s.run_day(opts.start + chrono::Duration::days(day), false)
-            .await
-            .unwrap();
-    }
+    s.run_days(5).await.unwrap();
     let date = opts.start + chrono::Duration::days(5);
     s.advance(date.and_hms_opt(0, 10, 0).unwrap()).unwrap();
     // The process collects and settles, then dies before the warning stage.
@@ -186,11 +182,7 @@ async fn scenario_at_tuesday_morning(
 ) -> (demo::Scenario, chrono::NaiveDateTime) {
     let opts = common::small_county(meters, 8, seed);
     let mut s = demo::Scenario::new(&opts, &[]).await.unwrap();
-    for day in 0..7 {
-        s.run_day(opts.start + chrono::Duration::days(day), false)
-            .await
-            .unwrap();
-    }
+    s.run_days(7).await.unwrap();
     let tuesday = chrono::NaiveDate::from_ymd_opt(2013, 1, 8).unwrap();
     s.run_day(tuesday, true).await.unwrap();
     let now = tuesday.and_hms_opt(10, 0, 0).unwrap();
@@ -433,11 +425,7 @@ async fn an_implausible_reading_stays_held_until_a_person_releases_it() {
     use sqlx::Row;
     let opts = common::small_county(3, 6, 12);
     let mut s = demo::Scenario::new(&opts, &[]).await.unwrap();
-    for day in 0..4 {
-        s.run_day(opts.start + chrono::Duration::days(day), false)
-            .await
-            .unwrap();
-    }
+    s.run_days(4).await.unwrap();
     // A garbage register arrives for meter 1 on day 4 (400 kWh more than yesterday).
     let day4 = opts.start + chrono::Duration::days(4);
     let prev: i64 = sqlx::query("SELECT register_centi_kwh FROM readings WHERE meter_id = 'M000000000001' AND reading_date = $1")

@@ -417,6 +417,15 @@ impl Scenario {
         Ok(stats)
     }
 
+    /// Runs the first `days` simulated days from the start date, each in full.
+    pub async fn run_days(&mut self, days: u32) -> anyhow::Result<()> {
+        for day in 0..days {
+            self.run_day(self.opts.start + Duration::days(i64::from(day)), false)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Moves the meters and the clock to `t` (never backwards).
     pub fn advance(&self, t: NaiveDateTime) -> anyhow::Result<()> {
         advance(&self.fleet, &self.clock, t)
