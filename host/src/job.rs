@@ -60,10 +60,13 @@ pub struct MorningReport {
     pub warning: WarningReport,
     /// Stages skipped because `job_runs` says they completed before.
     pub skipped_stages: Vec<&'static str>,
+    /// Wall-clock seconds of each stage that ran: `collection`, `settlement`, `warning`.
+    pub stage_seconds: Vec<(&'static str, f64)>,
 }
 
 impl Host {
-    async fn stage_done(&self, stage: &str, date: NaiveDate) -> Result<bool, DbError> {
+    /// True when `stage` completed for business `date` (`job_runs`).
+    pub(crate) async fn stage_done(&self, stage: &str, date: NaiveDate) -> Result<bool, DbError> {
         Ok(sqlx::query(
             "SELECT 1 FROM job_runs WHERE county = $1 AND stage = $2 AND business_date = $3",
         )
@@ -75,7 +78,8 @@ impl Host {
         .is_some())
     }
 
-    async fn mark_done(&self, stage: &str, date: NaiveDate) -> Result<(), DbError> {
+    /// Records that `stage` completed for business `date` (idempotent).
+    pub(crate) async fn mark_done(&self, stage: &str, date: NaiveDate) -> Result<(), DbError> {
         sqlx::query("INSERT INTO job_runs (county, stage, business_date, completed_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
             .bind(&self.county.county)
             .bind(stage)
@@ -96,6 +100,7 @@ impl Host {
         if self.stage_done("collection", date).await? {
             report.skipped_stages.push("collection");
         } else {
+            let began = std::time::Instant::now();
             report.collection = collection::collect_daily(
                 &self.db,
                 &self.meters,
@@ -105,10 +110,14 @@ impl Host {
             )
             .await?;
             self.mark_done("collection", date).await?;
+            report
+                .stage_seconds
+                .push(("collection", began.elapsed().as_secs_f64()));
         }
         if self.stage_done("settlement", date).await? {
             report.skipped_stages.push("settlement");
         } else {
+            let began = std::time::Instant::now();
             report.settlement = settlement::settle(
                 &self.db,
                 &self.engine,
@@ -120,6 +129,9 @@ impl Host {
             )
             .await?;
             self.mark_done("settlement", date).await?;
+            report
+                .stage_seconds
+                .push(("settlement", began.elapsed().as_secs_f64()));
         }
         // Warnings are a stage of their own: after a crash between settlement and
         // warnings, the accounts settled for the day are read back from `settlements`,
@@ -127,6 +139,7 @@ impl Host {
         if self.stage_done("warning", date).await? {
             report.skipped_stages.push("warning");
         } else {
+            let began = std::time::Instant::now();
             let settled_day = crate::db::ds(date.pred_opt().expect("date after 0001-01-01"));
             let accounts: Vec<String> = sqlx::query(
                 "SELECT s.account_id FROM settlements s JOIN accounts a ON a.account_id = s.account_id
@@ -154,6 +167,9 @@ impl Host {
             )
             .await?;
             self.mark_done("warning", date).await?;
+            report
+                .stage_seconds
+                .push(("warning", began.elapsed().as_secs_f64()));
         }
         Ok(report)
     }

@@ -40,6 +40,15 @@ struct CountyInputs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the host: HTTP endpoints (/healthz, /readyz, /metrics), the daily job on its
+    /// schedule with catch-up after downtime, and hot policy activation. Stops on
+    /// Ctrl-C or SIGTERM after the job in progress.
+    Serve {
+        /// Configuration file (TOML; every key has a default, see README "Serving").
+        /// Environment: FEEGATE_<SECTION>__<KEY> overrides, e.g. FEEGATE_DATABASE__URL.
+        #[arg(long, env = "FEEGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Accounts held for a person (bad readings, failed policies): list, release.
     Holds {
         #[command(subcommand)]
@@ -353,14 +362,33 @@ enum BenchWhat {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FEEGATE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // `serve` logs at info in the configured format; one-shot commands only warn.
+    let (json_logs, default_level) = match &cli.command {
+        Command::Serve { config } => {
+            match feegate::serve::config::ServeConfig::load(config.as_deref(), std::env::vars()) {
+                Ok(c) => (
+                    c.server.log_format == feegate::serve::config::LogFormat::Json,
+                    "info",
+                ),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => (false, "warn"),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FEEGATE_LOG")
+        .unwrap_or_else(|_| default_level.into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json_logs {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -374,6 +402,11 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     use feegate::fieldtools as ft;
     match cli.command {
+        Command::Serve { config } => {
+            let config =
+                feegate::serve::config::ServeConfig::load(config.as_deref(), std::env::vars())?;
+            feegate::serve::run(config, shutdown_signal()).await
+        }
         Command::Dlt645 { cmd } => {
             let out = match cmd {
                 Dlt645Cmd::Decode { hex } => ft::dlt645_decode(&hex)?,
@@ -869,5 +902,27 @@ async fn holds(cmd: HoldsCmd) -> anyhow::Result<()> {
             println!("released {n} hold(s) of {account} at stage {stage}");
             Ok(())
         }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
     }
 }

@@ -1,0 +1,469 @@
+//! `feegate.toml`: the configuration of `feegate serve`.
+//!
+//! Every key has a default (an empty file is a valid configuration for one county, the
+//! shipped Xianyou policy set, on SQLite). Environment variables override the file:
+//! `FEEGATE_<SECTION>__<KEY>`, e.g. `FEEGATE_DATABASE__URL=postgres://…` or
+//! `FEEGATE_SERVER__LISTEN=0.0.0.0:8080` (the `[[county]]` list is file-only).
+//!
+//! An invalid file is refused before anything starts, with the line, the column and the
+//! reason (`feegate.toml:7:12: invalid cron expression for schedule.cutoff …`).
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:8080"
+//! log_format = "text"          # or "json"
+//!
+//! [database]
+//! url = "sqlite://feegate.db"
+//!
+//! [meters]
+//! timeout_ms = 2000
+//! retries = 2
+//! retry_backoff_ms = 200
+//!
+//! # Cron expressions (sec min hour day-of-month month day-of-week), county local time.
+//! [schedule]
+//! morning = "0 10 0 * * *"     # collection → settlement → warnings for the new day
+//! outbox = "0 */5 * * * *"     # SMS delivery (quiet hours are the outbox's own rule)
+//! cutoff = "0 0 9 * * *"       # cutoff decisions (the safety floor still applies)
+//! relays = "0 * * * * *"       # approved work orders, relay commands, reconnection sweep
+//! catch_up_days = 7
+//!
+//! [registry]
+//! poll_seconds = 2
+//!
+//! [[county]]
+//! policy_set = "policies/xianyou"
+//! components = "target/wasm32-wasip2/plugin"
+//! utc_offset_hours = 8
+//! ```
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use thiserror::Error;
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}; pass an existing file with --config")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or a value has the wrong type or an unknown key.
+    #[error("{path}:{line}:{column}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        reason: String,
+    },
+    /// A value from the environment is not valid.
+    #[error("environment override: {0}; fix or unset the FEEGATE_<SECTION>__<KEY> variable")]
+    Env(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    pub server: ServerSection,
+    pub database: DatabaseSection,
+    pub meters: MetersSection,
+    pub schedule: ScheduleSection,
+    pub registry: RegistrySection,
+    /// The counties this host serves. Default: the shipped Xianyou policy set.
+    #[serde(rename = "county")]
+    pub counties: Vec<CountySection>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            server: ServerSection::default(),
+            database: DatabaseSection::default(),
+            meters: MetersSection::default(),
+            schedule: ScheduleSection::default(),
+            registry: RegistrySection::default(),
+            counties: vec![CountySection::default()],
+        }
+    }
+}
+
+/// `[server]`: the HTTP listener and logs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// Address of the HTTP API, health and metrics. Default 127.0.0.1:8080 (loopback:
+    /// put a TLS-terminating proxy in front to expose it).
+    pub listen: SocketAddr,
+    /// `text` (default) or `json` (one JSON object per line, for log shippers).
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSection {
+    /// `sqlite://PATH` (default `sqlite://feegate.db`, created if missing) or
+    /// `postgres://USER@HOST:PORT/DB`.
+    pub url: String,
+}
+
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://feegate.db".into(),
+        }
+    }
+}
+
+/// `[meters]`: the meter links' request policy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetersSection {
+    /// Per-request timeout, milliseconds. Default 2,000.
+    pub timeout_ms: u64,
+    /// Retries after a timeout or a garbled reply. Default 2.
+    pub retries: u32,
+    /// Wait before the first retry, milliseconds, doubled each retry. Default 200.
+    pub retry_backoff_ms: u64,
+}
+
+impl Default for MetersSection {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 2000,
+            retries: 2,
+            retry_backoff_ms: 200,
+        }
+    }
+}
+
+/// `[schedule]`: when each job runs, as cron expressions with seconds
+/// (`sec min hour day-of-month month day-of-week`) in the county's local time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleSection {
+    /// Collection of the daily frozen readings, settlement of yesterday, warnings.
+    /// Default 00:10 every day (meters freeze at 00:00).
+    pub morning: CronSpec,
+    /// SMS outbox delivery. Default every 5 minutes.
+    pub outbox: CronSpec,
+    /// Cutoff decisions. Default 09:00 every day.
+    pub cutoff: CronSpec,
+    /// Approved work orders, relay commands and their verification, the reconnection
+    /// sweep. Default every minute.
+    pub relays: CronSpec,
+    /// After downtime, missed mornings are run in order, at most this many days back
+    /// (default 7); each business day runs once (`job_runs`).
+    pub catch_up_days: u32,
+}
+
+impl Default for ScheduleSection {
+    fn default() -> Self {
+        let spec = |s: &str| CronSpec::from_str(s).expect("default cron expression");
+        Self {
+            morning: spec("0 10 0 * * *"),
+            outbox: spec("0 */5 * * * *"),
+            cutoff: spec("0 0 9 * * *"),
+            relays: spec("0 * * * * *"),
+            catch_up_days: 7,
+        }
+    }
+}
+
+/// `[registry]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrySection {
+    /// How often the registry is checked for activations (`feegate policy activate`),
+    /// seconds. Default 2: an activation takes effect within this long.
+    pub poll_seconds: u64,
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        Self { poll_seconds: 2 }
+    }
+}
+
+/// `[[county]]`: one county this host serves.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CountySection {
+    /// Policy set directory (`policies/<county>`).
+    pub policy_set: PathBuf,
+    /// Built policy components (`make plugins`).
+    pub components: PathBuf,
+    /// The county's offset from UTC, hours. Default 8 (China Standard Time; no DST).
+    pub utc_offset_hours: i32,
+}
+
+impl Default for CountySection {
+    fn default() -> Self {
+        Self {
+            policy_set: "policies/xianyou".into(),
+            components: "target/wasm32-wasip2/plugin".into(),
+            utc_offset_hours: 8,
+        }
+    }
+}
+
+/// A validated cron expression (the `cron` crate's syntax, seconds first).
+#[derive(Debug, Clone)]
+pub struct CronSpec {
+    text: String,
+    schedule: cron::Schedule,
+}
+
+impl CronSpec {
+    /// The parsed schedule.
+    pub fn schedule(&self) -> &cron::Schedule {
+        &self.schedule
+    }
+}
+
+impl PartialEq for CronSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl FromStr for CronSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        cron::Schedule::from_str(s)
+            .map(|schedule| CronSpec {
+                text: s.to_string(),
+                schedule,
+            })
+            .map_err(|e| {
+                format!(
+                    "invalid cron expression {s:?} ({e}); write six fields: sec min hour day-of-month month day-of-week, e.g. \"0 10 0 * * *\""
+                )
+            })
+    }
+}
+
+impl Serialize for CronSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for CronSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        CronSpec::from_str(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl ServeConfig {
+    /// Reads `path` (or only defaults when `None`) and applies environment overrides
+    /// from `env` (pass `std::env::vars()`).
+    ///
+    /// The file alone is checked first, so its errors carry a line and column; then
+    /// defaults, file and environment are merged (environment wins).
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(ServeConfig::default()));
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            check_file(path, &text)?;
+            figment = figment.merge(Toml::string(&text));
+        }
+        figment = figment.merge(Serialized::defaults(env_overrides(env)));
+        figment
+            .extract()
+            .map_err(|e| ConfigError::Env(e.to_string()))
+    }
+}
+
+/// The sections environment variables may override.
+const ENV_SECTIONS: [&str; 5] = ["server", "database", "meters", "schedule", "registry"];
+
+/// `FEEGATE_<SECTION>__<KEY>=value` pairs as a nested dictionary; values are parsed the
+/// way figment parses environment values (numbers, booleans, else strings).
+fn env_overrides(env: impl IntoIterator<Item = (String, String)>) -> Dict {
+    let mut dict = Dict::new();
+    for (name, value) in env {
+        let Some((section, key)) = name
+            .strip_prefix("FEEGATE_")
+            .and_then(|rest| rest.split_once("__"))
+        else {
+            continue;
+        };
+        let section = section.to_ascii_lowercase();
+        if !ENV_SECTIONS.contains(&section.as_str()) {
+            continue;
+        }
+        let entry = dict
+            .entry(section)
+            .or_insert_with(|| Value::from(Dict::new()));
+        if let Value::Dict(_, keys) = entry {
+            let parsed: Value = value.parse().unwrap_or_else(|never| match never {});
+            keys.insert(key.to_ascii_lowercase(), parsed);
+        }
+    }
+    dict
+}
+
+/// Parses the file on its own, for errors with a position.
+fn check_file(path: &Path, text: &str) -> Result<(), ConfigError> {
+    let err = match toml::from_str::<ServeConfig>(text) {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    let (line, column) = err
+        .span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            (line, column)
+        })
+        .unwrap_or((1, 1));
+    Err(ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line,
+        column,
+        reason: err.message().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("feegate.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn no_file_and_an_empty_file_mean_the_defaults() {
+        let none = ServeConfig::load(None, []).unwrap();
+        assert_eq!(none, ServeConfig::default());
+        let (_d, path) = write("");
+        assert_eq!(ServeConfig::load(Some(&path), []).unwrap(), none);
+        assert_eq!(none.counties.len(), 1);
+        assert_eq!(none.database.url, "sqlite://feegate.db");
+    }
+
+    #[test]
+    fn the_file_overrides_defaults_and_the_environment_overrides_the_file() {
+        let (_d, path) = write(
+            "[database]\nurl = \"sqlite://county.db\"\n[meters]\nretries = 5\n\
+             [schedule]\ncutoff = \"0 30 10 * * *\"\n\
+             [[county]]\npolicy_set = \"policies/a\"\n[[county]]\npolicy_set = \"policies/b\"\nutc_offset_hours = 7\n",
+        );
+        let env = [
+            (
+                "FEEGATE_DATABASE__URL",
+                "postgres://root@127.0.0.1:5432/test",
+            ),
+            ("FEEGATE_METERS__TIMEOUT_MS", "750"),
+            ("FEEGATE_SERVER__LOG_FORMAT", "json"),
+            // Not a config key: other FEEGATE_ variables are the CLI's own.
+            ("FEEGATE_COMPONENTS", "elsewhere"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = ServeConfig::load(Some(&path), env).unwrap();
+        assert_eq!(c.database.url, "postgres://root@127.0.0.1:5432/test");
+        assert_eq!(c.meters.timeout_ms, 750);
+        assert_eq!(c.meters.retries, 5);
+        assert_eq!(c.server.log_format, LogFormat::Json);
+        assert_eq!(
+            c.schedule.cutoff,
+            CronSpec::from_str("0 30 10 * * *").unwrap()
+        );
+        assert_eq!(c.schedule.morning, ScheduleSection::default().morning);
+        assert_eq!(
+            c.counties
+                .iter()
+                .map(|c| (c.policy_set.clone(), c.utc_offset_hours))
+                .collect::<Vec<_>>(),
+            vec![("policies/a".into(), 8), ("policies/b".into(), 7)]
+        );
+    }
+
+    #[test]
+    fn an_invalid_file_is_refused_with_its_line_column_and_reason() {
+        let cases = [
+            (
+                "[server]\nlisten = \"nowhere\"\n",
+                2,
+                "invalid socket address",
+            ),
+            (
+                "[schedule]\n\nmorning = \"every day\"\n",
+                3,
+                "invalid cron expression",
+            ),
+            ("[meters]\nretries = -1\n", 2, "invalid value"),
+            ("[databse]\nurl = \"x\"\n", 1, "unknown field `databse`"),
+            ("[server\n", 1, "unclosed table"),
+            (
+                "[server]\nlog_format = \"xml\"\n",
+                2,
+                "unknown variant `xml`",
+            ),
+        ];
+        for (text, line, reason) in cases {
+            let (_d, path) = write(text);
+            match ServeConfig::load(Some(&path), []) {
+                Err(ConfigError::Invalid {
+                    line: l, reason: r, ..
+                }) => {
+                    assert_eq!(l, line, "{text:?}: {r}");
+                    assert!(r.contains(reason), "{text:?}: {r:?} lacks {reason:?}");
+                }
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_environment_value_is_refused_naming_the_key() {
+        let err = ServeConfig::load(
+            None,
+            [("FEEGATE_METERS__RETRIES".to_string(), "many".to_string())],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Env(ref m) if m.contains("retries")),
+            "{err}"
+        );
+    }
+}

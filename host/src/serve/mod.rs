@@ -1,0 +1,542 @@
+//! `feegate serve`: one long-running process with the HTTP endpoints, the scheduler of
+//! the daily job, and the registry watcher that swaps activated policy versions in
+//! without a restart.
+//!
+//! - `GET /healthz`: 200 while the process runs (liveness).
+//! - `GET /readyz`: 200 when the database answers and every county's policies are
+//!   loaded and its scheduler has caught up; 503 with the reasons otherwise.
+//! - `GET /metrics`: Prometheus text ([`metrics`]).
+//!
+//! Scheduling ([`config::ScheduleSection`]): each county has one scheduler task, so a
+//! county's jobs never overlap; counties run side by side. At start, mornings missed
+//! during downtime are run in order (at most `catch_up_days` back), then today's cutoff
+//! if its time has passed; `job_runs` makes every business day run once, whatever the
+//! restarts. A failed job is logged and counted (`feegate_job_failures_total`) and runs
+//! again at its next time; every stage it left half-done is idempotent.
+
+pub mod config;
+pub mod metrics;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::HostConfig;
+use crate::county::County;
+use crate::db::Db;
+use crate::job::Host;
+use crate::outbox::LogGateway;
+use crate::policy::PolicyEngine;
+use crate::registry::{self, Watcher};
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use chrono::{Duration as ChronoDuration, FixedOffset, NaiveDate, NaiveDateTime, TimeZone};
+use config::{ScheduleSection, ServeConfig};
+use feegate_meter::client::{ClientConfig, ModbusMeterClient};
+use metrics::Metrics;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// One county as served: its host (the daily job) and its registry watcher.
+pub struct CountyRuntime {
+    pub host: Host,
+    pub watcher: Arc<Watcher>,
+    pub offset: FixedOffset,
+    /// Set once the scheduler has caught up after start.
+    caught_up: AtomicBool,
+}
+
+/// What the HTTP handlers share.
+pub struct ServeState {
+    pub db: Db,
+    pub counties: Vec<Arc<CountyRuntime>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Opens the database, loads every county's policy set, records the shipped components
+/// in the registry, and applies activations already in force.
+pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Arc<ServeState>> {
+    let db = Db::open(&config.database.url).await?;
+    let host_config = HostConfig::default();
+    let engine = PolicyEngine::new(host_config.policy.clone())?;
+    let meters = ModbusMeterClient::new(ClientConfig {
+        timeout: Duration::from_millis(config.meters.timeout_ms),
+        retries: config.meters.retries,
+        retry_backoff: Duration::from_millis(config.meters.retry_backoff_ms),
+    });
+    let mut counties = Vec::new();
+    for c in &config.counties {
+        let offset = FixedOffset::east_opt(c.utc_offset_hours * 3600).with_context(|| {
+            format!(
+                "county {}: utc_offset_hours {} is not a valid offset (-23..=23)",
+                c.policy_set.display(),
+                c.utc_offset_hours
+            )
+        })?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock { offset });
+        let county = Arc::new(
+            County::load(
+                &engine,
+                &c.policy_set,
+                &c.components,
+                host_config.floor.clone(),
+            )
+            .with_context(|| format!("loading the policy set {}", c.policy_set.display()))?,
+        );
+        registry::record_policy_set(&db, &county, &c.policy_set, &c.components, clock.now())
+            .await?;
+        let watcher = Arc::new(Watcher::new(
+            db.clone(),
+            engine.clone(),
+            county.clone(),
+            clock.clone(),
+        ));
+        watcher.poll().await?;
+        counties.push(Arc::new(CountyRuntime {
+            host: Host {
+                db: db.clone(),
+                engine: engine.clone(),
+                meters: meters.clone(),
+                county,
+                config: host_config.clone(),
+                clock,
+                sms: Arc::new(LogGateway::default()),
+            },
+            watcher,
+            offset,
+            caught_up: AtomicBool::new(false),
+        }));
+    }
+    Ok(Arc::new(ServeState {
+        db,
+        counties,
+        metrics: Arc::new(Metrics::new()),
+    }))
+}
+
+/// The HTTP routes: health, readiness, metrics.
+pub fn router(state: Arc<ServeState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<ServeState>>) -> impl IntoResponse {
+    let mut not_ready = Vec::new();
+    if let Err(e) = sqlx::query("SELECT 1").execute(&state.db.pool).await {
+        not_ready.push(format!("database: {e}"));
+    }
+    for c in &state.counties {
+        if !c.caught_up.load(Ordering::Acquire) {
+            not_ready.push(format!(
+                "county {}: catching up after start",
+                c.host.county.county
+            ));
+        }
+    }
+    let status = if not_ready.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "ready": not_ready.is_empty(), "not_ready": not_ready })),
+    )
+}
+
+async fn metrics_text(State(state): State<Arc<ServeState>>) -> impl IntoResponse {
+    match state.metrics.render(&state.db).await {
+        Ok(text) => (
+            StatusCode::OK,
+            [("content-type", "text/plain; version=0.0.4")],
+            text,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("metrics unavailable: database error: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// Runs until `shutdown` resolves: the HTTP server on `config.server.listen`, one
+/// scheduler per county, one registry watcher per county. A job in progress at
+/// shutdown is finished first (the next start would resume it anyway).
+pub async fn run(
+    config: ServeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = prepare(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    tracing::info!(listen = %config.server.listen, counties = state.counties.len(), "feegate serve started");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut watchers = Vec::new();
+    for c in &state.counties {
+        watchers.push(
+            c.watcher
+                .clone()
+                .spawn(Duration::from_secs(config.registry.poll_seconds.max(1))),
+        );
+        let (c, schedule, metrics, stop) = (
+            c.clone(),
+            config.schedule.clone(),
+            state.metrics.clone(),
+            stop_rx.clone(),
+        );
+        tasks.spawn(async move { scheduler(c, schedule, metrics, stop).await });
+    }
+    let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    server.await.context("HTTP server failed")?;
+    while tasks.join_next().await.is_some() {}
+    for w in watchers {
+        w.abort();
+    }
+    tracing::info!("feegate serve stopped");
+    Ok(())
+}
+
+/// The jobs a scheduler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    Morning,
+    Outbox,
+    Cutoff,
+    Relays,
+}
+
+impl Job {
+    pub fn name(self) -> &'static str {
+        match self {
+            Job::Morning => "morning",
+            Job::Outbox => "outbox",
+            Job::Cutoff => "cutoff",
+            Job::Relays => "relays",
+        }
+    }
+}
+
+/// The next time after `now` (county local) that any job is due, with every job due
+/// then, in the order morning, outbox, cutoff, relays (so jobs that share a time all
+/// run, and the morning's settlement comes before a cutoff at the same minute).
+pub fn next_due(
+    schedule: &ScheduleSection,
+    offset: FixedOffset,
+    now: NaiveDateTime,
+) -> Option<(Vec<Job>, NaiveDateTime)> {
+    let at = offset.from_local_datetime(&now).single()?;
+    let due: Vec<(Job, NaiveDateTime)> = [
+        (Job::Morning, &schedule.morning),
+        (Job::Outbox, &schedule.outbox),
+        (Job::Cutoff, &schedule.cutoff),
+        (Job::Relays, &schedule.relays),
+    ]
+    .into_iter()
+    .filter_map(|(job, spec)| {
+        spec.schedule()
+            .after(&at)
+            .next()
+            .map(|t| (job, t.naive_local()))
+    })
+    .collect();
+    let first = due.iter().map(|(_, t)| *t).min()?;
+    Some((
+        due.into_iter()
+            .filter(|(_, t)| *t == first)
+            .map(|(j, _)| j)
+            .collect(),
+        first,
+    ))
+}
+
+/// The first time on `date` that `spec` fires, if it does that day.
+fn first_on(
+    spec: &config::CronSpec,
+    offset: FixedOffset,
+    date: NaiveDate,
+) -> Option<NaiveDateTime> {
+    let start = date.and_hms_opt(0, 0, 0)? - ChronoDuration::seconds(1);
+    let t = spec
+        .schedule()
+        .after(&offset.from_local_datetime(&start).single()?)
+        .next()?
+        .naive_local();
+    (t.date() == date).then_some(t)
+}
+
+/// Business days whose morning must run at start: from the day after the last completed
+/// morning (or today, on a fresh database) up to today if today's morning time has
+/// passed, never more than `catch_up_days` back.
+pub fn mornings_to_catch_up(
+    schedule: &ScheduleSection,
+    offset: FixedOffset,
+    now: NaiveDateTime,
+    last_done: Option<NaiveDate>,
+) -> Vec<NaiveDate> {
+    let today = now.date();
+    let last_due = match first_on(&schedule.morning, offset, today) {
+        Some(t) if t <= now => today,
+        _ => today.pred_opt().expect("date after 0001-01-01"),
+    };
+    let earliest = last_due - ChronoDuration::days(i64::from(schedule.catch_up_days.max(1)) - 1);
+    let first = last_done
+        .and_then(|d| d.succ_opt())
+        .unwrap_or(last_due)
+        .max(earliest);
+    first.iter_days().take_while(|d| *d <= last_due).collect()
+}
+
+async fn scheduler(
+    c: Arc<CountyRuntime>,
+    schedule: ScheduleSection,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let county = c.host.county.county.clone();
+    if let Err(e) = catch_up(&c, &schedule, &metrics).await {
+        tracing::error!(%county, "catch-up after start failed: {e:#}; the next scheduled run retries");
+    }
+    c.caught_up.store(true, Ordering::Release);
+    loop {
+        let now = c.host.clock.now();
+        let Some((jobs, at)) = next_due(&schedule, c.offset, now) else {
+            tracing::error!(%county, "no job is ever due again under [schedule]; scheduler stops");
+            return;
+        };
+        let wait = (at - now).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        for job in jobs {
+            run_job(&c, job, at.date(), &metrics).await;
+            if *stop.borrow() {
+                return;
+            }
+        }
+    }
+}
+
+async fn catch_up(
+    c: &CountyRuntime,
+    schedule: &ScheduleSection,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    let county = &c.host.county.county;
+    let last_done: Option<String> = sqlx::query_scalar(
+        "SELECT MAX(business_date) FROM job_runs WHERE county = $1 AND stage = 'warning'",
+    )
+    .bind(county)
+    .fetch_one(&c.host.db.pool)
+    .await?;
+    let last_done = last_done.map(|d| crate::db::parse_ds(&d)).transpose()?;
+    let now = c.host.clock.now();
+    for date in mornings_to_catch_up(schedule, c.offset, now, last_done) {
+        tracing::info!(%county, %date, "catching up the morning job");
+        run_job(c, Job::Morning, date, metrics).await;
+    }
+    let today = now.date();
+    if first_on(&schedule.cutoff, c.offset, today).is_some_and(|t| t <= now)
+        && !c.host.stage_done("cutoff", today).await?
+    {
+        run_job(c, Job::Cutoff, today, metrics).await;
+    }
+    Ok(())
+}
+
+/// Runs one job now for business `date`, recording its duration and failures.
+pub async fn run_job(c: &CountyRuntime, job: Job, date: NaiveDate, metrics: &Metrics) {
+    let county = c.host.county.county.as_str();
+    let began = std::time::Instant::now();
+    let result: anyhow::Result<()> = async {
+        match job {
+            Job::Morning => {
+                let report = c.host.run_morning(date).await?;
+                for (stage, seconds) in &report.stage_seconds {
+                    metrics
+                        .job_duration
+                        .with_label_values(&[county, stage])
+                        .observe(*seconds);
+                }
+                let mut conn = c.host.db.pool.acquire().await?;
+                for (station, rate) in
+                    crate::collection::station_rates(&mut conn, county, None, date).await?
+                {
+                    let ratio = if rate.expected == 0 {
+                        1.0
+                    } else {
+                        f64::from(rate.ok) / f64::from(rate.expected)
+                    };
+                    metrics
+                        .read_success_rate
+                        .with_label_values(&[county, &station])
+                        .set(ratio);
+                }
+                tracing::info!(county, %date, collected = report.collection.read_ok, settled = report.settlement.settled, "morning job done");
+            }
+            Job::Outbox => {
+                let r = c.host.run_outbox().await?;
+                tracing::debug!(county, ?r, "outbox run");
+            }
+            Job::Cutoff => {
+                let r = c.host.run_cutoff().await?;
+                c.host.mark_done("cutoff", date).await?;
+                tracing::info!(county, ?r, "cutoff run");
+            }
+            Job::Relays => {
+                c.host.execute_approved().await?;
+                let r = c.host.drive_relays().await?;
+                observe_relay_latency(c, &r, metrics).await?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    metrics
+        .job_duration
+        .with_label_values(&[county, job.name()])
+        .observe(began.elapsed().as_secs_f64());
+    if let Err(e) = result {
+        metrics
+            .job_failures
+            .with_label_values(&[county, job.name()])
+            .inc();
+        tracing::error!(county, job = job.name(), %date, "job failed: {e:#}; it runs again at its next time");
+    }
+}
+
+async fn observe_relay_latency(
+    c: &CountyRuntime,
+    report: &crate::relay::RelayReport,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    for e in report.events.iter().filter(|e| e.confirmed) {
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT created_at, confirmed_at FROM relay_commands WHERE command_id = $1",
+        )
+        .bind(e.command_id)
+        .fetch_optional(&c.host.db.pool)
+        .await?;
+        if let Some((created, Some(confirmed))) = row {
+            let seconds = (crate::db::parse_ts(&confirmed)? - crate::db::parse_ts(&created)?)
+                .num_milliseconds() as f64
+                / 1000.0;
+            metrics
+                .relay_command
+                .with_label_values(&[
+                    c.host.county.county.as_str(),
+                    crate::relay::command_name(e.command),
+                ])
+                .observe(seconds);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> NaiveDateTime {
+        NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap()
+    }
+
+    fn d(s: &str) -> NaiveDate {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_next_jobs_are_all_those_due_earliest_in_county_time() {
+        use Job::*;
+        let s = ScheduleSection::default();
+        let cst = FixedOffset::east_opt(8 * 3600).unwrap();
+        let cases = [
+            (
+                "2013-03-01 00:09:30",
+                vec![Morning, Outbox, Relays],
+                "2013-03-01 00:10:00",
+            ),
+            ("2013-03-01 00:10:00", vec![Relays], "2013-03-01 00:11:00"),
+            (
+                "2013-03-01 00:14:01",
+                vec![Outbox, Relays],
+                "2013-03-01 00:15:00",
+            ),
+            (
+                "2013-03-01 08:59:59",
+                vec![Outbox, Cutoff, Relays],
+                "2013-03-01 09:00:00",
+            ),
+            ("2013-03-01 09:00:00", vec![Relays], "2013-03-01 09:01:00"),
+        ];
+        for (now, jobs, when) in cases {
+            assert_eq!(next_due(&s, cst, at(now)), Some((jobs, at(when))), "{now}");
+        }
+        let never = |_| "0 0 0 1 1 * 2099".parse().unwrap();
+        let only_morning = ScheduleSection {
+            outbox: never(()),
+            cutoff: never(()),
+            relays: never(()),
+            ..ScheduleSection::default()
+        };
+        assert_eq!(
+            next_due(&only_morning, cst, at("2013-03-01 00:10:00")),
+            Some((vec![Morning], at("2013-03-02 00:10:00")))
+        );
+    }
+
+    #[test]
+    fn missed_mornings_are_caught_up_in_order_once_and_within_the_limit() {
+        let s = ScheduleSection::default();
+        let cst = FixedOffset::east_opt(8 * 3600).unwrap();
+        let days = |v: &[&str]| v.iter().map(|x| d(x)).collect::<Vec<_>>();
+        let cases: [(&str, Option<&str>, Vec<NaiveDate>); 6] = [
+            // Fresh database, after today's morning time: today only.
+            ("2013-03-10 08:00:00", None, days(&["2013-03-10"])),
+            // Fresh database, before it: yesterday (its morning was missed too).
+            ("2013-03-10 00:05:00", None, days(&["2013-03-09"])),
+            // Up to date: nothing.
+            ("2013-03-10 08:00:00", Some("2013-03-10"), days(&[])),
+            ("2013-03-10 00:05:00", Some("2013-03-09"), days(&[])),
+            // Down three days: each missed day in order.
+            (
+                "2013-03-10 08:00:00",
+                Some("2013-03-07"),
+                days(&["2013-03-08", "2013-03-09", "2013-03-10"]),
+            ),
+            // Down a month: the last seven days only.
+            (
+                "2013-03-10 08:00:00",
+                Some("2013-02-01"),
+                days(&[
+                    "2013-03-04",
+                    "2013-03-05",
+                    "2013-03-06",
+                    "2013-03-07",
+                    "2013-03-08",
+                    "2013-03-09",
+                    "2013-03-10",
+                ]),
+            ),
+        ];
+        for (now, last, want) in cases {
+            assert_eq!(
+                mornings_to_catch_up(&s, cst, at(now), last.map(d)),
+                want,
+                "now {now}, last done {last:?}"
+            );
+        }
+    }
+}

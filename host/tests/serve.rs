@@ -1,0 +1,252 @@
+//! `feegate serve` as an operator runs it: the binary with a config file, probed over
+//! HTTP on loopback, a policy activated from another process while it runs, stopped
+//! with SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// GET `path` from `port` on loopback; (status, body).
+fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the child if the test fails half-way.
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn feegate(dir: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_feegate"));
+    c.current_dir(dir);
+    c
+}
+
+#[test]
+fn serve_answers_health_readiness_and_metrics_swaps_an_activated_policy_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("serve.db").display());
+    let port = free_port();
+    let config = dir.path().join("feegate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+
+[registry]
+poll_seconds = 1
+
+[[county]]
+policy_set = "{}"
+components = "{}"
+"#,
+            common::repo().join("policies/xianyou").display(),
+            common::components_dir().display()
+        ),
+    )
+    .unwrap();
+    // A county with history: two simulated days (its simulated meters are gone now, so
+    // today's reads fail, which must not stop anything).
+    let demo = feegate(&common::repo())
+        .args(["demo", "--meters", "4", "--days", "2", "--db", &db])
+        .env("FEEGATE_COMPONENTS", common::components_dir())
+        .output()
+        .unwrap();
+    assert!(
+        demo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+    let mut child = feegate(dir.path())
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("FEEGATE_DATABASE__URL", &db)
+        .env("FEEGATE_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Log lines, read on a thread so the pipe never fills.
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut server = Server(child);
+
+    // Ready once the database answers and the scheduler caught up.
+    let began = Instant::now();
+    let ready = loop {
+        match get(port, "/readyz") {
+            Ok((200, body)) => break body,
+            _ if began.elapsed() > Duration::from_secs(60) => {
+                panic!("not ready after 60 s")
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    assert!(ready.contains(r#""ready":true"#), "{ready}");
+    assert_eq!(get(port, "/healthz").unwrap(), (200, "ok\n".to_string()));
+    let (status, metrics) = get(port, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    // The catch-up ran the last seven mornings (the demo's days are long past), each
+    // stage timed; the reads failed (no meters answer) and are reported, not billed.
+    for needle in [
+        "feegate_job_duration_seconds_count{county=\"xianyou\",job=\"morning\"} 7",
+        "feegate_job_duration_seconds_count{county=\"xianyou\",job=\"settlement\"} 7",
+        "feegate_decisions_total{county=\"xianyou\",kind=\"tariff\",outcome=\"ok\"}",
+        "feegate_read_success_rate{county=\"xianyou\",station=\"XY-BT\"} 0",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle:?} in\n{metrics}");
+    }
+    assert_eq!(get(port, "/nowhere").unwrap().0, 404);
+
+    // Activate a new tariff version from another process; the running host swaps it in.
+    let run = |args: &[&str]| {
+        let out = feegate(dir.path())
+            .args(args)
+            .env("FEEGATE_DB", &db)
+            .env("FEEGATE_WHO", "ops-test")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let params = dir.path().join("tariff.json");
+    std::fs::write(
+        &params,
+        r#"{"charge_rounding":"half-up","steps":[{"price":"0.5283","up_to_kwh":"2760"},{"price":"0.5783","up_to_kwh":"4800"},{"price":"0.8283"}]}"#,
+    )
+    .unwrap();
+    run(&["policy", "key", "new", "--out", "lin"]);
+    run(&[
+        "policy", "trust", "add", "--county", "xianyou", "--key", "lin.pub", "--who", "Lin",
+    ]);
+    let tariff = common::component("policy_tariff_step");
+    run(&[
+        "policy",
+        "publish",
+        tariff.to_str().unwrap(),
+        "--county",
+        "xianyou",
+        "--kind",
+        "tariff",
+        "--params",
+        params.to_str().unwrap(),
+        "--key",
+        "lin.key",
+        "--note",
+        "price notice 2014",
+    ]);
+    let listed = run(&["policy", "list", "--county", "xianyou"]);
+    let publication = listed
+        .lines()
+        .find(|l| l.contains("price notice 2014"))
+        .and_then(|l| l.split_whitespace().find(|w| w.starts_with('#')))
+        .unwrap_or_else(|| panic!("no publication id in\n{listed}"))
+        .to_string();
+    run(&[
+        "policy",
+        "activate",
+        "--county",
+        "xianyou",
+        "--kind",
+        "tariff",
+        "--version",
+        &publication,
+        "--note",
+        "new prices",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        match lines.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if line.contains("policy activated") && line.contains("tariff") => break,
+            Ok(line) => seen.push(line),
+            Err(_) if Instant::now() > deadline => {
+                panic!("no swap logged within 30 s; log:\n{}", seen.join("\n"))
+            }
+            Err(_) => {}
+        }
+    }
+
+    // SIGTERM: a clean stop.
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let began = Instant::now();
+    let status = loop {
+        if let Some(s) = server.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "still running 30 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn serve_refuses_an_invalid_config_with_the_line_and_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("feegate.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[schedule]\ncutoff = \"at nine\"\n",
+    )
+    .unwrap();
+    let out = feegate(dir.path())
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("feegate.toml:5:"), "{stderr}");
+    assert!(stderr.contains("invalid cron expression"), "{stderr}");
+}
