@@ -32,6 +32,7 @@ pub mod fieldtools;
 pub mod fixtures;
 pub mod floor;
 pub mod job;
+pub mod lease;
 pub mod ledger;
 pub mod money;
 pub mod onboarding;

@@ -347,6 +347,25 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// Write N accounts with readings that the morning of --date settles (the day
+    /// before's consumption), into an empty database; for multi-host and crash tests.
+    Seed {
+        #[arg(long)]
+        accounts: usize,
+        /// Business date whose morning job settles them (YYYY-MM-DD).
+        #[arg(long)]
+        date: NaiveDate,
+        /// Database URL (must hold no accounts).
+        #[arg(long, env = "FEEGATE_DB")]
+        db: String,
+        /// Daily consumption data (Low Carbon London, 100 households, 2013).
+        #[arg(
+            long,
+            env = "FEEGATE_DATA",
+            default_value = "../shared/data/lcl_2013_daily_kwh_100hh.csv"
+        )]
+        data: PathBuf,
+    },
     /// One day's settlement and warnings for N accounts through the Wasm components,
     /// against a bare baseline writing the same ledger rows.
     Settle {
@@ -638,6 +657,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if !feegate::cli::run_policy(args).await? {
                 std::process::exit(2);
             }
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Seed {
+                    accounts,
+                    date,
+                    db,
+                    data,
+                },
+        } => {
+            anyhow::ensure!(accounts > 0, "--accounts must be at least 1");
+            let profiles = feegate_meter::profile::Profiles::load(&data)
+                .with_context(|| format!("loading {}", data.display()))?;
+            let db = feegate::db::Db::open(&db).await?;
+            let consumption_day = date.pred_opt().context("--date out of range")?;
+            feegate::bench::settle::seed_accounts(&db, accounts, &profiles, consumption_day)
+                .await
+                .context("seeding accounts (the database must hold no accounts)")?;
+            println!("seeded {accounts} accounts; the morning of {date} settles {consumption_day}");
             Ok(())
         }
         Command::Bench {

@@ -4,50 +4,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use common::{ServeProcess, free_port, http_get as get};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// GET `path` from `port` on loopback; (status, body).
-fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Kills the child if the test fails half-way.
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn feegate(dir: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_feegate"));
@@ -60,26 +19,7 @@ fn serve_answers_health_readiness_and_metrics_swaps_an_activated_policy_and_stop
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("serve.db").display());
     let port = free_port();
-    let config = dir.path().join("feegate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-
-[registry]
-poll_seconds = 1
-
-[[county]]
-policy_set = "{}"
-components = "{}"
-"#,
-            common::repo().join("policies/xianyou").display(),
-            common::components_dir().display()
-        ),
-    )
-    .unwrap();
+    let config = common::serve_config(dir.path(), port, "[registry]\npoll_seconds = 1");
     // A county with history: two simulated days (its simulated meters are gone now, so
     // today's reads fail, which must not stop anything).
     let demo = feegate(&common::repo())
@@ -92,23 +32,7 @@ components = "{}"
         "{}",
         String::from_utf8_lossy(&demo.stderr)
     );
-    let mut child = feegate(dir.path())
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("FEEGATE_DATABASE__URL", &db)
-        .env("FEEGATE_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Log lines, read on a thread so the pipe never fills.
-    let (lines_tx, lines) = mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let mut server = Server(child);
-
+    let mut server = ServeProcess::start(dir.path(), &config, &[("FEEGATE_DATABASE__URL", &db)]);
     // Ready once the database answers and the scheduler caught up.
     let began = Instant::now();
     let ready = loop {
@@ -199,7 +123,7 @@ components = "{}"
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = Vec::new();
     loop {
-        match lines.recv_timeout(Duration::from_millis(200)) {
+        match server.lines.recv_timeout(Duration::from_millis(200)) {
             Ok(line) if line.contains("policy activated") && line.contains("tariff") => break,
             Ok(line) => seen.push(line),
             Err(_) if Instant::now() > deadline => {
@@ -210,7 +134,7 @@ components = "{}"
     }
 
     // SIGTERM: a clean stop.
-    let pid = server.0.id().to_string();
+    let pid = server.child.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -220,7 +144,7 @@ components = "{}"
     );
     let began = Instant::now();
     let status = loop {
-        if let Some(s) = server.0.try_wait().unwrap() {
+        if let Some(s) = server.child.try_wait().unwrap() {
             break s;
         }
         assert!(

@@ -16,11 +16,11 @@
 
 use crate::config::HostConfig;
 use crate::county::County;
-use crate::db::Db;
+use crate::db::{Db, ds};
 use crate::money::kwh_to_centi_kwh;
 use crate::policy::PolicyEngine;
 use anyhow::Context;
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use feegate_meter::profile::Profiles;
 use std::path::Path;
 use std::time::Instant;
@@ -42,14 +42,28 @@ pub struct SettleFigures {
 const DAY0: &str = "2013-03-01";
 const DAY1: &str = "2013-03-02";
 
-async fn seed_accounts(db: &Db, n: usize, profiles: &Profiles) -> anyhow::Result<()> {
+/// Writes `n` bench accounts (see the module doc) into an empty county `xianyou` whose
+/// readings bill `consumption_day`: a frozen reading at 00:00 of that day and of the
+/// next, the delta being household `i mod 100`'s use on the same month and day of 2013.
+/// The morning job of `consumption_day + 1` settles them. Used by `feegate bench settle`
+/// and `feegate bench seed` (the multi-host and crash tests).
+pub async fn seed_accounts(
+    db: &Db,
+    n: usize,
+    profiles: &Profiles,
+    consumption_day: NaiveDate,
+) -> anyhow::Result<()> {
+    let day0 = ds(consumption_day);
+    let day1 = ds(consumption_day.succ_opt().context("date out of range")?);
+    let data_day = NaiveDate::from_ymd_opt(2013, consumption_day.month(), consumption_day.day())
+        .or_else(|| NaiveDate::from_ymd_opt(2013, 2, 28))
+        .expect("valid date");
     sqlx::query("INSERT INTO counties (county, display_name, rollout_stage) VALUES ('xianyou', '仙游县', 'approval-gated')").execute(&db.pool).await?;
     sqlx::query(
         "INSERT INTO stations (station_id, county, name) VALUES ('XY-BT', 'xianyou', '榜头供电所')",
     )
     .execute(&db.pool)
     .await?;
-    let day = NaiveDate::from_ymd_opt(2013, 3, 1).expect("valid date");
     let households = profiles.households();
     const CHUNK: usize = 500;
     for start in (0..n).step_by(CHUNK) {
@@ -65,11 +79,11 @@ async fn seed_accounts(db: &Db, n: usize, profiles: &Profiles) -> anyhow::Result
             ),
             format!(
                 "INSERT INTO meters (meter_id, customer_id, protocol, gateway, unit_id, installed_on) VALUES {}",
-                rows(&|i| format!("('M{i}', 'C{i}', 'modbus-tcp', '127.0.0.1:1', 1, '{DAY0}')"))
+                rows(&|i| format!("('M{i}', 'C{i}', 'modbus-tcp', '127.0.0.1:1', 1, '{day0}')"))
             ),
             format!(
                 "INSERT INTO agreements (agreement_id, customer_id, alarm_threshold_fen, mobile, signed_at) VALUES {}",
-                rows(&|i| format!("({}, 'C{i}', 5000, '139{i:08}', '{DAY0} 00:00:00')", i + 1))
+                rows(&|i| format!("({}, 'C{i}', 5000, '139{i:08}', '{day0} 00:00:00')", i + 1))
             ),
             format!(
                 "INSERT INTO accounts (account_id, customer_id, meter_id, agreement_id, county, station_id, status, balance_fen) VALUES {}",
@@ -82,7 +96,7 @@ async fn seed_accounts(db: &Db, n: usize, profiles: &Profiles) -> anyhow::Result
             format!(
                 "INSERT INTO ledger_entries (account_id, kind, amount_fen, balance_after_fen, idempotency_key, business_date, posted_at, reference) VALUES {}",
                 rows(&|i| format!(
-                    "('A{i}', 'prepayment', {0}, {0}, 'open-A{i}', '{DAY0}', '{DAY0} 00:00:00', 'bench')",
+                    "('A{i}', 'prepayment', {0}, {0}, 'open-A{i}', '{day0}', '{day0} 00:00:00', 'bench')",
                     prepayment(i)
                 ))
             ),
@@ -90,10 +104,10 @@ async fn seed_accounts(db: &Db, n: usize, profiles: &Profiles) -> anyhow::Result
                 "INSERT INTO readings (meter_id, reading_date, register_centi_kwh, source, collected_at) VALUES {}",
                 rows(&|i| {
                     let h = &households[i % households.len()];
-                    let kwh = h.kwh_on(day).unwrap_or_default();
+                    let kwh = h.kwh_on(data_day).unwrap_or_default();
                     let start_reg = 100_000 + (i as i64 % 1000) * 100;
                     format!(
-                        "('M{i}', '{DAY0}', {start_reg}, 'daily-frozen', '{DAY0} 00:10:00'), ('M{i}', '{DAY1}', {}, 'daily-frozen', '{DAY1} 00:10:00')",
+                        "('M{i}', '{day0}', {start_reg}, 'daily-frozen', '{day0} 00:10:00'), ('M{i}', '{day1}', {}, 'daily-frozen', '{day1} 00:10:00')",
                         start_reg + kwh_to_centi_kwh(kwh)
                     )
                 })
@@ -144,7 +158,8 @@ pub async fn settle(
     };
 
     let db = Db::open(&url("settle.db")).await?;
-    seed_accounts(&db, n, &profiles)
+    let day0 = NaiveDate::from_ymd_opt(2013, 3, 1).expect("valid date");
+    seed_accounts(&db, n, &profiles, day0)
         .await
         .context("seeding accounts (the database must be empty)")?;
     let policies = county.snapshot();
@@ -192,7 +207,7 @@ pub async fn settle(
         f64::NAN // a PostgreSQL URL names one database; the baseline needs a second one
     } else {
         let db = Db::open(&base).await?;
-        seed_accounts(&db, n, &profiles).await?;
+        seed_accounts(&db, n, &profiles, day0).await?;
         let t = Instant::now();
         for i in 0..n {
             let mut tx = db.pool.begin().await?;

@@ -32,6 +32,10 @@
 //! [registry]
 //! poll_seconds = 2
 //!
+//! [cluster]                    # several hosts on one database
+//! host_id = "<hostname>-<pid>"
+//! lease_seconds = 15
+//!
 //! [[county]]
 //! policy_set = "policies/xianyou"
 //! components = "target/wasm32-wasip2/plugin"
@@ -77,6 +81,7 @@ pub struct ServeConfig {
     pub meters: MetersSection,
     pub schedule: ScheduleSection,
     pub registry: RegistrySection,
+    pub cluster: ClusterSection,
     /// The counties this host serves. Default: the shipped Xianyou policy set.
     #[serde(rename = "county")]
     pub counties: Vec<CountySection>,
@@ -90,6 +95,7 @@ impl Default for ServeConfig {
             meters: MetersSection::default(),
             schedule: ScheduleSection::default(),
             registry: RegistrySection::default(),
+            cluster: ClusterSection::default(),
             counties: vec![CountySection::default()],
         }
     }
@@ -210,6 +216,31 @@ impl Default for RegistrySection {
     }
 }
 
+/// `[cluster]`: several hosts sharing one database (PostgreSQL).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// This host's name in `county_leases`; unique per process. Default
+    /// `<hostname>-<pid>`.
+    pub host_id: String,
+    /// How long a county lease lasts without renewal, seconds (renewed every third of
+    /// it). A dead host's counties are taken over within this long. Default 15; at
+    /// least 3.
+    pub lease_seconds: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "feegate".into());
+        Self {
+            host_id: format!("{host}-{}", std::process::id()),
+            lease_seconds: 15,
+        }
+    }
+}
+
 /// `[[county]]`: one county this host serves.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -308,7 +339,9 @@ impl ServeConfig {
 }
 
 /// The sections environment variables may override.
-const ENV_SECTIONS: [&str; 5] = ["server", "database", "meters", "schedule", "registry"];
+const ENV_SECTIONS: [&str; 6] = [
+    "server", "database", "meters", "schedule", "registry", "cluster",
+];
 
 /// `FEEGATE_<SECTION>__<KEY>=value` pairs as a nested dictionary; values are parsed the
 /// way figment parses environment values (numbers, booleans, else strings).

@@ -7,6 +7,10 @@
 //!   loaded and its scheduler has caught up; 503 with the reasons otherwise.
 //! - `GET /metrics`: Prometheus text ([`metrics`]).
 //!
+//! Several hosts may share one database ([`config::ClusterSection`]): each county's jobs
+//! run on the one host holding its lease ([`crate::lease`]); the others stand by and
+//! take over within the lease time when the holder dies.
+//!
 //! Scheduling ([`config::ScheduleSection`]): each county has one scheduler task, so a
 //! county's jobs never overlap; counties run side by side. At start, mornings missed
 //! during downtime are run in order (at most `catch_up_days` back), then today's cutoff
@@ -22,6 +26,7 @@ use crate::config::HostConfig;
 use crate::county::County;
 use crate::db::Db;
 use crate::job::Host;
+use crate::lease::{self, LeaseState};
 use crate::outbox::LogGateway;
 use crate::policy::PolicyEngine;
 use crate::registry::{self, Watcher};
@@ -187,13 +192,22 @@ pub async fn run(
                 .clone()
                 .spawn(Duration::from_secs(config.registry.poll_seconds.max(1))),
         );
+        let (held_tx, held_rx) = watch::channel(false);
+        tasks.spawn(lease_keeper(
+            state.db.clone(),
+            c.host.county.county.clone(),
+            config.cluster.host_id.clone(),
+            Duration::from_secs(config.cluster.lease_seconds.max(3)),
+            held_tx,
+            stop_rx.clone(),
+        ));
         let (c, schedule, metrics, stop) = (
             c.clone(),
             config.schedule.clone(),
             state.metrics.clone(),
             stop_rx.clone(),
         );
-        tasks.spawn(async move { scheduler(c, schedule, metrics, stop).await });
+        tasks.spawn(async move { scheduler(c, schedule, metrics, held_rx, stop).await });
     }
     let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(async move {
         shutdown.await;
@@ -298,32 +312,100 @@ pub fn mornings_to_catch_up(
     first.iter_days().take_while(|d| *d <= last_due).collect()
 }
 
+/// Keeps this host's lease on the county: renews it every third of `ttl`, takes it over
+/// once another holder's has expired, and publishes whether it is held. Gives it up on
+/// stop. A database error counts as "not held" (better idle than doubled).
+async fn lease_keeper(
+    db: Db,
+    county: String,
+    holder: String,
+    ttl: Duration,
+    held: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let ttl_ms = ttl.as_millis() as i64;
+    let mut tick = tokio::time::interval(ttl / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let now = lease::now_ms();
+        let is_held = match lease::acquire(&db, &county, &holder, now, ttl_ms).await {
+            Ok(LeaseState::Held { epoch, .. }) => {
+                if !*held.borrow() {
+                    tracing::info!(%county, %holder, epoch, "county lease acquired; this host runs its jobs");
+                }
+                true
+            }
+            Ok(LeaseState::HeldBy { holder: other, expires_at_ms }) => {
+                if *held.borrow() {
+                    tracing::warn!(%county, %other, "county lease lost; this host stops running its jobs");
+                }
+                tracing::debug!(%county, %other, in_ms = expires_at_ms - now, "county held by another host");
+                false
+            }
+            Err(e) => {
+                tracing::error!(%county, "county lease: {e}; standing by");
+                false
+            }
+        };
+        held.send_if_modified(|h| std::mem::replace(h, is_held) != is_held);
+    }
+    if *held.borrow() {
+        if let Err(e) = lease::release(&db, &county, &holder).await {
+            tracing::warn!(%county, "releasing the county lease: {e}; it expires by itself");
+        }
+        held.send_replace(false);
+    }
+}
+
+/// Runs the county's jobs while this host holds its lease: on each acquisition, first
+/// the catch-up (which also finishes a morning a dead holder left half-done), then the
+/// schedule. Losing the lease stops it between jobs.
 async fn scheduler(
     c: Arc<CountyRuntime>,
     schedule: ScheduleSection,
     metrics: Arc<Metrics>,
+    mut held: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
     let county = c.host.county.county.clone();
-    if let Err(e) = catch_up(&c, &schedule, &metrics).await {
-        tracing::error!(%county, "catch-up after start failed: {e:#}; the next scheduled run retries");
-    }
-    c.caught_up.store(true, Ordering::Release);
-    loop {
-        let now = c.host.clock.now();
-        let Some((jobs, at)) = next_due(&schedule, c.offset, now) else {
-            tracing::error!(%county, "no job is ever due again under [schedule]; scheduler stops");
-            return;
-        };
-        let wait = (at - now).to_std().unwrap_or_default();
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return,
+    'standby: loop {
+        // Standing by is ready: another host runs the county.
+        c.caught_up.store(true, Ordering::Release);
+        while !*held.borrow_and_update() {
+            tokio::select! {
+                r = held.changed() => if r.is_err() { return },
+                _ = stop.changed() => return,
+            }
         }
-        for job in jobs {
-            run_job(&c, job, at.date(), &metrics).await;
-            if *stop.borrow() {
+        c.caught_up.store(false, Ordering::Release);
+        if let Err(e) = catch_up(&c, &schedule, &metrics).await {
+            tracing::error!(%county, "catch-up failed: {e:#}; the next scheduled run retries");
+        }
+        c.caught_up.store(true, Ordering::Release);
+        loop {
+            let now = c.host.clock.now();
+            let Some((jobs, at)) = next_due(&schedule, c.offset, now) else {
+                tracing::error!(%county, "no job is ever due again under [schedule]; scheduler stops");
                 return;
+            };
+            let wait = (at - now).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = held.changed() => continue 'standby,
+                _ = stop.changed() => return,
+            }
+            for job in jobs {
+                if !*held.borrow() {
+                    continue 'standby;
+                }
+                run_job(&c, job, at.date(), &metrics).await;
+                if *stop.borrow() {
+                    return;
+                }
             }
         }
     }

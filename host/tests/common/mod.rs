@@ -132,3 +132,96 @@ pub async fn pg_database(test: &str) -> Option<PgTestDb> {
         admin_url,
     })
 }
+
+/// A loopback port nobody listens on (for a child process to bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path` from `port` on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A `feegate serve` child process, killed (SIGKILL) when dropped; its log lines arrive
+/// on `lines`.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ServeProcess {
+    /// Starts `feegate serve --config CONFIG` in `dir` with extra environment.
+    pub fn start(dir: &std::path::Path, config: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_feegate"));
+        cmd.current_dir(dir)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("FEEGATE_LOG", "info")
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `feegate.toml` for one county (the shipped Xianyou set) on `port`, in `dir`.
+pub fn serve_config(dir: &std::path::Path, port: u16, extra: &str) -> PathBuf {
+    let path = dir.join(format!("feegate-{port}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n\n[[county]]\npolicy_set = \"{}\"\ncomponents = \"{}\"\n",
+            repo().join("policies/xianyou").display(),
+            components_dir().display()
+        ),
+    )
+    .unwrap();
+    path
+}
