@@ -40,6 +40,21 @@ struct CountyInputs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Phone-number mismatches between agreements and the customer master data.
+    Mobile {
+        #[command(subcommand)]
+        cmd: MobileCmd,
+    },
+    /// Offline follow-ups by the meter reader (抄收员线下催费): record one as done.
+    FollowUp {
+        #[command(subcommand)]
+        cmd: FollowUpCmd,
+    },
+    /// SMS field tools: segment counting.
+    Sms {
+        #[command(subcommand)]
+        cmd: SmsCmd,
+    },
     /// Accounts held for a person (bad readings, failed policies): list, release.
     Holds {
         #[command(subcommand)]
@@ -695,6 +710,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Holds { cmd } => holds(cmd).await,
+        Command::Mobile { cmd } => mobile(cmd).await,
+        Command::FollowUp { cmd } => follow_up(cmd).await,
+        Command::Sms {
+            cmd: SmsCmd::Segments { text },
+        } => {
+            let m = feegate::sms::segments::measure(&text);
+            println!("{}", serde_json::to_string(&m)?);
+            Ok(())
+        }
         Command::Demo {
             meters,
             days,
@@ -779,8 +803,8 @@ fn print_summary(s: &demo::DemoSummary) {
         }
     );
     println!(
-        "  warnings     {} delivered; {} SMS sent in all",
-        s.warnings, s.sms_sent
+        "  warnings     {} delivered (counted on a delivered receipt); {} SMS sent in all, {} to second contacts, {} given up",
+        s.warnings, s.sms_sent, s.sms_second_contact, s.sms_given_up
     );
     println!(
         "  work orders  {} opened ({} disconnection approvals); {} approved, {} held by staff",
@@ -827,6 +851,107 @@ enum HoldsCmd {
     },
 }
 
+/// Who records a change, what they did, and the database.
+#[derive(clap::Args)]
+struct Recorded {
+    /// Who did it; recorded on the work order.
+    #[arg(long, env = "FEEGATE_WHO")]
+    who: String,
+    /// What was done or how it was confirmed (e.g. "customer called 95598, ID checked").
+    #[arg(long)]
+    note: String,
+    #[arg(long, env = "FEEGATE_DB", default_value = "sqlite://feegate.db")]
+    db: String,
+}
+
+#[derive(Subcommand)]
+enum MobileCmd {
+    /// A person confirmed the customer's number: the master data takes it, the agreement
+    /// is re-signed with it if it differs, the mismatch work order is closed, and
+    /// automatic disconnection is possible again.
+    Resolve {
+        #[arg(long)]
+        account: String,
+        /// The confirmed mobile number (11 digits).
+        #[arg(long)]
+        mobile: String,
+        #[command(flatten)]
+        by: Recorded,
+    },
+}
+
+#[derive(Subcommand)]
+enum FollowUpCmd {
+    /// The meter reader reached the customer: the safety floor then accepts the visit in
+    /// place of an undelivered arrears SMS (12 h of notice counted from now).
+    Done {
+        /// The offline-follow-up work order.
+        #[arg(long)]
+        work_order: i64,
+        #[command(flatten)]
+        by: Recorded,
+    },
+}
+
+#[derive(Subcommand)]
+enum SmsCmd {
+    /// Encoding, units and segments of an SMS body (3GPP TS 23.038 / 23.040), as JSON.
+    Segments { text: String },
+}
+
+/// "Now" for commands a person runs: the system clock in China Standard Time.
+fn county_now() -> chrono::NaiveDateTime {
+    let cst = feegate::clock::SystemClock {
+        offset: chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset"),
+    };
+    feegate::clock::Clock::now(&cst)
+}
+
+async fn mobile(cmd: MobileCmd) -> anyhow::Result<()> {
+    let MobileCmd::Resolve {
+        account,
+        mobile,
+        by: Recorded { who, note, db },
+    } = cmd;
+    let db = feegate::db::Db::open(&db).await?;
+    let check = feegate::onboarding::resolve_mobile_mismatch(
+        &db,
+        &account,
+        &mobile,
+        &who,
+        &note,
+        county_now(),
+    )
+    .await?;
+    match check {
+        feegate::onboarding::MobileCheck::Matches => {
+            println!(
+                "{account}: agreement and master data now agree on {mobile}; automatic disconnection no longer held"
+            );
+            Ok(())
+        }
+        feegate::onboarding::MobileCheck::Mismatch { work_order_id } => {
+            anyhow::bail!("{account}: still a mismatch (work order #{work_order_id})")
+        }
+    }
+}
+
+async fn follow_up(cmd: FollowUpCmd) -> anyhow::Result<()> {
+    let FollowUpCmd::Done {
+        work_order,
+        by: Recorded { who, note, db },
+    } = cmd;
+    let db = feegate::db::Db::open(&db).await?;
+    let done =
+        feegate::warning::record_follow_up_done(&db, work_order, &who, &note, county_now()).await?;
+    anyhow::ensure!(
+        done,
+        "work order #{work_order} is not an open offline follow-up; check the number"
+    );
+    println!("offline follow-up #{work_order} recorded done by {who}");
+    Ok(())
+}
+
 async fn holds(cmd: HoldsCmd) -> anyhow::Result<()> {
     use sqlx::Row;
     match cmd {
@@ -855,11 +980,7 @@ async fn holds(cmd: HoldsCmd) -> anyhow::Result<()> {
         } => {
             let db = feegate::db::Db::open(&db).await?;
             let mut conn = db.pool.acquire().await?;
-            // County local time: China Standard Time (UTC+8, no daylight saving).
-            let cst = feegate::clock::SystemClock {
-                offset: chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset"),
-            };
-            let now = feegate::db::ts(feegate::clock::Clock::now(&cst));
+            let now = feegate::db::ts(county_now());
             let n = feegate::decision_log::release_holds(&mut conn, &account, &stage, &who, &now)
                 .await?;
             anyhow::ensure!(
