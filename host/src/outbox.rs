@@ -297,10 +297,33 @@ pub async fn queue_notice(
         },
     )
     .await?;
-    let out = match &invocation.outcome {
-        Ok(out) => out,
-        Err(f) => {
-            let reason = decision_log::hold_reason(f);
+    // A notice that cannot go out holds the account at the notice stage, logged, so no
+    // cutoff can rely on it: the component failed, or its text is over the county's
+    // segment limit (refused, never cut).
+    let refusal = match &invocation.outcome {
+        Err(f) => Err((decision_log::hold_reason(f), Queued::PolicyFailed)),
+        Ok(out) => {
+            let length = segments::measure(&out.text);
+            if length.segments > policies.messages.max_segments {
+                let reason = format!(
+                    "sms-too-long: the {kind} notice takes {} segments ({} characters, {:?}); the county allows {}. Refused, not cut: shorten the notice component's wording",
+                    length.segments, length.chars, length.encoding, policies.messages.max_segments
+                );
+                tracing::warn!(account = %req.account_id, %reason, "SMS refused");
+                Err((
+                    reason,
+                    Queued::TooLong {
+                        segments: length.segments,
+                    },
+                ))
+            } else {
+                Ok((out, length))
+            }
+        }
+    };
+    let (out, length) = match refusal {
+        Ok(ok) => ok,
+        Err((reason, queued)) => {
             decision_log::hold(
                 conn,
                 &req.account_id,
@@ -311,30 +334,9 @@ pub async fn queue_notice(
                 &ts(now),
             )
             .await?;
-            return Ok(Queued::PolicyFailed);
+            return Ok(queued);
         }
     };
-    let length = segments::measure(&out.text);
-    if length.segments > policies.messages.max_segments {
-        let reason = format!(
-            "sms-too-long: the {kind} notice takes {} segments ({} characters, {:?}); the county allows {}. Refused, not cut: shorten the notice component's wording",
-            length.segments, length.chars, length.encoding, policies.messages.max_segments
-        );
-        tracing::warn!(account = %req.account_id, %reason, "SMS refused");
-        decision_log::hold(
-            conn,
-            &req.account_id,
-            &day,
-            "notice",
-            &reason,
-            Some(decision_id),
-            &ts(now),
-        )
-        .await?;
-        return Ok(Queued::TooLong {
-            segments: length.segments,
-        });
-    }
     let mut recipients = vec![("primary", mobile, req.dedup_key.clone())];
     if let Some(second) = second.filter(|m| !m.trim().is_empty())
         && for_second_contact(req.kind)

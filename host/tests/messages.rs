@@ -530,8 +530,9 @@ async fn forged_receipts_are_refused_and_change_nothing() {
     let sig = r.auth.sign(feegate::sms::unix_now(), body.as_bytes());
     let stale_t = feegate::sms::unix_now() - 3600;
     let stale_sig = r.auth.sign(stale_t, body.as_bytes());
-    // (name, headers)
-    let cases: Vec<(&str, Vec<(&str, String)>, String)> = vec![
+    // (name, headers, body)
+    type Headers = Vec<(&'static str, String)>;
+    let cases: Vec<(&str, Headers, String)> = vec![
         (
             "wrong secret",
             other_secret.headers(body.as_bytes()).to_vec(),
