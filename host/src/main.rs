@@ -40,6 +40,11 @@ struct CountyInputs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Re-sign a fee-control agreement (费控协议) with changes; checks the phone number again.
+    Agreement {
+        #[command(subcommand)]
+        cmd: AgreementCmd,
+    },
     /// Phone-number mismatches between agreements and the customer master data.
     Mobile {
         #[command(subcommand)]
@@ -711,6 +716,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Holds { cmd } => holds(cmd).await,
         Command::Mobile { cmd } => mobile(cmd).await,
+        Command::Agreement { cmd } => agreement(cmd).await,
         Command::FollowUp { cmd } => follow_up(cmd).await,
         Command::Sms {
             cmd: SmsCmd::Segments { text },
@@ -865,6 +871,34 @@ struct Recorded {
 }
 
 #[derive(Subcommand)]
+enum AgreementCmd {
+    /// A new agreement row with the changes (the rest carried over); the account points at
+    /// it. A mobile that differs from the master data opens a data-maintenance work order
+    /// and holds automatic disconnection; one that matches closes the open one.
+    Change {
+        #[arg(long)]
+        account: String,
+        /// The agreement's mobile number (11 digits).
+        #[arg(long)]
+        mobile: Option<String>,
+        /// A second contact who also gets warnings and disconnection notices.
+        #[arg(long, conflicts_with = "no_second_mobile")]
+        second_mobile: Option<String>,
+        /// Remove the second contact.
+        #[arg(long)]
+        no_second_mobile: bool,
+        /// Alarm threshold (预警值) in yuan, e.g. 50.00.
+        #[arg(long)]
+        alarm_threshold_yuan: Option<String>,
+        /// Who changed it (recorded on work orders it closes).
+        #[arg(long, env = "FEEGATE_WHO")]
+        who: String,
+        #[arg(long, env = "FEEGATE_DB", default_value = "sqlite://feegate.db")]
+        db: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum MobileCmd {
     /// A person confirmed the customer's number: the master data takes it, the agreement
     /// is re-signed with it if it differs, the mismatch work order is closed, and
@@ -905,6 +939,53 @@ fn county_now() -> chrono::NaiveDateTime {
         offset: chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset"),
     };
     feegate::clock::Clock::now(&cst)
+}
+
+async fn agreement(cmd: AgreementCmd) -> anyhow::Result<()> {
+    let AgreementCmd::Change {
+        account,
+        mobile,
+        second_mobile,
+        no_second_mobile,
+        alarm_threshold_yuan,
+        who,
+        db,
+    } = cmd;
+    let alarm_threshold_fen = alarm_threshold_yuan
+        .map(|text| {
+            let y: rust_decimal::Decimal = text.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "--alarm-threshold-yuan {text:?} is not an amount in yuan like 50.00"
+                )
+            })?;
+            let fen = feegate::money::yuan_to_fen(y)
+                .map_err(|e| anyhow::anyhow!("--alarm-threshold-yuan: {e}"))?;
+            anyhow::ensure!(fen >= 0, "--alarm-threshold-yuan {y} is negative");
+            Ok(fen)
+        })
+        .transpose()?;
+    let change = feegate::onboarding::AgreementChange {
+        alarm_threshold_fen,
+        mobile,
+        second_mobile: if no_second_mobile {
+            Some(None)
+        } else {
+            second_mobile.map(Some)
+        },
+        keep_power: None,
+    };
+    let db = feegate::db::Db::open(&db).await?;
+    let (id, check) =
+        feegate::onboarding::change_agreement(&db, &account, &change, &who, county_now()).await?;
+    match check {
+        feegate::onboarding::MobileCheck::Matches => {
+            println!("{account}: agreement #{id} signed; the mobile matches the master data")
+        }
+        feegate::onboarding::MobileCheck::Mismatch { work_order_id } => println!(
+            "{account}: agreement #{id} signed; the mobile differs from the master data: data-maintenance work order #{work_order_id}, automatic disconnection held until `feegate mobile resolve`"
+        ),
+    }
+    Ok(())
 }
 
 async fn mobile(cmd: MobileCmd) -> anyhow::Result<()> {

@@ -1068,3 +1068,106 @@ async fn receipts_retries_and_escalation_work_on_postgresql() {
             .any(|f| matches!(f, FloorRefusal::MobileMismatch { .. }))
     );
 }
+
+/// The staff commands, through the real binary: an agreement change that opens a
+/// mismatch, its resolution, a follow-up that is not one, and the segment counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_commands_work_at_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let mut opts = common::small_county(2, 1, 11);
+    opts.db_url = Some(db.clone());
+    drop(Scenario::new(&opts, &[]).await.expect("scenario"));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_feegate"))
+            .args(args)
+            .env("FEEGATE_DB", &db)
+            .env("FEEGATE_WHO", "clerk-test")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&[
+        "agreement",
+        "change",
+        "--account",
+        ACCOUNT,
+        "--mobile",
+        "13811112222",
+        "--second-mobile",
+        "13712345678",
+        "--alarm-threshold-yuan",
+        "30.00",
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("data-maintenance work order #"), "{out}");
+    let (code, _, err) = run(&[
+        "agreement",
+        "change",
+        "--account",
+        ACCOUNT,
+        "--mobile",
+        "555",
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("not a mainland mobile number"), "{err}");
+    let (code, out, err) = run(&[
+        "mobile",
+        "resolve",
+        "--account",
+        ACCOUNT,
+        "--mobile",
+        "13811112222",
+        "--note",
+        "customer confirmed at the counter",
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("no longer held"), "{out}");
+    let (code, _, err) = run(&[
+        "follow-up",
+        "done",
+        "--work-order",
+        "999",
+        "--note",
+        "visited",
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("not an open offline follow-up"), "{err}");
+    let (code, out, _) = run(&["sms", "segments", &"电".repeat(71)]);
+    assert_eq!(code, Some(0));
+    let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (m["encoding"].as_str(), m["segments"].as_u64()),
+        (Some("ucs2"), Some(2))
+    );
+    // What the commands did is in the database.
+    let d = feegate::db::Db::open(&db).await.unwrap();
+    let row = sqlx::query(
+        "SELECT g.mobile, g.second_mobile, g.alarm_threshold_fen, c.master_mobile FROM accounts a
+         JOIN agreements g ON g.agreement_id = a.agreement_id JOIN customers c ON c.customer_id = a.customer_id
+         WHERE a.account_id = $1",
+    )
+    .bind(ACCOUNT)
+    .fetch_one(&d.pool)
+    .await
+    .unwrap();
+    let got: (String, Option<String>, i64, Option<String>) = (
+        row.try_get(0).unwrap(),
+        row.try_get(1).unwrap(),
+        row.try_get(2).unwrap(),
+        row.try_get(3).unwrap(),
+    );
+    assert_eq!(
+        got,
+        (
+            "13811112222".into(),
+            Some("13712345678".into()),
+            3000,
+            Some("13811112222".into())
+        )
+    );
+}
