@@ -323,15 +323,40 @@ pub async fn decide_work_order(
     now: NaiveDateTime,
     note: &str,
 ) -> Result<bool, DbError> {
+    let status = if approve { "approved" } else { "held" };
+    decide_open_work_order(
+        db,
+        work_order_id,
+        "approve-disconnection",
+        status,
+        who,
+        note,
+        now,
+    )
+    .await
+}
+
+/// Moves an open work order of `kind` to `status`, recording who decided, when and why.
+/// Returns false when `work_order_id` is not an open order of that kind.
+pub async fn decide_open_work_order(
+    db: &Db,
+    work_order_id: i64,
+    kind: &str,
+    status: &str,
+    who: &str,
+    note: &str,
+    now: NaiveDateTime,
+) -> Result<bool, DbError> {
     let r = sqlx::query(
         "UPDATE work_orders SET status = $2, decided_by = $3, decided_at = $4, note = $5
-         WHERE work_order_id = $1 AND kind = 'approve-disconnection' AND status = 'open'",
+         WHERE work_order_id = $1 AND kind = $6 AND status = 'open'",
     )
     .bind(work_order_id)
-    .bind(if approve { "approved" } else { "held" })
+    .bind(status)
     .bind(who)
     .bind(ts(now))
     .bind(note)
+    .bind(kind)
     .execute(&db.pool)
     .await?;
     Ok(r.rows_affected() == 1)

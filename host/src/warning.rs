@@ -172,15 +172,14 @@ pub async fn record_follow_up_done(
     note: &str,
     now: NaiveDateTime,
 ) -> Result<bool, DbError> {
-    let r = sqlx::query(
-        "UPDATE work_orders SET status = 'done', decided_by = $2, decided_at = $3, note = $4
-         WHERE work_order_id = $1 AND kind = 'offline-follow-up' AND status = 'open'",
+    crate::cutoff::decide_open_work_order(
+        db,
+        work_order_id,
+        "offline-follow-up",
+        "done",
+        who,
+        note,
+        now,
     )
-    .bind(work_order_id)
-    .bind(who)
-    .bind(ts(now))
-    .bind(note)
-    .execute(&db.pool)
-    .await?;
-    Ok(r.rows_affected() == 1)
+    .await
 }
