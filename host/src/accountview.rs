@@ -106,14 +106,16 @@ pub async fn recent_days(
     Ok(out)
 }
 
-/// Highest warning level queued, sent or delivered since the account's last top-up.
+/// Highest warning level *delivered* since the account's last top-up (the contract's
+/// `level-already-notified`): a warning counts only on a delivered receipt. A warning
+/// still on its way is not sent twice — the outbox refuses a second one of its kind.
 pub async fn level_already_notified(
     conn: &mut AnyConnection,
     account_id: &str,
 ) -> Result<u8, DbError> {
     let r = sqlx::query(
         "SELECT COALESCE(MAX(o.warning_level), 0) FROM sms_outbox o
-         WHERE o.account_id = $1 AND o.status <> 'failed'
+         WHERE o.account_id = $1 AND o.status = 'delivered'
            AND o.created_at >= COALESCE((SELECT MAX(e.posted_at) FROM ledger_entries e
                                          WHERE e.account_id = $1 AND e.kind IN ('payment', 'prepayment')), '')",
     )
@@ -123,24 +125,76 @@ pub async fn level_already_notified(
     Ok(r.try_get::<i64, _>(0)? as u8)
 }
 
-/// When the arrears notice of the current arrears episode was delivered, if it was.
-pub async fn arrears_notice_delivered_at(
+/// The earliest time `sql` (one `MIN(..)` column; `$1` the account, `$2` the day the
+/// arrears began) finds in the current arrears episode; none when not in arrears.
+async fn earliest_in_episode(
     conn: &mut AnyConnection,
+    sql: &str,
     account_id: &str,
     arrears_since: Option<NaiveDate>,
 ) -> Result<Option<NaiveDateTime>, DbError> {
     let Some(since) = arrears_since else {
         return Ok(None);
     };
-    let r = sqlx::query(
-        "SELECT MIN(delivered_at) FROM sms_outbox WHERE account_id = $1 AND kind IN ('arrears', 'disconnection-pending')
-         AND status = 'delivered' AND created_at >= $2",
-    )
-    .bind(account_id)
-    .bind(ds(since))
-    .fetch_one(&mut *conn)
-    .await?;
+    let r = sqlx::query(sql)
+        .bind(account_id)
+        .bind(ds(since))
+        .fetch_one(&mut *conn)
+        .await?;
     r.try_get::<Option<String>, _>(0)?
         .map(|s| parse_ts(&s))
         .transpose()
+}
+
+/// When the arrears notice of the current arrears episode was delivered to any contact
+/// on the agreement, if it was (delivered receipts only).
+pub async fn arrears_notice_delivered_at(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    arrears_since: Option<NaiveDate>,
+) -> Result<Option<NaiveDateTime>, DbError> {
+    earliest_in_episode(
+        conn,
+        "SELECT MIN(delivered_at) FROM sms_outbox WHERE account_id = $1 AND kind IN ('arrears', 'disconnection-pending')
+         AND status = 'delivered' AND created_at >= $2",
+        account_id,
+        arrears_since,
+    )
+    .await
+}
+
+/// When a person recorded an offline follow-up (抄收员线下催费) of the current arrears
+/// episode as done: an `offline-follow-up` work order closed `done` with `decided_by`
+/// set, on or after the day the arrears began. The safety floor accepts it in place of
+/// a delivered arrears SMS.
+pub async fn offline_follow_up_done_at(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    arrears_since: Option<NaiveDate>,
+) -> Result<Option<NaiveDateTime>, DbError> {
+    earliest_in_episode(
+        conn,
+        "SELECT MIN(decided_at) FROM work_orders WHERE account_id = $1 AND kind = 'offline-follow-up'
+         AND status = 'done' AND decided_by IS NOT NULL AND decided_at >= $2",
+        account_id,
+        arrears_since,
+    )
+    .await
+}
+
+/// The open data-maintenance work order of a mobile-number mismatch (the agreement's
+/// number differs from the customer master data), if there is one: it holds automatic
+/// disconnection for the account until resolved.
+pub async fn open_mobile_mismatch(
+    conn: &mut AnyConnection,
+    account_id: &str,
+) -> Result<Option<i64>, DbError> {
+    let r = sqlx::query(
+        "SELECT MIN(work_order_id) FROM work_orders WHERE account_id = $1 AND kind = 'data-maintenance'
+         AND status = 'open' AND dedup_key LIKE 'mobile-mismatch:%'",
+    )
+    .bind(account_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(r.try_get::<Option<i64>, _>(0)?)
 }

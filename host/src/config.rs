@@ -27,8 +27,9 @@ pub struct PolicyLimits {
     pub max_reason_code_chars: usize,
     /// Longest explanation accepted, in characters. Default 2,000.
     pub max_explanation_chars: usize,
-    /// Longest SMS body accepted from the notice component, in characters. Default 300
-    /// (5 concatenated UCS-2 segments of 70 characters minus headers; issue 5 refines).
+    /// Longest SMS body accepted from the notice component, in characters: a ceiling on
+    /// the component's output. Default 300. The county's segment limit (policy set
+    /// `[messages] max_segments`, counted per 3GPP TS 23.040) is applied after it.
     pub max_sms_chars: usize,
     /// Largest serialised output accepted from a component, in bytes. Default 64 KiB.
     pub max_output_bytes: usize,
@@ -130,6 +131,45 @@ impl Default for RelayConfig {
     }
 }
 
+/// Knobs of the SMS outbox (the county's own message rules — quiet hours, once-a-day
+/// kinds, the segment limit — are in its policy set, see [`crate::outbox::MessagesPolicy`]).
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    /// Gateway submissions per message, over all delivery rounds, before it is given up
+    /// and (for warnings) escalated to an offline follow-up. Default 5.
+    pub max_attempts: u32,
+    /// Wait after the first failed attempt; doubled after each further one. Default
+    /// 5 min: a gateway blip clears, and the next host step retries.
+    pub backoff_first: chrono::Duration,
+    /// Longest wait between attempts. Default 2 h, so 5 attempts span about 4 h and a
+    /// warning of the morning is escalated the same day.
+    pub backoff_max: chrono::Duration,
+    /// A message accepted by the gateway without a delivery receipt within this long
+    /// counts as undelivered and is sent again (new round). Default 6 h: carriers'
+    /// receipts come within minutes; a handset off for a night still leaves the day.
+    pub receipt_timeout: chrono::Duration,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            backoff_first: chrono::Duration::minutes(5),
+            backoff_max: chrono::Duration::hours(2),
+            receipt_timeout: chrono::Duration::hours(6),
+        }
+    }
+}
+
+impl OutboxConfig {
+    /// Wait before the next attempt after `attempts` attempts (≥ 1): `backoff_first ×
+    /// 2^(attempts−1)`, at most `backoff_max`.
+    pub fn backoff(&self, attempts: u32) -> chrono::Duration {
+        let doublings = attempts.saturating_sub(1).min(20);
+        (self.backoff_first * 2i32.pow(doublings)).min(self.backoff_max)
+    }
+}
+
 /// All host knobs.
 #[derive(Debug, Clone, Default)]
 pub struct HostConfig {
@@ -137,4 +177,5 @@ pub struct HostConfig {
     pub settlement: SettlementConfig,
     pub floor: FloorConfig,
     pub relay: RelayConfig,
+    pub outbox: OutboxConfig,
 }

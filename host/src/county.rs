@@ -8,6 +8,7 @@
 use crate::calendar::CountyCalendar;
 use crate::config::FloorConfig;
 use crate::floor::SafetyFloor;
+use crate::outbox::MessagesPolicy;
 use crate::policy::set::{PolicySet, RolloutStage};
 use crate::policy::{LoadedComponent, PolicyEngine, PolicyKind};
 use anyhow::Context;
@@ -27,6 +28,8 @@ pub struct ActiveComponent {
 #[derive(Debug)]
 pub struct PolicySnapshot {
     pub rollout_stage: RolloutStage,
+    /// The county's message rules (policy set `[messages]`).
+    pub messages: Arc<MessagesPolicy>,
     components: BTreeMap<PolicyKind, Arc<ActiveComponent>>,
 }
 
@@ -82,6 +85,8 @@ impl County {
             })?;
             components.insert(*kind, Arc::new(active));
         }
+        let messages = MessagesPolicy::from_file(&set.messages)
+            .map_err(|e| anyhow::anyhow!("policy set of {}: [messages]: {e}", set.county))?;
         let calendar = CountyCalendar::new(&set.calendar);
         let floor = SafetyFloor::new(host_floor, &set.floor, calendar)
             .map_err(|e| anyhow::anyhow!("policy set of {}: [safety_floor]: {e}", set.county))?;
@@ -91,6 +96,7 @@ impl County {
             floor,
             policies: RwLock::new(Arc::new(PolicySnapshot {
                 rollout_stage: set.rollout_stage,
+                messages: Arc::new(messages),
                 components,
             })),
         })
@@ -114,6 +120,7 @@ impl County {
         components.insert(active.component.kind, active);
         *guard = Arc::new(PolicySnapshot {
             rollout_stage: guard.rollout_stage,
+            messages: guard.messages.clone(),
             components,
         });
     }
@@ -123,6 +130,7 @@ impl County {
         let mut guard = self.policies.write().expect("policy lock poisoned");
         *guard = Arc::new(PolicySnapshot {
             rollout_stage: stage,
+            messages: guard.messages.clone(),
             components: guard.components.clone(),
         });
     }

@@ -11,7 +11,9 @@
 //!   [`SafetyFloor`] at the moment of the trip; a refusal is recorded in
 //!   `floor_refusals` and the trip is not issued.
 
-use crate::accountview::{AccountFacts, arrears_notice_delivered_at};
+use crate::accountview::{
+    AccountFacts, arrears_notice_delivered_at, offline_follow_up_done_at, open_mobile_mismatch,
+};
 use crate::collection::station_rates;
 use crate::config::RelayConfig;
 use crate::county::{County, PolicySnapshot};
@@ -46,12 +48,29 @@ fn wit_stage(s: RolloutStage) -> WitStage {
     }
 }
 
-/// Gathers the floor facts for an account at `now`.
+/// When the customer was given notice of this arrears episode: the earlier of the
+/// delivered arrears SMS and an offline follow-up a person recorded done. This is what
+/// the cutoff policy gets as `disconnection-notice-delivered-at`.
+pub async fn notice_given_at(
+    conn: &mut AnyConnection,
+    facts: &AccountFacts,
+) -> Result<Option<NaiveDateTime>, DbError> {
+    let sms = arrears_notice_delivered_at(conn, &facts.account_id, facts.arrears_since).await?;
+    let visit = offline_follow_up_done_at(conn, &facts.account_id, facts.arrears_since).await?;
+    Ok(match (sms, visit) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
+}
+
+/// Gathers the floor facts for an account at `now`, for an `automatic` trip (a policy
+/// decision) or one a person approved.
 pub async fn floor_facts(
     conn: &mut AnyConnection,
     county: &str,
     facts: &AccountFacts,
     now: NaiveDateTime,
+    automatic: bool,
 ) -> Result<FloorFacts, DbError> {
     let latest = sqlx::query("SELECT MAX(reading_date) FROM readings WHERE meter_id = $1")
         .bind(&facts.meter_id)
@@ -73,6 +92,8 @@ pub async fn floor_facts(
             .await?
             .is_some();
     let notice = arrears_notice_delivered_at(conn, &facts.account_id, facts.arrears_since).await?;
+    let follow_up = offline_follow_up_done_at(conn, &facts.account_id, facts.arrears_since).await?;
+    let mismatch = open_mobile_mismatch(conn, &facts.account_id).await?;
     let rates = station_rates(conn, county, Some(&facts.station_id), now.date()).await?;
     let trips = sqlx::query(
         "SELECT COUNT(*) FROM relay_commands c JOIN accounts a ON a.account_id = c.account_id
@@ -90,6 +111,9 @@ pub async fn floor_facts(
         balance_estimated: estimated,
         payment_in_flight: in_flight,
         notice_delivered_at: notice,
+        follow_up_done_at: follow_up,
+        automatic,
+        mobile_mismatch_work_order: mismatch,
         station_read_success_rate: rates.get(&facts.station_id).and_then(|r| r.rate()),
         payment_channel_down: false,
         station_trips_today: trips.try_get::<i64, _>(0)? as u32,
@@ -124,7 +148,8 @@ async fn trip_if_floor_allows(
     now: NaiveDateTime,
     relay: &RelayConfig,
 ) -> Result<Result<bool, Vec<FloorRefusal>>, DbError> {
-    let floor_facts = floor_facts(conn, &county.county, facts, now).await?;
+    let automatic = !source.starts_with("work-order:");
+    let floor_facts = floor_facts(conn, &county.county, facts, now, automatic).await?;
     let refusals = county.floor.check(&floor_facts);
     if !refusals.is_empty() {
         record_refusal(conn, &facts.account_id, source, now, &refusals).await?;
@@ -180,13 +205,9 @@ pub async fn run(
             balance: fen_to_wit(facts.balance_fen),
             agreement: facts.agreement(),
             days_in_arrears: facts.days_in_arrears(today),
-            disconnection_notice_delivered_at: arrears_notice_delivered_at(
-                &mut conn,
-                &account_id,
-                facts.arrears_since,
-            )
-            .await?
-            .map(time_to_wit),
+            disconnection_notice_delivered_at: notice_given_at(&mut conn, &facts)
+                .await?
+                .map(time_to_wit),
             rollout_stage: wit_stage(policies.rollout_stage),
             on_time_topups_in_a_row: facts.ontime_topups_in_a_row,
             topups_total: facts.topups_total,
@@ -229,9 +250,9 @@ pub async fn run(
                 // The host enforces the stage: notify-only never trips or asks to.
                 (_, RolloutStage::NotifyOnly) => report.kept += 1,
                 (CutoffAction::RequestApproval, _) => {
-                    let refusals_now = county
-                        .floor
-                        .check(&floor_facts(&mut tx, &county.county, &facts, now).await?);
+                    let facts_now =
+                        floor_facts(&mut tx, &county.county, &facts, now, false).await?;
+                    let refusals_now = county.floor.check(&facts_now);
                     if refusals_now.iter().any(FloorRefusal::is_permanent) {
                         // Keep-power or vulnerable: nobody is asked to approve what the
                         // floor will never allow.
@@ -249,6 +270,9 @@ pub async fn run(
                         "policy_reason": out.reason_code,
                         "policy_explanation": out.explanation,
                         "floor_refusals_at_request": refusals_now,
+                        // Shown to the approver: automatic disconnection is held for
+                        // this customer; a person may still approve, knowing it.
+                        "mobile_mismatch_work_order": facts_now.mobile_mismatch_work_order,
                     });
                     let key = format!(
                         "approve-disconnection:{account_id}:{}",
@@ -299,15 +323,40 @@ pub async fn decide_work_order(
     now: NaiveDateTime,
     note: &str,
 ) -> Result<bool, DbError> {
+    let status = if approve { "approved" } else { "held" };
+    decide_open_work_order(
+        db,
+        work_order_id,
+        "approve-disconnection",
+        status,
+        who,
+        note,
+        now,
+    )
+    .await
+}
+
+/// Moves an open work order of `kind` to `status`, recording who decided, when and why.
+/// Returns false when `work_order_id` is not an open order of that kind.
+pub async fn decide_open_work_order(
+    db: &Db,
+    work_order_id: i64,
+    kind: &str,
+    status: &str,
+    who: &str,
+    note: &str,
+    now: NaiveDateTime,
+) -> Result<bool, DbError> {
     let r = sqlx::query(
         "UPDATE work_orders SET status = $2, decided_by = $3, decided_at = $4, note = $5
-         WHERE work_order_id = $1 AND kind = 'approve-disconnection' AND status = 'open'",
+         WHERE work_order_id = $1 AND kind = $6 AND status = 'open'",
     )
     .bind(work_order_id)
-    .bind(if approve { "approved" } else { "held" })
+    .bind(status)
     .bind(who)
     .bind(ts(now))
     .bind(note)
+    .bind(kind)
     .execute(&db.pool)
     .await?;
     Ok(r.rows_affected() == 1)

@@ -6,7 +6,11 @@
 //!   ones, weekends, public holidays, declared extreme weather;
 //! - the latest reading is stale, or the balance is estimated;
 //! - a payment is in flight;
-//! - the arrears notice was not delivered, or was delivered too recently;
+//! - the arrears notice was not delivered (a delivered receipt), nor an offline
+//!   follow-up recorded done by a person, or the earlier of the two is too recent;
+//! - an automatic trip for a customer whose agreement's mobile number does not match the
+//!   master data (an open data-maintenance work order holds automatic disconnection;
+//!   a trip a person approved goes ahead — the approval work order shows the mismatch);
 //! - brakes: the station's read success rate today is below the minimum, a payment
 //!   channel is down, or the station's daily cutoff cap is reached.
 //!
@@ -34,6 +38,12 @@ pub struct FloorFacts {
     pub payment_in_flight: bool,
     /// When the arrears / pre-disconnection notice was delivered (receipt time).
     pub notice_delivered_at: Option<NaiveDateTime>,
+    /// When a person recorded the offline follow-up of this arrears episode done.
+    pub follow_up_done_at: Option<NaiveDateTime>,
+    /// The trip comes from a policy decision (automatic), not a person's approval.
+    pub automatic: bool,
+    /// Open data-maintenance work order of a mobile-number mismatch, if any.
+    pub mobile_mismatch_work_order: Option<i64>,
     /// Read success rate of the account's supply station today (0..1); none if no reads
     /// were due.
     pub station_read_success_rate: Option<Decimal>,
@@ -61,6 +71,11 @@ pub enum FloorRefusal {
     EstimatedBalance,
     PaymentInFlight,
     NoticeNotDelivered,
+    /// Automatic disconnection is held until the mobile-number mismatch is resolved
+    /// (`feegate mobile resolve`).
+    MobileMismatch {
+        work_order_id: i64,
+    },
     NoticeTooRecent {
         delivered: String,
         min_lead_hours: i64,
@@ -212,7 +227,17 @@ impl SafetyFloor {
         if f.payment_in_flight {
             out.push(FloorRefusal::PaymentInFlight);
         }
-        match f.notice_delivered_at {
+        if f.automatic
+            && let Some(work_order_id) = f.mobile_mismatch_work_order
+        {
+            out.push(FloorRefusal::MobileMismatch { work_order_id });
+        }
+        // A delivered SMS or a follow-up a person recorded, whichever came first.
+        let notified = match (f.notice_delivered_at, f.follow_up_done_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match notified {
             None => out.push(FloorRefusal::NoticeNotDelivered),
             Some(at) if f.now - at < chrono::Duration::hours(self.host.min_notice_lead_hours) => {
                 out.push(FloorRefusal::NoticeTooRecent {
@@ -280,6 +305,9 @@ mod tests {
             balance_estimated: false,
             payment_in_flight: false,
             notice_delivered_at: Some(t("2013-01-07 08:01")),
+            follow_up_done_at: None,
+            automatic: true,
+            mobile_mismatch_work_order: None,
             station_read_success_rate: Some(Decimal::new(95, 2)),
             payment_channel_down: false,
             station_trips_today: 0,
@@ -381,6 +409,22 @@ mod tests {
                 },
             ),
             (
+                "notice not delivered, follow-up too recent",
+                |f| {
+                    f.notice_delivered_at = None;
+                    f.follow_up_done_at = Some(t("2013-01-08 09:30"));
+                },
+                FloorRefusal::NoticeTooRecent {
+                    delivered: "2013-01-08 09:30:00".into(),
+                    min_lead_hours: 12,
+                },
+            ),
+            (
+                "automatic trip, mobile mismatch",
+                |f| f.mobile_mismatch_work_order = Some(7),
+                FloorRefusal::MobileMismatch { work_order_id: 7 },
+            ),
+            (
                 "read brake",
                 |f| f.station_read_success_rate = Some(Decimal::new(85, 2)),
                 FloorRefusal::ReadSuccessBrake {
@@ -409,6 +453,27 @@ mod tests {
                 "{name}: expected {expected:?} in {refusals:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_follow_up_done_by_a_person_stands_in_for_an_undelivered_notice() {
+        let mut f = allowed();
+        f.notice_delivered_at = None;
+        f.follow_up_done_at = Some(t("2013-01-07 15:00"));
+        assert_eq!(floor().check(&f), vec![]);
+    }
+
+    #[test]
+    fn a_mobile_mismatch_holds_only_automatic_trips() {
+        let mut f = allowed();
+        f.mobile_mismatch_work_order = Some(3);
+        f.automatic = false; // a person approved this trip, seeing the mismatch
+        assert_eq!(floor().check(&f), vec![]);
+        f.automatic = true;
+        assert_eq!(
+            floor().check(&f),
+            vec![FloorRefusal::MobileMismatch { work_order_id: 3 }]
+        );
     }
 
     #[test]

@@ -174,9 +174,18 @@ impl Host {
         Ok(report)
     }
 
-    /// Delivers queued SMS (outside quiet hours).
+    /// Delivers due SMS outside the county's quiet hours, with retries, backoff and
+    /// escalation ([`outbox::deliver`]).
     pub async fn run_outbox(&self) -> Result<OutboxReport, JobError> {
-        Ok(outbox::deliver(&self.db, self.sms.as_ref(), self.clock.now()).await?)
+        Ok(outbox::deliver(
+            &self.db,
+            self.sms.as_ref(),
+            &self.county.county,
+            &self.county.snapshot().messages,
+            &self.config.outbox,
+            self.clock.now(),
+        )
+        .await?)
     }
 
     /// Runs the cutoff decisions now.

@@ -10,7 +10,7 @@
 //!
 //! Module map: [`collection`] reads meters; [`settlement`] prices consumption and posts
 //! to the [`ledger`]; [`warning`] and [`cutoff`] ask the county's [`policy`] components
-//! and apply the host's [`floor`] (safety floor); [`outbox`] delivers SMS; [`relay`]
+//! and apply the host's [`floor`] (safety floor); [`outbox`] delivers SMS through a gateway ([`sms`]: HTTP JSON with signed receipts, segment counting); [`relay`]
 //! issues and verifies relay commands; [`payment`] takes money in and starts
 //! reconnection; [`registry`] holds published policy versions and swaps them in hot;
 //! [`audit`] verifies and replays the decision log; [`db`] owns storage; [`demo`] drives a simulated county.
@@ -44,4 +44,5 @@ pub mod registry;
 pub mod relay;
 pub mod serve;
 pub mod settlement;
+pub mod sms;
 pub mod warning;

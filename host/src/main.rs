@@ -49,6 +49,26 @@ enum Command {
         #[arg(long, env = "FEEGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Re-sign a fee-control agreement (费控协议) with changes; checks the phone number again.
+    Agreement {
+        #[command(subcommand)]
+        cmd: AgreementCmd,
+    },
+    /// Phone-number mismatches between agreements and the customer master data.
+    Mobile {
+        #[command(subcommand)]
+        cmd: MobileCmd,
+    },
+    /// Offline follow-ups by the meter reader (抄收员线下催费): record one as done.
+    FollowUp {
+        #[command(subcommand)]
+        cmd: FollowUpCmd,
+    },
+    /// SMS field tools: segment counting.
+    Sms {
+        #[command(subcommand)]
+        cmd: SmsCmd,
+    },
     /// Accounts held for a person (bad readings, failed policies): list, release.
     Holds {
         #[command(subcommand)]
@@ -767,6 +787,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Holds { cmd } => holds(cmd).await,
+        Command::Mobile { cmd } => mobile(cmd).await,
+        Command::Agreement { cmd } => agreement(cmd).await,
+        Command::FollowUp { cmd } => follow_up(cmd).await,
+        Command::Sms {
+            cmd: SmsCmd::Segments { text },
+        } => {
+            let m = feegate::sms::segments::measure(&text);
+            println!("{}", serde_json::to_string(&m)?);
+            Ok(())
+        }
         Command::Demo {
             meters,
             days,
@@ -851,8 +881,8 @@ fn print_summary(s: &demo::DemoSummary) {
         }
     );
     println!(
-        "  warnings     {} delivered; {} SMS sent in all",
-        s.warnings, s.sms_sent
+        "  warnings     {} delivered (counted on a delivered receipt); {} SMS sent in all, {} to second contacts, {} given up",
+        s.warnings, s.sms_sent, s.sms_second_contact, s.sms_given_up
     );
     println!(
         "  work orders  {} opened ({} disconnection approvals); {} approved, {} held by staff",
@@ -899,6 +929,182 @@ enum HoldsCmd {
     },
 }
 
+/// Who records a change, what they did, and the database.
+#[derive(clap::Args)]
+struct Recorded {
+    /// Who did it; recorded on the work order.
+    #[arg(long, env = "FEEGATE_WHO")]
+    who: String,
+    /// What was done or how it was confirmed (e.g. "customer called 95598, ID checked").
+    #[arg(long)]
+    note: String,
+    #[arg(long, env = "FEEGATE_DB", default_value = "sqlite://feegate.db")]
+    db: String,
+}
+
+#[derive(Subcommand)]
+enum AgreementCmd {
+    /// A new agreement row with the changes (the rest carried over); the account points at
+    /// it. A mobile that differs from the master data opens a data-maintenance work order
+    /// and holds automatic disconnection; one that matches closes the open one.
+    Change {
+        #[arg(long)]
+        account: String,
+        /// The agreement's mobile number (11 digits).
+        #[arg(long)]
+        mobile: Option<String>,
+        /// A second contact who also gets warnings and disconnection notices.
+        #[arg(long, conflicts_with = "no_second_mobile")]
+        second_mobile: Option<String>,
+        /// Remove the second contact.
+        #[arg(long)]
+        no_second_mobile: bool,
+        /// Alarm threshold (预警值) in yuan, e.g. 50.00.
+        #[arg(long)]
+        alarm_threshold_yuan: Option<String>,
+        /// Who changed it (recorded on work orders it closes).
+        #[arg(long, env = "FEEGATE_WHO")]
+        who: String,
+        #[arg(long, env = "FEEGATE_DB", default_value = "sqlite://feegate.db")]
+        db: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MobileCmd {
+    /// A person confirmed the customer's number: the master data takes it, the agreement
+    /// is re-signed with it if it differs, the mismatch work order is closed, and
+    /// automatic disconnection is possible again.
+    Resolve {
+        #[arg(long)]
+        account: String,
+        /// The confirmed mobile number (11 digits).
+        #[arg(long)]
+        mobile: String,
+        #[command(flatten)]
+        by: Recorded,
+    },
+}
+
+#[derive(Subcommand)]
+enum FollowUpCmd {
+    /// The meter reader reached the customer: the safety floor then accepts the visit in
+    /// place of an undelivered arrears SMS (12 h of notice counted from now).
+    Done {
+        /// The offline-follow-up work order.
+        #[arg(long)]
+        work_order: i64,
+        #[command(flatten)]
+        by: Recorded,
+    },
+}
+
+#[derive(Subcommand)]
+enum SmsCmd {
+    /// Encoding, units and segments of an SMS body (3GPP TS 23.038 / 23.040), as JSON.
+    Segments { text: String },
+}
+
+/// "Now" for commands a person runs: the system clock in China Standard Time.
+fn county_now() -> chrono::NaiveDateTime {
+    let cst = feegate::clock::SystemClock {
+        offset: chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset"),
+    };
+    feegate::clock::Clock::now(&cst)
+}
+
+async fn agreement(cmd: AgreementCmd) -> anyhow::Result<()> {
+    let AgreementCmd::Change {
+        account,
+        mobile,
+        second_mobile,
+        no_second_mobile,
+        alarm_threshold_yuan,
+        who,
+        db,
+    } = cmd;
+    let alarm_threshold_fen = alarm_threshold_yuan
+        .map(|text| {
+            let y: rust_decimal::Decimal = text.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "--alarm-threshold-yuan {text:?} is not an amount in yuan like 50.00"
+                )
+            })?;
+            let fen = feegate::money::yuan_to_fen(y)
+                .map_err(|e| anyhow::anyhow!("--alarm-threshold-yuan: {e}"))?;
+            anyhow::ensure!(fen >= 0, "--alarm-threshold-yuan {y} is negative");
+            Ok(fen)
+        })
+        .transpose()?;
+    let change = feegate::onboarding::AgreementChange {
+        alarm_threshold_fen,
+        mobile,
+        second_mobile: if no_second_mobile {
+            Some(None)
+        } else {
+            second_mobile.map(Some)
+        },
+        keep_power: None,
+    };
+    let db = feegate::db::Db::open(&db).await?;
+    let (id, check) =
+        feegate::onboarding::change_agreement(&db, &account, &change, &who, county_now()).await?;
+    match check {
+        feegate::onboarding::MobileCheck::Matches => {
+            println!("{account}: agreement #{id} signed; the mobile matches the master data")
+        }
+        feegate::onboarding::MobileCheck::Mismatch { work_order_id } => println!(
+            "{account}: agreement #{id} signed; the mobile differs from the master data: data-maintenance work order #{work_order_id}, automatic disconnection held until `feegate mobile resolve`"
+        ),
+    }
+    Ok(())
+}
+
+async fn mobile(cmd: MobileCmd) -> anyhow::Result<()> {
+    let MobileCmd::Resolve {
+        account,
+        mobile,
+        by: Recorded { who, note, db },
+    } = cmd;
+    let db = feegate::db::Db::open(&db).await?;
+    let check = feegate::onboarding::resolve_mobile_mismatch(
+        &db,
+        &account,
+        &mobile,
+        &who,
+        &note,
+        county_now(),
+    )
+    .await?;
+    match check {
+        feegate::onboarding::MobileCheck::Matches => {
+            println!(
+                "{account}: agreement and master data now agree on {mobile}; automatic disconnection no longer held"
+            );
+            Ok(())
+        }
+        feegate::onboarding::MobileCheck::Mismatch { work_order_id } => {
+            anyhow::bail!("{account}: still a mismatch (work order #{work_order_id})")
+        }
+    }
+}
+
+async fn follow_up(cmd: FollowUpCmd) -> anyhow::Result<()> {
+    let FollowUpCmd::Done {
+        work_order,
+        by: Recorded { who, note, db },
+    } = cmd;
+    let db = feegate::db::Db::open(&db).await?;
+    let done =
+        feegate::warning::record_follow_up_done(&db, work_order, &who, &note, county_now()).await?;
+    anyhow::ensure!(
+        done,
+        "work order #{work_order} is not an open offline follow-up; check the number"
+    );
+    println!("offline follow-up #{work_order} recorded done by {who}");
+    Ok(())
+}
+
 async fn holds(cmd: HoldsCmd) -> anyhow::Result<()> {
     use sqlx::Row;
     match cmd {
@@ -927,11 +1133,7 @@ async fn holds(cmd: HoldsCmd) -> anyhow::Result<()> {
         } => {
             let db = feegate::db::Db::open(&db).await?;
             let mut conn = db.pool.acquire().await?;
-            // County local time: China Standard Time (UTC+8, no daylight saving).
-            let cst = feegate::clock::SystemClock {
-                offset: chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset"),
-            };
-            let now = feegate::db::ts(feegate::clock::Clock::now(&cst));
+            let now = feegate::db::ts(county_now());
             let n = feegate::decision_log::release_holds(&mut conn, &account, &stage, &who, &now)
                 .await?;
             anyhow::ensure!(

@@ -2,14 +2,55 @@
 //! account. The account stays `pending-prepayment` until the initial prepayment is
 //! applied ([`crate::payment::apply`] with `EntryKind::Prepayment`).
 //!
-//! The agreement's mobile number is compared with the customer master data; a
-//! mismatch opens a data-maintenance work order (档案维护) and the account reports
-//! `mobile_verified = false` to the policies.
+//! Phone-number check, at onboarding and on every agreement change ([`check_mobile`]):
+//! the agreement's mobile number against the customer master data (档案). A mismatch
+//! (or no number in the master data) opens a data-maintenance work order (档案维护); while
+//! it is open the account reports `mobile_verified = false` to the policies and the
+//! safety floor holds automatic disconnection for the customer
+//! ([`crate::floor::FloorRefusal::MobileMismatch`]). It is resolved by
+//! [`resolve_mobile_mismatch`] (`feegate mobile resolve`), or by an agreement change
+//! whose number matches.
 
 use crate::db::{Db, DbError, ts};
 use crate::money::Fen;
 use crate::policy::set::RolloutStage;
 use chrono::NaiveDateTime;
+use sqlx::{AnyConnection, Row};
+use thiserror::Error;
+
+/// An onboarding or agreement change refused, with what to do.
+#[derive(Debug, Error)]
+pub enum OnboardingError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(
+        "{what} {number:?} is not a mainland mobile number (11 digits starting with 1); correct it and try again"
+    )]
+    BadMobile { what: &'static str, number: String },
+    #[error("account {0} does not exist; check the account number")]
+    UnknownAccount(String),
+}
+
+impl From<sqlx::Error> for OnboardingError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(e.into())
+    }
+}
+
+/// Checks a mainland China mobile number: 11 digits, the first `1` (GB/T ITU-T E.164
+/// national significant number for mobile networks, +86 1XX XXXX XXXX).
+pub fn check_mobile_format(what: &'static str, number: &str) -> Result<(), OnboardingError> {
+    let ok =
+        number.len() == 11 && number.starts_with('1') && number.bytes().all(|b| b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(OnboardingError::BadMobile {
+            what,
+            number: number.to_string(),
+        })
+    }
+}
 
 /// Registers a county (idempotent).
 pub async fn ensure_county(
@@ -69,6 +110,9 @@ pub struct Application {
     pub auto_debit_fen: Option<Fen>,
     /// Mobile number on the agreement.
     pub mobile: String,
+    /// A second contact on the agreement, who also gets warnings and disconnection
+    /// notices; none if the agreement names none.
+    pub second_mobile: Option<String>,
     /// 保电
     pub keep_power: bool,
     pub time_of_use: bool,
@@ -110,13 +154,14 @@ pub async fn onboard(db: &Db, a: &Application, now: NaiveDateTime) -> Result<Onb
     .await?;
     let agreement_id: i64 = sqlx::Row::try_get(
         &sqlx::query(
-            "INSERT INTO agreements (customer_id, alarm_threshold_fen, auto_debit_fen, mobile, keep_power, time_of_use, signed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING agreement_id",
+            "INSERT INTO agreements (customer_id, alarm_threshold_fen, auto_debit_fen, mobile, second_mobile, keep_power, time_of_use, signed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING agreement_id",
         )
         .bind(&a.customer_id)
         .bind(a.alarm_threshold_fen)
         .bind(a.auto_debit_fen)
         .bind(&a.mobile)
+        .bind(&a.second_mobile)
         .bind(i64::from(a.keep_power))
         .bind(i64::from(a.time_of_use))
         .bind(ts(now))
@@ -135,23 +180,225 @@ pub async fn onboard(db: &Db, a: &Application, now: NaiveDateTime) -> Result<Onb
     .bind(&a.station_id)
     .execute(&mut *tx)
     .await?;
-    let mismatch = a.master_mobile.as_deref() != Some(a.mobile.as_str());
-    if mismatch {
-        let evidence = serde_json::json!({ "agreement_mobile": a.mobile, "master_data_mobile": a.master_mobile });
-        sqlx::query(
-            "INSERT INTO work_orders (kind, account_id, station_id, dedup_key, status, evidence_json, opened_at)
-             VALUES ('data-maintenance', $1, $2, $3, 'open', $4, $5) ON CONFLICT (dedup_key) DO NOTHING",
-        )
-        .bind(&a.account_id)
-        .bind(&a.station_id)
-        .bind(format!("mobile-mismatch:{}:{agreement_id}", a.account_id))
-        .bind(evidence.to_string())
-        .bind(ts(now))
-        .execute(&mut *tx)
-        .await?;
-    }
+    let check = check_mobile(&mut tx, &a.account_id, None, now).await?;
     tx.commit().await?;
     Ok(Onboarded {
-        mobile_mismatch: mismatch,
+        mobile_mismatch: matches!(check, MobileCheck::Mismatch { .. }),
     })
+}
+
+/// Result of a phone-number check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MobileCheck {
+    /// The agreement's number equals the master data's.
+    Matches,
+    /// They differ (or the master data has none): this data-maintenance work order is
+    /// open.
+    Mismatch { work_order_id: i64 },
+}
+
+/// Compares the account's current agreement's mobile with the customer master data.
+/// A mismatch opens a data-maintenance work order (one per agreement) and cancels the
+/// open one of an earlier agreement; a match closes open mismatch orders as `done` by
+/// `who` (the person who changed the agreement or the master data; `None` at
+/// onboarding, where there is nothing open).
+pub async fn check_mobile(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    who: Option<&str>,
+    now: NaiveDateTime,
+) -> Result<MobileCheck, DbError> {
+    let r = sqlx::query(
+        "SELECT a.agreement_id, a.station_id, g.mobile, c.master_mobile FROM accounts a
+         JOIN agreements g ON g.agreement_id = a.agreement_id JOIN customers c ON c.customer_id = a.customer_id
+         WHERE a.account_id = $1",
+    )
+    .bind(account_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let (agreement_id, station, mobile, master): (i64, String, String, Option<String>) =
+        (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+    let key = format!("mobile-mismatch:{account_id}:{agreement_id}");
+    if master.as_deref() == Some(mobile.as_str()) {
+        sqlx::query(
+            "UPDATE work_orders SET status = 'done', decided_by = $2, decided_at = $3,
+                    note = COALESCE(note, '') || ' [resolved: the agreement and the master data now agree]'
+             WHERE account_id = $1 AND kind = 'data-maintenance' AND status = 'open' AND dedup_key LIKE 'mobile-mismatch:%'",
+        )
+        .bind(account_id)
+        .bind(who.unwrap_or("onboarding"))
+        .bind(ts(now))
+        .execute(&mut *conn)
+        .await?;
+        return Ok(MobileCheck::Matches);
+    }
+    sqlx::query(
+        "UPDATE work_orders SET status = 'cancelled', decided_at = $3,
+                note = COALESCE(note, '') || ' [superseded by the check of a newer agreement]'
+         WHERE account_id = $1 AND kind = 'data-maintenance' AND status = 'open'
+           AND dedup_key LIKE 'mobile-mismatch:%' AND dedup_key <> $2",
+    )
+    .bind(account_id)
+    .bind(&key)
+    .bind(ts(now))
+    .execute(&mut *conn)
+    .await?;
+    let evidence = serde_json::json!({
+        "reason": "mobile-mismatch",
+        "agreement_id": agreement_id,
+        "agreement_mobile": mobile,
+        "master_data_mobile": master,
+        "holds": "automatic disconnection, until resolved (feegate mobile resolve)",
+    });
+    sqlx::query(
+        "INSERT INTO work_orders (kind, account_id, station_id, dedup_key, status, evidence_json, opened_at)
+         VALUES ('data-maintenance', $1, $2, $3, 'open', $4, $5) ON CONFLICT (dedup_key) DO NOTHING",
+    )
+    .bind(account_id)
+    .bind(&station)
+    .bind(&key)
+    .bind(evidence.to_string())
+    .bind(ts(now))
+    .execute(&mut *conn)
+    .await?;
+    let id: i64 = sqlx::query("SELECT work_order_id FROM work_orders WHERE dedup_key = $1")
+        .bind(&key)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+    Ok(MobileCheck::Mismatch { work_order_id: id })
+}
+
+/// A change to a fee-control agreement; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct AgreementChange {
+    /// 预警值, fen.
+    pub alarm_threshold_fen: Option<Fen>,
+    pub mobile: Option<String>,
+    /// `Some(None)` removes the second contact.
+    pub second_mobile: Option<Option<String>>,
+    pub keep_power: Option<bool>,
+}
+
+/// Re-signs an account's agreement with `change` (a new `agreements` row; the account
+/// points at it) and checks the phone number again, in one transaction. Returns the
+/// new agreement id and the check.
+///
+/// # Errors
+/// An unknown account; a number that is not a mainland mobile number.
+pub async fn change_agreement(
+    db: &Db,
+    account_id: &str,
+    change: &AgreementChange,
+    who: &str,
+    now: NaiveDateTime,
+) -> Result<(i64, MobileCheck), OnboardingError> {
+    if let Some(m) = &change.mobile {
+        check_mobile_format("mobile", m)?;
+    }
+    if let Some(Some(m)) = &change.second_mobile {
+        check_mobile_format("second mobile", m)?;
+    }
+    let mut tx = db.pool.begin().await?;
+    let changed = change_agreement_in(&mut tx, account_id, change, who, now).await?;
+    tx.commit().await?;
+    Ok(changed)
+}
+
+async fn change_agreement_in(
+    tx: &mut AnyConnection,
+    account_id: &str,
+    change: &AgreementChange,
+    who: &str,
+    now: NaiveDateTime,
+) -> Result<(i64, MobileCheck), OnboardingError> {
+    let old = sqlx::query(
+        "SELECT g.customer_id, g.alarm_threshold_fen, g.auto_debit_fen, g.mobile, g.second_mobile, g.keep_power, g.time_of_use
+         FROM accounts a JOIN agreements g ON g.agreement_id = a.agreement_id WHERE a.account_id = $1",
+    )
+    .bind(account_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| OnboardingError::UnknownAccount(account_id.to_string()))?;
+    let customer: String = old.try_get(0)?;
+    let id: i64 = sqlx::query(
+        "INSERT INTO agreements (customer_id, alarm_threshold_fen, auto_debit_fen, mobile, second_mobile, keep_power, time_of_use, signed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING agreement_id",
+    )
+    .bind(&customer)
+    .bind(change.alarm_threshold_fen.unwrap_or(old.try_get(1)?))
+    .bind(old.try_get::<Option<i64>, _>(2)?)
+    .bind(change.mobile.clone().unwrap_or(old.try_get(3)?))
+    .bind(change.second_mobile.clone().unwrap_or(old.try_get(4)?))
+    .bind(change.keep_power.map_or(old.try_get::<i64, _>(5)?, i64::from))
+    .bind(old.try_get::<i64, _>(6)?)
+    .bind(ts(now))
+    .fetch_one(&mut *tx)
+    .await?
+    .try_get(0)?;
+    sqlx::query("UPDATE accounts SET agreement_id = $2 WHERE account_id = $1")
+        .bind(account_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let check = check_mobile(&mut *tx, account_id, Some(who), now).await?;
+    Ok((id, check))
+}
+
+/// Resolves a mobile-number mismatch after a person confirmed the customer's number
+/// (data maintenance, 档案维护): the master data takes `mobile`, the agreement is
+/// re-signed with it if it differs, and the open mismatch work order is closed `done`
+/// by `who` with `note`. Automatic disconnection is possible again from then on.
+///
+/// # Errors
+/// An unknown account; a number that is not a mainland mobile number.
+pub async fn resolve_mobile_mismatch(
+    db: &Db,
+    account_id: &str,
+    mobile: &str,
+    who: &str,
+    note: &str,
+    now: NaiveDateTime,
+) -> Result<MobileCheck, OnboardingError> {
+    check_mobile_format("mobile", mobile)?;
+    let mut tx = db.pool.begin().await?;
+    let current: Option<String> = sqlx::query(
+        "SELECT g.mobile FROM accounts a JOIN agreements g ON g.agreement_id = a.agreement_id WHERE a.account_id = $1",
+    )
+    .bind(account_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .map(|r| r.try_get(0))
+    .transpose()?;
+    let Some(current) = current else {
+        return Err(OnboardingError::UnknownAccount(account_id.to_string()));
+    };
+    sqlx::query(
+        "UPDATE customers SET master_mobile = $2 WHERE customer_id = (SELECT customer_id FROM accounts WHERE account_id = $1)",
+    )
+    .bind(account_id)
+    .bind(mobile)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE work_orders SET note = $2 WHERE account_id = $1 AND kind = 'data-maintenance' AND status = 'open'
+         AND dedup_key LIKE 'mobile-mismatch:%'",
+    )
+    .bind(account_id)
+    .bind(note)
+    .execute(&mut *tx)
+    .await?;
+    let check = if current != mobile {
+        let change = AgreementChange {
+            mobile: Some(mobile.to_string()),
+            ..AgreementChange::default()
+        };
+        change_agreement_in(&mut tx, account_id, &change, who, now)
+            .await?
+            .1
+    } else {
+        check_mobile(&mut tx, account_id, Some(who), now).await?
+    };
+    tx.commit().await?;
+    Ok(check)
 }

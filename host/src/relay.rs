@@ -113,7 +113,7 @@ pub async fn drive(
 ) -> Result<RelayReport, DbError> {
     let mut report = RelayReport::default();
     let rows = sqlx::query(
-        "SELECT c.command_id, c.account_id, c.command, c.status, c.deadline, m.gateway, m.unit_id
+        "SELECT c.command_id, c.account_id, c.command, c.status, c.deadline, m.gateway, m.unit_id, c.decision_key
          FROM relay_commands c JOIN meters m ON m.meter_id = c.meter_id
          WHERE c.status IN ('pending', 'issuing', 'awaiting-confirmation', 'awaiting-customer') ORDER BY c.command_id",
     )
@@ -131,8 +131,9 @@ pub async fn drive(
             // A trip is re-checked at the moment the frame would leave: a payment may
             // have arrived, the deadline passed, or the clock moved into a protected
             // window since the decision (e.g. a restart in the evening).
+            let automatic = !r.try_get::<String, _>(7)?.starts_with("work-order:");
             if let Some(why) =
-                trip_no_longer_due(db, floor, county, &account_id, deadline, now).await?
+                trip_no_longer_due(db, floor, county, &account_id, deadline, now, automatic).await?
             {
                 fail(db, id, &why, &mut report, &account_id, command).await?;
                 continue;
@@ -258,6 +259,7 @@ async fn trip_no_longer_due(
     account_id: &str,
     deadline: NaiveDateTime,
     now: NaiveDateTime,
+    automatic: bool,
 ) -> Result<Option<String>, DbError> {
     let mut conn = db.pool.acquire().await?;
     let facts = crate::accountview::AccountFacts::load(&mut conn, account_id).await?;
@@ -273,7 +275,7 @@ async fn trip_no_longer_due(
         )));
     }
     let refusals: Vec<FloorRefusal> = floor
-        .check(&crate::cutoff::floor_facts(&mut conn, county, &facts, now).await?)
+        .check(&crate::cutoff::floor_facts(&mut conn, county, &facts, now, automatic).await?)
         .into_iter()
         // The station cap was applied when the trip was decided; this trip is in it.
         .filter(|r| !matches!(r, FloorRefusal::StationCapReached { .. }))

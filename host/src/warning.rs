@@ -121,7 +121,7 @@ pub async fn assess(
                     match queue_notice(&mut tx, engine, county, policies, &req, now).await? {
                         Queued::Queued => report.notices_queued += 1,
                         Queued::Duplicate => {}
-                        Queued::PolicyFailed => report.held += 1,
+                        Queued::PolicyFailed | Queued::TooLong { .. } => report.held += 1,
                     }
                 }
                 WarningAction::OfflineFollowUp => {
@@ -159,4 +159,27 @@ pub async fn assess(
         tx.commit().await?;
     }
     Ok(report)
+}
+
+/// Records an offline follow-up work order (抄收员线下催费) as done by the person who did
+/// it. From then on the safety floor accepts it, for the arrears episode it belongs to,
+/// in place of a delivered arrears SMS (the 12-hour notice lead counts from `now`).
+/// Returns false when `work_order_id` is not an open offline follow-up.
+pub async fn record_follow_up_done(
+    db: &Db,
+    work_order_id: i64,
+    who: &str,
+    note: &str,
+    now: NaiveDateTime,
+) -> Result<bool, DbError> {
+    crate::cutoff::decide_open_work_order(
+        db,
+        work_order_id,
+        "offline-follow-up",
+        "done",
+        who,
+        note,
+        now,
+    )
+    .await
 }

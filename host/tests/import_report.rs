@@ -38,6 +38,7 @@ async fn county(db: &Db, meters: usize) {
             alarm_threshold_fen: 1000,
             auto_debit_fen: None,
             mobile: "13800000000".into(),
+            second_mobile: None,
             keep_power: false,
             time_of_use: false,
         };

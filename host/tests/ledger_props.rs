@@ -49,6 +49,7 @@ async fn fresh_db(dir: &tempfile::TempDir) -> Db {
             alarm_threshold_fen: 5000,
             auto_debit_fen: None,
             mobile: "13900000000".into(),
+            second_mobile: None,
             keep_power: false,
             time_of_use: false,
         };

@@ -80,9 +80,15 @@ pub struct DemoSummary {
     pub readings_expected: u64,
     pub readings_ok: u64,
     pub read_success_rate: String,
-    /// Warning notices (low balance, second alarm, arrears) delivered.
+    /// Warning notices (low balance, second alarm, arrears) with a delivered receipt
+    /// (one per notice, however many contacts got it).
     pub warnings: u64,
+    /// SMS the gateway took (accepted or delivered), every contact counted.
     pub sms_sent: u64,
+    /// Of those, SMS to an agreement's second contact.
+    pub sms_second_contact: u64,
+    /// SMS given up after the retry limit (or refused for good by the carrier).
+    pub sms_given_up: u64,
     pub work_orders_opened: u64,
     /// Of those, disconnection approval orders (the rest: offline follow-ups, data
     /// maintenance, call-before-reconnection, relay failures).
@@ -333,6 +339,8 @@ impl Scenario {
                 alarm_threshold_fen: persona.alarm_threshold_fen,
                 auto_debit_fen: None,
                 mobile: persona.mobile.clone(),
+                // One customer in ten names a second contact (a relative).
+                second_mobile: (i % 10 == 3).then(|| format!("137{:08}", i)),
                 keep_power: persona.keep_power,
                 time_of_use: false,
             };
@@ -536,7 +544,8 @@ async fn react_to_sms(
     events: &mut BTreeMap<NaiveDateTime, Vec<CustomerEvent>>,
     last_message_id: &mut i64,
 ) -> anyhow::Result<()> {
-    let rows = sqlx::query("SELECT message_id, account_id, kind, delivered_at FROM sms_outbox WHERE status = 'delivered' AND message_id > $1 ORDER BY message_id")
+    // The customer reads their own phone (the agreement's mobile), not the second contact's.
+    let rows = sqlx::query("SELECT message_id, account_id, kind, delivered_at FROM sms_outbox WHERE status = 'delivered' AND contact = 'primary' AND message_id > $1 ORDER BY message_id")
         .bind(*last_message_id)
         .fetch_all(&db.pool)
         .await?;
@@ -729,8 +738,10 @@ async fn summarize(db: &Db, county: &County, opts: &DemoOptions) -> anyhow::Resu
         readings_expected: u(expected),
         readings_ok: u(ok),
         read_success_rate: rate.to_string(),
-        warnings: u(count(db, "SELECT COUNT(*) FROM sms_outbox WHERE warning_level > 0 AND status = 'delivered'").await?),
+        warnings: u(count(db, "SELECT COUNT(DISTINCT COALESCE(notice_key, dedup_key)) FROM sms_outbox WHERE warning_level > 0 AND status = 'delivered'").await?),
         sms_sent: u(count(db, "SELECT COUNT(*) FROM sms_outbox WHERE status IN ('sent', 'delivered')").await?),
+        sms_second_contact: u(count(db, "SELECT COUNT(*) FROM sms_outbox WHERE status IN ('sent', 'delivered') AND contact = 'second'").await?),
+        sms_given_up: u(count(db, "SELECT COUNT(*) FROM sms_outbox WHERE status = 'failed'").await?),
         work_orders_opened: u(count(db, "SELECT COUNT(*) FROM work_orders").await?),
         approval_orders_opened: u(count(db, "SELECT COUNT(*) FROM work_orders WHERE kind = 'approve-disconnection'").await?),
         approvals: u(count(db, "SELECT COUNT(*) FROM work_orders WHERE kind = 'approve-disconnection' AND decided_by IS NOT NULL AND status IN ('approved', 'done', 'cancelled')").await?),

@@ -69,6 +69,21 @@ pub struct CalendarFile {
     pub extreme_weather_days: Vec<NaiveDate>,
 }
 
+/// The county's message rules (`[messages]`), read by the host's outbox. Every key is
+/// optional; see [`crate::outbox::MessagesPolicy`] for the defaults.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MessagesFile {
+    /// No SMS is sent inside this window (queued messages wait). Default 22:00–08:00.
+    pub quiet_hours: Option<HourWindow>,
+    /// Notice kinds sent once per event (each payment, each relay command) instead of
+    /// at most once per account and day.
+    #[serde(default)]
+    pub per_event_kinds: Vec<String>,
+    /// Most segments one SMS body may take; a longer body is refused, never cut.
+    pub max_segments: Option<usize>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ComponentEntryFile {
@@ -88,6 +103,8 @@ struct PolicySetFile {
     safety_floor: CountyFloorFile,
     #[serde(default)]
     calendar: CalendarFile,
+    #[serde(default)]
+    messages: MessagesFile,
     tariff: Option<ComponentEntryFile>,
     warning: Option<ComponentEntryFile>,
     notice: Option<ComponentEntryFile>,
@@ -118,6 +135,7 @@ pub struct PolicySet {
     pub rollout_stage: RolloutStage,
     pub floor: CountyFloorFile,
     pub calendar: CalendarFile,
+    pub messages: MessagesFile,
     pub components: BTreeMap<PolicyKind, ComponentRef>,
 }
 
@@ -172,6 +190,7 @@ impl PolicySet {
             rollout_stage: file.rollout_stage,
             floor: file.safety_floor,
             calendar: file.calendar,
+            messages: file.messages,
             components,
         })
     }

@@ -59,6 +59,8 @@ pub struct ServeState {
     pub db: Db,
     pub counties: Vec<Arc<CountyRuntime>>,
     pub metrics: Arc<Metrics>,
+    /// The SMS receipts endpoint's state, when an HTTP SMS gateway is configured.
+    pub receipts: Option<crate::sms::receipts::ReceiptsState>,
 }
 
 /// Opens the database, loads every county's policy set, records the shipped components
@@ -72,6 +74,13 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Arc<ServeState>> {
         retries: config.meters.retries,
         retry_backoff: Duration::from_millis(config.meters.retry_backoff_ms),
     });
+    // SMS: the HTTP JSON gateway when FEEGATE_SMS_URL is set, else the log gateway.
+    let sms_http = crate::sms::http::HttpGatewayConfig::from_env()
+        .map_err(|e| anyhow::anyhow!("SMS gateway configuration: {e}"))?;
+    let sms: Arc<dyn crate::outbox::SmsGateway> = match &sms_http {
+        Some(cfg) => Arc::new(crate::sms::http::HttpGateway::new(cfg.clone())?),
+        None => Arc::new(LogGateway::default()),
+    };
     let mut counties = Vec::new();
     for c in &config.counties {
         let offset = FixedOffset::east_opt(c.utc_offset_hours * 3600).with_context(|| {
@@ -108,27 +117,46 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Arc<ServeState>> {
                 county,
                 config: host_config.clone(),
                 clock,
-                sms: Arc::new(LogGateway::default()),
+                sms: sms.clone(),
             },
             watcher,
             offset,
             caught_up: AtomicBool::new(false),
         }));
     }
+    // Delivery receipts of the HTTP gateway come back to /sms/receipts; county local
+    // time for them is the first county's (every county of one host shares an offset
+    // in practice: China has one time zone).
+    let receipts = match (sms_http, counties.first()) {
+        (Some(cfg), Some(first)) => Some(crate::sms::receipts::ReceiptsState {
+            db: db.clone(),
+            clock: first.host.clock.clone(),
+            auth: cfg.auth,
+            outbox: host_config.outbox.clone(),
+        }),
+        _ => None,
+    };
     Ok(Arc::new(ServeState {
         db,
         counties,
         metrics: Arc::new(Metrics::new()),
+        receipts,
     }))
 }
 
-/// The HTTP routes: health, readiness, metrics.
+/// The HTTP routes: health, readiness, metrics, and the SMS gateway's delivery
+/// receipts (`POST /sms/receipts`) when an HTTP gateway is configured.
 pub fn router(state: Arc<ServeState>) -> Router {
-    Router::new()
+    let receipts = state.receipts.clone();
+    let mut router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(state)
+        .with_state(state);
+    if let Some(r) = receipts {
+        router = router.merge(crate::sms::receipts::receipts_router(r));
+    }
+    router
 }
 
 async fn readyz(State(state): State<Arc<ServeState>>) -> impl IntoResponse {

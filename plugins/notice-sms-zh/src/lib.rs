@@ -38,7 +38,8 @@ impl From<SdkError> for PolicyError {
     }
 }
 
-/// Longest SMS body this policy produces, in characters (two 70-character Chinese SMS).
+/// Longest SMS body this policy produces, in characters: three concatenated Chinese
+/// (UCS-2) parts of 67 characters (3GPP TS 23.040), within the host's default limit.
 pub const MAX_CHARS: usize = 140;
 
 /// Characters of one Chinese (UCS-2) SMS; a longer text is sent as parts of 67 each.
