@@ -63,12 +63,11 @@ pub async fn acquire(
     .bind(now_ms)
     .execute(&mut *tx)
     .await?;
-    let row = sqlx::query(
-        "SELECT holder, expires_at_ms, epoch FROM county_leases WHERE county = $1",
-    )
-    .bind(county)
-    .fetch_one(&mut *tx)
-    .await?;
+    let row =
+        sqlx::query("SELECT holder, expires_at_ms, epoch FROM county_leases WHERE county = $1")
+            .bind(county)
+            .fetch_one(&mut *tx)
+            .await?;
     tx.commit().await?;
     let (who, expires_at_ms, epoch): (String, i64, i64) =
         (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
@@ -88,12 +87,10 @@ pub async fn acquire(
 /// Gives the lease up at once (a clean shutdown), so another host need not wait for it
 /// to expire. Does nothing if `holder` no longer holds it.
 pub async fn release(db: &Db, county: &str, holder: &str) -> Result<(), DbError> {
-    sqlx::query(
-        "UPDATE county_leases SET expires_at_ms = 0 WHERE county = $1 AND holder = $2",
-    )
-    .bind(county)
-    .bind(holder)
-    .execute(&db.pool)
-    .await?;
+    sqlx::query("UPDATE county_leases SET expires_at_ms = 0 WHERE county = $1 AND holder = $2")
+        .bind(county)
+        .bind(holder)
+        .execute(&db.pool)
+        .await?;
     Ok(())
 }

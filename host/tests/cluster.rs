@@ -21,7 +21,7 @@ fn county_today() -> NaiveDate {
 const FAST: &str = "[schedule]\nmorning = \"0 0 0 * * *\"\noutbox = \"* * * * * *\"\ncutoff = \"0 0 9 * * *\"\nrelays = \"* * * * * *\"\n\n[registry]\npoll_seconds = 1\n\n[cluster]\nlease_seconds = 3\n";
 
 fn seed(url: &str, accounts: usize, date: NaiveDate) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_feegate"))
+    let out = std::process::Command::new(common::feegate_bin())
         .current_dir(common::repo())
         .args([
             "bench",
@@ -53,7 +53,10 @@ async fn check_invariants(db: &Db, day: NaiveDate) -> i64 {
     .await
     .unwrap()
     .get(0);
-    assert_eq!(unbalanced, 0, "accounts whose balance is not the sum of their ledger");
+    assert_eq!(
+        unbalanced, 0,
+        "accounts whose balance is not the sum of their ledger"
+    );
     let doubled: i64 = sqlx::query(
         "SELECT COUNT(*) FROM (SELECT account_id FROM ledger_entries WHERE kind = 'charge' AND business_date = $1
                                GROUP BY account_id HAVING COUNT(*) > 1) d",
@@ -76,7 +79,10 @@ async fn check_invariants(db: &Db, day: NaiveDate) -> i64 {
         (r.get(0), r.get(1))
     };
     // A zero-kWh day settles with no charge entry; never a charge without a settlement.
-    assert!(charges <= settled, "{charges} charges but {settled} settlements");
+    assert!(
+        charges <= settled,
+        "{charges} charges but {settled} settlements"
+    );
     let doubled_sms: i64 = sqlx::query(
         "SELECT COUNT(*) FROM (SELECT account_id, kind FROM sms_outbox WHERE created_at >= $1
                                GROUP BY account_id, kind HAVING COUNT(*) > 1) d",
@@ -248,7 +254,10 @@ async fn kill_loop(url: &str, kills: usize, seed_rng: u64) {
     let _p = ServeProcess::start(dir.path(), &config, &env);
     let began = Instant::now();
     while settled_count(&db, day).await < N as i64 {
-        assert!(began.elapsed() < Duration::from_secs(180), "not finished in 180 s");
+        assert!(
+            began.elapsed() < Duration::from_secs(180),
+            "not finished in 180 s"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(check_invariants(&db, day).await, N as i64);

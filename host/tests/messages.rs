@@ -1079,7 +1079,7 @@ async fn the_message_commands_work_at_the_command_line() {
     opts.db_url = Some(db.clone());
     drop(Scenario::new(&opts, &[]).await.expect("scenario"));
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_feegate"))
+        let out = std::process::Command::new(common::feegate_bin())
             .args(args)
             .env("FEEGATE_DB", &db)
             .env("FEEGATE_WHO", "clerk-test")

@@ -848,7 +848,7 @@ fn the_readme_walkthrough_works_at_the_command_line() {
     std::fs::write(&params, TARIFF_PARAMS).unwrap();
     let tariff = common::component("policy_tariff_step");
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_feegate"))
+        let out = std::process::Command::new(common::feegate_bin())
             .args(args)
             .current_dir(dir.path())
             .env("FEEGATE_DB", &db)

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn feegate(dir: &std::path::Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_feegate"));
+    let mut c = Command::new(common::feegate_bin());
     c.current_dir(dir);
     c
 }

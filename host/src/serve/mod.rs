@@ -367,7 +367,10 @@ async fn lease_keeper(
                 }
                 true
             }
-            Ok(LeaseState::HeldBy { holder: other, expires_at_ms }) => {
+            Ok(LeaseState::HeldBy {
+                holder: other,
+                expires_at_ms,
+            }) => {
                 if *held.borrow() {
                     tracing::warn!(%county, %other, "county lease lost; this host stops running its jobs");
                 }

@@ -133,6 +133,16 @@ pub async fn pg_database(test: &str) -> Option<PgTestDb> {
     })
 }
 
+/// The `feegate` binary under test: `$FEEGATE_BIN` when set, else the one cargo built
+/// for this test run. (Worktrees that share one target directory share
+/// `target/debug/feegate` too; set FEEGATE_BIN to a copy to keep another build from
+/// swapping it mid-run.)
+pub fn feegate_bin() -> PathBuf {
+    std::env::var_os("FEEGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_feegate")))
+}
+
 /// A loopback port nobody listens on (for a child process to bind).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -176,7 +186,7 @@ impl ServeProcess {
     /// Starts `feegate serve --config CONFIG` in `dir` with extra environment.
     pub fn start(dir: &std::path::Path, config: &std::path::Path, env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_feegate"));
+        let mut cmd = std::process::Command::new(feegate_bin());
         cmd.current_dir(dir)
             .args(["serve", "--config", config.to_str().unwrap()])
             .env("FEEGATE_LOG", "info")
