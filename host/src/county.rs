@@ -23,17 +23,56 @@ pub struct ActiveComponent {
     pub parameters_json: String,
 }
 
-/// The components in force for a county at one moment.
+/// A published candidate running beside the version in force on live decisions
+/// (shadow mode, `feegate policy shadow`): its outputs go to `shadow_decisions`, never
+/// to the ledger, the SMS outbox or a relay. See [`crate::shadow`].
+#[derive(Debug)]
+pub struct ShadowComponent {
+    /// The `policy_shadows` start event that set it.
+    pub shadow_event_id: i64,
+    pub publication_id: i64,
+    /// The candidate component with its published parameters (canonical JSON).
+    pub active: Arc<ActiveComponent>,
+    /// County-local 'YYYY-MM-DD HH:MM:SS' from which it no longer runs (`--until`).
+    pub until: Option<String>,
+    /// Resource failures (fuel, memory, time) in a row; at
+    /// [`crate::shadow::BREAKER_AFTER`] this host stops running the shadow, so a looping
+    /// candidate costs the live job a few limit-long runs, not one per decision.
+    pub resource_failures_in_a_row: std::sync::atomic::AtomicU32,
+}
+
+/// The components in force for a county at one moment, and the shadows beside them.
 #[derive(Debug)]
 pub struct PolicySnapshot {
     pub rollout_stage: RolloutStage,
     components: BTreeMap<PolicyKind, Arc<ActiveComponent>>,
+    shadows: BTreeMap<PolicyKind, Arc<ShadowComponent>>,
 }
 
 impl PolicySnapshot {
     /// The component for `kind` (a snapshot always has all four).
     pub fn get(&self, kind: PolicyKind) -> &ActiveComponent {
         &self.components[&kind]
+    }
+
+    /// The shadow running beside `kind`, if one is set, ready to pass to the decision
+    /// log ([`crate::decision_log::DecisionRecord::shadow`]).
+    pub fn shadow<'a>(
+        &'a self,
+        engine: &'a PolicyEngine,
+        kind: PolicyKind,
+    ) -> Option<crate::shadow::Shadow<'a>> {
+        self.shadows
+            .get(&kind)
+            .map(|component| crate::shadow::Shadow {
+                engine,
+                component: component.as_ref(),
+            })
+    }
+
+    /// The shadow component set for `kind`, if any.
+    pub fn shadow_component(&self, kind: PolicyKind) -> Option<&Arc<ShadowComponent>> {
+        self.shadows.get(&kind)
     }
 }
 
@@ -92,6 +131,7 @@ impl County {
             policies: RwLock::new(Arc::new(PolicySnapshot {
                 rollout_stage: set.rollout_stage,
                 components,
+                shadows: BTreeMap::new(),
             })),
         })
     }
@@ -115,6 +155,23 @@ impl County {
         *guard = Arc::new(PolicySnapshot {
             rollout_stage: guard.rollout_stage,
             components,
+            shadows: guard.shadows.clone(),
+        });
+    }
+
+    /// Sets (or with `None` ends) the shadow beside `kind`; jobs already running keep
+    /// their snapshot.
+    pub fn set_shadow(&self, kind: PolicyKind, shadow: Option<Arc<ShadowComponent>>) {
+        let mut guard = self.policies.write().expect("policy lock poisoned");
+        let mut shadows = guard.shadows.clone();
+        match shadow {
+            Some(s) => shadows.insert(kind, s),
+            None => shadows.remove(&kind),
+        };
+        *guard = Arc::new(PolicySnapshot {
+            rollout_stage: guard.rollout_stage,
+            components: guard.components.clone(),
+            shadows,
         });
     }
 
@@ -124,6 +181,7 @@ impl County {
         *guard = Arc::new(PolicySnapshot {
             rollout_stage: stage,
             components: guard.components.clone(),
+            shadows: guard.shadows.clone(),
         });
     }
 }

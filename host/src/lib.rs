@@ -42,4 +42,5 @@ pub mod readings;
 pub mod registry;
 pub mod relay;
 pub mod settlement;
+pub mod shadow;
 pub mod warning;
