@@ -60,6 +60,22 @@ pub struct PolicyArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
+    /// Scaffold a policy plugin crate DIR/NAME (package policy-NAME) with example logic,
+    /// example fixtures and a unit test; it builds for wasm32-wasip2 as it is.
+    New {
+        /// tariff, warning, notice or cutoff.
+        #[arg(long)]
+        kind: PolicyKind,
+        /// Lowercase letters, digits and hyphens, e.g. tariff-flat.
+        name: String,
+        /// Where to put the crate.
+        #[arg(long, default_value = "plugins")]
+        dir: PathBuf,
+        /// The Feegate repository (wit/, plugins/policy-sdk) the crate depends on
+        /// (default: the one above --dir, else above the current directory).
+        #[arg(long)]
+        repo: Option<PathBuf>,
+    },
     /// Signing keys: `policy key new --out NAME` writes NAME.key and NAME.pub.
     Key {
         #[command(subcommand)]
@@ -402,9 +418,57 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
     {
         return policy_test(component, fixtures, *json);
     }
+    if let PolicyCommand::New {
+        kind,
+        name,
+        dir,
+        repo,
+    } = &args.command
+    {
+        let s = crate::scaffold::scaffold(*kind, name, dir, repo.as_deref())?;
+        println!(
+            "scaffolded the {kind} policy {} in {}:",
+            s.package,
+            s.dir.display()
+        );
+        for f in &s.files {
+            println!("  {f}");
+        }
+        let in_repo = s.dir.starts_with(s.repo.join("plugins"));
+        let (profile, hint) = if in_repo {
+            (
+                "plugin",
+                format!("  (or add {name} to PLUGINS in the Makefile and run `make plugins`)"),
+            )
+        } else {
+            ("release", String::new())
+        };
+        println!("next:");
+        println!(
+            "  edit {}/src/lib.rs and fixtures/example.json",
+            s.dir.display()
+        );
+        println!(
+            "  cargo test --manifest-path {}/Cargo.toml",
+            s.dir.display()
+        );
+        println!(
+            "  cargo build --manifest-path {}/Cargo.toml --target wasm32-wasip2 --profile {profile}{hint}",
+            s.dir.display()
+        );
+        println!(
+            "  feegate policy test $CARGO_TARGET_DIR/wasm32-wasip2/{profile}/{} --fixtures {}/fixtures/example.json",
+            s.component_file,
+            s.dir.display()
+        );
+        return Ok(true);
+    }
     let db = Db::open(&args.db.db).await?;
     match args.command {
-        PolicyCommand::Key { .. } | PolicyCommand::Sign { .. } | PolicyCommand::Test { .. } => {
+        PolicyCommand::Key { .. }
+        | PolicyCommand::Sign { .. }
+        | PolicyCommand::Test { .. }
+        | PolicyCommand::New { .. } => {
             unreachable!("handled above")
         }
         PolicyCommand::Trust { command } => match command {

@@ -41,6 +41,7 @@ pub mod policy;
 pub mod readings;
 pub mod registry;
 pub mod relay;
+pub mod scaffold;
 pub mod settlement;
 pub mod shadow;
 pub mod warning;
