@@ -589,3 +589,190 @@ async fn a_revoked_key_publishes_nothing_and_what_it_signed_stays_valid() {
     .unwrap_err();
     assert!(matches!(err, RegistryError::RevokedKey { .. }), "{err}");
 }
+
+/// The README's shadow, diff --shadow and revocation steps through the real binary,
+/// with `feegate demo` standing in for the running host.
+#[test]
+fn the_shadow_walkthrough_works_at_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("county.db").display());
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_feegate"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("FEEGATE_DB", &db)
+            .env("FEEGATE_WHO", "ops-test")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ok = |args: &[&str]| {
+        let (code, stdout, stderr) = run(args);
+        assert_eq!(code, Some(0), "{args:?}\n{stdout}\n{stderr}");
+        stdout
+    };
+    std::fs::write(dir.path().join("harsh.json"), r#"{"mode":"disconnect"}"#).unwrap();
+    let hostile = common::component("hostile_policy");
+    let hostile = hostile.to_str().unwrap();
+    ok(&["policy", "key", "new", "--out", "lin"]);
+    ok(&[
+        "policy", "trust", "add", "--county", "xianyou", "--key", "lin.pub", "--who", "Lin",
+    ]);
+    ok(&[
+        "policy",
+        "publish",
+        hostile,
+        "--county",
+        "xianyou",
+        "--kind",
+        "cutoff",
+        "--params",
+        "harsh.json",
+        "--key",
+        "lin.key",
+        "--note",
+        "harsh",
+    ]);
+    let sha = feegate::policy::engine::sha256_hex(&std::fs::read(hostile).unwrap());
+    let started = ok(&[
+        "policy",
+        "shadow",
+        "--county",
+        "xianyou",
+        "--kind",
+        "cutoff",
+        "--version",
+        &sha[..12],
+        "--note",
+        "how harsh is it",
+    ]);
+    assert!(
+        started.contains("shadow start") && started.contains("by ops-test"),
+        "{started}"
+    );
+    let (code, _, stderr) = run(&[
+        "policy",
+        "shadow",
+        "--county",
+        "xianyou",
+        "--kind",
+        "cutoff",
+        "--note",
+        "no version",
+    ]);
+    assert_ne!(code, Some(0), "--version or --stop is required: {stderr}");
+
+    let repo = common::repo();
+    ok(&[
+        "demo",
+        "--meters",
+        "16",
+        "--days",
+        "24",
+        "--seed",
+        "5",
+        "--policy-set",
+        repo.join("policies/xianyou").to_str().unwrap(),
+        "--data",
+        common::shared_data("lcl_2013_daily_kwh_100hh.csv")
+            .to_str()
+            .unwrap(),
+        "--components",
+        common::components_dir().to_str().unwrap(),
+    ]);
+    let (code, stdout, stderr) = run(&[
+        "policy", "diff", "--county", "xianyou", "--kind", "cutoff", "--shadow", "--days", "31",
+    ]);
+    assert_eq!(
+        code,
+        Some(2),
+        "exit 2: the shadow disconnects more\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("decisions shadowed"), "{stdout}");
+    assert!(
+        stdout.contains("THE CANDIDATE WOULD DISCONNECT MORE CUSTOMERS"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = run(&[
+        "policy",
+        "diff",
+        "--county",
+        "xianyou",
+        "--kind",
+        "cutoff",
+        "--shadow",
+        "--candidate",
+        &sha[..12],
+    ]);
+    assert_ne!(
+        code,
+        Some(0),
+        "--shadow and --candidate exclude each other: {stderr}"
+    );
+
+    ok(&[
+        "policy", "shadow", "--county", "xianyou", "--kind", "cutoff", "--stop", "--note", "done",
+    ]);
+    let history = ok(&[
+        "policy", "history", "--county", "xianyou", "--kind", "cutoff",
+    ]);
+    assert!(
+        history.contains("shadow start") && history.contains("shadow stop"),
+        "{history}"
+    );
+    assert!(ok(&["audit", "verify"]).contains("chain intact"));
+
+    let revoked = ok(&[
+        "policy",
+        "trust",
+        "revoke",
+        "--county",
+        "xianyou",
+        "--key-id",
+        "1",
+        "--who",
+        "Chen",
+        "--why",
+        "laptop lost",
+    ]);
+    assert!(revoked.contains("REVOKED"), "{revoked}");
+    std::fs::write(dir.path().join("trap.json"), r#"{"mode":"trap"}"#).unwrap();
+    let (code, _, stderr) = run(&[
+        "policy",
+        "publish",
+        hostile,
+        "--county",
+        "xianyou",
+        "--kind",
+        "cutoff",
+        "--params",
+        "trap.json",
+        "--key",
+        "lin.key",
+        "--note",
+        "after revocation",
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("revoked") && stderr.contains("laptop lost"),
+        "{stderr}"
+    );
+    let show = ok(&[
+        "policy",
+        "show",
+        "--county",
+        "xianyou",
+        "--kind",
+        "cutoff",
+        "--version",
+        &sha[..12],
+    ]);
+    assert!(
+        show.contains("signed by     key #1") && show.contains("REVOKED"),
+        "{show}"
+    );
+}
