@@ -561,15 +561,22 @@ const PUBLICATION_COLUMNS: &str =
      p.published_at, p.note, c.contract_version, c.size_bytes, p.signer_key_id
      FROM policy_publications p JOIN policy_components c ON c.sha256 = p.component_sha256";
 
+/// Column `i` of `r` as a policy kind (`what` names it if the stored text is not one).
+pub(crate) fn kind_column(
+    r: &sqlx::any::AnyRow,
+    i: usize,
+    what: &'static str,
+) -> Result<PolicyKind, RegistryError> {
+    let kind: String = r.try_get(i)?;
+    kind.parse()
+        .map_err(|detail| RegistryError::Corrupt { what, detail })
+}
+
 fn publication_from(r: &sqlx::any::AnyRow) -> Result<Publication, RegistryError> {
-    let kind: String = r.try_get(2)?;
     Ok(Publication {
         publication_id: r.try_get(0)?,
         county: r.try_get(1)?,
-        kind: kind.parse().map_err(|detail| RegistryError::Corrupt {
-            what: "publication kind",
-            detail,
-        })?,
+        kind: kind_column(r, 2, "publication kind")?,
         component_sha256: r.try_get(3)?,
         parameters_json: r.try_get(4)?,
         source: r.try_get(5)?,
@@ -875,15 +882,11 @@ pub async fn history(
     .await?;
     rows.iter()
         .map(|r| {
-            let kind: String = r.try_get(2)?;
             let stage: Option<String> = r.try_get(6)?;
             Ok(Activation {
                 activation_id: r.try_get(0)?,
                 county: r.try_get(1)?,
-                kind: kind.parse().map_err(|detail| RegistryError::Corrupt {
-                    what: "activation kind",
-                    detail,
-                })?,
+                kind: kind_column(r, 2, "activation kind")?,
                 publication_id: r.try_get(3)?,
                 component_sha256: r.try_get(4)?,
                 action: r.try_get(5)?,

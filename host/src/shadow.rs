@@ -317,14 +317,10 @@ pub async fn events(
 }
 
 fn event_from(r: &sqlx::any::AnyRow) -> Result<ShadowEvent, RegistryError> {
-    let kind: String = r.try_get(2)?;
     Ok(ShadowEvent {
         shadow_event_id: r.try_get(0)?,
         county: r.try_get(1)?,
-        kind: kind.parse().map_err(|detail| RegistryError::Corrupt {
-            what: "shadow kind",
-            detail,
-        })?,
+        kind: registry::kind_column(r, 2, "shadow kind")?,
         action: r.try_get(3)?,
         publication_id: r.try_get(4)?,
         component_sha256: r.try_get(5)?,

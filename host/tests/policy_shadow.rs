@@ -596,25 +596,12 @@ async fn a_revoked_key_publishes_nothing_and_what_it_signed_stays_valid() {
 fn the_shadow_walkthrough_works_at_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("county.db").display());
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_feegate"))
-            .args(args)
-            .current_dir(dir.path())
-            .env("FEEGATE_DB", &db)
-            .env("FEEGATE_WHO", "ops-test")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+    let cli = common::Cli {
+        dir: dir.path(),
+        db: &db,
     };
-    let ok = |args: &[&str]| {
-        let (code, stdout, stderr) = run(args);
-        assert_eq!(code, Some(0), "{args:?}\n{stdout}\n{stderr}");
-        stdout
-    };
+    let run = |args: &[&str]| cli.run(args);
+    let ok = |args: &[&str]| cli.ok(args);
     std::fs::write(dir.path().join("harsh.json"), r#"{"mode":"disconnect"}"#).unwrap();
     let hostile = common::component("hostile_policy");
     let hostile = hostile.to_str().unwrap();
