@@ -763,3 +763,64 @@ fn the_shadow_walkthrough_works_at_the_command_line() {
         "{show}"
     );
 }
+
+/// A shadow whose row cannot be written (here: a trigger the test adds refuses every
+/// insert) leaves every live decision and its transaction intact — on SQLite and on
+/// PostgreSQL, where a failed statement would abort the whole live transaction if the
+/// shadow row were not written in a savepoint.
+async fn an_unwritable_shadow_row_changes_nothing(db_url: Option<String>) {
+    let opts = common::small_county(8, 6, 9);
+    let mut control = Scenario::new(&opts, &[]).await.unwrap();
+    control.run_days(6).await.unwrap();
+    let control = enforced(&control).await;
+
+    let mut opts = opts;
+    let postgres = db_url.is_some();
+    opts.db_url = db_url;
+    let mut s = Scenario::new(&opts, &[]).await.unwrap();
+    let shipped = registry::publications(&s.host.db, "xianyou", Some(PolicyKind::Tariff))
+        .await
+        .unwrap()
+        .remove(0);
+    start(&s, PolicyKind::Tariff, &shipped).await;
+    let refuse = if postgres {
+        "CREATE TRIGGER shadow_refused BEFORE INSERT ON shadow_decisions FOR EACH ROW EXECUTE FUNCTION feegate_refuse_change()"
+    } else {
+        "CREATE TRIGGER shadow_refused BEFORE INSERT ON shadow_decisions BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+    };
+    sqlx::query(refuse).execute(&s.host.db.pool).await.unwrap();
+    s.run_days(6).await.unwrap();
+    assert!(
+        s.host
+            .county
+            .snapshot()
+            .shadow_component(PolicyKind::Tariff)
+            .is_some(),
+        "the shadow ran all along"
+    );
+    let with_shadow = enforced(&s).await;
+    assert_eq!(with_shadow.2, control.2);
+    assert_eq!(with_shadow.1, control.1);
+    assert_eq!(with_shadow.0, control.0);
+    let rows: i64 = sqlx::query("SELECT COUNT(*) FROM shadow_decisions")
+        .fetch_one(&s.host.db.pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "every shadow row was refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_shadow_row_changes_nothing_on_sqlite() {
+    an_unwritable_shadow_row_changes_nothing(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_shadow_row_changes_nothing_on_postgresql() {
+    let Some(pg) =
+        common::pg_database("an_unwritable_shadow_row_changes_nothing_on_postgresql").await
+    else {
+        return;
+    };
+    an_unwritable_shadow_row_changes_nothing(Some(pg.url.clone())).await;
+}
