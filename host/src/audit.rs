@@ -290,7 +290,8 @@ impl Run {
         }
     }
 
-    fn failure(&self) -> Option<&PolicyFailure> {
+    /// The failure, when the run failed.
+    pub fn failure(&self) -> Option<&PolicyFailure> {
         match self {
             Run::Tariff(i) => i.outcome.as_ref().err(),
             Run::Warning(i) => i.outcome.as_ref().err(),
@@ -374,6 +375,7 @@ impl<'a> ComponentCache<'a> {
     }
 }
 
+#[derive(Clone)]
 struct Recorded {
     id: i64,
     kind: String,
@@ -506,9 +508,13 @@ pub struct Changed {
     pub charge_difference_fen: Fen,
 }
 
-/// Result of `policy diff`.
+/// Result of `policy diff`: a candidate replayed on recorded decisions, or a shadow's
+/// recorded outputs beside the live ones (`--shadow`).
 #[derive(Debug, Clone, Serialize)]
 pub struct DiffReport {
+    /// `replay` (the candidate re-run on recorded inputs) or `shadow` (outputs the
+    /// shadow recorded beside live decisions).
+    pub source: &'static str,
     pub county: String,
     pub kind: PolicyKind,
     pub candidate_sha256: String,
@@ -530,6 +536,64 @@ pub struct DiffReport {
 }
 
 impl DiffReport {
+    fn new(
+        source: &'static str,
+        county: &str,
+        kind: PolicyKind,
+        candidate: &registry::Publication,
+        from: &str,
+        to: &str,
+    ) -> Self {
+        Self {
+            source,
+            county: county.to_string(),
+            kind,
+            candidate_sha256: candidate.component_sha256.clone(),
+            candidate_publication_id: candidate.publication_id,
+            from: from.to_string(),
+            to: to.to_string(),
+            decisions: 0,
+            changed: Vec::new(),
+            charge_difference_fen: 0,
+            fuel_recorded: 0,
+            fuel_candidate: 0,
+            new_failures: 0,
+            warned: (0, 0),
+            disconnections: (0, 0),
+        }
+    }
+
+    /// Counts one decision: `before` as recorded (enforced), `after` by the candidate.
+    fn add(&mut self, r: &Recorded, before: &Run, after: &Run) {
+        self.decisions += 1;
+        self.fuel_recorded += before.fuel_used();
+        self.fuel_candidate += after.fuel_used();
+        self.disconnections.0 += u64::from(would_disconnect(before));
+        self.disconnections.1 += u64::from(would_disconnect(after));
+        self.warned.0 += u64::from(warned(before));
+        self.warned.1 += u64::from(warned(after));
+        if before.failure().is_none() && after.failure().is_some() {
+            self.new_failures += 1;
+        }
+        let charge_difference_fen = match (charge(before), charge(after)) {
+            (Some(b), Some(a)) => a - b,
+            _ => 0,
+        };
+        self.charge_difference_fen += charge_difference_fen;
+        let (before_s, after_s) = (summary(before), summary(after));
+        if before_s != after_s || charge_difference_fen != 0 {
+            self.changed.push(Changed {
+                decision_id: r.id,
+                account_id: r.account_id.clone(),
+                business_date: r.business_date.clone(),
+                kind: r.kind.clone(),
+                recorded: before_s,
+                candidate: after_s,
+                charge_difference_fen,
+            });
+        }
+    }
+
     /// The candidate would disconnect (or ask to disconnect) more customers.
     pub fn disconnects_more(&self) -> bool {
         self.disconnections.1 > self.disconnections.0
@@ -610,6 +674,37 @@ fn charge(run: &Run) -> Option<Fen> {
     }
 }
 
+/// The log kinds a component kind decides (`cutoff` also decides reconnections).
+fn log_kinds(kind: PolicyKind) -> &'static [&'static str] {
+    match kind {
+        PolicyKind::Tariff => &["tariff"],
+        PolicyKind::Warning => &["warning"],
+        PolicyKind::Notice => &["notice"],
+        PolicyKind::Cutoff => &["cutoff", "reconnection"],
+    }
+}
+
+impl Recorded {
+    fn bad(&self, what: &'static str, detail: String) -> AuditError {
+        AuditError::BadRecord {
+            id: self.id,
+            what,
+            detail,
+        }
+    }
+
+    /// The recorded (enforced) output as a run.
+    fn run(&self) -> Result<Run, AuditError> {
+        let body = self
+            .output_json
+            .clone()
+            .or(self.failure_json.clone())
+            .unwrap_or_default();
+        recorded_run(&self.kind, &self.outcome, &body, self.fuel_used)
+            .map_err(|e| self.bad("output", e))
+    }
+}
+
 /// Replays the recorded decisions of `county`'s `kind` with business dates in
 /// `from..=to` through the candidate publication (its component and its parameters),
 /// and compares with what was recorded.
@@ -625,28 +720,8 @@ pub async fn diff(
     let p = registry::resolve(db, county, kind, candidate).await?;
     let mut cache = ComponentCache::new(db, engine);
     let c = cache.get(kind, &p.component_sha256).await?;
-    let log_kinds: &[&str] = if kind == PolicyKind::Cutoff {
-        &["cutoff", "reconnection"]
-    } else {
-        &[kind.as_str()]
-    };
-    let mut report = DiffReport {
-        county: county.to_string(),
-        kind,
-        candidate_sha256: p.component_sha256.clone(),
-        candidate_publication_id: p.publication_id,
-        from: from.to_string(),
-        to: to.to_string(),
-        decisions: 0,
-        changed: Vec::new(),
-        charge_difference_fen: 0,
-        fuel_recorded: 0,
-        fuel_candidate: 0,
-        new_failures: 0,
-        warned: (0, 0),
-        disconnections: (0, 0),
-    };
-    for log_kind in log_kinds {
+    let mut report = DiffReport::new("replay", county, kind, &p, from, to);
+    for log_kind in log_kinds(kind) {
         let f = Filter {
             county: county.to_string(),
             kind: log_kind.to_string(),
@@ -655,48 +730,67 @@ pub async fn diff(
             ..Filter::default()
         };
         for r in recorded(db, &f, None).await? {
-            let bad = |what, detail| AuditError::BadRecord {
-                id: r.id,
-                what,
-                detail,
-            };
-            let body = r
-                .output_json
-                .clone()
-                .or(r.failure_json.clone())
-                .unwrap_or_default();
-            let before = recorded_run(&r.kind, &r.outcome, &body, r.fuel_used)
-                .map_err(|e| bad("output", e))?;
+            let before = r.run()?;
             let after = run_recorded(engine, &c, &r.kind, &r.input_json, Some(&p.parameters_json))
-                .map_err(|e| bad("input", e))?;
-            report.decisions += 1;
-            report.fuel_recorded += before.fuel_used();
-            report.fuel_candidate += after.fuel_used();
-            report.disconnections.0 += u64::from(would_disconnect(&before));
-            report.disconnections.1 += u64::from(would_disconnect(&after));
-            report.warned.0 += u64::from(warned(&before));
-            report.warned.1 += u64::from(warned(&after));
-            if before.failure().is_none() && after.failure().is_some() {
-                report.new_failures += 1;
-            }
-            let charge_difference_fen = match (charge(&before), charge(&after)) {
-                (Some(b), Some(a)) => a - b,
-                _ => 0,
-            };
-            report.charge_difference_fen += charge_difference_fen;
-            let (before_s, after_s) = (summary(&before), summary(&after));
-            if before_s != after_s || charge_difference_fen != 0 {
-                report.changed.push(Changed {
-                    decision_id: r.id,
-                    account_id: r.account_id.clone(),
-                    business_date: r.business_date.clone(),
-                    kind: r.kind.clone(),
-                    recorded: before_s,
-                    candidate: after_s,
-                    charge_difference_fen,
-                });
-            }
+                .map_err(|e| r.bad("input", e))?;
+            report.add(&r, &before, &after);
         }
+    }
+    Ok(report)
+}
+
+/// Compares what the latest shadow of `county`'s `kind` recorded beside live decisions
+/// with business dates in `from..=to` (`shadow_decisions`) with the live, enforced
+/// outputs: the same report as [`diff`], without re-running anything.
+pub async fn shadow_diff(
+    db: &Db,
+    county: &str,
+    kind: PolicyKind,
+    from: &str,
+    to: &str,
+) -> Result<DiffReport, AuditError> {
+    let event = crate::shadow::latest_start(db, county, kind).await?;
+    let p = registry::publication(db, event.publication_id.unwrap_or_default())
+        .await?
+        .ok_or_else(|| RegistryError::Corrupt {
+            what: "shadow event",
+            detail: format!("publication {:?} missing", event.publication_id),
+        })?;
+    let mut report = DiffReport::new("shadow", county, kind, &p, from, to);
+    let rows = sqlx::query(
+        "SELECT d.decision_id, d.kind, d.account_id, d.business_date, d.component_sha256, d.input_json, d.outcome,
+                d.output_json, d.failure_json, d.fuel_used, s.outcome, s.output_json, s.failure_json, s.fuel_used
+         FROM shadow_decisions s JOIN decisions d ON d.decision_id = s.decision_id
+         WHERE s.county = $1 AND s.publication_id = $2 AND s.business_date >= $3 AND s.business_date <= $4
+         ORDER BY s.decision_id, s.shadow_event_id",
+    )
+    .bind(county)
+    .bind(p.publication_id)
+    .bind(from)
+    .bind(to)
+    .fetch_all(&db.pool)
+    .await?;
+    for row in &rows {
+        let r = Recorded {
+            id: row.try_get(0)?,
+            kind: row.try_get(1)?,
+            account_id: row.try_get(2)?,
+            business_date: row.try_get(3)?,
+            sha: row.try_get(4)?,
+            input_json: row.try_get(5)?,
+            outcome: row.try_get(6)?,
+            output_json: row.try_get(7)?,
+            failure_json: row.try_get(8)?,
+            fuel_used: row.try_get(9)?,
+        };
+        let shadow = Recorded {
+            outcome: row.try_get(10)?,
+            output_json: row.try_get(11)?,
+            failure_json: row.try_get(12)?,
+            fuel_used: row.try_get(13)?,
+            ..r.clone()
+        };
+        report.add(&r, &r.run()?, &shadow.run()?);
     }
     Ok(report)
 }

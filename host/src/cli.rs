@@ -12,6 +12,7 @@ use crate::db::Db;
 use crate::policy::set::RolloutStage;
 use crate::policy::{PolicyEngine, PolicyKind};
 use crate::registry::{self, ActivateRequest, PublishRequest};
+use crate::shadow;
 use anyhow::Context;
 use chrono::{Duration, FixedOffset, NaiveDate};
 use clap::{Args, Subcommand};
@@ -59,6 +60,22 @@ pub struct PolicyArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
+    /// Scaffold a policy plugin crate DIR/NAME (package policy-NAME) with example logic,
+    /// example fixtures and a unit test; it builds for wasm32-wasip2 as it is.
+    New {
+        /// tariff, warning, notice or cutoff.
+        #[arg(long)]
+        kind: PolicyKind,
+        /// Lowercase letters, digits and hyphens, e.g. tariff-flat.
+        name: String,
+        /// Where to put the crate.
+        #[arg(long, default_value = "plugins")]
+        dir: PathBuf,
+        /// The Feegate repository (wit/, plugins/policy-sdk) the crate depends on
+        /// (default: the one above --dir, else above the current directory).
+        #[arg(long)]
+        repo: Option<PathBuf>,
+    },
     /// Signing keys: `policy key new --out NAME` writes NAME.key and NAME.pub.
     Key {
         #[command(subcommand)]
@@ -171,15 +188,41 @@ pub enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Replay the last N days of recorded decisions through a candidate version.
+    /// Run a published candidate beside the version in force on live decisions (its
+    /// outputs are recorded, never enforced), or stop it with --stop. An audited event.
+    Shadow {
+        #[arg(long)]
+        county: String,
+        #[arg(long)]
+        kind: PolicyKind,
+        /// Candidate version (sha256 or prefix, or #PUBLICATION_ID).
+        #[arg(long, required_unless_present = "stop", conflicts_with = "stop")]
+        version: Option<String>,
+        /// When the shadow stops by itself, county local time 'YYYY-MM-DD HH:MM:SS'.
+        #[arg(long, conflicts_with = "stop")]
+        until: Option<String>,
+        /// Stop the running shadow.
+        #[arg(long)]
+        stop: bool,
+        #[command(flatten)]
+        who: WhoArg,
+        /// Why.
+        #[arg(long)]
+        note: String,
+    },
+    /// Replay the last N days of recorded decisions through a candidate version, or
+    /// (--shadow) compare the running shadow's recorded outputs with the live ones.
     Diff {
         #[arg(long)]
         county: String,
         #[arg(long)]
         kind: PolicyKind,
         /// Candidate version (sha256 or prefix, or #PUBLICATION_ID).
+        #[arg(long, required_unless_present = "shadow", conflicts_with = "shadow")]
+        candidate: Option<String>,
+        /// Report the latest shadow's recorded outputs against the live decisions.
         #[arg(long)]
-        candidate: String,
+        shadow: bool,
         /// Days of recorded decisions, ending at --until.
         #[arg(long, default_value_t = 30)]
         days: u32,
@@ -219,10 +262,25 @@ pub enum TrustCommand {
         #[arg(long)]
         by: Option<String>,
     },
-    /// Keys the county trusts.
+    /// Keys the county trusts (and revoked ones, marked).
     List {
         #[arg(long)]
         county: String,
+    },
+    /// Stop trusting a key: nothing it signs is published from now on. Versions it
+    /// signed before stay published and activatable (`policy show` names the key).
+    Revoke {
+        #[arg(long)]
+        county: String,
+        /// The key's number (`policy trust list`).
+        #[arg(long)]
+        key_id: i64,
+        /// Who revokes it.
+        #[arg(long)]
+        who: String,
+        /// Why (a leaked key, a person who left, …).
+        #[arg(long)]
+        why: String,
     },
 }
 
@@ -360,9 +418,57 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
     {
         return policy_test(component, fixtures, *json);
     }
+    if let PolicyCommand::New {
+        kind,
+        name,
+        dir,
+        repo,
+    } = &args.command
+    {
+        let s = crate::scaffold::scaffold(*kind, name, dir, repo.as_deref())?;
+        println!(
+            "scaffolded the {kind} policy {} in {}:",
+            s.package,
+            s.dir.display()
+        );
+        for f in &s.files {
+            println!("  {f}");
+        }
+        let in_repo = s.dir.starts_with(s.repo.join("plugins"));
+        let (profile, hint) = if in_repo {
+            (
+                "plugin",
+                format!("  (or add {name} to PLUGINS in the Makefile and run `make plugins`)"),
+            )
+        } else {
+            ("release", String::new())
+        };
+        println!("next:");
+        println!(
+            "  edit {}/src/lib.rs and fixtures/example.json",
+            s.dir.display()
+        );
+        println!(
+            "  cargo test --manifest-path {}/Cargo.toml",
+            s.dir.display()
+        );
+        println!(
+            "  cargo build --manifest-path {}/Cargo.toml --target wasm32-wasip2 --profile {profile}{hint}",
+            s.dir.display()
+        );
+        println!(
+            "  feegate policy test $CARGO_TARGET_DIR/wasm32-wasip2/{profile}/{} --fixtures {}/fixtures/example.json",
+            s.component_file,
+            s.dir.display()
+        );
+        return Ok(true);
+    }
     let db = Db::open(&args.db.db).await?;
     match args.command {
-        PolicyCommand::Key { .. } | PolicyCommand::Sign { .. } | PolicyCommand::Test { .. } => {
+        PolicyCommand::Key { .. }
+        | PolicyCommand::Sign { .. }
+        | PolicyCommand::Test { .. }
+        | PolicyCommand::New { .. } => {
             unreachable!("handled above")
         }
         PolicyCommand::Trust { command } => match command {
@@ -381,12 +487,31 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
                 );
             }
             TrustCommand::List { county } => {
-                for k in registry::trusted_keys(&db, &county).await? {
+                for k in registry::all_keys(&db, &county).await? {
                     println!(
-                        "#{}  {}  {}  added by {} at {}",
-                        k.key_id, k.public_key_hex, k.who, k.added_by, k.added_at
+                        "#{}  {}  {}  added by {} at {}{}",
+                        k.key_id,
+                        k.public_key_hex,
+                        k.who,
+                        k.added_by,
+                        k.added_at,
+                        revoked_mark(&k)
                     );
                 }
+            }
+            TrustCommand::Revoke {
+                county,
+                key_id,
+                who,
+                why,
+            } => {
+                let k = registry::revoke_key(&db, &county, key_id, &who, &why, now).await?;
+                println!(
+                    "county {county} no longer trusts key #{} ({}){}; versions it signed before stay published",
+                    k.key_id,
+                    k.who,
+                    revoked_mark(&k)
+                );
             }
         },
         PolicyCommand::Publish {
@@ -527,6 +652,22 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
             println!("source        {}", p.source);
             println!("published     {} by {}", p.published_at, p.who);
             println!("note          {}", p.note);
+            if let Some(id) = p.signer_key_id {
+                let key = registry::all_keys(&db, &county)
+                    .await?
+                    .into_iter()
+                    .find(|k| k.key_id == id);
+                match key {
+                    Some(k) => println!(
+                        "signed by     key #{} {} ({}){}",
+                        k.key_id,
+                        short(&k.public_key_hex),
+                        k.who,
+                        revoked_mark(&k)
+                    ),
+                    None => println!("signed by     key #{id}"),
+                }
+            }
             println!("parameters    {}", p.parameters_json);
             for a in registry::history(&db, &county, Some(kind)).await? {
                 if a.publication_id == p.publication_id {
@@ -548,12 +689,48 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
                 if h.is_empty() {
                     println!("no activations for {county}; the policy-set files are in force");
                 }
+                for e in shadow::events(&db, &county, kind).await? {
+                    print_shadow_event(&e);
+                }
             }
+        }
+        PolicyCommand::Shadow {
+            county,
+            kind,
+            version,
+            until,
+            stop,
+            who,
+            note,
+        } => {
+            let who = who.resolve()?;
+            let e = match version {
+                Some(version) if !stop => {
+                    let until = until.as_deref().map(registry::parse_time).transpose()?;
+                    shadow::start(
+                        &db,
+                        &*engine()?,
+                        &shadow::StartRequest {
+                            county: &county,
+                            kind,
+                            version: &version,
+                            until,
+                            who: &who,
+                            note: &note,
+                            now,
+                        },
+                    )
+                    .await?
+                }
+                _ => shadow::stop(&db, &county, kind, &who, &note, now).await?,
+            };
+            print_shadow_event(&e);
         }
         PolicyCommand::Diff {
             county,
             kind,
             candidate,
+            shadow,
             days,
             until,
             show,
@@ -561,20 +738,17 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
         } => {
             let until = match until {
                 Some(d) => d,
-                None => latest_business_date(&db, &county, kind).await?,
+                None => latest_business_date(&db, &county, kind, shadow).await?,
             };
-            let from = until - Duration::days(i64::from(days.max(1)) - 1);
-            let engine = engine()?;
-            let r = audit::diff(
-                &db,
-                &engine,
-                &county,
-                kind,
-                &candidate,
-                &crate::db::ds(from),
-                &crate::db::ds(until),
-            )
-            .await?;
+            let from = crate::db::ds(until - Duration::days(i64::from(days.max(1)) - 1));
+            let until = crate::db::ds(until);
+            let r = match candidate {
+                Some(candidate) if !shadow => {
+                    let engine = engine()?;
+                    audit::diff(&db, &engine, &county, kind, &candidate, &from, &until).await?
+                }
+                _ => audit::shadow_diff(&db, &county, kind, &from, &until).await?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -632,15 +806,23 @@ fn policy_test(component: &Path, fixtures: &Path, json: bool) -> anyhow::Result<
     Ok(failed == 0)
 }
 
+/// The latest business date of `kind` in the decision log (or, for `shadow`, among
+/// the shadows' recorded decisions).
 async fn latest_business_date(
     db: &Db,
     county: &str,
     kind: PolicyKind,
+    shadow: bool,
 ) -> anyhow::Result<NaiveDate> {
     use sqlx::Row;
-    let row = sqlx::query(
-        "SELECT MAX(business_date) FROM decisions WHERE county = $1 AND (kind = $2 OR ($2 = 'cutoff' AND kind = 'reconnection'))",
-    )
+    let table = if shadow {
+        "shadow_decisions"
+    } else {
+        "decisions"
+    };
+    let row = sqlx::query(&format!(
+        "SELECT MAX(business_date) FROM {table} WHERE county = $1 AND (kind = $2 OR ($2 = 'cutoff' AND kind = 'reconnection'))",
+    ))
     .bind(county)
     .bind(kind.as_str())
     .fetch_one(&db.pool)
@@ -680,13 +862,52 @@ fn print_activation(a: &registry::Activation) {
     );
 }
 
+fn print_shadow_event(e: &shadow::ShadowEvent) {
+    let what = match (&e.component_sha256, e.publication_id) {
+        (Some(sha), Some(id)) => format!(
+            "shadow start {} (publication #{id}){}",
+            short(sha),
+            e.until_at
+                .as_deref()
+                .map(|u| format!(" until {u}"))
+                .unwrap_or_default()
+        ),
+        _ => "shadow stop".to_string(),
+    };
+    println!(
+        "shadow #{:<4} {} {:<8} {what}, by {} at {}: {}",
+        e.shadow_event_id,
+        e.county,
+        e.kind.as_str(),
+        e.who,
+        e.recorded_at,
+        e.note
+    );
+}
+
+fn revoked_mark(k: &registry::TrustedKey) -> String {
+    match &k.revoked_at {
+        Some(at) => format!(
+            "  REVOKED at {at} by {}: {}",
+            k.revoked_by.as_deref().unwrap_or("?"),
+            k.revoked_note.as_deref().unwrap_or("")
+        ),
+        None => String::new(),
+    }
+}
+
 fn yuan(fen: i64) -> String {
     crate::money::fen_to_yuan(fen).to_string()
 }
 
 fn print_diff(r: &audit::DiffReport, show: usize) {
+    let (what, counted) = if r.source == "shadow" {
+        ("shadow", "decisions shadowed ")
+    } else {
+        ("candidate", "decisions replayed ")
+    };
     println!(
-        "policy diff — {} {} candidate {} (publication #{}), decisions of {} ..= {}",
+        "policy diff — {} {} {what} {} (publication #{}), decisions of {} ..= {}",
         r.county,
         r.kind,
         short(&r.candidate_sha256),
@@ -694,7 +915,7 @@ fn print_diff(r: &audit::DiffReport, show: usize) {
         r.from,
         r.to
     );
-    println!("  decisions replayed   {}", r.decisions);
+    println!("  {counted}  {}", r.decisions);
     println!("  decisions changed    {}", r.changed.len());
     if r.kind == PolicyKind::Tariff {
         println!(

@@ -24,19 +24,58 @@ pub struct ActiveComponent {
     pub parameters_json: String,
 }
 
-/// The components in force for a county at one moment.
+/// A published candidate running beside the version in force on live decisions
+/// (shadow mode, `feegate policy shadow`): its outputs go to `shadow_decisions`, never
+/// to the ledger, the SMS outbox or a relay. See [`crate::shadow`].
 #[derive(Debug)]
+pub struct ShadowComponent {
+    /// The `policy_shadows` start event that set it.
+    pub shadow_event_id: i64,
+    pub publication_id: i64,
+    /// The candidate component with its published parameters (canonical JSON).
+    pub active: Arc<ActiveComponent>,
+    /// County-local 'YYYY-MM-DD HH:MM:SS' from which it no longer runs (`--until`).
+    pub until: Option<String>,
+    /// Resource failures (fuel, memory, time) in a row; at
+    /// [`crate::shadow::BREAKER_AFTER`] this host stops running the shadow, so a looping
+    /// candidate costs the live job a few limit-long runs, not one per decision.
+    pub resource_failures_in_a_row: std::sync::atomic::AtomicU32,
+}
+
+/// The components in force for a county at one moment, and the shadows beside them.
+#[derive(Debug, Clone)]
 pub struct PolicySnapshot {
     pub rollout_stage: RolloutStage,
     /// The county's message rules (policy set `[messages]`).
     pub messages: Arc<MessagesPolicy>,
     components: BTreeMap<PolicyKind, Arc<ActiveComponent>>,
+    shadows: BTreeMap<PolicyKind, Arc<ShadowComponent>>,
 }
 
 impl PolicySnapshot {
     /// The component for `kind` (a snapshot always has all four).
     pub fn get(&self, kind: PolicyKind) -> &ActiveComponent {
         &self.components[&kind]
+    }
+
+    /// The shadow running beside `kind`, if one is set, ready to pass to the decision
+    /// log ([`crate::decision_log::DecisionRecord::shadow`]).
+    pub fn shadow<'a>(
+        &'a self,
+        engine: &'a PolicyEngine,
+        kind: PolicyKind,
+    ) -> Option<crate::shadow::Shadow<'a>> {
+        self.shadows
+            .get(&kind)
+            .map(|component| crate::shadow::Shadow {
+                engine,
+                component: component.as_ref(),
+            })
+    }
+
+    /// The shadow component set for `kind`, if any.
+    pub fn shadow_component(&self, kind: PolicyKind) -> Option<&Arc<ShadowComponent>> {
+        self.shadows.get(&kind)
     }
 }
 
@@ -98,6 +137,7 @@ impl County {
                 rollout_stage: set.rollout_stage,
                 messages: Arc::new(messages),
                 components,
+                shadows: BTreeMap::new(),
             })),
         })
     }
@@ -115,24 +155,33 @@ impl County {
     /// [`County::activate`] for a component already shared (the registry watcher keeps
     /// loaded versions cached, so a rollback swaps without recompiling).
     pub fn activate_shared(&self, active: Arc<ActiveComponent>) {
-        let mut guard = self.policies.write().expect("policy lock poisoned");
-        let mut components = guard.components.clone();
-        components.insert(active.component.kind, active);
-        *guard = Arc::new(PolicySnapshot {
-            rollout_stage: guard.rollout_stage,
-            messages: guard.messages.clone(),
-            components,
+        self.update(|next| {
+            next.components.insert(active.component.kind, active);
+        });
+    }
+
+    /// Sets (or with `None` ends) the shadow beside `kind`; jobs already running keep
+    /// their snapshot.
+    pub fn set_shadow(&self, kind: PolicyKind, shadow: Option<Arc<ShadowComponent>>) {
+        self.update(|next| {
+            match shadow {
+                Some(s) => next.shadows.insert(kind, s),
+                None => next.shadows.remove(&kind),
+            };
         });
     }
 
     /// Moves the county to another rollout stage; jobs already running keep theirs.
     pub fn set_rollout_stage(&self, stage: RolloutStage) {
+        self.update(|next| next.rollout_stage = stage);
+    }
+
+    /// Replaces the snapshot by a changed copy; holders of the old one keep it.
+    fn update(&self, change: impl FnOnce(&mut PolicySnapshot)) {
         let mut guard = self.policies.write().expect("policy lock poisoned");
-        *guard = Arc::new(PolicySnapshot {
-            rollout_stage: stage,
-            messages: guard.messages.clone(),
-            components: guard.components.clone(),
-        });
+        let mut next = PolicySnapshot::clone(&guard);
+        change(&mut next);
+        *guard = Arc::new(next);
     }
 }
 

@@ -226,6 +226,7 @@ pub async fn run(
                 component_sha256: &cutoff.component.sha256,
                 input: &input,
                 invocation: &invocation,
+                shadow: policies.shadow(engine, PolicyKind::Cutoff),
             },
         )
         .await?;

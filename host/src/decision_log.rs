@@ -24,6 +24,10 @@ pub struct DecisionRecord<'a, I: Serialize, O: Serialize> {
     pub component_sha256: &'a str,
     pub input: &'a I,
     pub invocation: &'a Invocation<O>,
+    /// The shadow set beside this kind, if any ([`crate::county::PolicySnapshot::shadow`]):
+    /// it runs on the same input right after the decision is recorded
+    /// ([`crate::shadow::run_beside`]) and can never change the decision.
+    pub shadow: Option<crate::shadow::Shadow<'a>>,
 }
 
 /// Reason code and explanation of a successful output, for the log's summary columns.
@@ -51,7 +55,8 @@ explained!(
     ReconnectionOutput
 );
 
-/// Appends a decision; returns its id.
+/// Appends a decision; returns its id. When `r.shadow` is set, also runs the shadow on
+/// the same input and records its result beside (never failing the decision).
 pub async fn record<I: Serialize, O: Serialize + Explained>(
     conn: &mut AnyConnection,
     r: &DecisionRecord<'_, I, O>,
@@ -110,7 +115,7 @@ pub async fn record<I: Serialize, O: Serialize + Explained>(
     .bind(r.business_date)
     .bind(r.decided_at)
     .bind(r.component_sha256)
-    .bind(input_json)
+    .bind(input_json.as_str())
     .bind(output_json)
     .bind(outcome)
     .bind(failure_json)
@@ -122,7 +127,19 @@ pub async fn record<I: Serialize, O: Serialize + Explained>(
     .bind(&hash)
     .fetch_one(&mut *conn)
     .await?;
-    row.try_get(0)
+    let decision_id = row.try_get(0)?;
+    if let Some(shadow) = r.shadow {
+        let live = crate::shadow::Live {
+            decision_id,
+            county: r.county,
+            kind: r.kind,
+            business_date: r.business_date,
+            decided_at: r.decided_at,
+            input_json: &input_json,
+        };
+        crate::shadow::run_beside(conn, shadow, &live).await;
+    }
+    Ok(decision_id)
 }
 
 /// The content columns of a `decisions` row, in table order: everything the chain

@@ -294,6 +294,7 @@ pub async fn queue_notice(
             component_sha256: &notice.component.sha256,
             input: &input,
             invocation: &invocation,
+            shadow: policies.shadow(engine, PolicyKind::Notice),
         },
     )
     .await?;

@@ -270,6 +270,7 @@ pub async fn reconnect_if_due(
             component_sha256: &cutoff.component.sha256,
             input: &input,
             invocation: &invocation,
+            shadow: policies.shadow(engine, PolicyKind::Cutoff),
         },
     )
     .await?;

@@ -71,6 +71,32 @@ pub enum RegistryError {
         "the signature does not verify against any key county {county} trusts ({keys} key(s)); sign with a trusted key, or have the county trust yours with `feegate policy trust add`"
     )]
     BadSignature { county: String, keys: usize },
+    #[error(
+        "the signature is by key #{key_id} ({who}), which county {county} revoked at {revoked_at}: {why}; sign with a key the county still trusts (`feegate policy trust list --county {county}`)"
+    )]
+    RevokedKey {
+        county: String,
+        key_id: i64,
+        who: String,
+        revoked_at: String,
+        why: String,
+    },
+    #[error(
+        "county {county} has no key #{key_id}; `feegate policy trust list --county {county}` shows its keys"
+    )]
+    UnknownKey { county: String, key_id: i64 },
+    #[error("key #{key_id} of county {county} was already revoked at {revoked_at}")]
+    AlreadyRevoked {
+        county: String,
+        key_id: i64,
+        revoked_at: String,
+    },
+    #[error(
+        "county {county} has no {kind} shadow running; start one with `feegate policy shadow --county {county} --kind {kind} --version V --note WHY`"
+    )]
+    NoShadow { county: String, kind: PolicyKind },
+    #[error("the shadow's end {until} is not after now ({now})")]
+    ShadowEndsInPast { until: String, now: String },
     #[error("signature is not 64 bytes of hex: {0}")]
     SignatureFormat(String),
     #[error(
@@ -226,6 +252,10 @@ pub struct TrustedKey {
     pub who: String,
     pub added_by: String,
     pub added_at: String,
+    /// Set when the county revoked the key (with who and why): it signs nothing new.
+    pub revoked_at: Option<String>,
+    pub revoked_by: Option<String>,
+    pub revoked_note: Option<String>,
 }
 
 /// Makes `county` trust `key` for signing publications, held by `who`. Idempotent:
@@ -259,9 +289,18 @@ pub async fn trust_key(
 
 /// The keys `county` trusts now (not revoked).
 pub async fn trusted_keys(db: &Db, county: &str) -> Result<Vec<TrustedKey>, RegistryError> {
+    Ok(all_keys(db, county)
+        .await?
+        .into_iter()
+        .filter(|k| k.revoked_at.is_none())
+        .collect())
+}
+
+/// Every key `county` ever trusted, revoked ones included, oldest first.
+pub async fn all_keys(db: &Db, county: &str) -> Result<Vec<TrustedKey>, RegistryError> {
     let rows = sqlx::query(
-        "SELECT key_id, county, public_key_hex, who, added_by, added_at FROM policy_trusted_keys
-         WHERE county = $1 AND revoked_at IS NULL ORDER BY key_id",
+        "SELECT key_id, county, public_key_hex, who, added_by, added_at, revoked_at, revoked_by, revoked_note
+         FROM policy_trusted_keys WHERE county = $1 ORDER BY key_id",
     )
     .bind(county)
     .fetch_all(&db.pool)
@@ -275,9 +314,71 @@ pub async fn trusted_keys(db: &Db, county: &str) -> Result<Vec<TrustedKey>, Regi
                 who: r.try_get(3)?,
                 added_by: r.try_get(4)?,
                 added_at: r.try_get(5)?,
+                revoked_at: r.try_get(6)?,
+                revoked_by: r.try_get(7)?,
+                revoked_note: r.try_get(8)?,
             })
         })
         .collect()
+}
+
+/// Revokes key `key_id` of `county` (who revoked it and why are recorded): from now on
+/// nothing signed by it is published. Versions it signed before stay published and
+/// activatable — they were checked when published, and [`Publication::signer_key_id`]
+/// says which key signed them — so revoking a leaked key never stops a county's
+/// running policy; roll back or activate another version if its versions are suspect.
+pub async fn revoke_key(
+    db: &Db,
+    county: &str,
+    key_id: i64,
+    who: &str,
+    why: &str,
+    now: NaiveDateTime,
+) -> Result<TrustedKey, RegistryError> {
+    let key = all_keys(db, county)
+        .await?
+        .into_iter()
+        .find(|k| k.key_id == key_id)
+        .ok_or_else(|| RegistryError::UnknownKey {
+            county: county.to_string(),
+            key_id,
+        })?;
+    if let Some(revoked_at) = key.revoked_at {
+        return Err(RegistryError::AlreadyRevoked {
+            county: county.to_string(),
+            key_id,
+            revoked_at,
+        });
+    }
+    sqlx::query(
+        "UPDATE policy_trusted_keys SET revoked_at = $3, revoked_by = $4, revoked_note = $5
+         WHERE county = $1 AND key_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(county)
+    .bind(key_id)
+    .bind(ts(now))
+    .bind(who)
+    .bind(why)
+    .execute(&db.pool)
+    .await?;
+    Ok(TrustedKey {
+        revoked_at: Some(ts(now)),
+        revoked_by: Some(who.to_string()),
+        revoked_note: Some(why.to_string()),
+        ..key
+    })
+}
+
+fn verifies(key: &TrustedKey, msg: &[u8; 64], signature: &Signature) -> bool {
+    let Ok(bytes) = hex::decode(&key.public_key_hex) else {
+        return false;
+    };
+    let Ok(bytes) = <[u8; 32]>::try_from(bytes) else {
+        return false;
+    };
+    VerifyingKey::from_bytes(&bytes)
+        .map(|vk| vk.verify(msg, signature).is_ok())
+        .unwrap_or(false)
 }
 
 // ---------------------------------------------------------------------------------
@@ -300,6 +401,9 @@ pub struct Publication {
     pub note: String,
     pub contract_version: String,
     pub size_bytes: i64,
+    /// The trusted key that signed it (`None` for shipped files). A version stays
+    /// valid after its key is revoked ([`revoke_key`]).
+    pub signer_key_id: Option<i64>,
 }
 
 /// What `policy publish` is asked to do.
@@ -331,30 +435,33 @@ pub async fn publish(
         .try_into()
         .map_err(|b: Vec<u8>| RegistryError::SignatureFormat(format!("{} bytes", b.len())))?;
     let signature = Signature::from_bytes(&sig_bytes);
-    let keys = trusted_keys(db, req.county).await?;
-    if keys.is_empty() {
-        return Err(RegistryError::NoTrustedKey {
-            county: req.county.to_string(),
-        });
-    }
+    let all = all_keys(db, req.county).await?;
     let msg = signed_message(req.component, &params);
-    let signer = keys
-        .iter()
-        .find(|k| {
-            let Ok(bytes) = hex::decode(&k.public_key_hex) else {
-                return false;
-            };
-            let Ok(bytes) = <[u8; 32]>::try_from(bytes) else {
-                return false;
-            };
-            VerifyingKey::from_bytes(&bytes)
-                .map(|vk| vk.verify(&msg, &signature).is_ok())
-                .unwrap_or(false)
-        })
-        .ok_or_else(|| RegistryError::BadSignature {
-            county: req.county.to_string(),
-            keys: keys.len(),
-        })?;
+    let signer = all.iter().find(|k| verifies(k, &msg, &signature));
+    let live = all.iter().filter(|k| k.revoked_at.is_none()).count();
+    let signer = match signer {
+        Some(k) if k.revoked_at.is_none() => k,
+        Some(k) => {
+            return Err(RegistryError::RevokedKey {
+                county: req.county.to_string(),
+                key_id: k.key_id,
+                who: k.who.clone(),
+                revoked_at: k.revoked_at.clone().unwrap_or_default(),
+                why: k.revoked_note.clone().unwrap_or_default(),
+            });
+        }
+        None if live == 0 => {
+            return Err(RegistryError::NoTrustedKey {
+                county: req.county.to_string(),
+            });
+        }
+        None => {
+            return Err(RegistryError::BadSignature {
+                county: req.county.to_string(),
+                keys: live,
+            });
+        }
+    };
     let mut tx = db.pool.begin().await?;
     store_bytes(
         &mut tx,
@@ -451,18 +558,25 @@ pub async fn record_shipped(
 
 const PUBLICATION_COLUMNS: &str =
     "p.publication_id, p.county, p.kind, p.component_sha256, p.parameters_json, p.source, p.who,
-     p.published_at, p.note, c.contract_version, c.size_bytes
+     p.published_at, p.note, c.contract_version, c.size_bytes, p.signer_key_id
      FROM policy_publications p JOIN policy_components c ON c.sha256 = p.component_sha256";
 
+/// Column `i` of `r` as a policy kind (`what` names it if the stored text is not one).
+pub(crate) fn kind_column(
+    r: &sqlx::any::AnyRow,
+    i: usize,
+    what: &'static str,
+) -> Result<PolicyKind, RegistryError> {
+    let kind: String = r.try_get(i)?;
+    kind.parse()
+        .map_err(|detail| RegistryError::Corrupt { what, detail })
+}
+
 fn publication_from(r: &sqlx::any::AnyRow) -> Result<Publication, RegistryError> {
-    let kind: String = r.try_get(2)?;
     Ok(Publication {
         publication_id: r.try_get(0)?,
         county: r.try_get(1)?,
-        kind: kind.parse().map_err(|detail| RegistryError::Corrupt {
-            what: "publication kind",
-            detail,
-        })?,
+        kind: kind_column(r, 2, "publication kind")?,
         component_sha256: r.try_get(3)?,
         parameters_json: r.try_get(4)?,
         source: r.try_get(5)?,
@@ -471,6 +585,7 @@ fn publication_from(r: &sqlx::any::AnyRow) -> Result<Publication, RegistryError>
         note: r.try_get(8)?,
         contract_version: r.try_get(9)?,
         size_bytes: r.try_get(10)?,
+        signer_key_id: r.try_get(11)?,
     })
 }
 
@@ -767,15 +882,11 @@ pub async fn history(
     .await?;
     rows.iter()
         .map(|r| {
-            let kind: String = r.try_get(2)?;
             let stage: Option<String> = r.try_get(6)?;
             Ok(Activation {
                 activation_id: r.try_get(0)?,
                 county: r.try_get(1)?,
-                kind: kind.parse().map_err(|detail| RegistryError::Corrupt {
-                    what: "activation kind",
-                    detail,
-                })?,
+                kind: kind_column(r, 2, "activation kind")?,
                 publication_id: r.try_get(3)?,
                 component_sha256: r.try_get(4)?,
                 action: r.try_get(5)?,
@@ -896,10 +1007,12 @@ pub struct Watcher {
     clock: Arc<dyn Clock>,
     /// Activation id applied per kind (absent: the policy-set file is in force).
     applied: Mutex<BTreeMap<PolicyKind, i64>>,
-    /// Compiled components by sha256: the ones in force at start, and every version
-    /// published for the county (compiled ahead by [`Watcher::prepare`]), so that an
-    /// activation or a rollback is a pointer swap, not a compilation.
-    compiled: Mutex<BTreeMap<String, LoadedComponent>>,
+    /// Compiled components by kind and sha256 (one component may export several
+    /// kinds' worlds, and a loaded component is checked for one kind): the ones in force
+    /// at start, and every version published for the county (compiled ahead by
+    /// [`Watcher::prepare`]), so that an activation or a rollback is a pointer swap,
+    /// not a compilation.
+    compiled: Mutex<BTreeMap<(PolicyKind, String), LoadedComponent>>,
     /// Highest publication id already compiled ahead.
     prepared_up_to: Mutex<i64>,
 }
@@ -916,7 +1029,7 @@ impl Watcher {
             .iter()
             .map(|k| {
                 let c = &snapshot.get(*k).component;
-                (c.sha256.clone(), c.clone())
+                ((*k, c.sha256.clone()), c.clone())
             })
             .collect();
         Self {
@@ -945,7 +1058,7 @@ impl Watcher {
                 .compiled
                 .lock()
                 .expect("watcher lock")
-                .contains_key(&p.component_sha256)
+                .contains_key(&(p.kind, p.component_sha256.clone()))
             {
                 continue;
             }
@@ -963,7 +1076,7 @@ impl Watcher {
                 self.compiled
                     .lock()
                     .expect("watcher lock")
-                    .insert(p.component_sha256.clone(), c);
+                    .insert((p.kind, p.component_sha256.clone()), c);
                 n += 1;
             }
         }
@@ -989,24 +1102,7 @@ impl Watcher {
                     what: "activation",
                     detail: format!("publication {} missing", a.publication_id),
                 })?;
-            let cached = self
-                .compiled
-                .lock()
-                .expect("watcher lock")
-                .get(&p.component_sha256)
-                .cloned();
-            let component = match cached {
-                Some(c) => c,
-                None => {
-                    let bytes = component_bytes(&self.db, &p.component_sha256).await?;
-                    let c = self.engine.load(kind, &bytes)?;
-                    self.compiled
-                        .lock()
-                        .expect("watcher lock")
-                        .insert(p.component_sha256.clone(), c.clone());
-                    c
-                }
-            };
+            let component = self.compiled(kind, &p.component_sha256).await?;
             let active = Arc::new(ActiveComponent {
                 component,
                 parameters_json: p.parameters_json,
@@ -1024,12 +1120,80 @@ impl Watcher {
                 activation_id: a.activation_id,
             });
         }
+        self.poll_shadows(now).await?;
         if let Some(stage) = stage_in_force(&self.db, &self.county.county, now).await?
             && self.county.snapshot().rollout_stage != stage
         {
             self.county.set_rollout_stage(stage);
         }
         Ok(swapped)
+    }
+
+    /// A component compiled for `kind`, from the cache or the registry's bytes.
+    async fn compiled(
+        &self,
+        kind: PolicyKind,
+        sha256: &str,
+    ) -> Result<LoadedComponent, RegistryError> {
+        let cached = self
+            .compiled
+            .lock()
+            .expect("watcher lock")
+            .get(&(kind, sha256.to_string()))
+            .cloned();
+        if let Some(c) = cached {
+            return Ok(c);
+        }
+        let bytes = component_bytes(&self.db, sha256).await?;
+        let c = self.engine.load(kind, &bytes)?;
+        self.compiled
+            .lock()
+            .expect("watcher lock")
+            .insert((kind, sha256.to_string()), c.clone());
+        Ok(c)
+    }
+
+    /// Sets, replaces or ends the shadow beside each kind as `policy_shadows` says
+    /// (a start, a stop, or a start whose `--until` has passed).
+    async fn poll_shadows(&self, now: NaiveDateTime) -> Result<(), RegistryError> {
+        for kind in PolicyKind::ALL {
+            let want = crate::shadow::in_force(&self.db, &self.county.county, kind, now).await?;
+            let have = self
+                .county
+                .snapshot()
+                .shadow_component(kind)
+                .map(|s| s.shadow_event_id);
+            if want.as_ref().map(|e| e.shadow_event_id) == have {
+                continue;
+            }
+            let Some(event) = want else {
+                self.county.set_shadow(kind, None);
+                tracing::info!(county = %self.county.county, %kind, "policy shadow ended");
+                continue;
+            };
+            let p = publication(&self.db, event.publication_id.unwrap_or_default())
+                .await?
+                .ok_or_else(|| RegistryError::Corrupt {
+                    what: "shadow event",
+                    detail: format!("publication {:?} missing", event.publication_id),
+                })?;
+            let component = self.compiled(kind, &p.component_sha256).await?;
+            self.county.set_shadow(
+                kind,
+                Some(Arc::new(crate::county::ShadowComponent {
+                    shadow_event_id: event.shadow_event_id,
+                    publication_id: p.publication_id,
+                    active: Arc::new(ActiveComponent {
+                        component,
+                        parameters_json: p.parameters_json,
+                    }),
+                    until: event.until_at,
+                    resource_failures_in_a_row: Default::default(),
+                })),
+            );
+            tracing::info!(county = %self.county.county, %kind, to = %p.component_sha256, "policy shadow started");
+        }
+        Ok(())
     }
 
     /// Polls every `every` until the returned task is aborted (or the runtime stops).

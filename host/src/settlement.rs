@@ -387,6 +387,7 @@ async fn settle_account(
             component_sha256: &tariff.component.sha256,
             input: &input,
             invocation: &invocation,
+            shadow: policies.shadow(engine, PolicyKind::Tariff),
         },
     )
     .await?;

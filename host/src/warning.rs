@@ -76,6 +76,7 @@ pub async fn assess(
                 component_sha256: &warning.component.sha256,
                 input: &input,
                 invocation: &invocation,
+                shadow: policies.shadow(engine, PolicyKind::Warning),
             },
         )
         .await?;

@@ -847,25 +847,12 @@ fn the_readme_walkthrough_works_at_the_command_line() {
     let params = dir.path().join("tariff.json");
     std::fs::write(&params, TARIFF_PARAMS).unwrap();
     let tariff = common::component("policy_tariff_step");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(common::feegate_bin())
-            .args(args)
-            .current_dir(dir.path())
-            .env("FEEGATE_DB", &db)
-            .env("FEEGATE_WHO", "ops-test")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+    let cli = common::Cli {
+        dir: dir.path(),
+        db: &db,
     };
-    let ok = |args: &[&str]| {
-        let (code, stdout, stderr) = run(args);
-        assert_eq!(code, Some(0), "{args:?}\n{stdout}\n{stderr}");
-        stdout
-    };
+    let run = |args: &[&str]| cli.run(args);
+    let ok = |args: &[&str]| cli.ok(args);
     ok(&["policy", "key", "new", "--out", "lin"]);
     assert!(dir.path().join("lin.key").exists() && dir.path().join("lin.pub").exists());
     let (code, _, stderr) = run(&["policy", "key", "new", "--out", "lin"]);

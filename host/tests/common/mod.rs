@@ -235,3 +235,34 @@ pub fn serve_config(dir: &std::path::Path, port: u16, extra: &str) -> PathBuf {
     .unwrap();
     path
 }
+
+/// `feegate` run in `dir` on the database `db` as `ops-test`, through the real binary.
+pub struct Cli<'a> {
+    pub dir: &'a std::path::Path,
+    pub db: &'a str,
+}
+
+impl Cli<'_> {
+    /// (exit code, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = std::process::Command::new(feegate_bin())
+            .args(args)
+            .current_dir(self.dir)
+            .env("FEEGATE_DB", self.db)
+            .env("FEEGATE_WHO", "ops-test")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (code, stdout, stderr) = self.run(args);
+        assert_eq!(code, Some(0), "{args:?}\n{stdout}\n{stderr}");
+        stdout
+    }
+}
