@@ -41,5 +41,6 @@ pub mod policy;
 pub mod readings;
 pub mod registry;
 pub mod relay;
+pub mod replacement;
 pub mod settlement;
 pub mod warning;

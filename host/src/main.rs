@@ -79,9 +79,13 @@ enum Command {
         /// Meters behind each simulated serial gateway (1..=247).
         #[arg(long, default_value_t = 16)]
         meters_per_gateway: u8,
-        /// Modbus reply timeout in milliseconds (the simulator is on loopback).
+        /// Reply timeout in milliseconds (the simulator is on loopback).
         #[arg(long, default_value_t = 100)]
         read_timeout_ms: u64,
+        /// Share of meters per protocol in percent: Modbus TCP, DL/T 645 behind serial
+        /// gateways, DL/T 645 behind 1376.1 terminals.
+        #[arg(long, default_value = "modbus=100")]
+        protocol_mix: demo::ProtocolMix,
     },
     /// DL/T 645-2007 field tools: decode a captured frame, build a request.
     Dlt645 {
@@ -246,6 +250,36 @@ enum MeterCmd {
         #[arg(long)]
         requires_security: bool,
     },
+    /// Record a meter replacement (换表): the account moves to the new meter; the period
+    /// containing the replacement is billed as old tail + new head.
+    Replace {
+        /// The account whose meter was replaced.
+        #[arg(long)]
+        account: String,
+        /// Id of the new meter.
+        #[arg(long)]
+        new_meter: String,
+        /// The old meter's register when removed, kWh.
+        #[arg(long, value_parser = parse_kwh)]
+        old_final: rust_decimal::Decimal,
+        /// The new meter's register when fitted, kWh.
+        #[arg(long, value_parser = parse_kwh)]
+        new_start: rust_decimal::Decimal,
+        /// County-local time the old meter came off, YYYY-MM-DDTHH:MM:SS.
+        #[arg(long)]
+        at: chrono::NaiveDateTime,
+        /// Who replaced it.
+        #[arg(long)]
+        who: String,
+        /// The new meter's DL/T 645 address, if not the old one's.
+        #[arg(long)]
+        new_address: Option<String>,
+        /// The new meter's Modbus unit id, if not the old one's.
+        #[arg(long)]
+        new_unit: Option<u8>,
+        #[arg(long, env = "FEEGATE_DB", default_value = "sqlite://feegate.db")]
+        db: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -409,6 +443,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 ft::rtu_decode(&hex, map.as_deref(), register.as_deref())?
             );
+            Ok(())
+        }
+        Command::Meter {
+            cmd:
+                MeterCmd::Replace {
+                    account,
+                    new_meter,
+                    old_final,
+                    new_start,
+                    at,
+                    who,
+                    new_address,
+                    new_unit,
+                    db,
+                },
+        } => {
+            let db = feegate::db::Db::open(&db).await?;
+            let order = feegate::replacement::ReplacementOrder {
+                account_id: account.clone(),
+                new_meter_id: new_meter.clone(),
+                old_final_kwh: old_final,
+                new_start_kwh: new_start,
+                replaced_at: at,
+                replaced_by: who,
+                new_address,
+                new_unit,
+            };
+            match feegate::replacement::record(&db, &order, china_now()).await? {
+                feegate::replacement::Recorded::New { old_meter_id } => println!(
+                    "recorded: account {account} moved from meter {old_meter_id} to {new_meter}; \
+                     if its span was held for the backwards register, check it and run \
+                     `feegate holds release --account {account} --stage reading`"
+                ),
+                feegate::replacement::Recorded::AlreadyRecorded { old_meter_id } => println!(
+                    "already recorded: account {account}, meter {old_meter_id} -> {new_meter}; nothing changed"
+                ),
+            }
             Ok(())
         }
         Command::Meter {
@@ -675,6 +746,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     components,
                     meters_per_gateway: 16,
                     read_timeout: std::time::Duration::from_millis(100),
+                    protocol_mix: demo::ProtocolMix::default(),
                     progress: false,
                 },
                 decisions,
@@ -710,6 +782,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             meters_per_gateway,
             read_timeout_ms,
+            protocol_mix,
         } => {
             anyhow::ensure!(meters > 0, "--meters must be at least 1");
             anyhow::ensure!(
@@ -727,6 +800,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 components,
                 meters_per_gateway,
                 read_timeout: std::time::Duration::from_millis(read_timeout_ms),
+                protocol_mix,
                 progress: true,
             };
             let began = Instant::now();
@@ -827,6 +901,19 @@ enum HoldsCmd {
     },
 }
 
+fn parse_kwh(s: &str) -> Result<rust_decimal::Decimal, String> {
+    s.parse()
+        .map_err(|e| format!("{s:?} is not a kWh value like 1234.56: {e}"))
+}
+
+/// County local time: China Standard Time (UTC+8, no daylight saving).
+fn china_now() -> chrono::NaiveDateTime {
+    let cst = feegate::clock::SystemClock {
+        offset: chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset"),
+    };
+    feegate::clock::Clock::now(&cst)
+}
+
 async fn holds(cmd: HoldsCmd) -> anyhow::Result<()> {
     use sqlx::Row;
     match cmd {
@@ -855,11 +942,7 @@ async fn holds(cmd: HoldsCmd) -> anyhow::Result<()> {
         } => {
             let db = feegate::db::Db::open(&db).await?;
             let mut conn = db.pool.acquire().await?;
-            // County local time: China Standard Time (UTC+8, no daylight saving).
-            let cst = feegate::clock::SystemClock {
-                offset: chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset"),
-            };
-            let now = feegate::db::ts(feegate::clock::Clock::now(&cst));
+            let now = feegate::db::ts(china_now());
             let n = feegate::decision_log::release_holds(&mut conn, &account, &stage, &who, &now)
                 .await?;
             anyhow::ensure!(

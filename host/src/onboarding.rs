@@ -10,6 +10,9 @@ use crate::db::{Db, DbError, ts};
 use crate::money::Fen;
 use crate::policy::set::RolloutStage;
 use chrono::NaiveDateTime;
+use feegate_meter::dlt645_client::Link;
+use feegate_meter::fleet::MeterLink;
+use sqlx::AnyConnection;
 
 /// Registers a county (idempotent).
 pub async fn ensure_county(
@@ -57,9 +60,9 @@ pub struct Application {
     pub customer_class: String,
     pub vulnerable: bool,
     pub meter_id: String,
-    /// "host:port" of the meter's gateway, and its Modbus unit id.
-    pub gateway: String,
-    pub unit_id: u8,
+    /// How the meter is reached: protocol and link (gateway and unit id, DL/T 645 address
+    /// behind a gateway, or behind a 1376.1 terminal port).
+    pub link: MeterLink,
     pub ct_ratio: i64,
     pub pt_ratio: i64,
     pub account_id: String,
@@ -96,17 +99,17 @@ pub async fn onboard(db: &Db, a: &Application, now: NaiveDateTime) -> Result<Onb
     .bind(i64::from(a.vulnerable))
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO meters (meter_id, customer_id, protocol, gateway, unit_id, ct_ratio, pt_ratio, installed_on) VALUES ($1, $2, 'modbus-tcp', $3, $4, $5, $6, $7)",
+    insert_meter(
+        &mut *tx,
+        &NewMeter {
+            meter_id: &a.meter_id,
+            customer_id: &a.customer_id,
+            link: &a.link,
+            ct_ratio: a.ct_ratio,
+            pt_ratio: a.pt_ratio,
+            installed_on: now.date(),
+        },
     )
-    .bind(&a.meter_id)
-    .bind(&a.customer_id)
-    .bind(&a.gateway)
-    .bind(i64::from(a.unit_id))
-    .bind(a.ct_ratio)
-    .bind(a.pt_ratio)
-    .bind(crate::db::ds(now.date()))
-    .execute(&mut *tx)
     .await?;
     let agreement_id: i64 = sqlx::Row::try_get(
         &sqlx::query(
@@ -154,4 +157,86 @@ pub async fn onboard(db: &Db, a: &Application, now: NaiveDateTime) -> Result<Onb
     Ok(Onboarded {
         mobile_mismatch: mismatch,
     })
+}
+
+/// A meter row to insert.
+#[derive(Debug, Clone, Copy)]
+pub struct NewMeter<'a> {
+    pub meter_id: &'a str,
+    pub customer_id: &'a str,
+    pub link: &'a MeterLink,
+    pub ct_ratio: i64,
+    pub pt_ratio: i64,
+    pub installed_on: chrono::NaiveDate,
+}
+
+/// The `meters` columns for a link: (protocol, gateway, unit_id, meter_address, terminal,
+/// terminal_port, requires_security).
+type LinkColumns = (
+    &'static str,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    i64,
+);
+
+fn link_columns(link: &MeterLink) -> LinkColumns {
+    match link {
+        MeterLink::Modbus(a) => (
+            "modbus-tcp",
+            Some(a.gateway.to_string()),
+            Some(i64::from(a.unit)),
+            None,
+            None,
+            None,
+            0,
+        ),
+        MeterLink::Dlt645(m) => {
+            let (protocol, gateway, terminal, port) = match m.link {
+                Link::Gateway(g) => ("dlt645", Some(g.to_string()), None, None),
+                Link::Terminal { terminal, port } => (
+                    "qgdw376",
+                    None,
+                    Some(terminal.to_string()),
+                    Some(i64::from(port)),
+                ),
+            };
+            (
+                protocol,
+                gateway,
+                None,
+                Some(m.address.to_string()),
+                terminal,
+                port,
+                i64::from(m.requires_security),
+            )
+        }
+    }
+}
+
+/// Inserts a meter with its protocol and link columns (see `migrations/*/0005_meter_links.sql`).
+pub async fn insert_meter(conn: &mut AnyConnection, m: &NewMeter<'_>) -> Result<(), DbError> {
+    let (protocol, gateway, unit, address, terminal, port, security) = link_columns(m.link);
+    sqlx::query(
+        "INSERT INTO meters (meter_id, customer_id, protocol, gateway, unit_id, meter_address, terminal, terminal_port,
+                             requires_security, ct_ratio, pt_ratio, installed_on)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(m.meter_id)
+    .bind(m.customer_id)
+    .bind(protocol)
+    .bind(gateway)
+    .bind(unit)
+    .bind(address)
+    .bind(terminal)
+    .bind(port)
+    .bind(security)
+    .bind(m.ct_ratio)
+    .bind(m.pt_ratio)
+    .bind(crate::db::ds(m.installed_on))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

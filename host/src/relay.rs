@@ -13,7 +13,7 @@ use crate::config::RelayConfig;
 use crate::db::{Db, DbError, parse_ts, ts};
 use crate::floor::{FloorRefusal, SafetyFloor};
 use chrono::NaiveDateTime;
-use feegate_meter::client::ModbusMeterClient;
+use feegate_meter::fleet::FleetClient;
 use feegate_meter::registers::{RelayCommand, RelayState};
 use sqlx::{AnyConnection, Row};
 
@@ -106,17 +106,18 @@ fn reached(command: RelayCommand, state: RelayState) -> bool {
 /// Issues pending commands and verifies outstanding ones with fresh status reads.
 pub async fn drive(
     db: &Db,
-    client: &ModbusMeterClient,
+    client: &FleetClient,
     floor: &SafetyFloor,
     county: &str,
     now: NaiveDateTime,
 ) -> Result<RelayReport, DbError> {
     let mut report = RelayReport::default();
-    let rows = sqlx::query(
-        "SELECT c.command_id, c.account_id, c.command, c.status, c.deadline, m.gateway, m.unit_id
+    let rows = sqlx::query(&format!(
+        "SELECT c.command_id, c.account_id, c.command, c.status, c.deadline, {}
          FROM relay_commands c JOIN meters m ON m.meter_id = c.meter_id
          WHERE c.status IN ('pending', 'issuing', 'awaiting-confirmation', 'awaiting-customer') ORDER BY c.command_id",
-    )
+        crate::collection::LINK_COLUMNS
+    ))
     .fetch_all(&db.pool)
     .await?;
     for r in rows {
@@ -125,7 +126,7 @@ pub async fn drive(
         let command = command_from(&r.try_get::<String, _>(2)?)?;
         let mut status: String = r.try_get(3)?;
         let deadline = parse_ts(&r.try_get::<String, _>(4)?)?;
-        let addr = crate::collection::parse_address(&r.try_get::<String, _>(5)?, r.try_get(6)?)?;
+        let link = crate::collection::link_from_row(&r, 5)?;
 
         if status == "pending" && command == RelayCommand::Trip {
             // A trip is re-checked at the moment the frame would leave: a payment may
@@ -146,11 +147,26 @@ pub async fn drive(
                 .bind(ts(now))
                 .execute(&db.pool)
                 .await?;
-            match client.send_relay(addr, command).await {
+            // DL/T 645 commands carry a validity deadline: the command's own.
+            match client.send_relay(&link, command, deadline).await {
                 Ok(()) => {
                     set_status(db, id, "awaiting-confirmation", None, None).await?;
                     status = "awaiting-confirmation".into();
                     report.issued += 1;
+                }
+                Err(e) if e.refused_before_sending() => {
+                    // Nothing left the host (e.g. a meter that needs the security module
+                    // and none is configured): fail now, clearly, instead of waiting.
+                    fail(
+                        db,
+                        id,
+                        &format!("not sent: {e}"),
+                        &mut report,
+                        &account_id,
+                        command,
+                    )
+                    .await?;
+                    continue;
                 }
                 Err(e) => {
                     // The meter may or may not have acted; verification below decides.
@@ -159,7 +175,7 @@ pub async fn drive(
             }
         }
 
-        let state = client.read_relay(addr).await;
+        let state = client.read_relay(&link).await;
         let state = match state {
             Ok(s) => s,
             Err(e) => {

@@ -106,7 +106,27 @@ impl Db {
             .await
             .map_err(open_err)?;
         if is_sqlite {
-            sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+            // SQLite changes a constraint only by rebuilding the table (0005 rebuilds
+            // `meters`), which needs foreign keys off around the migration's transaction
+            // (SQLite's documented procedure; the pragma is ignored inside a transaction).
+            // The single pooled connection is the one that migrates; every reference is
+            // checked before foreign keys go back on.
+            let mut conn = pool.acquire().await.map_err(open_err)?;
+            conn.execute("PRAGMA foreign_keys = OFF").await?;
+            let migrated = sqlx::migrate!("../migrations/sqlite")
+                .run_direct(&mut *conn)
+                .await;
+            let dangling = sqlx::query("PRAGMA foreign_key_check")
+                .fetch_all(&mut *conn)
+                .await?
+                .len();
+            conn.execute("PRAGMA foreign_keys = ON").await?;
+            migrated?;
+            if dangling > 0 {
+                return Err(DbError::Corrupt(format!(
+                    "{dangling} row(s) reference a missing row after migrating; restore the backup taken before the upgrade"
+                )));
+            }
         } else {
             sqlx::migrate!("../migrations/postgres").run(&pool).await?;
         }
