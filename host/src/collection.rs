@@ -13,6 +13,7 @@ use feegate_meter::dlt645_client::{Dlt645Meter, Link};
 use feegate_meter::fleet::{FailureKind, FleetClient, LinkError, MeterLink};
 use feegate_meter::qgdw376::TerminalAddress;
 use feegate_meter::registers::MeterAddress;
+use feegate_meter::serial::{Parity, SerialLine};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use std::collections::BTreeMap;
@@ -62,7 +63,7 @@ fn parse_gateway(gateway: &str) -> Result<SocketAddr, DbError> {
 
 /// The columns of `meters` (alias `m`) that say how a meter is reached, in the order
 /// [`link_from_row`] reads them.
-pub const LINK_COLUMNS: &str = "m.meter_id, m.protocol, m.gateway, m.unit_id, m.meter_address, m.terminal, m.terminal_port, m.serial_port, m.requires_security";
+pub const LINK_COLUMNS: &str = "m.meter_id, m.protocol, m.gateway, m.unit_id, m.meter_address, m.terminal, m.terminal_port, m.serial_port, m.requires_security, m.baud_rate, m.parity";
 
 /// How the meter in `row` (selected with [`LINK_COLUMNS`] from column `first`) is reached.
 /// Errors name the meter and the stored value that makes no sense (the schema's CHECKs
@@ -77,6 +78,8 @@ pub fn link_from_row(row: &AnyRow, first: usize) -> Result<MeterLink, DbError> {
     let terminal_port: Option<i64> = row.try_get(first + 6)?;
     let serial_port: Option<String> = row.try_get(first + 7)?;
     let requires_security = row.try_get::<i64, _>(first + 8)? != 0;
+    let baud: Option<i64> = row.try_get(first + 9)?;
+    let parity: Option<String> = row.try_get(first + 10)?;
     let missing =
         |what: &str| DbError::Corrupt(format!("meter {meter_id} ({protocol}) has no {what}"));
     let address_645 = || -> Result<Address, DbError> {
@@ -94,10 +97,17 @@ pub fn link_from_row(row: &AnyRow, first: usize) -> Result<MeterLink, DbError> {
         "dlt645" => {
             let link = match (&gateway, &serial_port) {
                 (Some(g), None) => Link::Gateway(parse_gateway(g)?),
-                (None, Some(_)) => {
-                    return Err(DbError::Corrupt(format!(
-                        "meter {meter_id}: DL/T 645 on a local serial port is not supported by this build"
-                    )));
+                (None, Some(path)) => {
+                    // DL/T 645-2007 defaults: 2400 baud, even parity.
+                    let baud = u32::try_from(baud.unwrap_or(2400)).map_err(|_| {
+                        DbError::Corrupt(format!("meter {meter_id}: baud rate {baud:?}"))
+                    })?;
+                    let parity: Parity = parity
+                        .as_deref()
+                        .unwrap_or("even")
+                        .parse()
+                        .map_err(|e| DbError::Corrupt(format!("meter {meter_id}: {e}")))?;
+                    Link::Serial(SerialLine::new(path, baud, parity))
                 }
                 _ => return Err(missing("gateway or serial_port (exactly one)")),
             };

@@ -12,6 +12,7 @@ use crate::policy::set::RolloutStage;
 use chrono::NaiveDateTime;
 use feegate_meter::dlt645_client::Link;
 use feegate_meter::fleet::MeterLink;
+use feegate_meter::serial::Parity;
 use sqlx::AnyConnection;
 
 /// Registers a county (idempotent).
@@ -170,69 +171,83 @@ pub struct NewMeter<'a> {
     pub installed_on: chrono::NaiveDate,
 }
 
-/// The `meters` columns for a link: (protocol, gateway, unit_id, meter_address, terminal,
-/// terminal_port, requires_security).
-type LinkColumns = (
-    &'static str,
-    Option<String>,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    i64,
-);
+/// The `meters` columns of a link (see `migrations/*/0005_meter_links.sql`).
+#[derive(Default)]
+struct LinkColumns {
+    protocol: &'static str,
+    gateway: Option<String>,
+    unit_id: Option<i64>,
+    meter_address: Option<String>,
+    terminal: Option<String>,
+    terminal_port: Option<i64>,
+    serial_port: Option<String>,
+    baud_rate: Option<i64>,
+    parity: Option<&'static str>,
+    requires_security: i64,
+}
 
 fn link_columns(link: &MeterLink) -> LinkColumns {
     match link {
-        MeterLink::Modbus(a) => (
-            "modbus-tcp",
-            Some(a.gateway.to_string()),
-            Some(i64::from(a.unit)),
-            None,
-            None,
-            None,
-            0,
-        ),
+        MeterLink::Modbus(a) => LinkColumns {
+            protocol: "modbus-tcp",
+            gateway: Some(a.gateway.to_string()),
+            unit_id: Some(i64::from(a.unit)),
+            ..Default::default()
+        },
         MeterLink::Dlt645(m) => {
-            let (protocol, gateway, terminal, port) = match m.link {
-                Link::Gateway(g) => ("dlt645", Some(g.to_string()), None, None),
-                Link::Terminal { terminal, port } => (
-                    "qgdw376",
-                    None,
-                    Some(terminal.to_string()),
-                    Some(i64::from(port)),
-                ),
+            let common = LinkColumns {
+                meter_address: Some(m.address.to_string()),
+                requires_security: i64::from(m.requires_security),
+                ..Default::default()
             };
-            (
-                protocol,
-                gateway,
-                None,
-                Some(m.address.to_string()),
-                terminal,
-                port,
-                i64::from(m.requires_security),
-            )
+            match m.link {
+                Link::Gateway(g) => LinkColumns {
+                    protocol: "dlt645",
+                    gateway: Some(g.to_string()),
+                    ..common
+                },
+                Link::Serial(line) => LinkColumns {
+                    protocol: "dlt645",
+                    serial_port: Some(line.path.to_string()),
+                    baud_rate: Some(i64::from(line.baud)),
+                    parity: Some(match line.parity {
+                        Parity::None => "none",
+                        Parity::Even => "even",
+                        Parity::Odd => "odd",
+                    }),
+                    ..common
+                },
+                Link::Terminal { terminal, port } => LinkColumns {
+                    protocol: "qgdw376",
+                    terminal: Some(terminal.to_string()),
+                    terminal_port: Some(i64::from(port)),
+                    ..common
+                },
+            }
         }
     }
 }
 
 /// Inserts a meter with its protocol and link columns (see `migrations/*/0005_meter_links.sql`).
 pub async fn insert_meter(conn: &mut AnyConnection, m: &NewMeter<'_>) -> Result<(), DbError> {
-    let (protocol, gateway, unit, address, terminal, port, security) = link_columns(m.link);
+    let c = link_columns(m.link);
     sqlx::query(
         "INSERT INTO meters (meter_id, customer_id, protocol, gateway, unit_id, meter_address, terminal, terminal_port,
-                             requires_security, ct_ratio, pt_ratio, installed_on)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                             serial_port, baud_rate, parity, requires_security, ct_ratio, pt_ratio, installed_on)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(m.meter_id)
     .bind(m.customer_id)
-    .bind(protocol)
-    .bind(gateway)
-    .bind(unit)
-    .bind(address)
-    .bind(terminal)
-    .bind(port)
-    .bind(security)
+    .bind(c.protocol)
+    .bind(c.gateway)
+    .bind(c.unit_id)
+    .bind(c.meter_address)
+    .bind(c.terminal)
+    .bind(c.terminal_port)
+    .bind(c.serial_port)
+    .bind(c.baud_rate)
+    .bind(c.parity)
+    .bind(c.requires_security)
     .bind(m.ct_ratio)
     .bind(m.pt_ratio)
     .bind(crate::db::ds(m.installed_on))

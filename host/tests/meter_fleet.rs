@@ -417,3 +417,45 @@ async fn a_stored_replacement_bills_the_day_as_old_tail_plus_new_head() {
     .unwrap();
     assert_eq!(holds, 1);
 }
+
+/// A DL/T 645 meter on a local serial port in the master data (a socat pseudo-terminal pair
+/// stands in for the RS485 adapter): the daily job reads it like any other meter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_job_reads_a_dlt645_meter_on_a_local_serial_port() {
+    let pty = match feegate_meter::serial::PtyPair::new("daily") {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            return;
+        }
+    };
+    let opts = common::small_county(3, 2, 9);
+    let mut s = Scenario::new(&opts, &[]).await.unwrap();
+    let i = 1;
+    let line =
+        |p: std::path::PathBuf| feegate_meter::serial::SerialLine::dlt645(p.to_str().unwrap());
+    s.fleet
+        .serve_dlt645_serial(line(pty.bus()), line(pty.host()), i..i + 1)
+        .unwrap();
+    sqlx::query(
+        "UPDATE meters SET protocol = 'dlt645', gateway = NULL, unit_id = NULL, meter_address = $2,
+                           serial_port = $3, baud_rate = 2400, parity = 'even' WHERE meter_id = $1",
+    )
+    .bind(meter(i))
+    .bind(s.fleet.dlt645_address(i).to_string())
+    .bind(pty.host().to_str().unwrap())
+    .execute(&s.host.db.pool)
+    .await
+    .unwrap();
+    s.run_days(2).await.unwrap();
+    let day = opts.start + Duration::days(2);
+    s.run_day(day, true).await.unwrap();
+    assert!(s.fleet.answers(i).unwrap(), "meter {i} has data on {day}");
+    assert_eq!(
+        reading(&s, &meter(i), day).await,
+        Some(i64::from(
+            s.fleet.frozen(i).unwrap().unwrap().energy_hundredths
+        )),
+        "read over the serial port"
+    );
+}

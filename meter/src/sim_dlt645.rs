@@ -264,6 +264,33 @@ impl SimFleet {
         Ok(out)
     }
 
+    /// Serves meters `bus` over DL/T 645 on a local serial port (e.g. one end of a
+    /// pseudo-terminal pair), as meters on an RS485 line would. Returns each meter as reached
+    /// through `client_line` (the other end, as the host opens it). Runs until the fleet is shut
+    /// down or dropped.
+    pub fn serve_dlt645_serial(
+        self: &Arc<Self>,
+        line: crate::serial::SerialLine,
+        client_line: crate::serial::SerialLine,
+        bus: Range<usize>,
+    ) -> io::Result<Vec<Dlt645Meter>> {
+        let stream = line.open()?;
+        let meters = bus
+            .clone()
+            .map(|i| Dlt645Meter {
+                link: Link::Serial(client_line),
+                address: dlt645_address(i),
+                requires_security: false,
+            })
+            .collect();
+        let task = tokio::spawn(serve_bus(stream, Arc::downgrade(self), bus));
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+        Ok(meters)
+    }
+
     /// Runs a Q/GDW 1376.1 collection terminal with meters `bus` on its RS485 port 31 (1FH): it
     /// dials `master`, logs in, sends a heartbeat every `heartbeat`, and forwards AFN 10H F1
     /// requests to the meters (an empty reply when the meter does not answer). It redials after
@@ -311,7 +338,11 @@ impl SimFleet {
 /// The terminal port number of the RS485 meter bus in the simulator (31 = 1FH, as in the vectors).
 pub const TERMINAL_METER_PORT: u8 = 0x1F;
 
-async fn serve_bus(mut stream: TcpStream, fleet: std::sync::Weak<SimFleet>, bus: Range<usize>) {
+async fn serve_bus(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    fleet: std::sync::Weak<SimFleet>,
+    bus: Range<usize>,
+) {
     let mut decoder = StreamDecoder::new();
     let mut buf = [0u8; 512];
     loop {
