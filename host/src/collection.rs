@@ -24,7 +24,9 @@ use std::net::SocketAddr;
 pub struct DueMeter {
     pub meter_id: String,
     pub station_id: String,
-    pub link: MeterLink,
+    /// How to reach it; an error when the stored link cannot be used (recorded as a failed
+    /// "io" attempt for this meter; the others are still read).
+    pub link: Result<MeterLink, String>,
 }
 
 /// Read success per station for one date.
@@ -134,6 +136,12 @@ pub fn link_from_row(row: &AnyRow, first: usize) -> Result<MeterLink, DbError> {
                 requires_security,
             })
         }
+        "modbus-rtu" => {
+            return Err(DbError::Corrupt(format!(
+                "meter {meter_id}: Modbus RTU on a local serial port is not supported yet; \
+                 reach it through a Modbus TCP gateway (protocol modbus-tcp) meanwhile"
+            )));
+        }
         other => {
             return Err(DbError::Corrupt(format!(
                 "meter {meter_id}: protocol {other:?} is not supported by this build"
@@ -172,7 +180,7 @@ async fn due_meters(
         due.push(DueMeter {
             meter_id: r.try_get(2)?,
             station_id: r.try_get(0)?,
-            link: link_from_row(&r, 2)?,
+            link: link_from_row(&r, 2).map_err(|e| e.to_string()),
         });
     }
     Ok((due, skipped))
@@ -204,7 +212,10 @@ pub async fn collect_daily(
     for m in due {
         let client = client.clone();
         tasks.spawn(async move {
-            let result = client.read_daily_frozen(&m.link).await;
+            let result = match &m.link {
+                Ok(link) => client.read_daily_frozen(link).await.map_err(Some),
+                Err(_) => Err(None),
+            };
             (m, result)
         });
     }
@@ -243,9 +254,13 @@ pub async fn collect_daily(
                     )),
                 )
             }
-            Err(e) => {
+            Err(Some(e)) => {
                 report.failed += 1;
                 (outcome_of(&e), Some(e.to_string()))
+            }
+            Err(None) => {
+                report.failed += 1;
+                ("io", m.link.as_ref().err().cloned())
             }
         };
         sqlx::query(

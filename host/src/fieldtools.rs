@@ -16,9 +16,10 @@ use feegate_meter::dlt645::{
 };
 use feegate_meter::dlt645_client::{Dlt645Client, Dlt645Config, Dlt645Meter, Link};
 use feegate_meter::modbus_map::{RegisterMap, rtu};
-use feegate_meter::qgdw376::{Body, Q376Frame};
+use feegate_meter::qgdw376::{Body, Pw, Q376Frame, TerminalAddress};
 use feegate_meter::registers::{self, MeterAddress};
 use feegate_meter::sim::SimFleet;
+use feegate_meter::terminal::Master;
 use serde_json::json;
 
 fn unhex(field: &str, s: &str) -> anyhow::Result<Vec<u8>> {
@@ -464,7 +465,46 @@ pub async fn bench_collect(
                 });
             }
         }
-        other => bail!("--protocol {other:?}: use modbus or dlt645"),
+        "qgdw376" => {
+            // One collection terminal per "gateway", dialling this host's master station.
+            let master = Master::bind(SocketAddr::new(ip, 0), 1, Pw::default()).await?;
+            let mut ms = Vec::with_capacity(meters);
+            for (k, first) in (0..meters).step_by(per).enumerate() {
+                let t = TerminalAddress {
+                    region: 0x3501,
+                    terminal: u16::try_from(k + 1)?,
+                };
+                ms.extend(fleet.run_terminal(
+                    master.local_addr(),
+                    t,
+                    first..(first + per).min(meters),
+                    Duration::from_secs(60),
+                ));
+                if !master.wait_online(t, Duration::from_secs(10)).await {
+                    bail!("simulated terminal {t} did not log in");
+                }
+            }
+            let c = Dlt645Client::new(
+                Dlt645Config {
+                    timeout,
+                    retries: 1,
+                    retry_backoff: Duration::from_millis(50),
+                    ..Dlt645Config::default()
+                },
+                Some(master),
+            );
+            began = Instant::now();
+            for m in ms {
+                let (c, ok, failed) = (c.clone(), ok.clone(), failed.clone());
+                set.spawn(async move {
+                    match c.read_energy(&m).await {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                });
+            }
+        }
+        other => bail!("--protocol {other:?}: use modbus, dlt645 or qgdw376"),
     }
     while set.join_next().await.is_some() {}
     let seconds = began.elapsed().as_secs_f64();

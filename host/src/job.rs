@@ -218,7 +218,13 @@ impl Host {
         .await?;
         for r in armed {
             let account: String = sqlx::Row::try_get(&r, 0)?;
-            let link = collection::link_from_row(&r, 1)?;
+            let link = match collection::link_from_row(&r, 1) {
+                Ok(link) => link,
+                Err(e) => {
+                    tracing::warn!(account = %account, error = %e, "armed relay not refreshed");
+                    continue;
+                }
+            };
             if let Ok(state) = self.meters.read_relay(&link).await {
                 sqlx::query("UPDATE accounts SET relay_state = $2 WHERE account_id = $1")
                     .bind(&account)

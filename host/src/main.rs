@@ -335,7 +335,7 @@ enum BenchWhat {
         /// Simulated device latency per reply, ms.
         #[arg(long, default_value_t = 50)]
         latency_ms: u64,
-        /// modbus or dlt645.
+        /// modbus, dlt645 (serial gateways) or qgdw376 (1376.1 terminals forwarding DL/T 645).
         #[arg(long, default_value = "modbus")]
         protocol: String,
         /// Per-request reply timeout, ms.

@@ -126,7 +126,21 @@ pub async fn drive(
         let command = command_from(&r.try_get::<String, _>(2)?)?;
         let mut status: String = r.try_get(3)?;
         let deadline = parse_ts(&r.try_get::<String, _>(4)?)?;
-        let link = crate::collection::link_from_row(&r, 5)?;
+        let link = match crate::collection::link_from_row(&r, 5) {
+            Ok(link) => link,
+            Err(e) => {
+                fail(
+                    db,
+                    id,
+                    &format!("not sent: {e}"),
+                    &mut report,
+                    &account_id,
+                    command,
+                )
+                .await?;
+                continue;
+            }
+        };
 
         if status == "pending" && command == RelayCommand::Trip {
             // A trip is re-checked at the moment the frame would leave: a payment may

@@ -459,3 +459,34 @@ async fn the_daily_job_reads_a_dlt645_meter_on_a_local_serial_port() {
         "read over the serial port"
     );
 }
+
+/// A meter whose stored link the host cannot use (Modbus RTU on a local port, not supported
+/// yet) is a failed "io" attempt naming why; the other meters are still read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_link_fails_that_meter_only() {
+    let opts = common::small_county(3, 2, 9);
+    let mut s = Scenario::new(&opts, &[]).await.unwrap();
+    sqlx::query(
+        "UPDATE meters SET protocol = 'modbus-rtu', gateway = NULL, serial_port = '/dev/ttyUSB9' WHERE meter_id = $1",
+    )
+    .bind(meter(0))
+    .execute(&s.host.db.pool)
+    .await
+    .unwrap();
+    s.run_days(1).await.unwrap();
+    let day = opts.start + Duration::days(1);
+    let r = s.run_day(day, true).await.unwrap();
+    let answering = (1..3).filter(|i| s.fleet.answers(*i).unwrap()).count();
+    assert_eq!(r.read_ok as usize, answering);
+    let row = sqlx::query(
+        "SELECT outcome, detail FROM collection_attempts WHERE meter_id = $1 AND business_date = $2",
+    )
+    .bind(meter(0))
+    .bind(feegate::db::ds(day))
+    .fetch_one(&s.host.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(row.try_get::<String, _>(0).unwrap(), "io");
+    let detail: String = row.try_get(1).unwrap();
+    assert!(detail.contains("Modbus RTU"), "{detail}");
+}
