@@ -16,7 +16,7 @@ use feegate_meter::dlt645::{
 };
 use feegate_meter::dlt645_client::{Dlt645Client, Dlt645Config, Dlt645Meter, Link};
 use feegate_meter::modbus_map::{RegisterMap, rtu};
-use feegate_meter::qgdw376::{Body, Pw, Q376Frame, TerminalAddress};
+use feegate_meter::qgdw376::{Body, Pw, Q376Frame};
 use feegate_meter::registers::{self, MeterAddress};
 use feegate_meter::sim::SimFleet;
 use feegate_meter::terminal::Master;
@@ -443,8 +443,18 @@ pub async fn bench_collect(
                 });
             }
         }
-        "dlt645" => {
-            let ms = fleet.serve_dlt645(ip, per).await?;
+        "dlt645" | "qgdw376" => {
+            // Serial gateways, or one collection terminal per "gateway" dialling this host's
+            // master station.
+            let (ms, master) = if protocol == "dlt645" {
+                (fleet.serve_dlt645(ip, per).await?, None)
+            } else {
+                let master = Master::bind(SocketAddr::new(ip, 0), 1, Pw::default()).await?;
+                let ms = fleet
+                    .run_terminals(&master, 0..meters, per, Duration::from_secs(60))
+                    .await?;
+                (ms, Some(master))
+            };
             let c = Dlt645Client::new(
                 Dlt645Config {
                     timeout,
@@ -452,46 +462,7 @@ pub async fn bench_collect(
                     retry_backoff: Duration::from_millis(50),
                     ..Dlt645Config::default()
                 },
-                None,
-            );
-            began = Instant::now();
-            for m in ms {
-                let (c, ok, failed) = (c.clone(), ok.clone(), failed.clone());
-                set.spawn(async move {
-                    match c.read_energy(&m).await {
-                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                });
-            }
-        }
-        "qgdw376" => {
-            // One collection terminal per "gateway", dialling this host's master station.
-            let master = Master::bind(SocketAddr::new(ip, 0), 1, Pw::default()).await?;
-            let mut ms = Vec::with_capacity(meters);
-            for (k, first) in (0..meters).step_by(per).enumerate() {
-                let t = TerminalAddress {
-                    region: 0x3501,
-                    terminal: u16::try_from(k + 1)?,
-                };
-                ms.extend(fleet.run_terminal(
-                    master.local_addr(),
-                    t,
-                    first..(first + per).min(meters),
-                    Duration::from_secs(60),
-                ));
-                if !master.wait_online(t, Duration::from_secs(10)).await {
-                    bail!("simulated terminal {t} did not log in");
-                }
-            }
-            let c = Dlt645Client::new(
-                Dlt645Config {
-                    timeout,
-                    retries: 1,
-                    retry_backoff: Duration::from_millis(50),
-                    ..Dlt645Config::default()
-                },
-                Some(master),
+                master,
             );
             began = Instant::now();
             for m in ms {

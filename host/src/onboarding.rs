@@ -101,7 +101,7 @@ pub async fn onboard(db: &Db, a: &Application, now: NaiveDateTime) -> Result<Onb
     .execute(&mut *tx)
     .await?;
     insert_meter(
-        &mut *tx,
+        &mut tx,
         &NewMeter {
             meter_id: &a.meter_id,
             customer_id: &a.customer_id,

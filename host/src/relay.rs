@@ -129,15 +129,8 @@ pub async fn drive(
         let link = match crate::collection::link_from_row(&r, 5) {
             Ok(link) => link,
             Err(e) => {
-                fail(
-                    db,
-                    id,
-                    &format!("not sent: {e}"),
-                    &mut report,
-                    &account_id,
-                    command,
-                )
-                .await?;
+                let why = format!("not sent: {e}");
+                fail(db, id, &why, &mut report, &account_id, command).await?;
                 continue;
             }
         };
@@ -171,15 +164,8 @@ pub async fn drive(
                 Err(e) if e.refused_before_sending() => {
                     // Nothing left the host (e.g. a meter that needs the security module
                     // and none is configured): fail now, clearly, instead of waiting.
-                    fail(
-                        db,
-                        id,
-                        &format!("not sent: {e}"),
-                        &mut report,
-                        &account_id,
-                        command,
-                    )
-                    .await?;
+                    let why = format!("not sent: {e}");
+                    fail(db, id, &why, &mut report, &account_id, command).await?;
                     continue;
                 }
                 Err(e) => {

@@ -34,6 +34,31 @@ async fn reading(s: &Scenario, meter_id: &str, date: NaiveDate) -> Option<i64> {
         .map(|r| r.try_get(0).unwrap())
 }
 
+/// Creates a close-allowed command for meter `i`'s account and runs the relay stage once.
+async fn close_allowed(s: &Scenario, i: usize, key: &str) -> (i64, feegate::relay::RelayReport) {
+    let mut conn = s.host.db.pool.acquire().await.unwrap();
+    let id = feegate::relay::create(
+        &mut conn,
+        &account(i),
+        key,
+        RelayCommand::CloseAllowed,
+        now(s),
+        &s.host.config.relay,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    drop(conn);
+    (id, drive(s).await)
+}
+
+async fn drive(s: &Scenario) -> feegate::relay::RelayReport {
+    let floor = &s.host.county.floor;
+    feegate::relay::drive(&s.host.db, &s.host.meters, floor, "xianyou", now(s))
+        .await
+        .unwrap()
+}
+
 #[test]
 fn protocol_mix_parses_assigns_and_refuses_clearly() {
     let mix: ProtocolMix = "modbus=60,dlt645=30,qgdw376=10".parse().unwrap();
@@ -147,23 +172,7 @@ async fn a_day_with_all_three_protocols_reads_and_switches_every_meter_through_i
         assert_eq!(s.fleet.relay_state(i).unwrap(), RelayState::Open);
         // Close-allowed through the host's relay stage: armed, then confirmed after the
         // customer presses the button.
-        let mut conn = s.host.db.pool.acquire().await.unwrap();
-        let id = feegate::relay::create(
-            &mut conn,
-            &account(i),
-            &format!("test-close-{i}"),
-            RelayCommand::CloseAllowed,
-            now(&s),
-            &s.host.config.relay,
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        drop(conn);
-        let floor = &s.host.county.floor;
-        let r = feegate::relay::drive(&s.host.db, &s.host.meters, floor, "xianyou", now(&s))
-            .await
-            .unwrap();
+        let (id, r) = close_allowed(&s, i, &format!("test-close-{i}")).await;
         assert!(
             r.events
                 .iter()
@@ -172,9 +181,7 @@ async fn a_day_with_all_three_protocols_reads_and_switches_every_meter_through_i
         );
         assert_eq!(s.fleet.relay_state(i).unwrap(), RelayState::CloseAllowed);
         assert!(s.fleet.press_button(i).unwrap());
-        let r = feegate::relay::drive(&s.host.db, &s.host.meters, floor, "xianyou", now(&s))
-            .await
-            .unwrap();
+        let r = drive(&s).await;
         assert!(
             r.events.iter().any(|e| e.command_id == id && e.confirmed),
             "meter {i}: confirmed by status word 3 after the button: {r:?}"
@@ -195,28 +202,7 @@ async fn a_meter_that_needs_the_security_module_fails_clearly_without_one() {
         .execute(&s.host.db.pool)
         .await
         .unwrap();
-    let mut conn = s.host.db.pool.acquire().await.unwrap();
-    let id = feegate::relay::create(
-        &mut conn,
-        &account(i),
-        "test-sealed",
-        RelayCommand::CloseAllowed,
-        now(&s),
-        &s.host.config.relay,
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    drop(conn);
-    let r = feegate::relay::drive(
-        &s.host.db,
-        &s.host.meters,
-        &s.host.county.floor,
-        "xianyou",
-        now(&s),
-    )
-    .await
-    .unwrap();
+    let (id, r) = close_allowed(&s, i, "test-sealed").await;
     let e = r.events.iter().find(|e| e.command_id == id).unwrap();
     assert!(!e.confirmed);
     let why = e.detail.as_deref().unwrap();

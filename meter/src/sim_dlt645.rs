@@ -291,6 +291,38 @@ impl SimFleet {
         Ok(meters)
     }
 
+    /// Runs one Q/GDW 1376.1 terminal per `per` meters of `meters` (addresses 3501-0001,
+    /// 3501-0002, …; see [`run_terminal`](Self::run_terminal)) dialling `master`, and waits up to
+    /// 10 s for each to log in. Returns the meters as reached through their terminals.
+    pub async fn run_terminals(
+        self: &Arc<Self>,
+        master: &crate::terminal::Master,
+        meters: Range<usize>,
+        per: usize,
+        heartbeat: Duration,
+    ) -> Result<Vec<Dlt645Meter>, SimError> {
+        if per == 0 {
+            return Err(SimError::MetersPerGateway(0));
+        }
+        let mut out = Vec::with_capacity(meters.len());
+        for (k, first) in meters.clone().step_by(per).enumerate() {
+            let address = TerminalAddress {
+                region: 0x3501,
+                terminal: u16::try_from(k + 1).map_err(|_| SimError::TooManyTerminals(per))?,
+            };
+            out.extend(self.run_terminal(
+                master.local_addr(),
+                address,
+                first..(first + per).min(meters.end),
+                heartbeat,
+            ));
+            if !master.wait_online(address, Duration::from_secs(10)).await {
+                return Err(SimError::TerminalOffline(address));
+            }
+        }
+        Ok(out)
+    }
+
     /// Runs a Q/GDW 1376.1 collection terminal with meters `bus` on its RS485 port 31 (1FH): it
     /// dials `master`, logs in, sends a heartbeat every `heartbeat`, and forwards AFN 10H F1
     /// requests to the meters (an empty reply when the meter does not answer). It redials after

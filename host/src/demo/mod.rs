@@ -36,7 +36,7 @@ use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime};
 use feegate_meter::client::{ClientConfig, ModbusMeterClient};
 use feegate_meter::dlt645_client::{Dlt645Client, Dlt645Config};
 use feegate_meter::fleet::{FleetClient, MeterLink};
-use feegate_meter::qgdw376::{Pw, TerminalAddress};
+use feegate_meter::qgdw376::Pw;
 use feegate_meter::sim::SimFleet;
 use feegate_meter::terminal::Master;
 use rust_decimal::Decimal;
@@ -636,25 +636,10 @@ async fn serve_fleet(fleet: &Arc<SimFleet>, opts: &DemoOptions) -> anyhow::Resul
     let mut master = None;
     if q > 0 {
         let m = Master::bind(std::net::SocketAddr::new(ip, 0), 1, Pw::default()).await?;
-        let first = modbus + dlt;
-        for (k, start) in (first..n).step_by(per).enumerate() {
-            let address = TerminalAddress {
-                region: 0x3501,
-                terminal: u16::try_from(k + 1).context("too many simulated terminals")?,
-            };
-            let ms = fleet.run_terminal(
-                m.local_addr(),
-                address,
-                start..(start + per).min(n),
-                std::time::Duration::from_secs(60),
-            );
-            anyhow::ensure!(
-                m.wait_online(address, std::time::Duration::from_secs(10))
-                    .await,
-                "simulated terminal {address} did not log in to the master station"
-            );
-            links.extend(ms.into_iter().map(MeterLink::Dlt645));
-        }
+        let ms = fleet
+            .run_terminals(&m, modbus + dlt..n, per, std::time::Duration::from_secs(60))
+            .await?;
+        links.extend(ms.into_iter().map(MeterLink::Dlt645));
         master = Some(m);
     }
     Ok(ServedFleet { links, master })
