@@ -287,7 +287,21 @@ async fn the_schema_refuses_a_link_that_does_not_fit_the_protocol() {
 /// household consumed that day.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_replacement_bills_the_day_as_old_tail_plus_new_head() {
+    replacement_case(None).await;
+}
+
+/// The same on PostgreSQL (migration 0005 there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_replacement_on_postgresql() {
+    let Some(pg) = common::pg_database("a_stored_replacement_on_postgresql").await else {
+        return;
+    };
+    replacement_case(Some(pg.url.clone())).await;
+}
+
+async fn replacement_case(db_url: Option<String>) {
     let mut opts = common::small_county(6, 4, 5);
+    opts.db_url = db_url;
     opts.protocol_mix = "modbus=50,dlt645=50".parse().unwrap();
     let mut s = Scenario::new(&opts, &[]).await.unwrap();
     s.run_days(2).await.unwrap();
