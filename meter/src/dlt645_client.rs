@@ -243,6 +243,7 @@ impl std::fmt::Debug for Dlt645Client {
 /// What a reply must be to answer a request.
 #[derive(Clone, Copy)]
 struct Expect {
+    /// The meter addressed; any unicast address for a wildcard request (read address).
     address: Address,
     function: Function,
     di: Option<Di>,
@@ -250,10 +251,12 @@ struct Expect {
 
 impl Expect {
     fn matches(&self, f: &Frame) -> bool {
-        if f.address() != self.address
-            || !f.control().is_reply()
-            || f.control().function() != self.function
-        {
+        let from_meter = if self.address.is_wildcard() {
+            f.address().is_unicast()
+        } else {
+            f.address() == self.address
+        };
+        if !from_meter || !f.control().is_reply() || f.control().function() != self.function {
             return false;
         }
         match self.di {
@@ -323,6 +326,45 @@ impl Dlt645Client {
             });
         }
         Ok(FrozenReading645 { date, energy_kwh })
+    }
+
+    /// Read address (13H to AAAAAAAAAAAA): the address of the only meter on the bus behind
+    /// `link` (commissioning a meter whose nameplate is unreadable). With several meters on
+    /// the bus their replies collide: expect a timeout, and read the nameplates instead.
+    pub async fn read_address(&self, link: Link) -> Result<Address, Dlt645ClientError> {
+        let m = Dlt645Meter {
+            link,
+            address: Address::WILDCARD,
+            requires_security: false,
+        };
+        let reply = self
+            .transact(
+                &m,
+                &Frame::read_address(),
+                Expect {
+                    address: Address::WILDCARD,
+                    function: Function::ReadAddress,
+                    di: None,
+                },
+            )
+            .await?;
+        self.refused(&m, &reply, "read address", "")?;
+        match d::Payload::from_frame(&reply) {
+            Ok(d::Payload::ReadAddressReply { address }) if address == reply.address() => {
+                Ok(address)
+            }
+            Ok(other) => Err(Dlt645ClientError::Codec {
+                meter: m,
+                source: Dlt645Error::InvalidValue {
+                    field: "read address reply".into(),
+                    reason: format!(
+                        "expected the address {} in the data field, got {other:?}",
+                        reply.address()
+                    ),
+                },
+            }),
+            Err(source) => Err(Dlt645ClientError::Codec { meter: m, source }),
+        }
     }
 
     /// Reads status word 3 (relay position, relay command, keep-power).

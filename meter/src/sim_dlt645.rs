@@ -5,6 +5,8 @@
 //! - It answers read data (11H) for total forward active energy 00010000, the last daily frozen
 //!   forward active energy 05060101 (total only), the last daily freeze time 05060001 and status
 //!   word 3 04000503; any other identifier gets an error reply "no requested data".
+//! - Read address (13H, to the wildcard address) answers with the meter's address when it is the
+//!   only answering meter on the bus; several meters collide (a garbled reply).
 //! - Relay control (1CH) in plaintext with password [`SIM_PASSWORD`] (level 02); the deadline is
 //!   checked against the simulated clock; a trip under keep-power is refused. A meter set to
 //!   require the security module refuses plaintext commands (password error / unauthorised).
@@ -194,6 +196,12 @@ impl SimFleet {
         bus: Range<usize>,
         frame: &Frame,
     ) -> (Option<Vec<u8>>, Option<Duration>) {
+        if frame.address().is_wildcard()
+            && frame.control().function() == Function::ReadAddress
+            && !frame.control().is_reply()
+        {
+            return self.read_address_on(bus);
+        }
         if !frame.address().is_unicast() {
             return (None, None);
         }
@@ -214,6 +222,30 @@ impl SimFleet {
             return (reply, m.reply_delay);
         }
         (None, None)
+    }
+
+    /// Read address (13H to AAAAAAAAAAAA): every answering meter on the bus replies with its
+    /// address (93H). One meter gives a clean reply; several collide on the RS485 line, so the
+    /// reply is garbled (the client then sees nothing usable, as on a real bus).
+    fn read_address_on(&self, bus: Range<usize>) -> (Option<Vec<u8>>, Option<Duration>) {
+        let st = self.shared.lock();
+        let answering: Vec<usize> = bus.filter(|&i| !st.meters[i].silent()).collect();
+        let Some(&first) = answering.first() else {
+            return (None, None);
+        };
+        let own = dlt645_address(first);
+        let Ok(reply) = Frame::new(
+            own,
+            ControlCode::reply(Function::ReadAddress, false),
+            own.to_wire().to_vec(),
+        ) else {
+            return (None, None);
+        };
+        let mut bytes = reply.encode_with_preamble();
+        if answering.len() > 1 || st.meters[first].faults.garbled {
+            garble(&mut bytes);
+        }
+        (Some(bytes), st.meters[first].reply_delay)
     }
 
     /// Starts one DL/T 645 serial gateway (transparent TCP) per `meters_per_gateway` meters on
