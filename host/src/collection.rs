@@ -8,9 +8,14 @@
 use crate::db::{Db, DbError, ds, ts};
 use crate::money::kwh_to_centi_kwh;
 use chrono::{NaiveDate, NaiveDateTime};
-use feegate_meter::client::{MeterError, ModbusMeterClient};
+use feegate_meter::dlt645::Address;
+use feegate_meter::dlt645_client::{Dlt645Meter, Link};
+use feegate_meter::fleet::{FailureKind, FleetClient, LinkError, MeterLink};
+use feegate_meter::qgdw376::TerminalAddress;
 use feegate_meter::registers::MeterAddress;
+use feegate_meter::serial::{Parity, SerialLine};
 use sqlx::Row;
+use sqlx::any::AnyRow;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
@@ -19,7 +24,9 @@ use std::net::SocketAddr;
 pub struct DueMeter {
     pub meter_id: String,
     pub station_id: String,
-    pub address: MeterAddress,
+    /// How to reach it; an error when the stored link cannot be used (recorded as a failed
+    /// "io" attempt for this meter; the others are still read).
+    pub link: Result<MeterLink, String>,
 }
 
 /// Read success per station for one date.
@@ -44,12 +51,103 @@ pub struct CollectionReport {
 
 /// Parses a stored "host:port" gateway address.
 pub fn parse_address(gateway: &str, unit: i64) -> Result<MeterAddress, DbError> {
-    let gateway: SocketAddr = gateway
-        .parse()
-        .map_err(|e| DbError::Corrupt(format!("meter gateway {gateway:?}: {e}")))?;
+    let gateway = parse_gateway(gateway)?;
     let unit = u8::try_from(unit)
         .map_err(|_| DbError::Corrupt(format!("meter unit id {unit} is not 0..=255")))?;
     Ok(MeterAddress { gateway, unit })
+}
+
+fn parse_gateway(gateway: &str) -> Result<SocketAddr, DbError> {
+    gateway
+        .parse()
+        .map_err(|e| DbError::Corrupt(format!("meter gateway {gateway:?}: {e}")))
+}
+
+/// The columns of `meters` (alias `m`) that say how a meter is reached, in the order
+/// [`link_from_row`] reads them.
+pub const LINK_COLUMNS: &str = "m.meter_id, m.protocol, m.gateway, m.unit_id, m.meter_address, m.terminal, m.terminal_port, m.serial_port, m.requires_security, m.baud_rate, m.parity";
+
+/// How the meter in `row` (selected with [`LINK_COLUMNS`] from column `first`) is reached.
+/// Errors name the meter and the stored value that makes no sense (the schema's CHECKs
+/// should make them impossible).
+pub fn link_from_row(row: &AnyRow, first: usize) -> Result<MeterLink, DbError> {
+    let meter_id: String = row.try_get(first)?;
+    let protocol: String = row.try_get(first + 1)?;
+    let gateway: Option<String> = row.try_get(first + 2)?;
+    let unit: Option<i64> = row.try_get(first + 3)?;
+    let meter_address: Option<String> = row.try_get(first + 4)?;
+    let terminal: Option<String> = row.try_get(first + 5)?;
+    let terminal_port: Option<i64> = row.try_get(first + 6)?;
+    let serial_port: Option<String> = row.try_get(first + 7)?;
+    let requires_security = row.try_get::<i64, _>(first + 8)? != 0;
+    let baud: Option<i64> = row.try_get(first + 9)?;
+    let parity: Option<String> = row.try_get(first + 10)?;
+    let missing =
+        |what: &str| DbError::Corrupt(format!("meter {meter_id} ({protocol}) has no {what}"));
+    let address_645 = || -> Result<Address, DbError> {
+        let a = meter_address
+            .as_deref()
+            .ok_or_else(|| missing("meter_address"))?;
+        a.parse()
+            .map_err(|e| DbError::Corrupt(format!("meter {meter_id}: DL/T 645 address {a:?}: {e}")))
+    };
+    Ok(match protocol.as_str() {
+        "modbus-tcp" => MeterLink::Modbus(parse_address(
+            gateway.as_deref().ok_or_else(|| missing("gateway"))?,
+            unit.ok_or_else(|| missing("unit_id"))?,
+        )?),
+        "dlt645" => {
+            let link = match (&gateway, &serial_port) {
+                (Some(g), None) => Link::Gateway(parse_gateway(g)?),
+                (None, Some(path)) => {
+                    // DL/T 645-2007 defaults: 2400 baud, even parity.
+                    let baud = u32::try_from(baud.unwrap_or(2400)).map_err(|_| {
+                        DbError::Corrupt(format!("meter {meter_id}: baud rate {baud:?}"))
+                    })?;
+                    let parity: Parity = parity
+                        .as_deref()
+                        .unwrap_or("even")
+                        .parse()
+                        .map_err(|e| DbError::Corrupt(format!("meter {meter_id}: {e}")))?;
+                    Link::Serial(SerialLine::new(path, baud, parity))
+                }
+                _ => return Err(missing("gateway or serial_port (exactly one)")),
+            };
+            MeterLink::Dlt645(Dlt645Meter {
+                link,
+                address: address_645()?,
+                requires_security,
+            })
+        }
+        "qgdw376" => {
+            let t = terminal.as_deref().ok_or_else(|| missing("terminal"))?;
+            let terminal: TerminalAddress = t
+                .parse()
+                .map_err(|e| DbError::Corrupt(format!("meter {meter_id}: terminal {t:?}: {e}")))?;
+            let port = terminal_port.ok_or_else(|| missing("terminal_port"))?;
+            let port = u8::try_from(port).map_err(|_| {
+                DbError::Corrupt(format!(
+                    "meter {meter_id}: terminal port {port} is not 1..=255"
+                ))
+            })?;
+            MeterLink::Dlt645(Dlt645Meter {
+                link: Link::Terminal { terminal, port },
+                address: address_645()?,
+                requires_security,
+            })
+        }
+        "modbus-rtu" => {
+            return Err(DbError::Corrupt(format!(
+                "meter {meter_id}: Modbus RTU on a local serial port is not supported yet; \
+                 reach it through a Modbus TCP gateway (protocol modbus-tcp) meanwhile"
+            )));
+        }
+        other => {
+            return Err(DbError::Corrupt(format!(
+                "meter {meter_id}: protocol {other:?} is not supported by this build"
+            )));
+        }
+    })
 }
 
 /// Meters of the county's active accounts that have no reading for `date` yet.
@@ -59,10 +157,13 @@ async fn due_meters(
     date: NaiveDate,
 ) -> Result<(Vec<DueMeter>, u32), DbError> {
     let rows = sqlx::query(
-        "SELECT m.meter_id, a.station_id, m.gateway, m.unit_id,
-                CASE WHEN EXISTS (SELECT 1 FROM readings r WHERE r.meter_id = m.meter_id AND r.reading_date = $2) THEN 1 ELSE 0 END AS has_reading
-         FROM accounts a JOIN meters m ON m.meter_id = a.meter_id
-         WHERE a.county = $1 AND a.status = 'active' ORDER BY m.meter_id",
+        &format!(
+            "SELECT a.station_id,
+                CASE WHEN EXISTS (SELECT 1 FROM readings r WHERE r.meter_id = m.meter_id AND r.reading_date = $2) THEN 1 ELSE 0 END AS has_reading,
+                {LINK_COLUMNS}
+             FROM accounts a JOIN meters m ON m.meter_id = a.meter_id
+             WHERE a.county = $1 AND a.status = 'active' ORDER BY m.meter_id"
+        ),
     )
     .bind(county)
     .bind(ds(date))
@@ -71,35 +172,37 @@ async fn due_meters(
     let mut due = Vec::new();
     let mut skipped = 0;
     for r in rows {
-        let has: i64 = r.try_get(4)?;
+        let has: i64 = r.try_get(1)?;
         if has != 0 {
             skipped += 1;
             continue;
         }
         due.push(DueMeter {
-            meter_id: r.try_get(0)?,
-            station_id: r.try_get(1)?,
-            address: parse_address(&r.try_get::<String, _>(2)?, r.try_get(3)?)?,
+            meter_id: r.try_get(2)?,
+            station_id: r.try_get(0)?,
+            link: link_from_row(&r, 2).map_err(|e| e.to_string()),
         });
     }
     Ok((due, skipped))
 }
 
-fn outcome_of(e: &MeterError) -> &'static str {
-    match e {
-        MeterError::Timeout { .. } => "timeout",
-        MeterError::Exception { .. } => "exception",
-        MeterError::BadValue(_) | MeterError::Unsupported(_) => "bad-value",
-        _ => "io",
+fn outcome_of(e: &LinkError) -> &'static str {
+    match e.kind() {
+        FailureKind::Timeout => "timeout",
+        FailureKind::Refused => "exception",
+        FailureKind::BadValue => "bad-value",
+        FailureKind::Io => "io",
     }
 }
 
-/// Reads the daily frozen register of every due meter for `date` and stores the good
-/// readings. A frozen value stamped with another date is refused ("bad-value"): the
-/// meter has not frozen today's value yet, and an old one must not pass as new.
+/// Reads the daily frozen register of every due meter for `date` through its link
+/// (Modbus TCP, DL/T 645 gateway, 1376.1 terminal; each link one request at a time, links
+/// concurrently) and stores the good readings. A frozen value stamped with another date is
+/// refused ("bad-value"): the meter has not frozen today's value yet, and an old one must
+/// not pass as new. A DL/T 645 error reply is recorded as "exception".
 pub async fn collect_daily(
     db: &Db,
-    client: &ModbusMeterClient,
+    client: &FleetClient,
     county: &str,
     date: NaiveDate,
     now: NaiveDateTime,
@@ -109,7 +212,10 @@ pub async fn collect_daily(
     for m in due {
         let client = client.clone();
         tasks.spawn(async move {
-            let result = client.read_daily_frozen(m.address).await;
+            let result = match &m.link {
+                Ok(link) => client.read_daily_frozen(link).await.map_err(Some),
+                Err(_) => Err(None),
+            };
             (m, result)
         });
     }
@@ -148,9 +254,13 @@ pub async fn collect_daily(
                     )),
                 )
             }
-            Err(e) => {
+            Err(Some(e)) => {
                 report.failed += 1;
                 (outcome_of(&e), Some(e.to_string()))
+            }
+            Err(None) => {
+                report.failed += 1;
+                ("io", m.link.as_ref().err().cloned())
             }
         };
         sqlx::query(

@@ -16,9 +16,10 @@ use feegate_meter::dlt645::{
 };
 use feegate_meter::dlt645_client::{Dlt645Client, Dlt645Config, Dlt645Meter, Link};
 use feegate_meter::modbus_map::{RegisterMap, rtu};
-use feegate_meter::qgdw376::{Body, Q376Frame};
+use feegate_meter::qgdw376::{Body, Pw, Q376Frame};
 use feegate_meter::registers::{self, MeterAddress};
 use feegate_meter::sim::SimFleet;
+use feegate_meter::terminal::Master;
 use serde_json::json;
 
 fn unhex(field: &str, s: &str) -> anyhow::Result<Vec<u8>> {
@@ -442,8 +443,18 @@ pub async fn bench_collect(
                 });
             }
         }
-        "dlt645" => {
-            let ms = fleet.serve_dlt645(ip, per).await?;
+        "dlt645" | "qgdw376" => {
+            // Serial gateways, or one collection terminal per "gateway" dialling this host's
+            // master station.
+            let (ms, master) = if protocol == "dlt645" {
+                (fleet.serve_dlt645(ip, per).await?, None)
+            } else {
+                let master = Master::bind(SocketAddr::new(ip, 0), 1, Pw::default()).await?;
+                let ms = fleet
+                    .run_terminals(&master, 0..meters, per, Duration::from_secs(60))
+                    .await?;
+                (ms, Some(master))
+            };
             let c = Dlt645Client::new(
                 Dlt645Config {
                     timeout,
@@ -451,7 +462,7 @@ pub async fn bench_collect(
                     retry_backoff: Duration::from_millis(50),
                     ..Dlt645Config::default()
                 },
-                None,
+                master,
             );
             began = Instant::now();
             for m in ms {
@@ -464,7 +475,7 @@ pub async fn bench_collect(
                 });
             }
         }
-        other => bail!("--protocol {other:?}: use modbus or dlt645"),
+        other => bail!("--protocol {other:?}: use modbus, dlt645 or qgdw376"),
     }
     while set.join_next().await.is_some() {}
     let seconds = began.elapsed().as_secs_f64();

@@ -24,7 +24,7 @@ use crate::relay::{self, RelayReport};
 use crate::settlement::{self, SettlementError, SettlementReport};
 use crate::warning::{self, WarningReport};
 use chrono::NaiveDate;
-use feegate_meter::client::ModbusMeterClient;
+use feegate_meter::fleet::FleetClient;
 use feegate_meter::registers::RelayCommand;
 use std::sync::Arc;
 use thiserror::Error;
@@ -45,7 +45,8 @@ pub enum JobError {
 pub struct Host {
     pub db: Db,
     pub engine: Arc<PolicyEngine>,
-    pub meters: ModbusMeterClient,
+    /// Reaches every meter through its link (Modbus, DL/T 645 gateway, 1376.1 terminal).
+    pub meters: FleetClient,
     pub county: Arc<County>,
     pub config: HostConfig,
     pub clock: Arc<dyn Clock>,
@@ -230,22 +231,26 @@ impl Host {
         let now = self.clock.now();
         // Armed relays (close-allowed) whose command has ended: the status word says
         // whether the customer has pressed the button since; the account follows it.
-        let armed = sqlx::query(
-            "SELECT a.account_id, m.gateway, m.unit_id FROM accounts a JOIN meters m ON m.meter_id = a.meter_id
+        let armed = sqlx::query(&format!(
+            "SELECT a.account_id, {} FROM accounts a JOIN meters m ON m.meter_id = a.meter_id
              WHERE a.county = $1 AND a.relay_state = 'close-allowed'
                AND NOT EXISTS (SELECT 1 FROM relay_commands c WHERE c.account_id = a.account_id
                                AND c.status IN ('pending', 'issuing', 'awaiting-confirmation', 'awaiting-customer'))",
-        )
+            collection::LINK_COLUMNS
+        ))
         .bind(&self.county.county)
         .fetch_all(&self.db.pool)
         .await?;
         for r in armed {
             let account: String = sqlx::Row::try_get(&r, 0)?;
-            let addr = crate::collection::parse_address(
-                &sqlx::Row::try_get::<String, _>(&r, 1)?,
-                sqlx::Row::try_get(&r, 2)?,
-            )?;
-            if let Ok(state) = self.meters.read_relay(addr).await {
+            let link = match collection::link_from_row(&r, 1) {
+                Ok(link) => link,
+                Err(e) => {
+                    tracing::warn!(account = %account, error = %e, "armed relay not refreshed");
+                    continue;
+                }
+            };
+            if let Ok(state) = self.meters.read_relay(&link).await {
                 sqlx::query("UPDATE accounts SET relay_state = $2 WHERE account_id = $1")
                     .bind(&account)
                     .bind(relay::state_name(state))

@@ -42,6 +42,7 @@ pub mod policy;
 pub mod readings;
 pub mod registry;
 pub mod relay;
+pub mod replacement;
 pub mod scaffold;
 pub mod serve;
 pub mod settlement;

@@ -108,9 +108,13 @@ enum Command {
         /// Meters behind each simulated serial gateway (1..=247).
         #[arg(long, default_value_t = 16)]
         meters_per_gateway: u8,
-        /// Modbus reply timeout in milliseconds (the simulator is on loopback).
+        /// Reply timeout in milliseconds (the simulator is on loopback).
         #[arg(long, default_value_t = 100)]
         read_timeout_ms: u64,
+        /// Share of meters per protocol in percent: Modbus TCP, DL/T 645 behind serial
+        /// gateways, DL/T 645 behind 1376.1 terminals.
+        #[arg(long, default_value = "modbus=100")]
+        protocol_mix: demo::ProtocolMix,
     },
     /// DL/T 645-2007 field tools: decode a captured frame, build a request.
     Dlt645 {
@@ -275,6 +279,36 @@ enum MeterCmd {
         #[arg(long)]
         requires_security: bool,
     },
+    /// Record a meter replacement (换表): the account moves to the new meter; the period
+    /// containing the replacement is billed as old tail + new head.
+    Replace {
+        /// The account whose meter was replaced.
+        #[arg(long)]
+        account: String,
+        /// Id of the new meter.
+        #[arg(long)]
+        new_meter: String,
+        /// The old meter's register when removed, kWh.
+        #[arg(long, value_parser = parse_kwh)]
+        old_final: rust_decimal::Decimal,
+        /// The new meter's register when fitted, kWh.
+        #[arg(long, value_parser = parse_kwh)]
+        new_start: rust_decimal::Decimal,
+        /// County-local time the old meter came off, YYYY-MM-DDTHH:MM:SS.
+        #[arg(long)]
+        at: chrono::NaiveDateTime,
+        /// Who replaced it.
+        #[arg(long)]
+        who: String,
+        /// The new meter's DL/T 645 address, if not the old one's.
+        #[arg(long)]
+        new_address: Option<String>,
+        /// The new meter's Modbus unit id, if not the old one's.
+        #[arg(long)]
+        new_unit: Option<u8>,
+        #[arg(long, env = "FEEGATE_DB", default_value = "sqlite://feegate.db")]
+        db: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -330,7 +364,7 @@ enum BenchWhat {
         /// Simulated device latency per reply, ms.
         #[arg(long, default_value_t = 50)]
         latency_ms: u64,
-        /// modbus or dlt645.
+        /// modbus, dlt645 (serial gateways) or qgdw376 (1376.1 terminals forwarding DL/T 645).
         #[arg(long, default_value = "modbus")]
         protocol: String,
         /// Per-request reply timeout, ms.
@@ -481,6 +515,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 ft::rtu_decode(&hex, map.as_deref(), register.as_deref())?
             );
+            Ok(())
+        }
+        Command::Meter {
+            cmd:
+                MeterCmd::Replace {
+                    account,
+                    new_meter,
+                    old_final,
+                    new_start,
+                    at,
+                    who,
+                    new_address,
+                    new_unit,
+                    db,
+                },
+        } => {
+            let db = feegate::db::Db::open(&db).await?;
+            let order = feegate::replacement::ReplacementOrder {
+                account_id: account.clone(),
+                new_meter_id: new_meter.clone(),
+                old_final_kwh: old_final,
+                new_start_kwh: new_start,
+                replaced_at: at,
+                replaced_by: who,
+                new_address,
+                new_unit,
+            };
+            match feegate::replacement::record(&db, &order, county_now()).await? {
+                feegate::replacement::Recorded::New { old_meter_id } => println!(
+                    "recorded: account {account} moved from meter {old_meter_id} to {new_meter}; \
+                     if its span was held for the backwards register, check it and run \
+                     `feegate holds release --account {account} --stage reading`"
+                ),
+                feegate::replacement::Recorded::AlreadyRecorded { old_meter_id } => println!(
+                    "already recorded: account {account}, meter {old_meter_id} -> {new_meter}; nothing changed"
+                ),
+            }
             Ok(())
         }
         Command::Meter {
@@ -767,6 +838,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     components,
                     meters_per_gateway: 16,
                     read_timeout: std::time::Duration::from_millis(100),
+                    protocol_mix: demo::ProtocolMix::default(),
                     progress: false,
                 },
                 decisions,
@@ -812,6 +884,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             meters_per_gateway,
             read_timeout_ms,
+            protocol_mix,
         } => {
             anyhow::ensure!(meters > 0, "--meters must be at least 1");
             anyhow::ensure!(
@@ -829,6 +902,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 components,
                 meters_per_gateway,
                 read_timeout: std::time::Duration::from_millis(read_timeout_ms),
+                protocol_mix,
                 progress: true,
             };
             let began = Instant::now();
@@ -1003,6 +1077,11 @@ enum FollowUpCmd {
 enum SmsCmd {
     /// Encoding, units and segments of an SMS body (3GPP TS 23.038 / 23.040), as JSON.
     Segments { text: String },
+}
+
+fn parse_kwh(s: &str) -> Result<rust_decimal::Decimal, String> {
+    s.parse()
+        .map_err(|e| format!("{s:?} is not a kWh value like 1234.56: {e}"))
 }
 
 /// "Now" for commands a person runs: the system clock in China Standard Time.

@@ -15,6 +15,9 @@ use crate::db::{Db, DbError, ts};
 use crate::money::Fen;
 use crate::policy::set::RolloutStage;
 use chrono::NaiveDateTime;
+use feegate_meter::dlt645_client::Link;
+use feegate_meter::fleet::MeterLink;
+use feegate_meter::serial::Parity;
 use sqlx::{AnyConnection, Row};
 use thiserror::Error;
 
@@ -98,9 +101,9 @@ pub struct Application {
     pub customer_class: String,
     pub vulnerable: bool,
     pub meter_id: String,
-    /// "host:port" of the meter's gateway, and its Modbus unit id.
-    pub gateway: String,
-    pub unit_id: u8,
+    /// How the meter is reached: protocol and link (gateway and unit id, DL/T 645 address
+    /// behind a gateway, or behind a 1376.1 terminal port).
+    pub link: MeterLink,
     pub ct_ratio: i64,
     pub pt_ratio: i64,
     pub account_id: String,
@@ -140,17 +143,17 @@ pub async fn onboard(db: &Db, a: &Application, now: NaiveDateTime) -> Result<Onb
     .bind(i64::from(a.vulnerable))
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO meters (meter_id, customer_id, protocol, gateway, unit_id, ct_ratio, pt_ratio, installed_on) VALUES ($1, $2, 'modbus-tcp', $3, $4, $5, $6, $7)",
+    insert_meter(
+        &mut tx,
+        &NewMeter {
+            meter_id: &a.meter_id,
+            customer_id: &a.customer_id,
+            link: &a.link,
+            ct_ratio: a.ct_ratio,
+            pt_ratio: a.pt_ratio,
+            installed_on: now.date(),
+        },
     )
-    .bind(&a.meter_id)
-    .bind(&a.customer_id)
-    .bind(&a.gateway)
-    .bind(i64::from(a.unit_id))
-    .bind(a.ct_ratio)
-    .bind(a.pt_ratio)
-    .bind(crate::db::ds(now.date()))
-    .execute(&mut *tx)
     .await?;
     let agreement_id: i64 = sqlx::Row::try_get(
         &sqlx::query(
@@ -401,4 +404,100 @@ pub async fn resolve_mobile_mismatch(
     };
     tx.commit().await?;
     Ok(check)
+}
+
+/// A meter row to insert.
+#[derive(Debug, Clone, Copy)]
+pub struct NewMeter<'a> {
+    pub meter_id: &'a str,
+    pub customer_id: &'a str,
+    pub link: &'a MeterLink,
+    pub ct_ratio: i64,
+    pub pt_ratio: i64,
+    pub installed_on: chrono::NaiveDate,
+}
+
+/// The `meters` columns of a link (see `migrations/*/0005_meter_links.sql`).
+#[derive(Default)]
+struct LinkColumns {
+    protocol: &'static str,
+    gateway: Option<String>,
+    unit_id: Option<i64>,
+    meter_address: Option<String>,
+    terminal: Option<String>,
+    terminal_port: Option<i64>,
+    serial_port: Option<String>,
+    baud_rate: Option<i64>,
+    parity: Option<&'static str>,
+    requires_security: i64,
+}
+
+fn link_columns(link: &MeterLink) -> LinkColumns {
+    match link {
+        MeterLink::Modbus(a) => LinkColumns {
+            protocol: "modbus-tcp",
+            gateway: Some(a.gateway.to_string()),
+            unit_id: Some(i64::from(a.unit)),
+            ..Default::default()
+        },
+        MeterLink::Dlt645(m) => {
+            let common = LinkColumns {
+                meter_address: Some(m.address.to_string()),
+                requires_security: i64::from(m.requires_security),
+                ..Default::default()
+            };
+            match m.link {
+                Link::Gateway(g) => LinkColumns {
+                    protocol: "dlt645",
+                    gateway: Some(g.to_string()),
+                    ..common
+                },
+                Link::Serial(line) => LinkColumns {
+                    protocol: "dlt645",
+                    serial_port: Some(line.path.to_string()),
+                    baud_rate: Some(i64::from(line.baud)),
+                    parity: Some(match line.parity {
+                        Parity::None => "none",
+                        Parity::Even => "even",
+                        Parity::Odd => "odd",
+                    }),
+                    ..common
+                },
+                Link::Terminal { terminal, port } => LinkColumns {
+                    protocol: "qgdw376",
+                    terminal: Some(terminal.to_string()),
+                    terminal_port: Some(i64::from(port)),
+                    ..common
+                },
+            }
+        }
+    }
+}
+
+/// Inserts a meter with its protocol and link columns (see `migrations/*/0005_meter_links.sql`).
+pub async fn insert_meter(conn: &mut AnyConnection, m: &NewMeter<'_>) -> Result<(), DbError> {
+    let c = link_columns(m.link);
+    sqlx::query(
+        "INSERT INTO meters (meter_id, customer_id, protocol, gateway, unit_id, meter_address, terminal, terminal_port,
+                             serial_port, baud_rate, parity, requires_security, ct_ratio, pt_ratio, installed_on)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(m.meter_id)
+    .bind(m.customer_id)
+    .bind(c.protocol)
+    .bind(c.gateway)
+    .bind(c.unit_id)
+    .bind(c.meter_address)
+    .bind(c.terminal)
+    .bind(c.terminal_port)
+    .bind(c.serial_port)
+    .bind(c.baud_rate)
+    .bind(c.parity)
+    .bind(c.requires_security)
+    .bind(m.ct_ratio)
+    .bind(m.pt_ratio)
+    .bind(crate::db::ds(m.installed_on))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

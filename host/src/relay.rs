@@ -13,7 +13,7 @@ use crate::config::RelayConfig;
 use crate::db::{Db, DbError, parse_ts, ts};
 use crate::floor::{FloorRefusal, SafetyFloor};
 use chrono::NaiveDateTime;
-use feegate_meter::client::ModbusMeterClient;
+use feegate_meter::fleet::FleetClient;
 use feegate_meter::registers::{RelayCommand, RelayState};
 use sqlx::{AnyConnection, Row};
 
@@ -106,17 +106,18 @@ fn reached(command: RelayCommand, state: RelayState) -> bool {
 /// Issues pending commands and verifies outstanding ones with fresh status reads.
 pub async fn drive(
     db: &Db,
-    client: &ModbusMeterClient,
+    client: &FleetClient,
     floor: &SafetyFloor,
     county: &str,
     now: NaiveDateTime,
 ) -> Result<RelayReport, DbError> {
     let mut report = RelayReport::default();
-    let rows = sqlx::query(
-        "SELECT c.command_id, c.account_id, c.command, c.status, c.deadline, m.gateway, m.unit_id, c.decision_key
+    let rows = sqlx::query(&format!(
+        "SELECT c.command_id, c.account_id, c.command, c.status, c.deadline, c.decision_key, {}
          FROM relay_commands c JOIN meters m ON m.meter_id = c.meter_id
          WHERE c.status IN ('pending', 'issuing', 'awaiting-confirmation', 'awaiting-customer') ORDER BY c.command_id",
-    )
+        crate::collection::LINK_COLUMNS
+    ))
     .fetch_all(&db.pool)
     .await?;
     for r in rows {
@@ -125,13 +126,20 @@ pub async fn drive(
         let command = command_from(&r.try_get::<String, _>(2)?)?;
         let mut status: String = r.try_get(3)?;
         let deadline = parse_ts(&r.try_get::<String, _>(4)?)?;
-        let addr = crate::collection::parse_address(&r.try_get::<String, _>(5)?, r.try_get(6)?)?;
+        let link = match crate::collection::link_from_row(&r, 6) {
+            Ok(link) => link,
+            Err(e) => {
+                let why = format!("not sent: {e}");
+                fail(db, id, &why, &mut report, &account_id, command).await?;
+                continue;
+            }
+        };
 
         if status == "pending" && command == RelayCommand::Trip {
             // A trip is re-checked at the moment the frame would leave: a payment may
             // have arrived, the deadline passed, or the clock moved into a protected
             // window since the decision (e.g. a restart in the evening).
-            let automatic = !r.try_get::<String, _>(7)?.starts_with("work-order:");
+            let automatic = !r.try_get::<String, _>(5)?.starts_with("work-order:");
             if let Some(why) =
                 trip_no_longer_due(db, floor, county, &account_id, deadline, now, automatic).await?
             {
@@ -147,11 +155,19 @@ pub async fn drive(
                 .bind(ts(now))
                 .execute(&db.pool)
                 .await?;
-            match client.send_relay(addr, command).await {
+            // DL/T 645 commands carry a validity deadline: the command's own.
+            match client.send_relay(&link, command, deadline).await {
                 Ok(()) => {
                     set_status(db, id, "awaiting-confirmation", None, None).await?;
                     status = "awaiting-confirmation".into();
                     report.issued += 1;
+                }
+                Err(e) if e.refused_before_sending() => {
+                    // Nothing left the host (e.g. a meter that needs the security module
+                    // and none is configured): fail now, clearly, instead of waiting.
+                    let why = format!("not sent: {e}");
+                    fail(db, id, &why, &mut report, &account_id, command).await?;
+                    continue;
                 }
                 Err(e) => {
                     // The meter may or may not have acted; verification below decides.
@@ -160,7 +176,7 @@ pub async fn drive(
             }
         }
 
-        let state = client.read_relay(addr).await;
+        let state = client.read_relay(&link).await;
         let state = match state {
             Ok(s) => s,
             Err(e) => {

@@ -270,7 +270,7 @@ async fn settle_account(
     let mut conn = db.pool.acquire().await?;
     // Opening reading: where the last settlement closed, else the first reading ever.
     let opening = match sqlx::query(
-        "SELECT r.reading_id, r.reading_date, r.register_centi_kwh FROM settlements s
+        "SELECT r.reading_id, r.reading_date, r.register_centi_kwh, r.meter_id FROM settlements s
          JOIN readings r ON r.reading_id = s.to_reading_id
          WHERE s.account_id = $1 ORDER BY s.business_date DESC LIMIT 1",
     )
@@ -281,7 +281,7 @@ async fn settle_account(
         Some(row) => Some(row),
         None => {
             sqlx::query(
-                "SELECT reading_id, reading_date, register_centi_kwh FROM readings
+                "SELECT reading_id, reading_date, register_centi_kwh, meter_id FROM readings
                  WHERE meter_id = $1 AND reading_date < $2 ORDER BY reading_date ASC LIMIT 1",
             )
             .bind(&c.meter_id)
@@ -297,6 +297,7 @@ async fn settle_account(
     let opening_id: i64 = opening.try_get(0)?;
     let opening_date = parse_ds(&opening.try_get::<String, _>(1)?)?;
     let opening_centi: CentiKwh = opening.try_get(2)?;
+    let opening_meter: String = opening.try_get(3)?;
     if opening_date >= reading_date {
         report.already_settled += 1;
         return Ok(());
@@ -319,7 +320,37 @@ async fn settle_account(
     let business_date = ds(period_last);
     let days = (reading_date - opening_date).num_days();
 
-    let delta = match check_delta(opening_centi, c.closing_centi, days, cfg) {
+    // A meter replaced between the two readings (stored by `feegate meter replace`): the
+    // old meter's tail plus the new meter's head. Without a record, a reading from another
+    // meter is never billed against this one.
+    let replacements = crate::replacement::between(
+        &mut conn,
+        &c.account_id,
+        opening_date.and_time(chrono::NaiveTime::MIN),
+        reading_date.and_time(chrono::NaiveTime::MIN),
+    )
+    .await?;
+    let check = match replacements.as_slice() {
+        [] if opening_meter == c.meter_id => check_delta(opening_centi, c.closing_centi, days, cfg),
+        [] => DeltaCheck::Hold(format!(
+            "the opening reading is from meter {opening_meter}, the closing one from meter {}, \
+             and no replacement is recorded between them: record it with `feegate meter replace`",
+            c.meter_id
+        )),
+        [r] if r.old_meter_id == opening_meter && r.new_meter_id == c.meter_id => {
+            check_delta_across_replacement(opening_centi, r.replacement, c.closing_centi, days, cfg)
+        }
+        [r] => DeltaCheck::Hold(format!(
+            "the recorded replacement {} -> {} does not join the opening reading's meter \
+             {opening_meter} to the closing reading's meter {}; check the replacement record",
+            r.old_meter_id, r.new_meter_id, c.meter_id
+        )),
+        more => DeltaCheck::Hold(format!(
+            "{} meter replacements in one settlement period; needs a person",
+            more.len()
+        )),
+    };
+    let delta = match check {
         DeltaCheck::Consumption(d) => d,
         DeltaCheck::Hold(reason) => {
             decision_log::hold(

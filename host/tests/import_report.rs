@@ -30,8 +30,10 @@ async fn county(db: &Db, meters: usize) {
             customer_class: "low-voltage-residential".into(),
             vulnerable: false,
             meter_id: format!("M{i}"),
-            gateway: "127.0.0.1:502".into(),
-            unit_id: (i + 1) as u8,
+            link: feegate_meter::fleet::MeterLink::Modbus(feegate_meter::registers::MeterAddress {
+                gateway: "127.0.0.1:502".parse().unwrap(),
+                unit: (i + 1) as u8,
+            }),
             ct_ratio: 1,
             pt_ratio: 1,
             account_id: format!("A{i}"),

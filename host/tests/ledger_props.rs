@@ -41,8 +41,10 @@ async fn fresh_db(dir: &tempfile::TempDir) -> Db {
             customer_class: "low-voltage-residential".into(),
             vulnerable: false,
             meter_id: format!("M{i}"),
-            gateway: "127.0.0.1:1".into(),
-            unit_id: 1,
+            link: feegate_meter::fleet::MeterLink::Modbus(feegate_meter::registers::MeterAddress {
+                gateway: "127.0.0.1:1".parse().unwrap(),
+                unit: 1,
+            }),
             ct_ratio: 1,
             pt_ratio: 1,
             account_id: account.to_string(),

@@ -1,7 +1,9 @@
 //! The host's DL/T 645-2007 client: meters on an RS485 bus behind a transparent TCP serial
-//! gateway, or behind a Q/GDW 1376.1 collection terminal ([`crate::terminal::Master`]).
+//! gateway, on a local serial port ([`crate::serial`]), or behind a Q/GDW 1376.1 collection
+//! terminal ([`crate::terminal::Master`]).
 //!
-//! - One serialised queue per gateway / terminal: never two requests in flight on one bus.
+//! - One serialised queue per gateway / serial port / terminal: never two requests in flight
+//!   on one bus. A serial port and a gateway share one code path (a byte stream to the bus).
 //! - A reply is accepted only from the addressed meter, for the function (and data identifier)
 //!   asked (an error reply carries no identifier: it is matched by address and function only);
 //!   anything else — a late reply to an earlier request, another meter — is stale and
@@ -34,6 +36,7 @@ use crate::dlt645::{
     SecurityModule, StatusWord3, StreamDecoder,
 };
 use crate::qgdw376::TerminalAddress;
+use crate::serial::SerialLine;
 use crate::terminal::{Master, TerminalError};
 
 /// How a meter is reached.
@@ -42,6 +45,8 @@ use crate::terminal::{Master, TerminalError};
 pub enum Link {
     /// A transparent TCP serial gateway on the meter's RS485 bus.
     Gateway(SocketAddr),
+    /// An RS485 bus on a local serial port.
+    Serial(SerialLine),
     /// A Q/GDW 1376.1 terminal logged in to this host's master station, on its `port`.
     Terminal {
         /// The terminal.
@@ -55,6 +60,7 @@ impl std::fmt::Display for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Link::Gateway(a) => write!(f, "gateway {a}"),
+            Link::Serial(line) => write!(f, "{line}"),
             Link::Terminal { terminal, port } => write!(f, "terminal {terminal} port {port}"),
         }
     }
@@ -201,8 +207,12 @@ pub struct FrozenReading645 {
     pub energy_kwh: Decimal,
 }
 
+/// A byte stream to an RS485 bus: a TCP connection to a gateway or a serial port.
+trait BusStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> BusStream for T {}
+
 struct GatewayConn {
-    stream: TcpStream,
+    stream: Box<dyn BusStream>,
     decoder: StreamDecoder,
 }
 
@@ -211,7 +221,8 @@ type GatewaySlot = Arc<Mutex<Option<GatewayConn>>>;
 struct Inner {
     config: Dlt645Config,
     master: Option<Master>,
-    gateways: StdMutex<HashMap<SocketAddr, GatewaySlot>>,
+    /// One queue per bus reached as a byte stream (gateways and serial ports).
+    gateways: StdMutex<HashMap<Link, GatewaySlot>>,
     stale: AtomicU64,
 }
 
@@ -232,6 +243,7 @@ impl std::fmt::Debug for Dlt645Client {
 /// What a reply must be to answer a request.
 #[derive(Clone, Copy)]
 struct Expect {
+    /// The meter addressed; any unicast address for a wildcard request (read address).
     address: Address,
     function: Function,
     di: Option<Di>,
@@ -239,10 +251,12 @@ struct Expect {
 
 impl Expect {
     fn matches(&self, f: &Frame) -> bool {
-        if f.address() != self.address
-            || !f.control().is_reply()
-            || f.control().function() != self.function
-        {
+        let from_meter = if self.address.is_wildcard() {
+            f.address().is_unicast()
+        } else {
+            f.address() == self.address
+        };
+        if !from_meter || !f.control().is_reply() || f.control().function() != self.function {
             return false;
         }
         match self.di {
@@ -312,6 +326,45 @@ impl Dlt645Client {
             });
         }
         Ok(FrozenReading645 { date, energy_kwh })
+    }
+
+    /// Read address (13H to AAAAAAAAAAAA): the address of the only meter on the bus behind
+    /// `link` (commissioning a meter whose nameplate is unreadable). With several meters on
+    /// the bus their replies collide: expect a timeout, and read the nameplates instead.
+    pub async fn read_address(&self, link: Link) -> Result<Address, Dlt645ClientError> {
+        let m = Dlt645Meter {
+            link,
+            address: Address::WILDCARD,
+            requires_security: false,
+        };
+        let reply = self
+            .transact(
+                &m,
+                &Frame::read_address(),
+                Expect {
+                    address: Address::WILDCARD,
+                    function: Function::ReadAddress,
+                    di: None,
+                },
+            )
+            .await?;
+        self.refused(&m, &reply, "read address", "")?;
+        match d::Payload::from_frame(&reply) {
+            Ok(d::Payload::ReadAddressReply { address }) if address == reply.address() => {
+                Ok(address)
+            }
+            Ok(other) => Err(Dlt645ClientError::Codec {
+                meter: m,
+                source: Dlt645Error::InvalidValue {
+                    field: "read address reply".into(),
+                    reason: format!(
+                        "expected the address {} in the data field, got {other:?}",
+                        reply.address()
+                    ),
+                },
+            }),
+            Err(source) => Err(Dlt645ClientError::Codec { meter: m, source }),
+        }
     }
 
     /// Reads status word 3 (relay position, relay command, keep-power).
@@ -442,7 +495,7 @@ impl Dlt645Client {
         let mut attempt = 0;
         loop {
             let r = match m.link {
-                Link::Gateway(gw) => self.via_gateway(m, gw, request, expect).await,
+                Link::Gateway(_) | Link::Serial(_) => self.via_bus(m, request, expect).await,
                 Link::Terminal { terminal, port } => {
                     self.via_terminal(m, terminal, port, request, expect).await
                 }
@@ -458,41 +511,52 @@ impl Dlt645Client {
         }
     }
 
-    fn slot(&self, gw: SocketAddr) -> GatewaySlot {
+    fn slot(&self, link: Link) -> GatewaySlot {
         self.inner
             .gateways
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(gw)
+            .entry(link)
             .or_default()
             .clone()
     }
 
-    async fn via_gateway(
+    /// Opens the byte stream to the meter's bus: a TCP connection or the serial port.
+    async fn open_bus(link: Link, timeout: Duration) -> io::Result<Box<dyn BusStream>> {
+        match link {
+            Link::Gateway(gw) => {
+                let stream = tokio::time::timeout(timeout, TcpStream::connect(gw))
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out")
+                    })??;
+                let _ = stream.set_nodelay(true);
+                Ok(Box::new(stream))
+            }
+            Link::Serial(line) => Ok(Box::new(line.open()?)),
+            Link::Terminal { .. } => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a terminal link is not a byte stream",
+            )),
+        }
+    }
+
+    /// One exchange on a bus reached as a byte stream (TCP serial gateway or local serial
+    /// port): the bus's queue, its timeout, and stale replies discarded.
+    async fn via_bus(
         &self,
         m: &Dlt645Meter,
-        gw: SocketAddr,
         request: &Frame,
         expect: Expect,
     ) -> Result<Frame, Dlt645ClientError> {
         let timeout = self.inner.config.timeout;
         let link = m.link;
         let io_err = |source| Dlt645ClientError::Io { link, source };
-        let slot = self.slot(gw);
+        let slot = self.slot(link);
         let mut guard = slot.lock().await;
         if guard.is_none() {
-            let stream = tokio::time::timeout(timeout, TcpStream::connect(gw))
-                .await
-                .map_err(|_| {
-                    io_err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "TCP connect timed out",
-                    ))
-                })?
-                .map_err(io_err)?;
-            let _ = stream.set_nodelay(true);
             *guard = Some(GatewayConn {
-                stream,
+                stream: Self::open_bus(link, timeout).await.map_err(io_err)?,
                 decoder: StreamDecoder::new(),
             });
         }
@@ -521,7 +585,7 @@ impl Dlt645Client {
                     *guard = None;
                     return Err(io_err(io::Error::new(
                         io::ErrorKind::ConnectionReset,
-                        "gateway closed the connection",
+                        "the gateway closed the connection (or the serial port hung up)",
                     )));
                 }
                 Ok(Ok(n)) => conn.decoder.push(&buf[..n]),

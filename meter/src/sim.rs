@@ -134,6 +134,12 @@ pub enum SimError {
     /// `meters_per_gateway` outside 1..=247.
     #[error("meters per gateway must be 1..=247 (Modbus unit ids), got {0}")]
     MetersPerGateway(u8),
+    /// A simulated 1376.1 terminal did not log in to the master station in time.
+    #[error("simulated terminal {0} did not log in to the master station within 10 s")]
+    TerminalOffline(crate::qgdw376::TerminalAddress),
+    /// More terminals than terminal numbers (65535).
+    #[error("{0} meters per terminal make more than 65535 terminals; put more on each")]
+    TooManyTerminals(usize),
     /// `serve` while already serving.
     #[error("the fleet is already serving; call shutdown() before serving again")]
     AlreadyServing,

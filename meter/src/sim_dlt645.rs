@@ -5,6 +5,8 @@
 //! - It answers read data (11H) for total forward active energy 00010000, the last daily frozen
 //!   forward active energy 05060101 (total only), the last daily freeze time 05060001 and status
 //!   word 3 04000503; any other identifier gets an error reply "no requested data".
+//! - Read address (13H, to the wildcard address) answers with the meter's address when it is the
+//!   only answering meter on the bus; several meters collide (a garbled reply).
 //! - Relay control (1CH) in plaintext with password [`SIM_PASSWORD`] (level 02); the deadline is
 //!   checked against the simulated clock; a trip under keep-power is refused. A meter set to
 //!   require the security module refuses plaintext commands (password error / unauthorised).
@@ -194,6 +196,12 @@ impl SimFleet {
         bus: Range<usize>,
         frame: &Frame,
     ) -> (Option<Vec<u8>>, Option<Duration>) {
+        if frame.address().is_wildcard()
+            && frame.control().function() == Function::ReadAddress
+            && !frame.control().is_reply()
+        {
+            return self.read_address_on(bus);
+        }
         if !frame.address().is_unicast() {
             return (None, None);
         }
@@ -214,6 +222,30 @@ impl SimFleet {
             return (reply, m.reply_delay);
         }
         (None, None)
+    }
+
+    /// Read address (13H to AAAAAAAAAAAA): every answering meter on the bus replies with its
+    /// address (93H). One meter gives a clean reply; several collide on the RS485 line, so the
+    /// reply is garbled (the client then sees nothing usable, as on a real bus).
+    fn read_address_on(&self, bus: Range<usize>) -> (Option<Vec<u8>>, Option<Duration>) {
+        let st = self.shared.lock();
+        let answering: Vec<usize> = bus.filter(|&i| !st.meters[i].silent()).collect();
+        let Some(&first) = answering.first() else {
+            return (None, None);
+        };
+        let own = dlt645_address(first);
+        let Ok(reply) = Frame::new(
+            own,
+            ControlCode::reply(Function::ReadAddress, false),
+            own.to_wire().to_vec(),
+        ) else {
+            return (None, None);
+        };
+        let mut bytes = reply.encode_with_preamble();
+        if answering.len() > 1 || st.meters[first].faults.garbled {
+            garble(&mut bytes);
+        }
+        (Some(bytes), st.meters[first].reply_delay)
     }
 
     /// Starts one DL/T 645 serial gateway (transparent TCP) per `meters_per_gateway` meters on
@@ -260,6 +292,65 @@ impl SimFleet {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(task);
+        }
+        Ok(out)
+    }
+
+    /// Serves meters `bus` over DL/T 645 on a local serial port (e.g. one end of a
+    /// pseudo-terminal pair), as meters on an RS485 line would. Returns each meter as reached
+    /// through `client_line` (the other end, as the host opens it). Runs until the fleet is shut
+    /// down or dropped.
+    pub fn serve_dlt645_serial(
+        self: &Arc<Self>,
+        line: crate::serial::SerialLine,
+        client_line: crate::serial::SerialLine,
+        bus: Range<usize>,
+    ) -> io::Result<Vec<Dlt645Meter>> {
+        let stream = line.open()?;
+        let meters = bus
+            .clone()
+            .map(|i| Dlt645Meter {
+                link: Link::Serial(client_line),
+                address: dlt645_address(i),
+                requires_security: false,
+            })
+            .collect();
+        let task = tokio::spawn(serve_bus(stream, Arc::downgrade(self), bus));
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+        Ok(meters)
+    }
+
+    /// Runs one Q/GDW 1376.1 terminal per `per` meters of `meters` (addresses 3501-0001,
+    /// 3501-0002, …; see [`run_terminal`](Self::run_terminal)) dialling `master`, and waits up to
+    /// 10 s for each to log in. Returns the meters as reached through their terminals.
+    pub async fn run_terminals(
+        self: &Arc<Self>,
+        master: &crate::terminal::Master,
+        meters: Range<usize>,
+        per: usize,
+        heartbeat: Duration,
+    ) -> Result<Vec<Dlt645Meter>, SimError> {
+        if per == 0 {
+            return Err(SimError::MetersPerGateway(0));
+        }
+        let mut out = Vec::with_capacity(meters.len());
+        for (k, first) in meters.clone().step_by(per).enumerate() {
+            let address = TerminalAddress {
+                region: 0x3501,
+                terminal: u16::try_from(k + 1).map_err(|_| SimError::TooManyTerminals(per))?,
+            };
+            out.extend(self.run_terminal(
+                master.local_addr(),
+                address,
+                first..(first + per).min(meters.end),
+                heartbeat,
+            ));
+            if !master.wait_online(address, Duration::from_secs(10)).await {
+                return Err(SimError::TerminalOffline(address));
+            }
         }
         Ok(out)
     }
@@ -311,7 +402,11 @@ impl SimFleet {
 /// The terminal port number of the RS485 meter bus in the simulator (31 = 1FH, as in the vectors).
 pub const TERMINAL_METER_PORT: u8 = 0x1F;
 
-async fn serve_bus(mut stream: TcpStream, fleet: std::sync::Weak<SimFleet>, bus: Range<usize>) {
+async fn serve_bus(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    fleet: std::sync::Weak<SimFleet>,
+    bus: Range<usize>,
+) {
     let mut decoder = StreamDecoder::new();
     let mut buf = [0u8; 512];
     loop {

@@ -278,3 +278,20 @@ async fn meters_behind_a_1376_terminal_are_read_and_switched() {
         "{err}"
     );
 }
+
+/// Read address (13H): one meter on the bus answers with its address; several collide and
+/// nothing usable comes back (a timeout, never a wrong address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_address_finds_the_only_meter_on_a_bus() {
+    let (sim, meters) = fleet(4, 1).await;
+    let c = Dlt645Client::new(config(300, 0), None);
+    for (i, m) in meters.iter().enumerate() {
+        if !sim.answers(i).unwrap() {
+            continue;
+        }
+        assert_eq!(c.read_address(m.link).await.unwrap(), sim.dlt645_address(i));
+    }
+    let (_fleet2, shared) = fleet(4, 4).await;
+    let e = c.read_address(shared[0].link).await.unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+}

@@ -59,6 +59,15 @@ pub fn parse_ds(s: &str) -> Result<NaiveDate, DbError> {
     NaiveDate::from_str(s).map_err(|e| DbError::Corrupt(format!("date {s:?}: {e}")))
 }
 
+/// Migrations applied so far (0 before the first).
+async fn migrations_applied(conn: &mut sqlx::AnyConnection) -> i64 {
+    sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(conn)
+        .await
+        .and_then(|r| sqlx::Row::try_get::<i64, _>(&r, 0))
+        .unwrap_or(0)
+}
+
 impl Db {
     /// Opens (creating if needed) and migrates the database at `url`, e.g.
     /// `sqlite:///var/lib/feegate/county.db` or `postgres://feegate@db:5432/feegate`.
@@ -106,7 +115,34 @@ impl Db {
             .await
             .map_err(open_err)?;
         if is_sqlite {
-            sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+            // SQLite changes a constraint only by rebuilding the table (0005 rebuilds
+            // `meters`), which needs foreign keys off around the migration's transaction
+            // (SQLite's documented procedure; the pragma is ignored inside a transaction).
+            // The single pooled connection is the one that migrates; every reference is
+            // checked before foreign keys go back on.
+            // Only what a migration applied now did is checked: a database opened to be
+            // audited may hold anything.
+            let mut conn = pool.acquire().await.map_err(open_err)?;
+            let before = migrations_applied(&mut conn).await;
+            conn.execute("PRAGMA foreign_keys = OFF").await?;
+            let migrated = sqlx::migrate!("../migrations/sqlite")
+                .run_direct(&mut *conn)
+                .await;
+            let dangling = if migrations_applied(&mut conn).await > before {
+                sqlx::query("PRAGMA foreign_key_check")
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .len()
+            } else {
+                0
+            };
+            conn.execute("PRAGMA foreign_keys = ON").await?;
+            migrated?;
+            if dangling > 0 {
+                return Err(DbError::Corrupt(format!(
+                    "{dangling} row(s) reference a missing row after migrating; restore the backup taken before the upgrade"
+                )));
+            }
         } else {
             sqlx::migrate!("../migrations/postgres").run(&pool).await?;
         }

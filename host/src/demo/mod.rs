@@ -1,6 +1,7 @@
 //! `feegate demo`: a simulated county running the whole daily job on real consumption.
 //!
-//! Meters are a Modbus TCP simulator on loopback whose registers follow real London
+//! Meters are a simulator on loopback (Modbus TCP gateways, DL/T 645 serial gateways and
+//! Q/GDW 1376.1 terminals, mixed per [`ProtocolMix`]) whose registers follow real London
 //! households (UK Power Networks, Low Carbon London, "SmartMeter Energy Consumption
 //! Data in London Households", London Datastore): register = a seeded starting value +
 //! the cumulative daily kWh; a day missing in the data is a day the meter does not
@@ -33,7 +34,11 @@ use anyhow::Context;
 use behaviour::{Behaviour, Habit, Persona};
 use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime};
 use feegate_meter::client::{ClientConfig, ModbusMeterClient};
+use feegate_meter::dlt645_client::{Dlt645Client, Dlt645Config};
+use feegate_meter::fleet::{FleetClient, MeterLink};
+use feegate_meter::qgdw376::Pw;
 use feegate_meter::sim::SimFleet;
+use feegate_meter::terminal::Master;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::Row;
@@ -58,10 +63,112 @@ pub struct DemoOptions {
     pub components: PathBuf,
     /// Meters per simulated gateway (RS485 bus behind a serial gateway).
     pub meters_per_gateway: u8,
-    /// Modbus reply timeout on loopback.
+    /// Reply timeout on loopback (every protocol).
     pub read_timeout: std::time::Duration,
+    /// Which protocol the meters speak (share of the fleet in percent).
+    pub protocol_mix: ProtocolMix,
     /// Print a line per simulated day on stderr.
     pub progress: bool,
+}
+
+/// Shares of the simulated fleet per protocol, in percent (they add up to 100): Modbus TCP
+/// gateways, DL/T 645-2007 behind TCP serial gateways, DL/T 645 behind Q/GDW 1376.1
+/// collection terminals. Meters are assigned in order: the first `modbus`% of the meters,
+/// then `dlt645`%, then the rest; so each bus carries one protocol and every station gets
+/// all three (stations go round-robin). Written and parsed as `modbus=60,dlt645=30,qgdw376=10`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProtocolMix {
+    pub modbus: u32,
+    pub dlt645: u32,
+    pub qgdw376: u32,
+}
+
+impl Default for ProtocolMix {
+    /// All Modbus TCP (the demo as it was before mixed fleets).
+    fn default() -> Self {
+        ProtocolMix {
+            modbus: 100,
+            dlt645: 0,
+            qgdw376: 0,
+        }
+    }
+}
+
+impl std::str::FromStr for ProtocolMix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut mix = ProtocolMix {
+            modbus: 0,
+            dlt645: 0,
+            qgdw376: 0,
+        };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, pct) = part.split_once('=').ok_or_else(|| {
+                format!("{part:?} is not PROTOCOL=PERCENT (e.g. modbus=60,dlt645=30,qgdw376=10)")
+            })?;
+            let pct: u32 = pct
+                .trim()
+                .parse()
+                .map_err(|_| format!("{part:?}: the share must be a whole percentage"))?;
+            match name.trim() {
+                "modbus" => mix.modbus = pct,
+                "dlt645" => mix.dlt645 = pct,
+                "qgdw376" => mix.qgdw376 = pct,
+                other => {
+                    return Err(format!(
+                        "unknown protocol {other:?}: use modbus, dlt645 or qgdw376"
+                    ));
+                }
+            }
+        }
+        let total = mix.modbus + mix.dlt645 + mix.qgdw376;
+        if total != 100 {
+            return Err(format!(
+                "the shares add up to {total}%, not 100% (e.g. modbus=60,dlt645=30,qgdw376=10)"
+            ));
+        }
+        Ok(mix)
+    }
+}
+
+impl std::fmt::Display for ProtocolMix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "modbus={},dlt645={},qgdw376={}",
+            self.modbus, self.dlt645, self.qgdw376
+        )
+    }
+}
+
+/// Which protocol a meter speaks in the demo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoProtocol {
+    Modbus,
+    Dlt645,
+    Qgdw376,
+}
+
+impl ProtocolMix {
+    /// How many of `meters` speak each protocol (Modbus, DL/T 645, 1376.1): the DL/T 645 and
+    /// 1376.1 shares are rounded down, Modbus takes the rest.
+    pub fn counts(&self, meters: usize) -> (usize, usize, usize) {
+        let dlt = meters * self.dlt645 as usize / 100;
+        let q = meters * self.qgdw376 as usize / 100;
+        (meters - dlt - q, dlt, q)
+    }
+
+    /// The protocol of meter `i` of `meters`.
+    pub fn protocol_of(&self, i: usize, meters: usize) -> DemoProtocol {
+        let (m, d, _) = self.counts(meters);
+        if i < m {
+            DemoProtocol::Modbus
+        } else if i < m + d {
+            DemoProtocol::Dlt645
+        } else {
+            DemoProtocol::Qgdw376
+        }
+    }
 }
 
 /// The demo's figures. Money values are decimal strings in yuan.
@@ -264,12 +371,7 @@ impl Scenario {
         );
         let start_time = opts.start.and_time(NaiveTime::MIN);
         fleet.advance_to(start_time)?;
-        let addresses = fleet
-            .serve(
-                std::net::IpAddr::from([127, 0, 0, 1]),
-                opts.meters_per_gateway,
-            )
-            .await?;
+        let links = serve_fleet(&fleet, opts).await?;
         let clock = Arc::new(SimClock::new(start_time));
         // Versions activated in the registry (`feegate policy activate`) replace the
         // policy-set files from their effective time, checked at every host step.
@@ -281,11 +383,23 @@ impl Scenario {
         ));
         watcher.poll().await?;
         let sms = Arc::new(LogGateway::default());
-        let meters = ModbusMeterClient::new(ClientConfig {
-            timeout: opts.read_timeout,
-            retries: 1,
-            retry_backoff: std::time::Duration::from_millis(5),
-        });
+        let meters = FleetClient::new(
+            ModbusMeterClient::new(ClientConfig {
+                timeout: opts.read_timeout,
+                retries: 1,
+                retry_backoff: std::time::Duration::from_millis(5),
+            }),
+            Dlt645Client::new(
+                Dlt645Config {
+                    timeout: opts.read_timeout,
+                    retries: 1,
+                    retry_backoff: std::time::Duration::from_millis(5),
+                    password: feegate_meter::sim::SIM_PASSWORD,
+                    ..Dlt645Config::default()
+                },
+                links.master,
+            ),
+        );
         let host = Host {
             db: db.clone(),
             engine: engine.clone(),
@@ -315,7 +429,7 @@ impl Scenario {
         }
         let mut behaviour = Behaviour::new(opts.seed);
         let mut customers = Vec::with_capacity(opts.meters);
-        for (i, addr) in addresses.iter().enumerate() {
+        for (i, link) in links.links.into_iter().enumerate() {
             let persona = behaviour.persona(i);
             let account_id = format!("35{:08}", i + 1);
             let app = Application {
@@ -331,8 +445,7 @@ impl Scenario {
                 customer_class: "low-voltage-residential".into(),
                 vulnerable: persona.vulnerable,
                 meter_id: format!("M{:012}", i + 1),
-                gateway: addr.gateway.to_string(),
-                unit_id: addr.unit,
+                link,
                 ct_ratio: 1,
                 pt_ratio: 1,
                 account_id: account_id.clone(),
@@ -499,6 +612,45 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
     }
     scenario.fleet.shutdown();
     scenario.summary().await
+}
+
+/// The simulated fleet's links, in meter order, and the master station its terminals dial.
+struct ServedFleet {
+    links: Vec<MeterLink>,
+    master: Option<Master>,
+}
+
+/// Serves the fleet on loopback in the protocols of `opts.protocol_mix`: Modbus TCP
+/// gateways, DL/T 645 serial gateways, and 1376.1 terminals (address 3501-000N, meters on
+/// port 31) that dial a master station bound here; `meters_per_gateway` meters per bus.
+async fn serve_fleet(fleet: &Arc<SimFleet>, opts: &DemoOptions) -> anyhow::Result<ServedFleet> {
+    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    let n = fleet.len();
+    let (modbus, dlt, q) = opts.protocol_mix.counts(n);
+    let per = usize::from(opts.meters_per_gateway);
+    let mut links: Vec<MeterLink> = Vec::with_capacity(n);
+    let modbus_addrs = fleet.serve(ip, opts.meters_per_gateway).await?;
+    links.extend(modbus_addrs[..modbus].iter().map(|a| MeterLink::Modbus(*a)));
+    if dlt > 0 {
+        // Gateways cover the whole fleet in buses of `per`; the DL/T 645 meters are a
+        // contiguous range, so their buses are theirs alone except at its edges.
+        let ms = fleet.serve_dlt645(ip, per).await?;
+        links.extend(
+            ms[modbus..modbus + dlt]
+                .iter()
+                .map(|m| MeterLink::Dlt645(*m)),
+        );
+    }
+    let mut master = None;
+    if q > 0 {
+        let m = Master::bind(std::net::SocketAddr::new(ip, 0), 1, Pw::default()).await?;
+        let ms = fleet
+            .run_terminals(&m, modbus + dlt..n, per, std::time::Duration::from_secs(60))
+            .await?;
+        links.extend(ms.into_iter().map(MeterLink::Dlt645));
+        master = Some(m);
+    }
+    Ok(ServedFleet { links, master })
 }
 
 fn advance(fleet: &SimFleet, clock: &SimClock, t: NaiveDateTime) -> anyhow::Result<()> {

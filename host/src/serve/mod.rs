@@ -39,6 +39,8 @@ use axum::routing::get;
 use chrono::{Duration as ChronoDuration, FixedOffset, NaiveDate, NaiveDateTime, TimeZone};
 use config::{ScheduleSection, ServeConfig};
 use feegate_meter::client::{ClientConfig, ModbusMeterClient};
+use feegate_meter::dlt645_client::{Dlt645Client, Dlt645Config};
+use feegate_meter::fleet::FleetClient;
 use metrics::Metrics;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,11 +71,30 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Arc<ServeState>> {
     let db = Db::open(&config.database.url).await?;
     let host_config = HostConfig::default();
     let engine = PolicyEngine::new(host_config.policy.clone())?;
-    let meters = ModbusMeterClient::new(ClientConfig {
-        timeout: Duration::from_millis(config.meters.timeout_ms),
-        retries: config.meters.retries,
-        retry_backoff: Duration::from_millis(config.meters.retry_backoff_ms),
-    });
+    let (timeout, retries, retry_backoff) = (
+        Duration::from_millis(config.meters.timeout_ms),
+        config.meters.retries,
+        Duration::from_millis(config.meters.retry_backoff_ms),
+    );
+    // Modbus TCP and DL/T 645 (gateways, serial ports). 1376.1 terminals need a master
+    // station listening for their logins, which `serve` does not open yet: terminal
+    // meters fail their reads with that reason, and the rest are read.
+    let meters = FleetClient::new(
+        ModbusMeterClient::new(ClientConfig {
+            timeout,
+            retries,
+            retry_backoff,
+        }),
+        Dlt645Client::new(
+            Dlt645Config {
+                timeout,
+                retries,
+                retry_backoff,
+                ..Dlt645Config::default()
+            },
+            None,
+        ),
+    );
     // SMS: the HTTP JSON gateway when FEEGATE_SMS_URL is set, else the log gateway.
     let sms_http = crate::sms::http::HttpGatewayConfig::from_env()
         .map_err(|e| anyhow::anyhow!("SMS gateway configuration: {e}"))?;

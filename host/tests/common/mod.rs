@@ -48,6 +48,7 @@ pub fn small_county(meters: usize, days: u32, seed: u64) -> DemoOptions {
         components: components_dir(),
         meters_per_gateway: 8,
         read_timeout: std::time::Duration::from_millis(300),
+        protocol_mix: Default::default(),
         progress: false,
     }
 }
