@@ -103,6 +103,10 @@ fn reached(command: RelayCommand, state: RelayState) -> bool {
     }
 }
 
+const OUTSTANDING: &str = "SELECT c.command_id, c.account_id, c.command, c.status, c.deadline, m.gateway, m.unit_id
+     FROM relay_commands c JOIN meters m ON m.meter_id = c.meter_id
+     WHERE c.status IN ('pending', 'issuing', 'awaiting-confirmation', 'awaiting-customer')";
+
 /// Issues pending commands and verifies outstanding ones with fresh status reads.
 pub async fn drive(
     db: &Db,
@@ -111,14 +115,38 @@ pub async fn drive(
     county: &str,
     now: NaiveDateTime,
 ) -> Result<RelayReport, DbError> {
+    let rows = sqlx::query(&format!("{OUTSTANDING} ORDER BY c.command_id"))
+        .fetch_all(&db.pool)
+        .await?;
+    drive_rows(db, client, floor, county, now, rows).await
+}
+
+/// [`drive`] for one command only: a payment's reconnection is issued at once without
+/// walking every outstanding command of the county.
+pub async fn drive_command(
+    db: &Db,
+    client: &ModbusMeterClient,
+    floor: &SafetyFloor,
+    county: &str,
+    command_id: i64,
+    now: NaiveDateTime,
+) -> Result<RelayReport, DbError> {
+    let rows = sqlx::query(&format!("{OUTSTANDING} AND c.command_id = $1"))
+        .bind(command_id)
+        .fetch_all(&db.pool)
+        .await?;
+    drive_rows(db, client, floor, county, now, rows).await
+}
+
+async fn drive_rows(
+    db: &Db,
+    client: &ModbusMeterClient,
+    floor: &SafetyFloor,
+    county: &str,
+    now: NaiveDateTime,
+    rows: Vec<sqlx::any::AnyRow>,
+) -> Result<RelayReport, DbError> {
     let mut report = RelayReport::default();
-    let rows = sqlx::query(
-        "SELECT c.command_id, c.account_id, c.command, c.status, c.deadline, m.gateway, m.unit_id
-         FROM relay_commands c JOIN meters m ON m.meter_id = c.meter_id
-         WHERE c.status IN ('pending', 'issuing', 'awaiting-confirmation', 'awaiting-customer') ORDER BY c.command_id",
-    )
-    .fetch_all(&db.pool)
-    .await?;
     for r in rows {
         let id: i64 = r.try_get(0)?;
         let account_id: String = r.try_get(1)?;
