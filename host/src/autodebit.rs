@@ -114,7 +114,12 @@ pub struct BankAdapter {
 }
 
 impl BankAdapter {
-    async fn send(&self, request_id: &str, account_id: &str, amount_fen: Fen) -> Result<(), String> {
+    async fn send(
+        &self,
+        request_id: &str,
+        account_id: &str,
+        amount_fen: Fen,
+    ) -> Result<(), String> {
         let body = serde_json::json!({
             "request_id": request_id,
             "account_id": account_id,
@@ -129,7 +134,10 @@ impl BankAdapter {
             .client
             .post(&self.config.bank_url)
             .header(auth::TIMESTAMP_HEADER, now.to_string())
-            .header(auth::SIGNATURE_HEADER, auth::hmac_sign(&self.secret, now, body.as_bytes()))
+            .header(
+                auth::SIGNATURE_HEADER,
+                auth::hmac_sign(&self.secret, now, body.as_bytes()),
+            )
             .header("content-type", "application/json")
             .body(body)
             .timeout(std::time::Duration::from_secs(10))
@@ -142,7 +150,12 @@ impl BankAdapter {
             Err(format!(
                 "bank answered {}: {}",
                 resp.status(),
-                resp.text().await.unwrap_or_default().chars().take(200).collect::<String>()
+                resp.text()
+                    .await
+                    .unwrap_or_default()
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
             ))
         }
     }
@@ -150,7 +163,11 @@ impl BankAdapter {
 
 /// Sends due requests to the bank and gives up on in-flight ones that never got a
 /// result within `result_timeout_seconds`.
-pub async fn dispatch(db: &Db, bank: &BankAdapter, now: NaiveDateTime) -> Result<DispatchReport, DbError> {
+pub async fn dispatch(
+    db: &Db,
+    bank: &BankAdapter,
+    now: NaiveDateTime,
+) -> Result<DispatchReport, DbError> {
     let mut report = DispatchReport::default();
     let rows = sqlx::query(
         "SELECT request_id, account_id, amount_fen FROM auto_debits WHERE status = 'requested' AND next_attempt_at <= $1 ORDER BY debit_id",
@@ -187,16 +204,24 @@ pub async fn dispatch(db: &Db, bank: &BankAdapter, now: NaiveDateTime) -> Result
         }
     }
     let timeout = chrono::Duration::seconds(bank.config.result_timeout_seconds as i64);
-    let stale = sqlx::query("SELECT request_id, next_attempt_at FROM auto_debits WHERE status = 'in-flight'")
-        .fetch_all(&db.pool)
-        .await?;
+    let stale = sqlx::query(
+        "SELECT request_id, next_attempt_at FROM auto_debits WHERE status = 'in-flight'",
+    )
+    .fetch_all(&db.pool)
+    .await?;
     for r in stale {
         let request_id: String = r.try_get(0)?;
         let sent_at = parse_ts(&r.try_get::<String, _>(1)?)?;
         if now - sent_at > timeout {
             let mut conn = db.pool.acquire().await?;
             // No result: the bank may still debit; never re-request, a person checks.
-            give_up(&mut conn, &request_id, "no result from the bank before the timeout", now).await?;
+            give_up(
+                &mut conn,
+                &request_id,
+                "no result from the bank before the timeout",
+                now,
+            )
+            .await?;
             report.failed += 1;
         }
     }
@@ -222,7 +247,12 @@ async fn failed_attempt(
         return Ok(true);
     }
     let next = now + chrono::Duration::seconds((cfg.retry_after_seconds * attempts as u64) as i64);
-    tracing::warn!(request_id, attempts, why, "auto-debit attempt failed; will retry");
+    tracing::warn!(
+        request_id,
+        attempts,
+        why,
+        "auto-debit attempt failed; will retry"
+    );
     sqlx::query("UPDATE auto_debits SET status = 'requested', next_attempt_at = $2, last_error = $3 WHERE request_id = $1")
         .bind(request_id)
         .bind(ts(next))
@@ -232,7 +262,12 @@ async fn failed_attempt(
     Ok(false)
 }
 
-async fn give_up(conn: &mut AnyConnection, request_id: &str, why: &str, now: NaiveDateTime) -> Result<(), sqlx::Error> {
+async fn give_up(
+    conn: &mut AnyConnection,
+    request_id: &str,
+    why: &str,
+    now: NaiveDateTime,
+) -> Result<(), sqlx::Error> {
     tracing::warn!(request_id, why, "auto-debit failed; work order opened");
     sqlx::query("UPDATE auto_debits SET status = 'failed', last_error = $2, finished_at = $3 WHERE request_id = $1")
         .bind(request_id)
@@ -304,7 +339,11 @@ pub async fn record_success(
     .await?;
     if done.rows_affected() == 0 {
         // The money moved at the bank: it is applied regardless; reconciliation shows it.
-        tracing::warn!(request_id, account_id, "debit result for a request not in flight; payment applied anyway");
+        tracing::warn!(
+            request_id,
+            account_id,
+            "debit result for a request not in flight; payment applied anyway"
+        );
     }
     Ok(())
 }

@@ -154,7 +154,11 @@ enum ChannelsCmd {
         #[arg(long, env = "FEEGATE_POLICY_SET", default_value = "policies/xianyou")]
         policy_set: PathBuf,
         /// Directory of built policy components (`make plugins`).
-        #[arg(long, env = "FEEGATE_COMPONENTS", default_value = "target/wasm32-wasip2/plugin")]
+        #[arg(
+            long,
+            env = "FEEGATE_COMPONENTS",
+            default_value = "target/wasm32-wasip2/plugin"
+        )]
         components: PathBuf,
         /// Do not reconnect at once (the daily job's sweep reconnects instead).
         #[arg(long)]
@@ -1050,8 +1054,18 @@ async fn channels_serve(
     } else {
         let config = feegate::config::HostConfig::default();
         let engine = feegate::policy::PolicyEngine::new(config.policy.clone())?;
-        let county = feegate::county::County::load(&engine, policy_set, components, config.floor.clone())
-            .with_context(|| format!("loading the policy set {} for reconnection decisions (or pass --no-reconnect)", policy_set.display()))?;
+        let county = feegate::county::County::load(
+            &engine,
+            policy_set,
+            components,
+            config.floor.clone(),
+        )
+        .with_context(|| {
+            format!(
+                "loading the policy set {} for reconnection decisions (or pass --no-reconnect)",
+                policy_set.display()
+            )
+        })?;
         Some(Arc::new(feegate::job::Host {
             db: db.clone(),
             engine,
@@ -1062,14 +1076,23 @@ async fn channels_serve(
             sms: Arc::new(feegate::outbox::LogGateway::default()),
         }))
     };
-    let service = feegate::channels::service::Service::start(db.clone(), channels, clock.clone(), host).await?;
+    let service =
+        feegate::channels::service::Service::start(db.clone(), channels, clock.clone(), host)
+            .await?;
     service.spawn_auto_debit(db, clock, std::time::Duration::from_secs(60));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!(
         "feegate channels: listening on http://{listen}/channels/{{channel}}/notify for {}; {} recovered from the inbox",
-        service.state.config.channels.keys().cloned().collect::<Vec<_>>().join(", "),
+        service
+            .state
+            .config
+            .channels
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
         service.recovered
     );
     service.serve(listener).await?;

@@ -37,7 +37,9 @@ use thiserror::Error;
 pub enum ReconcileError {
     #[error("cannot read statement {path}: {source}")]
     Read { path: String, source: csv::Error },
-    #[error("statement line {line}: {message}; fix the file or ask the channel for a corrected statement")]
+    #[error(
+        "statement line {line}: {message}; fix the file or ask the channel for a corrected statement"
+    )]
     Line { line: u64, message: String },
     #[error(transparent)]
     Db(#[from] DbError),
@@ -129,8 +131,13 @@ pub fn read_statement(path: &Path) -> Result<Vec<Txn>, ReconcileError> {
                 message: format!("the header has no column {name:?} (need txn_id,type,account_id,amount,currency)"),
             })
     };
-    let (c_txn, c_type, c_acct, c_amount, c_cur) =
-        (col("txn_id")?, col("type")?, col("account_id")?, col("amount")?, col("currency")?);
+    let (c_txn, c_type, c_acct, c_amount, c_cur) = (
+        col("txn_id")?,
+        col("type")?,
+        col("account_id")?,
+        col("amount")?,
+        col("currency")?,
+    );
     let mut out = Vec::new();
     let mut seen = BTreeMap::new();
     for rec in reader.records() {
@@ -146,12 +153,18 @@ pub fn read_statement(path: &Path) -> Result<Vec<Txn>, ReconcileError> {
             return Err(bad("txn_id is empty".into()));
         }
         if let Some(first) = seen.insert(txn_id.clone(), line) {
-            return Err(bad(format!("txn_id {txn_id} is listed twice (first on line {first})")));
+            return Err(bad(format!(
+                "txn_id {txn_id} is listed twice (first on line {first})"
+            )));
         }
         let kind = match get(c_type) {
             "payment" => "payment",
             "reversal" | "refund" => "reversal",
-            other => return Err(bad(format!("type {other:?} is not payment, reversal or refund"))),
+            other => {
+                return Err(bad(format!(
+                    "type {other:?} is not payment, reversal or refund"
+                )));
+            }
         };
         if get(c_cur) != "CNY" {
             return Err(bad(format!("currency {:?} is not CNY", get(c_cur))));
@@ -160,7 +173,12 @@ pub fn read_statement(path: &Path) -> Result<Vec<Txn>, ReconcileError> {
             .ok()
             .and_then(|d| yuan_to_fen(d).ok())
             .filter(|f| *f > 0)
-            .ok_or_else(|| bad(format!("amount {:?} is not a positive yuan amount with at most 2 decimals", get(c_amount))))?;
+            .ok_or_else(|| {
+                bad(format!(
+                    "amount {:?} is not a positive yuan amount with at most 2 decimals",
+                    get(c_amount)
+                ))
+            })?;
         out.push(Txn {
             txn_id,
             kind: kind.into(),
@@ -185,8 +203,14 @@ async fn our_side(
         q.push_str(" AND business_date = $3");
     }
     let (p, r) = match txn {
-        Some(t) => (format!("payment:{channel}:{t}"), format!("reversal:{channel}:{t}")),
-        None => (format!("payment:{channel}:%"), format!("reversal:{channel}:%")),
+        Some(t) => (
+            format!("payment:{channel}:{t}"),
+            format!("reversal:{channel}:{t}"),
+        ),
+        None => (
+            format!("payment:{channel}:%"),
+            format!("reversal:{channel}:%"),
+        ),
     };
     let mut query = sqlx::query(&q).bind(p).bind(r);
     if let Some(d) = date {
@@ -201,7 +225,12 @@ async fn our_side(
             Ok((
                 Txn {
                     txn_id: key[prefix_len(&key)..].to_string(),
-                    kind: if key.starts_with("payment:") { "payment" } else { "reversal" }.into(),
+                    kind: if key.starts_with("payment:") {
+                        "payment"
+                    } else {
+                        "reversal"
+                    }
+                    .into(),
                     account_id: row.try_get(1)?,
                     amount_fen: amount.abs(),
                 },
@@ -245,7 +274,11 @@ pub async fn reconcile(
                 let elsewhere = our_side(db, channel, None, Some(&theirs.txn_id)).await?;
                 match elsewhere.into_iter().next() {
                     Some((o, day)) => Item {
-                        finding: if o == *theirs { Finding::Matched } else { Finding::AmountMismatch },
+                        finding: if o == *theirs {
+                            Finding::Matched
+                        } else {
+                            Finding::AmountMismatch
+                        },
                         txn_id: o.txn_id.clone(),
                         ours: Some(o),
                         theirs: Some(theirs.clone()),
@@ -281,12 +314,13 @@ pub async fn reconcile(
             .or(item.ours.as_ref())
             .map(|t| t.account_id.clone())
             .unwrap_or_default();
-        let station: Option<String> = sqlx::query("SELECT station_id FROM accounts WHERE account_id = $1")
-            .bind(&account)
-            .fetch_optional(&db.pool)
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?;
+        let station: Option<String> =
+            sqlx::query("SELECT station_id FROM accounts WHERE account_id = $1")
+                .bind(&account)
+                .fetch_optional(&db.pool)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
         let evidence = serde_json::json!({
             "channel": channel,
             "statement_date": ds(date),
@@ -330,7 +364,12 @@ pub fn render(r: &Report) -> String {
     );
     let side = |t: &Option<Txn>| {
         t.as_ref().map_or("-".to_string(), |t| {
-            format!("{} {} {} yuan", t.kind, t.account_id, format_yuan(t.amount_fen))
+            format!(
+                "{} {} {} yuan",
+                t.kind,
+                t.account_id,
+                format_yuan(t.amount_fen)
+            )
         })
     };
     for i in &r.items {
@@ -343,7 +382,9 @@ pub fn render(r: &Report) -> String {
             i.txn_id,
             side(&i.ours),
             side(&i.theirs),
-            i.booked_on.as_ref().map_or(String::new(), |d| format!(" (booked on {d})"))
+            i.booked_on
+                .as_ref()
+                .map_or(String::new(), |d| format!(" (booked on {d})"))
         ));
     }
     s

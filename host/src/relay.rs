@@ -103,7 +103,8 @@ fn reached(command: RelayCommand, state: RelayState) -> bool {
     }
 }
 
-const OUTSTANDING: &str = "SELECT c.command_id, c.account_id, c.command, c.status, c.deadline, m.gateway, m.unit_id
+const OUTSTANDING: &str =
+    "SELECT c.command_id, c.account_id, c.command, c.status, c.deadline, m.gateway, m.unit_id
      FROM relay_commands c JOIN meters m ON m.meter_id = c.meter_id
      WHERE c.status IN ('pending', 'issuing', 'awaiting-confirmation', 'awaiting-customer')";
 

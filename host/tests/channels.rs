@@ -44,7 +44,13 @@ impl FakeChannel {
         }
     }
 
-    async fn post_raw(&self, channel: &str, body: &str, ts: Option<i64>, sig: Option<String>) -> (u16, Value) {
+    async fn post_raw(
+        &self,
+        channel: &str,
+        body: &str,
+        ts: Option<i64>,
+        sig: Option<String>,
+    ) -> (u16, Value) {
         let mut req = self
             .client
             .post(format!("http://{}/channels/{channel}/notify", self.addr))
@@ -102,6 +108,18 @@ async fn setup(db_url: Option<String>) -> Setup {
     }
 }
 
+/// A channel service started afresh on `db` (a restart), without reconnection.
+async fn restart(db: feegate::db::Db, scenario: &Scenario) -> Service {
+    Service::start(
+        db,
+        bench_config().unwrap(),
+        scenario.host.clock.clone(),
+        None,
+    )
+    .await
+    .unwrap()
+}
+
 async fn scalar(db: &feegate::db::Db, sql: &str) -> i64 {
     sqlx::query(sql)
         .fetch_one(&db.pool)
@@ -112,12 +130,18 @@ async fn scalar(db: &feegate::db::Db, sql: &str) -> i64 {
 }
 
 async fn balance(db: &feegate::db::Db, account: &str) -> i64 {
-    scalar(db, &format!("SELECT balance_fen FROM accounts WHERE account_id = '{account}'")).await
+    scalar(
+        db,
+        &format!("SELECT balance_fen FROM accounts WHERE account_id = '{account}'"),
+    )
+    .await
 }
 
 async fn assert_ledger_balanced(db: &feegate::db::Db) {
     let mut conn = db.pool.acquire().await.unwrap();
-    let bad = feegate::ledger::unbalanced_accounts(&mut conn).await.unwrap();
+    let bad = feegate::ledger::unbalanced_accounts(&mut conn)
+        .await
+        .unwrap();
     assert!(bad.is_empty(), "balance ≠ Σ ledger for {bad:?}");
 }
 
@@ -129,18 +153,37 @@ async fn every_channel_applies_once_and_retries_are_duplicates() {
     for (i, channel) in CHANNELS.iter().enumerate() {
         let txn = format!("T{i}");
         let (status, answer) = s.channel.post(channel, &pay(&txn, ACCOUNT, "12.34")).await;
-        assert_eq!((status, answer["code"].as_str()), (200, Some("applied")), "{channel}: {answer}");
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (200, Some("applied")),
+            "{channel}: {answer}"
+        );
         // The channel retries (lost answer): nothing moves again.
         let (status, answer) = s.channel.post(channel, &pay(&txn, ACCOUNT, "12.34")).await;
-        assert_eq!((status, answer["code"].as_str()), (200, Some("duplicate")), "{channel}: {answer}");
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (200, Some("duplicate")),
+            "{channel}: {answer}"
+        );
     }
     assert_eq!(balance(db, ACCOUNT).await, before + 5 * 1234);
     // Same txn id on two channels are two payments.
     assert_eq!(
-        scalar(db, "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'payment' AND reference LIKE '%:T0'").await,
+        scalar(
+            db,
+            "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'payment' AND reference LIKE '%:T0'"
+        )
+        .await,
         1
     );
-    assert_eq!(scalar(db, "SELECT COUNT(*) FROM payment_inbox WHERE status = 'applied'").await, 5);
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT COUNT(*) FROM payment_inbox WHERE status = 'applied'"
+        )
+        .await,
+        5
+    );
     assert_ledger_balanced(db).await;
 }
 
@@ -151,7 +194,8 @@ async fn forged_and_invalid_notifications_write_nothing() {
     let entries_before = scalar(db, "SELECT COUNT(*) FROM ledger_entries").await;
     let now = unix_now();
     let good = pay("F1", ACCOUNT, "10.00").to_string();
-    let hmac = |secret: &str, ts: i64, body: &str| auth::hmac_sign(secret.as_bytes(), ts, body.as_bytes());
+    let hmac =
+        |secret: &str, ts: i64, body: &str| auth::hmac_sign(secret.as_bytes(), ts, body.as_bytes());
     let forger = auth::parse_private_key(include_str!("data/forger_private.pem")).unwrap();
     let app_secret = "bench-secret-of-app";
     struct Case {
@@ -169,35 +213,169 @@ async fn forged_and_invalid_notifications_write_nothing() {
         (b, Some(now), Some(sig))
     };
     let mut cases = vec![
-        Case { name: "wrong secret", channel: "app", body: good.clone(), ts: Some(now), sig: Some(hmac("somebody-elses-secret", now, &good)), status: 401, code: "bad-signature" },
-        Case { name: "secret of another channel", channel: "app", body: good.clone(), ts: Some(now), sig: Some(hmac("bench-secret-of-kiosk", now, &good)), status: 401, code: "bad-signature" },
-        Case { name: "stale timestamp", channel: "app", body: good.clone(), ts: Some(now - 3600), sig: Some(hmac(app_secret, now - 3600, &good)), status: 401, code: "stale-timestamp" },
-        Case { name: "no signature", channel: "app", body: good.clone(), ts: Some(now), sig: None, status: 401, code: "missing-auth" },
-        Case { name: "no timestamp", channel: "app", body: good.clone(), ts: None, sig: Some(hmac(app_secret, now, &good)), status: 401, code: "missing-auth" },
-        Case { name: "tampered body", channel: "app", body: good.replace("10.00", "99.00"), ts: Some(now), sig: Some(hmac(app_secret, now, &good)), status: 401, code: "bad-signature" },
-        Case { name: "alipay signed by another key", channel: "alipay", body: good.clone(), ts: Some(now), sig: Some(auth::rsa_sign(&forger, now, good.as_bytes())), status: 401, code: "bad-signature" },
-        Case { name: "alipay with an HMAC", channel: "alipay", body: good.clone(), ts: Some(now), sig: Some(hmac(app_secret, now, &good)), status: 401, code: "bad-signature" },
-        Case { name: "unknown channel", channel: "wechat", body: good.clone(), ts: Some(now), sig: Some(hmac(app_secret, now, &good)), status: 404, code: "unknown-channel" },
+        Case {
+            name: "wrong secret",
+            channel: "app",
+            body: good.clone(),
+            ts: Some(now),
+            sig: Some(hmac("somebody-elses-secret", now, &good)),
+            status: 401,
+            code: "bad-signature",
+        },
+        Case {
+            name: "secret of another channel",
+            channel: "app",
+            body: good.clone(),
+            ts: Some(now),
+            sig: Some(hmac("bench-secret-of-kiosk", now, &good)),
+            status: 401,
+            code: "bad-signature",
+        },
+        Case {
+            name: "stale timestamp",
+            channel: "app",
+            body: good.clone(),
+            ts: Some(now - 3600),
+            sig: Some(hmac(app_secret, now - 3600, &good)),
+            status: 401,
+            code: "stale-timestamp",
+        },
+        Case {
+            name: "no signature",
+            channel: "app",
+            body: good.clone(),
+            ts: Some(now),
+            sig: None,
+            status: 401,
+            code: "missing-auth",
+        },
+        Case {
+            name: "no timestamp",
+            channel: "app",
+            body: good.clone(),
+            ts: None,
+            sig: Some(hmac(app_secret, now, &good)),
+            status: 401,
+            code: "missing-auth",
+        },
+        Case {
+            name: "tampered body",
+            channel: "app",
+            body: good.replace("10.00", "99.00"),
+            ts: Some(now),
+            sig: Some(hmac(app_secret, now, &good)),
+            status: 401,
+            code: "bad-signature",
+        },
+        Case {
+            name: "alipay signed by another key",
+            channel: "alipay",
+            body: good.clone(),
+            ts: Some(now),
+            sig: Some(auth::rsa_sign(&forger, now, good.as_bytes())),
+            status: 401,
+            code: "bad-signature",
+        },
+        Case {
+            name: "alipay with an HMAC",
+            channel: "alipay",
+            body: good.clone(),
+            ts: Some(now),
+            sig: Some(hmac(app_secret, now, &good)),
+            status: 401,
+            code: "bad-signature",
+        },
+        Case {
+            name: "unknown channel",
+            channel: "wechat",
+            body: good.clone(),
+            ts: Some(now),
+            sig: Some(hmac(app_secret, now, &good)),
+            status: 404,
+            code: "unknown-channel",
+        },
     ];
     for (name, channel, body, status, code) in [
-        ("wrong currency", "app", json!({"txn_id": "F2", "account_id": ACCOUNT, "amount": "10.00", "currency": "USD"}), 422, "wrong-currency"),
-        ("negative amount", "kiosk", json!({"txn_id": "F3", "account_id": ACCOUNT, "amount": "-10.00", "currency": "CNY"}), 422, "bad-amount"),
-        ("float amount", "kiosk", json!({"txn_id": "F4", "account_id": ACCOUNT, "amount": 10.5, "currency": "CNY"}), 422, "bad-amount"),
-        ("sub-fen amount", "alipay", json!({"txn_id": "F5", "account_id": ACCOUNT, "amount": "10.005", "currency": "CNY"}), 422, "bad-amount"),
-        ("over the maximum", "bank-transfer", json!({"txn_id": "F6", "account_id": ACCOUNT, "amount": "50000.01", "currency": "CNY"}), 422, "amount-over-limit"),
-        ("unknown account", "online-banking", json!({"txn_id": "F7", "account_id": "9999999999", "amount": "10.00", "currency": "CNY"}), 422, "unknown-account"),
-        ("not JSON", "app", json!("just a string"), 400, "bad-request"),
+        (
+            "wrong currency",
+            "app",
+            json!({"txn_id": "F2", "account_id": ACCOUNT, "amount": "10.00", "currency": "USD"}),
+            422,
+            "wrong-currency",
+        ),
+        (
+            "negative amount",
+            "kiosk",
+            json!({"txn_id": "F3", "account_id": ACCOUNT, "amount": "-10.00", "currency": "CNY"}),
+            422,
+            "bad-amount",
+        ),
+        (
+            "float amount",
+            "kiosk",
+            json!({"txn_id": "F4", "account_id": ACCOUNT, "amount": 10.5, "currency": "CNY"}),
+            422,
+            "bad-amount",
+        ),
+        (
+            "sub-fen amount",
+            "alipay",
+            json!({"txn_id": "F5", "account_id": ACCOUNT, "amount": "10.005", "currency": "CNY"}),
+            422,
+            "bad-amount",
+        ),
+        (
+            "over the maximum",
+            "bank-transfer",
+            json!({"txn_id": "F6", "account_id": ACCOUNT, "amount": "50000.01", "currency": "CNY"}),
+            422,
+            "amount-over-limit",
+        ),
+        (
+            "unknown account",
+            "online-banking",
+            json!({"txn_id": "F7", "account_id": "9999999999", "amount": "10.00", "currency": "CNY"}),
+            422,
+            "unknown-account",
+        ),
+        (
+            "not JSON",
+            "app",
+            json!("just a string"),
+            400,
+            "bad-request",
+        ),
     ] {
         let (body, ts, sig) = signed(channel, body);
-        cases.push(Case { name, channel, body, ts, sig, status, code });
+        cases.push(Case {
+            name,
+            channel,
+            body,
+            ts,
+            sig,
+            status,
+            code,
+        });
     }
     for c in cases {
         let (status, answer) = s.channel.post_raw(c.channel, &c.body, c.ts, c.sig).await;
-        assert_eq!((status, answer["code"].as_str().unwrap()), (c.status, c.code), "{}: {answer}", c.name);
-        assert!(!answer["message"].as_str().unwrap().is_empty(), "{}: says what was wrong", c.name);
+        assert_eq!(
+            (status, answer["code"].as_str().unwrap()),
+            (c.status, c.code),
+            "{}: {answer}",
+            c.name
+        );
+        assert!(
+            !answer["message"].as_str().unwrap().is_empty(),
+            "{}: says what was wrong",
+            c.name
+        );
     }
     assert_eq!(scalar(db, "SELECT COUNT(*) FROM payment_inbox").await, 0);
-    assert_eq!(scalar(db, "SELECT COUNT(*) FROM ledger_entries").await, entries_before);
+    assert_eq!(
+        scalar(db, "SELECT COUNT(*) FROM ledger_entries").await,
+        entries_before
+    );
 }
 
 #[tokio::test]
@@ -217,11 +395,23 @@ async fn same_txn_posted_20_times_concurrently_is_applied_once() {
         codes.push(answer["code"].as_str().unwrap().to_string());
     }
     codes.sort();
-    assert_eq!(codes.iter().filter(|c| *c == "applied").count(), 1, "{codes:?}");
-    assert_eq!(codes.iter().filter(|c| *c == "duplicate").count(), 19, "{codes:?}");
+    assert_eq!(
+        codes.iter().filter(|c| *c == "applied").count(),
+        1,
+        "{codes:?}"
+    );
+    assert_eq!(
+        codes.iter().filter(|c| *c == "duplicate").count(),
+        19,
+        "{codes:?}"
+    );
     assert_eq!(balance(db, ACCOUNT).await, before + 8800);
     assert_eq!(
-        scalar(db, "SELECT COUNT(*) FROM ledger_entries WHERE idempotency_key = 'payment:alipay:C20'").await,
+        scalar(
+            db,
+            "SELECT COUNT(*) FROM ledger_entries WHERE idempotency_key = 'payment:alipay:C20'"
+        )
+        .await,
         1
     );
     assert_ledger_balanced(db).await;
@@ -239,8 +429,15 @@ async fn retry_with_another_amount_is_a_conflict_and_moves_nothing() {
         (pay("K1", "3500000003", "50.00"), "account"),
     ] {
         let (status, a) = s.channel.post("kiosk", &body).await;
-        assert_eq!((status, a["code"].as_str().unwrap()), (409, "conflict"), "{what}: {a}");
-        assert!(a["message"].as_str().unwrap().contains("reconciliation"), "{a}");
+        assert_eq!(
+            (status, a["code"].as_str().unwrap()),
+            (409, "conflict"),
+            "{what}: {a}"
+        );
+        assert!(
+            a["message"].as_str().unwrap().contains("reconciliation"),
+            "{a}"
+        );
     }
     assert_eq!(balance(db, ACCOUNT).await, before + 5000);
 }
@@ -250,28 +447,45 @@ async fn reversals_are_new_entries_and_may_arrive_before_their_payment() {
     let s = setup(None).await;
     let db = &s.scenario.host.db;
     let before = balance(db, ACCOUNT).await;
-    let reversal = |txn: &str, amount: &str| {
-        json!({"txn_id": txn, "account_id": ACCOUNT, "amount": amount, "currency": "CNY", "type": "refund", "original_txn_id": "P2"})
-    };
+    let reversal = |txn: &str, amount: &str| json!({"txn_id": txn, "account_id": ACCOUNT, "amount": amount, "currency": "CNY", "type": "refund", "original_txn_id": "P2"});
     // Out of order: the refund first, then payment 2 before payment 1.
     let (status, a) = s.channel.post("app", &reversal("R1", "30.00")).await;
-    assert_eq!((status, a["code"].as_str().unwrap()), (409, "unknown-original"), "{a}");
-    assert_eq!(s.channel.post("app", &pay("P2", ACCOUNT, "100.00")).await.1["code"], "applied");
-    assert_eq!(s.channel.post("app", &pay("P1", ACCOUNT, "20.00")).await.1["code"], "applied");
+    assert_eq!(
+        (status, a["code"].as_str().unwrap()),
+        (409, "unknown-original"),
+        "{a}"
+    );
+    assert_eq!(
+        s.channel.post("app", &pay("P2", ACCOUNT, "100.00")).await.1["code"],
+        "applied"
+    );
+    assert_eq!(
+        s.channel.post("app", &pay("P1", ACCOUNT, "20.00")).await.1["code"],
+        "applied"
+    );
     // The channel retries the refund: now it applies.
     let (_, a) = s.channel.post("app", &reversal("R1", "30.00")).await;
     assert_eq!(a["code"], "applied", "{a}");
-    assert_eq!(s.channel.post("app", &reversal("R1", "30.00")).await.1["code"], "duplicate");
+    assert_eq!(
+        s.channel.post("app", &reversal("R1", "30.00")).await.1["code"],
+        "duplicate"
+    );
     // More than is left of the payment is refused.
     let (_, a) = s.channel.post("app", &reversal("R2", "70.01")).await;
     assert_eq!(a["code"], "reversal-too-large", "{a}");
-    assert_eq!(s.channel.post("app", &reversal("R3", "70.00")).await.1["code"], "applied");
+    assert_eq!(
+        s.channel.post("app", &reversal("R3", "70.00")).await.1["code"],
+        "applied"
+    );
     assert_eq!(balance(db, ACCOUNT).await, before + 12000 - 10000);
     let rows = sqlx::query("SELECT kind, amount_fen, reference FROM ledger_entries WHERE idempotency_key LIKE 'reversal:app:%' ORDER BY entry_id")
         .fetch_all(&db.pool)
         .await
         .unwrap();
-    let got: Vec<(String, i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let got: Vec<(String, i64, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -281,7 +495,11 @@ async fn reversals_are_new_entries_and_may_arrive_before_their_payment() {
     );
     // The payment's own entry is untouched.
     assert_eq!(
-        scalar(db, "SELECT amount_fen FROM ledger_entries WHERE idempotency_key = 'payment:app:P2'").await,
+        scalar(
+            db,
+            "SELECT amount_fen FROM ledger_entries WHERE idempotency_key = 'payment:app:P2'"
+        )
+        .await,
         10000
     );
     assert_ledger_balanced(db).await;
@@ -298,36 +516,56 @@ async fn crash_between_recording_and_applying_is_applied_once_after_restart() {
         .failure_points
         .crash_after_inbox
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let (status, a) = s.channel.post("bank-transfer", &pay("X1", ACCOUNT, "66.00")).await;
-    assert_eq!((status, a["code"].as_str().unwrap()), (503, "unavailable"), "not acknowledged: {a}");
+    let (status, a) = s
+        .channel
+        .post("bank-transfer", &pay("X1", ACCOUNT, "66.00"))
+        .await;
+    assert_eq!(
+        (status, a["code"].as_str().unwrap()),
+        (503, "unavailable"),
+        "not acknowledged: {a}"
+    );
     // Recorded durably, not applied.
     assert_eq!(
-        scalar(&db, "SELECT COUNT(*) FROM payment_inbox WHERE channel_txn_id = 'X1' AND status = 'received'").await,
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM payment_inbox WHERE channel_txn_id = 'X1' AND status = 'received'"
+        )
+        .await,
         1
     );
     assert_eq!(balance(&db, ACCOUNT).await, before);
     // Restart: a new service on the same database file sweeps the inbox.
     drop(s.service);
-    let db2 = feegate::db::Db::open(&format!("sqlite://{}", dir.path().join("crash.db").display()))
-        .await
-        .unwrap();
-    let restarted = Service::start(db2.clone(), bench_config().unwrap(), s.scenario.host.clock.clone(), None)
-        .await
-        .unwrap();
+    let db2 = feegate::db::Db::open(&format!(
+        "sqlite://{}",
+        dir.path().join("crash.db").display()
+    ))
+    .await
+    .unwrap();
+    let restarted = restart(db2.clone(), &s.scenario).await;
     assert_eq!(restarted.recovered, 1);
     assert_eq!(balance(&db2, ACCOUNT).await, before + 6600);
     // The channel never got an answer and retries: a duplicate, nothing moves.
     let channel = FakeChannel::new(restarted.spawn_loopback().await.unwrap());
-    let (status, a) = channel.post("bank-transfer", &pay("X1", ACCOUNT, "66.00")).await;
-    assert_eq!((status, a["code"].as_str().unwrap()), (200, "duplicate"), "{a}");
+    let (status, a) = channel
+        .post("bank-transfer", &pay("X1", ACCOUNT, "66.00"))
+        .await;
+    assert_eq!(
+        (status, a["code"].as_str().unwrap()),
+        (200, "duplicate"),
+        "{a}"
+    );
     // A second restart finds nothing to do.
-    let again = Service::start(db2.clone(), bench_config().unwrap(), s.scenario.host.clock.clone(), None)
-        .await
-        .unwrap();
+    let again = restart(db2.clone(), &s.scenario).await;
     assert_eq!(again.recovered, 0);
     assert_eq!(balance(&db2, ACCOUNT).await, before + 6600);
     assert_eq!(
-        scalar(&db2, "SELECT COUNT(*) FROM ledger_entries WHERE idempotency_key = 'payment:bank-transfer:X1'").await,
+        scalar(
+            &db2,
+            "SELECT COUNT(*) FROM ledger_entries WHERE idempotency_key = 'payment:bank-transfer:X1'"
+        )
+        .await,
         1
     );
     assert_ledger_balanced(&db2).await;
@@ -341,11 +579,20 @@ async fn payment_reconnects_a_disconnected_account_at_once() {
     let account = &disconnected[0];
     assert_eq!(s.scenario.fleet.relay_state(0).unwrap(), RelayState::Open);
     // Not enough: still below the reconnect line (balance −10 yuan + 5 yuan).
-    assert_eq!(s.channel.post("app", &pay("RC0", account, "5.00")).await.1["code"], "applied");
+    assert_eq!(
+        s.channel.post("app", &pay("RC0", account, "5.00")).await.1["code"],
+        "applied"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(scalar(db, "SELECT COUNT(*) FROM relay_commands").await, 0);
     // Enough: the close-allowed command goes out without any daily-job step.
-    assert_eq!(s.channel.post("app", &pay("RC1", account, "100.00")).await.1["code"], "applied");
+    assert_eq!(
+        s.channel
+            .post("app", &pay("RC1", account, "100.00"))
+            .await
+            .1["code"],
+        "applied"
+    );
     let reconnector = s.service.reconnector.as_ref().unwrap();
     for _ in 0..100 {
         if !reconnector.latencies().is_empty() && reconnector.busy() == 0 {
@@ -365,14 +612,22 @@ async fn payment_reconnects_a_disconnected_account_at_once() {
         (row.get::<String, _>(0), row.get::<String, _>(1)),
         ("close-allowed".into(), "awaiting-customer".into())
     );
-    assert_eq!(s.scenario.fleet.relay_state(0).unwrap(), RelayState::CloseAllowed);
-    // The customer is told to press the button.
     assert_eq!(
-        scalar(db, &format!("SELECT COUNT(*) FROM sms_outbox WHERE account_id = '{account}'")).await >= 1,
-        true
+        s.scenario.fleet.relay_state(0).unwrap(),
+        RelayState::CloseAllowed
     );
+    // The customer is told to press the button.
+    let notices = scalar(
+        db,
+        &format!("SELECT COUNT(*) FROM sms_outbox WHERE account_id = '{account}'"),
+    )
+    .await;
+    assert!(notices >= 1, "press-the-button notice queued");
     // A further payment does not issue a second command.
-    assert_eq!(s.channel.post("app", &pay("RC2", account, "10.00")).await.1["code"], "applied");
+    assert_eq!(
+        s.channel.post("app", &pay("RC2", account, "10.00")).await.1["code"],
+        "applied"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(scalar(db, "SELECT COUNT(*) FROM relay_commands").await, 1);
 }
@@ -383,13 +638,30 @@ async fn reconcile_reports_every_mismatch_and_opens_work_orders_once() {
     use feegate::reconcile::{Finding, read_statement, reconcile};
     let s = setup(None).await;
     let db = &s.scenario.host.db;
-    for (txn, amount) in [("S1", "10.00"), ("S2", "20.00"), ("S3", "30.00"), ("S4", "40.00")] {
-        assert_eq!(s.channel.post("bank-transfer", &pay(txn, ACCOUNT, amount)).await.1["code"], "applied");
+    for (txn, amount) in [
+        ("S1", "10.00"),
+        ("S2", "20.00"),
+        ("S3", "30.00"),
+        ("S4", "40.00"),
+    ] {
+        assert_eq!(
+            s.channel
+                .post("bank-transfer", &pay(txn, ACCOUNT, amount))
+                .await
+                .1["code"],
+            "applied"
+        );
     }
     let rev = json!({"txn_id": "S5", "account_id": ACCOUNT, "amount": "5.00", "currency": "CNY", "type": "reversal", "original_txn_id": "S1"});
-    assert_eq!(s.channel.post("bank-transfer", &rev).await.1["code"], "applied");
+    assert_eq!(
+        s.channel.post("bank-transfer", &rev).await.1["code"],
+        "applied"
+    );
     // Another channel's payments are not this statement's business.
-    assert_eq!(s.channel.post("app", &pay("S9", ACCOUNT, "9.00")).await.1["code"], "applied");
+    assert_eq!(
+        s.channel.post("app", &pay("S9", ACCOUNT, "9.00")).await.1["code"],
+        "applied"
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("statement.csv");
     std::fs::write(
@@ -408,8 +680,14 @@ async fn reconcile_reports_every_mismatch_and_opens_work_orders_once() {
     let statement = read_statement(&path).unwrap();
     let day = chrono::NaiveDate::from_ymd_opt(2013, 1, 1).unwrap();
     let now = day.and_hms_opt(23, 0, 0).unwrap();
-    let report = reconcile(db, "bank-transfer", day, &statement, now).await.unwrap();
-    let got: Vec<(Finding, &str)> = report.items.iter().map(|i| (i.finding, i.txn_id.as_str())).collect();
+    let report = reconcile(db, "bank-transfer", day, &statement, now)
+        .await
+        .unwrap();
+    let got: Vec<(Finding, &str)> = report
+        .items
+        .iter()
+        .map(|i| (i.finding, i.txn_id.as_str()))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -425,17 +703,34 @@ async fn reconcile_reports_every_mismatch_and_opens_work_orders_once() {
     assert_eq!(report.work_orders_opened, 5);
     // Run again: nothing new opened, nothing corrected.
     let balance_before = balance(db, ACCOUNT).await;
-    let again = reconcile(db, "bank-transfer", day, &statement, now).await.unwrap();
+    let again = reconcile(db, "bank-transfer", day, &statement, now)
+        .await
+        .unwrap();
     assert_eq!(again.work_orders_opened, 0);
-    assert_eq!(scalar(db, "SELECT COUNT(*) FROM work_orders WHERE kind = 'reconciliation'").await, 5);
     assert_eq!(
-        scalar(db, "SELECT COUNT(*) FROM work_orders WHERE kind = 'reconciliation' AND account_id IS NULL").await,
+        scalar(
+            db,
+            "SELECT COUNT(*) FROM work_orders WHERE kind = 'reconciliation'"
+        )
+        .await,
+        5
+    );
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT COUNT(*) FROM work_orders WHERE kind = 'reconciliation' AND account_id IS NULL"
+        )
+        .await,
         1,
         "S7 names an account we do not have"
     );
     assert_eq!(balance(db, ACCOUNT).await, balance_before);
     // A malformed statement is refused with the line named.
-    std::fs::write(&path, "txn_id,type,account_id,amount,currency\nS1,payment,A,1.001,CNY\n").unwrap();
+    std::fs::write(
+        &path,
+        "txn_id,type,account_id,amount,currency\nS1,payment,A,1.001,CNY\n",
+    )
+    .unwrap();
     let e = read_statement(&path).unwrap_err().to_string();
     assert!(e.contains("line 2") && e.contains("1.001"), "{e}");
 }
@@ -452,15 +747,35 @@ async fn fake_bank(bank: FakeBank) -> SocketAddr {
     let app = axum::Router::new()
         .route(
             "/debits",
-            post(|axum::extract::State(b): axum::extract::State<FakeBank>, headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
-                // The request is signed with the bank channel's secret.
-                let ts = headers.get(auth::TIMESTAMP_HEADER).unwrap().to_str().unwrap().parse::<i64>().unwrap();
-                let sig = headers.get(auth::SIGNATURE_HEADER).unwrap().to_str().unwrap();
-                assert_eq!(sig, auth::hmac_sign(b"bench-secret-of-bank-transfer", ts, &body));
-                b.got.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
-                let status = b.script.lock().unwrap().pop().unwrap_or(202);
-                axum::http::StatusCode::from_u16(status).unwrap()
-            }),
+            post(
+                |axum::extract::State(b): axum::extract::State<FakeBank>,
+                 headers: axum::http::HeaderMap,
+                 body: axum::body::Bytes| async move {
+                    // The request is signed with the bank channel's secret.
+                    let ts = headers
+                        .get(auth::TIMESTAMP_HEADER)
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .parse::<i64>()
+                        .unwrap();
+                    let sig = headers
+                        .get(auth::SIGNATURE_HEADER)
+                        .unwrap()
+                        .to_str()
+                        .unwrap();
+                    assert_eq!(
+                        sig,
+                        auth::hmac_sign(b"bench-secret-of-bank-transfer", ts, &body)
+                    );
+                    b.got
+                        .lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&body).unwrap());
+                    let status = b.script.lock().unwrap().pop().unwrap_or(202);
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                },
+            ),
         )
         .with_state(bank);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -492,50 +807,113 @@ async fn auto_debit_one_in_flight_retried_then_applied_or_given_up() {
         secret: b"bench-secret-of-bank-transfer".to_vec(),
     };
     let t0 = s.scenario.host.clock.now();
-    assert!(autodebit::create_request(db, ACCOUNT, 20_000, Some(1), t0).await.unwrap());
+    assert!(
+        autodebit::create_request(db, ACCOUNT, 20_000, Some(1), t0)
+            .await
+            .unwrap()
+    );
     // Never two in flight for one account.
-    assert!(!autodebit::create_request(db, ACCOUNT, 20_000, Some(2), t0).await.unwrap());
+    assert!(
+        !autodebit::create_request(db, ACCOUNT, 20_000, Some(2), t0)
+            .await
+            .unwrap()
+    );
     let r = autodebit::dispatch(db, &adapter, t0).await.unwrap();
-    assert_eq!((r.sent, r.retrying, r.failed), (0, 1, 0), "bank down: retried later");
+    assert_eq!(
+        (r.sent, r.retrying, r.failed),
+        (0, 1, 0),
+        "bank down: retried later"
+    );
     // Not yet due.
-    assert_eq!(autodebit::dispatch(db, &adapter, t0).await.unwrap(), Default::default());
+    assert_eq!(
+        autodebit::dispatch(db, &adapter, t0).await.unwrap(),
+        Default::default()
+    );
     let t1 = t0 + chrono::Duration::seconds(600);
     let r = autodebit::dispatch(db, &adapter, t1).await.unwrap();
     assert_eq!((r.sent, r.retrying, r.failed), (1, 0, 0));
     let got = bank.got.lock().unwrap().clone();
     assert_eq!(got.len(), 2);
-    assert_eq!(got[0]["request_id"], got[1]["request_id"], "the same request id on every attempt");
+    assert_eq!(
+        got[0]["request_id"], got[1]["request_id"],
+        "the same request id on every attempt"
+    );
     assert_eq!(got[1]["amount"], "200.00");
     let request_id = got[1]["request_id"].as_str().unwrap().to_string();
     // The bank's result arrives on its notify endpoint as a payment.
     let before = balance(db, ACCOUNT).await;
     let result = json!({"txn_id": "BANK-D1", "account_id": ACCOUNT, "amount": "200.00", "currency": "CNY", "debit_request_id": request_id});
-    assert_eq!(s.channel.post("bank-transfer", &result).await.1["code"], "applied");
+    assert_eq!(
+        s.channel.post("bank-transfer", &result).await.1["code"],
+        "applied"
+    );
     assert_eq!(balance(db, ACCOUNT).await, before + 20_000);
     assert_eq!(
-        scalar(db, "SELECT COUNT(*) FROM auto_debits WHERE status = 'succeeded'").await,
+        scalar(
+            db,
+            "SELECT COUNT(*) FROM auto_debits WHERE status = 'succeeded'"
+        )
+        .await,
         1
     );
     // The next request may go now; the bank refuses it twice → given up, work order.
-    assert!(autodebit::create_request(db, ACCOUNT, 20_000, Some(3), t1).await.unwrap());
+    assert!(
+        autodebit::create_request(db, ACCOUNT, 20_000, Some(3), t1)
+            .await
+            .unwrap()
+    );
     let fail = |txn: &str, req: &str| json!({"txn_id": txn, "account_id": ACCOUNT, "type": "debit-failed", "debit_request_id": req, "reason": "insufficient funds"});
     let svc2_cfg = {
         let mut c = bench_config().unwrap();
         c.auto_debit = Some(config.clone());
         c
     };
-    let svc2 = Service::start(db.clone(), svc2_cfg, s.scenario.host.clock.clone(), None).await.unwrap();
+    let svc2 = Service::start(db.clone(), svc2_cfg, s.scenario.host.clock.clone(), None)
+        .await
+        .unwrap();
     let ch2 = FakeChannel::new(svc2.spawn_loopback().await.unwrap());
     autodebit::dispatch(db, &adapter, t1).await.unwrap();
-    let req2 = bank.got.lock().unwrap().last().unwrap()["request_id"].as_str().unwrap().to_string();
-    assert_eq!(ch2.post("bank-transfer", &fail("BANK-F1", &req2)).await.1["code"], "recorded");
+    let req2 = bank.got.lock().unwrap().last().unwrap()["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        ch2.post("bank-transfer", &fail("BANK-F1", &req2)).await.1["code"],
+        "recorded"
+    );
     assert_eq!(scalar(db, &format!("SELECT COUNT(*) FROM auto_debits WHERE request_id = '{req2}' AND status = 'requested'")).await, 1);
-    autodebit::dispatch(db, &adapter, t1 + chrono::Duration::seconds(3600)).await.unwrap();
-    assert_eq!(ch2.post("bank-transfer", &fail("BANK-F2", &req2)).await.1["code"], "recorded");
-    assert_eq!(scalar(db, &format!("SELECT COUNT(*) FROM auto_debits WHERE request_id = '{req2}' AND status = 'failed'")).await, 1);
-    assert_eq!(scalar(db, "SELECT COUNT(*) FROM work_orders WHERE kind = 'auto-debit-failed'").await, 1);
+    autodebit::dispatch(db, &adapter, t1 + chrono::Duration::seconds(3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        ch2.post("bank-transfer", &fail("BANK-F2", &req2)).await.1["code"],
+        "recorded"
+    );
+    assert_eq!(
+        scalar(
+            db,
+            &format!(
+                "SELECT COUNT(*) FROM auto_debits WHERE request_id = '{req2}' AND status = 'failed'"
+            )
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT COUNT(*) FROM work_orders WHERE kind = 'auto-debit-failed'"
+        )
+        .await,
+        1
+    );
     // A result for a request we never made is refused.
-    assert_eq!(ch2.post("bank-transfer", &fail("BANK-F3", "AD-nope")).await.1["code"], "unknown-debit");
+    assert_eq!(
+        ch2.post("bank-transfer", &fail("BANK-F3", "AD-nope"))
+            .await
+            .1["code"],
+        "unknown-debit"
+    );
     assert_ledger_balanced(db).await;
 }
 
@@ -552,7 +930,13 @@ async fn postgres_concurrent_duplicates_crash_recovery_and_reconcile() {
     for i in 0..40 {
         let c = channel.clone();
         // 20 distinct transactions, each posted twice at once.
-        tasks.spawn(async move { c.post(CHANNELS[i % 5], &pay(&format!("PG{}", i % 20), ACCOUNT, "1.00")).await });
+        tasks.spawn(async move {
+            c.post(
+                CHANNELS[i % 5],
+                &pay(&format!("PG{}", i % 20), ACCOUNT, "1.00"),
+            )
+            .await
+        });
     }
     let mut applied = 0;
     while let Some(r) = tasks.join_next().await {
@@ -562,9 +946,15 @@ async fn postgres_concurrent_duplicates_crash_recovery_and_reconcile() {
     }
     assert_eq!(applied, 20);
     assert_eq!(balance(&db, ACCOUNT).await, before + 2000);
-    s.service.failure_points.crash_after_inbox.store(true, std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(channel.post("kiosk", &pay("PGX", ACCOUNT, "3.00")).await.1["code"], "unavailable");
-    let restarted = Service::start(db.clone(), bench_config().unwrap(), s.scenario.host.clock.clone(), None).await.unwrap();
+    s.service
+        .failure_points
+        .crash_after_inbox
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        channel.post("kiosk", &pay("PGX", ACCOUNT, "3.00")).await.1["code"],
+        "unavailable"
+    );
+    let restarted = restart(db.clone(), &s.scenario).await;
     assert_eq!(restarted.recovered, 1);
     assert_eq!(balance(&db, ACCOUNT).await, before + 2300);
     let dir = tempfile::tempdir().unwrap();
@@ -572,12 +962,18 @@ async fn postgres_concurrent_duplicates_crash_recovery_and_reconcile() {
     std::fs::write(&path, format!("txn_id,type,account_id,amount,currency\nPGX,payment,{ACCOUNT},3.00,CNY\nPGY,payment,{ACCOUNT},1.00,CNY\n")).unwrap();
     let day = chrono::NaiveDate::from_ymd_opt(2013, 1, 1).unwrap();
     let txns = feegate::reconcile::read_statement(&path).unwrap();
-    let r = feegate::reconcile::reconcile(&db, "kiosk", day, &txns, day.and_hms_opt(23, 0, 0).unwrap()).await.unwrap();
+    let r =
+        feegate::reconcile::reconcile(&db, "kiosk", day, &txns, day.and_hms_opt(23, 0, 0).unwrap())
+            .await
+            .unwrap();
     // kiosk got PG2, PG7, PG12, PG17 (i % 5 == 2) besides PGX.
     assert_eq!(r.count(feegate::reconcile::Finding::Matched), 1);
     assert_eq!(r.count(feegate::reconcile::Finding::MissingOnOurSide), 1);
     assert_eq!(r.count(feegate::reconcile::Finding::MissingOnTheirSide), 4);
-    let again = feegate::reconcile::reconcile(&db, "kiosk", day, &txns, day.and_hms_opt(23, 0, 0).unwrap()).await.unwrap();
+    let again =
+        feegate::reconcile::reconcile(&db, "kiosk", day, &txns, day.and_hms_opt(23, 0, 0).unwrap())
+            .await
+            .unwrap();
     assert_eq!(again.work_orders_opened, 0);
     assert_ledger_balanced(&db).await;
 }

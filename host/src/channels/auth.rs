@@ -37,8 +37,8 @@ pub enum AuthFailure {
 /// DER DigestInfo prefix for SHA-256 (RFC 8017 §9.2, note 1). Built by hand so the
 /// `oid` feature of sha2 (which would rebuild much of the tree) is not needed.
 const SHA256_DIGEST_INFO: [u8; 19] = [
-    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
-    0x05, 0x00, 0x04, 0x20,
+    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
+    0x00, 0x04, 0x20,
 ];
 
 fn pkcs1v15_sha256() -> Pkcs1v15Sign {
@@ -119,8 +119,7 @@ pub fn verify(
         }
         ChannelKey::Rsa(public) => {
             use base64::Engine;
-            let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(signature.trim())
-            else {
+            let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(signature.trim()) else {
                 return Err(AuthFailure::BadSignature);
             };
             public
@@ -150,18 +149,91 @@ mod tests {
         let body = br#"{"txn_id":"T1"}"#;
         let good = hmac_sign(b"0123456789abcdef-secret", NOW, body);
         let other = hmac_sign(b"another-secret-0123456789", NOW, body);
-        let cases: Vec<(&str, Option<String>, Option<String>, &[u8], Result<(), AuthFailure>)> = vec![
-            ("valid", Some(NOW.to_string()), Some(good.clone()), body, Ok(())),
-            ("uppercase hex", Some(NOW.to_string()), Some(good.to_uppercase()), body, Ok(())),
-            ("edge of window", Some((NOW - 300).to_string()), Some(hmac_sign(b"0123456789abcdef-secret", NOW - 300, body)), body, Ok(())),
-            ("stale", Some((NOW - 301).to_string()), Some(hmac_sign(b"0123456789abcdef-secret", NOW - 301, body)), body, Err(AuthFailure::Stale { skew: -301 })),
-            ("future", Some((NOW + 400).to_string()), Some(hmac_sign(b"0123456789abcdef-secret", NOW + 400, body)), body, Err(AuthFailure::Stale { skew: 400 })),
-            ("other secret", Some(NOW.to_string()), Some(other), body, Err(AuthFailure::BadSignature)),
-            ("body changed", Some(NOW.to_string()), Some(good.clone()), br#"{"txn_id":"T2"}"#, Err(AuthFailure::BadSignature)),
-            ("timestamp changed", Some((NOW + 1).to_string()), Some(good.clone()), body, Err(AuthFailure::BadSignature)),
-            ("not hex", Some(NOW.to_string()), Some("zz".into()), body, Err(AuthFailure::BadSignature)),
-            ("no timestamp", None, Some(good.clone()), body, Err(AuthFailure::MissingHeader(TIMESTAMP_HEADER))),
-            ("no signature", Some(NOW.to_string()), None, body, Err(AuthFailure::MissingHeader(SIGNATURE_HEADER))),
+        type Case<'a> = (
+            &'a str,
+            Option<String>,
+            Option<String>,
+            &'a [u8],
+            Result<(), AuthFailure>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "valid",
+                Some(NOW.to_string()),
+                Some(good.clone()),
+                body,
+                Ok(()),
+            ),
+            (
+                "uppercase hex",
+                Some(NOW.to_string()),
+                Some(good.to_uppercase()),
+                body,
+                Ok(()),
+            ),
+            (
+                "edge of window",
+                Some((NOW - 300).to_string()),
+                Some(hmac_sign(b"0123456789abcdef-secret", NOW - 300, body)),
+                body,
+                Ok(()),
+            ),
+            (
+                "stale",
+                Some((NOW - 301).to_string()),
+                Some(hmac_sign(b"0123456789abcdef-secret", NOW - 301, body)),
+                body,
+                Err(AuthFailure::Stale { skew: -301 }),
+            ),
+            (
+                "future",
+                Some((NOW + 400).to_string()),
+                Some(hmac_sign(b"0123456789abcdef-secret", NOW + 400, body)),
+                body,
+                Err(AuthFailure::Stale { skew: 400 }),
+            ),
+            (
+                "other secret",
+                Some(NOW.to_string()),
+                Some(other),
+                body,
+                Err(AuthFailure::BadSignature),
+            ),
+            (
+                "body changed",
+                Some(NOW.to_string()),
+                Some(good.clone()),
+                br#"{"txn_id":"T2"}"#,
+                Err(AuthFailure::BadSignature),
+            ),
+            (
+                "timestamp changed",
+                Some((NOW + 1).to_string()),
+                Some(good.clone()),
+                body,
+                Err(AuthFailure::BadSignature),
+            ),
+            (
+                "not hex",
+                Some(NOW.to_string()),
+                Some("zz".into()),
+                body,
+                Err(AuthFailure::BadSignature),
+            ),
+            (
+                "no timestamp",
+                None,
+                Some(good.clone()),
+                body,
+                Err(AuthFailure::MissingHeader(TIMESTAMP_HEADER)),
+            ),
+            (
+                "no signature",
+                Some(NOW.to_string()),
+                None,
+                body,
+                Err(AuthFailure::MissingHeader(SIGNATURE_HEADER)),
+            ),
         ];
         for (name, ts, sig, b, want) in cases {
             let got = verify(&hmac_key(), ts.as_deref(), sig.as_deref(), b, NOW, 300);
@@ -172,20 +244,41 @@ mod tests {
     #[test]
     fn rsa_table() {
         let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-        let private =
-            parse_private_key(&std::fs::read_to_string(data.join("alipay_test_private.pem")).unwrap()).unwrap();
+        let private = parse_private_key(
+            &std::fs::read_to_string(data.join("alipay_test_private.pem")).unwrap(),
+        )
+        .unwrap();
         let forger =
-            parse_private_key(&std::fs::read_to_string(data.join("forger_private.pem")).unwrap()).unwrap();
+            parse_private_key(&std::fs::read_to_string(data.join("forger_private.pem")).unwrap())
+                .unwrap();
         let public = ChannelKey::Rsa(Box::new(
-            parse_public_key(&std::fs::read_to_string(data.join("alipay_test_public.pem")).unwrap()).unwrap(),
+            parse_public_key(
+                &std::fs::read_to_string(data.join("alipay_test_public.pem")).unwrap(),
+            )
+            .unwrap(),
         ));
         let body = br#"{"txn_id":"A1","amount":"10.00"}"#;
         let good = rsa_sign(&private, NOW, body);
         let cases = [
             ("valid", good.clone(), &body[..], Ok(())),
-            ("forged key", rsa_sign(&forger, NOW, body), &body[..], Err(AuthFailure::BadSignature)),
-            ("body changed", good.clone(), &br#"{"txn_id":"A1","amount":"99.00"}"#[..], Err(AuthFailure::BadSignature)),
-            ("not base64", "!!".to_string(), &body[..], Err(AuthFailure::BadSignature)),
+            (
+                "forged key",
+                rsa_sign(&forger, NOW, body),
+                &body[..],
+                Err(AuthFailure::BadSignature),
+            ),
+            (
+                "body changed",
+                good.clone(),
+                &br#"{"txn_id":"A1","amount":"99.00"}"#[..],
+                Err(AuthFailure::BadSignature),
+            ),
+            (
+                "not base64",
+                "!!".to_string(),
+                &body[..],
+                Err(AuthFailure::BadSignature),
+            ),
         ];
         for (name, sig, b, want) in cases {
             let got = verify(&public, Some(&NOW.to_string()), Some(&sig), b, NOW, 300);
@@ -204,7 +297,10 @@ mod tests {
         if let Some(out) = out.ok().filter(|o| o.status.success()) {
             use base64::Engine;
             let sig = base64::engine::general_purpose::STANDARD.encode(out.stdout);
-            assert_eq!(sig, good, "PKCS#1 v1.5 is deterministic: same bytes as OpenSSL");
+            assert_eq!(
+                sig, good,
+                "PKCS#1 v1.5 is deterministic: same bytes as OpenSSL"
+            );
         } else {
             eprintln!("openssl not available: interoperability check skipped");
         }

@@ -189,7 +189,9 @@ impl ChannelsConfig {
                     let secret = match (&c.secret, &c.secret_env) {
                         (Some(s), None) => s.clone(),
                         (None, Some(var)) => env(var).ok_or_else(|| {
-                            bad(format!("environment variable {var} (secret_env) is not set"))
+                            bad(format!(
+                                "environment variable {var} (secret_env) is not set"
+                            ))
                         })?,
                         _ => return Err(bad("give exactly one of secret, secret_env".into())),
                     };
@@ -207,7 +209,7 @@ impl ChannelsConfig {
                             .map_err(|e| bad(format!("cannot read {}: {e}", f.display())))?,
                         _ => {
                             return Err(bad(
-                                "give exactly one of public_key_pem, public_key_file".into(),
+                                "give exactly one of public_key_pem, public_key_file".into()
                             ));
                         }
                     };
@@ -223,7 +225,13 @@ impl ChannelsConfig {
                         c.max_amount_yuan
                     ))
                 })?;
-            channels.insert(name, ChannelConfig { key, max_amount_fen });
+            channels.insert(
+                name,
+                ChannelConfig {
+                    key,
+                    max_amount_fen,
+                },
+            );
         }
         if let Some(ad) = &raw.auto_debit {
             match channels.get(&ad.channel) {
@@ -234,7 +242,8 @@ impl ChannelsConfig {
                 _ => {
                     return Err(ConfigError::Channel {
                         channel: ad.channel.clone(),
-                        message: "[auto_debit] channel must be an hmac-sha256 channel of this file".into(),
+                        message: "[auto_debit] channel must be an hmac-sha256 channel of this file"
+                            .into(),
                     });
                 }
             }

@@ -69,12 +69,7 @@ impl Inbox {
     pub async fn submit(&self, n: Notification, accepted: Instant) -> Answer {
         let txn = n.txn_id.clone();
         let (reply, answer) = oneshot::channel();
-        if self
-            .sender
-            .send(Job { n, accepted, reply })
-            .await
-            .is_err()
-        {
+        if self.sender.send(Job { n, accepted, reply }).await.is_err() {
             return unavailable(&txn);
         }
         answer.await.unwrap_or_else(|_| unavailable(&txn))
@@ -198,7 +193,10 @@ async fn record(
             } else {
                 refuse(
                     ResultCode::UnknownDebit,
-                    format!("no auto-debit request {debit_request_id} in flight for account {}", n.account_id),
+                    format!(
+                        "no auto-debit request {debit_request_id} in flight for account {}",
+                        n.account_id
+                    ),
                 )
             };
         }
@@ -215,7 +213,10 @@ async fn record(
     {
         return refuse(
             ResultCode::UnknownAccount,
-            format!("account {} does not exist; check the account number", n.account_id),
+            format!(
+                "account {} does not exist; check the account number",
+                n.account_id
+            ),
         );
     }
     let inserted = sqlx::query(
@@ -305,7 +306,9 @@ async fn apply_pending(
         match result {
             Ok(applied) => {
                 let entry_key = match &p.n.instruction {
-                    Instruction::Reversal { .. } => format!("reversal:{}:{}", p.n.channel, p.n.txn_id),
+                    Instruction::Reversal { .. } => {
+                        format!("reversal:{}:{}", p.n.channel, p.n.txn_id)
+                    }
                     _ => format!("payment:{}:{}", p.n.channel, p.n.txn_id),
                 };
                 sqlx::query(
@@ -321,19 +324,28 @@ async fn apply_pending(
                 let mut reconnect = false;
                 if let Instruction::Payment { debit_request_id } = &p.n.instruction {
                     if let Some(req) = debit_request_id {
-                        crate::autodebit::record_success(&mut sp, req, &p.n.account_id, now).await?;
+                        crate::autodebit::record_success(&mut sp, req, &p.n.account_id, now)
+                            .await?;
                     }
                     reconnect = matches!(applied, Applied::Posted { .. })
-                        && sqlx::query("SELECT 1 FROM accounts WHERE account_id = $1 AND relay_state = 'open'")
-                            .bind(&p.n.account_id)
-                            .fetch_optional(&mut *sp)
-                            .await?
-                            .is_some();
+                        && sqlx::query(
+                            "SELECT 1 FROM accounts WHERE account_id = $1 AND relay_state = 'open'",
+                        )
+                        .bind(&p.n.account_id)
+                        .fetch_optional(&mut *sp)
+                        .await?
+                        .is_some();
                 }
                 sp.commit().await?;
                 let mut answer = match applied {
-                    Applied::Posted { .. } => Answer::new(ResultCode::Applied, Some(&p.n.txn_id), "applied"),
-                    _ => Answer::new(ResultCode::Duplicate, Some(&p.n.txn_id), "applied before; nothing moved"),
+                    Applied::Posted { .. } => {
+                        Answer::new(ResultCode::Applied, Some(&p.n.txn_id), "applied")
+                    }
+                    _ => Answer::new(
+                        ResultCode::Duplicate,
+                        Some(&p.n.txn_id),
+                        "applied before; nothing moved",
+                    ),
                 };
                 if let Applied::Posted { balance_after_fen } = applied {
                     answer.balance_yuan = Some(format_yuan(balance_after_fen));

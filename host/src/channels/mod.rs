@@ -197,8 +197,11 @@ fn plain_decimal(s: &str) -> Option<Decimal> {
     let unsigned = s.strip_prefix('-').unwrap_or(s);
     let (int, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
     let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-    let ok = !int.is_empty() && int.len() <= 18 && digits(int) && digits(frac)
-        && (frac.is_empty() == !unsigned.contains('.'));
+    let ok = !int.is_empty()
+        && int.len() <= 18
+        && digits(int)
+        && digits(frac)
+        && (frac.is_empty() != unsigned.contains('.'));
     ok.then(|| Decimal::from_str(s).ok()).flatten()
 }
 
@@ -244,7 +247,11 @@ pub fn validate(channel: &str, body: &[u8], max_fen: Fen) -> Result<Notification
             amount_fen: 0,
             instruction: Instruction::DebitFailed {
                 debit_request_id: request.to_string(),
-                reason: field("reason").unwrap_or("not given").chars().take(200).collect(),
+                reason: field("reason")
+                    .unwrap_or("not given")
+                    .chars()
+                    .take(200)
+                    .collect(),
             },
         });
     }
@@ -258,7 +265,10 @@ pub fn validate(channel: &str, body: &[u8], max_fen: Fen) -> Result<Notification
                 Some(f) => {
                     return bad(
                         ResultCode::BadAmount,
-                        format!("amount must be positive, got {} yuan", crate::money::format_yuan(f)),
+                        format!(
+                            "amount must be positive, got {} yuan",
+                            crate::money::format_yuan(f)
+                        ),
                     );
                 }
                 None => {
@@ -382,9 +392,11 @@ async fn notify(
     ) {
         tracing::warn!(channel, failure = ?f, "notification refused before reading");
         return match f {
-            auth::AuthFailure::MissingHeader(h) => {
-                Answer::new(ResultCode::MissingAuth, None, format!("header {h} is missing or unreadable"))
-            }
+            auth::AuthFailure::MissingHeader(h) => Answer::new(
+                ResultCode::MissingAuth,
+                None,
+                format!("header {h} is missing or unreadable"),
+            ),
             auth::AuthFailure::Stale { skew } => Answer::new(
                 ResultCode::StaleTimestamp,
                 None,
@@ -417,28 +429,94 @@ mod tests {
     #[test]
     fn validation_table() {
         let cases: &[(&str, Result<Fen, ResultCode>)] = &[
-            (r#"{"txn_id":"T1","account_id":"A1","amount":"100.00","currency":"CNY"}"#, Ok(10000)),
-            (r#"{"txn_id":"T1","account_id":"A1","amount":"0.01","currency":"CNY"}"#, Ok(1)),
-            (r#"{"txn_id":"T1","account_id":"A1","amount":"5000","currency":"CNY"}"#, Ok(500000)),
-            (r#"{"txn_id":"T1","account_id":"A1","amount":"5000.01","currency":"CNY"}"#, Err(ResultCode::AmountOverLimit)),
-            (r#"{"txn_id":"T1","account_id":"A1","amount":"-5.00","currency":"CNY"}"#, Err(ResultCode::BadAmount)),
-            (r#"{"txn_id":"T1","account_id":"A1","amount":"0.00","currency":"CNY"}"#, Err(ResultCode::BadAmount)),
-            (r#"{"txn_id":"T1","account_id":"A1","amount":"1.001","currency":"CNY"}"#, Err(ResultCode::BadAmount)),
-            (r#"{"txn_id":"T1","account_id":"A1","amount":100.5,"currency":"CNY"}"#, Err(ResultCode::BadAmount)),
-            (r#"{"txn_id":"T1","account_id":"A1","amount":"1e3","currency":"CNY"}"#, Err(ResultCode::BadAmount)),
-            (r#"{"txn_id":"T1","account_id":"A1","amount":"+10","currency":"CNY"}"#, Err(ResultCode::BadAmount)),
-            (r#"{"txn_id":"T1","account_id":"A1","amount":"10.","currency":"CNY"}"#, Err(ResultCode::BadAmount)),
-            (r#"{"txn_id":"T1","account_id":"A1","amount":" 10","currency":"CNY"}"#, Err(ResultCode::BadAmount)),
-            (r#"{"txn_id":"T1","account_id":"A1","amount":"99999999999999999999999999","currency":"CNY"}"#, Err(ResultCode::BadAmount)),
-            (r#"{"txn_id":"T1","account_id":"A1","currency":"CNY"}"#, Err(ResultCode::BadAmount)),
-            (r#"{"txn_id":"T1","account_id":"A1","amount":"10.00","currency":"USD"}"#, Err(ResultCode::WrongCurrency)),
-            (r#"{"txn_id":"T1","account_id":"A1","amount":"10.00"}"#, Err(ResultCode::WrongCurrency)),
-            (r#"{"txn_id":"","account_id":"A1","amount":"10.00","currency":"CNY"}"#, Err(ResultCode::BadRequest)),
-            (r#"{"txn_id":"T 1","account_id":"A1","amount":"10.00","currency":"CNY"}"#, Err(ResultCode::BadRequest)),
-            (r#"{"txn_id":"T1","amount":"10.00","currency":"CNY"}"#, Err(ResultCode::BadRequest)),
-            (r#"{"txn_id":"T1","account_id":"A1","amount":"10.00","currency":"CNY","type":"gift"}"#, Err(ResultCode::BadRequest)),
-            (r#"{"txn_id":"R1","account_id":"A1","amount":"10.00","currency":"CNY","type":"reversal"}"#, Err(ResultCode::BadRequest)),
-            (r#"{"txn_id":"R1","account_id":"A1","amount":"10.00","currency":"CNY","type":"refund","original_txn_id":"T1"}"#, Ok(1000)),
+            (
+                r#"{"txn_id":"T1","account_id":"A1","amount":"100.00","currency":"CNY"}"#,
+                Ok(10000),
+            ),
+            (
+                r#"{"txn_id":"T1","account_id":"A1","amount":"0.01","currency":"CNY"}"#,
+                Ok(1),
+            ),
+            (
+                r#"{"txn_id":"T1","account_id":"A1","amount":"5000","currency":"CNY"}"#,
+                Ok(500000),
+            ),
+            (
+                r#"{"txn_id":"T1","account_id":"A1","amount":"5000.01","currency":"CNY"}"#,
+                Err(ResultCode::AmountOverLimit),
+            ),
+            (
+                r#"{"txn_id":"T1","account_id":"A1","amount":"-5.00","currency":"CNY"}"#,
+                Err(ResultCode::BadAmount),
+            ),
+            (
+                r#"{"txn_id":"T1","account_id":"A1","amount":"0.00","currency":"CNY"}"#,
+                Err(ResultCode::BadAmount),
+            ),
+            (
+                r#"{"txn_id":"T1","account_id":"A1","amount":"1.001","currency":"CNY"}"#,
+                Err(ResultCode::BadAmount),
+            ),
+            (
+                r#"{"txn_id":"T1","account_id":"A1","amount":100.5,"currency":"CNY"}"#,
+                Err(ResultCode::BadAmount),
+            ),
+            (
+                r#"{"txn_id":"T1","account_id":"A1","amount":"1e3","currency":"CNY"}"#,
+                Err(ResultCode::BadAmount),
+            ),
+            (
+                r#"{"txn_id":"T1","account_id":"A1","amount":"+10","currency":"CNY"}"#,
+                Err(ResultCode::BadAmount),
+            ),
+            (
+                r#"{"txn_id":"T1","account_id":"A1","amount":"10.","currency":"CNY"}"#,
+                Err(ResultCode::BadAmount),
+            ),
+            (
+                r#"{"txn_id":"T1","account_id":"A1","amount":" 10","currency":"CNY"}"#,
+                Err(ResultCode::BadAmount),
+            ),
+            (
+                r#"{"txn_id":"T1","account_id":"A1","amount":"99999999999999999999999999","currency":"CNY"}"#,
+                Err(ResultCode::BadAmount),
+            ),
+            (
+                r#"{"txn_id":"T1","account_id":"A1","currency":"CNY"}"#,
+                Err(ResultCode::BadAmount),
+            ),
+            (
+                r#"{"txn_id":"T1","account_id":"A1","amount":"10.00","currency":"USD"}"#,
+                Err(ResultCode::WrongCurrency),
+            ),
+            (
+                r#"{"txn_id":"T1","account_id":"A1","amount":"10.00"}"#,
+                Err(ResultCode::WrongCurrency),
+            ),
+            (
+                r#"{"txn_id":"","account_id":"A1","amount":"10.00","currency":"CNY"}"#,
+                Err(ResultCode::BadRequest),
+            ),
+            (
+                r#"{"txn_id":"T 1","account_id":"A1","amount":"10.00","currency":"CNY"}"#,
+                Err(ResultCode::BadRequest),
+            ),
+            (
+                r#"{"txn_id":"T1","amount":"10.00","currency":"CNY"}"#,
+                Err(ResultCode::BadRequest),
+            ),
+            (
+                r#"{"txn_id":"T1","account_id":"A1","amount":"10.00","currency":"CNY","type":"gift"}"#,
+                Err(ResultCode::BadRequest),
+            ),
+            (
+                r#"{"txn_id":"R1","account_id":"A1","amount":"10.00","currency":"CNY","type":"reversal"}"#,
+                Err(ResultCode::BadRequest),
+            ),
+            (
+                r#"{"txn_id":"R1","account_id":"A1","amount":"10.00","currency":"CNY","type":"refund","original_txn_id":"T1"}"#,
+                Ok(1000),
+            ),
             ("not json", Err(ResultCode::BadRequest)),
         ];
         for (body, want) in cases {

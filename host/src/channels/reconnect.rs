@@ -60,7 +60,11 @@ impl Reconnector {
             match this.host.reconnect_now(&account).await {
                 Ok((Reconnection::Commanded(_), Some(report))) if report.issued > 0 => {
                     let latency = accepted.elapsed();
-                    tracing::info!(account, latency_ms = latency.as_millis() as u64, "reconnection command issued");
+                    tracing::info!(
+                        account,
+                        latency_ms = latency.as_millis() as u64,
+                        "reconnection command issued"
+                    );
                     this.latencies.lock().expect("latencies").push(latency);
                 }
                 Ok((r, _)) => tracing::info!(account, outcome = ?r, "reconnection checked"),
@@ -68,7 +72,10 @@ impl Reconnector {
                     tracing::error!(account, error = %e, "reconnection failed; the daily job's sweep retries")
                 }
             }
-            this.in_progress.lock().expect("reconnect set").remove(&account);
+            this.in_progress
+                .lock()
+                .expect("reconnect set")
+                .remove(&account);
         });
     }
 
