@@ -33,10 +33,15 @@ pub async fn in_flight(conn: &mut AnyConnection, account_id: &str) -> Result<boo
     .is_some())
 }
 
-/// Creates a request per warning decision that asked for an auto-debit and has none
-/// yet, for accounts whose agreement names an amount. Idempotent (one request per
-/// decision; none while another is in flight for the account). Returns how many were
-/// created.
+/// A warning decision's auto-debit request is acted on for this many hours after it
+/// was decided (the next day's warning asks again if still needed); an old decision is
+/// never turned into a debit after an earlier request has finished.
+pub const REQUEST_FRESH_HOURS: i64 = 24;
+
+/// Creates a request per warning decision of the last [`REQUEST_FRESH_HOURS`] that asked
+/// for an auto-debit and has none yet, for accounts whose agreement names an amount.
+/// Idempotent (one request per decision; none while another is in flight for the
+/// account). Returns how many were created.
 pub async fn collect_requests(db: &Db, now: NaiveDateTime) -> Result<u32, DbError> {
     let rows = sqlx::query(
         "SELECT d.decision_id, d.account_id, d.output_json, g.auto_debit_fen
@@ -44,8 +49,10 @@ pub async fn collect_requests(db: &Db, now: NaiveDateTime) -> Result<u32, DbErro
          JOIN agreements g ON g.agreement_id = a.agreement_id
          WHERE d.kind = 'warning' AND d.outcome = 'ok' AND g.auto_debit_fen IS NOT NULL
            AND NOT EXISTS (SELECT 1 FROM auto_debits x WHERE x.decision_id = d.decision_id)
+           AND d.decided_at >= $1
          ORDER BY d.decision_id",
     )
+    .bind(ts(now - chrono::Duration::hours(REQUEST_FRESH_HOURS)))
     .fetch_all(&db.pool)
     .await?;
     let mut created = 0;

@@ -917,6 +917,88 @@ async fn auto_debit_one_in_flight_retried_then_applied_or_given_up() {
     assert_ledger_balanced(db).await;
 }
 
+/// The county's warning stage for the test account on 2013-01-`day`.
+async fn assess(host: &feegate::job::Host, day: u32) -> feegate::warning::WarningReport {
+    let today = chrono::NaiveDate::from_ymd_opt(2013, 1, day).unwrap();
+    feegate::warning::assess(
+        &host.db,
+        &host.engine,
+        &host.county.county,
+        &host.county.snapshot(),
+        &[ACCOUNT.to_string()],
+        today,
+        today.and_hms_opt(10, 0, 0).unwrap(),
+        30,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn warning_decisions_asking_for_auto_debit_become_one_request() {
+    use feegate::autodebit;
+    let s = setup(None).await;
+    let host = &s.scenario.host;
+    let db = &host.db;
+    // The customer signs up for a 200 yuan auto-debit, and the balance falls to 10 yuan
+    // (under the 50 yuan alarm line).
+    sqlx::query("UPDATE agreements SET auto_debit_fen = 20000 WHERE agreement_id = (SELECT agreement_id FROM accounts WHERE account_id = $1)")
+        .bind(ACCOUNT)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let now = host.clock.now();
+    let bal = balance(db, ACCOUNT).await;
+    let mut tx = db.pool.begin().await.unwrap();
+    feegate::ledger::post(
+        &mut tx,
+        &feegate::ledger::Posting {
+            account_id: ACCOUNT,
+            kind: feegate::ledger::EntryKind::Correction,
+            amount_fen: 1000 - bal,
+            idempotency_key: "test:low",
+            business_date: "2013-01-01",
+            posted_at: "2013-01-01 10:00:00",
+            reference: "test",
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let report = assess(host, 1).await;
+    assert_eq!(report.auto_debit_requested, 1, "{report:?}");
+    assert_eq!(autodebit::collect_requests(db, now).await.unwrap(), 1);
+    assert_eq!(
+        autodebit::collect_requests(db, now).await.unwrap(),
+        0,
+        "idempotent"
+    );
+    let (amount, status): (i64, String) = {
+        let r = sqlx::query("SELECT amount_fen, status FROM auto_debits WHERE account_id = $1")
+            .bind(ACCOUNT)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((amount, status.as_str()), (20000, "requested"));
+    // The next day's warning asks again while the first is in flight: no second request.
+    assess(host, 2).await;
+    let next_day = now + chrono::Duration::days(1);
+    assert_eq!(autodebit::collect_requests(db, next_day).await.unwrap(), 0);
+    assert_eq!(scalar(db, "SELECT COUNT(*) FROM auto_debits").await, 1);
+    // A decision older than a day is never turned into a debit later.
+    sqlx::query("UPDATE auto_debits SET status = 'failed'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let much_later = now + chrono::Duration::days(5);
+    assert_eq!(
+        autodebit::collect_requests(db, much_later).await.unwrap(),
+        0
+    );
+}
+
 #[tokio::test]
 async fn postgres_concurrent_duplicates_crash_recovery_and_reconcile() {
     let Some(pg) = common::pg_database("postgres_channels").await else {
