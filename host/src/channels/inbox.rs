@@ -58,10 +58,16 @@ pub struct InboxContext {
 }
 
 impl Inbox {
-    /// Starts the writer task.
-    pub fn start(ctx: InboxContext) -> Self {
+    /// Starts `writers` writer tasks sharing one queue. SQLite has one writer whatever
+    /// we do: use 1. PostgreSQL takes several (each batch locks accounts in account
+    /// order, so two batches cannot deadlock on each other).
+    pub fn start(ctx: InboxContext, writers: usize) -> Self {
         let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(writer(ctx, receiver));
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        let ctx = Arc::new(ctx);
+        for _ in 0..writers.max(1) {
+            tokio::spawn(writer(ctx.clone(), receiver.clone()));
+        }
         Self { sender }
     }
 
@@ -84,10 +90,14 @@ fn unavailable(txn: &str) -> Answer {
     )
 }
 
-async fn writer(ctx: InboxContext, mut receiver: mpsc::Receiver<Job>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let jobs = std::mem::take(&mut batch);
+async fn writer(ctx: Arc<InboxContext>, receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    loop {
+        jobs.clear();
+        if receiver.lock().await.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+            return;
+        }
+        let jobs = std::mem::take(&mut jobs);
         match process(&ctx, &jobs).await {
             Ok(Some(answers)) => {
                 for (job, answer) in jobs.into_iter().zip(answers) {
@@ -125,10 +135,16 @@ async fn process(ctx: &InboxContext, jobs: &[Job]) -> Result<Option<Vec<Answer>>
     let now = ctx.clock.now();
     let mut conn = ctx.db.pool.acquire().await?;
     let mut tx = conn.begin().await?;
-    let mut steps = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        steps.push(record(&mut tx, &job.n, now, ctx.auto_debit.as_ref()).await?);
+    // (channel, txn) order: concurrent batches take the inbox's unique-key locks in the same order.
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by(|&a, &b| {
+        (&jobs[a].n.channel, &jobs[a].n.txn_id).cmp(&(&jobs[b].n.channel, &jobs[b].n.txn_id))
+    });
+    let mut steps: Vec<Option<Step1>> = (0..jobs.len()).map(|_| None).collect();
+    for i in order {
+        steps[i] = Some(record(&mut tx, &jobs[i].n, now, ctx.auto_debit.as_ref()).await?);
     }
+    let steps: Vec<Step1> = steps.into_iter().map(|s| s.expect("recorded")).collect();
     tx.commit().await?;
     if ctx.failure_points.crash_after_inbox.load(Ordering::SeqCst) {
         return Ok(None);
@@ -295,12 +311,19 @@ async fn apply_pending(
     pending: &[Pending],
     now: chrono::NaiveDateTime,
 ) -> Result<Vec<(Answer, bool)>, sqlx::Error> {
-    let mut out = Vec::with_capacity(pending.len());
+    let mut out = vec![None; pending.len()];
     if pending.is_empty() {
-        return Ok(out);
+        return Ok(Vec::new());
     }
+    // Account order: concurrent batches take the account rows' locks in the same order.
+    let mut order: Vec<usize> = (0..pending.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&pending[a].n, &pending[b].n);
+        (&a.account_id, &a.channel, &a.txn_id).cmp(&(&b.account_id, &b.channel, &b.txn_id))
+    });
     let mut tx = conn.begin().await?;
-    for p in pending {
+    for i in order {
+        let p = &pending[i];
         let mut sp = tx.begin().await?;
         let result = apply_one(&mut sp, &p.n, now).await;
         match result {
@@ -350,7 +373,7 @@ async fn apply_pending(
                 if let Applied::Posted { balance_after_fen } = applied {
                     answer.balance_yuan = Some(format_yuan(balance_after_fen));
                 }
-                out.push((answer, reconnect));
+                out[i] = Some((answer, reconnect));
             }
             Err(e) => {
                 sp.rollback().await?;
@@ -378,12 +401,15 @@ async fn apply_pending(
                 .bind(code.as_str())
                 .execute(&mut *tx)
                 .await?;
-                out.push((Answer::new(code, Some(&p.n.txn_id), e.to_string()), false));
+                out[i] = Some((Answer::new(code, Some(&p.n.txn_id), e.to_string()), false));
             }
         }
     }
     tx.commit().await?;
-    Ok(out)
+    Ok(out
+        .into_iter()
+        .map(|o| o.expect("every pending notification has a result"))
+        .collect())
 }
 
 async fn apply_one(

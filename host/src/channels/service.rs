@@ -52,13 +52,19 @@ impl Service {
             }
         }
         let failure_points = Arc::new(FailurePoints::default());
-        let inbox = Inbox::start(InboxContext {
-            db,
-            clock,
-            reconnector: reconnector.clone(),
-            auto_debit: config.auto_debit.clone(),
-            failure_points: failure_points.clone(),
-        });
+        // SQLite: one writer (its pool has one connection). PostgreSQL: half the pool,
+        // the other half for reconnection and the rest of the host.
+        let writers = (db.pool.options().get_max_connections() as usize / 2).max(1);
+        let inbox = Inbox::start(
+            InboxContext {
+                db,
+                clock,
+                reconnector: reconnector.clone(),
+                auto_debit: config.auto_debit.clone(),
+                failure_points: failure_points.clone(),
+            },
+            writers,
+        );
         Ok(Self {
             state: ChannelsState {
                 config: Arc::new(config),
