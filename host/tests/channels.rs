@@ -572,6 +572,51 @@ async fn crash_between_recording_and_applying_is_applied_once_after_restart() {
 }
 
 #[tokio::test]
+async fn periodic_sweep_applies_rows_left_received_once_they_are_a_minute_old() {
+    use feegate::channels::inbox::recover;
+    let s = setup(None).await;
+    let db = &s.scenario.host.db;
+    let before = balance(db, ACCOUNT).await;
+    s.service
+        .failure_points
+        .crash_after_inbox
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        s.channel
+            .post("kiosk", &pay("SW1", ACCOUNT, "7.00"))
+            .await
+            .1["code"],
+        "unavailable"
+    );
+    let clock = s.scenario.host.clock.clone();
+    let minute_ago = |c: &Arc<dyn feegate::clock::Clock>| c.now() - chrono::Duration::minutes(1);
+    // Too fresh: a writer may be about to apply it.
+    assert_eq!(
+        recover(db, clock.as_ref(), None, Some(minute_ago(&clock)))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(balance(db, ACCOUNT).await, before);
+    s.scenario
+        .advance(clock.now() + chrono::Duration::minutes(2))
+        .unwrap();
+    assert_eq!(
+        recover(db, clock.as_ref(), None, Some(minute_ago(&clock)))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        recover(db, clock.as_ref(), None, Some(minute_ago(&clock)))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(balance(db, ACCOUNT).await, before + 700);
+}
+
+#[tokio::test]
 async fn payment_reconnects_a_disconnected_account_at_once() {
     let s = setup(None).await;
     let db = &s.scenario.host.db;

@@ -450,18 +450,24 @@ async fn apply_one(
     }
 }
 
-/// Recovery sweep, run at start-up before the router takes traffic: applies every
-/// notification recorded but not applied (a crash between the two commits). Returns
-/// how many were applied now.
+/// Recovery sweep: applies every notification recorded but not applied — a crash
+/// between the two commits, or a batch whose second transaction failed and whose
+/// channel never retried. Run at start-up before the router takes traffic
+/// (`received_before` = `None`: all of them) and then periodically for rows older than
+/// a minute, so it never races a writer that is about to apply them. Returns how many
+/// were applied now.
 pub async fn recover(
     db: &Db,
     clock: &dyn Clock,
     reconnector: Option<&Reconnector>,
+    received_before: Option<chrono::NaiveDateTime>,
 ) -> Result<u32, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT inbox_id, channel, channel_txn_id, kind, account_id, amount_fen, original_txn_id, debit_request_id
-         FROM payment_inbox WHERE status = 'received' ORDER BY inbox_id",
+         FROM payment_inbox WHERE status = 'received' AND received_at < $1 ORDER BY inbox_id",
     )
+    // '9999…' sorts after every stored time: no limit.
+    .bind(received_before.map_or_else(|| "9999-12-31 23:59:59".to_string(), ts))
     .fetch_all(&db.pool)
     .await?;
     let mut pending = Vec::with_capacity(rows.len());

@@ -12,6 +12,9 @@ use crate::job::Host;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// How often the inbox is swept for notifications left `received`.
+pub const SWEEP_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A running set of channel endpoints (not yet listening).
 pub struct Service {
     pub state: ChannelsState,
@@ -32,7 +35,8 @@ impl Service {
         host: Option<Arc<Host>>,
     ) -> anyhow::Result<Self> {
         let reconnector = host.map(Reconnector::new);
-        let recovered = super::inbox::recover(&db, clock.as_ref(), reconnector.as_ref()).await?;
+        let recovered =
+            super::inbox::recover(&db, clock.as_ref(), reconnector.as_ref(), None).await?;
         if recovered > 0 {
             tracing::warn!(recovered, "applied notifications recorded before a crash");
         }
@@ -50,6 +54,32 @@ impl Service {
             for account in waiting {
                 r.request(&account, std::time::Instant::now());
             }
+        }
+        {
+            // Rows a failed batch left `received` are applied within about two minutes
+            // even if their channel never sends them again.
+            let (db, clock, reconnector) = (db.clone(), clock.clone(), reconnector.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(SWEEP_PERIOD).await;
+                    let before = clock.now() - chrono::Duration::minutes(1);
+                    match super::inbox::recover(
+                        &db,
+                        clock.as_ref(),
+                        reconnector.as_ref(),
+                        Some(before),
+                    )
+                    .await
+                    {
+                        Ok(0) => {}
+                        Ok(n) => tracing::warn!(
+                            applied = n,
+                            "inbox sweep applied notifications left received"
+                        ),
+                        Err(e) => tracing::error!(error = %e, "inbox sweep failed"),
+                    }
+                }
+            });
         }
         let failure_points = Arc::new(FailurePoints::default());
         // SQLite: one writer (its pool has one connection). PostgreSQL: half the pool,
