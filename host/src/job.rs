@@ -41,7 +41,8 @@ pub enum JobError {
     Payment(#[from] PaymentError),
 }
 
-/// Everything one host process runs with.
+/// Everything one host process runs with. Cloning shares everything (pool, engine, county).
+#[derive(Clone)]
 pub struct Host {
     pub db: Db,
     pub engine: Arc<PolicyEngine>,
@@ -299,6 +300,58 @@ impl Host {
             now,
         )
         .await?;
+        self.announce_relay_events(&report, now).await?;
+        Ok(report)
+    }
+
+    /// Reconnects one account now if its balance allows it (a payment just arrived):
+    /// the reconnection decision, then only that account's relay command is issued and
+    /// verified. Returns the decision and, when a command was issued, its report.
+    pub async fn reconnect_now(
+        &self,
+        account_id: &str,
+    ) -> Result<(Reconnection, Option<RelayReport>), JobError> {
+        let now = self.clock.now();
+        let reconnection = payment::reconnect_if_due(
+            &self.db,
+            &self.engine,
+            &self.county.county,
+            &self.county.snapshot(),
+            account_id,
+            now,
+            &self.config.relay,
+        )
+        .await?;
+        if !matches!(reconnection, Reconnection::Commanded(_)) {
+            return Ok((reconnection, None));
+        }
+        let command_id: i64 = sqlx::query(
+            "SELECT command_id FROM relay_commands WHERE account_id = $1 AND status = 'pending' ORDER BY command_id DESC",
+        )
+        .bind(account_id)
+        .fetch_one(&self.db.pool)
+        .await
+        .and_then(|r| sqlx::Row::try_get(&r, 0))?;
+        let report = relay::drive_command(
+            &self.db,
+            &self.meters,
+            &self.county.floor,
+            &self.county.county,
+            command_id,
+            now,
+        )
+        .await?;
+        self.announce_relay_events(&report, now).await?;
+        Ok((reconnection, Some(report)))
+    }
+
+    /// Tells customers what their relay commands did (SMS via the outbox) and opens a
+    /// work order for each failed reconnection.
+    async fn announce_relay_events(
+        &self,
+        report: &RelayReport,
+        now: chrono::NaiveDateTime,
+    ) -> Result<(), JobError> {
         let policies = self.county.snapshot();
         for e in &report.events {
             let kind = match (e.command, e.confirmed, e.awaiting_customer) {
@@ -350,7 +403,7 @@ impl Host {
             )
             .await?;
         }
-        Ok(report)
+        Ok(())
     }
 
     /// Applies a settled payment; if it lifts a disconnected account to its reconnect

@@ -12,13 +12,16 @@
 //! to the [`ledger`]; [`warning`] and [`cutoff`] ask the county's [`policy`] components
 //! and apply the host's [`floor`] (safety floor); [`outbox`] delivers SMS through a gateway ([`sms`]: HTTP JSON with signed receipts, segment counting); [`relay`]
 //! issues and verifies relay commands; [`payment`] takes money in and starts
-//! reconnection; [`registry`] holds published policy versions and swaps them in hot;
+//! reconnection; [`channels`] are the payment channels' notify endpoints, [`reconcile`]
+//! matches their statements, [`autodebit`] asks the bank for 代扣; [`registry`] holds published policy versions and swaps them in hot;
 //! [`audit`] verifies and replays the decision log; [`db`] owns storage; [`demo`] drives a simulated county.
 
 pub mod accountview;
 pub mod audit;
+pub mod autodebit;
 pub mod bench;
 pub mod calendar;
+pub mod channels;
 pub mod cli;
 pub mod clock;
 pub mod collection;
@@ -40,6 +43,7 @@ pub mod outbox;
 pub mod payment;
 pub mod policy;
 pub mod readings;
+pub mod reconcile;
 pub mod registry;
 pub mod relay;
 pub mod replacement;

@@ -141,10 +141,61 @@ enum Command {
         #[command(subcommand)]
         cmd: CollectionCmd,
     },
+    /// Payment channel notification endpoints (bank, online banking, kiosk, Alipay, app).
+    Channels {
+        #[command(subcommand)]
+        cmd: ChannelsCmd,
+    },
+    /// Match a channel's daily statement (CSV) against the ledger; unmatched items open
+    /// work orders (idempotently). Nothing is corrected. Exit status 3 when anything is unmatched.
+    Reconcile {
+        /// Channel name as in the channel config, e.g. bank-transfer.
+        #[arg(long)]
+        channel: String,
+        /// Statement CSV: txn_id,type,account_id,amount,currency (header row required).
+        #[arg(long)]
+        statement: PathBuf,
+        /// Business day of the statement (YYYY-MM-DD).
+        #[arg(long)]
+        date: NaiveDate,
+        #[arg(long, env = "FEEGATE_DB")]
+        db: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Simulated meters for the field tools: Modbus TCP and DL/T 645 gateways on loopback.
     Sim {
         #[command(subcommand)]
         cmd: SimCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChannelsCmd {
+    /// Serve POST /channels/{channel}/notify for the configured channels (see README "Payments").
+    Serve {
+        /// Channel config (TOML): auth scheme, secret or public key, maximum amount per channel.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, env = "FEEGATE_DB")]
+        db: String,
+        /// Address to listen on, e.g. 127.0.0.1:8443 (put TLS in front).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// County policy set (its cutoff component decides reconnections).
+        #[arg(long, env = "FEEGATE_POLICY_SET", default_value = "policies/xianyou")]
+        policy_set: PathBuf,
+        /// Directory of built policy components (`make plugins`).
+        #[arg(
+            long,
+            env = "FEEGATE_COMPONENTS",
+            default_value = "target/wasm32-wasip2/plugin"
+        )]
+        components: PathBuf,
+        /// Do not reconnect at once (the daily job's sweep reconnects instead).
+        #[arg(long)]
+        no_reconnect: bool,
     },
 }
 
@@ -419,6 +470,33 @@ enum BenchWhat {
             default_value = "../shared/data/lcl_2013_daily_kwh_100hh.csv"
         )]
         data: PathBuf,
+    },
+    /// Signed payment notifications posted concurrently to the channel router on
+    /// loopback: payments/s, lost/doubled (checked against the ledger), and
+    /// payment-to-reconnect-command latency for disconnected accounts.
+    Payments {
+        /// Notifications to post (each a distinct transaction; retries come on top).
+        #[arg(long, default_value_t = 10_000)]
+        payments: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Accounts (simulated meters) paid into.
+        #[arg(long, default_value_t = 200)]
+        accounts: usize,
+        /// Of those, disconnected before the run (their payment reconnects them).
+        #[arg(long, default_value_t = 50)]
+        disconnected: usize,
+        /// Share of notifications the channel sends twice (retries), 0..1.
+        #[arg(long, default_value_t = 0.1)]
+        retry_share: f64,
+        /// Database URL (default: a fresh SQLite file); a PostgreSQL database must be empty.
+        #[arg(long)]
+        db: Option<String>,
+        #[command(flatten)]
+        inputs: CountyInputs,
+        #[arg(long)]
+        json: bool,
     },
     /// One day's settlement and warnings for N accounts through the Wasm components,
     /// against a bare baseline writing the same ledger rows.
@@ -852,6 +930,88 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench {
+            what:
+                BenchWhat::Payments {
+                    payments,
+                    concurrency,
+                    accounts,
+                    disconnected,
+                    retry_share,
+                    db,
+                    inputs:
+                        CountyInputs {
+                            data,
+                            policy_set,
+                            components,
+                        },
+                    json,
+                },
+        } => {
+            let opts = feegate::bench::payments::BenchOptions {
+                payments,
+                concurrency,
+                accounts,
+                disconnected,
+                retry_share,
+                db_url: db,
+                data,
+                policy_set,
+                components,
+            };
+            let f = feegate::bench::payments::payments(&opts).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&f)?);
+            } else {
+                feegate::bench::payments::print(&f);
+            }
+            anyhow::ensure!(
+                f.lost == 0 && f.doubled == 0 && f.unbalanced_accounts == 0,
+                "payments lost or doubled, or the ledger does not balance"
+            );
+            Ok(())
+        }
+        Command::Channels {
+            cmd:
+                ChannelsCmd::Serve {
+                    config,
+                    db,
+                    listen,
+                    policy_set,
+                    components,
+                    no_reconnect,
+                },
+        } => channels_serve(&config, &db, listen, &policy_set, &components, no_reconnect).await,
+        Command::Reconcile {
+            channel,
+            statement,
+            date,
+            db,
+            json,
+        } => {
+            let db = feegate::db::Db::open(&db).await?;
+            let txns = feegate::reconcile::read_statement(&statement)?;
+            let clock = feegate::clock::SystemClock {
+                offset: chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset"),
+            };
+            let report = feegate::reconcile::reconcile(
+                &db,
+                &channel,
+                date,
+                &txns,
+                feegate::clock::Clock::now(&clock),
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", feegate::reconcile::render(&report));
+            }
+            if report.count(feegate::reconcile::Finding::Matched) < report.items.len() {
+                std::process::exit(3);
+            }
+            Ok(())
+        }
         Command::Audit(args) => {
             if !feegate::cli::run_audit(args).await? {
                 std::process::exit(2);
@@ -1245,4 +1405,71 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
+}
+
+/// `feegate channels serve`: the channel router alone, with reconnection at once and
+/// the auto-debit loop.
+async fn channels_serve(
+    config: &std::path::Path,
+    db_url: &str,
+    listen: std::net::SocketAddr,
+    policy_set: &std::path::Path,
+    components: &std::path::Path,
+    no_reconnect: bool,
+) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    let channels = feegate::channels::config::ChannelsConfig::load(config)?;
+    let db = feegate::db::Db::open(db_url).await?;
+    // China Standard Time: the counties served have no daylight saving.
+    let clock: Arc<dyn feegate::clock::Clock> = Arc::new(feegate::clock::SystemClock {
+        offset: chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset"),
+    });
+    let host = if no_reconnect {
+        None
+    } else {
+        let config = feegate::config::HostConfig::default();
+        let engine = feegate::policy::PolicyEngine::new(config.policy.clone())?;
+        let county = feegate::county::County::load(
+            &engine,
+            policy_set,
+            components,
+            config.floor.clone(),
+        )
+        .with_context(|| {
+            format!(
+                "loading the policy set {} for reconnection decisions (or pass --no-reconnect)",
+                policy_set.display()
+            )
+        })?;
+        Some(Arc::new(feegate::job::Host {
+            db: db.clone(),
+            engine,
+            meters: feegate_meter::fleet::FleetClient::default(),
+            county: Arc::new(county),
+            config,
+            clock: clock.clone(),
+            sms: Arc::new(feegate::outbox::LogGateway::default()),
+        }))
+    };
+    let service =
+        feegate::channels::service::Service::start(db.clone(), channels, clock.clone(), host)
+            .await?;
+    service.spawn_auto_debit(db, clock, std::time::Duration::from_secs(60));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!(
+        "feegate channels: listening on http://{listen}/channels/{{channel}}/notify for {}; {} recovered from the inbox",
+        service
+            .state
+            .config
+            .channels
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+        service.recovered
+    );
+    service.serve(listener).await?;
+    Ok(())
 }

@@ -31,7 +31,9 @@ pub fn fen_to_yuan(fen: Fen) -> Decimal {
 
 /// Converts yuan to fen exactly; refuses sub-fen amounts instead of rounding them.
 pub fn yuan_to_fen(yuan: Decimal) -> Result<Fen, MoneyError> {
-    let fen = yuan * Decimal::ONE_HUNDRED;
+    let fen = yuan
+        .checked_mul(Decimal::ONE_HUNDRED)
+        .ok_or(MoneyError::OutOfRange(yuan))?;
     if fen.fract() != Decimal::ZERO {
         return Err(MoneyError::SubFen(yuan));
     }

@@ -48,6 +48,26 @@ pub enum PaymentError {
         stored: Fen,
         given: Fen,
     },
+    #[error(
+        "reversal {channel}/{txn} refers to payment {original}, which is not applied for account {account}; retry once the payment is in, or reconcile"
+    )]
+    UnknownOriginal {
+        channel: String,
+        txn: String,
+        original: String,
+        account: String,
+    },
+    #[error(
+        "reversal {channel}/{txn} of {amount} fen would take back more than payment {original} brought in ({paid} fen, {already} fen reversed before); refused, needs reconciliation"
+    )]
+    ReversalTooLarge {
+        channel: String,
+        txn: String,
+        original: String,
+        amount: Fen,
+        paid: Fen,
+        already: Fen,
+    },
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -151,7 +171,20 @@ pub async fn apply(
     now: NaiveDateTime,
 ) -> Result<Applied, PaymentError> {
     let mut tx = db.pool.begin().await?;
-    let status = upsert_payment(&mut tx, p, now).await?;
+    let applied = apply_in(&mut tx, p, kind, now).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// [`apply`] inside the caller's transaction (`conn` must be in one): the channel
+/// inbox applies a batch of payments under one commit. On error the caller rolls back.
+pub async fn apply_in(
+    tx: &mut sqlx::AnyConnection,
+    p: &PaymentNotice<'_>,
+    kind: EntryKind,
+    now: NaiveDateTime,
+) -> Result<Applied, PaymentError> {
+    let status = upsert_payment(&mut *tx, p, now).await?;
     if status == "applied" {
         return Ok(Applied::AlreadyApplied);
     }
@@ -162,7 +195,7 @@ pub async fn apply(
         .try_get(0)?;
     let key = format!("payment:{}:{}", p.channel, p.channel_txn_id);
     let posted = ledger::post(
-        &mut tx,
+        &mut *tx,
         &Posting {
             account_id: p.account_id,
             kind,
@@ -209,8 +242,111 @@ pub async fn apply(
     .bind(p.account_id)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
     Ok(Applied::Posted { balance_after_fen })
+}
+
+/// A reversal or refund of an applied payment, as its channel reports it. It is a new
+/// ledger entry (kind `reversal`, negative) referencing the original; the payment and
+/// its entry are never edited.
+#[derive(Debug, Clone)]
+pub struct ReversalNotice<'a> {
+    pub channel: &'a str,
+    /// The reversal's own transaction id at the channel.
+    pub channel_txn_id: &'a str,
+    /// The payment it reverses (same channel).
+    pub original_txn_id: &'a str,
+    pub account_id: &'a str,
+    /// Fen taken back, positive; at most what the payment brought in, less earlier reversals.
+    pub amount_fen: Fen,
+}
+
+/// Posts a reversal exactly once per (channel, reversal txn), inside the caller's
+/// transaction. Errors: [`PaymentError::UnknownOriginal`] when the payment is not
+/// applied for that account (yet: out-of-order delivery), [`PaymentError::ReversalTooLarge`].
+pub async fn reverse_in(
+    tx: &mut sqlx::AnyConnection,
+    r: &ReversalNotice<'_>,
+    now: NaiveDateTime,
+) -> Result<Applied, PaymentError> {
+    if r.amount_fen <= 0 {
+        return Err(PaymentError::NonPositive(r.amount_fen));
+    }
+    let key = format!("reversal:{}:{}", r.channel, r.channel_txn_id);
+    if sqlx::query("SELECT 1 FROM ledger_entries WHERE idempotency_key = $1")
+        .bind(&key)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some()
+    {
+        return Ok(Applied::AlreadyApplied);
+    }
+    let paid: Option<Fen> = sqlx::query(
+        "SELECT amount_fen FROM payments WHERE channel = $1 AND channel_txn_id = $2 AND account_id = $3 AND status = 'applied'",
+    )
+    .bind(r.channel)
+    .bind(r.original_txn_id)
+    .bind(r.account_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .map(|row| row.try_get(0))
+    .transpose()?;
+    let Some(paid) = paid else {
+        return Err(PaymentError::UnknownOriginal {
+            channel: r.channel.into(),
+            txn: r.channel_txn_id.into(),
+            original: r.original_txn_id.into(),
+            account: r.account_id.into(),
+        });
+    };
+    let reference = reversal_reference(r.channel, r.original_txn_id);
+    let already: Fen = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(-amount_fen), 0) AS BIGINT) FROM ledger_entries WHERE kind = 'reversal' AND reference = $1",
+    )
+    .bind(&reference)
+    .fetch_one(&mut *tx)
+    .await?
+    .try_get(0)?;
+    if already + r.amount_fen > paid {
+        return Err(PaymentError::ReversalTooLarge {
+            channel: r.channel.into(),
+            txn: r.channel_txn_id.into(),
+            original: r.original_txn_id.into(),
+            amount: r.amount_fen,
+            paid,
+            already,
+        });
+    }
+    let posted = ledger::post(
+        &mut *tx,
+        &Posting {
+            account_id: r.account_id,
+            kind: EntryKind::Reversal,
+            amount_fen: -r.amount_fen,
+            idempotency_key: &key,
+            business_date: &ds(now.date()),
+            posted_at: &ts(now),
+            reference: &reference,
+        },
+    )
+    .await?;
+    sqlx::query(
+        "UPDATE accounts SET arrears_since = COALESCE(arrears_since, $2) WHERE account_id = $1 AND balance_fen < 0",
+    )
+    .bind(r.account_id)
+    .bind(ds(now.date()))
+    .execute(&mut *tx)
+    .await?;
+    Ok(match posted {
+        ledger::PostOutcome::Posted {
+            balance_after_fen, ..
+        } => Applied::Posted { balance_after_fen },
+        ledger::PostOutcome::AlreadyPosted { .. } => Applied::AlreadyApplied,
+    })
+}
+
+/// The `reference` of a reversal's ledger entry: `reverses:<channel>:<original txn>`.
+pub fn reversal_reference(channel: &str, original_txn_id: &str) -> String {
+    format!("reverses:{channel}:{original_txn_id}")
 }
 
 /// What reconnection did for an account.

@@ -103,6 +103,18 @@ fn reached(command: RelayCommand, state: RelayState) -> bool {
     }
 }
 
+/// Outstanding commands with their meters' links (columns: id, account, command,
+/// status, deadline, decision key, then [`crate::collection::LINK_COLUMNS`]).
+fn outstanding_sql(and: &str) -> String {
+    format!(
+        "SELECT c.command_id, c.account_id, c.command, c.status, c.deadline, c.decision_key, {}
+         FROM relay_commands c JOIN meters m ON m.meter_id = c.meter_id
+         WHERE c.status IN ('pending', 'issuing', 'awaiting-confirmation', 'awaiting-customer') {and}
+         ORDER BY c.command_id",
+        crate::collection::LINK_COLUMNS
+    )
+}
+
 /// Issues pending commands and verifies outstanding ones with fresh status reads.
 pub async fn drive(
     db: &Db,
@@ -111,15 +123,38 @@ pub async fn drive(
     county: &str,
     now: NaiveDateTime,
 ) -> Result<RelayReport, DbError> {
+    let rows = sqlx::query(&outstanding_sql(""))
+        .fetch_all(&db.pool)
+        .await?;
+    drive_rows(db, client, floor, county, now, rows).await
+}
+
+/// [`drive`] for one command only: a payment's reconnection is issued at once without
+/// walking every outstanding command of the county.
+pub async fn drive_command(
+    db: &Db,
+    client: &FleetClient,
+    floor: &SafetyFloor,
+    county: &str,
+    command_id: i64,
+    now: NaiveDateTime,
+) -> Result<RelayReport, DbError> {
+    let rows = sqlx::query(&outstanding_sql("AND c.command_id = $1"))
+        .bind(command_id)
+        .fetch_all(&db.pool)
+        .await?;
+    drive_rows(db, client, floor, county, now, rows).await
+}
+
+async fn drive_rows(
+    db: &Db,
+    client: &FleetClient,
+    floor: &SafetyFloor,
+    county: &str,
+    now: NaiveDateTime,
+    rows: Vec<sqlx::any::AnyRow>,
+) -> Result<RelayReport, DbError> {
     let mut report = RelayReport::default();
-    let rows = sqlx::query(&format!(
-        "SELECT c.command_id, c.account_id, c.command, c.status, c.deadline, c.decision_key, {}
-         FROM relay_commands c JOIN meters m ON m.meter_id = c.meter_id
-         WHERE c.status IN ('pending', 'issuing', 'awaiting-confirmation', 'awaiting-customer') ORDER BY c.command_id",
-        crate::collection::LINK_COLUMNS
-    ))
-    .fetch_all(&db.pool)
-    .await?;
     for r in rows {
         let id: i64 = r.try_get(0)?;
         let account_id: String = r.try_get(1)?;

@@ -200,3 +200,14 @@ mod tests {
         }
     }
 }
+
+/// Default timeouts and retries on every link, no security module, no 1376.1 master
+/// station (terminal meters fail with that reason).
+impl Default for FleetClient {
+    fn default() -> Self {
+        FleetClient::new(
+            ModbusMeterClient::default(),
+            Dlt645Client::new(crate::dlt645_client::Dlt645Config::default(), None),
+        )
+    }
+}
