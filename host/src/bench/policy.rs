@@ -29,7 +29,7 @@ use crate::demo::{self, DemoOptions};
 use crate::policy::bindings::{
     CutoffInput, NoticeInput, ReconnectionInput, TariffInput, WarningInput,
 };
-use crate::policy::{Invocation, PolicyEngine, PolicyFailure, PolicyKind};
+use crate::policy::{Invocation, PolicyEngine, PolicyKind};
 use crate::registry::{self, ActivateRequest, PublishRequest};
 use anyhow::Context;
 use serde::Serialize;
@@ -68,8 +68,10 @@ pub struct KindFigures {
     pub batched_over_native: f64,
     /// `wasm_fresh_ns ÷ native_ns`.
     pub fresh_over_native: f64,
-    /// Mean fuel (≈ Wasm instructions) per decision.
-    pub fuel_per_decision: u64,
+    /// Mean fuel (≈ Wasm instructions) per decision in a fresh instance.
+    pub fuel_fresh: u64,
+    /// Mean fuel per decision in the batch (parameters parsed once per instance).
+    pub fuel_batched: u64,
 }
 
 /// The hot swap under load.
@@ -117,7 +119,7 @@ fn measure<I, O, N, NO, NE>(
     kind: &str,
     recorded: &[String],
     fresh: impl Fn(&I) -> Invocation<O>,
-    batched: impl Fn(&[I]) -> Vec<Result<O, PolicyFailure>>,
+    batched: impl Fn(&[I]) -> Vec<Invocation<O>>,
     native: impl Fn(&N) -> Result<NO, NE>,
 ) -> anyhow::Result<KindFigures>
 where
@@ -158,10 +160,11 @@ where
         wasm.len() == n,
         "{kind}: the batch stopped after {} of {n} decisions: {:?}",
         wasm.len(),
-        wasm.last().and_then(|r| r.as_ref().err())
+        wasm.last().and_then(|r| r.outcome.as_ref().err())
     );
+    let fuel_batched: u64 = wasm.iter().map(|w| w.fuel_used).sum();
     for (k, (w, i)) in wasm.iter().zip(&native_inputs).enumerate() {
-        let w = serde_json::to_value(w.as_ref().ok())?;
+        let w = serde_json::to_value(w.outcome.as_ref().ok())?;
         let n = serde_json::to_value(native(i).ok())?;
         anyhow::ensure!(
             w == n,
@@ -176,7 +179,8 @@ where
         native_ns,
         batched_over_native: wasm_batched_ns / native_ns,
         fresh_over_native: wasm_fresh_ns / native_ns,
-        fuel_per_decision: fuel / n.max(1) as u64,
+        fuel_fresh: fuel / n.max(1) as u64,
+        fuel_batched: fuel_batched / n.max(1) as u64,
     })
 }
 
@@ -438,7 +442,7 @@ pub fn print(r: &BenchReport) {
         r.profile
     );
     println!(
-        "  {:<13} {:>9} {:>12} {:>12} {:>10} {:>15} {:>13} {:>9}",
+        "  {:<13} {:>9} {:>12} {:>12} {:>10} {:>15} {:>13} {:>11} {:>12}",
         "kind",
         "decisions",
         "Wasm fresh",
@@ -446,11 +450,12 @@ pub fn print(r: &BenchReport) {
         "native",
         "batched÷native",
         "fresh÷native",
-        "fuel"
+        "fuel fresh",
+        "fuel batched"
     );
     for k in &r.kinds {
         println!(
-            "  {:<13} {:>9} {:>12.0} {:>12.0} {:>10.0} {:>14.2}× {:>12.1}× {:>9}",
+            "  {:<13} {:>9} {:>12.0} {:>12.0} {:>10.0} {:>14.2}× {:>12.1}× {:>11} {:>12}",
             k.kind,
             k.decisions,
             k.wasm_fresh_ns,
@@ -458,7 +463,8 @@ pub fn print(r: &BenchReport) {
             k.native_ns,
             k.batched_over_native,
             k.fresh_over_native,
-            k.fuel_per_decision
+            k.fuel_fresh,
+            k.fuel_batched
         );
     }
     let a = &r.activation;

@@ -448,18 +448,33 @@ impl PolicyEngine {
         inputs: &[I],
         mut call: impl FnMut(&X, &mut Store<GuestState>, &I) -> wasmtime::Result<Result<R, PolicyError>>,
         validate: impl Fn(&R, &PolicyLimits) -> Result<(), String>,
-    ) -> Vec<Result<R, PolicyFailure>> {
+    ) -> Vec<Invocation<R>> {
         let (mut store, _, _) = self.new_store();
         let instance = match instantiate(&mut store) {
             Ok(i) => i,
-            Err(e) => return vec![Err(self.classify(&e, store.data().limiter.hit.clone()))],
+            Err(e) => {
+                return vec![Invocation {
+                    outcome: Err(self.classify(&e, store.data().limiter.hit.clone())),
+                    fuel_used: 0,
+                    guest_output: String::new(),
+                }];
+            }
         };
         let mut out = Vec::with_capacity(inputs.len());
         for input in inputs {
             self.refill(&mut store);
             let result = call(&instance, &mut store, input);
+            let fuel_used = self
+                .limits
+                .fuel_per_decision
+                .saturating_sub(store.get_fuel().unwrap_or(0));
             let trapped = result.is_err();
-            out.push(self.outcome(result, &validate, store.data().limiter.hit.clone()));
+            out.push(Invocation {
+                outcome: self.outcome(result, &validate, store.data().limiter.hit.clone()),
+                fuel_used,
+                // Guest output is not kept per decision in a batch.
+                guest_output: String::new(),
+            });
             if trapped {
                 break;
             }
@@ -468,8 +483,10 @@ impl PolicyEngine {
     }
 
     fn check_size<R: Serialize>(&self, output: &R) -> Result<(), String> {
-        let size = serde_json::to_vec(output)
-            .map(|v| v.len())
+        // The length of the JSON the decision log will hold, counted without building it.
+        let mut size = ByteCount(0);
+        let size = serde_json::to_writer(&mut size, output)
+            .map(|()| size.0)
             .unwrap_or(usize::MAX);
         if size > self.limits.max_output_bytes {
             return Err(format!(
@@ -518,9 +535,9 @@ impl PolicyEngine {
         &self,
         c: &LoadedComponent,
         inputs: &[TariffInput],
-    ) -> Vec<Result<TariffOutput, PolicyFailure>> {
+    ) -> Vec<Invocation<TariffOutput>> {
         let KindPre::Tariff(pre) = &c.pre else {
-            return vec![wrong_kind::<TariffOutput>(c, PolicyKind::Tariff).outcome];
+            return vec![wrong_kind(c, PolicyKind::Tariff)];
         };
         self.run_batch(
             |store| pre.instantiate(store),
@@ -551,9 +568,9 @@ impl PolicyEngine {
         &self,
         c: &LoadedComponent,
         inputs: &[WarningInput],
-    ) -> Vec<Result<WarningOutput, PolicyFailure>> {
+    ) -> Vec<Invocation<WarningOutput>> {
         let KindPre::Warning(pre) = &c.pre else {
-            return vec![wrong_kind::<WarningOutput>(c, PolicyKind::Warning).outcome];
+            return vec![wrong_kind(c, PolicyKind::Warning)];
         };
         self.run_batch(
             |store| pre.instantiate(store),
@@ -584,9 +601,9 @@ impl PolicyEngine {
         &self,
         c: &LoadedComponent,
         inputs: &[NoticeInput],
-    ) -> Vec<Result<NoticeOutput, PolicyFailure>> {
+    ) -> Vec<Invocation<NoticeOutput>> {
         let KindPre::Notice(pre) = &c.pre else {
-            return vec![wrong_kind::<NoticeOutput>(c, PolicyKind::Notice).outcome];
+            return vec![wrong_kind(c, PolicyKind::Notice)];
         };
         self.run_batch(
             |store| pre.instantiate(store),
@@ -617,9 +634,9 @@ impl PolicyEngine {
         &self,
         c: &LoadedComponent,
         inputs: &[CutoffInput],
-    ) -> Vec<Result<CutoffOutput, PolicyFailure>> {
+    ) -> Vec<Invocation<CutoffOutput>> {
         let KindPre::Cutoff(pre) = &c.pre else {
-            return vec![wrong_kind::<CutoffOutput>(c, PolicyKind::Cutoff).outcome];
+            return vec![wrong_kind(c, PolicyKind::Cutoff)];
         };
         self.run_batch(
             |store| pre.instantiate(store),
@@ -654,9 +671,9 @@ impl PolicyEngine {
         &self,
         c: &LoadedComponent,
         inputs: &[ReconnectionInput],
-    ) -> Vec<Result<ReconnectionOutput, PolicyFailure>> {
+    ) -> Vec<Invocation<ReconnectionOutput>> {
         let KindPre::Cutoff(pre) = &c.pre else {
-            return vec![wrong_kind::<ReconnectionOutput>(c, PolicyKind::Cutoff).outcome];
+            return vec![wrong_kind(c, PolicyKind::Cutoff)];
         };
         self.run_batch(
             |store| pre.instantiate(store),
@@ -750,6 +767,20 @@ fn common_checks(
         ));
     }
     Ok(())
+}
+
+/// A writer that only counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn truncate(s: &str, max_chars: usize) -> String {

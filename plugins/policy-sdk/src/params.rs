@@ -55,7 +55,7 @@ impl<T> ParsedOnce<T> {
     ) -> Result<Rc<T>, PolicyError> {
         let mut last = self.last.borrow_mut();
         if let Some((previous, parsed)) = &*last
-            && previous == json
+            && same_bytes(previous.as_bytes(), json.as_bytes())
         {
             return parsed.clone();
         }
@@ -63,6 +63,18 @@ impl<T> ParsedOnce<T> {
         *last = Some((json.to_string(), parsed.clone()));
         parsed
     }
+}
+
+/// `a == b`, eight bytes at a time: on wasm32 `==` on slices is a byte-by-byte `memcmp`
+/// (no SIMD), which cost 5 % of a batched tariff decision for a 370-byte parameters string.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tails_equal = a_words.remainder() == b_words.remainder();
+    let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().expect("chunks of 8"));
+    tails_equal && a_words.zip(b_words).all(|(x, y)| word(x) == word(y))
 }
 
 impl<T> Default for ParsedOnce<T> {
@@ -253,6 +265,26 @@ mod tests {
         ] {
             let err = parse::<P>(json).unwrap_err();
             assert_eq!(err.code, "bad-parameters", "{json}");
+        }
+    }
+
+    #[test]
+    fn same_bytes_is_equality() {
+        let texts: &[&[u8]] = &[
+            b"",
+            b"a",
+            b"abcdefgh",
+            b"abcdefgi",
+            b"abcdefghi",
+            b"abcdefghj",
+            b"bbcdefghi",
+            br#"{"charge_rounding":"half-up","cycle":"calendar-year"}"#,
+            br#"{"charge_rounding":"half-up","cycle":"calendar-yeaR"}"#,
+        ];
+        for a in texts {
+            for b in texts {
+                assert_eq!(same_bytes(a, b), a == b, "{a:?} vs {b:?}");
+            }
         }
     }
 
