@@ -202,7 +202,14 @@ pub struct PolicyEngine {
     engine: Engine,
     linker: Linker<GuestState>,
     limits: PolicyLimits,
+    /// Components compiled lately, by sha256 of their bytes, newest last (at most
+    /// [`COMPILED_KEPT`]): loading the same bytes again (publish, then activate, then the
+    /// watcher; every audit replay) re-runs every check but not the compilation.
+    compiled: std::sync::Mutex<std::collections::VecDeque<(String, Component)>>,
 }
+
+/// How many compiled components a [`PolicyEngine`] keeps for reuse.
+pub const COMPILED_KEPT: usize = 32;
 
 impl PolicyEngine {
     /// Builds the engine: fuel metering and epoch interruption on, and a ticker thread
@@ -237,6 +244,7 @@ impl PolicyEngine {
             engine,
             linker,
             limits,
+            compiled: Default::default(),
         }))
     }
 
@@ -253,15 +261,8 @@ impl PolicyEngine {
                 limit: self.limits.max_component_bytes,
             });
         }
-        let component = Component::new(&self.engine, bytes).map_err(|e| {
-            PolicyLoadError::Invalid(
-                format!("{e:#}")
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
-        })?;
+        let sha256 = sha256_hex(bytes);
+        let component = self.compile(&sha256, bytes)?;
         let ty = component.component_type();
         let mut imports = Vec::new();
         for (name, _) in ty.imports(&self.engine) {
@@ -314,12 +315,43 @@ impl PolicyEngine {
         };
         Ok(LoadedComponent {
             kind,
-            sha256: sha256_hex(bytes),
+            sha256,
             contract_version: version,
             imports,
             size_bytes: bytes.len(),
             pre,
         })
+    }
+
+    /// Compiles `bytes` (whose sha256 is `sha256`), or reuses the compilation of the same
+    /// bytes kept in [`Self::compiled`].
+    fn compile(&self, sha256: &str, bytes: &[u8]) -> Result<Component, PolicyLoadError> {
+        let kept = |compiled: &std::collections::VecDeque<(String, Component)>| {
+            compiled
+                .iter()
+                .find(|(sha, _)| sha == sha256)
+                .map(|(_, c)| c.clone())
+        };
+        if let Some(c) = kept(&self.compiled.lock().expect("compiled cache lock")) {
+            return Ok(c);
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|e| {
+            PolicyLoadError::Invalid(
+                format!("{e:#}")
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })?;
+        let mut compiled = self.compiled.lock().expect("compiled cache lock");
+        if kept(&compiled).is_none() {
+            if compiled.len() == COMPILED_KEPT {
+                compiled.pop_front();
+            }
+            compiled.push_back((sha256.to_string(), component.clone()));
+        }
+        Ok(component)
     }
 
     fn new_store(&self) -> (Store<GuestState>, MemoryOutputPipe, MemoryOutputPipe) {
