@@ -43,7 +43,8 @@ use std::time::{Duration, Instant};
 pub struct BenchOptions {
     /// The simulated county whose decisions are the inputs.
     pub demo: DemoOptions,
-    /// Recorded inputs timed per kind (fewer if the log has fewer).
+    /// Decisions timed per kind: up to this many recorded inputs, repeated in order up
+    /// to this many when the county recorded fewer.
     pub decisions: usize,
     /// Watcher poll period for the activation measurement.
     pub poll: Duration,
@@ -57,7 +58,12 @@ pub const MIN_TIMED: Duration = Duration::from_millis(300);
 pub struct KindFigures {
     /// `tariff`, `warning`, `notice`, `cutoff` or `reconnection`.
     pub kind: String,
+    /// Decisions per timed pass: the recorded inputs, repeated in order up to
+    /// `--decisions` when the county recorded fewer (so that the one instantiation of a
+    /// batch is spread as thinly for every kind).
     pub decisions: usize,
+    /// Distinct recorded inputs among them.
+    pub recorded: usize,
     /// Wasm, a fresh store and instance per decision (how the host decides).
     pub wasm_fresh_ns: f64,
     /// Wasm, one store and instance for all the inputs.
@@ -118,6 +124,7 @@ fn time<F: FnMut()>(n: usize, mut pass: F) -> f64 {
 fn measure<I, O, N, NO, NE>(
     kind: &str,
     recorded: &[String],
+    decisions: usize,
     fresh: impl Fn(&I) -> Invocation<O>,
     batched: impl Fn(&[I]) -> Vec<Invocation<O>>,
     native: impl Fn(&N) -> Result<NO, NE>,
@@ -128,12 +135,11 @@ where
     N: DeserializeOwned,
     NO: Serialize,
 {
-    let inputs: Vec<I> = recorded
-        .iter()
+    let repeated = || recorded.iter().cycle().take(decisions.max(recorded.len()));
+    let inputs: Vec<I> = repeated()
         .map(|json| serde_json::from_str(json))
         .collect::<Result<_, _>>()?;
-    let native_inputs: Vec<N> = recorded
-        .iter()
+    let native_inputs: Vec<N> = repeated()
         .map(|json| serde_json::from_str(json))
         .collect::<Result<_, _>>()
         .with_context(|| format!("{kind}: the plugin crate cannot read a recorded input"))?;
@@ -174,6 +180,7 @@ where
     Ok(KindFigures {
         kind: kind.to_string(),
         decisions: n,
+        recorded: recorded.len(),
         wasm_fresh_ns,
         wasm_batched_ns,
         native_ns,
@@ -228,6 +235,7 @@ pub async fn policy(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             "tariff" => measure(
                 log_kind,
                 &recorded,
+                opts.decisions,
                 |i: &TariffInput| e.price(c, i),
                 |is| e.price_batch(c, is),
                 policy_tariff_step::price,
@@ -235,6 +243,7 @@ pub async fn policy(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             "warning" => measure(
                 log_kind,
                 &recorded,
+                opts.decisions,
                 |i: &WarningInput| e.assess(c, i),
                 |is| e.assess_batch(c, is),
                 policy_warning_threshold::assess,
@@ -242,6 +251,7 @@ pub async fn policy(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             "notice" => measure(
                 log_kind,
                 &recorded,
+                opts.decisions,
                 |i: &NoticeInput| e.word(c, i),
                 |is| e.word_batch(c, is),
                 policy_notice_sms_zh::word,
@@ -249,6 +259,7 @@ pub async fn policy(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             "cutoff" => measure(
                 log_kind,
                 &recorded,
+                opts.decisions,
                 |i: &CutoffInput| e.decide(c, i),
                 |is| e.decide_batch(c, is),
                 policy_cutoff_habit::decide,
@@ -256,6 +267,7 @@ pub async fn policy(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             _ => measure(
                 log_kind,
                 &recorded,
+                opts.decisions,
                 |i: &ReconnectionInput| e.reconnection(c, i),
                 |is| e.reconnection_batch(c, is),
                 policy_cutoff_habit::reconnection,
@@ -442,9 +454,9 @@ pub fn print(r: &BenchReport) {
         r.profile
     );
     println!(
-        "  {:<13} {:>9} {:>12} {:>12} {:>10} {:>15} {:>13} {:>11} {:>12}",
+        "  {:<13} {:>10} {:>12} {:>12} {:>10} {:>15} {:>13} {:>11} {:>12}",
         "kind",
-        "decisions",
+        "timed/rec.",
         "Wasm fresh",
         "Wasm batched",
         "native",
@@ -455,9 +467,9 @@ pub fn print(r: &BenchReport) {
     );
     for k in &r.kinds {
         println!(
-            "  {:<13} {:>9} {:>12.0} {:>12.0} {:>10.0} {:>14.2}× {:>12.1}× {:>11} {:>12}",
+            "  {:<13} {:>10} {:>12.0} {:>12.0} {:>10.0} {:>14.2}× {:>12.1}× {:>11} {:>12}",
             k.kind,
-            k.decisions,
+            format!("{}/{}", k.decisions, k.recorded),
             k.wasm_fresh_ns,
             k.wasm_batched_ns,
             k.native_ns,

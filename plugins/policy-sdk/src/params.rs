@@ -10,10 +10,10 @@ use crate::PolicyError;
 use core::cell::RefCell;
 use core::fmt;
 use core::str::FromStr;
-use std::rc::Rc;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use std::rc::Rc;
 
 /// Parse `json` into a parameter struct.
 ///
