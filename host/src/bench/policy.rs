@@ -231,46 +231,39 @@ pub async fn policy(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             recorded.push(sqlx::Row::try_get::<String, _>(&row, 0)?);
         }
         let (e, c) = (&*engine, &c);
+        // One kind: its input type, the engine's fresh and batched calls, the native function.
+        macro_rules! kind {
+            ($input:ty, $fresh:ident, $batched:ident, $native:path) => {
+                measure(
+                    log_kind,
+                    &recorded,
+                    opts.decisions,
+                    |i: &$input| e.$fresh(c, i),
+                    |is| e.$batched(c, is),
+                    $native,
+                )
+            };
+        }
         let figures = tokio::task::block_in_place(|| match log_kind {
-            "tariff" => measure(
-                log_kind,
-                &recorded,
-                opts.decisions,
-                |i: &TariffInput| e.price(c, i),
-                |is| e.price_batch(c, is),
-                policy_tariff_step::price,
+            "tariff" => kind!(TariffInput, price, price_batch, policy_tariff_step::price),
+            "warning" => kind!(
+                WarningInput,
+                assess,
+                assess_batch,
+                policy_warning_threshold::assess
             ),
-            "warning" => measure(
-                log_kind,
-                &recorded,
-                opts.decisions,
-                |i: &WarningInput| e.assess(c, i),
-                |is| e.assess_batch(c, is),
-                policy_warning_threshold::assess,
+            "notice" => kind!(NoticeInput, word, word_batch, policy_notice_sms_zh::word),
+            "cutoff" => kind!(
+                CutoffInput,
+                decide,
+                decide_batch,
+                policy_cutoff_habit::decide
             ),
-            "notice" => measure(
-                log_kind,
-                &recorded,
-                opts.decisions,
-                |i: &NoticeInput| e.word(c, i),
-                |is| e.word_batch(c, is),
-                policy_notice_sms_zh::word,
-            ),
-            "cutoff" => measure(
-                log_kind,
-                &recorded,
-                opts.decisions,
-                |i: &CutoffInput| e.decide(c, i),
-                |is| e.decide_batch(c, is),
-                policy_cutoff_habit::decide,
-            ),
-            _ => measure(
-                log_kind,
-                &recorded,
-                opts.decisions,
-                |i: &ReconnectionInput| e.reconnection(c, i),
-                |is| e.reconnection_batch(c, is),
-                policy_cutoff_habit::reconnection,
+            _ => kind!(
+                ReconnectionInput,
+                reconnection,
+                reconnection_batch,
+                policy_cutoff_habit::reconnection
             ),
         })?;
         kinds.push(figures);

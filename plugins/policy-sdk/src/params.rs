@@ -33,8 +33,11 @@ pub fn parse<T: DeserializeOwned>(json: &str) -> Result<T, PolicyError> {
 /// decision in a fresh instance, where this always parses, and only `feegate bench policy`
 /// (one instance for many decisions) and natively linked callers see it hit.
 pub struct ParsedOnce<T> {
-    last: RefCell<Option<(String, Result<Rc<T>, PolicyError>)>>,
+    last: RefCell<Option<(String, Parsed<T>)>>,
 }
+
+/// What a parameters string parsed to, shared.
+type Parsed<T> = Result<Rc<T>, PolicyError>;
 
 impl<T> ParsedOnce<T> {
     /// Nothing parsed yet.
