@@ -202,7 +202,14 @@ pub struct PolicyEngine {
     engine: Engine,
     linker: Linker<GuestState>,
     limits: PolicyLimits,
+    /// Components compiled lately, by sha256 of their bytes, newest last (at most
+    /// [`COMPILED_KEPT`]): loading the same bytes again (publish, then activate, then the
+    /// watcher; every audit replay) re-runs every check but not the compilation.
+    compiled: std::sync::Mutex<std::collections::VecDeque<(String, Component)>>,
 }
+
+/// How many compiled components a [`PolicyEngine`] keeps for reuse.
+pub const COMPILED_KEPT: usize = 32;
 
 impl PolicyEngine {
     /// Builds the engine: fuel metering and epoch interruption on, and a ticker thread
@@ -237,6 +244,7 @@ impl PolicyEngine {
             engine,
             linker,
             limits,
+            compiled: Default::default(),
         }))
     }
 
@@ -253,15 +261,8 @@ impl PolicyEngine {
                 limit: self.limits.max_component_bytes,
             });
         }
-        let component = Component::new(&self.engine, bytes).map_err(|e| {
-            PolicyLoadError::Invalid(
-                format!("{e:#}")
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
-        })?;
+        let sha256 = sha256_hex(bytes);
+        let component = self.compile(&sha256, bytes)?;
         let ty = component.component_type();
         let mut imports = Vec::new();
         for (name, _) in ty.imports(&self.engine) {
@@ -314,12 +315,43 @@ impl PolicyEngine {
         };
         Ok(LoadedComponent {
             kind,
-            sha256: sha256_hex(bytes),
+            sha256,
             contract_version: version,
             imports,
             size_bytes: bytes.len(),
             pre,
         })
+    }
+
+    /// Compiles `bytes` (whose sha256 is `sha256`), or reuses the compilation of the same
+    /// bytes kept in [`Self::compiled`].
+    fn compile(&self, sha256: &str, bytes: &[u8]) -> Result<Component, PolicyLoadError> {
+        let kept = |compiled: &std::collections::VecDeque<(String, Component)>| {
+            compiled
+                .iter()
+                .find(|(sha, _)| sha == sha256)
+                .map(|(_, c)| c.clone())
+        };
+        if let Some(c) = kept(&self.compiled.lock().expect("compiled cache lock")) {
+            return Ok(c);
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|e| {
+            PolicyLoadError::Invalid(
+                format!("{e:#}")
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })?;
+        let mut compiled = self.compiled.lock().expect("compiled cache lock");
+        if kept(&compiled).is_none() {
+            if compiled.len() == COMPILED_KEPT {
+                compiled.pop_front();
+            }
+            compiled.push_back((sha256.to_string(), component.clone()));
+        }
+        Ok(component)
     }
 
     fn new_store(&self) -> (Store<GuestState>, MemoryOutputPipe, MemoryOutputPipe) {
@@ -347,13 +379,18 @@ impl PolicyEngine {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
+        self.refill(&mut store);
+        (store, stdout, stderr)
+    }
+
+    /// Gives `store` one decision's fuel and wall-clock deadline.
+    fn refill(&self, store: &mut Store<GuestState>) {
         store
             .set_fuel(self.limits.fuel_per_decision)
             .expect("fuel is enabled in the engine config");
         let tick_ns = self.limits.epoch_tick.as_nanos().max(1);
         let ticks = self.limits.time_limit.as_nanos().div_ceil(tick_ns) as u64;
         store.set_epoch_deadline(ticks.max(1));
-        (store, stdout, stderr)
     }
 
     /// Runs `call` in a fresh store and classifies the result. `validate` checks the
@@ -400,7 +437,22 @@ impl PolicyEngine {
         if !err_text.is_empty() {
             guest_output.push_str(&err_text);
         }
-        let outcome = match result {
+        let outcome = self.outcome(result, validate, state.limiter.hit.clone());
+        Invocation {
+            outcome,
+            fuel_used,
+            guest_output,
+        }
+    }
+
+    /// Classifies one call's result: a validated output, a refusal, or a contained failure.
+    fn outcome<R: Serialize>(
+        &self,
+        result: wasmtime::Result<Result<R, PolicyError>>,
+        validate: impl FnOnce(&R, &PolicyLimits) -> Result<(), String>,
+        memory_hit: Option<String>,
+    ) -> Result<R, PolicyFailure> {
+        match result {
             Ok(Ok(output)) => {
                 match validate(&output, &self.limits).and_then(|()| self.check_size(&output)) {
                     Ok(()) => Ok(output),
@@ -411,18 +463,62 @@ impl PolicyEngine {
                 code: truncate(&e.code, 64),
                 message: truncate(&e.message, 500),
             }),
-            Err(e) => Err(self.classify(&e, state.limiter.hit.clone())),
-        };
-        Invocation {
-            outcome,
-            fuel_used,
-            guest_output,
+            Err(e) => Err(self.classify(&e, memory_hit)),
         }
     }
 
+    /// Runs `inputs` through ONE store and instance, with each call getting a full
+    /// decision's fuel and deadline and each output validated exactly as in [`Self::run`].
+    ///
+    /// For `feegate bench policy` only, to measure what per-decision instantiation costs:
+    /// decisions never run this way, because an instance could carry state from one
+    /// customer's decision into the next. A trap ends the batch (a trapped instance
+    /// cannot be entered again), so the result may be shorter than `inputs`.
+    fn run_batch<I, X, R: Serialize>(
+        &self,
+        instantiate: impl FnOnce(&mut Store<GuestState>) -> wasmtime::Result<X>,
+        inputs: &[I],
+        mut call: impl FnMut(&X, &mut Store<GuestState>, &I) -> wasmtime::Result<Result<R, PolicyError>>,
+        validate: impl Fn(&R, &PolicyLimits) -> Result<(), String>,
+    ) -> Vec<Invocation<R>> {
+        let (mut store, _, _) = self.new_store();
+        let instance = match instantiate(&mut store) {
+            Ok(i) => i,
+            Err(e) => {
+                return vec![Invocation {
+                    outcome: Err(self.classify(&e, store.data().limiter.hit.clone())),
+                    fuel_used: 0,
+                    guest_output: String::new(),
+                }];
+            }
+        };
+        let mut out = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            self.refill(&mut store);
+            let result = call(&instance, &mut store, input);
+            let fuel_used = self
+                .limits
+                .fuel_per_decision
+                .saturating_sub(store.get_fuel().unwrap_or(0));
+            let trapped = result.is_err();
+            out.push(Invocation {
+                outcome: self.outcome(result, &validate, store.data().limiter.hit.clone()),
+                fuel_used,
+                // Guest output is not kept per decision in a batch.
+                guest_output: String::new(),
+            });
+            if trapped {
+                break;
+            }
+        }
+        out
+    }
+
     fn check_size<R: Serialize>(&self, output: &R) -> Result<(), String> {
-        let size = serde_json::to_vec(output)
-            .map(|v| v.len())
+        // The length of the JSON the decision log will hold, counted without building it.
+        let mut size = ByteCount(0);
+        let size = serde_json::to_writer(&mut size, output)
+            .map(|()| size.0)
             .unwrap_or(usize::MAX);
         if size > self.limits.max_output_bytes {
             return Err(format!(
@@ -461,63 +557,26 @@ impl PolicyEngine {
                     .feegate_policy_tariff()
                     .call_price(&mut *store, input)
             },
-            |out, limits| {
-                common_checks(&out.reason_code, &out.explanation, limits)?;
-                if out.charge_fen < 0 {
-                    return Err(format!("charge-fen {} is negative", out.charge_fen));
-                }
-                Ok(())
-            },
+            validate_tariff,
         )
     }
 
-    /// Prices many inputs in ONE store and instance, with the fuel refilled per call.
-    ///
-    /// For `feegate bench policy` only, to measure what instantiation costs: decisions
-    /// never run this way, because an instance could carry state from one customer's
-    /// decision into the next. A trap ends the batch (the rest are not run).
+    /// [`Self::price`] for many inputs in one store and instance (bench only, see
+    /// [`Self::run_batch`]).
     pub fn price_batch(
         &self,
         c: &LoadedComponent,
         inputs: &[TariffInput],
-    ) -> Vec<Result<TariffOutput, PolicyFailure>> {
+    ) -> Vec<Invocation<TariffOutput>> {
         let KindPre::Tariff(pre) = &c.pre else {
-            return vec![wrong_kind::<TariffOutput>(c, PolicyKind::Tariff).outcome];
+            return vec![wrong_kind(c, PolicyKind::Tariff)];
         };
-        let (mut store, _, _) = self.new_store();
-        let instance = match pre.instantiate(&mut store) {
-            Ok(i) => i,
-            Err(e) => return vec![Err(self.classify(&e, None))],
-        };
-        let mut out = Vec::with_capacity(inputs.len());
-        for input in inputs {
-            store
-                .set_fuel(self.limits.fuel_per_decision)
-                .expect("fuel is enabled in the engine config");
-            let tick_ns = self.limits.epoch_tick.as_nanos().max(1);
-            store.set_epoch_deadline(
-                (self.limits.time_limit.as_nanos().div_ceil(tick_ns) as u64).max(1),
-            );
-            match instance
-                .feegate_policy_tariff()
-                .call_price(&mut store, input)
-            {
-                Ok(Ok(o)) => out.push(
-                    common_checks(&o.reason_code, &o.explanation, &self.limits)
-                        .map(|()| o)
-                        .map_err(|detail| PolicyFailure::InvalidOutput { detail }),
-                ),
-                Ok(Err(e)) => out.push(Err(PolicyFailure::Refused {
-                    code: e.code,
-                    message: e.message,
-                })),
-                Err(e) => {
-                    out.push(Err(self.classify(&e, store.data().limiter.hit.clone())));
-                    break;
-                }
-            }
-        }
-        out
+        self.run_batch(
+            |store| pre.instantiate(store),
+            inputs,
+            |i, store, input| i.feegate_policy_tariff().call_price(store, input),
+            validate_tariff,
+        )
     }
 
     /// Assesses a balance with a warning component.
@@ -531,13 +590,25 @@ impl PolicyEngine {
                     .feegate_policy_warning()
                     .call_assess(&mut *store, input)
             },
-            |out, limits| {
-                common_checks(&out.reason_code, &out.explanation, limits)?;
-                if out.level > 3 {
-                    return Err(format!("warning level {} is not 0..=3", out.level));
-                }
-                Ok(())
-            },
+            validate_warning,
+        )
+    }
+
+    /// [`Self::assess`] for many inputs in one store and instance (bench only, see
+    /// [`Self::run_batch`]).
+    pub fn assess_batch(
+        &self,
+        c: &LoadedComponent,
+        inputs: &[WarningInput],
+    ) -> Vec<Invocation<WarningOutput>> {
+        let KindPre::Warning(pre) = &c.pre else {
+            return vec![wrong_kind(c, PolicyKind::Warning)];
+        };
+        self.run_batch(
+            |store| pre.instantiate(store),
+            inputs,
+            |i, store, input| i.feegate_policy_warning().call_assess(store, input),
+            validate_warning,
         )
     }
 
@@ -552,17 +623,25 @@ impl PolicyEngine {
                     .feegate_policy_notice()
                     .call_word(&mut *store, input)
             },
-            |out, limits| {
-                common_checks(&out.reason_code, &out.explanation, limits)?;
-                let chars = out.text.chars().count();
-                if chars == 0 || chars > limits.max_sms_chars {
-                    return Err(format!(
-                        "SMS text has {chars} characters; must be 1..={}",
-                        limits.max_sms_chars
-                    ));
-                }
-                Ok(())
-            },
+            validate_notice,
+        )
+    }
+
+    /// [`Self::word`] for many inputs in one store and instance (bench only, see
+    /// [`Self::run_batch`]).
+    pub fn word_batch(
+        &self,
+        c: &LoadedComponent,
+        inputs: &[NoticeInput],
+    ) -> Vec<Invocation<NoticeOutput>> {
+        let KindPre::Notice(pre) = &c.pre else {
+            return vec![wrong_kind(c, PolicyKind::Notice)];
+        };
+        self.run_batch(
+            |store| pre.instantiate(store),
+            inputs,
+            |i, store, input| i.feegate_policy_notice().call_word(store, input),
+            validate_notice,
         )
     }
 
@@ -577,7 +656,25 @@ impl PolicyEngine {
                     .feegate_policy_cutoff()
                     .call_decide(&mut *store, input)
             },
-            |out, limits| common_checks(&out.reason_code, &out.explanation, limits),
+            validate_cutoff,
+        )
+    }
+
+    /// [`Self::decide`] for many inputs in one store and instance (bench only, see
+    /// [`Self::run_batch`]).
+    pub fn decide_batch(
+        &self,
+        c: &LoadedComponent,
+        inputs: &[CutoffInput],
+    ) -> Vec<Invocation<CutoffOutput>> {
+        let KindPre::Cutoff(pre) = &c.pre else {
+            return vec![wrong_kind(c, PolicyKind::Cutoff)];
+        };
+        self.run_batch(
+            |store| pre.instantiate(store),
+            inputs,
+            |i, store, input| i.feegate_policy_cutoff().call_decide(store, input),
+            validate_cutoff,
         )
     }
 
@@ -596,9 +693,69 @@ impl PolicyEngine {
                     .feegate_policy_cutoff()
                     .call_reconnection(&mut *store, input)
             },
-            |out, limits| common_checks(&out.reason_code, &out.explanation, limits),
+            validate_reconnection,
         )
     }
+
+    /// [`Self::reconnection`] for many inputs in one store and instance (bench only, see
+    /// [`Self::run_batch`]).
+    pub fn reconnection_batch(
+        &self,
+        c: &LoadedComponent,
+        inputs: &[ReconnectionInput],
+    ) -> Vec<Invocation<ReconnectionOutput>> {
+        let KindPre::Cutoff(pre) = &c.pre else {
+            return vec![wrong_kind(c, PolicyKind::Cutoff)];
+        };
+        self.run_batch(
+            |store| pre.instantiate(store),
+            inputs,
+            |i, store, input| i.feegate_policy_cutoff().call_reconnection(store, input),
+            validate_reconnection,
+        )
+    }
+}
+
+/// Contract checks on a tariff output: the common ones, and a charge that is not negative.
+fn validate_tariff(out: &TariffOutput, limits: &PolicyLimits) -> Result<(), String> {
+    common_checks(&out.reason_code, &out.explanation, limits)?;
+    if out.charge_fen < 0 {
+        return Err(format!("charge-fen {} is negative", out.charge_fen));
+    }
+    Ok(())
+}
+
+/// Contract checks on a warning output: the common ones, and a level in 0..=3.
+fn validate_warning(out: &WarningOutput, limits: &PolicyLimits) -> Result<(), String> {
+    common_checks(&out.reason_code, &out.explanation, limits)?;
+    if out.level > 3 {
+        return Err(format!("warning level {} is not 0..=3", out.level));
+    }
+    Ok(())
+}
+
+/// Contract checks on a notice output: the common ones, and an SMS of
+/// 1..=`max_sms_chars` characters.
+fn validate_notice(out: &NoticeOutput, limits: &PolicyLimits) -> Result<(), String> {
+    common_checks(&out.reason_code, &out.explanation, limits)?;
+    let chars = out.text.chars().count();
+    if chars == 0 || chars > limits.max_sms_chars {
+        return Err(format!(
+            "SMS text has {chars} characters; must be 1..={}",
+            limits.max_sms_chars
+        ));
+    }
+    Ok(())
+}
+
+/// Contract checks on a cutoff output (the common ones).
+fn validate_cutoff(out: &CutoffOutput, limits: &PolicyLimits) -> Result<(), String> {
+    common_checks(&out.reason_code, &out.explanation, limits)
+}
+
+/// Contract checks on a reconnection output (the common ones).
+fn validate_reconnection(out: &ReconnectionOutput, limits: &PolicyLimits) -> Result<(), String> {
+    common_checks(&out.reason_code, &out.explanation, limits)
 }
 
 fn wrong_kind<T>(c: &LoadedComponent, wanted: PolicyKind) -> Invocation<T> {
@@ -642,6 +799,20 @@ fn common_checks(
         ));
     }
     Ok(())
+}
+
+/// A writer that only counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn truncate(s: &str, max_chars: usize) -> String {

@@ -37,14 +37,16 @@
 
 use feegate_policy_sdk::calendar::{CivilDate, ClockTime, LocalDateTime, TimeWindow};
 use feegate_policy_sdk::decimal::{fixed, from_parts};
-use feegate_policy_sdk::params::{self, ParamDecimal};
+use feegate_policy_sdk::params::{self, ParamDecimal, ParsedOnce};
 use feegate_policy_sdk::{Decimal, PolicyError as SdkError};
 use serde::Deserialize;
 
 wit_bindgen::generate!({
     path: "../../wit",
     world: "cutoff-policy",
-    additional_derives: [PartialEq, Eq],
+    // serde: the host links this crate natively for `feegate bench policy` and reads the
+    // recorded decision inputs (the host's serde JSON of the same WIT records) into it.
+    additional_derives: [PartialEq, Eq, serde::Serialize, serde::Deserialize],
 });
 
 pub use exports::feegate::policy::cutoff::{
@@ -62,6 +64,12 @@ impl From<SdkError> for PolicyError {
             message: e.message,
         }
     }
+}
+
+thread_local! {
+    /// The county parameters, parsed once per instance while the string stays the same
+    /// ([`feegate_policy_sdk::params::ParsedOnce`]).
+    static PARAMS: ParsedOnce<CutoffParams> = const { ParsedOnce::new() };
 }
 
 /// The reconnection mode a county chooses for ordinary reconnections.
@@ -196,7 +204,7 @@ pub fn decide(input: &CutoffInput) -> Result<CutoffOutput, PolicyError> {
 }
 
 fn decide_checked(input: &CutoffInput) -> Result<CutoffOutput, SdkError> {
-    let p = CutoffParams::from_json(&input.parameters)?;
+    let p = PARAMS.with(|p| p.get(&input.parameters, CutoffParams::from_json))?;
     let now = local(&input.now, "now")?;
     let today = civil(&input.calendar.today, "calendar.today")?;
     if today != now.date {
@@ -395,7 +403,7 @@ pub fn reconnection(input: &ReconnectionInput) -> Result<ReconnectionOutput, Pol
 }
 
 fn reconnection_checked(input: &ReconnectionInput) -> Result<ReconnectionOutput, SdkError> {
-    let p = CutoffParams::from_json(&input.parameters)?;
+    let p = PARAMS.with(|p| p.get(&input.parameters, CutoffParams::from_json))?;
     local(&input.now, "now")?;
     let balance = dec(&input.balance, "balance")?;
     let b = fixed(balance, 2);

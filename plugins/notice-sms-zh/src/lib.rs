@@ -16,14 +16,16 @@
 //! second signature.
 
 use feegate_policy_sdk::decimal::{fixed, from_parts};
-use feegate_policy_sdk::params;
+use feegate_policy_sdk::params::{self, ParsedOnce};
 use feegate_policy_sdk::{Decimal, PolicyError as SdkError};
 use serde::Deserialize;
 
 wit_bindgen::generate!({
     path: "../../wit",
     world: "notice-policy",
-    additional_derives: [PartialEq, Eq],
+    // serde: the host links this crate natively for `feegate bench policy` and reads the
+    // recorded decision inputs (the host's serde JSON of the same WIT records) into it.
+    additional_derives: [PartialEq, Eq, serde::Serialize, serde::Deserialize],
 });
 
 pub use exports::feegate::policy::notice::{NoticeInput, NoticeKind, NoticeOutput};
@@ -36,6 +38,12 @@ impl From<SdkError> for PolicyError {
             message: e.message,
         }
     }
+}
+
+thread_local! {
+    /// The county parameters, parsed once per instance while the string stays the same
+    /// ([`feegate_policy_sdk::params::ParsedOnce`]).
+    static PARAMS: ParsedOnce<NoticeParams> = const { ParsedOnce::new() };
 }
 
 /// Longest SMS body this policy produces, in characters: three concatenated Chinese
@@ -126,7 +134,7 @@ pub fn word(input: &NoticeInput) -> Result<NoticeOutput, PolicyError> {
 }
 
 fn word_checked(input: &NoticeInput) -> Result<NoticeOutput, SdkError> {
-    let p = NoticeParams::from_json(&input.parameters)?;
+    let p = PARAMS.with(|p| p.get(&input.parameters, NoticeParams::from_json))?;
     let balance = dec(&input.balance, "balance")?;
     let days = match &input.days_of_credit_left {
         Some(d) => {

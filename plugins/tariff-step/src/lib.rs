@@ -28,13 +28,16 @@ pub mod tariff;
 
 use feegate_policy_sdk::calendar::CivilDate;
 use feegate_policy_sdk::decimal::{at_least_dp, from_parts, to_parts};
+use feegate_policy_sdk::params::ParsedOnce;
 use feegate_policy_sdk::{Decimal, PolicyError as SdkError};
 use tariff::{Band, Cycle, Segment, StepPortion, Tariff};
 
 wit_bindgen::generate!({
     path: "../../wit",
     world: "tariff-policy",
-    additional_derives: [PartialEq, Eq],
+    // serde: the host links this crate natively for `feegate bench policy` and reads the
+    // recorded decision inputs (the host's serde JSON of the same WIT records) into it.
+    additional_derives: [PartialEq, Eq, serde::Serialize, serde::Deserialize],
 });
 
 pub use exports::feegate::policy::tariff::{ChargeLine, TariffInput, TariffOutput};
@@ -56,6 +59,12 @@ impl From<SdkError> for PolicyError {
             message: e.message,
         }
     }
+}
+
+thread_local! {
+    /// The county parameters, parsed once per instance while the string stays the same
+    /// ([`feegate_policy_sdk::params::ParsedOnce`]).
+    static PARAMS: ParsedOnce<Tariff> = const { ParsedOnce::new() };
 }
 
 /// WIT `decimal` → exact [`Decimal`].
@@ -108,7 +117,7 @@ pub fn price(input: &TariffInput) -> Result<TariffOutput, PolicyError> {
 }
 
 fn price_checked(input: &TariffInput) -> Result<TariffOutput, SdkError> {
-    let tariff = Tariff::from_json(&input.parameters)?;
+    let tariff = PARAMS.with(|p| p.get(&input.parameters, Tariff::from_json))?;
     let first = date(&input.period_first, "period-first")?;
     let last = date(&input.period_last, "period-last")?;
     let kwh = non_negative(dec(&input.kwh, "kwh")?, "kwh")?;

@@ -31,7 +31,7 @@
 
 use feegate_policy_sdk::calendar::CivilDate;
 use feegate_policy_sdk::decimal::{fixed, from_parts, to_parts};
-use feegate_policy_sdk::params::{self, ParamDecimal};
+use feegate_policy_sdk::params::{self, ParamDecimal, ParsedOnce};
 use feegate_policy_sdk::{Decimal, PolicyError as SdkError};
 use rust_decimal::RoundingStrategy;
 use serde::Deserialize;
@@ -39,7 +39,9 @@ use serde::Deserialize;
 wit_bindgen::generate!({
     path: "../../wit",
     world: "warning-policy",
-    additional_derives: [PartialEq, Eq],
+    // serde: the host links this crate natively for `feegate bench policy` and reads the
+    // recorded decision inputs (the host's serde JSON of the same WIT records) into it.
+    additional_derives: [PartialEq, Eq, serde::Serialize, serde::Deserialize],
 });
 
 pub use exports::feegate::policy::warning::{WarningAction, WarningInput, WarningOutput};
@@ -52,6 +54,12 @@ impl From<SdkError> for PolicyError {
             message: e.message,
         }
     }
+}
+
+thread_local! {
+    /// The county parameters, parsed once per instance while the string stays the same
+    /// ([`feegate_policy_sdk::params::ParsedOnce`]).
+    static PARAMS: ParsedOnce<WarningParams> = const { ParsedOnce::new() };
 }
 
 /// Validated `[warning.parameters]`. Amounts in yuan (元).
@@ -216,7 +224,7 @@ pub fn assess(input: &WarningInput) -> Result<WarningOutput, PolicyError> {
 }
 
 fn assess_checked(input: &WarningInput) -> Result<WarningOutput, SdkError> {
-    let p = WarningParams::from_json(&input.parameters)?;
+    let p = PARAMS.with(|p| p.get(&input.parameters, WarningParams::from_json))?;
     let date = |d: &Date, what: &str| {
         CivilDate::new(d.year, d.month, d.day)
             .map_err(|e| SdkError::invalid_input(format!("{what}: {e}")))
