@@ -13,7 +13,7 @@
 //!
 //! Requests are picked up from the decision log ([`collect_requests`]): the warning
 //! stage records `RequestAutoDebit` in its decision's output; nothing else is needed
-//! from it. The warning input's `auto_debit_in_flight` can be filled with [`in_flight`].
+//! from it. The warning input's `auto_debit_in_flight` is filled with [`in_flight`].
 
 use crate::channels::auth;
 use crate::channels::config::AutoDebitConfig;

@@ -406,6 +406,38 @@ impl Host {
         Ok(())
     }
 
+    /// Queues the "payment received" SMS for an applied payment (once per channel
+    /// transaction: the notice's dedup key), worded by the county's notice component.
+    pub async fn notify_payment(
+        &self,
+        p: &PaymentNotice<'_>,
+        balance_after_fen: crate::money::Fen,
+    ) -> Result<(), JobError> {
+        let now = self.clock.now();
+        let mut conn = self.db.pool.acquire().await?;
+        let dedup_key = format!("paid:{}:{}", p.channel, p.channel_txn_id);
+        let req = NoticeRequest {
+            amount_fen: Some(p.amount_fen),
+            ..NoticeRequest::event(
+                NoticeKind::PaymentReceived,
+                p.account_id,
+                now.date(),
+                balance_after_fen,
+                dedup_key,
+            )
+        };
+        outbox::queue_notice(
+            &mut conn,
+            &self.engine,
+            &self.county.county,
+            &self.county.snapshot(),
+            &req,
+            now,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Applies a settled payment; if it lifts a disconnected account to its reconnect
     /// line, reconnection starts at once (the relay command is issued and verified in
     /// this call).
@@ -414,27 +446,7 @@ impl Host {
         let applied = payment::apply(&self.db, p, EntryKind::Payment, now).await?;
         let policies = self.county.snapshot();
         if let Applied::Posted { balance_after_fen } = applied {
-            let mut conn = self.db.pool.acquire().await?;
-            let dedup_key = format!("paid:{}:{}", p.channel, p.channel_txn_id);
-            let req = NoticeRequest {
-                amount_fen: Some(p.amount_fen),
-                ..NoticeRequest::event(
-                    NoticeKind::PaymentReceived,
-                    p.account_id,
-                    now.date(),
-                    balance_after_fen,
-                    dedup_key,
-                )
-            };
-            outbox::queue_notice(
-                &mut conn,
-                &self.engine,
-                &self.county.county,
-                &policies,
-                &req,
-                now,
-            )
-            .await?;
+            self.notify_payment(p, balance_after_fen).await?;
         }
         let reconnection = payment::reconnect_if_due(
             &self.db,

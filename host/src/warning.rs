@@ -60,7 +60,7 @@ pub async fn assess(
             recent_days: recent_days(&mut conn, account_id, history_days).await?,
             days_in_arrears: facts.days_in_arrears(today),
             level_already_notified: level_already_notified(&mut conn, account_id).await?,
-            auto_debit_in_flight: false,
+            auto_debit_in_flight: crate::autodebit::in_flight(&mut conn, account_id).await?,
             parameters: warning.parameters_json.clone(),
         };
         let invocation = engine.assess(&warning.component, &input);

@@ -664,17 +664,35 @@ async fn payment_reconnects_a_disconnected_account_at_once() {
     // The customer is told to press the button.
     let notices = scalar(
         db,
-        &format!("SELECT COUNT(*) FROM sms_outbox WHERE account_id = '{account}'"),
+        &format!(
+            "SELECT COUNT(*) FROM sms_outbox WHERE account_id = '{account}' AND kind = 'press-button-to-restore'"
+        ),
     )
     .await;
-    assert!(notices >= 1, "press-the-button notice queued");
-    // A further payment does not issue a second command.
+    assert_eq!(notices, 1, "press-the-button notice queued once");
+    // A further payment does not issue a second command; a retry of it is a duplicate.
     assert_eq!(
         s.channel.post("app", &pay("RC2", account, "10.00")).await.1["code"],
         "applied"
     );
+    assert_eq!(
+        s.channel.post("app", &pay("RC2", account, "10.00")).await.1["code"],
+        "duplicate"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(scalar(db, "SELECT COUNT(*) FROM relay_commands").await, 1);
+    // Each applied payment is acknowledged by SMS once, retries included.
+    let paid: Vec<String> = sqlx::query(
+        "SELECT dedup_key FROM sms_outbox WHERE account_id = $1 AND kind = 'payment-received' ORDER BY dedup_key",
+    )
+    .bind(account)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    assert_eq!(paid, ["paid:app:RC0", "paid:app:RC1", "paid:app:RC2"]);
 }
 
 /// Reconciliation against a statement with every kind of finding.

@@ -19,7 +19,19 @@ fn serve_answers_health_readiness_and_metrics_swaps_an_activated_policy_and_stop
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("serve.db").display());
     let port = free_port();
-    let config = common::serve_config(dir.path(), port, "[registry]\npoll_seconds = 1");
+    std::fs::write(
+        dir.path().join("channels.toml"),
+        "[channels.bank-transfer]\nauth = \"hmac-sha256\"\nsecret = \"serve-test-secret-0123456789\"\nmax_amount_yuan = \"50000.00\"\n",
+    )
+    .unwrap();
+    let config = common::serve_config(
+        dir.path(),
+        port,
+        &format!(
+            "[registry]\npoll_seconds = 1\n\n[channels]\nconfig = \"{}\"",
+            dir.path().join("channels.toml").display()
+        ),
+    );
     // A county with history: two simulated days (its simulated meters are gone now, so
     // today's reads fail, which must not stop anything).
     let demo = feegate(&common::repo())
@@ -59,6 +71,38 @@ fn serve_answers_health_readiness_and_metrics_swaps_an_activated_policy_and_stop
         assert!(metrics.contains(needle), "missing {needle:?} in\n{metrics}");
     }
     assert_eq!(get(port, "/nowhere").unwrap().0, 404);
+
+    // The payment channels are mounted: a signed bank transfer is applied once, its
+    // retry is a duplicate, a forged one is refused.
+    let body = r#"{"txn_id":"BT-SERVE-1","account_id":"3500000001","amount":"25.00","currency":"CNY","type":"payment"}"#;
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let sig =
+        feegate::channels::auth::hmac_sign(b"serve-test-secret-0123456789", ts, body.as_bytes());
+    let ts = ts.to_string();
+    let post = |sig: &str| {
+        common::http_request(
+            port,
+            "POST",
+            "/channels/bank-transfer/notify",
+            &[
+                ("X-Feegate-Timestamp", ts.as_str()),
+                ("X-Feegate-Signature", sig),
+            ],
+            body,
+        )
+        .unwrap()
+    };
+    let (status, answer) = post(&sig);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""code":"applied""#), "{answer}");
+    let (status, answer) = post(&sig);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""code":"duplicate""#), "{answer}");
+    let (status, answer) = post(&"0".repeat(64));
+    assert_eq!(status, 401, "{answer}");
 
     // Activate a new tariff version from another process; the running host swaps it in.
     let run = |args: &[&str]| {

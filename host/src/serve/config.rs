@@ -32,6 +32,9 @@
 //! [registry]
 //! poll_seconds = 2
 //!
+//! [channels]                   # payment endpoints; none unless set
+//! config = "channels.toml"
+//!
 //! [cluster]                    # several hosts on one database
 //! host_id = "<hostname>-<pid>"
 //! lease_seconds = 15
@@ -82,6 +85,7 @@ pub struct ServeConfig {
     pub schedule: ScheduleSection,
     pub registry: RegistrySection,
     pub cluster: ClusterSection,
+    pub channels: ChannelsSection,
     /// The counties this host serves. Default: the shipped Xianyou policy set.
     #[serde(rename = "county")]
     pub counties: Vec<CountySection>,
@@ -96,6 +100,7 @@ impl Default for ServeConfig {
             schedule: ScheduleSection::default(),
             registry: RegistrySection::default(),
             cluster: ClusterSection::default(),
+            channels: ChannelsSection::default(),
             counties: vec![CountySection::default()],
         }
     }
@@ -241,6 +246,15 @@ impl Default for ClusterSection {
     }
 }
 
+/// `[channels]`: payment channel endpoints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelsSection {
+    /// The channels file (secrets, public keys, limits, auto-debit; see README
+    /// "Payments"). None (default): no payment endpoints on this host.
+    pub config: Option<PathBuf>,
+}
+
 /// `[[county]]`: one county this host serves.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -339,8 +353,8 @@ impl ServeConfig {
 }
 
 /// The sections environment variables may override.
-const ENV_SECTIONS: [&str; 6] = [
-    "server", "database", "meters", "schedule", "registry", "cluster",
+const ENV_SECTIONS: [&str; 7] = [
+    "server", "database", "meters", "schedule", "registry", "cluster", "channels",
 ];
 
 /// `FEEGATE_<SECTION>__<KEY>=value` pairs as a nested dictionary; values are parsed the

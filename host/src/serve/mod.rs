@@ -49,7 +49,7 @@ use tokio::sync::watch;
 
 /// One county as served: its host (the daily job) and its registry watcher.
 pub struct CountyRuntime {
-    pub host: Host,
+    pub host: Arc<Host>,
     pub watcher: Arc<Watcher>,
     pub offset: FixedOffset,
     /// Set once the scheduler has caught up after start.
@@ -63,6 +63,8 @@ pub struct ServeState {
     pub metrics: Arc<Metrics>,
     /// The SMS receipts endpoint's state, when an HTTP SMS gateway is configured.
     pub receipts: Option<crate::sms::receipts::ReceiptsState>,
+    /// The payment channels' endpoints, when `[channels] config` names a file.
+    pub channels: Option<crate::channels::ChannelsState>,
 }
 
 /// Opens the database, loads every county's policy set, records the shipped components
@@ -131,7 +133,7 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Arc<ServeState>> {
         ));
         watcher.poll().await?;
         counties.push(Arc::new(CountyRuntime {
-            host: Host {
+            host: Arc::new(Host {
                 db: db.clone(),
                 engine: engine.clone(),
                 meters: meters.clone(),
@@ -139,7 +141,7 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Arc<ServeState>> {
                 config: host_config.clone(),
                 clock,
                 sms: sms.clone(),
-            },
+            }),
             watcher,
             offset,
             caught_up: AtomicBool::new(false),
@@ -157,18 +159,42 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Arc<ServeState>> {
         }),
         _ => None,
     };
+    // Payment channels (`[channels] config`): notifications applied exactly once,
+    // reconnection at once, auto-debit. Reconnection decisions need the account's county
+    // policies: with one county served they are made here at once; with several, the
+    // county's relays job reconnects (within a minute by default).
+    let channels = match &config.channels.config {
+        None => None,
+        Some(path) => {
+            let cfg = crate::channels::config::ChannelsConfig::load(path)
+                .with_context(|| format!("[channels] config {}", path.display()))?;
+            let clock = counties
+                .first()
+                .map(|c| c.host.clock.clone())
+                .context("[channels] needs at least one [[county]]")?;
+            let host = (counties.len() == 1).then(|| counties[0].host.clone());
+            let service =
+                crate::channels::service::Service::start(db.clone(), cfg, clock.clone(), host)
+                    .await?;
+            service.spawn_auto_debit(db.clone(), clock, Duration::from_secs(60));
+            Some(service.state.clone())
+        }
+    };
     Ok(Arc::new(ServeState {
         db,
         counties,
         metrics: Arc::new(Metrics::new()),
         receipts,
+        channels,
     }))
 }
 
-/// The HTTP routes: health, readiness, metrics, and the SMS gateway's delivery
-/// receipts (`POST /sms/receipts`) when an HTTP gateway is configured.
+/// The HTTP routes: health, readiness, metrics; the SMS gateway's delivery receipts
+/// (`POST /sms/receipts`) when an HTTP gateway is configured; the payment channels'
+/// notifications (`POST /channels/{channel}/notify`) when `[channels]` is configured.
 pub fn router(state: Arc<ServeState>) -> Router {
     let receipts = state.receipts.clone();
+    let channels = state.channels.clone();
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -176,6 +202,9 @@ pub fn router(state: Arc<ServeState>) -> Router {
         .with_state(state);
     if let Some(r) = receipts {
         router = router.merge(crate::sms::receipts::receipts_router(r));
+    }
+    if let Some(c) = channels {
+        router = router.merge(crate::channels::router(c));
     }
     router
 }
