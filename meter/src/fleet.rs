@@ -174,6 +174,17 @@ impl FleetClient {
     }
 }
 
+/// Default timeouts and retries on every link, no security module, no 1376.1 master
+/// station (terminal meters fail with that reason).
+impl Default for FleetClient {
+    fn default() -> Self {
+        FleetClient::new(
+            ModbusMeterClient::default(),
+            Dlt645Client::new(crate::dlt645_client::Dlt645Config::default(), None),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,13 +212,3 @@ mod tests {
     }
 }
 
-/// Default timeouts and retries on every link, no security module, no 1376.1 master
-/// station (terminal meters fail with that reason).
-impl Default for FleetClient {
-    fn default() -> Self {
-        FleetClient::new(
-            ModbusMeterClient::default(),
-            Dlt645Client::new(crate::dlt645_client::Dlt645Config::default(), None),
-        )
-    }
-}

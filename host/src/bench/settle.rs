@@ -123,7 +123,7 @@ pub async fn seed_accounts(
 
 /// Initial prepayment of bench account `i`, fen.
 fn prepayment(i: usize) -> i64 {
-    if i % 3 == 0 { 5_500 } else { 20_000 }
+    if i.is_multiple_of(3) { 5_500 } else { 20_000 }
 }
 
 fn peak_rss_mib() -> f64 {
