@@ -26,6 +26,13 @@ struct CountyInputs {
         default_value = "../shared/data/lcl_2013_daily_kwh_100hh.csv"
     )]
     data: PathBuf,
+    #[command(flatten)]
+    policy: PolicyInputs,
+}
+
+/// A county's policy set and the built components it names.
+#[derive(clap::Args)]
+struct PolicyInputs {
     /// County policy set directory.
     #[arg(long, env = "FEEGATE_POLICY_SET", default_value = "policies/xianyou")]
     policy_set: PathBuf,
@@ -183,16 +190,9 @@ enum ChannelsCmd {
         /// Address to listen on, e.g. 127.0.0.1:8443 (put TLS in front).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
-        /// County policy set (its cutoff component decides reconnections).
-        #[arg(long, env = "FEEGATE_POLICY_SET", default_value = "policies/xianyou")]
-        policy_set: PathBuf,
-        /// Directory of built policy components (`make plugins`).
-        #[arg(
-            long,
-            env = "FEEGATE_COMPONENTS",
-            default_value = "target/wasm32-wasip2/plugin"
-        )]
-        components: PathBuf,
+        /// The county whose cutoff component decides reconnections.
+        #[command(flatten)]
+        policy: PolicyInputs,
         /// Do not reconnect at once (the daily job's sweep reconnects instead).
         #[arg(long)]
         no_reconnect: bool,
@@ -856,8 +856,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     inputs:
                         CountyInputs {
                             data,
-                            policy_set,
-                            components,
+                            policy:
+                                PolicyInputs {
+                                    policy_set,
+                                    components,
+                                },
                         },
                 },
         } => {
@@ -898,8 +901,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     inputs:
                         CountyInputs {
                             data,
-                            policy_set,
-                            components,
+                            policy:
+                                PolicyInputs {
+                                    policy_set,
+                                    components,
+                                },
                         },
                     json,
                 },
@@ -942,8 +948,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     inputs:
                         CountyInputs {
                             data,
-                            policy_set,
-                            components,
+                            policy:
+                                PolicyInputs {
+                                    policy_set,
+                                    components,
+                                },
                         },
                     json,
                 },
@@ -977,8 +986,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     config,
                     db,
                     listen,
-                    policy_set,
-                    components,
+                    policy:
+                        PolicyInputs {
+                            policy_set,
+                            components,
+                        },
                     no_reconnect,
                 },
         } => channels_serve(&config, &db, listen, &policy_set, &components, no_reconnect).await,
@@ -1039,8 +1051,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             inputs:
                 CountyInputs {
                     data,
-                    policy_set,
-                    components,
+                    policy:
+                        PolicyInputs {
+                            policy_set,
+                            components,
+                        },
                 },
             meters_per_gateway,
             read_timeout_ms,
