@@ -176,9 +176,52 @@ impl Host {
         Ok(report)
     }
 
+    /// Queues the "payment received" SMS for channel payments applied in the last two
+    /// days that have none yet (the channel path answers the channel without waiting
+    /// for the notice component; this sweep, run before every outbox delivery, tells
+    /// the customer). Once per channel transaction (the notice's dedup key); an account
+    /// held at the notice stage (its notice component failed) is skipped until a person
+    /// releases it. Returns how many were asked for.
+    pub async fn notify_channel_payments(&self) -> Result<u32, JobError> {
+        let since = ts(self.clock.now() - chrono::Duration::days(2));
+        let rows = sqlx::query(
+            "SELECT i.channel, i.channel_txn_id, i.account_id, i.amount_fen, a.balance_fen
+             FROM payment_inbox i JOIN accounts a ON a.account_id = i.account_id
+             WHERE a.county = $1 AND i.kind = 'payment' AND i.status = 'applied' AND i.applied_at >= $2
+               AND NOT EXISTS (SELECT 1 FROM sms_outbox o WHERE o.dedup_key = 'paid:' || i.channel || ':' || i.channel_txn_id)
+               AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.account_id = i.account_id AND h.stage = 'notice' AND h.released_at IS NULL)
+             ORDER BY i.inbox_id",
+        )
+        .bind(&self.county.county)
+        .bind(since)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let mut asked = 0;
+        for r in rows {
+            let (channel, txn, account): (String, String, String) = (
+                sqlx::Row::try_get(&r, 0)?,
+                sqlx::Row::try_get(&r, 1)?,
+                sqlx::Row::try_get(&r, 2)?,
+            );
+            let notice = PaymentNotice {
+                channel: &channel,
+                channel_txn_id: &txn,
+                account_id: &account,
+                amount_fen: sqlx::Row::try_get(&r, 3)?,
+            };
+            // The balance now: what the customer has when the SMS arrives.
+            self.notify_payment(&notice, sqlx::Row::try_get(&r, 4)?)
+                .await?;
+            asked += 1;
+        }
+        Ok(asked)
+    }
+
     /// Delivers due SMS outside the county's quiet hours, with retries, backoff and
-    /// escalation ([`outbox::deliver`]).
+    /// escalation ([`outbox::deliver`]), after queueing the "payment received" notices of
+    /// channel payments ([`Host::notify_channel_payments`]).
     pub async fn run_outbox(&self) -> Result<OutboxReport, JobError> {
+        self.notify_channel_payments().await?;
         Ok(outbox::deliver(
             &self.db,
             self.sms.as_ref(),

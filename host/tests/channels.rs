@@ -681,7 +681,10 @@ async fn payment_reconnects_a_disconnected_account_at_once() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(scalar(db, "SELECT COUNT(*) FROM relay_commands").await, 1);
-    // Each applied payment is acknowledged by SMS once, retries included.
+    // Each applied payment is acknowledged by SMS once, retries included, by the outbox
+    // job's sweep (the channel's answer does not wait for it); a second sweep adds none.
+    assert_eq!(s.scenario.host.notify_channel_payments().await.unwrap(), 3);
+    assert_eq!(s.scenario.host.notify_channel_payments().await.unwrap(), 0);
     let paid: Vec<String> = sqlx::query(
         "SELECT dedup_key FROM sms_outbox WHERE account_id = $1 AND kind = 'payment-received' ORDER BY dedup_key",
     )

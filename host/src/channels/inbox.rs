@@ -164,24 +164,14 @@ async fn process(ctx: &InboxContext, jobs: &[Job]) -> Result<Option<Vec<Answer>>
             Step1::Done(a) => a,
             Step1::Apply(_) => {
                 let (answer, reconnect) = applied.next().expect("one result per pending");
-                if let Some(r) = &ctx.reconnector {
-                    announce(r, &job.n, &answer);
-                    if reconnect {
-                        r.request(&job.n.account_id, job.accepted);
-                    }
+                if reconnect && let Some(r) = &ctx.reconnector {
+                    r.request(&job.n.account_id, job.accepted);
                 }
                 answer
             }
         });
     }
     Ok(Some(answers))
-}
-
-/// A payment just applied gets its "payment received" SMS.
-fn announce(r: &Reconnector, n: &Notification, answer: &Answer) {
-    if answer.code == ResultCode::Applied && matches!(n.instruction, Instruction::Payment { .. }) {
-        r.payment_received(&n.channel, &n.txn_id, &n.account_id, n.amount_fen);
-    }
 }
 
 /// Transaction 1 for one notification: record it, or find its earlier copy.
@@ -510,11 +500,8 @@ pub async fn recover(
         for (p, (answer, reconnect)) in chunk.iter().zip(results) {
             tracing::info!(channel = %p.n.channel, txn = %p.n.txn_id, code = answer.code.as_str(), "recovered from the inbox");
             applied += u32::from(answer.code == ResultCode::Applied);
-            if let Some(r) = reconnector {
-                announce(r, &p.n, &answer);
-                if reconnect {
-                    r.request(&p.n.account_id, Instant::now());
-                }
+            if reconnect && let Some(r) = reconnector {
+                r.request(&p.n.account_id, Instant::now());
             }
         }
     }

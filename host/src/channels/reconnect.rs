@@ -42,38 +42,6 @@ impl Reconnector {
         }
     }
 
-    /// Queues the "payment received" SMS for a payment the channel path applied, in the
-    /// background (the answer to the channel does not wait for the notice component).
-    /// Idempotent per channel transaction; a failure is logged, the payment stands.
-    pub fn payment_received(&self, channel: &str, txn_id: &str, account_id: &str, amount_fen: i64) {
-        let (host, channel, txn, account) = (
-            self.host.clone(),
-            channel.to_string(),
-            txn_id.to_string(),
-            account_id.to_string(),
-        );
-        tokio::spawn(async move {
-            let result = async {
-                let mut conn = host.db.pool.acquire().await?;
-                let balance = crate::accountview::AccountFacts::load(&mut conn, &account)
-                    .await?
-                    .balance_fen;
-                drop(conn);
-                let notice = crate::payment::PaymentNotice {
-                    channel: &channel,
-                    channel_txn_id: &txn,
-                    account_id: &account,
-                    amount_fen,
-                };
-                host.notify_payment(&notice, balance).await
-            }
-            .await;
-            if let Err(e) = result {
-                tracing::error!(account, txn, error = %e, "payment-received SMS not queued");
-            }
-        });
-    }
-
     /// Reconnects `account_id` in the background if it is due; `accepted` is when the
     /// payment was accepted.
     pub fn request(&self, account_id: &str, accepted: Instant) {
