@@ -162,7 +162,11 @@ async fn three_hosts_share_a_county_and_one_killed_mid_settlement_is_taken_over_
     };
     let killed_at = Instant::now();
     let at_kill = {
-        let (_, p) = hosts.iter_mut().find(|(id, _)| *id == victim).unwrap();
+        // The lease holder is "<host_id>#<token of the process>".
+        let (_, p) = hosts
+            .iter_mut()
+            .find(|(id, _)| victim.starts_with(&format!("{id}#")))
+            .unwrap();
         p.kill();
         settled_count(&db, day).await
     };

@@ -205,9 +205,30 @@ fn plain_decimal(s: &str) -> Option<Decimal> {
     ok.then(|| Decimal::from_str(s).ok()).flatten()
 }
 
+/// The fields a notification may carry (parsed only to refuse others and repeats).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct KnownFields {
+    txn_id: Option<serde_json::Value>,
+    account_id: Option<serde_json::Value>,
+    amount: Option<serde_json::Value>,
+    currency: Option<serde_json::Value>,
+    #[serde(rename = "type")]
+    kind: Option<serde_json::Value>,
+    original_txn_id: Option<serde_json::Value>,
+    debit_request_id: Option<serde_json::Value>,
+    reason: Option<serde_json::Value>,
+}
+
 /// Parses and validates a notification body for `channel` (max amount `max_fen`).
 /// Errors name the field and what is expected.
 pub fn validate(channel: &str, body: &[u8], max_fen: Fen) -> Result<Notification, Answer> {
+    // Only the documented fields, each once: an unknown or misspelt field (`txn_type`,
+    // `Type`) or a repeated one (two `amount`s, where a channel's parser and ours could
+    // read different values) is refused, never guessed at.
+    serde_json::from_slice::<KnownFields>(body)
+        .map_err(|e| Answer::new(ResultCode::BadRequest, None, format!("body refused: {e}")))?;
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         Answer::new(
             ResultCode::BadRequest,
@@ -232,7 +253,26 @@ pub fn validate(channel: &str, body: &[u8], max_fen: Fen) -> Result<Notification
             "account_id must be 1–32 characters of A–Z a–z 0–9 - _ .".into(),
         );
     }
-    let kind = field("type").unwrap_or("payment");
+    let Some(kind) = field("type") else {
+        return bad(
+            ResultCode::BadRequest,
+            "type is missing: payment, reversal, refund or debit-failed".into(),
+        );
+    };
+    // A field that belongs to another type means the body is not what it says.
+    let belongs = |name: &str, types: &[&str]| v.get(name).is_none() || types.contains(&kind);
+    for (name, types) in [
+        ("original_txn_id", &["reversal", "refund"][..]),
+        ("debit_request_id", &["payment", "debit-failed"][..]),
+        ("reason", &["debit-failed"][..]),
+    ] {
+        if !belongs(name, types) {
+            return bad(
+                ResultCode::BadRequest,
+                format!("{name} does not belong in a {kind} notification"),
+            );
+        }
+    }
     if kind == "debit-failed" {
         let Some(request) = field("debit_request_id").filter(|r| ident_ok(r, 64)) else {
             return bad(
@@ -430,79 +470,79 @@ mod tests {
     fn validation_table() {
         let cases: &[(&str, Result<Fen, ResultCode>)] = &[
             (
-                r#"{"txn_id":"T1","account_id":"A1","amount":"100.00","currency":"CNY"}"#,
+                r#"{"type":"payment","txn_id":"T1","account_id":"A1","amount":"100.00","currency":"CNY"}"#,
                 Ok(10000),
             ),
             (
-                r#"{"txn_id":"T1","account_id":"A1","amount":"0.01","currency":"CNY"}"#,
+                r#"{"type":"payment","txn_id":"T1","account_id":"A1","amount":"0.01","currency":"CNY"}"#,
                 Ok(1),
             ),
             (
-                r#"{"txn_id":"T1","account_id":"A1","amount":"5000","currency":"CNY"}"#,
+                r#"{"type":"payment","txn_id":"T1","account_id":"A1","amount":"5000","currency":"CNY"}"#,
                 Ok(500000),
             ),
             (
-                r#"{"txn_id":"T1","account_id":"A1","amount":"5000.01","currency":"CNY"}"#,
+                r#"{"type":"payment","txn_id":"T1","account_id":"A1","amount":"5000.01","currency":"CNY"}"#,
                 Err(ResultCode::AmountOverLimit),
             ),
             (
-                r#"{"txn_id":"T1","account_id":"A1","amount":"-5.00","currency":"CNY"}"#,
+                r#"{"type":"payment","txn_id":"T1","account_id":"A1","amount":"-5.00","currency":"CNY"}"#,
                 Err(ResultCode::BadAmount),
             ),
             (
-                r#"{"txn_id":"T1","account_id":"A1","amount":"0.00","currency":"CNY"}"#,
+                r#"{"type":"payment","txn_id":"T1","account_id":"A1","amount":"0.00","currency":"CNY"}"#,
                 Err(ResultCode::BadAmount),
             ),
             (
-                r#"{"txn_id":"T1","account_id":"A1","amount":"1.001","currency":"CNY"}"#,
+                r#"{"type":"payment","txn_id":"T1","account_id":"A1","amount":"1.001","currency":"CNY"}"#,
                 Err(ResultCode::BadAmount),
             ),
             (
-                r#"{"txn_id":"T1","account_id":"A1","amount":100.5,"currency":"CNY"}"#,
+                r#"{"type":"payment","txn_id":"T1","account_id":"A1","amount":100.5,"currency":"CNY"}"#,
                 Err(ResultCode::BadAmount),
             ),
             (
-                r#"{"txn_id":"T1","account_id":"A1","amount":"1e3","currency":"CNY"}"#,
+                r#"{"type":"payment","txn_id":"T1","account_id":"A1","amount":"1e3","currency":"CNY"}"#,
                 Err(ResultCode::BadAmount),
             ),
             (
-                r#"{"txn_id":"T1","account_id":"A1","amount":"+10","currency":"CNY"}"#,
+                r#"{"type":"payment","txn_id":"T1","account_id":"A1","amount":"+10","currency":"CNY"}"#,
                 Err(ResultCode::BadAmount),
             ),
             (
-                r#"{"txn_id":"T1","account_id":"A1","amount":"10.","currency":"CNY"}"#,
+                r#"{"type":"payment","txn_id":"T1","account_id":"A1","amount":"10.","currency":"CNY"}"#,
                 Err(ResultCode::BadAmount),
             ),
             (
-                r#"{"txn_id":"T1","account_id":"A1","amount":" 10","currency":"CNY"}"#,
+                r#"{"type":"payment","txn_id":"T1","account_id":"A1","amount":" 10","currency":"CNY"}"#,
                 Err(ResultCode::BadAmount),
             ),
             (
-                r#"{"txn_id":"T1","account_id":"A1","amount":"99999999999999999999999999","currency":"CNY"}"#,
+                r#"{"type":"payment","txn_id":"T1","account_id":"A1","amount":"99999999999999999999999999","currency":"CNY"}"#,
                 Err(ResultCode::BadAmount),
             ),
             (
-                r#"{"txn_id":"T1","account_id":"A1","currency":"CNY"}"#,
+                r#"{"type":"payment","txn_id":"T1","account_id":"A1","currency":"CNY"}"#,
                 Err(ResultCode::BadAmount),
             ),
             (
-                r#"{"txn_id":"T1","account_id":"A1","amount":"10.00","currency":"USD"}"#,
+                r#"{"type":"payment","txn_id":"T1","account_id":"A1","amount":"10.00","currency":"USD"}"#,
                 Err(ResultCode::WrongCurrency),
             ),
             (
-                r#"{"txn_id":"T1","account_id":"A1","amount":"10.00"}"#,
+                r#"{"type":"payment","txn_id":"T1","account_id":"A1","amount":"10.00"}"#,
                 Err(ResultCode::WrongCurrency),
             ),
             (
-                r#"{"txn_id":"","account_id":"A1","amount":"10.00","currency":"CNY"}"#,
+                r#"{"type":"payment","txn_id":"","account_id":"A1","amount":"10.00","currency":"CNY"}"#,
                 Err(ResultCode::BadRequest),
             ),
             (
-                r#"{"txn_id":"T 1","account_id":"A1","amount":"10.00","currency":"CNY"}"#,
+                r#"{"type":"payment","txn_id":"T 1","account_id":"A1","amount":"10.00","currency":"CNY"}"#,
                 Err(ResultCode::BadRequest),
             ),
             (
-                r#"{"txn_id":"T1","amount":"10.00","currency":"CNY"}"#,
+                r#"{"type":"payment","txn_id":"T1","amount":"10.00","currency":"CNY"}"#,
                 Err(ResultCode::BadRequest),
             ),
             (
@@ -518,6 +558,32 @@ mod tests {
                 Ok(1000),
             ),
             ("not json", Err(ResultCode::BadRequest)),
+            // No type, a misspelt or unknown field, a repeated field, a field of another
+            // type: refused, never read as a payment.
+            (
+                r#"{"txn_id":"T1","account_id":"A1","amount":"10.00","currency":"CNY"}"#,
+                Err(ResultCode::BadRequest),
+            ),
+            (
+                r#"{"txn_id":"R1","account_id":"A1","amount":"6.00","currency":"CNY","txn_type":"refund","original_txn_id":"T1"}"#,
+                Err(ResultCode::BadRequest),
+            ),
+            (
+                r#"{"txn_id":"R1","account_id":"A1","amount":"6.00","currency":"CNY","Type":"refund","original_txn_id":"T1"}"#,
+                Err(ResultCode::BadRequest),
+            ),
+            (
+                r#"{"type":"payment","txn_id":"T1","account_id":"A1","amount":"1.00","amount":"9000.00","currency":"CNY"}"#,
+                Err(ResultCode::BadRequest),
+            ),
+            (
+                r#"{"type":"payment","txn_id":"T1","account_id":"A1","amount":"6.00","currency":"CNY","original_txn_id":"T0"}"#,
+                Err(ResultCode::BadRequest),
+            ),
+            (
+                r#"{"type":"refund","txn_id":"R1","account_id":"A1","amount":"6.00","currency":"CNY","original_txn_id":"T0","debit_request_id":"D1"}"#,
+                Err(ResultCode::BadRequest),
+            ),
         ];
         for (body, want) in cases {
             let got = validate("app", body.as_bytes(), 500_000)

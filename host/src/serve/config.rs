@@ -3,7 +3,8 @@
 //! Every key has a default (an empty file is a valid configuration for one county, the
 //! shipped Xianyou policy set, on SQLite). Environment variables override the file:
 //! `FEEGATE_<SECTION>__<KEY>`, e.g. `FEEGATE_DATABASE__URL=postgres://…` or
-//! `FEEGATE_SERVER__LISTEN=0.0.0.0:8080` (the `[[county]]` list is file-only).
+//! `FEEGATE_SERVER__LISTEN=0.0.0.0:8080` (the `[[county]]` list is file-only); `FEEGATE_DB`,
+//! which the other commands read, is the database URL too (`FEEGATE_DATABASE__URL` wins).
 //!
 //! An invalid file is refused before anything starts, with the line, the column and the
 //! reason (`feegate.toml:7:12: invalid cron expression for schedule.cutoff …`).
@@ -70,6 +71,9 @@ pub enum ConfigError {
         column: usize,
         reason: String,
     },
+    /// A value is out of its range (file or environment).
+    #[error("{0}")]
+    Range(String),
     /// A value from the environment is not valid.
     #[error("environment override: {0}; fix or unset the FEEGATE_<SECTION>__<KEY> variable")]
     Env(String),
@@ -346,9 +350,44 @@ impl ServeConfig {
             figment = figment.merge(Toml::string(&text));
         }
         figment = figment.merge(Serialized::defaults(env_overrides(env)));
-        figment
+        let config: ServeConfig = figment
             .extract()
-            .map_err(|e| ConfigError::Env(e.to_string()))
+            .map_err(|e| ConfigError::Env(e.to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+}
+
+impl ServeConfig {
+    /// Ranges serde cannot express: refused at load, before anything starts.
+    fn check(&self) -> Result<(), ConfigError> {
+        let range = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Range(what.to_string()))
+            }
+        };
+        range(
+            (1..=366).contains(&self.schedule.catch_up_days),
+            "schedule.catch_up_days must be 1..=366 (days of missed mornings run after downtime)",
+        )?;
+        range(
+            (3..=3600).contains(&self.cluster.lease_seconds),
+            "cluster.lease_seconds must be 3..=3600",
+        )?;
+        range(
+            (1..=3600).contains(&self.registry.poll_seconds),
+            "registry.poll_seconds must be 1..=3600",
+        )?;
+        range(
+            !self.cluster.host_id.trim().is_empty(),
+            "cluster.host_id must not be empty",
+        )?;
+        range(
+            !self.counties.is_empty(),
+            "at least one [[county]] is needed",
+        )
     }
 }
 
@@ -361,6 +400,18 @@ const ENV_SECTIONS: [&str; 7] = [
 /// way figment parses environment values (numbers, booleans, else strings).
 fn env_overrides(env: impl IntoIterator<Item = (String, String)>) -> Dict {
     let mut dict = Dict::new();
+    let mut env: Vec<(String, String)> = env.into_iter().collect();
+    // `FEEGATE_DB`, which every other command reads, names the database here too, so
+    // `policy activate` and `serve` cannot silently use two databases;
+    // `FEEGATE_DATABASE__URL` wins when both are set.
+    if let Some(db) = env
+        .iter()
+        .find(|(k, _)| k == "FEEGATE_DB")
+        .map(|(_, v)| v.clone())
+        && !env.iter().any(|(k, _)| k == "FEEGATE_DATABASE__URL")
+    {
+        env.push(("FEEGATE_DATABASE__URL".into(), db));
+    }
     for (name, value) in env {
         let Some((section, key)) = name
             .strip_prefix("FEEGATE_")
@@ -499,6 +550,44 @@ mod tests {
                 other => panic!("{text:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_before_anything_starts() {
+        for (text, needle) in [
+            ("[schedule]\ncatch_up_days = 4000000000\n", "catch_up_days"),
+            ("[schedule]\ncatch_up_days = 0\n", "catch_up_days"),
+            ("[cluster]\nlease_seconds = 0\n", "lease_seconds"),
+            ("[registry]\npoll_seconds = 0\n", "poll_seconds"),
+            ("[cluster]\nhost_id = \" \"\n", "host_id"),
+        ] {
+            let (_d, path) = write(text);
+            match ServeConfig::load(Some(&path), []) {
+                Err(ConfigError::Range(m)) => assert!(m.contains(needle), "{text:?}: {m}"),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn feegate_db_names_the_database_unless_the_section_variable_does() {
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let c = ServeConfig::load(None, env(&[("FEEGATE_DB", "sqlite://a.db")])).unwrap();
+        assert_eq!(c.database.url, "sqlite://a.db");
+        let c = ServeConfig::load(
+            None,
+            env(&[
+                ("FEEGATE_DB", "sqlite://a.db"),
+                ("FEEGATE_DATABASE__URL", "sqlite://b.db"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.database.url, "sqlite://b.db");
     }
 
     #[test]

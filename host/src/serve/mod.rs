@@ -263,6 +263,14 @@ pub async fn run(
     tracing::info!(listen = %config.server.listen, counties = state.counties.len(), "feegate serve started");
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    // The lease holder is the host id plus a token of this process: two processes given
+    // the same id (a rolling restart with the old one still alive) are still two
+    // holders, and the second waits for the first's lease instead of sharing it.
+    let holder = format!(
+        "{}#{:08x}",
+        config.cluster.host_id,
+        getrandom::u32().unwrap_or_else(|_| std::process::id())
+    );
     let mut watchers = Vec::new();
     for c in &state.counties {
         watchers.push(
@@ -274,7 +282,7 @@ pub async fn run(
         tasks.spawn(lease_keeper(
             state.db.clone(),
             c.host.county.county.clone(),
-            config.cluster.host_id.clone(),
+            holder.clone(),
             Duration::from_secs(config.cluster.lease_seconds.max(3)),
             held_tx,
             stop_rx.clone(),
