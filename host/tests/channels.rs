@@ -299,42 +299,42 @@ async fn forged_and_invalid_notifications_write_nothing() {
         (
             "wrong currency",
             "app",
-            json!({"txn_id": "F2", "account_id": ACCOUNT, "amount": "10.00", "currency": "USD"}),
+            json!({"type": "payment", "txn_id": "F2", "account_id": ACCOUNT, "amount": "10.00", "currency": "USD"}),
             422,
             "wrong-currency",
         ),
         (
             "negative amount",
             "kiosk",
-            json!({"txn_id": "F3", "account_id": ACCOUNT, "amount": "-10.00", "currency": "CNY"}),
+            json!({"type": "payment", "txn_id": "F3", "account_id": ACCOUNT, "amount": "-10.00", "currency": "CNY"}),
             422,
             "bad-amount",
         ),
         (
             "float amount",
             "kiosk",
-            json!({"txn_id": "F4", "account_id": ACCOUNT, "amount": 10.5, "currency": "CNY"}),
+            json!({"type": "payment", "txn_id": "F4", "account_id": ACCOUNT, "amount": 10.5, "currency": "CNY"}),
             422,
             "bad-amount",
         ),
         (
             "sub-fen amount",
             "alipay",
-            json!({"txn_id": "F5", "account_id": ACCOUNT, "amount": "10.005", "currency": "CNY"}),
+            json!({"type": "payment", "txn_id": "F5", "account_id": ACCOUNT, "amount": "10.005", "currency": "CNY"}),
             422,
             "bad-amount",
         ),
         (
             "over the maximum",
             "bank-transfer",
-            json!({"txn_id": "F6", "account_id": ACCOUNT, "amount": "50000.01", "currency": "CNY"}),
+            json!({"type": "payment", "txn_id": "F6", "account_id": ACCOUNT, "amount": "50000.01", "currency": "CNY"}),
             422,
             "amount-over-limit",
         ),
         (
             "unknown account",
             "online-banking",
-            json!({"txn_id": "F7", "account_id": "9999999999", "amount": "10.00", "currency": "CNY"}),
+            json!({"type": "payment", "txn_id": "F7", "account_id": "9999999999", "amount": "10.00", "currency": "CNY"}),
             422,
             "unknown-account",
         ),
@@ -342,6 +342,13 @@ async fn forged_and_invalid_notifications_write_nothing() {
             "not JSON",
             "app",
             json!("just a string"),
+            400,
+            "bad-request",
+        ),
+        (
+            "a refund with a misspelt type field (would be a credit if guessed)",
+            "bank-transfer",
+            json!({"txn_id": "F8", "account_id": ACCOUNT, "amount": "6.00", "currency": "CNY", "txn_type": "refund", "original_txn_id": "P1"}),
             400,
             "bad-request",
         ),
@@ -908,7 +915,7 @@ async fn auto_debit_one_in_flight_retried_then_applied_or_given_up() {
     let request_id = got[1]["request_id"].as_str().unwrap().to_string();
     // The bank's result arrives on its notify endpoint as a payment.
     let before = balance(db, ACCOUNT).await;
-    let result = json!({"txn_id": "BANK-D1", "account_id": ACCOUNT, "amount": "200.00", "currency": "CNY", "debit_request_id": request_id});
+    let result = json!({"type": "payment", "txn_id": "BANK-D1", "account_id": ACCOUNT, "amount": "200.00", "currency": "CNY", "debit_request_id": request_id});
     assert_eq!(
         s.channel.post("bank-transfer", &result).await.1["code"],
         "applied"
