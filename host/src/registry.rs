@@ -844,12 +844,26 @@ pub async fn rollback(
     effective.sort_by(|a, b| {
         (&a.effective_at, a.activation_id).cmp(&(&b.effective_at, b.activation_id))
     });
-    let current = effective.pop().ok_or_else(nothing)?;
-    let previous = effective
-        .into_iter()
-        .rev()
-        .find(|a| a.publication_id != current.publication_id)
-        .map(|a| a.publication_id);
+    // The versions in force, as a stack: an activation pushes its version, a rollback
+    // pops the version it undid. So a second rollback goes further back instead of
+    // bringing back the version the first one took out as wrong.
+    let mut stack: Vec<i64> = Vec::new();
+    for a in &effective {
+        if a.action == "rollback" {
+            stack.pop();
+        }
+        if stack.last() != Some(&a.publication_id) {
+            stack.push(a.publication_id);
+        }
+    }
+    let current = stack.pop().ok_or_else(nothing)?;
+    let undone: Vec<i64> = effective
+        .iter()
+        .filter(|a| a.action != "rollback")
+        .map(|a| a.publication_id)
+        .filter(|id| !stack.contains(id))
+        .collect();
+    let previous = stack.last().copied();
     // Before the first activation the policy-set file was in force: its latest
     // recorded (shipped) publication is what to go back to.
     let previous = match previous {
@@ -857,7 +871,11 @@ pub async fn rollback(
         None => publications(db, county, Some(kind))
             .await?
             .into_iter()
-            .filter(|p| p.source == "shipped" && p.publication_id != current.publication_id)
+            .filter(|p| {
+                p.source == "shipped"
+                    && p.publication_id != current
+                    && !undone.contains(&p.publication_id)
+            })
             .map(|p| p.publication_id)
             .max()
             .ok_or_else(nothing)?,

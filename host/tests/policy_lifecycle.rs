@@ -386,6 +386,27 @@ async fn activations_take_effect_at_their_time_and_a_rollback_restores_the_previ
         .await
         .unwrap();
     assert_eq!(history.len(), 3, "history keeps every event");
+    // A second rollback goes further back, never to the version the first one took
+    // out: nothing was in force before `a` here (no policy set recorded), so it is
+    // refused and `a` stays.
+    let err = registry::rollback(
+        &db,
+        "xianyou",
+        PolicyKind::Tariff,
+        "ops",
+        "again",
+        t("2013-01-06 09:00:00"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::NothingToRollBack { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        in_force("2013-01-06 09:00:00").await,
+        Some(a.publication_id)
+    );
 
     // The history cannot be rewritten.
     let err = sqlx::query("DELETE FROM policy_activations")
