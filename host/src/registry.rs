@@ -118,6 +118,11 @@ pub enum RegistryError {
         "nothing to roll back to: county {county} has no earlier {kind} version (no earlier activation, no policy-set file recorded by a host)"
     )]
     NothingToRollBack { county: String, kind: PolicyKind },
+    /// `--at` before now: the history would claim a version ruled decisions it never made.
+    #[error(
+        "--at {at} is in the past (now {now}, county local time): an activation takes effect now or later, the decisions already made stand; omit --at to activate now"
+    )]
+    PastActivation { at: String, now: String },
     #[error(
         "component {sha256} is not in the registry; publish it first (`feegate policy publish`)"
     )]
@@ -769,6 +774,14 @@ pub async fn activate(
     engine: &PolicyEngine,
     req: &ActivateRequest<'_>,
 ) -> Result<Activation, RegistryError> {
+    if let Some(at) = req.at
+        && at < req.now - chrono::Duration::minutes(5)
+    {
+        return Err(RegistryError::PastActivation {
+            at: ts(at),
+            now: ts(req.now),
+        });
+    }
     let p = resolve(db, req.county, req.kind, req.version).await?;
     engine.load(req.kind, &component_bytes(db, &p.component_sha256).await?)?;
     insert_activation(

@@ -364,6 +364,16 @@ async fn activations_take_effect_at_their_time_and_a_rollback_restores_the_previ
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::UnknownVersion { .. }), "{err}");
+    // An activation cannot be back-dated: the history would claim a version ruled
+    // decisions it never made.
+    let err = activate(
+        a.component_sha256.clone(),
+        "2013-01-01 00:00:00",
+        "2013-01-06 00:00:00",
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RegistryError::PastActivation { .. }), "{err}");
 
     // Rollback is a new event that puts the previous version back.
     let r = registry::rollback(
