@@ -15,7 +15,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum PolicySetError {
     #[error(
-        "cannot read policy set {path} (paths are relative to the current directory: run from the repository root or pass --policy-set)"
+        "cannot read policy set {path} (paths are relative to the current directory: run from the repository root, or pass --policy-set, or set [[county]] policy_set in feegate.toml)"
     )]
     Read {
         path: PathBuf,
