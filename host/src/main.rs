@@ -514,6 +514,22 @@ enum BenchWhat {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // One-shot commands behave like other Unix tools when their reader goes away
+    // (`feegate policy diff … | head`): they end quietly instead of panicking on a
+    // broken pipe. Long-running servers keep Rust's default (the signal ignored, a
+    // write error handled where it happens).
+    let long_running = matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Channels { .. } | Command::Sim { .. }
+    );
+    #[cfg(unix)]
+    if !long_running {
+        // SAFETY: at the start of main, before any other thread exists; SIG_DFL is a
+        // valid disposition for SIGPIPE.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // `serve` logs at info in the configured format; one-shot commands only warn.
     let (json_logs, default_level) = match &cli.command {
         Command::Serve { config } => {
