@@ -148,11 +148,6 @@ enum Command {
         #[command(subcommand)]
         cmd: CollectionCmd,
     },
-    /// Payment channel notification endpoints (bank, online banking, kiosk, Alipay, app).
-    Channels {
-        #[command(subcommand)]
-        cmd: ChannelsCmd,
-    },
     /// Match a channel's daily statement (CSV) against the ledger; unmatched items open
     /// work orders (idempotently). Nothing is corrected. Exit status 3 when anything is unmatched.
     Reconcile {
@@ -175,27 +170,6 @@ enum Command {
     Sim {
         #[command(subcommand)]
         cmd: SimCmd,
-    },
-}
-
-#[derive(Subcommand)]
-enum ChannelsCmd {
-    /// Serve POST /channels/{channel}/notify for the configured channels (see README "Payments").
-    Serve {
-        /// Channel config (TOML): auth scheme, secret or public key, maximum amount per channel.
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long, env = "FEEGATE_DB")]
-        db: String,
-        /// Address to listen on, e.g. 127.0.0.1:8443 (put TLS in front).
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
-        /// The county whose cutoff component decides reconnections.
-        #[command(flatten)]
-        policy: PolicyInputs,
-        /// Do not reconnect at once (the daily job's sweep reconnects instead).
-        #[arg(long)]
-        no_reconnect: bool,
     },
 }
 
@@ -518,10 +492,7 @@ fn main() -> std::process::ExitCode {
     // (`feegate policy diff … | head`): they end quietly instead of panicking on a
     // broken pipe. Long-running servers keep Rust's default (the signal ignored, a
     // write error handled where it happens).
-    let long_running = matches!(
-        cli.command,
-        Command::Serve { .. } | Command::Channels { .. } | Command::Sim { .. }
-    );
+    let long_running = matches!(cli.command, Command::Serve { .. } | Command::Sim { .. });
     #[cfg(unix)]
     if !long_running {
         // SAFETY: at the start of main, before any other thread exists; SIG_DFL is a
@@ -996,20 +967,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Channels {
-            cmd:
-                ChannelsCmd::Serve {
-                    config,
-                    db,
-                    listen,
-                    policy:
-                        PolicyInputs {
-                            policy_set,
-                            components,
-                        },
-                    no_reconnect,
-                },
-        } => channels_serve(&config, &db, listen, &policy_set, &components, no_reconnect).await,
         Command::Reconcile {
             channel,
             statement,
@@ -1436,71 +1393,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
-}
-
-/// `feegate channels serve`: the channel router alone, with reconnection at once and
-/// the auto-debit loop.
-async fn channels_serve(
-    config: &std::path::Path,
-    db_url: &str,
-    listen: std::net::SocketAddr,
-    policy_set: &std::path::Path,
-    components: &std::path::Path,
-    no_reconnect: bool,
-) -> anyhow::Result<()> {
-    use std::sync::Arc;
-    let channels = feegate::channels::config::ChannelsConfig::load(config)?;
-    let db = feegate::db::Db::open(db_url).await?;
-    // China Standard Time: the counties served have no daylight saving.
-    let clock: Arc<dyn feegate::clock::Clock> = Arc::new(feegate::clock::SystemClock {
-        offset: chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset"),
-    });
-    let host = if no_reconnect {
-        None
-    } else {
-        let config = feegate::config::HostConfig::default();
-        let engine = feegate::policy::PolicyEngine::new(config.policy.clone())?;
-        let county = feegate::county::County::load(
-            &engine,
-            policy_set,
-            components,
-            config.floor.clone(),
-        )
-        .with_context(|| {
-            format!(
-                "loading the policy set {} for reconnection decisions (or pass --no-reconnect)",
-                policy_set.display()
-            )
-        })?;
-        Some(Arc::new(feegate::job::Host {
-            db: db.clone(),
-            engine,
-            meters: feegate_meter::fleet::FleetClient::default(),
-            county: Arc::new(county),
-            config,
-            clock: clock.clone(),
-            sms: Arc::new(feegate::outbox::LogGateway::default()),
-        }))
-    };
-    let service =
-        feegate::channels::service::Service::start(db.clone(), channels, clock.clone(), host)
-            .await?;
-    service.spawn_auto_debit(db, clock, std::time::Duration::from_secs(60));
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    eprintln!(
-        "feegate channels: listening on http://{listen}/channels/{{channel}}/notify for {}; {} recovered from the inbox",
-        service
-            .state
-            .config
-            .channels
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", "),
-        service.recovered
-    );
-    service.serve(listener).await?;
-    Ok(())
 }

@@ -824,15 +824,19 @@ async fn insert_activation(
     .bind(ts(now))
     .fetch_one(&db.pool)
     .await?;
-    let id: i64 = row.try_get(0)?;
-    history(db, &p.county, Some(p.kind))
-        .await?
-        .into_iter()
-        .find(|a| a.activation_id == id)
-        .ok_or_else(|| RegistryError::Corrupt {
-            what: "activation",
-            detail: "missing right after insert".into(),
-        })
+    Ok(Activation {
+        activation_id: row.try_get(0)?,
+        county: p.county.clone(),
+        kind: p.kind,
+        publication_id: p.publication_id,
+        component_sha256: p.component_sha256.clone(),
+        action: action.to_string(),
+        rollout_stage: stage,
+        effective_at: ts(effective_at),
+        who: who.to_string(),
+        note: note.to_string(),
+        recorded_at: ts(now),
+    })
 }
 
 /// Re-activates, as a new event effective now, the version that was in force before

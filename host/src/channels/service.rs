@@ -1,6 +1,5 @@
 //! Start-up of the channel endpoints: recovery sweep, inbox writer, reconnection,
-//! auto-debit loop, and the HTTP listener. `feegate channels serve` uses it today;
-//! `feegate serve` mounts [`super::router`] the same way.
+//! auto-debit loop. `feegate serve` mounts [`super::router`] with its state.
 
 use super::config::{ChannelKey, ChannelsConfig};
 use super::inbox::{FailurePoints, Inbox, InboxContext};
@@ -104,11 +103,6 @@ impl Service {
             failure_points,
             recovered,
         })
-    }
-
-    /// Serves the router on `listener` until the process ends.
-    pub async fn serve(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-        axum::serve(listener, router(self.state.clone())).await
     }
 
     /// Serves on an ephemeral loopback port in the background (tests, bench); returns it.
