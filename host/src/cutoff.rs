@@ -412,8 +412,9 @@ pub async fn execute_approved(
             .await?
             {
                 Ok(created) => {
-                    sqlx::query("UPDATE work_orders SET status = 'done' WHERE work_order_id = $1")
+                    sqlx::query("UPDATE work_orders SET status = 'done', executed_by = 'system', executed_at = $2 WHERE work_order_id = $1")
                         .bind(id)
+                        .bind(ts(now))
                         .execute(&mut *tx)
                         .await?;
                     report.trips_created += u32::from(created);

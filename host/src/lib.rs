@@ -18,6 +18,7 @@
 
 pub mod accountview;
 pub mod audit;
+pub mod auth;
 pub mod autodebit;
 pub mod bench;
 pub mod calendar;

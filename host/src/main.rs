@@ -56,6 +56,11 @@ enum Command {
         #[arg(long, env = "FEEGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// People who may use `serve`: create, set a console password, disable, list
+    /// (roles: operations, county-engineer, station-staff, auditor, customer).
+    User(feegate::auth::cli::UserArgs),
+    /// API tokens: issue (printed once, stored hashed) and revoke.
+    Token(feegate::auth::cli::TokenArgs),
     /// Re-sign a fee-control agreement (费控协议) with changes; checks the phone number again.
     Agreement {
         #[command(subcommand)]
@@ -1005,6 +1010,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Holds { cmd } => holds(cmd).await,
         Command::Mobile { cmd } => mobile(cmd).await,
+        Command::User(args) => feegate::auth::cli::run_user(args).await,
+        Command::Token(args) => feegate::auth::cli::run_token(args).await,
         Command::Agreement { cmd } => agreement(cmd).await,
         Command::FollowUp { cmd } => follow_up(cmd).await,
         Command::Sms {

@@ -90,6 +90,8 @@ pub struct ServeConfig {
     pub registry: RegistrySection,
     pub cluster: ClusterSection,
     pub channels: ChannelsSection,
+    /// `[auth]`: console sessions and the failed-login limit (see `auth::store::AuthConfig`).
+    pub auth: crate::auth::store::AuthConfig,
     /// The counties this host serves. Default: the shipped Xianyou policy set.
     #[serde(rename = "county")]
     pub counties: Vec<CountySection>,
@@ -105,6 +107,7 @@ impl Default for ServeConfig {
             registry: RegistrySection::default(),
             cluster: ClusterSection::default(),
             channels: ChannelsSection::default(),
+            auth: crate::auth::store::AuthConfig::default(),
             counties: vec![CountySection::default()],
         }
     }
@@ -381,6 +384,15 @@ impl ServeConfig {
             "registry.poll_seconds must be 1..=3600",
         )?;
         range(
+            (300..=7 * 86_400).contains(&self.auth.session_seconds),
+            "auth.session_seconds must be 300..=604800 (5 minutes to 7 days)",
+        )?;
+        range(
+            (60..=86_400).contains(&self.auth.failure_window_seconds)
+                && (1..=100).contains(&self.auth.max_failures),
+            "auth.failure_window_seconds must be 60..=86400 and auth.max_failures 1..=100",
+        )?;
+        range(
             !self.cluster.host_id.trim().is_empty(),
             "cluster.host_id must not be empty",
         )?;
@@ -392,8 +404,8 @@ impl ServeConfig {
 }
 
 /// The sections environment variables may override.
-const ENV_SECTIONS: [&str; 7] = [
-    "server", "database", "meters", "schedule", "registry", "cluster", "channels",
+const ENV_SECTIONS: [&str; 8] = [
+    "server", "database", "meters", "schedule", "registry", "cluster", "channels", "auth",
 ];
 
 /// `FEEGATE_<SECTION>__<KEY>=value` pairs as a nested dictionary; values are parsed the

@@ -65,6 +65,14 @@ pub struct ServeState {
     pub receipts: Option<crate::sms::receipts::ReceiptsState>,
     /// The payment channels' endpoints, when `[channels] config` names a file.
     pub channels: Option<crate::channels::ChannelsState>,
+    /// Who is asking: API tokens and console sessions (`[auth]`).
+    pub auth: crate::auth::extract::AuthState,
+}
+
+impl axum::extract::FromRef<Arc<ServeState>> for crate::auth::extract::AuthState {
+    fn from_ref(state: &Arc<ServeState>) -> Self {
+        state.auth.clone()
+    }
 }
 
 /// Opens the database, loads every county's policy set, records the shipped components
@@ -181,6 +189,10 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Arc<ServeState>> {
         }
     };
     Ok(Arc::new(ServeState {
+        auth: crate::auth::extract::AuthState {
+            db: db.clone(),
+            config: config.auth.clone(),
+        },
         db,
         counties,
         metrics: Arc::new(Metrics::new()),
