@@ -372,9 +372,101 @@ pub struct ExecutionReport {
     pub cancelled_paid: u32,
 }
 
+/// What executing one approved disconnection work order did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Execution {
+    /// The floor allowed it: the order is `done`, executed by `executed_by`; `created` is
+    /// false when a trip command for it already existed.
+    Tripped { created: bool },
+    /// The customer paid (or the relay is already open): the order is cancelled.
+    Cancelled,
+    /// The floor refused the trip now; a permanent refusal (keep-power, vulnerable) also
+    /// cancelled the order, any other leaves it approved for a later try.
+    FloorRefused(Vec<FloorRefusal>),
+    /// The order is not an approved disconnection work order (open, held, done, unknown).
+    NotApproved,
+    /// The executor is the person who approved it (two-person rule); nothing changed.
+    SamePerson,
+}
+
+/// Executes one approved disconnection work order now, for `executor` ('system' for the
+/// scheduled run): the trip passes the [`SafetyFloor`] at this moment or is refused; an
+/// account no longer in arrears has its order cancelled. The approver (`decided_by`)
+/// may never execute their own approval. One transaction.
+pub async fn execute_work_order(
+    db: &Db,
+    county: &County,
+    work_order_id: i64,
+    executor: &str,
+    now: NaiveDateTime,
+    relay: &RelayConfig,
+) -> Result<Execution, DbError> {
+    let mut conn = db.pool.acquire().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let order = sqlx::query(
+        "SELECT w.account_id, w.decided_by FROM work_orders w JOIN accounts a ON a.account_id = w.account_id
+         WHERE w.work_order_id = $1 AND a.county = $2 AND w.kind = 'approve-disconnection' AND w.status = 'approved'",
+    )
+    .bind(work_order_id)
+    .bind(&county.county)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(order) = order else {
+        return Ok(Execution::NotApproved);
+    };
+    let (account_id, decided_by): (String, Option<String>) = (order.try_get(0)?, order.try_get(1)?);
+    if decided_by.as_deref() == Some(executor) {
+        return Ok(Execution::SamePerson);
+    }
+    let facts = AccountFacts::load(&mut tx, &account_id).await?;
+    let outcome = if facts.balance_fen >= 0 || facts.relay_state != "closed" {
+        sqlx::query("UPDATE work_orders SET status = 'cancelled', note = COALESCE(note, '') || ' [cancelled: no longer in arrears or already open]' WHERE work_order_id = $1")
+            .bind(work_order_id)
+            .execute(&mut *tx)
+            .await?;
+        Execution::Cancelled
+    } else {
+        match trip_if_floor_allows(
+            &mut tx,
+            county,
+            &facts,
+            &format!("work-order:{work_order_id}"),
+            now,
+            relay,
+        )
+        .await?
+        {
+            Ok(created) => {
+                sqlx::query("UPDATE work_orders SET status = 'done', executed_by = $2, executed_at = $3 WHERE work_order_id = $1")
+                    .bind(work_order_id)
+                    .bind(executor)
+                    .bind(ts(now))
+                    .execute(&mut *tx)
+                    .await?;
+                Execution::Tripped { created }
+            }
+            Err(refusals) => {
+                if refusals.iter().any(FloorRefusal::is_permanent) {
+                    sqlx::query(
+                        "UPDATE work_orders SET status = 'cancelled',
+                                note = COALESCE(note, '') || ' [cancelled: the safety floor never allows this trip]'
+                         WHERE work_order_id = $1",
+                    )
+                    .bind(work_order_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Execution::FloorRefused(refusals)
+            }
+        }
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
 /// Executes approved disconnection work orders: each passes the floor at this moment
 /// or waits for the next execution; an account that is no longer in arrears has its
-/// order cancelled.
+/// order cancelled. Executed as 'system' ([`execute_work_order`]).
 pub async fn execute_approved(
     db: &Db,
     county: &County,
@@ -382,59 +474,20 @@ pub async fn execute_approved(
     relay: &RelayConfig,
 ) -> Result<ExecutionReport, DbError> {
     let mut report = ExecutionReport::default();
-    let orders = sqlx::query(
-        "SELECT w.work_order_id, w.account_id FROM work_orders w JOIN accounts a ON a.account_id = w.account_id
+    let orders: Vec<i64> = sqlx::query_scalar(
+        "SELECT w.work_order_id FROM work_orders w JOIN accounts a ON a.account_id = w.account_id
          WHERE a.county = $1 AND w.kind = 'approve-disconnection' AND w.status = 'approved' ORDER BY w.work_order_id",
     )
     .bind(&county.county)
     .fetch_all(&db.pool)
     .await?;
-    for o in orders {
-        let (id, account_id): (i64, String) = (o.try_get(0)?, o.try_get(1)?);
-        let mut conn = db.pool.acquire().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let facts = AccountFacts::load(&mut tx, &account_id).await?;
-        if facts.balance_fen >= 0 || facts.relay_state != "closed" {
-            sqlx::query("UPDATE work_orders SET status = 'cancelled', note = COALESCE(note, '') || ' [cancelled: no longer in arrears or already open]' WHERE work_order_id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            report.cancelled_paid += 1;
-        } else {
-            match trip_if_floor_allows(
-                &mut tx,
-                county,
-                &facts,
-                &format!("work-order:{id}"),
-                now,
-                relay,
-            )
-            .await?
-            {
-                Ok(created) => {
-                    sqlx::query("UPDATE work_orders SET status = 'done', executed_by = 'system', executed_at = $2 WHERE work_order_id = $1")
-                        .bind(id)
-                        .bind(ts(now))
-                        .execute(&mut *tx)
-                        .await?;
-                    report.trips_created += u32::from(created);
-                }
-                Err(refusals) => {
-                    report.floor_refused += 1;
-                    if refusals.iter().any(FloorRefusal::is_permanent) {
-                        sqlx::query(
-                            "UPDATE work_orders SET status = 'cancelled',
-                                    note = COALESCE(note, '') || ' [cancelled: the safety floor never allows this trip]'
-                             WHERE work_order_id = $1",
-                        )
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-            }
+    for id in orders {
+        match execute_work_order(db, county, id, "system", now, relay).await? {
+            Execution::Tripped { created } => report.trips_created += u32::from(created),
+            Execution::Cancelled => report.cancelled_paid += 1,
+            Execution::FloorRefused(_) => report.floor_refused += 1,
+            Execution::NotApproved | Execution::SamePerson => {}
         }
-        tx.commit().await?;
     }
     Ok(report)
 }

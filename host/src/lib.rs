@@ -27,6 +27,7 @@ pub mod cli;
 pub mod clock;
 pub mod collection;
 pub mod config;
+pub mod console;
 pub mod county;
 pub mod cutoff;
 pub mod db;

@@ -205,6 +205,8 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Arc<ServeState>> {
 /// (`POST /sms/receipts`) when an HTTP gateway is configured; the payment channels'
 /// notifications (`POST /channels/{channel}/notify`) when `[channels]` is configured.
 pub fn router(state: Arc<ServeState>) -> Router {
+    let console = crate::console::ConsoleState::from_serve(&state)
+        .expect("the console's templates are built into the binary and parse");
     let receipts = state.receipts.clone();
     let channels = state.channels.clone();
     let mut router = Router::new()
@@ -218,7 +220,7 @@ pub fn router(state: Arc<ServeState>) -> Router {
     if let Some(c) = channels {
         router = router.merge(crate::channels::router(c));
     }
-    router
+    router.merge(crate::console::router(console))
 }
 
 async fn readyz(State(state): State<Arc<ServeState>>) -> impl IntoResponse {
@@ -307,7 +309,9 @@ pub async fn run(
         );
         tasks.spawn(async move { scheduler(c, schedule, metrics, held_rx, stop).await });
     }
-    let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(async move {
+    // With the peer address: the console's failed-login limit counts per client.
+    let app = router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });

@@ -1,0 +1,974 @@
+//! The console's pages and their actions.
+//!
+//! | path | who | what |
+//! |---|---|---|
+//! | `GET /console/station` | station staff, operations, auditor | approval queue with evidence, follow-ups, relay commands, today's collection |
+//! | `GET /console/cases/{id}` | same | one disconnection case, its evidence in full |
+//! | `POST /console/cases/{id}/approve`, `…/hold`, `…/execute` | station staff, operations | decide; execute an approved case (never by its approver) |
+//! | `POST /console/follow-ups/{id}/done` | station staff, operations | an offline follow-up done |
+//! | `GET /console/accounts`, `GET /console/accounts/{id}` | staff in scope; a customer their own | balance, usage chart, payments, decisions |
+//! | `POST /console/accounts/{id}/pay` | the account's customer | pay through the app channel |
+//! | `GET/POST /console/hall` | station staff, operations | the fee-control application form (费控申请信息) |
+//! | `GET /console/policies` | everyone but customers | versions per county and kind, activation history |
+//! | `GET /console/decisions/{id}` | whoever may read the account's decisions | a decision's full record |
+
+use super::data;
+use super::{ConsoleError, ConsoleState, Page, Req, render};
+use crate::auth::{Action, Principal, Role, Scope, Visibility};
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use minijinja::context;
+use serde::Deserialize;
+
+pub(super) fn routes() -> Router<ConsoleState> {
+    Router::new()
+        .route("/console/station", get(station))
+        .route("/console/cases/{id}", get(case_page))
+        .route("/console/cases/{id}/{action}", post(case_action))
+        .route("/console/follow-ups/{id}/done", post(follow_up_done))
+        .route("/console/accounts", get(accounts))
+        .route("/console/accounts/{id}", get(account_page))
+        .route("/console/accounts/{id}/pay", post(pay))
+        .route("/console/hall", get(hall).post(hall_submit))
+        .route("/console/policies", get(policies))
+        .route("/console/decisions/{id}", get(decision_page))
+}
+
+/// The principal, or the login page (with a way back here).
+fn signed_in(p: Option<Principal>, req: &Req) -> Result<Principal, Response> {
+    p.ok_or_else(|| Redirect::to(&format!("/console/login?next={}", req.path)).into_response())
+}
+
+/// Runs a page body; an error becomes the error page.
+async fn page<F>(state: &ConsoleState, req: &Req, p: &Principal, body: F) -> Response
+where
+    F: std::future::Future<Output = Result<Page, ConsoleError>>,
+{
+    match body.await {
+        Ok(page) => render(state, req, Some(p), page),
+        Err(e) => e.page(state, req, Some(p)),
+    }
+}
+
+/// The counties a visibility covers among those this process serves.
+fn counties_in(state: &ConsoleState, v: &Visibility) -> Vec<String> {
+    state
+        .hosts
+        .iter()
+        .map(|h| h.county.county.clone())
+        .filter(|c| v.county.as_ref().is_none_or(|vc| vc == c))
+        .collect()
+}
+
+// ---------------------------------------------------------------- station
+
+async fn station(State(state): State<ConsoleState>, req: Req, p: Option<Principal>) -> Response {
+    let p = match signed_in(p, &req) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    page(&state, &req, &p, async {
+        let v = p.visible(Action::ReadWorkOrders)?;
+        let cases = data::approval_queue(&state.db, &v).await?;
+        let recent = data::recent_cases(&state.db, &v).await?;
+        let follow_ups = data::follow_ups(&state.db, &v).await?;
+        let (waiting, finished) = data::relay_commands(&state.db, &v).await?;
+        let mut collection = Vec::new();
+        if let Ok(cv) = p.visible(Action::ReadCollection) {
+            for county in counties_in(&state, &cv) {
+                let today = state.now(Some(&county)).date();
+                collection.extend(
+                    data::collection(&state.db, &county, cv.station_id.as_deref(), today).await?,
+                );
+            }
+        }
+        let may_decide = p.visible(Action::DecideWorkOrders).is_ok();
+        Ok(Page::new(
+            "station.html",
+            context! {
+                cases => cases.iter().map(|c| case_view(c, &p)).collect::<Vec<_>>(),
+                recent => recent,
+                follow_ups => follow_ups,
+                waiting => waiting,
+                finished => finished,
+                collection => collection,
+                may_decide => may_decide,
+            },
+        ))
+    })
+    .await
+}
+
+/// A case with what this principal may do to it now.
+fn case_view(c: &data::Case, p: &Principal) -> minijinja::Value {
+    let scope = Scope::station(&c.county, &c.station_id);
+    let may_decide = c.status == "open" && p.authorize(Action::DecideWorkOrders, scope).is_ok();
+    let may_execute = c.status == "approved"
+        && p.authorize(Action::ExecuteWorkOrders, scope).is_ok()
+        && c.decided_by.as_deref() != Some(p.username.as_str());
+    let approved_by_me =
+        c.status == "approved" && c.decided_by.as_deref() == Some(p.username.as_str());
+    context! {
+        may_decide => may_decide,
+        may_execute => may_execute,
+        approved_by_me => approved_by_me,
+        ..minijinja::Value::from_serialize(c),
+    }
+}
+
+/// The case, checked against the principal's scope for `action`: outside it answers
+/// 404 (a case is about an account, whose existence is private).
+async fn visible_case(
+    state: &ConsoleState,
+    p: &Principal,
+    id: i64,
+    action: Action,
+) -> Result<data::Case, ConsoleError> {
+    p.visible(action)?;
+    let case = data::case(&state.db, id)
+        .await?
+        .ok_or(ConsoleError::NotFound)?;
+    if p.authorize(
+        Action::ReadWorkOrders,
+        Scope::station(&case.county, &case.station_id),
+    )
+    .is_err()
+    {
+        return Err(ConsoleError::NotFound);
+    }
+    p.authorize(action, Scope::station(&case.county, &case.station_id))?;
+    Ok(case)
+}
+
+async fn case_context(
+    state: &ConsoleState,
+    req: &Req,
+    p: &Principal,
+    case: &data::Case,
+) -> Result<minijinja::Value, ConsoleError> {
+    let history = data::balance_history(&state.db, &case.account_id, 30).await?;
+    let chart = super::charts::balance_history(
+        &history,
+        &req.t("chart.balance_title"),
+        &req.t("chart.yuan"),
+    );
+    let warnings = data::warnings(&state.db, &case.account_id).await?;
+    let decision = match case.decision_id {
+        Some(id) => data::decision(&state.db, id).await?,
+        None => None,
+    };
+    Ok(context! {
+        case => case_view(case, p),
+        chart => minijinja::Value::from_safe_string(chart),
+        warnings => warnings,
+        decision => decision,
+    })
+}
+
+async fn case_page(
+    State(state): State<ConsoleState>,
+    req: Req,
+    p: Option<Principal>,
+    Path(id): Path<i64>,
+) -> Response {
+    let p = match signed_in(p, &req) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    page(&state, &req, &p, async {
+        let case = visible_case(&state, &p, id, Action::ReadWorkOrders).await?;
+        Ok(Page::new(
+            "case.html",
+            case_context(&state, &req, &p, &case).await?,
+        ))
+    })
+    .await
+}
+
+#[derive(Deserialize, Default)]
+struct NoteForm {
+    #[serde(default)]
+    note: String,
+}
+
+/// Approve, hold or execute a case. htmx gets the case's row back; a plain form POST
+/// goes back to the page it came from.
+async fn case_action(
+    State(state): State<ConsoleState>,
+    req: Req,
+    p: Principal,
+    Path((id, action)): Path<(i64, String)>,
+    axum::Form(form): axum::Form<NoteForm>,
+) -> Response {
+    let result = async {
+        let needed = match action.as_str() {
+            "approve" | "hold" => Action::DecideWorkOrders,
+            "execute" => Action::ExecuteWorkOrders,
+            other => {
+                return Err(ConsoleError::BadRequest(format!(
+                    "no action {other:?} on a case: use approve, hold or execute"
+                )));
+            }
+        };
+        let case = visible_case(&state, &p, id, needed).await?;
+        let now = state.now(Some(&case.county));
+        match action.as_str() {
+            "approve" | "hold" => {
+                let done = crate::cutoff::decide_work_order(
+                    &state.db,
+                    id,
+                    action == "approve",
+                    &p.username,
+                    now,
+                    form.note.trim(),
+                )
+                .await?;
+                if !done {
+                    return Err(ConsoleError::Conflict(req.t("case.not_open")));
+                }
+            }
+            _ => execute(&state, &req, &p, &case).await?,
+        }
+        data::case(&state.db, id)
+            .await?
+            .ok_or(ConsoleError::NotFound)
+    }
+    .await;
+    match result {
+        Ok(case) if req.htmx => render(
+            &state,
+            &req,
+            Some(&p),
+            Page::new("case_row.html", context! { c => case_view(&case, &p) }),
+        ),
+        Ok(_) => Redirect::to(&format!("/console/cases/{id}")).into_response(),
+        Err(e) => e.page(&state, &req, Some(&p)),
+    }
+}
+
+/// Executes an approved case now: the trip passes the safety floor at this moment or
+/// is refused with the floor's reasons; never by the person who approved it.
+async fn execute(
+    state: &ConsoleState,
+    req: &Req,
+    p: &Principal,
+    case: &data::Case,
+) -> Result<(), ConsoleError> {
+    if case.status != "approved" {
+        return Err(ConsoleError::Conflict(req.t("case.not_approved")));
+    }
+    if case.decided_by.as_deref() == Some(p.username.as_str()) {
+        return Err(ConsoleError::Conflict(req.t("case.two_person_rule")));
+    }
+    let host = state.host(&case.county).ok_or_else(|| {
+        ConsoleError::Conflict(format!(
+            "county {} is not served by this process; execute it where it is served",
+            case.county
+        ))
+    })?;
+    let outcome = crate::cutoff::execute_work_order(
+        &state.db,
+        &host.county,
+        case.work_order_id,
+        &p.username,
+        host.clock.now(),
+        &host.config.relay,
+    )
+    .await?;
+    match outcome {
+        crate::cutoff::Execution::Tripped { .. } | crate::cutoff::Execution::Cancelled => Ok(()),
+        crate::cutoff::Execution::FloorRefused(refusals) => Err(ConsoleError::Conflict(format!(
+            "{}: {}",
+            req.t("case.floor_refused"),
+            serde_json::to_string(&refusals).unwrap_or_default()
+        ))),
+        crate::cutoff::Execution::NotApproved => {
+            Err(ConsoleError::Conflict(req.t("case.not_approved")))
+        }
+        crate::cutoff::Execution::SamePerson => {
+            Err(ConsoleError::Conflict(req.t("case.two_person_rule")))
+        }
+    }
+}
+
+async fn follow_up_done(
+    State(state): State<ConsoleState>,
+    req: Req,
+    p: Principal,
+    Path(id): Path<i64>,
+    axum::Form(form): axum::Form<NoteForm>,
+) -> Response {
+    let result = async {
+        p.visible(Action::DecideWorkOrders)?;
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT a.county, a.station_id FROM work_orders w JOIN accounts a ON a.account_id = w.account_id
+             WHERE w.work_order_id = $1 AND w.kind = 'offline-follow-up'",
+        )
+        .bind(id)
+        .fetch_optional(&state.db.pool)
+        .await?;
+        let (county, station) = row.ok_or(ConsoleError::NotFound)?;
+        if p
+            .authorize(Action::DecideWorkOrders, Scope::station(&county, &station))
+            .is_err()
+        {
+            return Err(ConsoleError::NotFound);
+        }
+        let done = crate::warning::record_follow_up_done(
+            &state.db,
+            id,
+            &p.username,
+            form.note.trim(),
+            state.now(Some(&county)),
+        )
+        .await?;
+        if done {
+            Ok(())
+        } else {
+            Err(ConsoleError::Conflict(req.t("case.not_open")))
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => Redirect::to("/console/station").into_response(),
+        Err(e) => e.page(&state, &req, Some(&p)),
+    }
+}
+
+// ---------------------------------------------------------------- accounts
+
+#[derive(Deserialize, Default)]
+struct Search {
+    #[serde(default)]
+    q: String,
+}
+
+async fn accounts(
+    State(state): State<ConsoleState>,
+    req: Req,
+    p: Option<Principal>,
+    Query(search): Query<Search>,
+) -> Response {
+    let p = match signed_in(p, &req) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if p.role == Role::Customer {
+        return Redirect::to(&format!(
+            "/console/accounts/{}",
+            p.account_id.as_deref().unwrap_or("")
+        ))
+        .into_response();
+    }
+    page(&state, &req, &p, async {
+        let v = p.visible(Action::ReadAccounts)?;
+        let list = data::accounts(&state.db, &v, search.q.trim()).await?;
+        Ok(Page::new(
+            "accounts.html",
+            context! { accounts => list, q => search.q },
+        ))
+    })
+    .await
+}
+
+/// The account, if the principal may read it; 404 otherwise (existence is private).
+async fn visible_account(
+    state: &ConsoleState,
+    p: &Principal,
+    id: &str,
+) -> Result<data::AccountSummary, ConsoleError> {
+    p.visible(Action::ReadAccounts)?;
+    let a = data::account(&state.db, id)
+        .await?
+        .ok_or(ConsoleError::NotFound)?;
+    p.authorize(
+        Action::ReadAccounts,
+        Scope::account(&a.county, &a.station_id, &a.account_id),
+    )
+    .map_err(|_| ConsoleError::NotFound)?;
+    Ok(a)
+}
+
+/// A fresh channel transaction id for one pay form: submitting the same form twice is
+/// one payment (the inbox answers the second `duplicate`).
+fn new_txn_id() -> String {
+    let mut b = [0u8; 12];
+    getrandom::fill(&mut b).expect("the operating system random source");
+    format!("console-{}", hex::encode(b))
+}
+
+fn may_pay(p: &Principal, a: &data::AccountSummary) -> bool {
+    p.role == Role::Customer
+        && p.authorize(
+            Action::RecordPayments,
+            Scope::account(&a.county, &a.station_id, &a.account_id),
+        )
+        .is_ok()
+}
+
+async fn summary_context(
+    state: &ConsoleState,
+    p: &Principal,
+    a: &data::AccountSummary,
+    notice: Option<String>,
+) -> minijinja::Value {
+    context! {
+        account => a,
+        may_pay => may_pay(p, a),
+        app_channel => state.channels.as_ref().is_some_and(|c| c.config.channels.contains_key("app")),
+        txn_id => new_txn_id(),
+        notice => notice,
+    }
+}
+
+async fn account_page(
+    State(state): State<ConsoleState>,
+    req: Req,
+    p: Option<Principal>,
+    Path(id): Path<String>,
+) -> Response {
+    let p = match signed_in(p, &req) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    page(&state, &req, &p, async {
+        let a = visible_account(&state, &p, &id).await?;
+        let usage = data::usage(&state.db, &a.account_id, 30).await?;
+        let chart = super::charts::daily_usage(
+            &usage,
+            &req.t("chart.usage_title"),
+            &req.t("chart.kwh"),
+            &req.t("chart.yuan"),
+        );
+        let payments = data::payments(&state.db, &a.account_id).await?;
+        let decisions = if p
+            .authorize(
+                Action::ReadDecisions,
+                Scope::account(&a.county, &a.station_id, &a.account_id),
+            )
+            .is_ok()
+        {
+            data::decisions_of(&state.db, &a.account_id).await?
+        } else {
+            Vec::new()
+        };
+        let summary = summary_context(&state, &p, &a, None).await;
+        Ok(Page::new(
+            "account.html",
+            context! {
+                chart => minijinja::Value::from_safe_string(chart),
+                payments => payments,
+                decisions => decisions,
+                ..summary,
+            },
+        ))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct PayForm {
+    amount: String,
+    txn_id: String,
+}
+
+/// The customer's payment, through the `app` channel's inbox: the same validation, the
+/// same exactly-once application, receipt SMS and reconnection as a signed app-channel
+/// notification (only the signature check is replaced by the console session).
+async fn pay(
+    State(state): State<ConsoleState>,
+    req: Req,
+    p: Principal,
+    Path(id): Path<String>,
+    axum::Form(form): axum::Form<PayForm>,
+) -> Response {
+    let result = async {
+        let a = visible_account(&state, &p, &id).await?;
+        if !may_pay(&p, &a) {
+            return Err(ConsoleError::Forbidden(req.t("pay.customers_only")));
+        }
+        let channels = state
+            .channels
+            .as_ref()
+            .ok_or_else(|| ConsoleError::Conflict(req.t("pay.no_app_channel")))?;
+        let cfg = channels
+            .config
+            .channels
+            .get("app")
+            .ok_or_else(|| ConsoleError::Conflict(req.t("pay.no_app_channel")))?;
+        let body = serde_json::json!({
+            "txn_id": form.txn_id,
+            "account_id": a.account_id,
+            "amount": form.amount.trim(),
+            "currency": "CNY",
+            "type": "payment",
+        })
+        .to_string();
+        let n = crate::channels::validate("app", body.as_bytes(), cfg.max_amount_fen)
+            .map_err(|answer| ConsoleError::BadRequest(answer.message))?;
+        let answer = channels.inbox.submit(n, std::time::Instant::now()).await;
+        use crate::channels::ResultCode;
+        match answer.code {
+            ResultCode::Applied | ResultCode::Duplicate => {}
+            _ => return Err(ConsoleError::BadRequest(answer.message)),
+        }
+        let a = data::account(&state.db, &a.account_id)
+            .await?
+            .ok_or(ConsoleError::NotFound)?;
+        let notice = super::i18n::fill(
+            &req.t(if answer.code == ResultCode::Applied {
+                "pay.applied"
+            } else {
+                "pay.duplicate"
+            }),
+            &[("amount", form.amount.trim().to_string())],
+        );
+        Ok((a, notice))
+    }
+    .await;
+    match result {
+        Ok((a, notice)) if req.htmx => {
+            let ctx = summary_context(&state, &p, &a, Some(notice)).await;
+            render(
+                &state,
+                &req,
+                Some(&p),
+                Page::new("account_summary.html", ctx),
+            )
+        }
+        Ok((a, _)) => Redirect::to(&format!("/console/accounts/{}", a.account_id)).into_response(),
+        Err(e) => e.page(&state, &req, Some(&p)),
+    }
+}
+
+// ---------------------------------------------------------------- business hall
+
+/// The fee-control application form (费控申请信息) as submitted.
+#[derive(Deserialize, Default, serde::Serialize, Clone)]
+struct ApplicationForm {
+    /// `new-connection` or `capacity-increase`.
+    #[serde(default)]
+    application: String,
+    #[serde(default)]
+    county: String,
+    #[serde(default)]
+    station_id: String,
+    #[serde(default)]
+    customer_id: String,
+    #[serde(default)]
+    customer_name: String,
+    #[serde(default)]
+    master_mobile: String,
+    #[serde(default)]
+    customer_class: String,
+    #[serde(default)]
+    vulnerable: Option<String>,
+    #[serde(default)]
+    meter_id: String,
+    /// Modbus TCP gateway `ip:port`.
+    #[serde(default)]
+    gateway: String,
+    #[serde(default)]
+    unit: String,
+    #[serde(default)]
+    ct_ratio: String,
+    #[serde(default)]
+    pt_ratio: String,
+    #[serde(default)]
+    account_id: String,
+    /// 预警值, yuan.
+    #[serde(default)]
+    alarm_threshold: String,
+    /// 代扣值, yuan; empty for none.
+    #[serde(default)]
+    auto_debit: String,
+    #[serde(default)]
+    mobile: String,
+    #[serde(default)]
+    second_mobile: String,
+    #[serde(default)]
+    keep_power: Option<String>,
+    #[serde(default)]
+    time_of_use: Option<String>,
+    /// Initial prepayment taken at the counter, yuan; empty: not yet paid.
+    #[serde(default)]
+    prepayment: String,
+}
+
+fn yuan_field(name: &str, text: &str) -> Result<i64, String> {
+    let d: rust_decimal::Decimal = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{name}: {text:?} is not an amount in yuan (e.g. 20.00)"))?;
+    let fen = crate::money::yuan_to_fen(d).map_err(|e| format!("{name}: {e}"))?;
+    if fen < 0 {
+        return Err(format!("{name}: must not be negative"));
+    }
+    Ok(fen)
+}
+
+fn opt(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Checks the form and builds the application; every problem found, each saying what
+/// to correct.
+fn application(
+    f: &ApplicationForm,
+    p: &Principal,
+) -> Result<(crate::onboarding::Application, Option<i64>), Vec<String>> {
+    use crate::onboarding::check_mobile_format;
+    let mut errors = Vec::new();
+    let mut need = |name: &str, v: &str| {
+        if v.trim().is_empty() {
+            errors.push(format!("{name} is required"));
+        }
+    };
+    for (name, v) in [
+        ("customer number", &f.customer_id),
+        ("customer name", &f.customer_name),
+        ("meter number", &f.meter_id),
+        ("account number", &f.account_id),
+        ("mobile", &f.mobile),
+        ("meter gateway", &f.gateway),
+    ] {
+        need(name, v);
+    }
+    if f.application != "new-connection" {
+        errors.push(
+            "only new connections are accepted here; a capacity increase changes the meter (feegate replacement) and the agreement (feegate agreement change)".into(),
+        );
+    }
+    let county = p
+        .county
+        .clone()
+        .unwrap_or_else(|| f.county.trim().to_string());
+    let station = p
+        .station_id
+        .clone()
+        .unwrap_or_else(|| f.station_id.trim().to_string());
+    if county.is_empty() || station.is_empty() {
+        errors.push("county and station are required".into());
+    }
+    if ![
+        "low-voltage-residential",
+        "low-voltage-commercial",
+        "high-voltage",
+    ]
+    .contains(&f.customer_class.as_str())
+    {
+        errors.push(format!(
+            "customer class {:?}: choose residential, commercial or high voltage",
+            f.customer_class
+        ));
+    }
+    for (what, number) in [
+        ("mobile", &f.mobile),
+        ("second mobile", &f.second_mobile),
+        ("master-data mobile", &f.master_mobile),
+    ] {
+        if !number.trim().is_empty()
+            && let Err(e) = check_mobile_format(what, number.trim())
+        {
+            errors.push(e.to_string());
+        }
+    }
+    let gateway: Option<std::net::SocketAddr> = match f.gateway.trim().parse() {
+        Ok(g) => Some(g),
+        Err(_) if f.gateway.trim().is_empty() => None,
+        Err(_) => {
+            errors.push(format!(
+                "meter gateway {:?}: give the gateway's IP address and port, e.g. 10.0.0.7:502",
+                f.gateway
+            ));
+            None
+        }
+    };
+    let unit = match f.unit.trim().parse::<u8>() {
+        Ok(u) if (1..=247).contains(&u) => u,
+        _ => {
+            errors.push(format!("Modbus unit {:?}: a number 1–247", f.unit));
+            1
+        }
+    };
+    let ratio = |name: &str, v: &str, errors: &mut Vec<String>| match v.trim() {
+        "" => 1,
+        t => match t.parse::<i64>() {
+            Ok(r) if r >= 1 => r,
+            _ => {
+                errors.push(format!("{name} {v:?}: a whole number, at least 1"));
+                1
+            }
+        },
+    };
+    let ct = ratio("CT ratio", &f.ct_ratio, &mut errors);
+    let pt = ratio("PT ratio", &f.pt_ratio, &mut errors);
+    let alarm = yuan_field("alarm threshold", &f.alarm_threshold).unwrap_or_else(|e| {
+        errors.push(e);
+        0
+    });
+    let auto_debit = match opt(&f.auto_debit) {
+        None => None,
+        Some(t) => match yuan_field("auto-debit amount", &t) {
+            Ok(0) => {
+                errors.push("auto-debit amount: leave empty for none, or more than 0".into());
+                None
+            }
+            Ok(v) => Some(v),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        },
+    };
+    let prepayment = match opt(&f.prepayment) {
+        None => None,
+        Some(t) => match yuan_field("initial prepayment", &t) {
+            Ok(0) => None,
+            Ok(v) => Some(v),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        },
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok((
+        crate::onboarding::Application {
+            county,
+            station_id: station,
+            customer_id: f.customer_id.trim().into(),
+            customer_name: f.customer_name.trim().into(),
+            master_mobile: opt(&f.master_mobile),
+            customer_class: f.customer_class.clone(),
+            vulnerable: f.vulnerable.is_some(),
+            meter_id: f.meter_id.trim().into(),
+            link: feegate_meter::fleet::MeterLink::Modbus(feegate_meter::registers::MeterAddress {
+                gateway: gateway.expect("checked above"),
+                unit,
+            }),
+            ct_ratio: ct,
+            pt_ratio: pt,
+            account_id: f.account_id.trim().into(),
+            alarm_threshold_fen: alarm,
+            auto_debit_fen: auto_debit,
+            mobile: f.mobile.trim().into(),
+            second_mobile: opt(&f.second_mobile),
+            keep_power: f.keep_power.is_some(),
+            time_of_use: f.time_of_use.is_some(),
+        },
+        prepayment,
+    ))
+}
+
+/// Accounts of the principal's station waiting for their initial prepayment.
+async fn pending_prepayment(
+    state: &ConsoleState,
+    v: &Visibility,
+) -> Result<Vec<data::AccountSummary>, ConsoleError> {
+    Ok(data::accounts(&state.db, v, "")
+        .await?
+        .into_iter()
+        .filter(|a| a.status == "pending-prepayment")
+        .collect())
+}
+
+async fn hall(State(state): State<ConsoleState>, req: Req, p: Option<Principal>) -> Response {
+    let p = match signed_in(p, &req) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    page(&state, &req, &p, async {
+        let v = p.visible(Action::Onboard)?;
+        let form = ApplicationForm {
+            application: "new-connection".into(),
+            customer_class: "low-voltage-residential".into(),
+            unit: "1".into(),
+            ct_ratio: "1".into(),
+            pt_ratio: "1".into(),
+            alarm_threshold: "20.00".into(),
+            ..Default::default()
+        };
+        Ok(Page::new(
+            "hall.html",
+            context! { form => form, pending => pending_prepayment(&state, &v).await? },
+        ))
+    })
+    .await
+}
+
+async fn hall_submit(
+    State(state): State<ConsoleState>,
+    req: Req,
+    p: Principal,
+    axum::Form(form): axum::Form<ApplicationForm>,
+) -> Response {
+    page(&state, &req, &p, async {
+        let v = p.visible(Action::Onboard)?;
+        let (app, prepayment) = match application(&form, &p) {
+            Ok(x) => x,
+            Err(errors) => {
+                let mut page = Page::new(
+                    "hall.html",
+                    context! { form => form, errors => errors, pending => pending_prepayment(&state, &v).await? },
+                );
+                page.status = StatusCode::BAD_REQUEST;
+                return Ok(page);
+            }
+        };
+        p.authorize(Action::Onboard, Scope::station(&app.county, &app.station_id))?;
+        let now = state.now(Some(&app.county));
+        let onboarded = match crate::onboarding::onboard(&state.db, &app, now).await {
+            Ok(o) => o,
+            Err(e) => {
+                let msg = e.to_string();
+                let hint = if msg.contains("UNIQUE") || msg.contains("unique") || msg.contains("duplicate key") {
+                    format!("{}: {msg}", req.t("hall.exists"))
+                } else if msg.contains("FOREIGN KEY") || msg.contains("foreign key") {
+                    format!("{}: {msg}", req.t("hall.unknown_station"))
+                } else {
+                    return Err(ConsoleError::from(e));
+                };
+                let mut page = Page::new(
+                    "hall.html",
+                    context! { form => form, errors => vec![hint], pending => pending_prepayment(&state, &v).await? },
+                );
+                page.status = StatusCode::CONFLICT;
+                return Ok(page);
+            }
+        };
+        let mut prepaid = None;
+        if let Some(fen) = prepayment {
+            let txn = format!("hall-{}", app.account_id);
+            let notice = crate::payment::PaymentNotice {
+                channel: "business-hall",
+                channel_txn_id: &txn,
+                account_id: &app.account_id,
+                amount_fen: fen,
+            };
+            crate::payment::apply(&state.db, &notice, crate::ledger::EntryKind::Prepayment, now)
+                .await
+                .map_err(|e| ConsoleError::BadRequest(e.to_string()))?;
+            prepaid = Some(fen);
+        }
+        let account = data::account(&state.db, &app.account_id).await?;
+        Ok(Page::new(
+            "hall.html",
+            context! {
+                form => ApplicationForm { application: "new-connection".into(), customer_class: "low-voltage-residential".into(), unit: "1".into(), ct_ratio: "1".into(), pt_ratio: "1".into(), alarm_threshold: "20.00".into(), ..Default::default() },
+                done => context! { account => account, mobile_mismatch => onboarded.mobile_mismatch, prepaid_fen => prepaid },
+                pending => pending_prepayment(&state, &v).await?,
+            },
+        ))
+    })
+    .await
+}
+
+// ---------------------------------------------------------------- policies, decisions
+
+async fn policies(State(state): State<ConsoleState>, req: Req, p: Option<Principal>) -> Response {
+    let p = match signed_in(p, &req) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    page(&state, &req, &p, async {
+        let v = p.visible(Action::ReadPolicies)?;
+        let mut counties = Vec::new();
+        for county in counties_in(&state, &v) {
+            let now = state.now(Some(&county));
+            let mut kinds = Vec::new();
+            for kind in [
+                crate::policy::PolicyKind::Tariff,
+                crate::policy::PolicyKind::Warning,
+                crate::policy::PolicyKind::Notice,
+                crate::policy::PolicyKind::Cutoff,
+            ] {
+                let registry_err = |e: crate::registry::RegistryError| {
+                    tracing::error!("console: policy registry: {e}");
+                    ConsoleError::Unavailable
+                };
+                let versions = crate::registry::publications(&state.db, &county, Some(kind))
+                    .await
+                    .map_err(registry_err)?;
+                let history = crate::registry::history(&state.db, &county, Some(kind))
+                    .await
+                    .map_err(registry_err)?;
+                let in_force = crate::registry::in_force(&state.db, &county, kind, now)
+                    .await
+                    .map_err(registry_err)?;
+                kinds.push(context! {
+                    kind => kind.as_str(),
+                    versions => versions.iter().map(|x| context! {
+                        publication_id => x.publication_id,
+                        sha256 => x.component_sha256,
+                        source => x.source,
+                        who => x.who,
+                        published_at => x.published_at,
+                        note => x.note,
+                        parameters => x.parameters_json,
+                        size_bytes => x.size_bytes,
+                        in_force => in_force.as_ref().is_some_and(|a| a.publication_id == x.publication_id),
+                    }).collect::<Vec<_>>(),
+                    history => history.iter().map(|a| context! {
+                        activation_id => a.activation_id,
+                        publication_id => a.publication_id,
+                        sha256 => a.component_sha256,
+                        action => a.action,
+                        stage => a.rollout_stage.map(|s| format!("{s:?}")),
+                        effective_at => a.effective_at,
+                        who => a.who,
+                        note => a.note,
+                    }).collect::<Vec<_>>(),
+                });
+            }
+            counties.push(context! { county => county, kinds => kinds });
+        }
+        Ok(Page::new("policies.html", context! { counties => counties }))
+    })
+    .await
+}
+
+async fn decision_page(
+    State(state): State<ConsoleState>,
+    req: Req,
+    p: Option<Principal>,
+    Path(id): Path<i64>,
+) -> Response {
+    let p = match signed_in(p, &req) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    page(&state, &req, &p, async {
+        p.visible(Action::ReadDecisions)?;
+        let d = data::decision(&state.db, id)
+            .await?
+            .ok_or(ConsoleError::NotFound)?;
+        let scope = match d.station_id.as_deref() {
+            Some(s) => Scope::account(&d.county, s, &d.account_id),
+            None => Scope::county(&d.county),
+        };
+        p.authorize(Action::ReadDecisions, scope)
+            .map_err(|_| ConsoleError::NotFound)?;
+        let pretty = |s: &str| {
+            serde_json::from_str::<serde_json::Value>(s)
+                .and_then(|v| serde_json::to_string_pretty(&v))
+                .unwrap_or_else(|_| s.to_string())
+        };
+        Ok(Page::new(
+            "decision.html",
+            context! {
+                d => d,
+                input => pretty(&d.input_json),
+                output => d.output_json.as_deref().map(pretty),
+                failure => d.failure_json.as_deref().map(pretty),
+            },
+        ))
+    })
+    .await
+}
