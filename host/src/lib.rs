@@ -43,6 +43,7 @@ pub mod onboarding;
 pub mod outbox;
 pub mod payment;
 pub mod policy;
+pub mod query;
 pub mod readings;
 pub mod reconcile;
 pub mod registry;
