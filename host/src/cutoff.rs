@@ -372,9 +372,115 @@ pub struct ExecutionReport {
     pub cancelled_paid: u32,
 }
 
-/// Executes approved disconnection work orders: each passes the floor at this moment
-/// or waits for the next execution; an account that is no longer in arrears has its
-/// order cancelled.
+/// What executing one approved disconnection work order did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Executed {
+    /// The floor allowed it: the trip command was created (`false`: one existed for
+    /// this order already) and the order is `done`, executed by the executor.
+    Tripped { created: bool },
+    /// The safety floor refused at this moment; `cancelled` when it never will allow
+    /// it (keep-power, vulnerable), else the order stays approved for a later try.
+    FloorRefused {
+        refusals: Vec<FloorRefusal>,
+        cancelled: bool,
+    },
+    /// The account is no longer in arrears or its relay is not closed: cancelled.
+    CancelledPaid,
+    /// Not an approved disconnection order (unknown, another kind, or not `approved`).
+    NotApproved { status: Option<String> },
+    /// The executor approved it: the two-person rule refuses.
+    TwoPersonRule { approver: String },
+}
+
+/// Executes one approved disconnection work order now, as `executed_by` (`system` for
+/// the scheduled run): the two-person rule (the approver is never the executor), then
+/// the account must still be in arrears with a closed relay (else the order is
+/// cancelled), then the safety floor at this moment; the trip command is created and
+/// the order marked `done` with `executed_by`/`executed_at`, all in one transaction.
+pub async fn execute_one(
+    db: &Db,
+    county: &County,
+    work_order_id: i64,
+    executed_by: &str,
+    now: NaiveDateTime,
+    relay: &RelayConfig,
+) -> Result<Executed, DbError> {
+    let mut conn = db.pool.acquire().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let order = sqlx::query(
+        "SELECT w.account_id, w.status, w.decided_by FROM work_orders w
+         WHERE w.work_order_id = $1 AND w.kind = 'approve-disconnection'",
+    )
+    .bind(work_order_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(order) = order else {
+        return Ok(Executed::NotApproved { status: None });
+    };
+    let (account_id, status, approver): (Option<String>, String, Option<String>) =
+        (order.try_get(0)?, order.try_get(1)?, order.try_get(2)?);
+    let Some(account_id) = account_id.filter(|_| status == "approved") else {
+        return Ok(Executed::NotApproved {
+            status: Some(status),
+        });
+    };
+    if let Some(approver) = approver.filter(|a| a == executed_by) {
+        return Ok(Executed::TwoPersonRule { approver });
+    }
+    let id = work_order_id;
+    let facts = AccountFacts::load(&mut tx, &account_id).await?;
+    let outcome = if facts.balance_fen >= 0 || facts.relay_state != "closed" {
+        sqlx::query("UPDATE work_orders SET status = 'cancelled', note = COALESCE(note, '') || ' [cancelled: no longer in arrears or already open]' WHERE work_order_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        Executed::CancelledPaid
+    } else {
+        match trip_if_floor_allows(
+            &mut tx,
+            county,
+            &facts,
+            &format!("work-order:{id}"),
+            now,
+            relay,
+        )
+        .await?
+        {
+            Ok(created) => {
+                sqlx::query("UPDATE work_orders SET status = 'done', executed_by = $2, executed_at = $3 WHERE work_order_id = $1")
+                    .bind(id)
+                    .bind(executed_by)
+                    .bind(ts(now))
+                    .execute(&mut *tx)
+                    .await?;
+                Executed::Tripped { created }
+            }
+            Err(refusals) => {
+                let cancelled = refusals.iter().any(FloorRefusal::is_permanent);
+                if cancelled {
+                    sqlx::query(
+                        "UPDATE work_orders SET status = 'cancelled',
+                                note = COALESCE(note, '') || ' [cancelled: the safety floor never allows this trip]'
+                         WHERE work_order_id = $1",
+                    )
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Executed::FloorRefused {
+                    refusals,
+                    cancelled,
+                }
+            }
+        }
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Executes approved disconnection work orders of the county as `system` ([`execute_one`]
+/// each): each passes the floor at this moment or waits for the next execution; an
+/// account that is no longer in arrears has its order cancelled.
 pub async fn execute_approved(
     db: &Db,
     county: &County,
@@ -383,58 +489,19 @@ pub async fn execute_approved(
 ) -> Result<ExecutionReport, DbError> {
     let mut report = ExecutionReport::default();
     let orders = sqlx::query(
-        "SELECT w.work_order_id, w.account_id FROM work_orders w JOIN accounts a ON a.account_id = w.account_id
+        "SELECT w.work_order_id FROM work_orders w JOIN accounts a ON a.account_id = w.account_id
          WHERE a.county = $1 AND w.kind = 'approve-disconnection' AND w.status = 'approved' ORDER BY w.work_order_id",
     )
     .bind(&county.county)
     .fetch_all(&db.pool)
     .await?;
     for o in orders {
-        let (id, account_id): (i64, String) = (o.try_get(0)?, o.try_get(1)?);
-        let mut conn = db.pool.acquire().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let facts = AccountFacts::load(&mut tx, &account_id).await?;
-        if facts.balance_fen >= 0 || facts.relay_state != "closed" {
-            sqlx::query("UPDATE work_orders SET status = 'cancelled', note = COALESCE(note, '') || ' [cancelled: no longer in arrears or already open]' WHERE work_order_id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            report.cancelled_paid += 1;
-        } else {
-            match trip_if_floor_allows(
-                &mut tx,
-                county,
-                &facts,
-                &format!("work-order:{id}"),
-                now,
-                relay,
-            )
-            .await?
-            {
-                Ok(created) => {
-                    sqlx::query("UPDATE work_orders SET status = 'done', executed_by = 'system', executed_at = $2 WHERE work_order_id = $1")
-                        .bind(id)
-                        .bind(ts(now))
-                        .execute(&mut *tx)
-                        .await?;
-                    report.trips_created += u32::from(created);
-                }
-                Err(refusals) => {
-                    report.floor_refused += 1;
-                    if refusals.iter().any(FloorRefusal::is_permanent) {
-                        sqlx::query(
-                            "UPDATE work_orders SET status = 'cancelled',
-                                    note = COALESCE(note, '') || ' [cancelled: the safety floor never allows this trip]'
-                             WHERE work_order_id = $1",
-                        )
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-            }
+        match execute_one(db, county, o.try_get(0)?, "system", now, relay).await? {
+            Executed::Tripped { created } => report.trips_created += u32::from(created),
+            Executed::FloorRefused { .. } => report.floor_refused += 1,
+            Executed::CancelledPaid => report.cancelled_paid += 1,
+            Executed::NotApproved { .. } | Executed::TwoPersonRule { .. } => {}
         }
-        tx.commit().await?;
     }
     Ok(report)
 }

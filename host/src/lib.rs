@@ -17,6 +17,7 @@
 //! [`audit`] verifies and replays the decision log; [`db`] owns storage; [`demo`] drives a simulated county.
 
 pub mod accountview;
+pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod autodebit;
