@@ -374,63 +374,73 @@ pub struct ExecutionReport {
 
 /// What executing one approved disconnection work order did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Execution {
-    /// The floor allowed it: the order is `done`, executed by `executed_by`; `created` is
-    /// false when a trip command for it already existed.
+pub enum Executed {
+    /// The floor allowed it: the trip command was created (`false`: one existed for
+    /// this order already) and the order is `done`, executed by the executor.
     Tripped { created: bool },
-    /// The customer paid (or the relay is already open): the order is cancelled.
-    Cancelled,
-    /// The floor refused the trip now; a permanent refusal (keep-power, vulnerable) also
-    /// cancelled the order, any other leaves it approved for a later try.
-    FloorRefused(Vec<FloorRefusal>),
-    /// The order is not an approved disconnection work order (open, held, done, unknown).
-    NotApproved,
-    /// The executor is the person who approved it (two-person rule); nothing changed.
-    SamePerson,
+    /// The safety floor refused at this moment; `cancelled` when it never will allow
+    /// it (keep-power, vulnerable), else the order stays approved for a later try.
+    FloorRefused {
+        refusals: Vec<FloorRefusal>,
+        cancelled: bool,
+    },
+    /// The account is no longer in arrears or its relay is not closed: cancelled.
+    CancelledPaid,
+    /// Not an approved disconnection order (unknown, another kind, or not `approved`).
+    NotApproved { status: Option<String> },
+    /// The executor approved it: the two-person rule refuses.
+    TwoPersonRule { approver: String },
 }
 
-/// Executes one approved disconnection work order now, for `executor` ('system' for the
-/// scheduled run): the trip passes the [`SafetyFloor`] at this moment or is refused; an
-/// account no longer in arrears has its order cancelled. The approver (`decided_by`)
-/// may never execute their own approval. One transaction.
-pub async fn execute_work_order(
+/// Executes one approved disconnection work order now, as `executed_by` (`system` for
+/// the scheduled run): the two-person rule (the approver is never the executor), then
+/// the account must still be in arrears with a closed relay (else the order is
+/// cancelled), then the safety floor at this moment; the trip command is created and
+/// the order marked `done` with `executed_by`/`executed_at`, all in one transaction.
+pub async fn execute_one(
     db: &Db,
     county: &County,
     work_order_id: i64,
-    executor: &str,
+    executed_by: &str,
     now: NaiveDateTime,
     relay: &RelayConfig,
-) -> Result<Execution, DbError> {
+) -> Result<Executed, DbError> {
     let mut conn = db.pool.acquire().await?;
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let order = sqlx::query(
-        "SELECT w.account_id, w.decided_by FROM work_orders w JOIN accounts a ON a.account_id = w.account_id
-         WHERE w.work_order_id = $1 AND a.county = $2 AND w.kind = 'approve-disconnection' AND w.status = 'approved'",
+        "SELECT w.account_id, w.status, w.decided_by FROM work_orders w
+         WHERE w.work_order_id = $1 AND w.kind = 'approve-disconnection'",
     )
     .bind(work_order_id)
-    .bind(&county.county)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(order) = order else {
-        return Ok(Execution::NotApproved);
+        return Ok(Executed::NotApproved { status: None });
     };
-    let (account_id, decided_by): (String, Option<String>) = (order.try_get(0)?, order.try_get(1)?);
-    if decided_by.as_deref() == Some(executor) {
-        return Ok(Execution::SamePerson);
+    let (account_id, status, approver): (Option<String>, String, Option<String>) =
+        (order.try_get(0)?, order.try_get(1)?, order.try_get(2)?);
+    let Some(account_id) = account_id.filter(|_| status == "approved") else {
+        return Ok(Executed::NotApproved {
+            status: Some(status),
+        });
+    };
+    if let Some(approver) = approver.filter(|a| a == executed_by) {
+        return Ok(Executed::TwoPersonRule { approver });
     }
+    let id = work_order_id;
     let facts = AccountFacts::load(&mut tx, &account_id).await?;
     let outcome = if facts.balance_fen >= 0 || facts.relay_state != "closed" {
         sqlx::query("UPDATE work_orders SET status = 'cancelled', note = COALESCE(note, '') || ' [cancelled: no longer in arrears or already open]' WHERE work_order_id = $1")
-            .bind(work_order_id)
+            .bind(id)
             .execute(&mut *tx)
             .await?;
-        Execution::Cancelled
+        Executed::CancelledPaid
     } else {
         match trip_if_floor_allows(
             &mut tx,
             county,
             &facts,
-            &format!("work-order:{work_order_id}"),
+            &format!("work-order:{id}"),
             now,
             relay,
         )
@@ -438,25 +448,29 @@ pub async fn execute_work_order(
         {
             Ok(created) => {
                 sqlx::query("UPDATE work_orders SET status = 'done', executed_by = $2, executed_at = $3 WHERE work_order_id = $1")
-                    .bind(work_order_id)
-                    .bind(executor)
+                    .bind(id)
+                    .bind(executed_by)
                     .bind(ts(now))
                     .execute(&mut *tx)
                     .await?;
-                Execution::Tripped { created }
+                Executed::Tripped { created }
             }
             Err(refusals) => {
-                if refusals.iter().any(FloorRefusal::is_permanent) {
+                let cancelled = refusals.iter().any(FloorRefusal::is_permanent);
+                if cancelled {
                     sqlx::query(
                         "UPDATE work_orders SET status = 'cancelled',
                                 note = COALESCE(note, '') || ' [cancelled: the safety floor never allows this trip]'
                          WHERE work_order_id = $1",
                     )
-                    .bind(work_order_id)
+                    .bind(id)
                     .execute(&mut *tx)
                     .await?;
                 }
-                Execution::FloorRefused(refusals)
+                Executed::FloorRefused {
+                    refusals,
+                    cancelled,
+                }
             }
         }
     };
@@ -464,9 +478,9 @@ pub async fn execute_work_order(
     Ok(outcome)
 }
 
-/// Executes approved disconnection work orders: each passes the floor at this moment
-/// or waits for the next execution; an account that is no longer in arrears has its
-/// order cancelled. Executed as 'system' ([`execute_work_order`]).
+/// Executes approved disconnection work orders of the county as `system` ([`execute_one`]
+/// each): each passes the floor at this moment or waits for the next execution; an
+/// account that is no longer in arrears has its order cancelled.
 pub async fn execute_approved(
     db: &Db,
     county: &County,
@@ -474,19 +488,19 @@ pub async fn execute_approved(
     relay: &RelayConfig,
 ) -> Result<ExecutionReport, DbError> {
     let mut report = ExecutionReport::default();
-    let orders: Vec<i64> = sqlx::query_scalar(
+    let orders = sqlx::query(
         "SELECT w.work_order_id FROM work_orders w JOIN accounts a ON a.account_id = w.account_id
          WHERE a.county = $1 AND w.kind = 'approve-disconnection' AND w.status = 'approved' ORDER BY w.work_order_id",
     )
     .bind(&county.county)
     .fetch_all(&db.pool)
     .await?;
-    for id in orders {
-        match execute_work_order(db, county, id, "system", now, relay).await? {
-            Execution::Tripped { created } => report.trips_created += u32::from(created),
-            Execution::Cancelled => report.cancelled_paid += 1,
-            Execution::FloorRefused(_) => report.floor_refused += 1,
-            Execution::NotApproved | Execution::SamePerson => {}
+    for o in orders {
+        match execute_one(db, county, o.try_get(0)?, "system", now, relay).await? {
+            Executed::Tripped { created } => report.trips_created += u32::from(created),
+            Executed::FloorRefused { .. } => report.floor_refused += 1,
+            Executed::CancelledPaid => report.cancelled_paid += 1,
+            Executed::NotApproved { .. } | Executed::TwoPersonRule { .. } => {}
         }
     }
     Ok(report)

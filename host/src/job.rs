@@ -388,6 +388,53 @@ impl Host {
         Ok((reconnection, Some(report)))
     }
 
+    /// Executes one approved disconnection work order now as `executed_by` (a person
+    /// through the API): [`cutoff::execute_one`] (two-person rule, still in arrears,
+    /// the safety floor at this moment), then the trip command is issued and verified at
+    /// once, like a payment's reconnection. Returns what execution did and, when a
+    /// command was issued, its report.
+    pub async fn execute_work_order(
+        &self,
+        work_order_id: i64,
+        executed_by: &str,
+    ) -> Result<(cutoff::Executed, Option<RelayReport>), JobError> {
+        let now = self.clock.now();
+        let executed = cutoff::execute_one(
+            &self.db,
+            &self.county,
+            work_order_id,
+            executed_by,
+            now,
+            &self.config.relay,
+        )
+        .await?;
+        if !matches!(executed, cutoff::Executed::Tripped { .. }) {
+            return Ok((executed, None));
+        }
+        let command: Option<i64> = sqlx::query(
+            "SELECT command_id FROM relay_commands WHERE decision_key = $1 AND status = 'pending'",
+        )
+        .bind(format!("work-order:{work_order_id}"))
+        .fetch_optional(&self.db.pool)
+        .await?
+        .map(|r| sqlx::Row::try_get(&r, 0))
+        .transpose()?;
+        let Some(command_id) = command else {
+            return Ok((executed, None));
+        };
+        let report = relay::drive_command(
+            &self.db,
+            &self.meters,
+            &self.county.floor,
+            &self.county.county,
+            command_id,
+            now,
+        )
+        .await?;
+        self.announce_relay_events(&report, now).await?;
+        Ok((executed, Some(report)))
+    }
+
     /// Tells customers what their relay commands did (SMS via the outbox) and opens a
     /// work order for each failed reconnection.
     async fn announce_relay_events(

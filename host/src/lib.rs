@@ -17,6 +17,7 @@
 //! [`audit`] verifies and replays the decision log; [`db`] owns storage; [`demo`] drives a simulated county.
 
 pub mod accountview;
+pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod autodebit;
@@ -44,6 +45,7 @@ pub mod onboarding;
 pub mod outbox;
 pub mod payment;
 pub mod policy;
+pub mod query;
 pub mod readings;
 pub mod reconcile;
 pub mod registry;

@@ -131,6 +131,18 @@ pub struct Onboarded {
 /// Creates customer, meter, agreement and account in one transaction.
 pub async fn onboard(db: &Db, a: &Application, now: NaiveDateTime) -> Result<Onboarded, DbError> {
     let mut tx = db.pool.begin().await?;
+    let onboarded = onboard_in(&mut tx, a, now).await?;
+    tx.commit().await?;
+    Ok(onboarded)
+}
+
+/// [`onboard`] inside the caller's transaction (`tx` must be in one), so the API can
+/// apply the initial prepayment in the same commit. On error the caller rolls back.
+pub async fn onboard_in(
+    tx: &mut AnyConnection,
+    a: &Application,
+    now: NaiveDateTime,
+) -> Result<Onboarded, DbError> {
     sqlx::query(
         "INSERT INTO customers (customer_id, county, station_id, name, master_mobile, customer_class, vulnerable) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
@@ -144,7 +156,7 @@ pub async fn onboard(db: &Db, a: &Application, now: NaiveDateTime) -> Result<Onb
     .execute(&mut *tx)
     .await?;
     insert_meter(
-        &mut tx,
+        &mut *tx,
         &NewMeter {
             meter_id: &a.meter_id,
             customer_id: &a.customer_id,
@@ -183,8 +195,7 @@ pub async fn onboard(db: &Db, a: &Application, now: NaiveDateTime) -> Result<Onb
     .bind(&a.station_id)
     .execute(&mut *tx)
     .await?;
-    let check = check_mobile(&mut tx, &a.account_id, None, now).await?;
-    tx.commit().await?;
+    let check = check_mobile(&mut *tx, &a.account_id, None, now).await?;
     Ok(Onboarded {
         mobile_mismatch: matches!(check, MobileCheck::Mismatch { .. }),
     })

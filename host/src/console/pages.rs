@@ -269,7 +269,8 @@ async fn execute(
             case.county
         ))
     })?;
-    let outcome = crate::cutoff::execute_work_order(
+    use crate::cutoff::Executed;
+    let outcome = crate::cutoff::execute_one(
         &state.db,
         &host.county,
         case.work_order_id,
@@ -279,16 +280,14 @@ async fn execute(
     )
     .await?;
     match outcome {
-        crate::cutoff::Execution::Tripped { .. } | crate::cutoff::Execution::Cancelled => Ok(()),
-        crate::cutoff::Execution::FloorRefused(refusals) => Err(ConsoleError::Conflict(format!(
+        Executed::Tripped { .. } | Executed::CancelledPaid => Ok(()),
+        Executed::FloorRefused { refusals, .. } => Err(ConsoleError::Conflict(format!(
             "{}: {}",
             req.t("case.floor_refused"),
             serde_json::to_string(&refusals).unwrap_or_default()
         ))),
-        crate::cutoff::Execution::NotApproved => {
-            Err(ConsoleError::Conflict(req.t("case.not_approved")))
-        }
-        crate::cutoff::Execution::SamePerson => {
+        Executed::NotApproved { .. } => Err(ConsoleError::Conflict(req.t("case.not_approved"))),
+        Executed::TwoPersonRule { .. } => {
             Err(ConsoleError::Conflict(req.t("case.two_person_rule")))
         }
     }

@@ -201,7 +201,8 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Arc<ServeState>> {
     }))
 }
 
-/// The HTTP routes: health, readiness, metrics; the SMS gateway's delivery receipts
+/// The HTTP routes: health, readiness, metrics; the API (`/api/v1`, `/api/openapi.json`,
+/// [`crate::api`]); the SMS gateway's delivery receipts
 /// (`POST /sms/receipts`) when an HTTP gateway is configured; the payment channels'
 /// notifications (`POST /channels/{channel}/notify`) when `[channels]` is configured.
 pub fn router(state: Arc<ServeState>) -> Router {
@@ -213,7 +214,8 @@ pub fn router(state: Arc<ServeState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(state);
+        .with_state(state.clone())
+        .merge(crate::api::router(state));
     if let Some(r) = receipts {
         router = router.merge(crate::sms::receipts::receipts_router(r));
     }
