@@ -9,7 +9,7 @@ ARGS ?=
 PLUGINS := tariff-step warning-threshold notice-sms-zh cutoff-habit
 PLUGIN_FLAGS := $(foreach p,$(PLUGINS),-p policy-$(p)) -p hostile-policy -p impure-policy
 
-.PHONY: demo test plugins wasm-target fmt lint
+.PHONY: demo test plugins wasm-target fmt lint browser
 
 # rustup does not add targets by itself here (RUSTUP_AUTO_INSTALL=0).
 wasm-target:
@@ -22,7 +22,14 @@ plugins: wasm-target
 demo: plugins
 	@$(CARGO) run -q -p feegate -- demo $(ARGS)
 
-test: plugins
+# The browser tests (host/tests/browser.rs) drive Debian's chromium through chromedriver;
+# installed here only when chromedriver is missing (as root, or with sudo when there is one).
+browser:
+	@command -v chromedriver >/dev/null 2>&1 || { \
+		SUDO=$$(test "$$(id -u)" = 0 || command -v sudo); \
+		$$SUDO apt-get update >&2 && $$SUDO apt-get install -y chromium chromium-driver >&2; }
+
+test: plugins browser
 	$(CARGO) test --workspace
 
 fmt:
