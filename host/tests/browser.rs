@@ -63,6 +63,9 @@ async fn start_browser(driver: &std::path::Path) -> (Driver, Client) {
         }),
     );
     let url = format!("http://127.0.0.1:{}", driver.1);
+    // Other crates in the build enable more than one rustls provider: pick one (the
+    // WebDriver connection is plain HTTP on loopback anyway).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let began = std::time::Instant::now();
     let client = loop {
         match ClientBuilder::rustls()
