@@ -21,8 +21,8 @@
 mod common;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use feegate::auth::store::{AuthConfig, NewUser, create_user};
 use feegate::auth::Role;
+use feegate::auth::store::{AuthConfig, NewUser, create_user};
 use feegate::console::ConsoleState;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,7 +98,12 @@ async fn login(c: &Client, base: &str, user: &str) {
         .send_keys(PASSWORD)
         .await
         .unwrap();
-    c.find(Locator::Id("login")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Id("login"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let who = c
         .wait()
         .at_most(Duration::from_secs(10))
@@ -109,7 +114,12 @@ async fn login(c: &Client, base: &str, user: &str) {
 }
 
 async fn logout(c: &Client) {
-    c.find(Locator::Id("logout")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Id("logout"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     c.wait()
         .at_most(Duration::from_secs(10))
         .for_element(Locator::Id("login"))
@@ -124,9 +134,7 @@ async fn wait_for(c: &Client, css: &str, what: &str) -> fantoccini::elements::El
         .every(Duration::from_millis(250))
         .for_element(Locator::Css(css))
         .await
-        .unwrap_or_else(|e| {
-            panic!("{what}: no element matches {css} within 15 s: {e}")
-        })
+        .unwrap_or_else(|e| panic!("{what}: no element matches {css} within 15 s: {e}"))
 }
 
 /// Runs the simulated county until the first approval work order opens: full days
@@ -178,9 +186,13 @@ async fn county_with_an_open_case() -> (feegate::demo::Scenario, tempfile::TempD
 async fn staff_approve_and_execute_a_cutoff_and_a_customer_pays_in_the_browser() {
     let Some(driver) = chromedriver() else {
         if std::env::var_os("CI").is_some() {
-            panic!("chromedriver is not installed: `make test` installs chromium and chromium-driver (apt-get install -y chromium chromium-driver)");
+            panic!(
+                "chromedriver is not installed: `make test` installs chromium and chromium-driver (apt-get install -y chromium chromium-driver)"
+            );
         }
-        eprintln!("SKIPPED browser test: chromedriver not found on PATH; install it with `apt-get install -y chromium chromium-driver` or run `make test`");
+        eprintln!(
+            "SKIPPED browser test: chromedriver not found on PATH; install it with `apt-get install -y chromium chromium-driver` or run `make test`"
+        );
         return;
     };
     let (scenario, _dir) = county_with_an_open_case().await;
@@ -194,9 +206,27 @@ async fn staff_approve_and_execute_a_cutoff_and_a_customer_pays_in_the_browser()
     .await
     .expect("an open approval work order at 10:30 of that day");
     for (name, role, county, st, acct) in [
-        ("staff-a", Role::StationStaff, Some("xianyou"), Some(station.as_str()), None),
-        ("staff-b", Role::StationStaff, Some("xianyou"), Some(station.as_str()), None),
-        ("customer", Role::Customer, None, None, Some(account.as_str())),
+        (
+            "staff-a",
+            Role::StationStaff,
+            Some("xianyou"),
+            Some(station.as_str()),
+            None,
+        ),
+        (
+            "staff-b",
+            Role::StationStaff,
+            Some("xianyou"),
+            Some(station.as_str()),
+            None,
+        ),
+        (
+            "customer",
+            Role::Customer,
+            None,
+            None,
+            Some(account.as_str()),
+        ),
     ] {
         create_user(
             &db,

@@ -138,7 +138,8 @@ fn login(port: u16, user: &str) -> Session {
         .unwrap_or_else(|| panic!("no session cookie in {:?}", a.headers))
         .to_string();
     assert!(
-        a.header("set-cookie").contains("HttpOnly") && a.header("set-cookie").contains("SameSite=Strict"),
+        a.header("set-cookie").contains("HttpOnly")
+            && a.header("set-cookie").contains("SameSite=Strict"),
         "{}",
         a.header("set-cookie")
     );
@@ -178,7 +179,11 @@ fn feegate(args: &[&str], db: &str, stdin: Option<&str>) -> String {
 async fn scalar_i64(db: &str, sql: &str, arg: &str) -> i64 {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(db).await.unwrap();
-    let v: i64 = sqlx::query_scalar(sql).bind(arg).fetch_one(&pool).await.unwrap();
+    let v: i64 = sqlx::query_scalar(sql)
+        .bind(arg)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     pool.close().await;
     v
 }
@@ -188,13 +193,33 @@ async fn each_role_sees_its_pages_forms_work_cross_site_posts_and_dead_sessions_
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("console.db").display());
     // Eight accounts over the four stations of the demo county, three settled days.
-    feegate(&["demo", "--meters", "8", "--days", "3", "--db", &db], &db, None);
+    feegate(
+        &["demo", "--meters", "8", "--days", "3", "--db", &db],
+        &db,
+        None,
+    );
     for (user, extra) in [
-        ("staff-bt", vec!["--role", "station-staff", "--county", "xianyou", "--station", "XY-BT"]),
-        ("engineer", vec!["--role", "county-engineer", "--county", "xianyou"]),
+        (
+            "staff-bt",
+            vec![
+                "--role",
+                "station-staff",
+                "--county",
+                "xianyou",
+                "--station",
+                "XY-BT",
+            ],
+        ),
+        (
+            "engineer",
+            vec!["--role", "county-engineer", "--county", "xianyou"],
+        ),
         ("auditor", vec!["--role", "auditor"]),
         ("ops", vec!["--role", "operations"]),
-        ("cust-1", vec!["--role", "customer", "--account", "3500000001"]),
+        (
+            "cust-1",
+            vec!["--role", "customer", "--account", "3500000001"],
+        ),
     ] {
         let mut args = vec!["user", "add", user];
         args.extend(extra);
@@ -218,7 +243,10 @@ async fn each_role_sees_its_pages_forms_work_cross_site_posts_and_dead_sessions_
     let _server = ServeProcess::start(dir.path(), &config, &[("FEEGATE_DATABASE__URL", &db)]);
     let began = Instant::now();
     while !matches!(common::http_get(port, "/healthz"), Ok((200, _))) {
-        assert!(began.elapsed() < Duration::from_secs(60), "serve did not start");
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "serve did not start"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let origin = format!("http://127.0.0.1:{port}");
@@ -226,34 +254,66 @@ async fn each_role_sees_its_pages_forms_work_cross_site_posts_and_dead_sessions_
     // Nobody signed in: every page sends to the login page, which is Chinese unless
     // English is asked for (parameter, then remembered; or the browser's language).
     let a = request(port, "GET", "/console/station", &[], "");
-    assert_eq!((a.status, a.location()), (303, "/console/login?next=/console/station"));
+    assert_eq!(
+        (a.status, a.location()),
+        (303, "/console/login?next=/console/station")
+    );
     let a = request(port, "GET", "/console/login", &[], "");
     assert!(a.status == 200 && a.body.contains("用户名") && a.body.contains("lang=\"zh-CN\""));
     let a = request(port, "GET", "/console/login?lang=en", &[], "");
     assert!(a.body.contains("Username"), "{}", a.body);
     assert!(a.header("set-cookie").contains("feegate_lang=en"));
-    let a = request(port, "GET", "/console/login", &[("Cookie", "feegate_lang=en")], "");
+    let a = request(
+        port,
+        "GET",
+        "/console/login",
+        &[("Cookie", "feegate_lang=en")],
+        "",
+    );
     assert!(a.body.contains("Username"));
-    let a = request(port, "GET", "/console/login", &[("Accept-Language", "en-GB,en;q=0.8")], "");
+    let a = request(
+        port,
+        "GET",
+        "/console/login",
+        &[("Accept-Language", "en-GB,en;q=0.8")],
+        "",
+    );
     assert!(a.body.contains("Username"));
     let a = request(port, "GET", "/console/static/htmx.min.js", &[], "");
-    assert!(a.status == 200 && a.body.starts_with("var htmx="), "{}", a.status);
+    assert!(
+        a.status == 200 && a.body.starts_with("var htmx="),
+        "{}",
+        a.status
+    );
 
     // Station staff of XY-BT: their station's accounts only; a neighbour's is "not found".
     let staff = login(port, "staff-bt");
     assert_eq!(staff.get("/console/").location(), "/console/station");
     let page = staff.get("/console/station");
     assert_eq!(page.status, 200, "{}", page.body);
-    assert!(page.body.contains("id=\"collection-XY-BT\""), "{}", page.body);
+    assert!(
+        page.body.contains("id=\"collection-XY-BT\""),
+        "{}",
+        page.body
+    );
     assert!(!page.body.contains("collection-XY-DW"));
     let list = staff.get("/console/accounts");
     assert!(list.body.contains("3500000001") && list.body.contains("3500000005"));
-    assert!(!list.body.contains("3500000002"), "another station's account listed");
+    assert!(
+        !list.body.contains("3500000002"),
+        "another station's account listed"
+    );
     assert_eq!(staff.get("/console/accounts/3500000002").status, 404);
     let own = staff.get("/console/accounts/3500000001");
     assert_eq!(own.status, 200);
-    assert!(own.body.contains("id=\"usage-chart\"><svg"), "server-drawn SVG chart");
-    assert!(!own.body.contains("id=\"pay-form\""), "staff do not pay through the app");
+    assert!(
+        own.body.contains("id=\"usage-chart\"><svg"),
+        "server-drawn SVG chart"
+    );
+    assert!(
+        !own.body.contains("id=\"pay-form\""),
+        "staff do not pay through the app"
+    );
     assert_eq!(staff.get("/console/policies").status, 200);
 
     // The business hall: a refused application says what to correct; a good one
@@ -265,7 +325,11 @@ async fn each_role_sees_its_pages_forms_work_cross_site_posts_and_dead_sessions_
     };
     let bad = staff.post("/console/hall", &form("12345", "3599000001"), &origin);
     assert_eq!(bad.status, 400);
-    assert!(bad.body.contains("12345") && bad.body.contains("11 digits"), "{}", bad.body);
+    assert!(
+        bad.body.contains("12345") && bad.body.contains("11 digits"),
+        "{}",
+        bad.body
+    );
     let good = staff.post("/console/hall", &form("13800000000", "3599000001"), &origin);
     assert_eq!(good.status, 200, "{}", good.body);
     assert!(good.body.contains("id=\"hall-done\""), "{}", good.body);
@@ -275,13 +339,19 @@ async fn each_role_sees_its_pages_forms_work_cross_site_posts_and_dead_sessions_
         "3599000001",
     )
     .await;
-    assert_eq!(status, 1, "onboarded at the staff's station with 50.00 prepaid");
+    assert_eq!(
+        status, 1,
+        "onboarded at the staff's station with 50.00 prepaid"
+    );
     let again = staff.post("/console/hall", &form("13800000000", "3599000001"), &origin);
     assert_eq!(again.status, 409, "{}", again.body);
 
     // A customer: their account only, and they pay through the app channel.
     let cust = login(port, "cust-1");
-    assert_eq!(cust.get("/console/").location(), "/console/accounts/3500000001");
+    assert_eq!(
+        cust.get("/console/").location(),
+        "/console/accounts/3500000001"
+    );
     assert_eq!(cust.get("/console/accounts/3500000005").status, 404);
     assert_eq!(cust.get("/console/station").status, 403);
     assert_eq!(cust.get("/console/policies").status, 403);
@@ -295,24 +365,62 @@ async fn each_role_sees_its_pages_forms_work_cross_site_posts_and_dead_sessions_
         .and_then(|r| r.split('"').next())
         .unwrap()
         .to_string();
-    let before = scalar_i64(&db, "SELECT balance_fen FROM accounts WHERE account_id = $1", "3500000001").await;
+    let before = scalar_i64(
+        &db,
+        "SELECT balance_fen FROM accounts WHERE account_id = $1",
+        "3500000001",
+    )
+    .await;
     let paid = cust.post(
         "/console/accounts/3500000001/pay",
         &format!("amount=12.34&txn_id={txn}"),
         &origin,
     );
-    assert_eq!((paid.status, paid.location()), (303, "/console/accounts/3500000001"));
+    assert_eq!(
+        (paid.status, paid.location()),
+        (303, "/console/accounts/3500000001")
+    );
     // The same form sent twice is one payment.
-    cust.post("/console/accounts/3500000001/pay", &format!("amount=12.34&txn_id={txn}"), &origin);
-    let after = scalar_i64(&db, "SELECT balance_fen FROM accounts WHERE account_id = $1", "3500000001").await;
+    cust.post(
+        "/console/accounts/3500000001/pay",
+        &format!("amount=12.34&txn_id={txn}"),
+        &origin,
+    );
+    let after = scalar_i64(
+        &db,
+        "SELECT balance_fen FROM accounts WHERE account_id = $1",
+        "3500000001",
+    )
+    .await;
     assert_eq!(after, before + 1234);
-    let bad_amount = cust.post("/console/accounts/3500000001/pay", "amount=1.234&txn_id=console-x1", &origin);
+    let bad_amount = cust.post(
+        "/console/accounts/3500000001/pay",
+        "amount=1.234&txn_id=console-x1",
+        &origin,
+    );
     assert_eq!(bad_amount.status, 400, "{}", bad_amount.body);
-    let decision = scalar_i64(&db, "SELECT MAX(decision_id) FROM decisions WHERE account_id = $1", "3500000001").await;
-    let neighbour = scalar_i64(&db, "SELECT MAX(decision_id) FROM decisions WHERE account_id = $1", "3500000005").await;
+    let decision = scalar_i64(
+        &db,
+        "SELECT MAX(decision_id) FROM decisions WHERE account_id = $1",
+        "3500000001",
+    )
+    .await;
+    let neighbour = scalar_i64(
+        &db,
+        "SELECT MAX(decision_id) FROM decisions WHERE account_id = $1",
+        "3500000005",
+    )
+    .await;
     let d = cust.get(&format!("/console/decisions/{decision}"));
-    assert!(d.status == 200 && d.body.contains("id=\"sha256\""), "{}", d.status);
-    assert_eq!(cust.get(&format!("/console/decisions/{neighbour}")).status, 404);
+    assert!(
+        d.status == 200 && d.body.contains("id=\"sha256\""),
+        "{}",
+        d.status
+    );
+    assert_eq!(
+        cust.get(&format!("/console/decisions/{neighbour}")).status,
+        404
+    );
 
     // A county engineer: policies, not customers or work orders. An auditor reads
     // everything and changes nothing.
@@ -325,7 +433,11 @@ async fn each_role_sees_its_pages_forms_work_cross_site_posts_and_dead_sessions_
     let page = aud.get("/console/station");
     assert!(page.status == 200 && page.body.contains("collection-XY-DW"));
     assert_eq!(aud.get("/console/hall").status, 403);
-    assert_eq!(aud.post("/console/hall", &form("13800000000", "3599000002"), &origin).status, 403);
+    assert_eq!(
+        aud.post("/console/hall", &form("13800000000", "3599000002"), &origin)
+            .status,
+        403
+    );
     assert_eq!(aud.get("/console/accounts/3500000002").status, 200);
 
     // A POST from another site with the session cookie is refused; the session lives on.
@@ -336,11 +448,18 @@ async fn each_role_sees_its_pages_forms_work_cross_site_posts_and_dead_sessions_
         port,
         "POST",
         "/console/login",
-        &[("Origin", "http://evil.example"), ("Content-Type", "application/x-www-form-urlencoded")],
+        &[
+            ("Origin", "http://evil.example"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
         &format!("username=ops&password={}", PASSWORD.replace(' ', "+")),
     );
     assert_eq!(forged_login.status, 403);
-    assert!(!forged_login.header("set-cookie").contains("feegate_session="));
+    assert!(
+        !forged_login
+            .header("set-cookie")
+            .contains("feegate_session=")
+    );
 
     // Logout ends the session on the server: the old cookie no longer opens a page.
     let out = staff.post("/console/logout", "", &origin);
@@ -350,11 +469,18 @@ async fn each_role_sees_its_pages_forms_work_cross_site_posts_and_dead_sessions_
     // Failed logins: after 3 (the configured limit), even the right password is refused
     // for a while, and the page says how long.
     for _ in 0..3 {
-        assert_eq!(login_answer(port, "ops", "wrong password!!", "en").status, 401);
+        assert_eq!(
+            login_answer(port, "ops", "wrong password!!", "en").status,
+            401
+        );
     }
     let limited = login_answer(port, "ops", PASSWORD, "en");
     assert_eq!(limited.status, 429, "{}", limited.body);
-    assert!(limited.body.contains("Too many attempts, try again in "), "{}", limited.body);
+    assert!(
+        limited.body.contains("Too many attempts, try again in "),
+        "{}",
+        limited.body
+    );
     let retry: u64 = limited.header("retry-after").parse().unwrap();
     assert!((1..=900).contains(&retry), "{retry}");
 }

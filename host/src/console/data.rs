@@ -1,8 +1,10 @@
-//! What the console's pages show, read from the database. Every list takes the
-//! principal's [`Visibility`] and adds its set fields to the `WHERE`, so a page never
-//! shows a row outside the principal's scope.
+//! What the console's pages show that the shared read models ([`crate::query`]) do not
+//! have: the approval queue joined with each account's balance, relay and customer
+//! name; open follow-ups; recently finished relay commands; today's collection coverage
+//! (meters tried, not attempts). Every list takes the principal's [`Visibility`] and
+//! adds its set fields to the `WHERE`, so a page never shows a row outside the
+//! principal's scope. Everything else comes from [`crate::query`].
 
-use super::charts::{BalancePoint, UsageDay};
 use crate::auth::Visibility;
 use crate::db::{Db, DbError};
 use serde::Serialize;
@@ -79,8 +81,8 @@ fn case_from(r: &AnyRow) -> Result<Case, DbError> {
     })
 }
 
-/// The approval queue: disconnection work orders open or approved (awaiting execution),
-/// and those executed in the last `recent` days... bounded to the 200 latest.
+/// The approval queue: disconnection work orders open or approved (awaiting
+/// execution), oldest first, at most 200.
 pub async fn approval_queue(db: &Db, v: &Visibility) -> Result<Vec<Case>, DbError> {
     let sql = format!(
         "{CASE_SELECT} WHERE w.kind = 'approve-disconnection' AND w.status IN ('open', 'approved') AND {SCOPE_WHERE}
@@ -122,79 +124,6 @@ pub async fn case(db: &Db, work_order_id: i64) -> Result<Option<Case>, DbError> 
         .transpose()
 }
 
-/// The balance after each of the account's last `n` ledger entries, oldest first.
-pub async fn balance_history(
-    db: &Db,
-    account_id: &str,
-    n: i64,
-) -> Result<Vec<BalancePoint>, DbError> {
-    let rows = sqlx::query(
-        "SELECT posted_at, balance_after_fen FROM ledger_entries WHERE account_id = $1 ORDER BY entry_id DESC LIMIT $2",
-    )
-    .bind(account_id)
-    .bind(n)
-    .fetch_all(&db.pool)
-    .await?;
-    rows.iter()
-        .rev()
-        .map(|r| {
-            Ok(BalancePoint {
-                at: r.try_get(0)?,
-                balance_fen: r.try_get(1)?,
-            })
-        })
-        .collect()
-}
-
-/// A warning or notice SMS and what became of it.
-#[derive(Debug, Serialize)]
-pub struct Warning {
-    pub message_id: i64,
-    pub kind: String,
-    pub contact: String,
-    pub status: String,
-    pub created_at: String,
-    pub sent_at: Option<String>,
-    pub delivered_at: Option<String>,
-    /// The gateway's delivery receipts for it, oldest first: "status at time".
-    pub receipts: Vec<String>,
-}
-
-/// The account's last 10 messages with their delivery receipts.
-pub async fn warnings(db: &Db, account_id: &str) -> Result<Vec<Warning>, DbError> {
-    let rows = sqlx::query(
-        "SELECT message_id, kind, contact, status, created_at, sent_at, delivered_at FROM sms_outbox
-         WHERE account_id = $1 ORDER BY message_id DESC LIMIT 10",
-    )
-    .bind(account_id)
-    .fetch_all(&db.pool)
-    .await?;
-    let mut out = Vec::new();
-    for r in &rows {
-        let id: i64 = r.try_get(0)?;
-        let receipts = sqlx::query(
-            "SELECT status, COALESCE(reported_at, received_at) FROM sms_receipts WHERE message_id = $1 ORDER BY receipt_id",
-        )
-        .bind(id)
-        .fetch_all(&db.pool)
-        .await?
-        .iter()
-        .map(|x| Ok(format!("{} {}", x.try_get::<String, _>(0)?, x.try_get::<String, _>(1)?)))
-        .collect::<Result<_, DbError>>()?;
-        out.push(Warning {
-            message_id: id,
-            kind: r.try_get(1)?,
-            contact: r.try_get(2)?,
-            status: r.try_get(3)?,
-            created_at: r.try_get(4)?,
-            sent_at: r.try_get(5)?,
-            delivered_at: r.try_get(6)?,
-            receipts,
-        });
-    }
-    Ok(out)
-}
-
 /// An open work order that asks a person to do something (a follow-up visit, a call).
 #[derive(Debug, Serialize)]
 pub struct FollowUp {
@@ -232,56 +161,40 @@ pub async fn follow_ups(db: &Db, v: &Visibility) -> Result<Vec<FollowUp>, DbErro
         .collect()
 }
 
-/// A relay command.
+/// A relay command that has finished, with the account's relay state now.
 #[derive(Debug, Serialize)]
 pub struct Command {
     pub command_id: i64,
     pub account_id: String,
-    pub meter_id: String,
     pub command: String,
     pub status: String,
-    pub created_at: String,
-    pub deadline: String,
     pub confirmed_at: Option<String>,
     pub relay_state: String,
 }
 
-/// Relay commands not yet confirmed (pending, issuing, awaiting confirmation or the
-/// customer), then the 10 latest finished ones.
-pub async fn relay_commands(
-    db: &Db,
-    v: &Visibility,
-) -> Result<(Vec<Command>, Vec<Command>), DbError> {
-    let select = "SELECT r.command_id, r.account_id, r.meter_id, r.command, r.status, r.created_at, r.deadline, r.confirmed_at, a.relay_state
-         FROM relay_commands r JOIN accounts a ON a.account_id = r.account_id";
-    let read = |rows: Vec<AnyRow>| -> Result<Vec<Command>, DbError> {
-        rows.iter()
-            .map(|r| {
-                Ok(Command {
-                    command_id: r.try_get(0)?,
-                    account_id: r.try_get(1)?,
-                    meter_id: r.try_get(2)?,
-                    command: r.try_get(3)?,
-                    status: r.try_get(4)?,
-                    created_at: r.try_get(5)?,
-                    deadline: r.try_get(6)?,
-                    confirmed_at: r.try_get(7)?,
-                    relay_state: r.try_get(8)?,
-                })
+/// The 10 latest confirmed or failed relay commands (those still waiting come from
+/// [`crate::query::work_orders::relay_commands_awaiting`]).
+pub async fn finished_commands(db: &Db, v: &Visibility) -> Result<Vec<Command>, DbError> {
+    let sql = format!(
+        "SELECT r.command_id, r.account_id, r.command, r.status, r.confirmed_at, a.relay_state
+         FROM relay_commands r JOIN accounts a ON a.account_id = r.account_id
+         WHERE r.status IN ('confirmed', 'failed') AND {SCOPE_WHERE} ORDER BY r.command_id DESC LIMIT 10"
+    );
+    query_scoped(&sql, v)
+        .fetch_all(&db.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Command {
+                command_id: r.try_get(0)?,
+                account_id: r.try_get(1)?,
+                command: r.try_get(2)?,
+                status: r.try_get(3)?,
+                confirmed_at: r.try_get(4)?,
+                relay_state: r.try_get(5)?,
             })
-            .collect()
-    };
-    let waiting = format!(
-        "{select} WHERE r.status IN ('pending', 'issuing', 'awaiting-confirmation', 'awaiting-customer') AND {SCOPE_WHERE}
-         ORDER BY r.command_id LIMIT 200"
-    );
-    let done = format!(
-        "{select} WHERE r.status IN ('confirmed', 'failed') AND {SCOPE_WHERE} ORDER BY r.command_id DESC LIMIT 10"
-    );
-    Ok((
-        read(query_scoped(&waiting, v).fetch_all(&db.pool).await?)?,
-        read(query_scoped(&done, v).fetch_all(&db.pool).await?)?,
-    ))
+        })
+        .collect()
 }
 
 /// Today's collection at one station.
@@ -342,204 +255,6 @@ pub async fn collection(
         });
     }
     Ok(out)
-}
-
-/// An account as its page shows it.
-#[derive(Debug, Serialize)]
-pub struct AccountSummary {
-    pub account_id: String,
-    pub customer_id: String,
-    pub customer_name: String,
-    pub county: String,
-    pub station_id: String,
-    pub meter_id: String,
-    pub status: String,
-    pub balance_fen: i64,
-    pub relay_state: String,
-    pub arrears_since: Option<String>,
-    pub alarm_threshold_fen: i64,
-    pub mobile: String,
-    pub keep_power: bool,
-}
-
-/// An account's summary, if it exists (the caller authorizes with its county and
-/// station before showing it).
-pub async fn account(db: &Db, account_id: &str) -> Result<Option<AccountSummary>, DbError> {
-    let r = sqlx::query(
-        "SELECT a.account_id, a.customer_id, c.name, a.county, a.station_id, a.meter_id, a.status,
-                a.balance_fen, a.relay_state, a.arrears_since, g.alarm_threshold_fen, g.mobile, g.keep_power
-         FROM accounts a JOIN customers c ON c.customer_id = a.customer_id
-         JOIN agreements g ON g.agreement_id = a.agreement_id WHERE a.account_id = $1",
-    )
-    .bind(account_id)
-    .fetch_optional(&db.pool)
-    .await?;
-    r.map(|r| {
-        Ok(AccountSummary {
-            account_id: r.try_get(0)?,
-            customer_id: r.try_get(1)?,
-            customer_name: r.try_get(2)?,
-            county: r.try_get(3)?,
-            station_id: r.try_get(4)?,
-            meter_id: r.try_get(5)?,
-            status: r.try_get(6)?,
-            balance_fen: r.try_get(7)?,
-            relay_state: r.try_get(8)?,
-            arrears_since: r.try_get(9)?,
-            alarm_threshold_fen: r.try_get(10)?,
-            mobile: r.try_get(11)?,
-            keep_power: r.try_get::<i64, _>(12)? != 0,
-        })
-    })
-    .transpose()
-}
-
-/// Accounts in scope, optionally those whose id or customer name contains `q`, by id
-/// (at most 100).
-pub async fn accounts(db: &Db, v: &Visibility, q: &str) -> Result<Vec<AccountSummary>, DbError> {
-    let sql = format!(
-        "SELECT a.account_id FROM accounts a JOIN customers c ON c.customer_id = a.customer_id
-         WHERE {SCOPE_WHERE} AND ($4 = '' OR a.account_id LIKE $5 OR c.name LIKE $5)
-         ORDER BY a.account_id LIMIT 100"
-    );
-    let ids: Vec<String> = query_scoped(&sql, v)
-        .bind(q)
-        .bind(format!("%{q}%"))
-        .fetch_all(&db.pool)
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Some(a) = account(db, &id).await? {
-            out.push(a);
-        }
-    }
-    Ok(out)
-}
-
-/// The account's last `days` settled days, oldest first.
-pub async fn usage(db: &Db, account_id: &str, days: i64) -> Result<Vec<UsageDay>, DbError> {
-    let rows = sqlx::query(
-        "SELECT business_date, kwh_centi, charge_fen FROM settlements WHERE account_id = $1 ORDER BY business_date DESC LIMIT $2",
-    )
-    .bind(account_id)
-    .bind(days)
-    .fetch_all(&db.pool)
-    .await?;
-    rows.iter()
-        .rev()
-        .map(|r| {
-            Ok(UsageDay {
-                date: r.try_get(0)?,
-                kwh_centi: r.try_get(1)?,
-                charge_fen: r.try_get(2)?,
-            })
-        })
-        .collect()
-}
-
-/// A ledger entry that moved money in or back out (payment history).
-#[derive(Debug, Serialize)]
-pub struct PaymentRow {
-    pub posted_at: String,
-    pub kind: String,
-    pub amount_fen: i64,
-    pub balance_after_fen: i64,
-    pub reference: String,
-}
-
-/// The account's last 20 prepayments, payments and reversals, newest first.
-pub async fn payments(db: &Db, account_id: &str) -> Result<Vec<PaymentRow>, DbError> {
-    sqlx::query(
-        "SELECT posted_at, kind, amount_fen, balance_after_fen, reference FROM ledger_entries
-         WHERE account_id = $1 AND kind IN ('prepayment', 'payment', 'reversal') ORDER BY entry_id DESC LIMIT 20",
-    )
-    .bind(account_id)
-    .fetch_all(&db.pool)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(PaymentRow {
-            posted_at: r.try_get(0)?,
-            kind: r.try_get(1)?,
-            amount_fen: r.try_get(2)?,
-            balance_after_fen: r.try_get(3)?,
-            reference: r.try_get(4)?,
-        })
-    })
-    .collect()
-}
-
-/// A policy decision, in full.
-#[derive(Debug, Serialize)]
-pub struct Decision {
-    pub decision_id: i64,
-    pub county: String,
-    pub kind: String,
-    pub account_id: String,
-    pub station_id: Option<String>,
-    pub business_date: String,
-    pub decided_at: String,
-    pub component_sha256: String,
-    pub input_json: String,
-    pub output_json: Option<String>,
-    pub outcome: String,
-    pub failure_json: Option<String>,
-    pub reason_code: Option<String>,
-    pub explanation: Option<String>,
-    pub fuel_used: i64,
-}
-
-const DECISION_SELECT: &str = "SELECT d.decision_id, d.county, d.kind, d.account_id, a.station_id, d.business_date, d.decided_at,
-        d.component_sha256, d.input_json, d.output_json, d.outcome, d.failure_json, d.reason_code, d.explanation, d.fuel_used
-    FROM decisions d LEFT JOIN accounts a ON a.account_id = d.account_id";
-
-fn decision_from(r: &AnyRow) -> Result<Decision, DbError> {
-    Ok(Decision {
-        decision_id: r.try_get(0)?,
-        county: r.try_get(1)?,
-        kind: r.try_get(2)?,
-        account_id: r.try_get(3)?,
-        station_id: r.try_get(4)?,
-        business_date: r.try_get(5)?,
-        decided_at: r.try_get(6)?,
-        component_sha256: r.try_get(7)?,
-        input_json: r.try_get(8)?,
-        output_json: r.try_get(9)?,
-        outcome: r.try_get(10)?,
-        failure_json: r.try_get(11)?,
-        reason_code: r.try_get(12)?,
-        explanation: r.try_get(13)?,
-        fuel_used: r.try_get(14)?,
-    })
-}
-
-/// One decision, if it exists (the caller authorizes).
-pub async fn decision(db: &Db, id: i64) -> Result<Option<Decision>, DbError> {
-    let sql = format!("{DECISION_SELECT} WHERE d.decision_id = $1");
-    sqlx::query(&sql)
-        .bind(id)
-        .fetch_optional(&db.pool)
-        .await?
-        .as_ref()
-        .map(decision_from)
-        .transpose()
-}
-
-/// The account's last 15 decisions that were not plain tariff settlements (warnings,
-/// notices, cutoff, reconnection), newest first, and its last 5 tariff decisions.
-pub async fn decisions_of(db: &Db, account_id: &str) -> Result<Vec<Decision>, DbError> {
-    let sql =
-        format!("{DECISION_SELECT} WHERE d.account_id = $1 ORDER BY d.decision_id DESC LIMIT 20");
-    sqlx::query(&sql)
-        .bind(account_id)
-        .fetch_all(&db.pool)
-        .await?
-        .iter()
-        .map(decision_from)
-        .collect()
 }
 
 #[cfg(test)]

@@ -298,6 +298,15 @@ impl From<sqlx::Error> for ConsoleError {
     }
 }
 
+impl From<crate::query::QueryError> for ConsoleError {
+    fn from(e: crate::query::QueryError) -> Self {
+        match e {
+            crate::query::QueryError::Db(e) => e.into(),
+            crate::query::QueryError::BadRequest(m) => ConsoleError::BadRequest(m),
+        }
+    }
+}
+
 impl ConsoleError {
     fn status_and_key(&self) -> (StatusCode, &'static str, Option<&str>) {
         match self {

@@ -15,6 +15,7 @@
 use super::data;
 use super::{ConsoleError, ConsoleState, Page, Req, render};
 use crate::auth::{Action, Principal, Role, Scope, Visibility};
+use crate::query::{self, ListFilter, PageRequest};
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -75,7 +76,15 @@ async fn station(State(state): State<ConsoleState>, req: Req, p: Option<Principa
         let cases = data::approval_queue(&state.db, &v).await?;
         let recent = data::recent_cases(&state.db, &v).await?;
         let follow_ups = data::follow_ups(&state.db, &v).await?;
-        let (waiting, finished) = data::relay_commands(&state.db, &v).await?;
+        let waiting = query::work_orders::relay_commands_awaiting(
+            &state.db,
+            &v,
+            &ListFilter::default(),
+            &PageRequest::new(Some(200), None)?,
+        )
+        .await?
+        .items;
+        let finished = data::finished_commands(&state.db, &v).await?;
         let mut collection = Vec::new();
         if let Ok(cv) = p.visible(Action::ReadCollection) {
             for county in counties_in(&state, &cv) {
@@ -149,22 +158,28 @@ async fn case_context(
     p: &Principal,
     case: &data::Case,
 ) -> Result<minijinja::Value, ConsoleError> {
-    let history = data::balance_history(&state.db, &case.account_id, 30).await?;
+    let v = p.visible(Action::ReadWorkOrders)?;
+    let detail = query::work_orders::work_order(&state.db, &v, case.work_order_id)
+        .await?
+        .ok_or(ConsoleError::NotFound)?;
+    let history: Vec<super::charts::BalancePoint> = detail
+        .balance_history
+        .iter()
+        .map(|b| super::charts::BalancePoint {
+            at: b.posted_at.clone(),
+            balance_fen: b.balance_after.fen,
+        })
+        .collect();
     let chart = super::charts::balance_history(
         &history,
         &req.t("chart.balance_title"),
         &req.t("chart.yuan"),
     );
-    let warnings = data::warnings(&state.db, &case.account_id).await?;
-    let decision = match case.decision_id {
-        Some(id) => data::decision(&state.db, id).await?,
-        None => None,
-    };
     Ok(context! {
         case => case_view(case, p),
         chart => minijinja::Value::from_safe_string(chart),
-        warnings => warnings,
-        decision => decision,
+        warnings => detail.warnings,
+        decision => detail.decision,
     })
 }
 
@@ -340,16 +355,17 @@ async fn follow_up_done(
 // ---------------------------------------------------------------- accounts
 
 #[derive(Deserialize, Default)]
-struct Search {
+struct Paging {
     #[serde(default)]
-    q: String,
+    after: Option<String>,
 }
 
+/// Accounts in scope, 100 a page (`?after=` the last account of the previous page).
 async fn accounts(
     State(state): State<ConsoleState>,
     req: Req,
     p: Option<Principal>,
-    Query(search): Query<Search>,
+    Query(paging): Query<Paging>,
 ) -> Response {
     let p = match signed_in(p, &req) {
         Ok(p) => p,
@@ -364,10 +380,16 @@ async fn accounts(
     }
     page(&state, &req, &p, async {
         let v = p.visible(Action::ReadAccounts)?;
-        let list = data::accounts(&state.db, &v, search.q.trim()).await?;
+        let list = query::accounts::accounts(
+            &state.db,
+            &v,
+            &ListFilter::default(),
+            &PageRequest::new(Some(100), paging.after)?,
+        )
+        .await?;
         Ok(Page::new(
             "accounts.html",
-            context! { accounts => list, q => search.q },
+            context! { accounts => list.items, next_after => list.next_after },
         ))
     })
     .await
@@ -378,17 +400,11 @@ async fn visible_account(
     state: &ConsoleState,
     p: &Principal,
     id: &str,
-) -> Result<data::AccountSummary, ConsoleError> {
-    p.visible(Action::ReadAccounts)?;
-    let a = data::account(&state.db, id)
+) -> Result<query::accounts::AccountSummary, ConsoleError> {
+    let v = p.visible(Action::ReadAccounts)?;
+    query::accounts::account(&state.db, &v, id)
         .await?
-        .ok_or(ConsoleError::NotFound)?;
-    p.authorize(
-        Action::ReadAccounts,
-        Scope::account(&a.county, &a.station_id, &a.account_id),
-    )
-    .map_err(|_| ConsoleError::NotFound)?;
-    Ok(a)
+        .ok_or(ConsoleError::NotFound)
 }
 
 /// A fresh channel transaction id for one pay form: submitting the same form twice is
@@ -399,7 +415,7 @@ fn new_txn_id() -> String {
     format!("console-{}", hex::encode(b))
 }
 
-fn may_pay(p: &Principal, a: &data::AccountSummary) -> bool {
+fn may_pay(p: &Principal, a: &query::accounts::AccountSummary) -> bool {
     p.role == Role::Customer
         && p.authorize(
             Action::RecordPayments,
@@ -411,7 +427,7 @@ fn may_pay(p: &Principal, a: &data::AccountSummary) -> bool {
 async fn summary_context(
     state: &ConsoleState,
     p: &Principal,
-    a: &data::AccountSummary,
+    a: &query::accounts::AccountSummary,
     notice: Option<String>,
 ) -> minijinja::Value {
     context! {
@@ -435,25 +451,60 @@ async fn account_page(
     };
     page(&state, &req, &p, async {
         let a = visible_account(&state, &p, &id).await?;
-        let usage = data::usage(&state.db, &a.account_id, 30).await?;
+        let today = state.now(Some(&a.county)).date();
+        let since = |days| crate::db::ds(today - chrono::Duration::days(days));
+        let usage: Vec<super::charts::UsageDay> = query::accounts::usage(
+            &state.db,
+            &a.account_id,
+            query::accounts::UsageBy::Day,
+            Some(&since(30)),
+            None,
+        )
+        .await?
+        .into_iter()
+        .map(|u| super::charts::UsageDay {
+            date: u.period,
+            kwh_centi: u.energy.centi_kwh,
+            charge_fen: u.charge.fen,
+        })
+        .collect();
         let chart = super::charts::daily_usage(
             &usage,
             &req.t("chart.usage_title"),
             &req.t("chart.kwh"),
             &req.t("chart.yuan"),
         );
-        let payments = data::payments(&state.db, &a.account_id).await?;
-        let decisions = if p
-            .authorize(
-                Action::ReadDecisions,
-                Scope::account(&a.county, &a.station_id, &a.account_id),
-            )
-            .is_ok()
-        {
-            data::decisions_of(&state.db, &a.account_id).await?
-        } else {
-            Vec::new()
+        let v = p.visible(Action::ReadAccounts)?;
+        let mut payments = query::accounts::payments(
+            &state.db,
+            &v,
+            &ListFilter::default(),
+            Some(&a.account_id),
+            &PageRequest::new(Some(query::MAX_LIMIT), None)?,
+        )
+        .await?
+        .items;
+        payments.reverse();
+        payments.truncate(20);
+        // The last two weeks' decisions, newest first (a customer may read their own).
+        let mut decisions = match p.visible(Action::ReadDecisions) {
+            Ok(dv) => {
+                query::policies::decisions(
+                    &state.db,
+                    &dv,
+                    &query::policies::DecisionFilter {
+                        account_id: Some(a.account_id.clone()),
+                        from: Some(since(14)),
+                        ..Default::default()
+                    },
+                    &PageRequest::new(Some(query::MAX_LIMIT), None)?,
+                )
+                .await?
+                .items
+            }
+            Err(_) => Vec::new(),
         };
+        decisions.reverse();
         let summary = summary_context(&state, &p, &a, None).await;
         Ok(Page::new(
             "account.html",
@@ -514,9 +565,7 @@ async fn pay(
             ResultCode::Applied | ResultCode::Duplicate => {}
             _ => return Err(ConsoleError::BadRequest(answer.message)),
         }
-        let a = data::account(&state.db, &a.account_id)
-            .await?
-            .ok_or(ConsoleError::NotFound)?;
+        let a = visible_account(&state, &p, &a.account_id).await?;
         let notice = super::i18n::fill(
             &req.t(if answer.code == ResultCode::Applied {
                 "pay.applied"
@@ -766,16 +815,23 @@ fn application(
     ))
 }
 
-/// Accounts of the principal's station waiting for their initial prepayment.
+/// Accounts in the principal's scope waiting for their initial prepayment (among the
+/// first 500).
 async fn pending_prepayment(
     state: &ConsoleState,
     v: &Visibility,
-) -> Result<Vec<data::AccountSummary>, ConsoleError> {
-    Ok(data::accounts(&state.db, v, "")
-        .await?
-        .into_iter()
-        .filter(|a| a.status == "pending-prepayment")
-        .collect())
+) -> Result<Vec<query::accounts::AccountSummary>, ConsoleError> {
+    Ok(query::accounts::accounts(
+        &state.db,
+        v,
+        &ListFilter::default(),
+        &PageRequest::new(Some(query::MAX_LIMIT), None)?,
+    )
+    .await?
+    .items
+    .into_iter()
+    .filter(|a| a.status == "pending-prepayment")
+    .collect())
 }
 
 async fn hall(State(state): State<ConsoleState>, req: Req, p: Option<Principal>) -> Response {
@@ -856,7 +912,7 @@ async fn hall_submit(
                 .map_err(|e| ConsoleError::BadRequest(e.to_string()))?;
             prepaid = Some(fen);
         }
-        let account = data::account(&state.db, &app.account_id).await?;
+        let account = query::accounts::account(&state.db, &v, &app.account_id).await?;
         Ok(Page::new(
             "hall.html",
             context! {
@@ -944,28 +1000,18 @@ async fn decision_page(
         Err(r) => return r,
     };
     page(&state, &req, &p, async {
-        p.visible(Action::ReadDecisions)?;
-        let d = data::decision(&state.db, id)
+        let v = p.visible(Action::ReadDecisions)?;
+        let d = query::policies::decision(&state.db, &v, id)
             .await?
             .ok_or(ConsoleError::NotFound)?;
-        let scope = match d.station_id.as_deref() {
-            Some(s) => Scope::account(&d.county, s, &d.account_id),
-            None => Scope::county(&d.county),
-        };
-        p.authorize(Action::ReadDecisions, scope)
-            .map_err(|_| ConsoleError::NotFound)?;
-        let pretty = |s: &str| {
-            serde_json::from_str::<serde_json::Value>(s)
-                .and_then(|v| serde_json::to_string_pretty(&v))
-                .unwrap_or_else(|_| s.to_string())
-        };
+        let pretty = |x: &serde_json::Value| serde_json::to_string_pretty(x).unwrap_or_default();
         Ok(Page::new(
             "decision.html",
             context! {
+                input => pretty(&d.input),
+                output => d.output.as_ref().map(pretty),
+                failure => d.failure.as_ref().map(pretty),
                 d => d,
-                input => pretty(&d.input_json),
-                output => d.output_json.as_deref().map(pretty),
-                failure => d.failure_json.as_deref().map(pretty),
             },
         ))
     })
