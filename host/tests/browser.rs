@@ -127,6 +127,15 @@ async fn logout(c: &Client) {
         .unwrap();
 }
 
+/// Saves a screenshot as `DIR/name.png` when `FEEGATE_SCREENSHOTS=DIR` is set (to look
+/// at the pages; nothing is compared).
+async fn screenshot(c: &Client, name: &str) {
+    if let Some(dir) = std::env::var_os("FEEGATE_SCREENSHOTS") {
+        let png = c.screenshot().await.unwrap();
+        std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png).unwrap();
+    }
+}
+
 /// Waits until `css` matches an element (the page updates itself with htmx).
 async fn wait_for(c: &Client, css: &str, what: &str) -> fantoccini::elements::Element {
     c.wait()
@@ -287,6 +296,7 @@ async fn staff_approve_and_execute_a_cutoff_and_a_customer_pays_in_the_browser()
             .unwrap();
         wait_for(&c, &format!("{row}[data-status='approved'] .waiting-second"), "A's approval")
             .await;
+        screenshot(&c, "station-approved").await;
         assert!(
             c.find(Locator::Css(&format!("{row} button.execute"))).await.is_err(),
             "the approver is offered no execute button"
@@ -318,6 +328,10 @@ async fn staff_approve_and_execute_a_cutoff_and_a_customer_pays_in_the_browser()
             "the relay state after the meter confirmed the trip",
         )
         .await;
+        screenshot(&c, "station-tripped").await;
+        c.goto(&format!("{base}/console/cases/{order}")).await.unwrap();
+        wait_for(&c, "#balance-chart svg", "the case's balance chart").await;
+        screenshot(&c, "case").await;
         let (status, executed_by, decided_by): (String, Option<String>, Option<String>) =
             sqlx::query_as("SELECT status, executed_by, decided_by FROM work_orders WHERE work_order_id = $1")
                 .bind(order)
@@ -353,6 +367,7 @@ async fn staff_approve_and_execute_a_cutoff_and_a_customer_pays_in_the_browser()
             .parse()
             .unwrap();
         assert_eq!(after, before + 10_000, "the balance moved by the payment");
+        screenshot(&c, "account-paid").await;
         let entries: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM payments WHERE channel = 'app' AND account_id = $1 AND status = 'applied'",
         )

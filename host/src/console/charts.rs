@@ -116,7 +116,8 @@ pub fn daily_usage(days: &[UsageDay], title: &str, kwh_label: &str, yuan_label: 
                 .y_label_area_size(48)
                 .right_y_label_area_size(48)
                 .build_cartesian_2d((0usize..n - 1).into_segmented(), 0.0..kwh_hi)?
-                .set_secondary_coord(0usize..n - 1, 0.0..yuan_hi);
+                // The charge line's x runs over the bars' centres: bar i spans i..i+1.
+                .set_secondary_coord(-0.5..(n as f64 - 0.5), 0.0..yuan_hi);
             chart
                 .configure_mesh()
                 .x_labels(8)
@@ -142,7 +143,7 @@ pub fn daily_usage(days: &[UsageDay], title: &str, kwh_label: &str, yuan_label: 
             chart.draw_secondary_series(LineSeries::new(
                 days.iter()
                     .enumerate()
-                    .map(|(i, d)| (i, d.charge_fen as f64 / 100.0)),
+                    .map(|(i, d)| (i as f64, d.charge_fen as f64 / 100.0)),
                 RED.stroke_width(2),
             ))?;
             root.present()?;

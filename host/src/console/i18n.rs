@@ -156,7 +156,8 @@ mod tests {
             }
             b.body(()).unwrap().into_parts().0
         };
-        let cases: [(&str, &[(&str, &str)], Lang); 7] = [
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Lang);
+        let cases: [Case; 7] = [
             ("/console/", &[], Lang::Zh),
             (
                 "/console/?lang=en",

@@ -39,8 +39,8 @@ pub(super) fn routes() -> Router<ConsoleState> {
 }
 
 /// The principal, or the login page (with a way back here).
-fn signed_in(p: Option<Principal>, req: &Req) -> Result<Principal, Response> {
-    p.ok_or_else(|| Redirect::to(&format!("/console/login?next={}", req.path)).into_response())
+fn signed_in(p: Option<Principal>, req: &Req) -> Result<Principal, Redirect> {
+    p.ok_or_else(|| Redirect::to(&format!("/console/login?next={}", req.path)))
 }
 
 /// Runs a page body; an error becomes the error page.
@@ -69,7 +69,7 @@ fn counties_in(state: &ConsoleState, v: &Visibility) -> Vec<String> {
 async fn station(State(state): State<ConsoleState>, req: Req, p: Option<Principal>) -> Response {
     let p = match signed_in(p, &req) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     page(&state, &req, &p, async {
         let v = p.visible(Action::ReadWorkOrders)?;
@@ -191,7 +191,7 @@ async fn case_page(
 ) -> Response {
     let p = match signed_in(p, &req) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     page(&state, &req, &p, async {
         let case = visible_case(&state, &p, id, Action::ReadWorkOrders).await?;
@@ -369,7 +369,7 @@ async fn accounts(
 ) -> Response {
     let p = match signed_in(p, &req) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if p.role == Role::Customer {
         return Redirect::to(&format!(
@@ -447,7 +447,7 @@ async fn account_page(
 ) -> Response {
     let p = match signed_in(p, &req) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     page(&state, &req, &p, async {
         let a = visible_account(&state, &p, &id).await?;
@@ -688,7 +688,7 @@ fn application(
     }
     if f.application != "new-connection" {
         errors.push(
-            "only new connections are accepted here; a capacity increase changes the meter (feegate replacement) and the agreement (feegate agreement change)".into(),
+            "only new connections are accepted here; a capacity increase changes the meter (`feegate meter replace`) and the agreement (`feegate agreement change`)".into(),
         );
     }
     let county = p
@@ -837,7 +837,7 @@ async fn pending_prepayment(
 async fn hall(State(state): State<ConsoleState>, req: Req, p: Option<Principal>) -> Response {
     let p = match signed_in(p, &req) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     page(&state, &req, &p, async {
         let v = p.visible(Action::Onboard)?;
@@ -930,7 +930,7 @@ async fn hall_submit(
 async fn policies(State(state): State<ConsoleState>, req: Req, p: Option<Principal>) -> Response {
     let p = match signed_in(p, &req) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     page(&state, &req, &p, async {
         let v = p.visible(Action::ReadPolicies)?;
@@ -997,7 +997,7 @@ async fn decision_page(
 ) -> Response {
     let p = match signed_in(p, &req) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     page(&state, &req, &p, async {
         let v = p.visible(Action::ReadDecisions)?;
