@@ -30,6 +30,18 @@ fn query_scoped<'q>(
     sqlx::query(sql).bind(c).bind(s).bind(a)
 }
 
+/// [`query_scoped`] for rows read into `T` by column name.
+fn query_as_scoped<'q, T>(
+    sql: &'q str,
+    v: &Visibility,
+) -> sqlx::query::QueryAs<'q, sqlx::Any, T, sqlx::any::AnyArguments<'q>>
+where
+    T: for<'r> sqlx::FromRow<'r, AnyRow>,
+{
+    let [c, s, a] = scope(v);
+    sqlx::query_as(sql).bind(c).bind(s).bind(a)
+}
+
 /// One approval case (审批停电 work order, open or approved) with its account.
 #[derive(Debug, Serialize)]
 pub struct Case {
@@ -125,7 +137,7 @@ pub async fn case(db: &Db, work_order_id: i64) -> Result<Option<Case>, DbError> 
 }
 
 /// An open work order that asks a person to do something (a follow-up visit, a call).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct FollowUp {
     pub work_order_id: i64,
     pub kind: String,
@@ -139,30 +151,16 @@ pub struct FollowUp {
 /// open, oldest first (at most 200).
 pub async fn follow_ups(db: &Db, v: &Visibility) -> Result<Vec<FollowUp>, DbError> {
     let sql = format!(
-        "SELECT w.work_order_id, w.kind, w.account_id, c.name, a.balance_fen, w.opened_at
+        "SELECT w.work_order_id, w.kind, w.account_id, c.name AS customer_name, a.balance_fen, w.opened_at
          FROM work_orders w JOIN accounts a ON a.account_id = w.account_id JOIN customers c ON c.customer_id = a.customer_id
          WHERE w.kind IN ('offline-follow-up', 'call-before-reconnection') AND w.status = 'open' AND {SCOPE_WHERE}
          ORDER BY w.work_order_id LIMIT 200"
     );
-    query_scoped(&sql, v)
-        .fetch_all(&db.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(FollowUp {
-                work_order_id: r.try_get(0)?,
-                kind: r.try_get(1)?,
-                account_id: r.try_get(2)?,
-                customer_name: r.try_get(3)?,
-                balance_fen: r.try_get(4)?,
-                opened_at: r.try_get(5)?,
-            })
-        })
-        .collect()
+    Ok(query_as_scoped(&sql, v).fetch_all(&db.pool).await?)
 }
 
 /// A relay command that has finished, with the account's relay state now.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct Command {
     pub command_id: i64,
     pub account_id: String,
@@ -180,21 +178,7 @@ pub async fn finished_commands(db: &Db, v: &Visibility) -> Result<Vec<Command>, 
          FROM relay_commands r JOIN accounts a ON a.account_id = r.account_id
          WHERE r.status IN ('confirmed', 'failed') AND {SCOPE_WHERE} ORDER BY r.command_id DESC LIMIT 10"
     );
-    query_scoped(&sql, v)
-        .fetch_all(&db.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(Command {
-                command_id: r.try_get(0)?,
-                account_id: r.try_get(1)?,
-                command: r.try_get(2)?,
-                status: r.try_get(3)?,
-                confirmed_at: r.try_get(4)?,
-                relay_state: r.try_get(5)?,
-            })
-        })
-        .collect()
+    Ok(query_as_scoped(&sql, v).fetch_all(&db.pool).await?)
 }
 
 /// Today's collection at one station.

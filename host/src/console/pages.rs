@@ -38,9 +38,30 @@ pub(super) fn routes() -> Router<ConsoleState> {
         .route("/console/decisions/{id}", get(decision_page))
 }
 
-/// The principal, or the login page (with a way back here).
-fn signed_in(p: Option<Principal>, req: &Req) -> Result<Principal, Redirect> {
-    p.ok_or_else(|| Redirect::to(&format!("/console/login?next={}", req.path)))
+/// A signed-in principal; a request without a live session is sent to the login page
+/// (with a way back here).
+pub(super) struct SignedIn(pub Principal);
+
+impl axum::extract::FromRequestParts<ConsoleState> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &ConsoleState,
+    ) -> Result<Self, Response> {
+        use axum::extract::OptionalFromRequestParts;
+        match <Principal as OptionalFromRequestParts<ConsoleState>>::from_request_parts(
+            parts, state,
+        )
+        .await
+        {
+            Ok(Some(p)) => Ok(SignedIn(p)),
+            Ok(None) => Err(
+                Redirect::to(&format!("/console/login?next={}", parts.uri.path())).into_response(),
+            ),
+            Err(e) => Err(e.into_response()),
+        }
+    }
 }
 
 /// Runs a page body; an error becomes the error page.
@@ -66,11 +87,7 @@ fn counties_in(state: &ConsoleState, v: &Visibility) -> Vec<String> {
 
 // ---------------------------------------------------------------- station
 
-async fn station(State(state): State<ConsoleState>, req: Req, p: Option<Principal>) -> Response {
-    let p = match signed_in(p, &req) {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
+async fn station(State(state): State<ConsoleState>, req: Req, SignedIn(p): SignedIn) -> Response {
     page(&state, &req, &p, async {
         let v = p.visible(Action::ReadWorkOrders)?;
         let cases = data::approval_queue(&state.db, &v).await?;
@@ -186,13 +203,9 @@ async fn case_context(
 async fn case_page(
     State(state): State<ConsoleState>,
     req: Req,
-    p: Option<Principal>,
+    SignedIn(p): SignedIn,
     Path(id): Path<i64>,
 ) -> Response {
-    let p = match signed_in(p, &req) {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
     page(&state, &req, &p, async {
         let case = visible_case(&state, &p, id, Action::ReadWorkOrders).await?;
         Ok(Page::new(
@@ -364,13 +377,9 @@ struct Paging {
 async fn accounts(
     State(state): State<ConsoleState>,
     req: Req,
-    p: Option<Principal>,
+    SignedIn(p): SignedIn,
     Query(paging): Query<Paging>,
 ) -> Response {
-    let p = match signed_in(p, &req) {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
     if p.role == Role::Customer {
         return Redirect::to(&format!(
             "/console/accounts/{}",
@@ -442,13 +451,9 @@ async fn summary_context(
 async fn account_page(
     State(state): State<ConsoleState>,
     req: Req,
-    p: Option<Principal>,
+    SignedIn(p): SignedIn,
     Path(id): Path<String>,
 ) -> Response {
-    let p = match signed_in(p, &req) {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
     page(&state, &req, &p, async {
         let a = visible_account(&state, &p, &id).await?;
         let today = state.now(Some(&a.county)).date();
@@ -834,11 +839,7 @@ async fn pending_prepayment(
     .collect())
 }
 
-async fn hall(State(state): State<ConsoleState>, req: Req, p: Option<Principal>) -> Response {
-    let p = match signed_in(p, &req) {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
+async fn hall(State(state): State<ConsoleState>, req: Req, SignedIn(p): SignedIn) -> Response {
     page(&state, &req, &p, async {
         let v = p.visible(Action::Onboard)?;
         let form = ApplicationForm {
@@ -927,11 +928,7 @@ async fn hall_submit(
 
 // ---------------------------------------------------------------- policies, decisions
 
-async fn policies(State(state): State<ConsoleState>, req: Req, p: Option<Principal>) -> Response {
-    let p = match signed_in(p, &req) {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
+async fn policies(State(state): State<ConsoleState>, req: Req, SignedIn(p): SignedIn) -> Response {
     page(&state, &req, &p, async {
         let v = p.visible(Action::ReadPolicies)?;
         let mut counties = Vec::new();
@@ -992,13 +989,9 @@ async fn policies(State(state): State<ConsoleState>, req: Req, p: Option<Princip
 async fn decision_page(
     State(state): State<ConsoleState>,
     req: Req,
-    p: Option<Principal>,
+    SignedIn(p): SignedIn,
     Path(id): Path<i64>,
 ) -> Response {
-    let p = match signed_in(p, &req) {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
     page(&state, &req, &p, async {
         let v = p.visible(Action::ReadDecisions)?;
         let d = query::policies::decision(&state.db, &v, id)
