@@ -45,10 +45,34 @@ const USERS: &[(&str, Role, Option<&str>, Option<&str>, Option<&str>)] = &[
     ("auditor", Role::Auditor, None, None, None),
     ("eng-xy", Role::CountyEngineer, Some("xianyou"), None, None),
     ("eng-hj", Role::CountyEngineer, Some("hanjiang"), None, None),
-    ("staff-bt", Role::StationStaff, Some("xianyou"), Some(BT), None),
-    ("staff-bt2", Role::StationStaff, Some("xianyou"), Some(BT), None),
-    ("staff-dw", Role::StationStaff, Some("xianyou"), Some(DW), None),
-    ("staff-hj", Role::StationStaff, Some("hanjiang"), Some("HJ-A"), None),
+    (
+        "staff-bt",
+        Role::StationStaff,
+        Some("xianyou"),
+        Some(BT),
+        None,
+    ),
+    (
+        "staff-bt2",
+        Role::StationStaff,
+        Some("xianyou"),
+        Some(BT),
+        None,
+    ),
+    (
+        "staff-dw",
+        Role::StationStaff,
+        Some("xianyou"),
+        Some(DW),
+        None,
+    ),
+    (
+        "staff-hj",
+        Role::StationStaff,
+        Some("hanjiang"),
+        Some("HJ-A"),
+        None,
+    ),
     ("cust-a1", Role::Customer, None, None, Some(A1)),
 ];
 
@@ -56,9 +80,8 @@ impl World {
     /// Seeds `db_url` (None: a fresh SQLite file) and starts the API on loopback.
     async fn start(db_url: Option<String>) -> World {
         let dir = tempfile::tempdir().unwrap();
-        let url = db_url.unwrap_or_else(|| {
-            format!("sqlite://{}", dir.path().join("api.db").display())
-        });
+        let url =
+            db_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("api.db").display()));
         let mut opts = common::small_county(8, 20, 2013);
         opts.db_url = Some(url.clone());
         feegate::demo::run(&opts).await.expect("demo runs");
@@ -108,7 +131,10 @@ impl World {
             )
             .await
             .unwrap();
-            tokens.insert(*name, issue_token(&db, name, "test", None).await.unwrap().token);
+            tokens.insert(
+                *name,
+                issue_token(&db, name, "test", None).await.unwrap().token,
+            );
         }
         let mut config = ServeConfig::default();
         config.database.url = url;
@@ -145,9 +171,7 @@ impl World {
         key: Option<&str>,
     ) -> (u16, Value) {
         let url = format!("http://{}{}", self.addr, path);
-        let mut req = self
-            .client
-            .request(method.parse().unwrap(), url);
+        let mut req = self.client.request(method.parse().unwrap(), url);
         if let Some(u) = user {
             req = req.bearer_auth(&self.tokens[u]);
         }
@@ -311,7 +335,15 @@ async fn every_role_is_denied_what_it_must_not_see_or_do() {
         assert_eq!(got, *want, "{user} GET {path}: {body}");
         if *want >= 400 {
             let code = body["code"].as_str().unwrap_or("");
-            assert_eq!(code, if *want == 404 { "not-found" } else { "forbidden" }, "{user} GET {path}: {body}");
+            assert_eq!(
+                code,
+                if *want == 404 {
+                    "not-found"
+                } else {
+                    "forbidden"
+                },
+                "{user} GET {path}: {body}"
+            );
         }
     }
 
@@ -325,18 +357,41 @@ async fn every_role_is_denied_what_it_must_not_see_or_do() {
         let items = page["items"].as_array().unwrap();
         assert!(!items.is_empty(), "{user} sees its own");
         for a in items {
-            assert!(allowed.contains(&a[field].as_str().unwrap()), "{user} saw {a}");
+            assert!(
+                allowed.contains(&a[field].as_str().unwrap()),
+                "{user} saw {a}"
+            );
         }
     }
     let (_, decisions) = w.get("cust-a1", "/api/v1/decisions?limit=500").await;
     let decisions = decisions["items"].as_array().unwrap();
     assert!(!decisions.is_empty());
-    assert!(decisions.iter().all(|d| d["account_id"] == A1), "a customer's decisions are their own");
+    assert!(
+        decisions.iter().all(|d| d["account_id"] == A1),
+        "a customer's decisions are their own"
+    );
     let (_, decisions) = w.get("eng-hj", "/api/v1/decisions?limit=500").await;
-    assert!(decisions["items"].as_array().unwrap().iter().all(|d| d["county"] == "hanjiang"));
+    assert!(
+        decisions["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["county"] == "hanjiang")
+    );
     let (_, policies) = w.get("eng-hj", "/api/v1/policies/versions").await;
-    assert!(policies.as_array().unwrap().iter().all(|p| p["county"] == "hanjiang"));
-    let (_, collection) = w.get("staff-dw", "/api/v1/collection?from=2013-01-05&to=2013-01-06").await;
+    assert!(
+        policies
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["county"] == "hanjiang")
+    );
+    let (_, collection) = w
+        .get(
+            "staff-dw",
+            "/api/v1/collection?from=2013-01-05&to=2013-01-06",
+        )
+        .await;
     let rows = collection.as_array().unwrap();
     assert_eq!(rows.len(), 2, "one station, two days: {collection}");
     assert!(rows.iter().all(|r| r["station_id"] == DW));
@@ -346,34 +401,119 @@ async fn every_role_is_denied_what_it_must_not_see_or_do() {
     // only into their own account.
     let pay = |account: &str| json!({"account_id": account, "amount": "10.00"});
     let writes: Vec<(&str, String, Value, u16, &str)> = vec![
-        ("auditor", "/api/v1/payments".into(), pay(A1), 403, "forbidden"),
-        ("auditor", format!("/api/v1/work-orders/{o}/approve"), json!({}), 403, "forbidden"),
-        ("auditor", format!("/api/v1/work-orders/{o}/execute"), json!({}), 403, "forbidden"),
-        ("auditor", "/api/v1/agreements".into(), json!({}), 403, "forbidden"),
-        ("eng-xy", format!("/api/v1/work-orders/{o}/approve"), json!({}), 403, "forbidden"),
-        ("eng-xy", "/api/v1/payments".into(), pay(A1), 403, "forbidden"),
-        ("cust-a1", format!("/api/v1/work-orders/{o}/hold"), json!({}), 403, "forbidden"),
-        ("cust-a1", "/api/v1/payments".into(), pay(A5), 404, "not-found"),
-        ("staff-dw", format!("/api/v1/work-orders/{o}/approve"), json!({}), 404, "not-found"),
-        ("staff-dw", "/api/v1/payments".into(), pay(A1), 404, "not-found"),
-        ("staff-hj", "/api/v1/payments".into(), pay(A1), 404, "not-found"),
+        (
+            "auditor",
+            "/api/v1/payments".into(),
+            pay(A1),
+            403,
+            "forbidden",
+        ),
+        (
+            "auditor",
+            format!("/api/v1/work-orders/{o}/approve"),
+            json!({}),
+            403,
+            "forbidden",
+        ),
+        (
+            "auditor",
+            format!("/api/v1/work-orders/{o}/execute"),
+            json!({}),
+            403,
+            "forbidden",
+        ),
+        (
+            "auditor",
+            "/api/v1/agreements".into(),
+            json!({}),
+            403,
+            "forbidden",
+        ),
+        (
+            "eng-xy",
+            format!("/api/v1/work-orders/{o}/approve"),
+            json!({}),
+            403,
+            "forbidden",
+        ),
+        (
+            "eng-xy",
+            "/api/v1/payments".into(),
+            pay(A1),
+            403,
+            "forbidden",
+        ),
+        (
+            "cust-a1",
+            format!("/api/v1/work-orders/{o}/hold"),
+            json!({}),
+            403,
+            "forbidden",
+        ),
+        (
+            "cust-a1",
+            "/api/v1/payments".into(),
+            pay(A5),
+            404,
+            "not-found",
+        ),
+        (
+            "staff-dw",
+            format!("/api/v1/work-orders/{o}/approve"),
+            json!({}),
+            404,
+            "not-found",
+        ),
+        (
+            "staff-dw",
+            "/api/v1/payments".into(),
+            pay(A1),
+            404,
+            "not-found",
+        ),
+        (
+            "staff-hj",
+            "/api/v1/payments".into(),
+            pay(A1),
+            404,
+            "not-found",
+        ),
     ];
     let before = w.balance_fen(A1).await;
     for (i, (user, path, body, want, code)) in writes.iter().enumerate() {
         let key = format!("deny-{i}");
-        let (got, b) = w.call(Some(user), "POST", path, Some(body.clone()), Some(&key)).await;
-        assert_eq!((got, b["code"].as_str().unwrap_or("")), (*want, *code), "{user} POST {path}: {b}");
+        let (got, b) = w
+            .call(Some(user), "POST", path, Some(body.clone()), Some(&key))
+            .await;
+        assert_eq!(
+            (got, b["code"].as_str().unwrap_or("")),
+            (*want, *code),
+            "{user} POST {path}: {b}"
+        );
     }
-    assert_eq!(w.balance_fen(A1).await, before, "no refused write moved money");
-    let status: String = sqlx::query_scalar("SELECT status FROM work_orders WHERE work_order_id = $1")
-        .bind(o)
-        .fetch_one(&w.db.pool)
-        .await
-        .unwrap();
+    assert_eq!(
+        w.balance_fen(A1).await,
+        before,
+        "no refused write moved money"
+    );
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM work_orders WHERE work_order_id = $1")
+            .bind(o)
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
     assert_eq!(status, "open", "no refused write decided the order");
 
     // And what they may: the customer pays into their own account through the app.
-    let (got, b) = w.call(Some("cust-a1"), "POST", "/api/v1/payments", Some(pay(A1)), Some("own")).await;
+    let (got, b) = w
+        .call(
+            Some("cust-a1"),
+            "POST",
+            "/api/v1/payments",
+            Some(pay(A1)),
+            Some("own"),
+        )
+        .await;
     assert_eq!(got, 201, "{b}");
     assert_eq!(b["channel"], "app");
     assert_eq!(w.balance_fen(A1).await, before + 1000);
@@ -386,41 +526,85 @@ async fn the_approver_of_a_cutoff_is_never_its_executor() {
     let w = World::start(None).await;
     let o = w.order_open;
     let (s, b) = w
-        .call(Some("staff-bt"), "POST", &format!("/api/v1/work-orders/{o}/execute"), None, Some("x0"))
+        .call(
+            Some("staff-bt"),
+            "POST",
+            &format!("/api/v1/work-orders/{o}/execute"),
+            None,
+            Some("x0"),
+        )
         .await;
-    assert_eq!((s, b["code"].as_str()), (409, Some("conflict")), "not approved yet: {b}");
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (409, Some("conflict")),
+        "not approved yet: {b}"
+    );
     let (s, b) = w
-        .call(Some("staff-bt"), "POST", &format!("/api/v1/work-orders/{o}/approve"), Some(json!({"note": "called, no answer"})), Some("a1"))
+        .call(
+            Some("staff-bt"),
+            "POST",
+            &format!("/api/v1/work-orders/{o}/approve"),
+            Some(json!({"note": "called, no answer"})),
+            Some("a1"),
+        )
         .await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!((b["status"].as_str(), b["decided_by"].as_str()), (Some("approved"), Some("staff-bt")));
+    assert_eq!(
+        (b["status"].as_str(), b["decided_by"].as_str()),
+        (Some("approved"), Some("staff-bt"))
+    );
     // A second approval is a conflict, not a silent success.
     let (s, b) = w
-        .call(Some("staff-bt2"), "POST", &format!("/api/v1/work-orders/{o}/hold"), None, Some("h1"))
+        .call(
+            Some("staff-bt2"),
+            "POST",
+            &format!("/api/v1/work-orders/{o}/hold"),
+            None,
+            Some("h1"),
+        )
         .await;
     assert_eq!((s, b["code"].as_str()), (409, Some("conflict")), "{b}");
     // The approver may not execute.
     let (s, b) = w
-        .call(Some("staff-bt"), "POST", &format!("/api/v1/work-orders/{o}/execute"), None, Some("x1"))
+        .call(
+            Some("staff-bt"),
+            "POST",
+            &format!("/api/v1/work-orders/{o}/execute"),
+            None,
+            Some("x1"),
+        )
         .await;
-    assert_eq!((s, b["code"].as_str()), (403, Some("two-person-rule")), "{b}");
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (403, Some("two-person-rule")),
+        "{b}"
+    );
     assert!(b["message"].as_str().unwrap().contains("staff-bt"), "{b}");
-    let trips: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM relay_commands WHERE decision_key = $1")
-        .bind(format!("work-order:{o}"))
-        .fetch_one(&w.db.pool)
-        .await
-        .unwrap();
+    let trips: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM relay_commands WHERE decision_key = $1")
+            .bind(format!("work-order:{o}"))
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
     assert_eq!(trips, 0, "no trip from a refused execution");
     // Another person's execution passes the two-person rule and reaches the safety
     // floor, which looks at this moment: the demo's readings are years old, so it
     // refuses (stale reading) and the order stays approved.
     let (s, b) = w
-        .call(Some("staff-bt2"), "POST", &format!("/api/v1/work-orders/{o}/execute"), None, Some("x2"))
+        .call(
+            Some("staff-bt2"),
+            "POST",
+            &format!("/api/v1/work-orders/{o}/execute"),
+            None,
+            Some("x2"),
+        )
         .await;
     assert_eq!((s, b["code"].as_str()), (409, Some("floor-refused")), "{b}");
     let refusals = b["details"]["refusals"].as_array().unwrap();
     assert!(
-        refusals.iter().any(|r| r["refusal"].as_str().unwrap_or("").contains("stale")),
+        refusals
+            .iter()
+            .any(|r| r["refusal"].as_str().unwrap_or("").contains("stale")),
         "{b}"
     );
     let (status, executed_by): (String, Option<String>) =
@@ -433,16 +617,32 @@ async fn the_approver_of_a_cutoff_is_never_its_executor() {
     // An approved order whose account paid meanwhile is cancelled, not tripped.
     let p = w.order_paid;
     let (s, b) = w
-        .call(Some("staff-bt2"), "POST", &format!("/api/v1/work-orders/{p}/execute"), None, Some("x3"))
+        .call(
+            Some("staff-bt2"),
+            "POST",
+            &format!("/api/v1/work-orders/{p}/execute"),
+            None,
+            Some("x3"),
+        )
         .await;
-    assert_eq!((s, b["outcome"].as_str()), (200, Some("cancelled-paid")), "{b}");
+    assert_eq!(
+        (s, b["outcome"].as_str()),
+        (200, Some("cancelled-paid")),
+        "{b}"
+    );
     assert_eq!(b["order"]["status"], "cancelled");
     // The order's case: evidence, balance history, warnings with receipts.
     let (s, case) = w.get("staff-bt", &format!("/api/v1/work-orders/{o}")).await;
     assert_eq!(s, 200);
     assert_eq!(case["evidence"]["policy_reason"], "arrears");
     let history = case["balance_history"].as_array().unwrap();
-    assert!(history.last().unwrap()["balance_after"]["fen"].as_i64().unwrap() < 0, "{case}");
+    assert!(
+        history.last().unwrap()["balance_after"]["fen"]
+            .as_i64()
+            .unwrap()
+            < 0,
+        "{case}"
+    );
     assert!(case["warnings"].is_array());
 }
 
@@ -456,40 +656,103 @@ async fn a_payment_is_applied_once_per_idempotency_key() {
 
 async fn idempotency_checks(w: &World) {
     let body = json!({"account_id": A5, "amount": "25.50"});
-    let (s, b) = w.call(Some("staff-bt"), "POST", "/api/v1/payments", Some(body.clone()), None).await;
-    assert_eq!((s, b["code"].as_str()), (400, Some("idempotency-key-required")), "{b}");
+    let (s, b) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/payments",
+            Some(body.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (400, Some("idempotency-key-required")),
+        "{b}"
+    );
     let before = (w.balance_fen(A5).await, w.ledger_entries(A5).await);
-    let (s1, first) = w.call(Some("staff-bt"), "POST", "/api/v1/payments", Some(body.clone()), Some("k-1")).await;
+    let (s1, first) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/payments",
+            Some(body.clone()),
+            Some("k-1"),
+        )
+        .await;
     assert_eq!(s1, 201, "{first}");
     assert_eq!(first["amount"], json!({"yuan": "25.50", "fen": 2550}));
     assert_eq!(first["channel"], "business-hall");
-    let (s2, again) = w.call(Some("staff-bt"), "POST", "/api/v1/payments", Some(body.clone()), Some("k-1")).await;
-    assert_eq!((s2, &again), (201, &first), "a repeat gets the stored answer");
+    let (s2, again) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/payments",
+            Some(body.clone()),
+            Some("k-1"),
+        )
+        .await;
+    assert_eq!(
+        (s2, &again),
+        (201, &first),
+        "a repeat gets the stored answer"
+    );
     assert_eq!(
         (w.balance_fen(A5).await, w.ledger_entries(A5).await),
         (before.0 + 2550, before.1 + 1)
     );
     let other = json!({"account_id": A5, "amount": "99.00"});
-    let (s, b) = w.call(Some("staff-bt"), "POST", "/api/v1/payments", Some(other), Some("k-1")).await;
-    assert_eq!((s, b["code"].as_str()), (409, Some("idempotency-key-reused")), "{b}");
+    let (s, b) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/payments",
+            Some(other),
+            Some("k-1"),
+        )
+        .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (409, Some("idempotency-key-reused")),
+        "{b}"
+    );
     // Keys are per user: another person's same key is their own request.
-    let (s, _) = w.call(Some("staff-bt2"), "POST", "/api/v1/payments", Some(body.clone()), Some("k-1")).await;
+    let (s, _) = w
+        .call(
+            Some("staff-bt2"),
+            "POST",
+            "/api/v1/payments",
+            Some(body.clone()),
+            Some("k-1"),
+        )
+        .await;
     assert_eq!(s, 201);
     // 20 concurrent repeats of a new key: one ledger entry, 20 equal answers.
     let entries = w.ledger_entries(A5).await;
     let balance = w.balance_fen(A5).await;
     let answers = futures_join_all((0..20).map(|_| {
-        w.call(Some("staff-bt"), "POST", "/api/v1/payments", Some(body.clone()), Some("k-burst"))
+        w.call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/payments",
+            Some(body.clone()),
+            Some("k-burst"),
+        )
     }))
     .await;
-    assert!(answers.iter().all(|(s, b)| *s == 201 && *b == answers[0].1), "{answers:?}");
+    assert!(
+        answers.iter().all(|(s, b)| *s == 201 && *b == answers[0].1),
+        "{answers:?}"
+    );
     assert_eq!(w.ledger_entries(A5).await, entries + 1, "applied once");
     assert_eq!(w.balance_fen(A5).await, balance + 2550);
-    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM payments WHERE account_id = $1 AND channel_txn_id LIKE '%k-burst'")
-        .bind(A5)
-        .fetch_one(&w.db.pool)
-        .await
-        .unwrap();
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM payments WHERE account_id = $1 AND channel_txn_id LIKE '%k-burst'",
+    )
+    .bind(A5)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
     assert_eq!(applied, 1);
 }
 
@@ -510,7 +773,11 @@ async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -
                 }
             }
         }
-        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
     })
     .await;
     out.into_iter().map(Option::unwrap).collect()
@@ -542,26 +809,52 @@ async fn pages_and_filters_walk_every_visible_row_once() {
         }
     }
     assert_eq!(seen.len() as i64, total);
-    assert!(seen.windows(2).all(|p| p[0] < p[1]), "in key order, no repeats");
+    assert!(
+        seen.windows(2).all(|p| p[0] < p[1]),
+        "in key order, no repeats"
+    );
 
     // County and station filters narrow, and cannot widen a station's view.
     let (_, hj) = w.get("ops", "/api/v1/accounts?county=hanjiang").await;
     let hj = hj["items"].as_array().unwrap();
     assert_eq!(hj.len(), 1);
     assert_eq!(hj[0]["account_id"], H1);
-    let (_, bt) = w.get("ops", &format!("/api/v1/customers?station={BT}")).await;
-    assert!(bt["items"].as_array().unwrap().iter().all(|c| c["station_id"] == BT));
-    let (s, widened) = w.get("staff-bt", &format!("/api/v1/accounts?station={DW}")).await;
+    let (_, bt) = w
+        .get("ops", &format!("/api/v1/customers?station={BT}"))
+        .await;
+    assert!(
+        bt["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["station_id"] == BT)
+    );
+    let (s, widened) = w
+        .get("staff-bt", &format!("/api/v1/accounts?station={DW}"))
+        .await;
     assert_eq!(s, 200);
-    assert_eq!(widened["items"], json!([]), "a filter outside the scope gives nothing");
-    let (_, queue) = w.get("staff-bt", "/api/v1/work-orders?kind=approve-disconnection&status=open").await;
+    assert_eq!(
+        widened["items"],
+        json!([]),
+        "a filter outside the scope gives nothing"
+    );
+    let (_, queue) = w
+        .get(
+            "staff-bt",
+            "/api/v1/work-orders?kind=approve-disconnection&status=open",
+        )
+        .await;
     let queue = queue["items"].as_array().unwrap();
     assert_eq!(queue.len(), 1);
     assert_eq!(queue[0]["work_order_id"], w.order_open);
 
     for bad in ["limit=0", "limit=501", "limit=abc", "after=xyz"] {
         let (s, b) = w.get("auditor", &format!("/api/v1/decisions?{bad}")).await;
-        assert_eq!((s, b["code"].as_str()), (400, Some("bad-request")), "{bad}: {b}");
+        assert_eq!(
+            (s, b["code"].as_str()),
+            (400, Some("bad-request")),
+            "{bad}: {b}"
+        );
     }
 }
 
@@ -576,37 +869,92 @@ async fn an_account_reads_balance_ledger_and_usage() {
     assert_eq!(a["balance"]["fen"], balance);
     assert_eq!(a["balance"]["yuan"], feegate::money::format_yuan(balance));
     assert!(a["agreement"]["alarm_threshold"]["yuan"].is_string());
-    let (_, ledger) = w.get("staff-dw", &format!("/api/v1/accounts/{A2}/ledger?limit=500")).await;
-    let sum: i64 = ledger["items"].as_array().unwrap().iter().map(|e| e["amount"]["fen"].as_i64().unwrap()).sum();
+    let (_, ledger) = w
+        .get(
+            "staff-dw",
+            &format!("/api/v1/accounts/{A2}/ledger?limit=500"),
+        )
+        .await;
+    let sum: i64 = ledger["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["amount"]["fen"].as_i64().unwrap())
+        .sum();
     assert_eq!(sum, balance, "the ledger sums to the balance");
-    let (_, days) = w.get("staff-dw", &format!("/api/v1/accounts/{A2}/usage?by=day")).await;
-    let (_, months) = w.get("staff-dw", &format!("/api/v1/accounts/{A2}/usage?by=month")).await;
-    let (_, bands) = w.get("staff-dw", &format!("/api/v1/accounts/{A2}/usage?by=band")).await;
+    let (_, days) = w
+        .get("staff-dw", &format!("/api/v1/accounts/{A2}/usage?by=day"))
+        .await;
+    let (_, months) = w
+        .get("staff-dw", &format!("/api/v1/accounts/{A2}/usage?by=month"))
+        .await;
+    let (_, bands) = w
+        .get("staff-dw", &format!("/api/v1/accounts/{A2}/usage?by=band"))
+        .await;
     let total = |v: &Value, f: &str| -> i64 {
-        v.as_array().unwrap().iter().map(|r| r[f].as_i64().unwrap()).sum()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[f].as_i64().unwrap())
+            .sum()
     };
-    let days_kwh: i64 = days.as_array().unwrap().iter().map(|r| r["energy"]["centi_kwh"].as_i64().unwrap()).sum();
-    let months_kwh: i64 = months.as_array().unwrap().iter().map(|r| r["energy"]["centi_kwh"].as_i64().unwrap()).sum();
-    let bands_kwh: i64 = bands.as_array().unwrap().iter().map(|r| r["energy"]["centi_kwh"].as_i64().unwrap()).sum();
+    let days_kwh: i64 = days
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["energy"]["centi_kwh"].as_i64().unwrap())
+        .sum();
+    let months_kwh: i64 = months
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["energy"]["centi_kwh"].as_i64().unwrap())
+        .sum();
+    let bands_kwh: i64 = bands
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["energy"]["centi_kwh"].as_i64().unwrap())
+        .sum();
     assert!(days_kwh > 0);
     assert_eq!((months_kwh, bands_kwh), (days_kwh, days_kwh));
-    assert_eq!(total(&months, "days"), days.as_array().unwrap().len() as i64);
+    assert_eq!(
+        total(&months, "days"),
+        days.as_array().unwrap().len() as i64
+    );
     assert_eq!(months[0]["period"], "2013-01");
-    let charged: i64 = sqlx::query_scalar("SELECT CAST(SUM(charge_fen) AS BIGINT) FROM settlements WHERE account_id = $1")
-        .bind(A2)
-        .fetch_one(&w.db.pool)
-        .await
-        .unwrap();
-    let day_charges: i64 = days.as_array().unwrap().iter().map(|r| r["charge"]["fen"].as_i64().unwrap()).sum();
+    let charged: i64 = sqlx::query_scalar(
+        "SELECT CAST(SUM(charge_fen) AS BIGINT) FROM settlements WHERE account_id = $1",
+    )
+    .bind(A2)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    let day_charges: i64 = days
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["charge"]["fen"].as_i64().unwrap())
+        .sum();
     assert_eq!(day_charges, charged);
-    let (s, b) = w.get("staff-dw", &format!("/api/v1/accounts/{A2}/usage?by=week")).await;
+    let (s, b) = w
+        .get("staff-dw", &format!("/api/v1/accounts/{A2}/usage?by=week"))
+        .await;
     assert_eq!((s, b["code"].as_str()), (400, Some("bad-request")), "{b}");
     // A decision's full record says why.
-    let (_, list) = w.get("staff-dw", &format!("/api/v1/decisions?account={A2}&kind=tariff&limit=1")).await;
+    let (_, list) = w
+        .get(
+            "staff-dw",
+            &format!("/api/v1/decisions?account={A2}&kind=tariff&limit=1"),
+        )
+        .await;
     let id = list["items"][0]["decision_id"].as_i64().unwrap();
     let (s, d) = w.get("staff-dw", &format!("/api/v1/decisions/{id}")).await;
     assert_eq!(s, 200);
-    assert!(d["explanation"].as_str().is_some_and(|e| !e.is_empty()), "{d}");
+    assert!(
+        d["explanation"].as_str().is_some_and(|e| !e.is_empty()),
+        "{d}"
+    );
     assert_eq!(d["input"]["account_id"], A2);
     let (s, _) = w.get("staff-bt", &format!("/api/v1/decisions/{id}")).await;
     assert_eq!(s, 404, "another station's decision");
@@ -624,28 +972,76 @@ async fn onboarding_creates_an_active_account_with_its_prepayment() {
         "account_id": "A-NEW-1", "alarm_threshold": "30.00", "mobile": "13800000001",
         "initial_prepayment": "200.00"
     });
-    let (s, b) = w.call(Some("staff-dw"), "POST", "/api/v1/agreements", Some(form.clone()), Some("ob-0")).await;
-    assert_eq!((s, b["code"].as_str()), (403, Some("forbidden")), "another station's form: {b}");
-    let (s, b) = w.call(Some("staff-bt"), "POST", "/api/v1/agreements", Some(form.clone()), Some("ob-1")).await;
+    let (s, b) = w
+        .call(
+            Some("staff-dw"),
+            "POST",
+            "/api/v1/agreements",
+            Some(form.clone()),
+            Some("ob-0"),
+        )
+        .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (403, Some("forbidden")),
+        "another station's form: {b}"
+    );
+    let (s, b) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/agreements",
+            Some(form.clone()),
+            Some("ob-1"),
+        )
+        .await;
     assert_eq!(s, 201, "{b}");
     assert_eq!(b["status"], "active");
     assert_eq!(b["balance"]["fen"], 20_000);
-    assert_eq!(b["mobile_mismatch"], true, "the agreement's number differs from the master data");
+    assert_eq!(
+        b["mobile_mismatch"], true,
+        "the agreement's number differs from the master data"
+    );
     assert_eq!(w.balance_fen("A-NEW-1").await, 20_000);
-    let (s, again) = w.call(Some("staff-bt"), "POST", "/api/v1/agreements", Some(form.clone()), Some("ob-1")).await;
+    let (s, again) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/agreements",
+            Some(form.clone()),
+            Some("ob-1"),
+        )
+        .await;
     assert_eq!((s, &again), (201, &b), "a retry is not a second onboarding");
-    let (s, b) = w.call(Some("staff-bt"), "POST", "/api/v1/agreements", Some(form.clone()), Some("ob-2")).await;
+    let (s, b) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/agreements",
+            Some(form.clone()),
+            Some("ob-2"),
+        )
+        .await;
     assert_eq!((s, b["code"].as_str()), (409, Some("conflict")), "{b}");
     let mut bad = form.clone();
     bad["mobile"] = json!("12345");
     bad["customer_id"] = json!("C-NEW-2");
-    let (s, b) = w.call(Some("staff-bt"), "POST", "/api/v1/agreements", Some(bad), Some("ob-3")).await;
+    let (s, b) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/agreements",
+            Some(bad),
+            Some("ob-3"),
+        )
+        .await;
     assert_eq!((s, b["code"].as_str()), (400, Some("bad-request")), "{b}");
     assert!(b["message"].as_str().unwrap().contains("12345"), "{b}");
-    let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM customers WHERE customer_id = 'C-NEW-2'")
-        .fetch_one(&w.db.pool)
-        .await
-        .unwrap();
+    let exists: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM customers WHERE customer_id = 'C-NEW-2'")
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
     assert_eq!(exists, 0, "nothing half-applied");
 }
 
@@ -653,20 +1049,104 @@ async fn onboarding_creates_an_active_account_with_its_prepayment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_json_with_a_stable_code_and_a_message() {
     let w = World::start(None).await;
-    let cases: Vec<(Option<&str>, &str, &str, Option<Value>, Option<&str>, u16, &str)> = vec![
-        (None, "GET", "/api/v1/accounts", None, None, 401, "unauthenticated"),
-        (Some("ops"), "GET", "/api/v1/accounts/nope", None, None, 404, "not-found"),
-        (Some("ops"), "GET", "/api/v1/work-orders/abc", None, None, 400, "bad-request"),
-        (Some("ops"), "GET", "/api/v1/policies?kind=astrology", None, None, 400, "bad-request"),
-        (Some("ops"), "GET", "/api/v1/collection?from=2013-01-01&to=2014-01-01", None, None, 400, "bad-request"),
-        (Some("ops"), "POST", "/api/v1/payments", Some(json!({"account_id": A1, "amount": 10.5})), Some("e1"), 400, "bad-request"),
-        (Some("ops"), "POST", "/api/v1/payments", Some(json!({"account_id": A1, "amount": "1.234"})), Some("e2"), 400, "bad-request"),
-        (Some("ops"), "POST", "/api/v1/payments", Some(json!({"account_id": A1, "amount": "-5"})), Some("e3"), 400, "bad-request"),
-        (Some("ops"), "POST", "/api/v1/payments", Some(json!({"account_id": A1, "amount": "5.00"})), None, 400, "idempotency-key-required"),
+    let cases: Vec<(
+        Option<&str>,
+        &str,
+        &str,
+        Option<Value>,
+        Option<&str>,
+        u16,
+        &str,
+    )> = vec![
+        (
+            None,
+            "GET",
+            "/api/v1/accounts",
+            None,
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            "/api/v1/accounts/nope",
+            None,
+            None,
+            404,
+            "not-found",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            "/api/v1/work-orders/abc",
+            None,
+            None,
+            400,
+            "bad-request",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            "/api/v1/policies?kind=astrology",
+            None,
+            None,
+            400,
+            "bad-request",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            "/api/v1/collection?from=2013-01-01&to=2014-01-01",
+            None,
+            None,
+            400,
+            "bad-request",
+        ),
+        (
+            Some("ops"),
+            "POST",
+            "/api/v1/payments",
+            Some(json!({"account_id": A1, "amount": 10.5})),
+            Some("e1"),
+            400,
+            "bad-request",
+        ),
+        (
+            Some("ops"),
+            "POST",
+            "/api/v1/payments",
+            Some(json!({"account_id": A1, "amount": "1.234"})),
+            Some("e2"),
+            400,
+            "bad-request",
+        ),
+        (
+            Some("ops"),
+            "POST",
+            "/api/v1/payments",
+            Some(json!({"account_id": A1, "amount": "-5"})),
+            Some("e3"),
+            400,
+            "bad-request",
+        ),
+        (
+            Some("ops"),
+            "POST",
+            "/api/v1/payments",
+            Some(json!({"account_id": A1, "amount": "5.00"})),
+            None,
+            400,
+            "idempotency-key-required",
+        ),
     ];
     for (user, method, path, body, key, want, code) in cases {
         let (s, b) = w.call(user, method, path, body, key).await;
-        assert_eq!((s, b["code"].as_str().unwrap_or("")), (want, code), "{method} {path}: {b}");
+        assert_eq!(
+            (s, b["code"].as_str().unwrap_or("")),
+            (want, code),
+            "{method} {path}: {b}"
+        );
         assert!(b["message"].as_str().is_some_and(|m| !m.is_empty()), "{b}");
     }
 }
@@ -682,11 +1162,17 @@ async fn the_openapi_document_describes_every_api_route() {
     let routes = feegate::api::route_paths();
     assert!(routes.len() >= 20, "{routes:?}");
     for r in &routes {
-        assert!(described.contains(r), "route {r} is not in the OpenAPI document");
+        assert!(
+            described.contains(r),
+            "route {r} is not in the OpenAPI document"
+        );
     }
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
-            assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path}");
+            assert!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{method} {path}"
+            );
         }
     }
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
