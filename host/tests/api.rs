@@ -40,7 +40,14 @@ struct World {
 }
 
 /// (user, role, county, station, account)
-const USERS: &[(&str, Role, Option<&str>, Option<&str>, Option<&str>)] = &[
+type UserRow = (
+    &'static str,
+    Role,
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+const USERS: &[UserRow] = &[
     ("ops", Role::Operations, None, None, None),
     ("auditor", Role::Auditor, None, None, None),
     ("eng-xy", Role::CountyEngineer, Some("xianyou"), None, None),
@@ -1045,19 +1052,22 @@ async fn onboarding_creates_an_active_account_with_its_prepayment() {
     assert_eq!(exists, 0, "nothing half-applied");
 }
 
+/// (user, method, path, body, idempotency key, status, code)
+type ErrorCase = (
+    Option<&'static str>,
+    &'static str,
+    &'static str,
+    Option<Value>,
+    Option<&'static str>,
+    u16,
+    &'static str,
+);
+
 /// Error answers: JSON `{code, message}` with stable codes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_json_with_a_stable_code_and_a_message() {
     let w = World::start(None).await;
-    let cases: Vec<(
-        Option<&str>,
-        &str,
-        &str,
-        Option<Value>,
-        Option<&str>,
-        u16,
-        &str,
-    )> = vec![
+    let cases: Vec<ErrorCase> = vec![
         (
             None,
             "GET",
