@@ -42,8 +42,8 @@ pub enum AuditError {
 // Log
 // ---------------------------------------------------------------------------------
 
-/// One line of `audit log`.
-#[derive(Debug, Clone, Serialize)]
+/// One line of `audit log` (and of the API's decision list).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LogLine {
     pub decision_id: i64,
     pub county: String,

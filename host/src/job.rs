@@ -375,6 +375,16 @@ impl Host {
         .fetch_one(&self.db.pool)
         .await
         .and_then(|r| sqlx::Row::try_get(&r, 0))?;
+        let report = self.drive_one(command_id, now).await?;
+        Ok((reconnection, Some(report)))
+    }
+
+    /// Issues and verifies one relay command now and tells the customer what it did.
+    async fn drive_one(
+        &self,
+        command_id: i64,
+        now: chrono::NaiveDateTime,
+    ) -> Result<RelayReport, JobError> {
         let report = relay::drive_command(
             &self.db,
             &self.meters,
@@ -385,7 +395,7 @@ impl Host {
         )
         .await?;
         self.announce_relay_events(&report, now).await?;
-        Ok((reconnection, Some(report)))
+        Ok(report)
     }
 
     /// Executes one approved disconnection work order now as `executed_by` (a person
@@ -422,16 +432,7 @@ impl Host {
         let Some(command_id) = command else {
             return Ok((executed, None));
         };
-        let report = relay::drive_command(
-            &self.db,
-            &self.meters,
-            &self.county.floor,
-            &self.county.county,
-            command_id,
-            now,
-        )
-        .await?;
-        self.announce_relay_events(&report, now).await?;
+        let report = self.drive_one(command_id, now).await?;
         Ok((executed, Some(report)))
     }
 

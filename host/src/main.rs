@@ -431,6 +431,32 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// Balance queries over the HTTP API (`GET /api/v1/accounts/{id}/balance`) from
+    /// concurrent keep-alive connections, with an API token: requests/s, p50/p99/max
+    /// latency, errors. Build with --release for real figures.
+    Api {
+        /// Accounts seeded (queries pick one at random each time).
+        #[arg(long, default_value_t = 10_000)]
+        accounts: usize,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Timed seconds (after 1 s of warm-up).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Database URL (must hold no accounts); default a fresh SQLite file.
+        #[arg(long)]
+        db: Option<String>,
+        /// Daily consumption data (Low Carbon London, 100 households, 2013).
+        #[arg(
+            long,
+            env = "FEEGATE_DATA",
+            default_value = "../shared/data/lcl_2013_daily_kwh_100hh.csv"
+        )]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write N accounts with readings that the morning of --date settles (the day
     /// before's consumption), into an empty database; for multi-host and crash tests.
     Seed {
@@ -817,6 +843,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(args) => {
             if !feegate::cli::run_policy(args).await? {
                 std::process::exit(2);
+            }
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Api {
+                    accounts,
+                    connections,
+                    seconds,
+                    db,
+                    data,
+                    json,
+                },
+        } => {
+            let f = feegate::bench::api::api(&feegate::bench::api::ApiBenchOptions {
+                accounts,
+                connections,
+                seconds,
+                db_url: db,
+                data,
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&f)?);
+            } else {
+                feegate::bench::api::print(&f);
             }
             Ok(())
         }

@@ -391,10 +391,12 @@ fn verifies(key: &TrustedKey, msg: &[u8; 64], signature: &Signature) -> bool {
 // ---------------------------------------------------------------------------------
 
 /// A published version: a component plus parameters for a county and kind.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Publication {
     pub publication_id: i64,
     pub county: String,
+    /// tariff | warning | notice | cutoff
+    #[schema(value_type = String)]
     pub kind: PolicyKind,
     pub component_sha256: String,
     pub parameters_json: String,
@@ -711,15 +713,19 @@ pub async fn component_bytes(db: &Db, sha256: &str) -> Result<Vec<u8>, RegistryE
 // ---------------------------------------------------------------------------------
 
 /// One activation event.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Activation {
     pub activation_id: i64,
     pub county: String,
+    /// tariff | warning | notice | cutoff
+    #[schema(value_type = String)]
     pub kind: PolicyKind,
     pub publication_id: i64,
     pub component_sha256: String,
     /// `activate` or `rollback`.
     pub action: String,
+    /// notify-only | approval-gated | automatic, when the activation moved the county.
+    #[schema(value_type = Option<String>)]
     pub rollout_stage: Option<RolloutStage>,
     pub effective_at: String,
     pub who: String,

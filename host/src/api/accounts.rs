@@ -176,6 +176,7 @@ pub async fn get_ledger(
 #[into_params(parameter_in = Query)]
 pub struct UsageParams {
     /// day | month | band (default day)
+    #[param(inline)]
     pub by: Option<UsageBy>,
     /// First business date, YYYY-MM-DD (inclusive).
     pub from: Option<String>,

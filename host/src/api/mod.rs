@@ -174,3 +174,22 @@ fn now_in(state: &ServeState, county: Option<&str>) -> NaiveDateTime {
 fn who(p: &Principal) -> &str {
     &p.username
 }
+
+/// The paths of the routes the API router has (as axum holds them, e.g.
+/// `/api/v1/accounts/{account_id}`), read from the router itself: what the OpenAPI test
+/// checks against the document, so a route added without a description fails it.
+pub fn route_paths() -> Vec<String> {
+    let (router, _) = routes().split_for_parts();
+    // axum exposes no route table; its Debug output holds every path it matches.
+    let text = format!("{router:?}");
+    let mut paths: Vec<String> = text
+        .match_indices("\"/api/")
+        .filter_map(|(i, _)| {
+            let rest = &text[i + 1..];
+            rest.find('"').map(|end| rest[..end].to_string())
+        })
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
+}

@@ -6,7 +6,10 @@
 //!   lost/doubled against the ledger, payment-to-reconnect latency.
 //! - [`settle`]: `feegate bench settle` — one day's settlement at scale against a bare
 //!   baseline.
+//! - [`api`]: `feegate bench api` — balance queries over the HTTP API: requests/s and
+//!   latency percentiles.
 
+pub mod api;
 pub mod payments;
 pub mod policy;
 pub mod settle;

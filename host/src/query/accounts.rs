@@ -1,7 +1,9 @@
 //! Customers, meters, accounts (balance in real time, relay state, agreement terms),
 //! the ledger, usage by day, month and time-of-use band, and payments.
 
-use super::{Energy, ListFilter, Money, Page, PageRequest, QueryError, Where, flag};
+use super::{
+    Energy, ListFilter, Money, Page, PageRequest, QueryError, Where, fetch_one, fetch_page, flag,
+};
 use crate::auth::Visibility;
 use crate::db::Db;
 use serde::Serialize;
@@ -55,15 +57,16 @@ pub async fn customers(
     let mut w = Where::default();
     w.scope(v, f, "c.county", Some("c.station_id"), Some("a.account_id"))
         .cond("c.customer_id > {}", page.after.as_deref());
-    let sql = format!(
-        "{CUSTOMER_SELECT}{}",
-        w.page_sql("c.customer_id", page.limit)
-    );
-    let rows = w.bind(sqlx::query(&sql)).fetch_all(&db.pool).await?;
-    let items = rows.iter().map(customer_from).collect::<Result<_, _>>()?;
-    Ok(Page::from_rows(items, page.limit, |c: &Customer| {
-        c.customer_id.clone()
-    }))
+    fetch_page(
+        db,
+        CUSTOMER_SELECT,
+        w,
+        "c.customer_id",
+        page.limit,
+        customer_from,
+        |c: &Customer| c.customer_id.clone(),
+    )
+    .await
 }
 
 /// One customer, if it exists and is visible.
@@ -81,9 +84,7 @@ pub async fn customer(
         Some("a.account_id"),
     )
     .eq("c.customer_id", Some(customer_id));
-    let sql = format!("{CUSTOMER_SELECT}{}", w.sql());
-    let row = w.bind(sqlx::query(&sql)).fetch_optional(&db.pool).await?;
-    Ok(row.as_ref().map(customer_from).transpose()?)
+    fetch_one(db, CUSTOMER_SELECT, w, customer_from).await
 }
 
 /// A meter with its link and its latest daily frozen reading.
@@ -141,12 +142,16 @@ pub async fn meters(
     let mut w = Where::default();
     w.scope(v, f, "c.county", Some("c.station_id"), Some("a.account_id"))
         .cond("m.meter_id > {}", page.after.as_deref());
-    let sql = format!("{METER_SELECT}{}", w.page_sql("m.meter_id", page.limit));
-    let rows = w.bind(sqlx::query(&sql)).fetch_all(&db.pool).await?;
-    let items = rows.iter().map(meter_from).collect::<Result<_, _>>()?;
-    Ok(Page::from_rows(items, page.limit, |m: &Meter| {
-        m.meter_id.clone()
-    }))
+    fetch_page(
+        db,
+        METER_SELECT,
+        w,
+        "m.meter_id",
+        page.limit,
+        meter_from,
+        |m: &Meter| m.meter_id.clone(),
+    )
+    .await
 }
 
 /// One meter, if it exists and is visible.
@@ -160,9 +165,7 @@ pub async fn meter(db: &Db, v: &Visibility, meter_id: &str) -> Result<Option<Met
         Some("a.account_id"),
     )
     .eq("m.meter_id", Some(meter_id));
-    let sql = format!("{METER_SELECT}{}", w.sql());
-    let row = w.bind(sqlx::query(&sql)).fetch_optional(&db.pool).await?;
-    Ok(row.as_ref().map(meter_from).transpose()?)
+    fetch_one(db, METER_SELECT, w, meter_from).await
 }
 
 /// The fee-control agreement (费控协议) in force on an account.
@@ -252,12 +255,16 @@ pub async fn accounts(
     let mut w = Where::default();
     w.scope(v, f, "a.county", Some("a.station_id"), Some("a.account_id"))
         .cond("a.account_id > {}", page.after.as_deref());
-    let sql = format!("{ACCOUNT_SELECT}{}", w.page_sql("a.account_id", page.limit));
-    let rows = w.bind(sqlx::query(&sql)).fetch_all(&db.pool).await?;
-    let items = rows.iter().map(account_from).collect::<Result<_, _>>()?;
-    Ok(Page::from_rows(items, page.limit, |a: &AccountSummary| {
-        a.account_id.clone()
-    }))
+    fetch_page(
+        db,
+        ACCOUNT_SELECT,
+        w,
+        "a.account_id",
+        page.limit,
+        account_from,
+        |a: &AccountSummary| a.account_id.clone(),
+    )
+    .await
 }
 
 /// One account, if it exists and is visible.
@@ -275,9 +282,7 @@ pub async fn account(
         Some("a.account_id"),
     )
     .eq("a.account_id", Some(account_id));
-    let sql = format!("{ACCOUNT_SELECT}{}", w.sql());
-    let row = w.bind(sqlx::query(&sql)).fetch_optional(&db.pool).await?;
-    Ok(row.as_ref().map(account_from).transpose()?)
+    fetch_one(db, ACCOUNT_SELECT, w, account_from).await
 }
 
 /// The balance alone, for the hot path of balance queries: one indexed read.
@@ -345,14 +350,13 @@ pub async fn ledger(
     let mut w = Where::default();
     w.eq("account_id", Some(account_id))
         .cond_int("entry_id > {}", page.after_id()?);
-    let sql = format!(
-        "SELECT entry_id, kind, amount_fen, balance_after_fen, business_date, posted_at, reference FROM ledger_entries{}",
-        w.page_sql("entry_id", page.limit)
-    );
-    let rows = w.bind(sqlx::query(&sql)).fetch_all(&db.pool).await?;
-    let items = rows
-        .iter()
-        .map(|r| {
+    fetch_page(
+        db,
+        "SELECT entry_id, kind, amount_fen, balance_after_fen, business_date, posted_at, reference FROM ledger_entries",
+        w,
+        "entry_id",
+        page.limit,
+        |r| {
             Ok(LedgerEntry {
                 entry_id: r.try_get(0)?,
                 kind: r.try_get(1)?,
@@ -362,11 +366,10 @@ pub async fn ledger(
                 posted_at: r.try_get(5)?,
                 reference: r.try_get(6)?,
             })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(Page::from_rows(items, page.limit, |e: &LedgerEntry| {
-        e.entry_id.to_string()
-    }))
+        },
+        |e: &LedgerEntry| e.entry_id.to_string(),
+    )
+    .await
 }
 
 /// How usage is grouped.
@@ -540,16 +543,15 @@ pub async fn payments(
     w.scope(v, f, "a.county", Some("a.station_id"), Some("a.account_id"))
         .eq("p.account_id", account_id)
         .cond_int("p.payment_id > {}", page.after_id()?);
-    let sql = format!(
+    fetch_page(
+        db,
         "SELECT p.payment_id, p.channel, p.channel_txn_id, p.account_id, p.amount_fen, p.status, p.initiated_at,
                 p.applied_at, p.entry_id
-         FROM payments p JOIN accounts a ON a.account_id = p.account_id{}",
-        w.page_sql("p.payment_id", page.limit)
-    );
-    let rows = w.bind(sqlx::query(&sql)).fetch_all(&db.pool).await?;
-    let items = rows
-        .iter()
-        .map(|r| {
+         FROM payments p JOIN accounts a ON a.account_id = p.account_id",
+        w,
+        "p.payment_id",
+        page.limit,
+        |r| {
             Ok(Payment {
                 payment_id: r.try_get(0)?,
                 channel: r.try_get(1)?,
@@ -561,11 +563,10 @@ pub async fn payments(
                 applied_at: r.try_get(7)?,
                 entry_id: r.try_get(8)?,
             })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(Page::from_rows(items, page.limit, |p: &Payment| {
-        p.payment_id.to_string()
-    }))
+        },
+        |p: &Payment| p.payment_id.to_string(),
+    )
+    .await
 }
 
 #[cfg(test)]

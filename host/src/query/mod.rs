@@ -259,6 +259,35 @@ impl Where {
     }
 }
 
+/// Runs `select` + `w` as one page ordered by `order` (the list's key), each row read
+/// with `from`; `key` gives a row's key for `next_after`.
+async fn fetch_page<T>(
+    db: &crate::db::Db,
+    select: &str,
+    mut w: Where,
+    order: &str,
+    limit: u32,
+    from: fn(&sqlx::any::AnyRow) -> Result<T, sqlx::Error>,
+    key: fn(&T) -> String,
+) -> Result<Page<T>, QueryError> {
+    let sql = format!("{select}{}", w.page_sql(order, limit));
+    let rows = w.bind(sqlx::query(&sql)).fetch_all(&db.pool).await?;
+    let items = rows.iter().map(from).collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::from_rows(items, limit, key))
+}
+
+/// Runs `select` + `w` for at most one row, read with `from`.
+async fn fetch_one<T>(
+    db: &crate::db::Db,
+    select: &str,
+    w: Where,
+    from: fn(&sqlx::any::AnyRow) -> Result<T, sqlx::Error>,
+) -> Result<Option<T>, QueryError> {
+    let sql = format!("{select}{}", w.sql());
+    let row = w.bind(sqlx::query(&sql)).fetch_optional(&db.pool).await?;
+    Ok(row.as_ref().map(from).transpose()?)
+}
+
 /// 0/1 column to bool.
 fn flag(r: &sqlx::any::AnyRow, col: &str) -> Result<bool, sqlx::Error> {
     use sqlx::Row;

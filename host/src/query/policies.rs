@@ -2,7 +2,7 @@
 //! [`crate::registry`]), and the decision log (`decisions`): why a customer was charged,
 //! warned, cut off or reconnected.
 
-use super::{ListFilter, Page, PageRequest, QueryError, Where};
+use super::{ListFilter, Page, PageRequest, QueryError, Where, fetch_one, fetch_page};
 use crate::auth::Visibility;
 use crate::db::{Db, DbError};
 use crate::policy::PolicyKind;
@@ -11,86 +11,13 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-/// A published version of a county's policy: a component (by sha256) and its parameters.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct PolicyVersion {
-    pub publication_id: i64,
-    pub county: String,
-    /// tariff | warning | notice | cutoff
-    pub kind: String,
-    pub component_sha256: String,
-    /// Canonical JSON of the parameters.
-    pub parameters_json: String,
-    /// signed (published with a trusted key) | shipped (the policy-set file the host loaded)
-    pub source: String,
-    pub who: String,
-    pub published_at: String,
-    pub note: String,
-    pub contract_version: String,
-    pub size_bytes: i64,
-    pub signer_key_id: Option<i64>,
-}
-
-impl From<registry::Publication> for PolicyVersion {
-    fn from(p: registry::Publication) -> Self {
-        PolicyVersion {
-            publication_id: p.publication_id,
-            county: p.county,
-            kind: p.kind.as_str().to_string(),
-            component_sha256: p.component_sha256,
-            parameters_json: p.parameters_json,
-            source: p.source,
-            who: p.who,
-            published_at: p.published_at,
-            note: p.note,
-            contract_version: p.contract_version,
-            size_bytes: p.size_bytes,
-            signer_key_id: p.signer_key_id,
-        }
-    }
-}
+/// A published version of a county's policy: a component (by sha256) and its
+/// parameters ([`registry::Publication`]).
+pub type PolicyVersion = registry::Publication;
 
 /// An activation event: from `effective_at` on, the publication is the county's
-/// policy of its kind (a rollback is a new event).
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct ActivationEvent {
-    pub activation_id: i64,
-    pub county: String,
-    pub kind: String,
-    pub publication_id: i64,
-    pub component_sha256: String,
-    /// activate | rollback
-    pub action: String,
-    /// The rollout stage the county moved to with it, if it set one.
-    pub rollout_stage: Option<String>,
-    pub effective_at: String,
-    pub who: String,
-    pub note: String,
-    pub recorded_at: String,
-}
-
-impl From<registry::Activation> for ActivationEvent {
-    fn from(a: registry::Activation) -> Self {
-        ActivationEvent {
-            activation_id: a.activation_id,
-            county: a.county,
-            kind: a.kind.as_str().to_string(),
-            publication_id: a.publication_id,
-            component_sha256: a.component_sha256,
-            action: a.action,
-            rollout_stage: a.rollout_stage.map(|s| {
-                serde_json::to_value(s)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default()
-            }),
-            effective_at: a.effective_at,
-            who: a.who,
-            note: a.note,
-            recorded_at: a.recorded_at,
-        }
-    }
-}
+/// policy of its kind; a rollback is a new event ([`registry::Activation`]).
+pub type ActivationEvent = registry::Activation;
 
 /// A county's policy of one kind: the version in force (the latest activation whose
 /// time has passed; none when the policy-set file rules) and its counts.
@@ -163,8 +90,7 @@ pub async fn policies(
                 .len();
             let in_force = registry::in_force(db, &c, k, now)
                 .await
-                .map_err(registry_error)?
-                .map(ActivationEvent::from);
+                .map_err(registry_error)?;
             out.push(PolicySummary {
                 county: c.clone(),
                 kind: k.as_str().to_string(),
@@ -190,9 +116,7 @@ pub async fn versions(
         out.extend(
             registry::publications(db, &c, kind)
                 .await
-                .map_err(registry_error)?
-                .into_iter()
-                .map(PolicyVersion::from),
+                .map_err(registry_error)?,
         );
     }
     Ok(out)
@@ -211,30 +135,14 @@ pub async fn activations(
         out.extend(
             registry::history(db, &c, kind)
                 .await
-                .map_err(registry_error)?
-                .into_iter()
-                .map(ActivationEvent::from),
+                .map_err(registry_error)?,
         );
     }
     Ok(out)
 }
 
-/// A decision as listed: what was decided and why, in one line.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct DecisionLine {
-    pub decision_id: i64,
-    pub county: String,
-    /// tariff | warning | notice | cutoff | reconnection
-    pub kind: String,
-    pub account_id: String,
-    pub business_date: String,
-    pub decided_at: String,
-    pub component_sha256: String,
-    /// ok | failed (a failed policy never charges or cuts anybody; the account is held)
-    pub outcome: String,
-    pub reason_code: Option<String>,
-    pub explanation: Option<String>,
-}
+/// A decision as listed: what was decided and why, in one line (the `audit log` line).
+pub type DecisionLine = crate::audit::LogLine;
 
 /// A decision's full record: the line plus the component's exact input and output,
 /// the failure if it failed, the fuel it used and the hash chain link.
@@ -248,7 +156,6 @@ pub struct Decision {
     pub output: Option<serde_json::Value>,
     #[schema(value_type = Option<Object>)]
     pub failure: Option<serde_json::Value>,
-    pub fuel_used: i64,
     /// What the component printed (its log), if anything.
     pub guest_output: String,
     pub row_hash: Option<String>,
@@ -267,7 +174,7 @@ pub struct DecisionFilter {
 
 const DECISION_COLUMNS: &str =
     "d.decision_id, d.county, d.kind, d.account_id, d.business_date, d.decided_at,
-        d.component_sha256, d.outcome, d.reason_code, d.explanation";
+        d.component_sha256, d.outcome, d.reason_code, d.explanation, d.fuel_used";
 
 fn line_from(r: &AnyRow) -> Result<DecisionLine, sqlx::Error> {
     Ok(DecisionLine {
@@ -281,6 +188,7 @@ fn line_from(r: &AnyRow) -> Result<DecisionLine, sqlx::Error> {
         outcome: r.try_get("outcome")?,
         reason_code: r.try_get("reason_code")?,
         explanation: r.try_get("explanation")?,
+        fuel_used: r.try_get("fuel_used")?,
     })
 }
 
@@ -294,7 +202,6 @@ fn decision_from(r: &AnyRow) -> Result<Decision, sqlx::Error> {
         input: json_or_text(r.try_get("input_json")?).unwrap_or_default(),
         output: json_or_text(r.try_get("output_json")?),
         failure: json_or_text(r.try_get("failure_json")?),
-        fuel_used: r.try_get("fuel_used")?,
         guest_output: r.try_get("guest_output")?,
         row_hash: r.try_get("row_hash")?,
     })
@@ -320,15 +227,19 @@ pub async fn decisions(
     .cond("d.business_date >= {}", f.from.as_deref())
     .cond("d.business_date <= {}", f.to.as_deref())
     .cond_int("d.decision_id > {}", page.after_id()?);
-    let sql = format!(
-        "SELECT {DECISION_COLUMNS} FROM decisions d LEFT JOIN accounts a ON a.account_id = d.account_id{}",
-        w.page_sql("d.decision_id", page.limit)
+    let select = format!(
+        "SELECT {DECISION_COLUMNS} FROM decisions d LEFT JOIN accounts a ON a.account_id = d.account_id"
     );
-    let rows = w.bind(sqlx::query(&sql)).fetch_all(&db.pool).await?;
-    let items = rows.iter().map(line_from).collect::<Result<_, _>>()?;
-    Ok(Page::from_rows(items, page.limit, |d: &DecisionLine| {
-        d.decision_id.to_string()
-    }))
+    fetch_page(
+        db,
+        &select,
+        w,
+        "d.decision_id",
+        page.limit,
+        line_from,
+        |d: &DecisionLine| d.decision_id.to_string(),
+    )
+    .await
 }
 
 /// One decision's full record, if it exists and is visible.
@@ -346,13 +257,11 @@ pub async fn decision(
         Some("d.account_id"),
     )
     .cond_int("d.decision_id = {}", Some(decision_id));
-    let sql = format!(
-        "SELECT {DECISION_COLUMNS}, d.input_json, d.output_json, d.failure_json, d.fuel_used, d.guest_output, d.row_hash
-         FROM decisions d LEFT JOIN accounts a ON a.account_id = d.account_id{}",
-        w.sql()
+    let select = format!(
+        "SELECT {DECISION_COLUMNS}, d.input_json, d.output_json, d.failure_json, d.guest_output, d.row_hash
+         FROM decisions d LEFT JOIN accounts a ON a.account_id = d.account_id"
     );
-    let row = w.bind(sqlx::query(&sql)).fetch_optional(&db.pool).await?;
-    Ok(row.as_ref().map(decision_from).transpose()?)
+    fetch_one(db, &select, w, decision_from).await
 }
 
 /// One decision by id, for a caller that already checked the object it belongs to

@@ -2,7 +2,7 @@
 //! confirmation.
 
 use super::policies::{Decision, decision_by_id};
-use super::{ListFilter, Money, Page, PageRequest, QueryError, Where};
+use super::{ListFilter, Money, Page, PageRequest, QueryError, Where, fetch_page};
 use crate::auth::Visibility;
 use crate::db::Db;
 use serde::Serialize;
@@ -91,15 +91,16 @@ pub async fn work_orders(
     .eq("w.status", f.status.as_deref())
     .eq("w.account_id", f.account_id.as_deref())
     .cond_int("w.work_order_id > {}", page.after_id()?);
-    let sql = format!(
-        "{ORDER_SELECT}{}",
-        w.page_sql("w.work_order_id", page.limit)
-    );
-    let rows = w.bind(sqlx::query(&sql)).fetch_all(&db.pool).await?;
-    let items = rows.iter().map(order_from).collect::<Result<_, _>>()?;
-    Ok(Page::from_rows(items, page.limit, |o: &WorkOrder| {
-        o.work_order_id.to_string()
-    }))
+    fetch_page(
+        db,
+        ORDER_SELECT,
+        w,
+        "w.work_order_id",
+        page.limit,
+        order_from,
+        |o: &WorkOrder| o.work_order_id.to_string(),
+    )
+    .await
 }
 
 /// A point of the balance history: the balance after a ledger entry.
@@ -320,16 +321,15 @@ pub async fn relay_commands_awaiting(
     w.clauses.push(
         "c.status IN ('pending', 'issuing', 'awaiting-confirmation', 'awaiting-customer')".into(),
     );
-    let sql = format!(
+    fetch_page(
+        db,
         "SELECT c.command_id, c.account_id, c.meter_id, a.county, a.station_id, c.command, c.status, c.decision_key,
                 c.created_at, c.deadline, c.issued_at, c.detail
-         FROM relay_commands c JOIN accounts a ON a.account_id = c.account_id{}",
-        w.page_sql("c.command_id", page.limit)
-    );
-    let rows = w.bind(sqlx::query(&sql)).fetch_all(&db.pool).await?;
-    let items = rows
-        .iter()
-        .map(|r| {
+         FROM relay_commands c JOIN accounts a ON a.account_id = c.account_id",
+        w,
+        "c.command_id",
+        page.limit,
+        |r| {
             Ok(RelayCommandRow {
                 command_id: r.try_get(0)?,
                 account_id: r.try_get(1)?,
@@ -344,9 +344,8 @@ pub async fn relay_commands_awaiting(
                 issued_at: r.try_get(10)?,
                 detail: r.try_get(11)?,
             })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(Page::from_rows(items, page.limit, |c: &RelayCommandRow| {
-        c.command_id.to_string()
-    }))
+        },
+        |c: &RelayCommandRow| c.command_id.to_string(),
+    )
+    .await
 }

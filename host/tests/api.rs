@@ -1,0 +1,1213 @@
+//! The HTTP API (`/api/v1`) against a real server on loopback: `serve::prepare` and
+//! `serve::router` on a TCP listener, over a simulated county (the demo: Xianyou, its
+//! stations, settlements, decisions, SMS) plus a second county onboarded with the
+//! onboarding functions. One user per role and scope, each with an API token.
+
+mod common;
+
+use feegate::auth::Role;
+use feegate::auth::store::{NewUser, create_user, issue_token};
+use feegate::db::Db;
+use feegate::ledger::{self, EntryKind, Posting};
+use feegate::onboarding::{self, Application};
+use feegate::payment::{self, PaymentNotice};
+use feegate::policy::set::RolloutStage;
+use feegate::serve::config::ServeConfig;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// Xianyou's stations in the demo (accounts 1 and 5 at XY-BT, 2 and 6 at XY-DW).
+const BT: &str = "XY-BT";
+const DW: &str = "XY-DW";
+const A1: &str = "3500000001"; // XY-BT, the customer's own account
+const A5: &str = "3500000005"; // XY-BT, the customer's neighbour
+const A2: &str = "3500000002"; // XY-DW
+const H1: &str = "HJ0000000001"; // the second county's account
+
+/// A running API over a seeded database.
+struct World {
+    addr: SocketAddr,
+    db: Db,
+    tokens: HashMap<&'static str, String>,
+    client: reqwest::Client,
+    /// The open approval work order on A1 (in arrears), and an approved one on A5 (in
+    /// credit).
+    order_open: i64,
+    order_paid: i64,
+    _dir: Option<tempfile::TempDir>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+/// (user, role, county, station, account)
+type UserRow = (
+    &'static str,
+    Role,
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+const USERS: &[UserRow] = &[
+    ("ops", Role::Operations, None, None, None),
+    ("auditor", Role::Auditor, None, None, None),
+    ("eng-xy", Role::CountyEngineer, Some("xianyou"), None, None),
+    ("eng-hj", Role::CountyEngineer, Some("hanjiang"), None, None),
+    (
+        "staff-bt",
+        Role::StationStaff,
+        Some("xianyou"),
+        Some(BT),
+        None,
+    ),
+    (
+        "staff-bt2",
+        Role::StationStaff,
+        Some("xianyou"),
+        Some(BT),
+        None,
+    ),
+    (
+        "staff-dw",
+        Role::StationStaff,
+        Some("xianyou"),
+        Some(DW),
+        None,
+    ),
+    (
+        "staff-hj",
+        Role::StationStaff,
+        Some("hanjiang"),
+        Some("HJ-A"),
+        None,
+    ),
+    ("cust-a1", Role::Customer, None, None, Some(A1)),
+];
+
+impl World {
+    /// Seeds `db_url` (None: a fresh SQLite file) and starts the API on loopback.
+    async fn start(db_url: Option<String>) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let url =
+            db_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("api.db").display()));
+        let mut opts = common::small_county(8, 20, 2013);
+        opts.db_url = Some(url.clone());
+        feegate::demo::run(&opts).await.expect("demo runs");
+        let db = Db::open(&url).await.unwrap();
+        // A second county, onboarded as the business hall does.
+        onboarding::ensure_county(&db, "hanjiang", "涵江区", RolloutStage::ApprovalGated)
+            .await
+            .unwrap();
+        onboarding::ensure_station(&db, "HJ-A", "hanjiang", "涵东供电所")
+            .await
+            .unwrap();
+        let now = chrono::NaiveDate::from_ymd_opt(2013, 1, 2)
+            .unwrap()
+            .and_hms_opt(9, 0, 0)
+            .unwrap();
+        onboarding::onboard(&db, &application("hanjiang", "HJ-A", "HJ", 1), now)
+            .await
+            .unwrap();
+        payment::apply(
+            &db,
+            &PaymentNotice {
+                channel: "business-hall",
+                channel_txn_id: "HJ-OPEN-1",
+                account_id: H1,
+                amount_fen: 10_000,
+            },
+            EntryKind::Prepayment,
+            now,
+        )
+        .await
+        .unwrap();
+        // A1 falls into arrears and gets an approval work order; A5 (in credit) has an
+        // approved one from before it paid.
+        let (order_open, order_paid) = seed_work_orders(&db).await;
+        let mut tokens = HashMap::new();
+        for (name, role, county, station, account) in USERS {
+            create_user(
+                &db,
+                &NewUser {
+                    username: name.to_string(),
+                    role: Some(*role),
+                    county: county.map(str::to_string),
+                    station_id: station.map(str::to_string),
+                    account_id: account.map(str::to_string),
+                    password: None,
+                },
+            )
+            .await
+            .unwrap();
+            tokens.insert(
+                *name,
+                issue_token(&db, name, "test", None).await.unwrap().token,
+            );
+        }
+        let mut config = ServeConfig::default();
+        config.database.url = url;
+        config.meters.timeout_ms = 100;
+        config.meters.retries = 0;
+        config.counties[0].policy_set = common::repo().join("policies/xianyou");
+        config.counties[0].components = common::components_dir();
+        let state = feegate::serve::prepare(&config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = feegate::serve::router(state);
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        World {
+            addr,
+            db,
+            tokens,
+            client: reqwest::Client::new(),
+            order_open,
+            order_paid,
+            _dir: Some(dir),
+            _server: server,
+        }
+    }
+
+    /// One request as `user` (None: no credentials): (status, JSON body).
+    async fn call(
+        &self,
+        user: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> (u16, Value) {
+        let url = format!("http://{}{}", self.addr, path);
+        let mut req = self.client.request(method.parse().unwrap(), url);
+        if let Some(u) = user {
+            req = req.bearer_auth(&self.tokens[u]);
+        }
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, user: &str, path: &str) -> (u16, Value) {
+        self.call(Some(user), "GET", path, None, None).await
+    }
+
+    async fn balance_fen(&self, account: &str) -> i64 {
+        sqlx::query_scalar("SELECT balance_fen FROM accounts WHERE account_id = $1")
+            .bind(account)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn ledger_entries(&self, account: &str) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM ledger_entries WHERE account_id = $1")
+            .bind(account)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+}
+
+fn application(county: &str, station: &str, prefix: &str, n: u32) -> Application {
+    Application {
+        county: county.into(),
+        station_id: station.into(),
+        customer_id: format!("{prefix}C{n:09}"),
+        customer_name: format!("客户{n}"),
+        master_mobile: Some("13900000001".into()),
+        customer_class: "low-voltage-residential".into(),
+        vulnerable: false,
+        meter_id: format!("{prefix}M{n:09}"),
+        link: feegate_meter::fleet::MeterLink::Modbus(feegate_meter::registers::MeterAddress {
+            gateway: "127.0.0.1:1".parse().unwrap(),
+            unit: 1,
+        }),
+        ct_ratio: 1,
+        pt_ratio: 1,
+        account_id: format!("{prefix}{n:010}"),
+        alarm_threshold_fen: 5_000,
+        auto_debit_fen: None,
+        mobile: "13900000001".into(),
+        second_mobile: None,
+        keep_power: false,
+        time_of_use: false,
+    }
+}
+
+async fn seed_work_orders(db: &Db) -> (i64, i64) {
+    let mut conn = db.pool.acquire().await.unwrap();
+    let balance: i64 = sqlx::query_scalar("SELECT balance_fen FROM accounts WHERE account_id = $1")
+        .bind(A1)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    ledger::post(
+        &mut tx,
+        &Posting {
+            account_id: A1,
+            kind: EntryKind::Correction,
+            amount_fen: -(balance + 3_000),
+            idempotency_key: "api-test:arrears",
+            business_date: "2013-01-21",
+            posted_at: "2013-01-21 00:20:00",
+            reference: "test: into arrears",
+        },
+    )
+    .await
+    .unwrap();
+    sqlx::query("UPDATE accounts SET arrears_since = '2013-01-21' WHERE account_id = $1")
+        .bind(A1)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    drop(conn); // SQLite pools hold one connection
+    let mut ids = Vec::new();
+    for (account, status, decided_by) in [(A1, "open", None), (A5, "approved", Some("staff-bt"))] {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO work_orders (kind, account_id, station_id, dedup_key, status, evidence_json, opened_at, decided_by)
+             VALUES ('approve-disconnection', $1, $2, $3, $4, $5, '2013-01-21 09:00:00', $6) RETURNING work_order_id",
+        )
+        .bind(account)
+        .bind(BT)
+        .bind(format!("approve-disconnection:{account}:test"))
+        .bind(status)
+        .bind(json!({"balance_yuan": "-30.00", "policy_reason": "arrears"}).to_string())
+        .bind(decided_by)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    (ids[0], ids[1])
+}
+
+/// Every role, across two counties and two stations: what each must be denied, and
+/// what each may see. A row is (user, method, path, expected status). Objects outside
+/// a principal's scope are 404 (their existence is private); actions the role may never
+/// take are 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_is_denied_what_it_must_not_see_or_do() {
+    let w = World::start(None).await;
+    let o = w.order_open;
+    let reads: Vec<(&str, String, u16)> = vec![
+        // Customers: only their own account.
+        ("cust-a1", format!("/api/v1/accounts/{A1}"), 200),
+        ("cust-a1", format!("/api/v1/accounts/{A5}"), 404),
+        ("cust-a1", format!("/api/v1/accounts/{A5}/balance"), 404),
+        ("cust-a1", format!("/api/v1/accounts/{A5}/ledger"), 404),
+        ("cust-a1", format!("/api/v1/accounts/{A5}/usage"), 404),
+        ("cust-a1", format!("/api/v1/accounts/{H1}"), 404),
+        ("cust-a1", format!("/api/v1/accounts/{A1}/ledger"), 200),
+        ("cust-a1", "/api/v1/work-orders".into(), 403),
+        ("cust-a1", format!("/api/v1/work-orders/{o}"), 403),
+        ("cust-a1", "/api/v1/policies".into(), 403),
+        ("cust-a1", "/api/v1/collection".into(), 403),
+        ("cust-a1", "/api/v1/relay-commands".into(), 403),
+        // Station staff: their station, not the neighbouring station or county.
+        ("staff-bt", format!("/api/v1/accounts/{A1}"), 200),
+        ("staff-bt", format!("/api/v1/accounts/{A2}"), 404),
+        ("staff-bt", format!("/api/v1/accounts/{H1}"), 404),
+        ("staff-dw", format!("/api/v1/accounts/{A2}"), 200),
+        ("staff-dw", format!("/api/v1/work-orders/{o}"), 404),
+        ("staff-hj", format!("/api/v1/accounts/{A1}"), 404),
+        ("staff-hj", format!("/api/v1/accounts/{H1}"), 200),
+        ("staff-bt", format!("/api/v1/work-orders/{o}"), 200),
+        ("staff-bt", "/api/v1/policies".into(), 200),
+        // County engineers: their county's policies, decisions, collection; no customers.
+        ("eng-xy", format!("/api/v1/accounts/{A1}"), 403),
+        ("eng-xy", "/api/v1/customers".into(), 403),
+        ("eng-xy", "/api/v1/work-orders".into(), 403),
+        ("eng-xy", "/api/v1/policies?county=xianyou".into(), 200),
+        ("eng-xy", "/api/v1/decisions".into(), 200),
+        // Operations and the auditor read everything.
+        ("ops", format!("/api/v1/accounts/{H1}"), 200),
+        ("auditor", format!("/api/v1/accounts/{H1}"), 200),
+        ("auditor", format!("/api/v1/work-orders/{o}"), 200),
+        ("auditor", "/api/v1/policies/activations".into(), 200),
+    ];
+    for (user, path, want) in &reads {
+        let (got, body) = w.get(user, path).await;
+        assert_eq!(got, *want, "{user} GET {path}: {body}");
+        if *want >= 400 {
+            let code = body["code"].as_str().unwrap_or("");
+            assert_eq!(
+                code,
+                if *want == 404 {
+                    "not-found"
+                } else {
+                    "forbidden"
+                },
+                "{user} GET {path}: {body}"
+            );
+        }
+    }
+
+    // Lists hold only rows inside the scope: accounts, decisions, work orders.
+    for (user, field, allowed) in [
+        ("staff-bt", "station_id", vec![BT]),
+        ("staff-hj", "station_id", vec!["HJ-A"]),
+        ("cust-a1", "account_id", vec![A1]),
+    ] {
+        let (_, page) = w.get(user, "/api/v1/accounts?limit=500").await;
+        let items = page["items"].as_array().unwrap();
+        assert!(!items.is_empty(), "{user} sees its own");
+        for a in items {
+            assert!(
+                allowed.contains(&a[field].as_str().unwrap()),
+                "{user} saw {a}"
+            );
+        }
+    }
+    let (_, decisions) = w.get("cust-a1", "/api/v1/decisions?limit=500").await;
+    let decisions = decisions["items"].as_array().unwrap();
+    assert!(!decisions.is_empty());
+    assert!(
+        decisions.iter().all(|d| d["account_id"] == A1),
+        "a customer's decisions are their own"
+    );
+    let (_, decisions) = w.get("eng-hj", "/api/v1/decisions?limit=500").await;
+    assert!(
+        decisions["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["county"] == "hanjiang")
+    );
+    let (_, policies) = w.get("eng-hj", "/api/v1/policies/versions").await;
+    assert!(
+        policies
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["county"] == "hanjiang")
+    );
+    let (_, collection) = w
+        .get(
+            "staff-dw",
+            "/api/v1/collection?from=2013-01-05&to=2013-01-06",
+        )
+        .await;
+    let rows = collection.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "one station, two days: {collection}");
+    assert!(rows.iter().all(|r| r["station_id"] == DW));
+
+    // Writes: the auditor changes nothing; the engineer and the customer decide no
+    // work orders; staff of another station cannot reach the order; a customer pays
+    // only into their own account.
+    let pay = |account: &str| json!({"account_id": account, "amount": "10.00"});
+    let writes: Vec<(&str, String, Value, u16, &str)> = vec![
+        (
+            "auditor",
+            "/api/v1/payments".into(),
+            pay(A1),
+            403,
+            "forbidden",
+        ),
+        (
+            "auditor",
+            format!("/api/v1/work-orders/{o}/approve"),
+            json!({}),
+            403,
+            "forbidden",
+        ),
+        (
+            "auditor",
+            format!("/api/v1/work-orders/{o}/execute"),
+            json!({}),
+            403,
+            "forbidden",
+        ),
+        (
+            "auditor",
+            "/api/v1/agreements".into(),
+            json!({}),
+            403,
+            "forbidden",
+        ),
+        (
+            "eng-xy",
+            format!("/api/v1/work-orders/{o}/approve"),
+            json!({}),
+            403,
+            "forbidden",
+        ),
+        (
+            "eng-xy",
+            "/api/v1/payments".into(),
+            pay(A1),
+            403,
+            "forbidden",
+        ),
+        (
+            "cust-a1",
+            format!("/api/v1/work-orders/{o}/hold"),
+            json!({}),
+            403,
+            "forbidden",
+        ),
+        (
+            "cust-a1",
+            "/api/v1/payments".into(),
+            pay(A5),
+            404,
+            "not-found",
+        ),
+        (
+            "staff-dw",
+            format!("/api/v1/work-orders/{o}/approve"),
+            json!({}),
+            404,
+            "not-found",
+        ),
+        (
+            "staff-dw",
+            "/api/v1/payments".into(),
+            pay(A1),
+            404,
+            "not-found",
+        ),
+        (
+            "staff-hj",
+            "/api/v1/payments".into(),
+            pay(A1),
+            404,
+            "not-found",
+        ),
+    ];
+    let before = w.balance_fen(A1).await;
+    for (i, (user, path, body, want, code)) in writes.iter().enumerate() {
+        let key = format!("deny-{i}");
+        let (got, b) = w
+            .call(Some(user), "POST", path, Some(body.clone()), Some(&key))
+            .await;
+        assert_eq!(
+            (got, b["code"].as_str().unwrap_or("")),
+            (*want, *code),
+            "{user} POST {path}: {b}"
+        );
+    }
+    assert_eq!(
+        w.balance_fen(A1).await,
+        before,
+        "no refused write moved money"
+    );
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM work_orders WHERE work_order_id = $1")
+            .bind(o)
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "open", "no refused write decided the order");
+
+    // And what they may: the customer pays into their own account through the app.
+    let (got, b) = w
+        .call(
+            Some("cust-a1"),
+            "POST",
+            "/api/v1/payments",
+            Some(pay(A1)),
+            Some("own"),
+        )
+        .await;
+    assert_eq!(got, 201, "{b}");
+    assert_eq!(b["channel"], "app");
+    assert_eq!(w.balance_fen(A1).await, before + 1000);
+}
+
+/// The two-person rule: the approver of a cutoff never executes it; another person's
+/// execution goes through the safety floor at that moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approver_of_a_cutoff_is_never_its_executor() {
+    let w = World::start(None).await;
+    let o = w.order_open;
+    let (s, b) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            &format!("/api/v1/work-orders/{o}/execute"),
+            None,
+            Some("x0"),
+        )
+        .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (409, Some("conflict")),
+        "not approved yet: {b}"
+    );
+    let (s, b) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            &format!("/api/v1/work-orders/{o}/approve"),
+            Some(json!({"note": "called, no answer"})),
+            Some("a1"),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        (b["status"].as_str(), b["decided_by"].as_str()),
+        (Some("approved"), Some("staff-bt"))
+    );
+    // A second approval is a conflict, not a silent success.
+    let (s, b) = w
+        .call(
+            Some("staff-bt2"),
+            "POST",
+            &format!("/api/v1/work-orders/{o}/hold"),
+            None,
+            Some("h1"),
+        )
+        .await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("conflict")), "{b}");
+    // The approver may not execute.
+    let (s, b) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            &format!("/api/v1/work-orders/{o}/execute"),
+            None,
+            Some("x1"),
+        )
+        .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (403, Some("two-person-rule")),
+        "{b}"
+    );
+    assert!(b["message"].as_str().unwrap().contains("staff-bt"), "{b}");
+    let trips: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM relay_commands WHERE decision_key = $1")
+            .bind(format!("work-order:{o}"))
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(trips, 0, "no trip from a refused execution");
+    // Another person's execution passes the two-person rule and reaches the safety
+    // floor, which looks at this moment: the demo's readings are years old, so it
+    // refuses (stale reading) and the order stays approved.
+    let (s, b) = w
+        .call(
+            Some("staff-bt2"),
+            "POST",
+            &format!("/api/v1/work-orders/{o}/execute"),
+            None,
+            Some("x2"),
+        )
+        .await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("floor-refused")), "{b}");
+    let refusals = b["details"]["refusals"].as_array().unwrap();
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r["refusal"].as_str().unwrap_or("").contains("stale")),
+        "{b}"
+    );
+    let (status, executed_by): (String, Option<String>) =
+        sqlx::query_as("SELECT status, executed_by FROM work_orders WHERE work_order_id = $1")
+            .bind(o)
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), executed_by), ("approved", None));
+    // An approved order whose account paid meanwhile is cancelled, not tripped.
+    let p = w.order_paid;
+    let (s, b) = w
+        .call(
+            Some("staff-bt2"),
+            "POST",
+            &format!("/api/v1/work-orders/{p}/execute"),
+            None,
+            Some("x3"),
+        )
+        .await;
+    assert_eq!(
+        (s, b["outcome"].as_str()),
+        (200, Some("cancelled-paid")),
+        "{b}"
+    );
+    assert_eq!(b["order"]["status"], "cancelled");
+    // The order's case: evidence, balance history, warnings with receipts.
+    let (s, case) = w.get("staff-bt", &format!("/api/v1/work-orders/{o}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(case["evidence"]["policy_reason"], "arrears");
+    let history = case["balance_history"].as_array().unwrap();
+    assert!(
+        history.last().unwrap()["balance_after"]["fen"]
+            .as_i64()
+            .unwrap()
+            < 0,
+        "{case}"
+    );
+    assert!(case["warnings"].is_array());
+}
+
+/// Idempotency: a repeat returns the stored answer, the same key with another body is
+/// refused, and 20 concurrent repeats apply the payment once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_is_applied_once_per_idempotency_key() {
+    let w = World::start(None).await;
+    idempotency_checks(&w).await;
+}
+
+async fn idempotency_checks(w: &World) {
+    let body = json!({"account_id": A5, "amount": "25.50"});
+    let (s, b) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/payments",
+            Some(body.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (400, Some("idempotency-key-required")),
+        "{b}"
+    );
+    let before = (w.balance_fen(A5).await, w.ledger_entries(A5).await);
+    let (s1, first) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/payments",
+            Some(body.clone()),
+            Some("k-1"),
+        )
+        .await;
+    assert_eq!(s1, 201, "{first}");
+    assert_eq!(first["amount"], json!({"yuan": "25.50", "fen": 2550}));
+    assert_eq!(first["channel"], "business-hall");
+    let (s2, again) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/payments",
+            Some(body.clone()),
+            Some("k-1"),
+        )
+        .await;
+    assert_eq!(
+        (s2, &again),
+        (201, &first),
+        "a repeat gets the stored answer"
+    );
+    assert_eq!(
+        (w.balance_fen(A5).await, w.ledger_entries(A5).await),
+        (before.0 + 2550, before.1 + 1)
+    );
+    let other = json!({"account_id": A5, "amount": "99.00"});
+    let (s, b) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/payments",
+            Some(other),
+            Some("k-1"),
+        )
+        .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (409, Some("idempotency-key-reused")),
+        "{b}"
+    );
+    // Keys are per user: another person's same key is their own request.
+    let (s, _) = w
+        .call(
+            Some("staff-bt2"),
+            "POST",
+            "/api/v1/payments",
+            Some(body.clone()),
+            Some("k-1"),
+        )
+        .await;
+    assert_eq!(s, 201);
+    // 20 concurrent repeats of a new key: one ledger entry, 20 equal answers.
+    let entries = w.ledger_entries(A5).await;
+    let balance = w.balance_fen(A5).await;
+    let answers = futures_join_all((0..20).map(|_| {
+        w.call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/payments",
+            Some(body.clone()),
+            Some("k-burst"),
+        )
+    }))
+    .await;
+    assert!(
+        answers.iter().all(|(s, b)| *s == 201 && *b == answers[0].1),
+        "{answers:?}"
+    );
+    assert_eq!(w.ledger_entries(A5).await, entries + 1, "applied once");
+    assert_eq!(w.balance_fen(A5).await, balance + 2550);
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM payments WHERE account_id = $1 AND channel_txn_id LIKE '%k-burst'",
+    )
+    .bind(A5)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(applied, 1);
+}
+
+/// `join_all` without another dependency: spawn-free, polls every future in turn.
+async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in fs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+/// Pagination walks every row exactly once; filters narrow; limits are checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_and_filters_walk_every_visible_row_once() {
+    let w = World::start(None).await;
+    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM decisions")
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/api/v1/decisions?limit=37&after={a}"),
+            None => "/api/v1/decisions?limit=37".into(),
+        };
+        let (s, page) = w.get("auditor", &path).await;
+        assert_eq!(s, 200, "{page}");
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 37);
+        seen.extend(items.iter().map(|d| d["decision_id"].as_i64().unwrap()));
+        match page["next_after"].as_str() {
+            Some(a) => after = Some(a.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len() as i64, total);
+    assert!(
+        seen.windows(2).all(|p| p[0] < p[1]),
+        "in key order, no repeats"
+    );
+
+    // County and station filters narrow, and cannot widen a station's view.
+    let (_, hj) = w.get("ops", "/api/v1/accounts?county=hanjiang").await;
+    let hj = hj["items"].as_array().unwrap();
+    assert_eq!(hj.len(), 1);
+    assert_eq!(hj[0]["account_id"], H1);
+    let (_, bt) = w
+        .get("ops", &format!("/api/v1/customers?station={BT}"))
+        .await;
+    assert!(
+        bt["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["station_id"] == BT)
+    );
+    let (s, widened) = w
+        .get("staff-bt", &format!("/api/v1/accounts?station={DW}"))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        widened["items"],
+        json!([]),
+        "a filter outside the scope gives nothing"
+    );
+    let (_, queue) = w
+        .get(
+            "staff-bt",
+            "/api/v1/work-orders?kind=approve-disconnection&status=open",
+        )
+        .await;
+    let queue = queue["items"].as_array().unwrap();
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue[0]["work_order_id"], w.order_open);
+
+    for bad in ["limit=0", "limit=501", "limit=abc", "after=xyz"] {
+        let (s, b) = w.get("auditor", &format!("/api/v1/decisions?{bad}")).await;
+        assert_eq!(
+            (s, b["code"].as_str()),
+            (400, Some("bad-request")),
+            "{bad}: {b}"
+        );
+    }
+}
+
+/// Accounts: balance in real time, ledger sums to it, usage by day, month and band.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_reads_balance_ledger_and_usage() {
+    let w = World::start(None).await;
+    let (s, a) = w.get("cust-a1", &format!("/api/v1/accounts/{A2}")).await;
+    assert_eq!(s, 404, "{a}");
+    let (_, a) = w.get("staff-dw", &format!("/api/v1/accounts/{A2}")).await;
+    let balance = w.balance_fen(A2).await;
+    assert_eq!(a["balance"]["fen"], balance);
+    assert_eq!(a["balance"]["yuan"], feegate::money::format_yuan(balance));
+    assert!(a["agreement"]["alarm_threshold"]["yuan"].is_string());
+    let (_, ledger) = w
+        .get(
+            "staff-dw",
+            &format!("/api/v1/accounts/{A2}/ledger?limit=500"),
+        )
+        .await;
+    let sum: i64 = ledger["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["amount"]["fen"].as_i64().unwrap())
+        .sum();
+    assert_eq!(sum, balance, "the ledger sums to the balance");
+    let (_, days) = w
+        .get("staff-dw", &format!("/api/v1/accounts/{A2}/usage?by=day"))
+        .await;
+    let (_, months) = w
+        .get("staff-dw", &format!("/api/v1/accounts/{A2}/usage?by=month"))
+        .await;
+    let (_, bands) = w
+        .get("staff-dw", &format!("/api/v1/accounts/{A2}/usage?by=band"))
+        .await;
+    let total = |v: &Value, f: &str| -> i64 {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[f].as_i64().unwrap())
+            .sum()
+    };
+    let days_kwh: i64 = days
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["energy"]["centi_kwh"].as_i64().unwrap())
+        .sum();
+    let months_kwh: i64 = months
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["energy"]["centi_kwh"].as_i64().unwrap())
+        .sum();
+    let bands_kwh: i64 = bands
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["energy"]["centi_kwh"].as_i64().unwrap())
+        .sum();
+    assert!(days_kwh > 0);
+    assert_eq!((months_kwh, bands_kwh), (days_kwh, days_kwh));
+    assert_eq!(
+        total(&months, "days"),
+        days.as_array().unwrap().len() as i64
+    );
+    assert_eq!(months[0]["period"], "2013-01");
+    let charged: i64 = sqlx::query_scalar(
+        "SELECT CAST(SUM(charge_fen) AS BIGINT) FROM settlements WHERE account_id = $1",
+    )
+    .bind(A2)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    let day_charges: i64 = days
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["charge"]["fen"].as_i64().unwrap())
+        .sum();
+    assert_eq!(day_charges, charged);
+    let (s, b) = w
+        .get("staff-dw", &format!("/api/v1/accounts/{A2}/usage?by=week"))
+        .await;
+    assert_eq!((s, b["code"].as_str()), (400, Some("bad-request")), "{b}");
+    // A decision's full record says why.
+    let (_, list) = w
+        .get(
+            "staff-dw",
+            &format!("/api/v1/decisions?account={A2}&kind=tariff&limit=1"),
+        )
+        .await;
+    let id = list["items"][0]["decision_id"].as_i64().unwrap();
+    let (s, d) = w.get("staff-dw", &format!("/api/v1/decisions/{id}")).await;
+    assert_eq!(s, 200);
+    assert!(
+        d["explanation"].as_str().is_some_and(|e| !e.is_empty()),
+        "{d}"
+    );
+    assert_eq!(d["input"]["account_id"], A2);
+    let (s, _) = w.get("staff-bt", &format!("/api/v1/decisions/{id}")).await;
+    assert_eq!(s, 404, "another station's decision");
+}
+
+/// Onboarding through the API: the account is active with its initial prepayment, in
+/// one transaction; bad input names the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboarding_creates_an_active_account_with_its_prepayment() {
+    let w = World::start(None).await;
+    let form = json!({
+        "county": "xianyou", "station_id": BT, "customer_id": "C-NEW-1", "customer_name": "新客户",
+        "master_mobile": "13800000000", "customer_class": "low-voltage-residential",
+        "meter_id": "M-NEW-1", "meter": {"protocol": "modbus-tcp", "gateway": "127.0.0.1:502", "unit_id": 3},
+        "account_id": "A-NEW-1", "alarm_threshold": "30.00", "mobile": "13800000001",
+        "initial_prepayment": "200.00"
+    });
+    let (s, b) = w
+        .call(
+            Some("staff-dw"),
+            "POST",
+            "/api/v1/agreements",
+            Some(form.clone()),
+            Some("ob-0"),
+        )
+        .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (403, Some("forbidden")),
+        "another station's form: {b}"
+    );
+    let (s, b) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/agreements",
+            Some(form.clone()),
+            Some("ob-1"),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["status"], "active");
+    assert_eq!(b["balance"]["fen"], 20_000);
+    assert_eq!(
+        b["mobile_mismatch"], true,
+        "the agreement's number differs from the master data"
+    );
+    assert_eq!(w.balance_fen("A-NEW-1").await, 20_000);
+    let (s, again) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/agreements",
+            Some(form.clone()),
+            Some("ob-1"),
+        )
+        .await;
+    assert_eq!((s, &again), (201, &b), "a retry is not a second onboarding");
+    let (s, b) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/agreements",
+            Some(form.clone()),
+            Some("ob-2"),
+        )
+        .await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("conflict")), "{b}");
+    let mut bad = form.clone();
+    bad["mobile"] = json!("12345");
+    bad["customer_id"] = json!("C-NEW-2");
+    let (s, b) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/agreements",
+            Some(bad),
+            Some("ob-3"),
+        )
+        .await;
+    assert_eq!((s, b["code"].as_str()), (400, Some("bad-request")), "{b}");
+    assert!(b["message"].as_str().unwrap().contains("12345"), "{b}");
+    let exists: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM customers WHERE customer_id = 'C-NEW-2'")
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(exists, 0, "nothing half-applied");
+}
+
+/// (user, method, path, body, idempotency key, status, code)
+type ErrorCase = (
+    Option<&'static str>,
+    &'static str,
+    &'static str,
+    Option<Value>,
+    Option<&'static str>,
+    u16,
+    &'static str,
+);
+
+/// Error answers: JSON `{code, message}` with stable codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_json_with_a_stable_code_and_a_message() {
+    let w = World::start(None).await;
+    let cases: Vec<ErrorCase> = vec![
+        (
+            None,
+            "GET",
+            "/api/v1/accounts",
+            None,
+            None,
+            401,
+            "unauthenticated",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            "/api/v1/accounts/nope",
+            None,
+            None,
+            404,
+            "not-found",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            "/api/v1/work-orders/abc",
+            None,
+            None,
+            400,
+            "bad-request",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            "/api/v1/policies?kind=astrology",
+            None,
+            None,
+            400,
+            "bad-request",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            "/api/v1/collection?from=2013-01-01&to=2014-01-01",
+            None,
+            None,
+            400,
+            "bad-request",
+        ),
+        (
+            Some("ops"),
+            "POST",
+            "/api/v1/payments",
+            Some(json!({"account_id": A1, "amount": 10.5})),
+            Some("e1"),
+            400,
+            "bad-request",
+        ),
+        (
+            Some("ops"),
+            "POST",
+            "/api/v1/payments",
+            Some(json!({"account_id": A1, "amount": "1.234"})),
+            Some("e2"),
+            400,
+            "bad-request",
+        ),
+        (
+            Some("ops"),
+            "POST",
+            "/api/v1/payments",
+            Some(json!({"account_id": A1, "amount": "-5"})),
+            Some("e3"),
+            400,
+            "bad-request",
+        ),
+        (
+            Some("ops"),
+            "POST",
+            "/api/v1/payments",
+            Some(json!({"account_id": A1, "amount": "5.00"})),
+            None,
+            400,
+            "idempotency-key-required",
+        ),
+    ];
+    for (user, method, path, body, key, want, code) in cases {
+        let (s, b) = w.call(user, method, path, body, key).await;
+        assert_eq!(
+            (s, b["code"].as_str().unwrap_or("")),
+            (want, code),
+            "{method} {path}: {b}"
+        );
+        assert!(b["message"].as_str().is_some_and(|m| !m.is_empty()), "{b}");
+    }
+}
+
+/// The OpenAPI document describes every `/api/v1` route the router has: the routes are
+/// read from the router itself, not from a list in this test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_api_route() {
+    let w = World::start(None).await;
+    let (s, doc) = w.get("ops", "/api/openapi.json").await;
+    assert_eq!(s, 200);
+    let described: Vec<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    let routes = feegate::api::route_paths();
+    assert!(routes.len() >= 20, "{routes:?}");
+    for r in &routes {
+        assert!(
+            described.contains(r),
+            "route {r} is not in the OpenAPI document"
+        );
+    }
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            assert!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{method} {path}"
+            );
+        }
+    }
+    // Every schema a response or request names is in the document.
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let text = doc.to_string();
+    for (i, _) in text.match_indices("#/components/schemas/") {
+        let name: String = text[i + 21..].chars().take_while(|c| *c != '"').collect();
+        assert!(schemas.contains_key(&name), "schema {name} is referenced but not described");
+    }
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+/// The same API on PostgreSQL: scopes and the concurrent idempotent payment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_serves_the_same_api() {
+    let Some(pg) = common::pg_database("postgres_serves_the_same_api").await else {
+        return;
+    };
+    let w = World::start(Some(pg.url.clone())).await;
+    let (s, _) = w.get("cust-a1", &format!("/api/v1/accounts/{A5}")).await;
+    assert_eq!(s, 404);
+    let (s, a) = w.get("staff-bt", &format!("/api/v1/accounts/{A5}")).await;
+    assert_eq!(s, 200, "{a}");
+    idempotency_checks(&w).await;
+    let (s, _) = w.get("auditor", "/api/v1/decisions?limit=5").await;
+    assert_eq!(s, 200);
+}
