@@ -1190,7 +1190,10 @@ async fn the_openapi_document_describes_every_api_route() {
     let text = doc.to_string();
     for (i, _) in text.match_indices("#/components/schemas/") {
         let name: String = text[i + 21..].chars().take_while(|c| *c != '"').collect();
-        assert!(schemas.contains_key(&name), "schema {name} is referenced but not described");
+        assert!(
+            schemas.contains_key(&name),
+            "schema {name} is referenced but not described"
+        );
     }
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());

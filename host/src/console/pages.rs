@@ -277,8 +277,9 @@ async fn case_action(
     }
 }
 
-/// Executes an approved case now: the trip passes the safety floor at this moment or
-/// is refused with the floor's reasons; never by the person who approved it.
+/// Executes an approved case now ([`crate::job::Host::execute_work_order`]): the trip
+/// passes the safety floor at this moment and goes to the meter, or is refused with the
+/// floor's reasons; never by the person who approved it.
 async fn execute(
     state: &ConsoleState,
     req: &Req,
@@ -298,15 +299,15 @@ async fn execute(
         ))
     })?;
     use crate::cutoff::Executed;
-    let outcome = crate::cutoff::execute_one(
-        &state.db,
-        &host.county,
-        case.work_order_id,
-        &p.username,
-        host.clock.now(),
-        &host.config.relay,
-    )
-    .await?;
+    // The API's execute path: the trip is issued and verified at once when the floor
+    // allows it (the relays job would otherwise send it within a minute).
+    let (outcome, _report) = host
+        .execute_work_order(case.work_order_id, &p.username)
+        .await
+        .map_err(|e| {
+            tracing::error!("console: executing work order {}: {e}", case.work_order_id);
+            ConsoleError::Unavailable
+        })?;
     match outcome {
         Executed::Tripped { .. } | Executed::CancelledPaid => Ok(()),
         Executed::FloorRefused { refusals, .. } => Err(ConsoleError::Conflict(format!(
