@@ -192,6 +192,21 @@ async fn scalar_i64(db: &str, sql: &str, arg: &str) -> i64 {
 async fn each_role_sees_its_pages_forms_work_cross_site_posts_and_dead_sessions_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("console.db").display());
+    console_checks(&dir, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_the_same_on_postgresql() {
+    let Some(pg) = common::pg_database("console on PostgreSQL").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    console_checks(&dir, &pg.url).await;
+}
+
+/// Everything above, on the database at `db` (empty), with `dir` for the config.
+async fn console_checks(dir: &tempfile::TempDir, db: &str) {
+    let db = db.to_string();
     // Eight accounts over the four stations of the demo county, three settled days.
     feegate(
         &["demo", "--meters", "8", "--days", "3", "--db", &db],
