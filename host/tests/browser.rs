@@ -58,7 +58,9 @@ async fn start_browser(driver: &std::path::Path) -> (Driver, Client) {
     caps.insert(
         "goog:chromeOptions".into(),
         serde_json::json!({
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000", "--lang=zh-CN"]
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"],
+            // A browser in China: the console answers in Chinese, its default.
+            "prefs": {"intl": {"accept_languages": "zh-CN,zh"}}
         }),
     );
     let url = format!("http://127.0.0.1:{}", driver.1);
@@ -110,6 +112,17 @@ async fn login(c: &Client, base: &str, user: &str) {
         .await
         .unwrap_or_else(|e| panic!("{user} is not logged in: {e}"));
     assert_eq!(who.text().await.unwrap(), user);
+    assert_eq!(
+        c.find(Locator::Css("html"))
+            .await
+            .unwrap()
+            .attr("lang")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("zh-CN"),
+        "the browser asks for Chinese"
+    );
 }
 
 async fn logout(c: &Client) {

@@ -184,14 +184,26 @@ struct Who<'a> {
     fixed_station: bool,
 }
 
+/// Where the principal may act, in the page's language ("station XY-BT of xianyou").
+fn scope_text(p: &Principal, lang: Lang) -> String {
+    let t = |key: &str, args: &[(&str, String)]| i18n::fill(&CATALOGUE.get(lang, key), args);
+    let c = p.county.clone().unwrap_or_default();
+    match (&p.station_id, &p.account_id, p.role) {
+        (_, Some(a), Role::Customer) => t("scope.account", &[("account", a.clone())]),
+        (Some(s), _, _) => t("scope.station", &[("station", s.clone()), ("county", c)]),
+        _ if p.county.is_some() => t("scope.county", &[("county", c)]),
+        _ => t("scope.all", &[]),
+    }
+}
+
 impl<'a> Who<'a> {
-    fn of(p: &'a Principal) -> Self {
+    fn of(p: &'a Principal, lang: Lang) -> Self {
         use crate::auth::Action::*;
         let may = |a| p.visible(a).is_ok();
         Who {
             username: &p.username,
             role: p.role.as_str(),
-            scope: p.scope_text(),
+            scope: scope_text(p, lang),
             station: may(ReadWorkOrders),
             hall: may(Onboard),
             policies: may(ReadPolicies),
@@ -229,7 +241,7 @@ pub(crate) fn render(
 ) -> Response {
     let base = minijinja::context! {
         lang => req.lang.code(),
-        who => principal.map(Who::of),
+        who => principal.map(|p| Who::of(p, req.lang)),
         path => req.path,
         htmx => req.htmx,
     };
