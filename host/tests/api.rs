@@ -1245,6 +1245,28 @@ async fn errors_are_json_with_a_stable_code_and_a_message() {
             "idempotency-key-required",
         ),
     ];
+    // A revoked token stops working at the next request (no cache of token lookups).
+    let issued = issue_token(&w.db, "ops", "to revoke", None).await.unwrap();
+    let url = format!("http://{}/api/v1/accounts", w.addr);
+    let ok = w
+        .client
+        .get(&url)
+        .bearer_auth(&issued.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    feegate::auth::store::revoke_token(&w.db, issued.token_id)
+        .await
+        .unwrap();
+    let gone = w
+        .client
+        .get(&url)
+        .bearer_auth(&issued.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status().as_u16(), 401);
     for (user, method, path, body, key, want, code) in cases {
         let (s, b) = w.call(user, method, path, body, key).await;
         assert_eq!(
@@ -1308,4 +1330,24 @@ async fn postgres_serves_the_same_api() {
     idempotency_checks(&w).await;
     let (s, _) = w.get("auditor", "/api/v1/decisions?limit=5").await;
     assert_eq!(s, 200);
+}
+
+/// `feegate bench api` end to end on a few accounts for a second: every request answered
+/// 200 with the station-staff token it issues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_bench_drives_balance_queries_without_errors() {
+    let f = feegate::bench::api::api(&feegate::bench::api::ApiBenchOptions {
+        accounts: 50,
+        connections: 4,
+        seconds: 1,
+        db_url: None,
+        data: common::shared_data("lcl_2013_daily_kwh_100hh.csv"),
+    })
+    .await
+    .unwrap();
+    assert_eq!(f.errors, 0, "{f:?}");
+    assert!(
+        f.requests > 0 && f.p50_ms > 0.0 && f.p99_ms >= f.p50_ms && f.max_ms >= f.p99_ms,
+        "{f:?}"
+    );
 }
