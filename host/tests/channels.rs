@@ -286,6 +286,18 @@ async fn forged_and_invalid_notifications_write_nothing() {
             code: "bad-signature",
         },
         Case {
+            name: "oversize body (signed correctly)",
+            channel: "app",
+            body: format!(
+                "{{\"pad\": \"{}\"}}",
+                "x".repeat(feegate::channels::MAX_BODY_BYTES)
+            ),
+            ts: Some(now),
+            sig: None,
+            status: 413,
+            code: "body-too-large",
+        },
+        Case {
             name: "unknown channel",
             channel: "wechat",
             body: good.clone(),
