@@ -810,14 +810,20 @@ async fn reconcile_reports_every_mismatch_and_opens_work_orders_once() {
         "S7 names an account we do not have"
     );
     assert_eq!(balance(db, ACCOUNT).await, balance_before);
-    // A malformed statement is refused with the line named.
+    // A malformed statement is refused with every bad line named at once.
     std::fs::write(
         &path,
-        "txn_id,type,account_id,amount,currency\nS1,payment,A,1.001,CNY\n",
+        "txn_id,type,account_id,amount,currency\nS1,payment,A,1.001,CNY\nS2,payment,A,5.00,CNY\nS3,payment,A,2.00,USD\nS2,payment,A,5.00,CNY\n",
     )
     .unwrap();
     let e = read_statement(&path).unwrap_err().to_string();
+    assert!(e.contains("3 bad line(s)"), "{e}");
     assert!(e.contains("line 2") && e.contains("1.001"), "{e}");
+    assert!(e.contains("line 4") && e.contains("USD"), "{e}");
+    assert!(
+        e.contains("line 5") && e.contains("listed twice (first on line 3)"),
+        "{e}"
+    );
 }
 
 /// The fake bank: answers debit requests from a script, records what it got.
