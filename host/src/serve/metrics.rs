@@ -13,6 +13,7 @@
 //! aggregate them with `max`, not `sum`, when several hosts serve one database.
 
 use crate::db::Db;
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -103,6 +104,15 @@ impl Metrics {
         }
     }
 
+    /// Starts a county's counters and gauges at zero, so each series exists from the first
+    /// scrape (a `rate()` or an alert on "failures > 0" needs the zero before the first one).
+    pub fn start_series(&self, county: &str, jobs: &[&str]) {
+        for job in jobs {
+            self.job_failures.with_label_values(&[county, job]);
+        }
+        self.outbox_depth.with_label_values(&[county]).set(0);
+    }
+
     /// Refreshes the database-derived metrics and renders everything as Prometheus text.
     pub async fn render(&self, db: &Db) -> Result<String, sqlx::Error> {
         let rows = sqlx::query(
@@ -127,7 +137,14 @@ impl Metrics {
         )
         .fetch_all(&db.pool)
         .await?;
-        self.outbox_depth.reset();
+        // Counties with nothing queued read 0 (not absent).
+        for m in self.outbox_depth.collect() {
+            for metric in m.get_metric() {
+                if let Some(l) = metric.get_label().first() {
+                    self.outbox_depth.with_label_values(&[l.value()]).set(0);
+                }
+            }
+        }
         for r in rows {
             let county: String = r.try_get(0)?;
             self.outbox_depth
