@@ -110,3 +110,34 @@ async fn a_fork_is_refused_on_sqlite_too() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn metrics_count_each_decision_once_across_scrapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&format!("sqlite://{}/m.db", dir.path().display()))
+        .await
+        .unwrap();
+    let metrics = feegate::serve::metrics::Metrics::new();
+    let line = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("feegate_decisions_total{county=\"xianyou\",kind=\"tariff\",outcome=\"failed\"}"))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    assert_eq!(line(&metrics.render(&db).await.unwrap()), None);
+    for i in 0..3 {
+        append(&db, &format!("A{i}")).await;
+    }
+    assert_eq!(
+        line(&metrics.render(&db).await.unwrap()).as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        line(&metrics.render(&db).await.unwrap()).as_deref(),
+        Some("3")
+    );
+    append(&db, "A9").await;
+    assert_eq!(
+        line(&metrics.render(&db).await.unwrap()).as_deref(),
+        Some("4")
+    );
+}
