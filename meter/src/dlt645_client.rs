@@ -16,20 +16,18 @@
 //!   configured such a command fails before anything is sent. An acknowledgement is not an
 //!   outcome: confirm with [`Dlt645Client::read_status`].
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use chrono::{NaiveDate, NaiveDateTime};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::Mutex;
 
+use crate::bus::{Queues, connect_tcp, retrying};
 use crate::dlt645::{
     self as d, Address, DataValue, Di, Dlt645Error, Frame, Function, MeterError as RefusedWhy,
     NoSecurityModule, OperatorCode, Password, RelayAuthorisation, RelayCommand, RelayControl,
@@ -216,13 +214,11 @@ struct GatewayConn {
     decoder: StreamDecoder,
 }
 
-type GatewaySlot = Arc<Mutex<Option<GatewayConn>>>;
-
 struct Inner {
     config: Dlt645Config,
     master: Option<Master>,
     /// One queue per bus reached as a byte stream (gateways and serial ports).
-    gateways: StdMutex<HashMap<Link, GatewaySlot>>,
+    gateways: Queues<Link, GatewayConn>,
     stale: AtomicU64,
 }
 
@@ -276,7 +272,7 @@ impl Dlt645Client {
             inner: Arc::new(Inner {
                 config,
                 master,
-                gateways: StdMutex::new(HashMap::new()),
+                gateways: Queues::new(),
                 stale: AtomicU64::new(0),
             }),
         }
@@ -492,47 +488,26 @@ impl Dlt645Client {
         expect: Expect,
     ) -> Result<Frame, Dlt645ClientError> {
         let cfg = &self.inner.config;
-        let mut attempt = 0;
-        loop {
-            let r = match m.link {
-                Link::Gateway(_) | Link::Serial(_) => self.via_bus(m, request, expect).await,
-                Link::Terminal { terminal, port } => {
-                    self.via_terminal(m, terminal, port, request, expect).await
+        retrying(
+            cfg.retries,
+            cfg.retry_backoff,
+            Dlt645ClientError::retryable,
+            || async {
+                match m.link {
+                    Link::Gateway(_) | Link::Serial(_) => self.via_bus(m, request, expect).await,
+                    Link::Terminal { terminal, port } => {
+                        self.via_terminal(m, terminal, port, request, expect).await
+                    }
                 }
-            };
-            match r {
-                Err(e) if e.retryable() && attempt < cfg.retries => {
-                    attempt += 1;
-                    tracing::debug!(meter = %m, attempt, err = %e, "DL/T 645 request failed; retrying");
-                    tokio::time::sleep(cfg.retry_backoff).await;
-                }
-                r => return r,
-            }
-        }
-    }
-
-    fn slot(&self, link: Link) -> GatewaySlot {
-        self.inner
-            .gateways
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(link)
-            .or_default()
-            .clone()
+            },
+        )
+        .await
     }
 
     /// Opens the byte stream to the meter's bus: a TCP connection or the serial port.
     async fn open_bus(link: Link, timeout: Duration) -> io::Result<Box<dyn BusStream>> {
         match link {
-            Link::Gateway(gw) => {
-                let stream = tokio::time::timeout(timeout, TcpStream::connect(gw))
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out")
-                    })??;
-                let _ = stream.set_nodelay(true);
-                Ok(Box::new(stream))
-            }
+            Link::Gateway(gw) => Ok(Box::new(connect_tcp(gw, timeout).await?)),
             Link::Serial(line) => Ok(Box::new(line.open()?)),
             Link::Terminal { .. } => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -552,7 +527,7 @@ impl Dlt645Client {
         let timeout = self.inner.config.timeout;
         let link = m.link;
         let io_err = |source| Dlt645ClientError::Io { link, source };
-        let slot = self.slot(link);
+        let slot = self.inner.gateways.slot(link);
         let mut guard = slot.lock().await;
         if guard.is_none() {
             *guard = Some(GatewayConn {

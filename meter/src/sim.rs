@@ -46,7 +46,9 @@
 //!
 //! The same meters also speak DL/T 645-2007 ([`SimFleet::serve_dlt645`], a TCP serial gateway
 //! per group of meters) and sit behind Q/GDW 1376.1 terminals
-//! ([`SimFleet::run_terminal`]); see `sim_dlt645.rs`.
+//! ([`SimFleet::run_terminal`]); see `sim_dlt645.rs`. They speak Modbus RTU on a local serial
+//! port ([`SimFleet::serve_modbus_rtu`], `sim_modbus_rtu.rs`), in this map or as the meter type
+//! of a register map.
 
 use std::future::Future;
 use std::io;
@@ -68,6 +70,8 @@ use crate::profile::{ProfileError, Profiles};
 
 #[path = "sim_dlt645.rs"]
 mod front645;
+#[path = "sim_modbus_rtu.rs"]
+mod front_rtu;
 use crate::registers::{
     ENERGY_REGISTER_MODULUS, FrozenRecord, HOLDING_RELAY_COMMAND, INPUT_ENERGY,
     INPUT_FROZEN_ENERGY, INPUT_RELAY_STATE, MAX_READ_QUANTITY, MAX_UNITS_PER_GATEWAY, RelayCommand,
