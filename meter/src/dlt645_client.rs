@@ -372,6 +372,80 @@ impl Dlt645Client {
         }
     }
 
+    /// Reads the meter's clock: date 04000101, time 04000102, and the date again (so a
+    /// midnight between the reads cannot pair one day's date with the next day's time).
+    pub async fn read_clock(&self, m: &Dlt645Meter) -> Result<NaiveDateTime, Dlt645ClientError> {
+        let date = |v: &DataValue| match v {
+            DataValue::Date(d) => d.to_naive(),
+            _ => None,
+        };
+        let d1 = self.read(m, Di::DATE).await?;
+        let t = self.read(m, Di::TIME).await?;
+        let d2 = self.read(m, Di::DATE).await?;
+        let day = date(&d1).ok_or_else(|| self.unexpected(m, "a valid date", &d1))?;
+        let DataValue::Time(time) = &t else {
+            return Err(self.unexpected(m, "a time of day", &t));
+        };
+        let time = time
+            .to_naive()
+            .ok_or_else(|| self.unexpected(m, "a valid time of day", &t))?;
+        if date(&d2) != Some(day) {
+            return Err(Dlt645ClientError::Codec {
+                meter: *m,
+                source: Dlt645Error::InvalidValue {
+                    field: "meter date".into(),
+                    reason: "the meter's date changed while its clock was being read; read it \
+                             again"
+                        .into(),
+                },
+            });
+        }
+        Ok(day.and_time(time))
+    }
+
+    /// Broadcast time (08H to 999999999999) on the bus behind `link`: `time` is the county's
+    /// time now (meter time). Meters do not reply (DL/T 645-2007), so `Ok` means only that the
+    /// frame went out on the bus (through a terminal: that the terminal forwarded it); a meter
+    /// applies it only within ±5 minutes of its own clock, once a day, and not around midnight.
+    /// Confirm with [`read_clock`](Self::read_clock). Sent once, never repeated.
+    pub async fn broadcast_time(
+        &self,
+        link: Link,
+        time: NaiveDateTime,
+    ) -> Result<(), Dlt645ClientError> {
+        let m = Dlt645Meter {
+            link,
+            address: Address::BROADCAST,
+            requires_security: false,
+        };
+        let codec = |source| Dlt645ClientError::Codec { meter: m, source };
+        let frame = Frame::broadcast_time(&d::MeterDateTime::from_naive(time).map_err(codec)?)
+            .map_err(codec)?;
+        let bytes = frame.encode_with_preamble();
+        match link {
+            Link::Terminal { terminal, port } => {
+                // The terminal waits for a reply that does not come and answers empty.
+                self.master(&m)?
+                    .forward(terminal, port, bytes, self.inner.config.timeout)
+                    .await?;
+                Ok(())
+            }
+            Link::Gateway(_) | Link::Serial(_) => {
+                let io_err = |source| Dlt645ClientError::Io { link, source };
+                let slot = self.inner.gateways.slot(link);
+                let mut guard = slot.lock().await;
+                let conn = Self::connected(&mut guard, link, self.inner.config.timeout)
+                    .await
+                    .map_err(io_err)?;
+                if let Err(e) = conn.stream.write_all(&bytes).await {
+                    *guard = None;
+                    return Err(io_err(e));
+                }
+                Ok(())
+            }
+        }
+    }
+
     fn unexpected(&self, m: &Dlt645Meter, what: &str, got: &DataValue) -> Dlt645ClientError {
         Dlt645ClientError::Codec {
             meter: *m,
@@ -516,6 +590,21 @@ impl Dlt645Client {
         }
     }
 
+    /// The bus's open connection, opened now if there is none.
+    async fn connected(
+        conn: &mut Option<GatewayConn>,
+        link: Link,
+        timeout: Duration,
+    ) -> io::Result<&mut GatewayConn> {
+        if conn.is_none() {
+            *conn = Some(GatewayConn {
+                stream: Self::open_bus(link, timeout).await?,
+                decoder: StreamDecoder::new(),
+            });
+        }
+        Ok(conn.as_mut().expect("just connected"))
+    }
+
     /// One exchange on a bus reached as a byte stream (TCP serial gateway or local serial
     /// port): the bus's queue, its timeout, and stale replies discarded.
     async fn via_bus(
@@ -529,13 +618,9 @@ impl Dlt645Client {
         let io_err = |source| Dlt645ClientError::Io { link, source };
         let slot = self.inner.gateways.slot(link);
         let mut guard = slot.lock().await;
-        if guard.is_none() {
-            *guard = Some(GatewayConn {
-                stream: Self::open_bus(link, timeout).await.map_err(io_err)?,
-                decoder: StreamDecoder::new(),
-            });
-        }
-        let conn = guard.as_mut().expect("just connected");
+        let conn = Self::connected(&mut guard, link, timeout)
+            .await
+            .map_err(io_err)?;
         // Frames already buffered answer earlier requests.
         while conn.decoder.next_frame().is_some() {
             self.inner.stale.fetch_add(1, Ordering::Relaxed);
@@ -572,6 +657,17 @@ impl Dlt645Client {
         }
     }
 
+    /// The master station terminal links go through.
+    fn master(&self, m: &Dlt645Meter) -> Result<&Master, Dlt645ClientError> {
+        self.inner.master.as_ref().ok_or(Dlt645ClientError::Io {
+            link: m.link,
+            source: io::Error::new(
+                io::ErrorKind::NotConnected,
+                "no master station is configured in this client for terminal links",
+            ),
+        })
+    }
+
     async fn via_terminal(
         &self,
         m: &Dlt645Meter,
@@ -580,13 +676,7 @@ impl Dlt645Client {
         request: &Frame,
         expect: Expect,
     ) -> Result<Frame, Dlt645ClientError> {
-        let master = self.inner.master.as_ref().ok_or(Dlt645ClientError::Io {
-            link: m.link,
-            source: io::Error::new(
-                io::ErrorKind::NotConnected,
-                "no master station is configured in this client for terminal links",
-            ),
-        })?;
+        let master = self.master(m)?;
         let content = master
             .forward(
                 terminal,

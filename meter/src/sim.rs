@@ -42,7 +42,8 @@
 //!
 //! Fault knobs for tests: [`SimFleet::set_silent`], [`SimFleet::set_ack_without_state_change`],
 //! [`SimFleet::set_reply_delay`], [`SimFleet::set_transient_zero`], [`SimFleet::set_garbled`],
-//! [`SimFleet::set_register`] (rollover), [`SimFleet::replace_meter`].
+//! [`SimFleet::set_register`] (rollover), [`SimFleet::replace_meter`],
+//! [`SimFleet::set_clock_offset`] (clock drift).
 //!
 //! The same meters also speak DL/T 645-2007 ([`SimFleet::serve_dlt645`], a TCP serial gateway
 //! per group of meters) and sit behind Q/GDW 1376.1 terminals
@@ -251,6 +252,12 @@ struct Faults {
     keep_power: bool,
     /// DL/T 645 relay commands must be sealed by a security module (password level 98H).
     requires_security: bool,
+    /// The meter's clock runs this many seconds ahead of the simulated clock (negative:
+    /// behind): clock drift, [`SimFleet::set_clock_offset`], corrected by a DL/T 645
+    /// broadcast time.
+    clock_offset_secs: i64,
+    /// Meter date of the last broadcast time applied (DL/T 645: once a day).
+    time_synced_on: Option<NaiveDate>,
 }
 
 impl Meter {
@@ -674,6 +681,21 @@ impl SimFleet {
     /// Meter `i`'s keep-power (保电) flag: DL/T 645 trips are refused while set.
     pub fn set_keep_power(&self, i: usize, on: bool) -> Result<(), SimError> {
         self.with_meter(i, |m| m.faults.keep_power = on)
+    }
+
+    /// Fault knob: meter `i`'s clock runs `secs` seconds ahead of the simulated clock
+    /// (negative: behind). What the meter reports as its date and time (DL/T 645 04000101 /
+    /// 04000102) and checks relay deadlines against; freezing still follows the simulated
+    /// midnight.
+    pub fn set_clock_offset(&self, i: usize, secs: i64) -> Result<(), SimError> {
+        self.with_meter(i, |m| m.faults.clock_offset_secs = secs)
+    }
+
+    /// Meter `i`'s own clock: the simulated clock plus its offset (`None` before the clock
+    /// starts).
+    pub fn meter_time(&self, i: usize) -> Result<Option<NaiveDateTime>, SimError> {
+        let now = self.now();
+        self.with_meter(i, |m| m.clock(now))
     }
 
     /// Meter `i` accepts DL/T 645 relay commands only sealed by a security module.
