@@ -87,10 +87,7 @@ impl ModbusBus {
             ModbusBus::Gateway(_) => {
                 "check the gateway's address and port, its power and the network link"
             }
-            ModbusBus::Serial(_) => {
-                "check that the port exists (the RS485 adapter is plugged in), that no other \
-                 program holds it, and that this user may open it"
-            }
+            ModbusBus::Serial(_) => crate::serial::PORT_HINT,
         }
     }
 }

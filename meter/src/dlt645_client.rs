@@ -64,6 +64,16 @@ impl std::fmt::Display for Link {
     }
 }
 
+impl Link {
+    /// What to check when the link itself fails.
+    fn io_hint(&self) -> &'static str {
+        match self {
+            Link::Serial(_) => crate::serial::PORT_HINT,
+            Link::Gateway(_) | Link::Terminal { .. } => "check its address, power and network link",
+        }
+    }
+}
+
 /// A DL/T 645 meter: its link and address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct Dlt645Meter {
@@ -136,7 +146,7 @@ pub enum Dlt645ClientError {
         meter: Dlt645Meter,
     },
     /// The link failed.
-    #[error("cannot talk to {link}: {source}; check its address, power and network link")]
+    #[error("cannot talk to {link}: {source}; {hint}", hint = link.io_hint())]
     Io {
         /// The link.
         link: Link,

@@ -19,6 +19,10 @@ use tokio_serial::{
     ClearBuffer, DataBits, SerialPort as _, SerialPortBuilderExt, SerialStream, StopBits,
 };
 
+/// What to check when a serial port cannot be opened or fails.
+pub(crate) const PORT_HINT: &str = "check that the port exists (the RS485 adapter is plugged \
+     in), that no other program holds it, and that this user may open it";
+
 /// Parity of a serial line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
