@@ -34,6 +34,19 @@ async fn reading(s: &Scenario, meter_id: &str, date: NaiveDate) -> Option<i64> {
         .map(|r| r.try_get(0).unwrap())
 }
 
+/// Meter `i`'s link as the master data stores it.
+async fn stored_link(s: &Scenario, i: usize) -> feegate_meter::fleet::MeterLink {
+    let row = sqlx::query(&format!(
+        "SELECT {} FROM meters m WHERE m.meter_id = $1",
+        feegate::collection::LINK_COLUMNS
+    ))
+    .bind(meter(i))
+    .fetch_one(&s.host.db.pool)
+    .await
+    .unwrap();
+    feegate::collection::link_from_row(&row, 0).unwrap()
+}
+
 /// Creates a close-allowed command for meter `i`'s account and runs the relay stage once.
 async fn close_allowed(s: &Scenario, i: usize, key: &str) -> (i64, feegate::relay::RelayReport) {
     let mut conn = s.host.db.pool.acquire().await.unwrap();
@@ -148,17 +161,7 @@ async fn a_day_with_all_three_protocols_reads_and_switches_every_meter_through_i
 
     // Relays through DL/T 645 (meter 13) and the terminal (meter 19).
     for i in [13usize, 19] {
-        let link = {
-            let row = sqlx::query(&format!(
-                "SELECT {} FROM meters m WHERE m.meter_id = $1",
-                feegate::collection::LINK_COLUMNS
-            ))
-            .bind(meter(i))
-            .fetch_one(&s.host.db.pool)
-            .await
-            .unwrap();
-            feegate::collection::link_from_row(&row, 0).unwrap()
-        };
+        let link = stored_link(&s, i).await;
         let valid_until = now(&s) + Duration::hours(1);
         s.host
             .meters
@@ -422,12 +425,8 @@ async fn replacement_case(db_url: Option<String>) {
 /// stands in for the RS485 adapter): the daily job reads it like any other meter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_job_reads_a_dlt645_meter_on_a_local_serial_port() {
-    let pty = match feegate_meter::serial::PtyPair::new("daily") {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("skipping: {e}");
-            return;
-        }
+    let Some(pty) = feegate_meter::serial::PtyPair::for_test("daily") else {
+        return;
     };
     let opts = common::small_county(3, 2, 9);
     let mut s = Scenario::new(&opts, &[]).await.unwrap();
@@ -466,12 +465,8 @@ async fn the_daily_job_reads_a_dlt645_meter_on_a_local_serial_port() {
 /// stored link, confirmed by a fresh read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_job_reads_and_switches_a_modbus_rtu_meter_on_a_local_serial_port() {
-    let pty = match feegate_meter::serial::PtyPair::new("daily-rtu") {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("skipping: {e}");
-            return;
-        }
+    let Some(pty) = feegate_meter::serial::PtyPair::for_test("daily-rtu") else {
+        return;
     };
     let opts = common::small_county(3, 2, 9);
     let mut s = Scenario::new(&opts, &[]).await.unwrap();
@@ -495,17 +490,7 @@ async fn the_daily_job_reads_and_switches_a_modbus_rtu_meter_on_a_local_serial_p
     .execute(&s.host.db.pool)
     .await
     .unwrap();
-    let link = {
-        let row = sqlx::query(&format!(
-            "SELECT {} FROM meters m WHERE m.meter_id = $1",
-            feegate::collection::LINK_COLUMNS
-        ))
-        .bind(meter(i))
-        .fetch_one(&s.host.db.pool)
-        .await
-        .unwrap();
-        feegate::collection::link_from_row(&row, 0).unwrap()
-    };
+    let link = stored_link(&s, i).await;
     assert_eq!(link, feegate_meter::fleet::MeterLink::ModbusRtu(units[0]));
     s.run_days(2).await.unwrap();
     let day = opts.start + Duration::days(2);

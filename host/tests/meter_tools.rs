@@ -32,16 +32,6 @@ fn fleet() -> Arc<SimFleet> {
     f
 }
 
-fn pty(name: &str) -> Option<PtyPair> {
-    match PtyPair::new(name) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            eprintln!("skipping: {e}");
-            None
-        }
-    }
-}
-
 fn path(p: PathBuf) -> String {
     p.to_str().unwrap().to_string()
 }
@@ -75,6 +65,18 @@ fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
 }
 
+/// `feegate meter relay` on `link` with `command`, valid until 4 Jan, with a DL/T 645
+/// `password` if given.
+fn relay<'a>(link: &[&'a str], command: &'a str, password: Option<&'a str>) -> Vec<&'a str> {
+    let mut args = vec!["meter", "relay"];
+    args.extend_from_slice(link);
+    args.extend(["--command", command, "--valid-until", "2013-01-04T00:00:00"]);
+    if let Some(p) = password {
+        args.extend(["--password", p]);
+    }
+    args
+}
+
 /// The first meter that answers today (its household has data for 3 Jan).
 fn answering(f: &SimFleet) -> usize {
     (0..3)
@@ -84,7 +86,9 @@ fn answering(f: &SimFleet) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meter_read_and_relay_over_modbus_rtu_on_a_serial_port() {
-    let Some(pty) = pty("tool-rtu") else { return };
+    let Some(pty) = PtyPair::for_test("tool-rtu") else {
+        return;
+    };
     let f = fleet();
     let line = |p| SerialLine::new(&path(p), 19200, feegate_meter::serial::Parity::Even);
     f.serve_modbus_rtu(line(pty.bus()), line(pty.host()), 0..3, None)
@@ -118,30 +122,24 @@ async fn meter_read_and_relay_over_modbus_rtu_on_a_serial_port() {
         "{read}"
     );
 
-    let relay = |command: &'static str| {
-        [
-            &["meter", "relay"][..],
-            &link[..],
-            &["--command", command, "--valid-until", "2013-01-04T00:00:00"][..],
-        ]
-        .concat()
-    };
-    let out = ok(&relay("trip")).await;
+    let out = ok(&relay(&link, "trip", None)).await;
     assert!(out.contains("relay open"), "{out}");
     assert_eq!(f.relay_state(i).unwrap(), RelayState::Open);
-    let out = ok(&relay("close-allowed")).await;
+    let out = ok(&relay(&link, "close-allowed", None)).await;
     assert!(out.contains("awaiting customer"), "{out}");
     assert_eq!(f.relay_state(i).unwrap(), RelayState::CloseAllowed);
     // An acknowledgement that does not move the relay is reported as not done.
     f.set_ack_without_state_change(i, true).unwrap();
-    let (code, _, err) = feegate(&relay("direct-close")).await;
+    let (code, _, err) = feegate(&relay(&link, "direct-close", None)).await;
     assert_ne!(code, Some(0));
     assert!(err.contains("not done"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meter_read_and_relay_over_dlt645_on_a_serial_port() {
-    let Some(pty) = pty("tool-645") else { return };
+    let Some(pty) = PtyPair::for_test("tool-645") else {
+        return;
+    };
     let f = fleet();
     let line = |p| SerialLine::dlt645(&path(p));
     f.serve_dlt645_serial(line(pty.bus()), line(pty.host()), 0..3)
@@ -157,21 +155,8 @@ async fn meter_read_and_relay_over_dlt645_on_a_serial_port() {
     );
     assert_eq!(read["daily_frozen"]["date"], "2013-01-03", "{read}");
     assert_eq!(read["relay"], "closed");
-    let out = ok(&[
-        "meter",
-        "relay",
-        "--serial",
-        &host,
-        "--address",
-        &address,
-        "--command",
-        "trip",
-        "--valid-until",
-        "2013-01-04T00:00:00",
-        "--password",
-        "02:123456",
-    ])
-    .await;
+    let link = ["--serial", &host, "--address", &address];
+    let out = ok(&relay(&link, "trip", Some("02:123456"))).await;
     assert!(out.contains("trip confirmed"), "{out}");
     assert_eq!(f.relay_state(i).unwrap(), RelayState::Open);
 }
@@ -214,36 +199,10 @@ async fn meter_read_and_relay_behind_a_1376_terminal() {
             .contains("terminal 3501-0007"),
         "{read}"
     );
-    let out = ok(&[
-        &["meter", "relay"][..],
-        &link[..],
-        &[
-            "--command",
-            "close-allowed",
-            "--valid-until",
-            "2013-01-04T00:00:00",
-            "--password",
-            "02:123456",
-        ][..],
-    ]
-    .concat())
-    .await;
     // The relay was closed: close-allowed leaves it closed.
+    let out = ok(&relay(&link, "close-allowed", Some("02:123456"))).await;
     assert!(out.contains("close_allowed confirmed"), "{out}");
-    let out = ok(&[
-        &["meter", "relay"][..],
-        &link[..],
-        &[
-            "--command",
-            "trip",
-            "--valid-until",
-            "2013-01-04T00:00:00",
-            "--password",
-            "02:123456",
-        ][..],
-    ]
-    .concat())
-    .await;
+    let out = ok(&relay(&link, "trip", Some("02:123456"))).await;
     assert!(out.contains("trip confirmed"), "{out}");
     assert_eq!(f.relay_state(i).unwrap(), RelayState::Open);
     // A terminal that never logs in: a clear error after the wait.
@@ -269,7 +228,9 @@ async fn meter_read_and_relay_behind_a_1376_terminal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlt645_broadcast_time_sets_a_meter_clock_over_a_serial_port() {
-    let Some(pty) = pty("tool-time") else { return };
+    let Some(pty) = PtyPair::for_test("tool-time") else {
+        return;
+    };
     let f = fleet();
     let line = |p| SerialLine::dlt645(&path(p));
     f.serve_dlt645_serial(line(pty.bus()), line(pty.host()), 0..3)

@@ -620,7 +620,9 @@ impl ModbusMeterClient {
         request: &Request<'static>,
     ) -> Result<Response, MeterError> {
         let bus = addr.bus;
-        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
+        // The reply timeout runs from the first send, not while the request waits in the
+        // bus's queue behind other meters.
+        let mut deadline = None;
         let timed_out = || MeterError::Timeout {
             bus,
             unit: addr.unit,
@@ -650,6 +652,8 @@ impl ModbusMeterClient {
             }
             conn.ctx.set_slave(Slave(addr.unit));
             conn.busy = true;
+            let deadline = *deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + self.inner.config.timeout);
             let outcome = tokio::time::timeout_at(deadline, conn.ctx.call(request.clone())).await;
             conn.busy = false;
             let serial = conn.port.is_some();

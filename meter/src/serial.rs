@@ -221,6 +221,13 @@ impl PtyPair {
         ))
     }
 
+    /// A pair for a test, or `None` after printing why (socat missing): the test skips.
+    pub fn for_test(name: &str) -> Option<PtyPair> {
+        PtyPair::new(name)
+            .inspect_err(|e| eprintln!("skipping: {e}"))
+            .ok()
+    }
+
     /// The host's end.
     pub fn host(&self) -> std::path::PathBuf {
         self.dir.join("host")

@@ -827,6 +827,48 @@ impl SimFleet {
     }
 }
 
+impl SimFleet {
+    /// Keeps a front end's task until [`shutdown`](Self::shutdown).
+    fn keep(&self, task: JoinHandle<()>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+    }
+}
+
+/// Serves one RS485 line reached as a byte stream (a serial gateway's TCP connection, a
+/// serial port): bytes are handed to `answer`, which frames requests and returns each reply
+/// with the meter's delay; replies go out one at a time, in order, after their delay (the
+/// line is busy meanwhile). Ends when the stream closes or the fleet is gone.
+async fn serve_line<F>(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    fleet: std::sync::Weak<SimFleet>,
+    mut answer: F,
+) where
+    F: FnMut(&SimFleet, &[u8]) -> Vec<(Vec<u8>, Option<Duration>)>,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let Some(f) = fleet.upgrade() else { return };
+        let replies = answer(&f, &chunk[..n]);
+        drop(f);
+        for (reply, delay) in replies {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            if stream.write_all(&reply).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 impl Drop for SimFleet {
     fn drop(&mut self) {
         self.shutdown();

@@ -88,7 +88,7 @@ impl Meter {
         };
         let near_midnight = |x: NaiveDateTime| {
             let secs = i64::from(x.time().num_seconds_from_midnight());
-            secs < TIME_SYNC_WINDOW_SECS || secs > 86_400 - TIME_SYNC_WINDOW_SECS
+            !(TIME_SYNC_WINDOW_SECS..=86_400 - TIME_SYNC_WINDOW_SECS).contains(&secs)
         };
         if self.silent()
             || (t - clock).num_seconds().abs() > TIME_SYNC_WINDOW_SECS
@@ -361,10 +361,7 @@ impl SimFleet {
                     tokio::spawn(serve_bus(stream, fleet, bus));
                 }
             });
-            self.tasks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(task);
+            self.keep(task);
         }
         Ok(out)
     }
@@ -388,11 +385,7 @@ impl SimFleet {
                 requires_security: false,
             })
             .collect();
-        let task = tokio::spawn(serve_bus(stream, Arc::downgrade(self), bus));
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
+        self.keep(tokio::spawn(serve_bus(stream, Arc::downgrade(self), bus)));
         Ok(meters)
     }
 
@@ -464,10 +457,7 @@ impl SimFleet {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
+        self.keep(task);
         meters
     }
 }
@@ -476,32 +466,21 @@ impl SimFleet {
 pub const TERMINAL_METER_PORT: u8 = 0x1F;
 
 async fn serve_bus(
-    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     fleet: std::sync::Weak<SimFleet>,
     bus: Range<usize>,
 ) {
     let mut decoder = StreamDecoder::new();
-    let mut buf = [0u8; 512];
-    loop {
-        let n = match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        decoder.push(&buf[..n]);
-        while let Some(frame) = decoder.next_frame() {
-            let Some(fleet) = fleet.upgrade() else { return };
-            let (reply, delay) = fleet.dlt645_exchange(bus.clone(), &frame);
-            drop(fleet);
-            if let Some(reply) = reply {
-                if let Some(d) = delay {
-                    tokio::time::sleep(d).await;
-                }
-                if stream.write_all(&reply).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
+    serve_line(stream, fleet, move |fleet, bytes| {
+        decoder.push(bytes);
+        std::iter::from_fn(|| decoder.next_frame())
+            .filter_map(|frame| match fleet.dlt645_exchange(bus.clone(), &frame) {
+                (Some(reply), delay) => Some((reply, delay)),
+                (None, _) => None,
+            })
+            .collect()
+    })
+    .await
 }
 
 async fn terminal_session(

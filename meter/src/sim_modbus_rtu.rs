@@ -18,8 +18,6 @@
 
 use std::ops::Range;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use super::*;
 use crate::client::RtuAddress;
 use crate::modbus_map::rtu::crc16;
@@ -239,11 +237,12 @@ impl SimFleet {
                 unit: unit as u8,
             })
             .collect();
-        let task = tokio::spawn(serve_rtu_line(stream, Arc::downgrade(self), bus, map));
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
+        self.keep(tokio::spawn(serve_rtu_line(
+            stream,
+            Arc::downgrade(self),
+            bus,
+            map,
+        )));
         Ok(meters)
     }
 
@@ -282,33 +281,24 @@ impl SimFleet {
 }
 
 async fn serve_rtu_line(
-    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     fleet: std::sync::Weak<SimFleet>,
     bus: Range<usize>,
     map: Option<RegisterMap>,
 ) {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 512];
-    loop {
-        let n = match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        while let Some(req) = next_request(&mut buf) {
-            let Some(fleet) = fleet.upgrade() else { return };
-            let (reply, delay) = fleet.rtu_exchange(bus.clone(), map.as_ref(), &req);
-            drop(fleet);
-            if let Some(reply) = reply {
-                if let Some(d) = delay {
-                    tokio::time::sleep(d).await;
-                }
-                if stream.write_all(&reply).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
+    serve_line(stream, fleet, move |fleet, bytes| {
+        buf.extend_from_slice(bytes);
+        std::iter::from_fn(|| next_request(&mut buf))
+            .filter_map(
+                |req| match fleet.rtu_exchange(bus.clone(), map.as_ref(), &req) {
+                    (Some(reply), delay) => Some((reply, delay)),
+                    (None, _) => None,
+                },
+            )
+            .collect()
+    })
+    .await
 }
 
 #[cfg(test)]

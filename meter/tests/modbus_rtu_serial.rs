@@ -26,16 +26,6 @@ fn at(d: u32, h: u32) -> NaiveDateTime {
         .unwrap()
 }
 
-fn pty(name: &str) -> Option<PtyPair> {
-    match PtyPair::new(name) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            eprintln!("skipping: {e}");
-            None
-        }
-    }
-}
-
 fn line(p: &Path) -> SerialLine {
     SerialLine::modbus_rtu(p.to_str().unwrap())
 }
@@ -69,7 +59,9 @@ fn register_kwh(fleet: &SimFleet, i: usize) -> rust_decimal::Decimal {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_and_switches_meters_over_modbus_rtu_on_a_local_serial_port() {
-    let Some(pty) = pty("rtu-read") else { return };
+    let Some(pty) = PtyPair::for_test("rtu-read") else {
+        return;
+    };
     let (fleet, meters) = rtu_fleet(&pty, 3, None);
     assert_eq!(meters.iter().map(|m| m.unit).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(meters[0].line.baud, 9600);
@@ -182,7 +174,9 @@ where
 /// before anything is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sdm120_map_is_read_over_rtu() {
-    let Some(pty) = pty("rtu-map") else { return };
+    let Some(pty) = PtyPair::for_test("rtu-map") else {
+        return;
+    };
     let map = RegisterMap::builtin("eastron-sdm120").unwrap();
     let (fleet, meters) = rtu_fleet(&pty, 2, Some(map.clone()));
     let i = (0..2).find(|i| fleet.answers(*i).unwrap()).unwrap();
@@ -210,7 +204,9 @@ async fn an_sdm120_map_is_read_over_rtu() {
 /// garbled reply (bad CRC) is never a value; silence is a timeout after every retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_and_garbled_replies_are_discarded_and_silence_is_a_timeout() {
-    let Some(pty) = pty("rtu-stale") else { return };
+    let Some(pty) = PtyPair::for_test("rtu-stale") else {
+        return;
+    };
     let (fleet, meters) = rtu_fleet(&pty, 3, None);
     let answering: Vec<usize> = (0..3).filter(|i| fleet.answers(*i).unwrap()).collect();
     if answering.len() < 3 {
