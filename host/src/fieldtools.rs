@@ -876,6 +876,55 @@ mod tests {
     }
 
     #[test]
+    fn link_flags_apply_each_protocols_serial_defaults() {
+        let serial = LinkArgs {
+            serial: Some("/dev/ttyUSB1".into()),
+            ..LinkArgs::default()
+        };
+        let Target::Dlt645 { link, master, .. } =
+            Target::from_args("dlt645", &serial, Some("350100000001"), None, None).unwrap()
+        else {
+            panic!("a DL/T 645 target")
+        };
+        assert_eq!(link, Link::Serial(SerialLine::dlt645("/dev/ttyUSB1")));
+        assert!(master.is_none());
+        let rtu = LinkArgs {
+            baud: Some(4800),
+            ..serial.clone()
+        };
+        let Target::Modbus { target, map } =
+            Target::from_args("modbus", &rtu, None, Some(7), None).unwrap()
+        else {
+            panic!("a Modbus target")
+        };
+        assert_eq!(
+            target.bus,
+            ModbusBus::Serial(SerialLine::new("/dev/ttyUSB1", 4800, Parity::None))
+        );
+        assert_eq!((target.unit, map.as_str()), (7, "feegate-sim"));
+        let terminal = LinkArgs {
+            terminal: Some("3501-0002".into()),
+            terminal_port: 2,
+            listen: Some("127.0.0.1:9001".parse().unwrap()),
+            login_wait_s: 5,
+            ..LinkArgs::default()
+        };
+        let (link, master) = terminal.dlt645_link().unwrap();
+        assert_eq!(
+            link,
+            Link::Terminal {
+                terminal: "3501-0002".parse().unwrap(),
+                port: 2
+            }
+        );
+        let master = master.unwrap();
+        assert_eq!(
+            (master.listen.port(), master.login_wait),
+            (9001, Duration::from_secs(5))
+        );
+    }
+
+    #[test]
     fn encode_reproduces_the_vectors() {
         // rs645-read-req: read 028022FF from 202208310002.
         assert_eq!(

@@ -34,6 +34,28 @@ async fn reading(s: &Scenario, meter_id: &str, date: NaiveDate) -> Option<i64> {
         .map(|r| r.try_get(0).unwrap())
 }
 
+/// Runs the county to its third day and checks that meter `i` (which has data that day) was
+/// read exactly: its stored reading is its frozen register. Returns the day.
+async fn day_2_reads_meter(
+    s: &mut Scenario,
+    opts: &feegate::demo::DemoOptions,
+    i: usize,
+    how: &str,
+) -> NaiveDate {
+    s.run_days(2).await.unwrap();
+    let day = opts.start + Duration::days(2);
+    s.run_day(day, true).await.unwrap();
+    assert!(s.fleet.answers(i).unwrap(), "meter {i} has data on {day}");
+    assert_eq!(
+        reading(s, &meter(i), day).await,
+        Some(i64::from(
+            s.fleet.frozen(i).unwrap().unwrap().energy_hundredths
+        )),
+        "{how}"
+    );
+    day
+}
+
 /// Meter `i`'s link as the master data stores it.
 async fn stored_link(s: &Scenario, i: usize) -> feegate_meter::fleet::MeterLink {
     let row = sqlx::query(&format!(
@@ -446,17 +468,7 @@ async fn the_daily_job_reads_a_dlt645_meter_on_a_local_serial_port() {
     .execute(&s.host.db.pool)
     .await
     .unwrap();
-    s.run_days(2).await.unwrap();
-    let day = opts.start + Duration::days(2);
-    s.run_day(day, true).await.unwrap();
-    assert!(s.fleet.answers(i).unwrap(), "meter {i} has data on {day}");
-    assert_eq!(
-        reading(&s, &meter(i), day).await,
-        Some(i64::from(
-            s.fleet.frozen(i).unwrap().unwrap().energy_hundredths
-        )),
-        "read over the serial port"
-    );
+    day_2_reads_meter(&mut s, &opts, i, "read over the serial port").await;
 }
 
 /// A Modbus RTU meter on a local serial port in the master data (a socat pseudo-terminal
@@ -492,17 +504,7 @@ async fn the_daily_job_reads_and_switches_a_modbus_rtu_meter_on_a_local_serial_p
     .unwrap();
     let link = stored_link(&s, i).await;
     assert_eq!(link, feegate_meter::fleet::MeterLink::ModbusRtu(units[0]));
-    s.run_days(2).await.unwrap();
-    let day = opts.start + Duration::days(2);
-    s.run_day(day, true).await.unwrap();
-    assert!(s.fleet.answers(i).unwrap(), "meter {i} has data on {day}");
-    assert_eq!(
-        reading(&s, &meter(i), day).await,
-        Some(i64::from(
-            s.fleet.frozen(i).unwrap().unwrap().energy_hundredths
-        )),
-        "read over Modbus RTU"
-    );
+    let day = day_2_reads_meter(&mut s, &opts, i, "read over Modbus RTU").await;
     let outcome: String = sqlx::query(
         "SELECT outcome FROM collection_attempts WHERE meter_id = $1 AND business_date = $2",
     )

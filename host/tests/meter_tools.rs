@@ -242,31 +242,27 @@ async fn dlt645_broadcast_time_sets_a_meter_clock_over_a_serial_port() {
     f.set_clock_offset(i, 120).unwrap();
     f.set_clock_offset(j, 600).unwrap();
     let host = path(pty.host());
-    let out = ok(&[
-        "dlt645",
-        "broadcast-time",
-        "--serial",
-        &host,
-        "--time",
-        "2013-01-03T12:00:00",
-        "--check",
-        &f.dlt645_address(i).to_string(),
-    ])
-    .await;
+    let broadcast = |check: String| {
+        let host = host.clone();
+        async move {
+            ok(&[
+                "dlt645",
+                "broadcast-time",
+                "--serial",
+                &host,
+                "--time",
+                "2013-01-03T12:00:00",
+                "--check",
+                &check,
+            ])
+            .await
+        }
+    };
+    let out = broadcast(f.dlt645_address(i).to_string()).await;
     assert!(out.contains("clock: 2013-01-03 12:00:00 (set)"), "{out}");
     assert_eq!(f.meter_time(i).unwrap(), Some(at(3, 12)));
     // Meter j is 10 minutes off: beyond ±5 min, it ignores the broadcast.
-    let out = ok(&[
-        "dlt645",
-        "broadcast-time",
-        "--serial",
-        &host,
-        "--time",
-        "2013-01-03T12:00:00",
-        "--check",
-        &f.dlt645_address(j).to_string(),
-    ])
-    .await;
+    let out = broadcast(f.dlt645_address(j).to_string()).await;
     assert!(
         out.contains("+600 s") && out.contains("not applied"),
         "{out}"
