@@ -1,9 +1,9 @@
 //! RS485 on a local serial port (a USB–RS485 adapter, a board's UART): the line settings and
 //! opening the port with tokio-serial. The DL/T 645 client ([`crate::dlt645_client`]) and the
 //! Modbus client ([`crate::client`], Modbus RTU) drive a serial line through the same queue,
-//! timeouts and retries as a TCP gateway (the crate's `bus` module); the line is one RS485 bus, so one
-//! request at a time. A port carries one protocol: the two clients each hold the ports they
-//! use open (exclusively), so DL/T 645 and Modbus RTU meters need separate ports.
+//! timeouts and retries as a TCP gateway (the crate's `bus` module); the line is one RS485
+//! bus, so one request at a time. A port carries one protocol: the two clients each hold the
+//! ports they use open (exclusively), so DL/T 645 and Modbus RTU meters need separate ports.
 
 use std::collections::HashSet;
 use std::fmt;
