@@ -22,7 +22,10 @@ plugins: wasm-target
 demo: plugins
 	@$(CARGO) run -q -p feegate -- demo $(ARGS)
 
+# Serial-port tests (DL/T 645 and Modbus RTU over a pseudo-terminal pair) need socat; without
+# it they print "skipping" and pass, so say so up front.
 test: plugins
+	@command -v socat >/dev/null || echo "note: socat is not installed: the serial-port tests will skip (apt-get install socat)" >&2
 	$(CARGO) test --workspace
 
 fmt:
