@@ -29,7 +29,10 @@ browser:
 		SUDO=$$(test "$$(id -u)" = 0 || command -v sudo); \
 		$$SUDO apt-get update >&2 && $$SUDO apt-get install -y chromium chromium-driver >&2; }
 
+# Serial-port tests (DL/T 645 and Modbus RTU over a pseudo-terminal pair) need socat; without
+# it they print "skipping" and pass, so say so up front.
 test: plugins browser
+	@command -v socat >/dev/null || echo "note: socat is not installed: the serial-port tests will skip (apt-get install socat)" >&2
 	$(CARGO) test --workspace
 
 fmt:

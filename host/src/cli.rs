@@ -916,6 +916,11 @@ fn print_diff(r: &audit::DiffReport, show: usize) {
         r.to
     );
     println!("  {counted}  {}", r.decisions);
+    if r.decisions == 0 && r.source == "shadow" {
+        println!(
+            "  (the shadow has not run on any live decision in these days yet: decisions of its kind are shadowed as the host makes them; widen --days or wait for the next job)"
+        );
+    }
     println!("  decisions changed    {}", r.changed.len());
     if r.kind == PolicyKind::Tariff {
         println!(

@@ -8,6 +8,7 @@
 use crate::db::{Db, DbError, ds, ts};
 use crate::money::kwh_to_centi_kwh;
 use chrono::{NaiveDate, NaiveDateTime};
+use feegate_meter::client::RtuAddress;
 use feegate_meter::dlt645::Address;
 use feegate_meter::dlt645_client::{Dlt645Meter, Link};
 use feegate_meter::fleet::{FailureKind, FleetClient, LinkError, MeterLink};
@@ -52,9 +53,14 @@ pub struct CollectionReport {
 /// Parses a stored "host:port" gateway address.
 pub fn parse_address(gateway: &str, unit: i64) -> Result<MeterAddress, DbError> {
     let gateway = parse_gateway(gateway)?;
-    let unit = u8::try_from(unit)
-        .map_err(|_| DbError::Corrupt(format!("meter unit id {unit} is not 0..=255")))?;
-    Ok(MeterAddress { gateway, unit })
+    Ok(MeterAddress {
+        gateway,
+        unit: unit_id(unit)?,
+    })
+}
+
+fn unit_id(unit: i64) -> Result<u8, DbError> {
+    u8::try_from(unit).map_err(|_| DbError::Corrupt(format!("meter unit id {unit} is not 0..=255")))
 }
 
 fn parse_gateway(gateway: &str) -> Result<SocketAddr, DbError> {
@@ -84,6 +90,23 @@ pub fn link_from_row(row: &AnyRow, first: usize) -> Result<MeterLink, DbError> {
     let parity: Option<String> = row.try_get(first + 10)?;
     let missing =
         |what: &str| DbError::Corrupt(format!("meter {meter_id} ({protocol}) has no {what}"));
+    // A serial line from the stored port, baud rate and parity (defaults per protocol).
+    let serial_line = |path: &str, default_baud: u32, default_parity: &str| {
+        let baud = match baud {
+            None => default_baud,
+            Some(b) => u32::try_from(b).map_err(|_| {
+                DbError::Corrupt(format!(
+                    "meter {meter_id}: baud rate {b} is not a line speed"
+                ))
+            })?,
+        };
+        let parity: Parity = parity
+            .as_deref()
+            .unwrap_or(default_parity)
+            .parse()
+            .map_err(|e| DbError::Corrupt(format!("meter {meter_id}: {e}")))?;
+        Ok::<_, DbError>(SerialLine::new(path, baud, parity))
+    };
     let address_645 = || -> Result<Address, DbError> {
         let a = meter_address
             .as_deref()
@@ -99,18 +122,8 @@ pub fn link_from_row(row: &AnyRow, first: usize) -> Result<MeterLink, DbError> {
         "dlt645" => {
             let link = match (&gateway, &serial_port) {
                 (Some(g), None) => Link::Gateway(parse_gateway(g)?),
-                (None, Some(path)) => {
-                    // DL/T 645-2007 defaults: 2400 baud, even parity.
-                    let baud = u32::try_from(baud.unwrap_or(2400)).map_err(|_| {
-                        DbError::Corrupt(format!("meter {meter_id}: baud rate {baud:?}"))
-                    })?;
-                    let parity: Parity = parity
-                        .as_deref()
-                        .unwrap_or("even")
-                        .parse()
-                        .map_err(|e| DbError::Corrupt(format!("meter {meter_id}: {e}")))?;
-                    Link::Serial(SerialLine::new(path, baud, parity))
-                }
+                // DL/T 645-2007 defaults: 2400 baud, even parity.
+                (None, Some(path)) => Link::Serial(serial_line(path, 2400, "even")?),
                 _ => return Err(missing("gateway or serial_port (exactly one)")),
             };
             MeterLink::Dlt645(Dlt645Meter {
@@ -136,12 +149,17 @@ pub fn link_from_row(row: &AnyRow, first: usize) -> Result<MeterLink, DbError> {
                 requires_security,
             })
         }
-        "modbus-rtu" => {
-            return Err(DbError::Corrupt(format!(
-                "meter {meter_id}: Modbus RTU on a local serial port is not supported yet; \
-                 reach it through a Modbus TCP gateway (protocol modbus-tcp) meanwhile"
-            )));
-        }
+        // Feegate's Modbus RTU defaults: 9600 baud, no parity (migration 0005).
+        "modbus-rtu" => MeterLink::ModbusRtu(RtuAddress {
+            line: serial_line(
+                serial_port
+                    .as_deref()
+                    .ok_or_else(|| missing("serial_port"))?,
+                9600,
+                "none",
+            )?,
+            unit: unit_id(unit.ok_or_else(|| missing("unit_id"))?)?,
+        }),
         other => {
             return Err(DbError::Corrupt(format!(
                 "meter {meter_id}: protocol {other:?} is not supported by this build"
@@ -196,8 +214,8 @@ fn outcome_of(e: &LinkError) -> &'static str {
 }
 
 /// Reads the daily frozen register of every due meter for `date` through its link
-/// (Modbus TCP, DL/T 645 gateway, 1376.1 terminal; each link one request at a time, links
-/// concurrently) and stores the good readings. A frozen value stamped with another date is
+/// (Modbus TCP or RTU, DL/T 645 gateway or serial port, 1376.1 terminal; each link one
+/// request at a time, links concurrently) and stores the good readings. A frozen value stamped with another date is
 /// refused ("bad-value"): the meter has not frozen today's value yet, and an old one must
 /// not pass as new. A DL/T 645 error reply is recorded as "exception".
 pub async fn collect_daily(

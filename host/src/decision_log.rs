@@ -6,8 +6,12 @@
 //! `row_hash` of the row before it (by `decision_id`; `""` for the first), and its own
 //! `row_hash` = [`row_hash`] of its content and `prev_hash`. `crate::audit::verify`
 //! recomputes the chain, so a row edited or removed behind the triggers' back shows.
-//! The chain is appended under the writer's transaction: SQLite has a single writer;
-//! on PostgreSQL the append must take a lock (e.g. `pg_advisory_xact_lock`) first.
+//! The chain is appended under the writer's transaction. SQLite has a single writer. On
+//! PostgreSQL [`record`] first takes the transaction-scoped advisory lock
+//! [`CHAIN_LOCK`], held to commit, so appends from several tasks or several hosts
+//! queue instead of forking the chain; a unique index on `prev_hash` (migration 0011)
+//! makes a fork impossible even for a writer that skipped the lock (its insert fails).
+//! Callers must call [`record`] inside a transaction.
 
 use crate::policy::{Invocation, PolicyFailure};
 use serde::Serialize;
@@ -55,6 +59,10 @@ explained!(
     ReconnectionOutput
 );
 
+/// The PostgreSQL advisory lock key that serialises appends to the chain ("FGCHAIN" in
+/// ASCII, so it does not collide with other users of advisory locks by accident).
+pub const CHAIN_LOCK: i64 = 0x0046_4743_4841_494E;
+
 /// Appends a decision; returns its id. When `r.shadow` is set, also runs the shadow on
 /// the same input and records its result beside (never failing the decision).
 pub async fn record<I: Serialize, O: Serialize + Explained>(
@@ -79,6 +87,12 @@ pub async fn record<I: Serialize, O: Serialize + Explained>(
         ),
     };
     let fuel_used = i64::try_from(r.invocation.fuel_used).unwrap_or(i64::MAX);
+    if conn.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHAIN_LOCK)
+            .execute(&mut *conn)
+            .await?;
+    }
     let prev_hash: String = sqlx::query(
         "SELECT row_hash FROM decisions WHERE row_hash IS NOT NULL ORDER BY decision_id DESC LIMIT 1",
     )

@@ -1,5 +1,6 @@
 //! Field tools behind `feegate dlt645 …`, `feegate q376 decode`, `feegate modbus decode-rtu`,
-//! `feegate meter read|relay …` and `feegate bench collect` (see README, "Meter I/O").
+//! `feegate meter read|relay …` (over a TCP gateway, a local serial port or a 1376.1
+//! terminal) and `feegate bench collect` (see README, "Meter I/O").
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -9,15 +10,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use chrono::NaiveDateTime;
-use feegate_meter::client::{ClientConfig, ModbusMeterClient};
+use feegate_meter::client::{ClientConfig, ModbusBus, ModbusMeterClient, ModbusTarget};
 use feegate_meter::dlt645::{
     self, Address, DecodedFrame, Di, Frame, OperatorCode, Password, RelayAuthorisation,
     RelayCommand, RelayControl,
 };
 use feegate_meter::dlt645_client::{Dlt645Client, Dlt645Config, Dlt645Meter, Link};
+use feegate_meter::fleet::relay_state_of;
 use feegate_meter::modbus_map::{RegisterMap, rtu};
-use feegate_meter::qgdw376::{Body, Pw, Q376Frame};
-use feegate_meter::registers::{self, MeterAddress};
+use feegate_meter::qgdw376::{Body, Pw, Q376Frame, TerminalAddress};
+use feegate_meter::registers;
+use feegate_meter::serial::{Parity, SerialLine};
 use feegate_meter::sim::SimFleet;
 use feegate_meter::terminal::Master;
 use serde_json::json;
@@ -177,25 +180,276 @@ pub fn dlt645_encode_relay(
     Ok(hex(&frame.encode_with_preamble()))
 }
 
+/// How a field command reaches the meter's bus: exactly one of a TCP gateway, a local serial
+/// port, or a Q/GDW 1376.1 collection terminal (this command then listens as the master
+/// station the terminal dials). Flattened into `feegate meter read|relay` and
+/// `feegate dlt645 broadcast-time`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LinkArgs {
+    /// TCP gateway host:port: a transparent serial gateway for DL/T 645, Modbus TCP for
+    /// `--protocol modbus`.
+    #[arg(long)]
+    pub gateway: Option<SocketAddr>,
+    /// Local serial port of an RS485 adapter, e.g. /dev/ttyUSB0: DL/T 645, or Modbus RTU for
+    /// `--protocol modbus`.
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// Baud rate of `--serial` (DL/T 645 default 2400; required for Modbus RTU).
+    #[arg(long)]
+    pub baud: Option<u32>,
+    /// Parity of `--serial`: none, even or odd (default: even for DL/T 645, none for Modbus
+    /// RTU).
+    #[arg(long)]
+    pub parity: Option<String>,
+    /// The Q/GDW 1376.1 collection terminal the meter is behind, RRRR-TTTT (DL/T 645 only;
+    /// needs `--listen`).
+    #[arg(long)]
+    pub terminal: Option<String>,
+    /// The terminal's RS485 port number the meter is on.
+    #[arg(long, default_value_t = 31)]
+    pub terminal_port: u8,
+    /// With `--terminal`: listen on host:port as the master station the terminal dials (its
+    /// configured master station address must point here).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// With `--terminal`: how long to wait for the terminal to log in, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub login_wait_s: u64,
+}
+
+/// A terminal link's master station: where to listen, how long to wait for the login.
+#[derive(Debug, Clone, Copy)]
+pub struct MasterStation {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Longest wait for the terminal's login.
+    pub login_wait: Duration,
+}
+
+/// A serial port as given on the command line (settings still to be defaulted per protocol).
+struct SerialFlags<'a> {
+    path: &'a str,
+    baud: Option<u32>,
+    parity: Option<Parity>,
+}
+
+/// The link the flags name, before the protocol is applied.
+enum Reach<'a> {
+    Gateway(SocketAddr),
+    Serial(SerialFlags<'a>),
+    Terminal {
+        terminal: TerminalAddress,
+        port: u8,
+        master: MasterStation,
+    },
+}
+
+impl LinkArgs {
+    /// Checks the combination: exactly one link, serial settings only with `--serial`,
+    /// `--listen` exactly with `--terminal`.
+    fn reach(&self) -> anyhow::Result<Reach<'_>> {
+        let given = [
+            self.gateway.is_some(),
+            self.serial.is_some(),
+            self.terminal.is_some(),
+        ];
+        match given.iter().filter(|g| **g).count() {
+            0 => bail!(
+                "say how the meter is reached: --gateway HOST:PORT (a TCP gateway), --serial PATH \
+                 (a local RS485 port) or --terminal RRRR-TTTT --listen HOST:PORT (behind a 1376.1 \
+                 collection terminal)"
+            ),
+            1 => {}
+            _ => bail!("--gateway, --serial and --terminal are alternatives: give exactly one"),
+        }
+        if self.serial.is_none() {
+            if self.baud.is_some() {
+                bail!("--baud applies to a serial port: use it with --serial");
+            }
+            if self.parity.is_some() {
+                bail!("--parity applies to a serial port: use it with --serial");
+            }
+        }
+        if self.terminal.is_none() && self.listen.is_some() {
+            bail!("--listen is the master station address for a terminal: use it with --terminal");
+        }
+        if let Some(path) = &self.serial {
+            if self.baud == Some(0) {
+                bail!("--baud 0 is not a line speed; give the meter's, e.g. 2400 or 9600");
+            }
+            let parity = self
+                .parity
+                .as_deref()
+                .map(str::parse::<Parity>)
+                .transpose()
+                .map_err(|e| anyhow!("--parity: {e}"))?;
+            return Ok(Reach::Serial(SerialFlags {
+                path,
+                baud: self.baud,
+                parity,
+            }));
+        }
+        if let Some(t) = &self.terminal {
+            let terminal: TerminalAddress = t.parse().map_err(|e| {
+                anyhow!("--terminal {t:?}: {e}; write it as RRRR-TTTT, e.g. 3501-0001")
+            })?;
+            let listen = self.listen.ok_or_else(|| {
+                anyhow!(
+                    "--terminal needs --listen HOST:PORT: this command listens there as the master \
+                     station the terminal dials (set the terminal's master station address to it)"
+                )
+            })?;
+            return Ok(Reach::Terminal {
+                terminal,
+                port: self.terminal_port,
+                master: MasterStation {
+                    listen,
+                    login_wait: Duration::from_secs(self.login_wait_s),
+                },
+            });
+        }
+        Ok(Reach::Gateway(self.gateway.expect("one link given")))
+    }
+
+    /// The DL/T 645 link the flags name (serial defaults 2400 baud, even parity) and the
+    /// master station to open for a terminal.
+    pub fn dlt645_link(&self) -> anyhow::Result<(Link, Option<MasterStation>)> {
+        Ok(match self.reach()? {
+            Reach::Gateway(g) => (Link::Gateway(g), None),
+            Reach::Serial(s) => (
+                Link::Serial(SerialLine::new(
+                    s.path,
+                    s.baud.unwrap_or(2400),
+                    s.parity.unwrap_or(Parity::Even),
+                )),
+                None,
+            ),
+            Reach::Terminal {
+                terminal,
+                port,
+                master,
+            } => (Link::Terminal { terminal, port }, Some(master)),
+        })
+    }
+}
+
 /// Where `feegate meter read|relay` goes.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// DL/T 645 through a TCP serial gateway.
+    /// DL/T 645-2007: a gateway, a serial port or a terminal.
     Dlt645 {
-        /// The gateway.
-        gateway: SocketAddr,
+        /// The bus.
+        link: Link,
         /// The meter's address.
         address: Address,
+        /// For a terminal link: the master station this command opens.
+        master: Option<MasterStation>,
     },
-    /// Modbus TCP, with a register map.
+    /// Modbus TCP (gateway) or RTU (serial port), with a register map.
     Modbus {
-        /// The gateway.
-        gateway: SocketAddr,
-        /// Unit id.
-        unit: u8,
+        /// Bus and unit id.
+        target: ModbusTarget,
         /// Map name or file.
         map: String,
     },
+}
+
+impl Target {
+    /// The target of `feegate meter read|relay`: `protocol` dlt645 (needs `address`) or
+    /// modbus (needs `unit`, takes `map`, default feegate-sim). Errors name the flag that is
+    /// missing or does not fit.
+    pub fn from_args(
+        protocol: &str,
+        link: &LinkArgs,
+        address: Option<&str>,
+        unit: Option<u8>,
+        map: Option<&str>,
+    ) -> anyhow::Result<Target> {
+        match protocol {
+            "dlt645" => {
+                if unit.is_some() {
+                    bail!("--unit is a Modbus unit id; a DL/T 645 meter is named by --address");
+                }
+                if map.is_some() {
+                    bail!("--map is a Modbus register map; DL/T 645 meters have none");
+                }
+                let address = address
+                    .context("--address (the meter's 12 digits) is required for dlt645")?
+                    .parse()
+                    .map_err(|e| anyhow!("--address: {e}"))?;
+                let (link, master) = link.dlt645_link()?;
+                Ok(Target::Dlt645 {
+                    link,
+                    address,
+                    master,
+                })
+            }
+            "modbus" => {
+                if address.is_some() {
+                    bail!("--address is a DL/T 645 address; a Modbus meter is named by --unit");
+                }
+                let unit =
+                    unit.context("--unit (the meter's Modbus unit id) is required for modbus")?;
+                let bus = match link.reach()? {
+                    Reach::Gateway(g) => ModbusBus::Gateway(g),
+                    Reach::Serial(s) => {
+                        let baud = s.baud.context(
+                            "--baud is required for Modbus RTU on --serial: Modbus meters ship at \
+                             different speeds; give the one set in the meter, e.g. --baud 9600",
+                        )?;
+                        if !(1..=247).contains(&unit) {
+                            bail!(
+                                "--unit {unit}: a Modbus RTU meter has a unit id 1..=247 (0 is \
+                                 the broadcast address, 248..=255 are reserved)"
+                            );
+                        }
+                        ModbusBus::Serial(SerialLine::new(
+                            s.path,
+                            baud,
+                            s.parity.unwrap_or(Parity::None),
+                        ))
+                    }
+                    Reach::Terminal { .. } => bail!(
+                        "a 1376.1 terminal forwards DL/T 645 frames here, not Modbus: use \
+                         --protocol dlt645, or reach the Modbus meter by --gateway or --serial"
+                    ),
+                };
+                Ok(Target::Modbus {
+                    target: ModbusTarget { bus, unit },
+                    map: map.unwrap_or("feegate-sim").to_string(),
+                })
+            }
+            other => bail!("--protocol {other:?}: use dlt645 or modbus"),
+        }
+    }
+}
+
+/// A DL/T 645 client for a field command; with a master station, it listens there and waits
+/// for `terminal` to log in first.
+async fn field_dlt645_client(
+    cfg: Dlt645Config,
+    link: Link,
+    master: Option<MasterStation>,
+) -> anyhow::Result<Dlt645Client> {
+    let master = match (master, link) {
+        (Some(ms), Link::Terminal { terminal, .. }) => {
+            let m = Master::bind(ms.listen, 1, Pw::default())
+                .await
+                .with_context(|| format!("cannot listen on {} for the terminal", ms.listen))?;
+            if !m.wait_online(terminal, ms.login_wait).await {
+                bail!(
+                    "terminal {terminal} did not log in to {} within {} s: check that its master \
+                     station address points at this machine and port, its power and its \
+                     GPRS/Ethernet link (or wait longer with --login-wait-s)",
+                    m.local_addr(),
+                    ms.login_wait.as_secs()
+                );
+            }
+            Some(m)
+        }
+        _ => None,
+    };
+    Ok(Dlt645Client::new(cfg, master))
 }
 
 fn dlt_config(
@@ -217,13 +471,26 @@ fn dlt_config(
     Ok(cfg)
 }
 
-/// `feegate meter read`: energy, daily frozen reading and relay state, as JSON.
+fn modbus_client(timeout: Duration) -> ModbusMeterClient {
+    ModbusMeterClient::new(ClientConfig {
+        timeout,
+        retries: 1,
+        retry_backoff: Duration::from_millis(200),
+    })
+}
+
+/// `feegate meter read`: energy, daily frozen reading and relay state (DL/T 645), or every
+/// register of the map and the relay (Modbus), as JSON.
 pub async fn meter_read(target: &Target, timeout: Duration) -> anyhow::Result<String> {
     match target {
-        Target::Dlt645 { gateway, address } => {
-            let c = Dlt645Client::new(dlt_config(timeout, None, None)?, None);
+        Target::Dlt645 {
+            link,
+            address,
+            master,
+        } => {
+            let c = field_dlt645_client(dlt_config(timeout, None, None)?, *link, *master).await?;
             let m = Dlt645Meter {
-                link: Link::Gateway(*gateway),
+                link: *link,
                 address: *address,
                 requires_security: false,
             };
@@ -232,28 +499,22 @@ pub async fn meter_read(target: &Target, timeout: Duration) -> anyhow::Result<St
             let status = c.read_status(&m).await?;
             Ok(serde_json::to_string_pretty(&json!({
                 "meter": address.to_string(),
+                "link": link.to_string(),
                 "energy_kwh": energy.to_string(),
                 "daily_frozen": match frozen {
                     Ok(f) => json!({ "date": f.date.to_string(), "energy_kwh": f.energy_kwh.to_string() }),
                     Err(e) => json!({ "error": e }),
                 },
                 "status_word_3": status,
+                "relay": relay_state_of(status).to_string(),
             }))?)
         }
-        Target::Modbus { gateway, unit, map } => {
+        Target::Modbus { target, map } => {
             let map = load_map(map)?;
-            let c = ModbusMeterClient::new(ClientConfig {
-                timeout,
-                retries: 1,
-                retry_backoff: Duration::from_millis(200),
-            });
-            let addr = MeterAddress {
-                gateway: *gateway,
-                unit: *unit,
-            };
+            let c = modbus_client(timeout);
             let mut values = serde_json::Map::new();
             for reg in &map.registers {
-                let v = match c.read_mapped(addr, reg).await {
+                let v = match c.read_mapped(*target, reg).await {
                     Ok(v) => json!({ "value": v.to_string(), "unit": reg.unit }),
                     Err(e) => json!({ "error": e.to_string() }),
                 };
@@ -261,14 +522,14 @@ pub async fn meter_read(target: &Target, timeout: Duration) -> anyhow::Result<St
             }
             if map.relay.is_some() {
                 let relay = c
-                    .read_mapped_relay(addr, &map)
+                    .read_mapped_relay(*target, &map)
                     .await
                     .map(|r| r.to_string())
                     .map_err(|e| e.to_string());
                 values.insert("relay".into(), json!(relay.unwrap_or_else(|e| e)));
             }
             Ok(serde_json::to_string_pretty(
-                &json!({ "meter": addr.to_string(), "map": map.name(), "registers": values }),
+                &json!({ "meter": target.to_string(), "map": map.name(), "registers": values }),
             )?)
         }
     }
@@ -287,10 +548,15 @@ pub async fn meter_relay(
 ) -> anyhow::Result<String> {
     let cmd = parse_command(command)?;
     match target {
-        Target::Dlt645 { gateway, address } => {
-            let c = Dlt645Client::new(dlt_config(timeout, password, operator)?, None);
+        Target::Dlt645 {
+            link,
+            address,
+            master,
+        } => {
+            let c = field_dlt645_client(dlt_config(timeout, password, operator)?, *link, *master)
+                .await?;
             let m = Dlt645Meter {
-                link: Link::Gateway(*gateway),
+                link: *link,
                 address: *address,
                 requires_security,
             };
@@ -301,7 +567,6 @@ pub async fn meter_relay(
                 RelayCommand::DirectClose => {
                     Some((dlt645::RelayState::Closed, dlt645::RelayState::Closed))
                 }
-                RelayCommand::CloseAllowed => None,
                 _ => None,
             };
             match (cmd, want) {
@@ -324,16 +589,15 @@ pub async fn meter_relay(
                 )),
             }
         }
-        Target::Modbus { gateway, unit, map } => {
+        Target::Modbus { target, map } => {
+            if target.unit == 0 {
+                bail!(
+                    "--unit 0 is the broadcast address: a relay command must name one meter \
+                     (its unit id, 1..=247)"
+                );
+            }
             let map = load_map(map)?;
-            let c = ModbusMeterClient::new(ClientConfig {
-                timeout,
-                ..ClientConfig::default()
-            });
-            let addr = MeterAddress {
-                gateway: *gateway,
-                unit: *unit,
-            };
+            let c = modbus_client(timeout);
             let rc = match cmd {
                 RelayCommand::Trip => registers::RelayCommand::Trip,
                 RelayCommand::CloseAllowed => registers::RelayCommand::CloseAllowed,
@@ -343,14 +607,14 @@ pub async fn meter_relay(
                     other.name()
                 ),
             };
-            c.send_mapped_relay(addr, &map, rc).await?;
-            let state = c.read_mapped_relay(addr, &map).await.context("relay command acknowledged, but the confirming read failed: the outcome is unknown")?;
+            c.send_mapped_relay(*target, &map, rc).await?;
+            let state = c.read_mapped_relay(*target, &map).await.context("relay command acknowledged, but the confirming read failed: the outcome is unknown")?;
             let expected = rc.apply(registers::RelayState::Open);
             if rc != registers::RelayCommand::CloseAllowed && state != expected {
-                bail!("{addr} acknowledged {rc} but its relay reads {state}: not done");
+                bail!("{target} acknowledged {rc} but its relay reads {state}: not done");
             }
             Ok(format!(
-                "{addr}: {rc} → relay {state}{}",
+                "{target}: {rc} → relay {state}{}",
                 if state == registers::RelayState::CloseAllowed {
                     " (awaiting customer)"
                 } else {
@@ -359,6 +623,52 @@ pub async fn meter_relay(
             ))
         }
     }
+}
+
+/// `feegate dlt645 broadcast-time`: sends broadcast time (08H to 999999999999) with `time`
+/// on the bus `link` names. Meters do not reply, so with `check` (a meter's address) its
+/// clock is read back afterwards; the printed text says what was sent and what the meter
+/// shows.
+pub async fn dlt645_broadcast_time(
+    link: &LinkArgs,
+    time: NaiveDateTime,
+    check: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let check: Option<Address> = check
+        .map(|a| a.parse().map_err(|e| anyhow!("--check: {e}")))
+        .transpose()?;
+    let (link, master) = link.dlt645_link()?;
+    let c = field_dlt645_client(dlt_config(timeout, None, None)?, link, master).await?;
+    c.broadcast_time(link, time).await?;
+    let mut out = format!(
+        "broadcast time {time} sent on {link} (meters do not reply; each applies it only within \
+         ±5 min of its own clock, once a day, not around midnight)"
+    );
+    if let Some(address) = check {
+        let m = Dlt645Meter {
+            link,
+            address,
+            requires_security: false,
+        };
+        let clock = c
+            .read_clock(&m)
+            .await
+            .context("the broadcast went out, but reading the meter's clock back failed")?;
+        let off = (clock - time).num_seconds();
+        out.push_str(&format!(
+            "\nmeter {address} clock: {clock} ({})",
+            if off == 0 {
+                "set".to_string()
+            } else {
+                format!(
+                    "{off:+} s from the time sent: not applied (beyond ±5 min, already set \
+                     today, or around midnight); set it with a password-protected write instead"
+                )
+            }
+        ));
+    }
+    Ok(out)
 }
 
 /// Figures of `feegate bench collect`.
@@ -562,6 +872,55 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("CRC")
+        );
+    }
+
+    #[test]
+    fn link_flags_apply_each_protocols_serial_defaults() {
+        let serial = LinkArgs {
+            serial: Some("/dev/ttyUSB1".into()),
+            ..LinkArgs::default()
+        };
+        let Target::Dlt645 { link, master, .. } =
+            Target::from_args("dlt645", &serial, Some("350100000001"), None, None).unwrap()
+        else {
+            panic!("a DL/T 645 target")
+        };
+        assert_eq!(link, Link::Serial(SerialLine::dlt645("/dev/ttyUSB1")));
+        assert!(master.is_none());
+        let rtu = LinkArgs {
+            baud: Some(4800),
+            ..serial.clone()
+        };
+        let Target::Modbus { target, map } =
+            Target::from_args("modbus", &rtu, None, Some(7), None).unwrap()
+        else {
+            panic!("a Modbus target")
+        };
+        assert_eq!(
+            target.bus,
+            ModbusBus::Serial(SerialLine::new("/dev/ttyUSB1", 4800, Parity::None))
+        );
+        assert_eq!((target.unit, map.as_str()), (7, "feegate-sim"));
+        let terminal = LinkArgs {
+            terminal: Some("3501-0002".into()),
+            terminal_port: 2,
+            listen: Some("127.0.0.1:9001".parse().unwrap()),
+            login_wait_s: 5,
+            ..LinkArgs::default()
+        };
+        let (link, master) = terminal.dlt645_link().unwrap();
+        assert_eq!(
+            link,
+            Link::Terminal {
+                terminal: "3501-0002".parse().unwrap(),
+                port: 2
+            }
+        );
+        let master = master.unwrap();
+        assert_eq!(
+            (master.listen.port(), master.login_wait),
+            (9001, Duration::from_secs(5))
         );
     }
 

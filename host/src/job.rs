@@ -484,8 +484,10 @@ impl Host {
                 .balance_fen;
             let dedup_key = format!("relay:{}:{}", e.command_id, outbox::kind_name(kind));
             let req = NoticeRequest::event(kind, &e.account_id, now.date(), balance_fen, dedup_key);
+            // The notice decision and its outbox row commit together.
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             outbox::queue_notice(
-                &mut conn,
+                &mut tx,
                 &self.engine,
                 &self.county.county,
                 &policies,
@@ -493,6 +495,7 @@ impl Host {
                 now,
             )
             .await?;
+            tx.commit().await?;
         }
         Ok(())
     }
@@ -517,8 +520,9 @@ impl Host {
                 dedup_key,
             )
         };
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         outbox::queue_notice(
-            &mut conn,
+            &mut tx,
             &self.engine,
             &self.county.county,
             &self.county.snapshot(),
@@ -526,6 +530,7 @@ impl Host {
             now,
         )
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 

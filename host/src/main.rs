@@ -188,6 +188,21 @@ enum Dlt645Cmd {
         #[command(subcommand)]
         what: EncodeCmd,
     },
+    /// Broadcast time (08H to 999999999999) on a bus: every meter within ±5 min of the time
+    /// sets its clock (once a day, not around midnight); none replies.
+    BroadcastTime {
+        #[command(flatten)]
+        link: feegate::fieldtools::LinkArgs,
+        /// The time to set, YYYY-MM-DDTHH:MM:SS (default: now, county-local time).
+        #[arg(long)]
+        time: Option<chrono::NaiveDateTime>,
+        /// Read this meter's clock back afterwards (12-digit address).
+        #[arg(long)]
+        check: Option<String>,
+        /// Reply timeout of the read-back and terminal forwarding, ms.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -241,21 +256,20 @@ enum ModbusCmd {
 
 #[derive(clap::Args)]
 struct TargetArgs {
-    /// dlt645 (TCP serial gateway) or modbus (Modbus TCP).
+    /// dlt645 or modbus (Modbus TCP with --gateway, Modbus RTU with --serial).
     #[arg(long, default_value = "dlt645")]
     protocol: String,
-    /// Gateway host:port.
-    #[arg(long)]
-    gateway: std::net::SocketAddr,
+    #[command(flatten)]
+    link: feegate::fieldtools::LinkArgs,
     /// DL/T 645 meter address (12 digits).
     #[arg(long)]
     address: Option<String>,
     /// Modbus unit id.
     #[arg(long)]
     unit: Option<u8>,
-    /// Modbus register map (name or file).
-    #[arg(long, default_value = "feegate-sim")]
-    map: String,
+    /// Modbus register map, name or file (default feegate-sim).
+    #[arg(long)]
+    map: Option<String>,
     /// Reply timeout, ms.
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
@@ -263,23 +277,13 @@ struct TargetArgs {
 
 impl TargetArgs {
     fn target(&self) -> anyhow::Result<feegate::fieldtools::Target> {
-        use feegate::fieldtools::Target;
-        Ok(match self.protocol.as_str() {
-            "dlt645" => Target::Dlt645 {
-                gateway: self.gateway,
-                address: self
-                    .address
-                    .as_deref()
-                    .context("--address is required for dlt645")?
-                    .parse()?,
-            },
-            "modbus" => Target::Modbus {
-                gateway: self.gateway,
-                unit: self.unit.context("--unit is required for modbus")?,
-                map: self.map.clone(),
-            },
-            other => anyhow::bail!("--protocol {other:?}: use dlt645 or modbus"),
-        })
+        feegate::fieldtools::Target::from_args(
+            &self.protocol,
+            &self.link,
+            self.address.as_deref(),
+            self.unit,
+            self.map.as_deref(),
+        )
     }
 }
 
@@ -552,7 +556,9 @@ fn main() -> std::process::ExitCode {
         .unwrap_or_else(|_| default_level.into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only on a terminal: a log file or journald gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json_logs {
         logs.json().init();
     } else {
@@ -593,6 +599,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         },
                 } => {
                     ft::dlt645_encode_relay(&address, &command, valid_until, &password, &operator)?
+                }
+                Dlt645Cmd::BroadcastTime {
+                    link,
+                    time,
+                    check,
+                    timeout_ms,
+                } => {
+                    ft::dlt645_broadcast_time(
+                        &link,
+                        time.unwrap_or_else(county_now),
+                        check.as_deref(),
+                        std::time::Duration::from_millis(timeout_ms),
+                    )
+                    .await?
                 }
             };
             println!("{out}");

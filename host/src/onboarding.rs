@@ -17,7 +17,7 @@ use crate::policy::set::RolloutStage;
 use chrono::NaiveDateTime;
 use feegate_meter::dlt645_client::Link;
 use feegate_meter::fleet::MeterLink;
-use feegate_meter::serial::Parity;
+use feegate_meter::serial::{Parity, SerialLine};
 use sqlx::{AnyConnection, Row};
 use thiserror::Error;
 
@@ -451,6 +451,11 @@ fn link_columns(link: &MeterLink) -> LinkColumns {
             unit_id: Some(i64::from(a.unit)),
             ..Default::default()
         },
+        MeterLink::ModbusRtu(a) => LinkColumns {
+            protocol: "modbus-rtu",
+            unit_id: Some(i64::from(a.unit)),
+            ..serial_columns(&a.line)
+        },
         MeterLink::Dlt645(m) => {
             let common = LinkColumns {
                 meter_address: Some(m.address.to_string()),
@@ -465,14 +470,9 @@ fn link_columns(link: &MeterLink) -> LinkColumns {
                 },
                 Link::Serial(line) => LinkColumns {
                     protocol: "dlt645",
-                    serial_port: Some(line.path.to_string()),
-                    baud_rate: Some(i64::from(line.baud)),
-                    parity: Some(match line.parity {
-                        Parity::None => "none",
-                        Parity::Even => "even",
-                        Parity::Odd => "odd",
-                    }),
-                    ..common
+                    meter_address: common.meter_address,
+                    requires_security: common.requires_security,
+                    ..serial_columns(&line)
                 },
                 Link::Terminal { terminal, port } => LinkColumns {
                     protocol: "qgdw376",
@@ -482,6 +482,20 @@ fn link_columns(link: &MeterLink) -> LinkColumns {
                 },
             }
         }
+    }
+}
+
+/// The serial port columns of a link on a local serial port.
+fn serial_columns(line: &SerialLine) -> LinkColumns {
+    LinkColumns {
+        serial_port: Some(line.path.to_string()),
+        baud_rate: Some(i64::from(line.baud)),
+        parity: Some(match line.parity {
+            Parity::None => "none",
+            Parity::Even => "even",
+            Parity::Odd => "odd",
+        }),
+        ..Default::default()
     }
 }
 

@@ -41,6 +41,14 @@ pub enum ReconcileError {
         "statement line {line}: {message}; fix the file or ask the channel for a corrected statement"
     )]
     Line { line: u64, message: String },
+    /// Every bad line of the statement at once, so the file is fixed in one pass; nothing
+    /// is reconciled from a statement with any bad line.
+    #[error(
+        "the statement has {} bad line(s); nothing was reconciled. Fix the file or ask the channel for a corrected statement:\n  {}",
+        .0.len(),
+        .0.join("\n  ")
+    )]
+    Lines(Vec<String>),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -139,6 +147,7 @@ pub fn read_statement(path: &Path) -> Result<Vec<Txn>, ReconcileError> {
         col("currency")?,
     );
     let mut out = Vec::new();
+    let mut problems = Vec::new();
     let mut seen = BTreeMap::new();
     for rec in reader.records() {
         let rec = rec.map_err(|source| ReconcileError::Read {
@@ -146,45 +155,51 @@ pub fn read_statement(path: &Path) -> Result<Vec<Txn>, ReconcileError> {
             source,
         })?;
         let line = rec.position().map_or(0, |p| p.line());
-        let bad = |message: String| ReconcileError::Line { line, message };
         let get = |i: usize| rec.get(i).unwrap_or_default();
-        let txn_id = get(c_txn).to_string();
-        if txn_id.is_empty() {
-            return Err(bad("txn_id is empty".into()));
-        }
-        if let Some(first) = seen.insert(txn_id.clone(), line) {
-            return Err(bad(format!(
-                "txn_id {txn_id} is listed twice (first on line {first})"
-            )));
-        }
-        let kind = match get(c_type) {
-            "payment" => "payment",
-            "reversal" | "refund" => "reversal",
-            other => {
-                return Err(bad(format!(
-                    "type {other:?} is not payment, reversal or refund"
-                )));
+        let parsed = (|| -> Result<Txn, String> {
+            let txn_id = get(c_txn).to_string();
+            if txn_id.is_empty() {
+                return Err("txn_id is empty".into());
             }
-        };
-        if get(c_cur) != "CNY" {
-            return Err(bad(format!("currency {:?} is not CNY", get(c_cur))));
+            if let Some(first) = seen.insert(txn_id.clone(), line) {
+                return Err(format!(
+                    "txn_id {txn_id} is listed twice (first on line {first})"
+                ));
+            }
+            let kind = match get(c_type) {
+                "payment" => "payment",
+                "reversal" | "refund" => "reversal",
+                other => {
+                    return Err(format!("type {other:?} is not payment, reversal or refund"));
+                }
+            };
+            if get(c_cur) != "CNY" {
+                return Err(format!("currency {:?} is not CNY", get(c_cur)));
+            }
+            let amount_fen = Decimal::from_str(get(c_amount))
+                .ok()
+                .and_then(|d| yuan_to_fen(d).ok())
+                .filter(|f| *f > 0)
+                .ok_or_else(|| {
+                    format!(
+                        "amount {:?} is not a positive yuan amount with at most 2 decimals",
+                        get(c_amount)
+                    )
+                })?;
+            Ok(Txn {
+                txn_id,
+                kind: kind.into(),
+                account_id: get(c_acct).to_string(),
+                amount_fen,
+            })
+        })();
+        match parsed {
+            Ok(t) => out.push(t),
+            Err(message) => problems.push(format!("line {line}: {message}")),
         }
-        let amount_fen = Decimal::from_str(get(c_amount))
-            .ok()
-            .and_then(|d| yuan_to_fen(d).ok())
-            .filter(|f| *f > 0)
-            .ok_or_else(|| {
-                bad(format!(
-                    "amount {:?} is not a positive yuan amount with at most 2 decimals",
-                    get(c_amount)
-                ))
-            })?;
-        out.push(Txn {
-            txn_id,
-            kind: kind.into(),
-            account_id: get(c_acct).to_string(),
-            amount_fen,
-        });
+    }
+    if !problems.is_empty() {
+        return Err(ReconcileError::Lines(problems));
     }
     Ok(out)
 }

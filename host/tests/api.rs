@@ -266,7 +266,7 @@ async fn seed_work_orders(db: &Db) -> (i64, i64) {
     )
     .await
     .unwrap();
-    sqlx::query("UPDATE accounts SET arrears_since = '2013-01-21' WHERE account_id = $1")
+    sqlx::query("UPDATE accounts SET arrears_since = '2013-01-19' WHERE account_id = $1")
         .bind(A1)
         .execute(&mut *tx)
         .await
@@ -651,6 +651,101 @@ async fn the_approver_of_a_cutoff_is_never_its_executor() {
         "{case}"
     );
     assert!(case["warnings"].is_array());
+}
+
+/// The single-order execution path the API uses (`cutoff::execute_one`), at a moment
+/// the safety floor allows (a Monday morning of the demo, fresh readings, the arrears
+/// notice delivered two days before): the trip is created once, the order is done and
+/// names its executor; the approver is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_cutoff_executed_by_another_person_trips_once() {
+    use feegate::cutoff::{Executed, decide_work_order, execute_one};
+    let w = World::start(None).await;
+    let o = w.order_open;
+    sqlx::query(
+        "INSERT INTO sms_outbox (account_id, kind, dedup_key, mobile, body, status, created_at, sent_at, delivered_at)
+         VALUES ($1, 'arrears', 'api-test:arrears-notice', '13900000001', '欠费通知', 'delivered',
+                 '2013-01-19 08:00:00', '2013-01-19 08:00:00', '2013-01-19 08:05:00')",
+    )
+    .bind(A1)
+    .execute(&w.db.pool)
+    .await
+    .unwrap();
+    let engine = feegate::policy::PolicyEngine::new(Default::default()).unwrap();
+    let host = feegate::config::HostConfig::default();
+    let county = feegate::county::County::load(
+        &engine,
+        &common::repo().join("policies/xianyou"),
+        &common::components_dir(),
+        host.floor.clone(),
+    )
+    .unwrap();
+    let now = chrono::NaiveDate::from_ymd_opt(2013, 1, 21)
+        .unwrap()
+        .and_hms_opt(10, 0, 0)
+        .unwrap();
+    assert!(
+        decide_work_order(&w.db, o, true, "staff-bt", now, "called")
+            .await
+            .unwrap()
+    );
+    let refused = execute_one(&w.db, &county, o, "staff-bt", now, &host.relay)
+        .await
+        .unwrap();
+    assert_eq!(
+        refused,
+        Executed::TwoPersonRule {
+            approver: "staff-bt".into()
+        }
+    );
+    let done = execute_one(&w.db, &county, o, "staff-bt2", now, &host.relay)
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        Executed::Tripped { created: true },
+        "the floor allows a Monday 10:00 trip"
+    );
+    let (status, by, at): (String, Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT status, executed_by, executed_at FROM work_orders WHERE work_order_id = $1",
+    )
+    .bind(o)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (status.as_str(), by.as_deref(), at.as_deref()),
+        ("done", Some("staff-bt2"), Some("2013-01-21 10:00:00"))
+    );
+    let again = execute_one(&w.db, &county, o, "staff-bt2", now, &host.relay)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Executed::NotApproved {
+            status: Some("done".into())
+        }
+    );
+    let trips: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM relay_commands WHERE decision_key = $1 AND command = 'trip'",
+    )
+    .bind(format!("work-order:{o}"))
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(trips, 1);
+    // The API shows it among the relay commands awaiting confirmation, to its station only.
+    let (_, awaiting) = w.get("staff-bt", "/api/v1/relay-commands").await;
+    assert!(
+        awaiting["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["decision_key"] == format!("work-order:{o}")),
+        "{awaiting}"
+    );
+    let (_, other) = w.get("staff-dw", "/api/v1/relay-commands").await;
+    assert_eq!(other["items"], json!([]));
 }
 
 /// Idempotency: a repeat returns the stored answer, the same key with another body is
@@ -1150,6 +1245,28 @@ async fn errors_are_json_with_a_stable_code_and_a_message() {
             "idempotency-key-required",
         ),
     ];
+    // A revoked token stops working at the next request (no cache of token lookups).
+    let issued = issue_token(&w.db, "ops", "to revoke", None).await.unwrap();
+    let url = format!("http://{}/api/v1/accounts", w.addr);
+    let ok = w
+        .client
+        .get(&url)
+        .bearer_auth(&issued.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    feegate::auth::store::revoke_token(&w.db, issued.token_id)
+        .await
+        .unwrap();
+    let gone = w
+        .client
+        .get(&url)
+        .bearer_auth(&issued.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status().as_u16(), 401);
     for (user, method, path, body, key, want, code) in cases {
         let (s, b) = w.call(user, method, path, body, key).await;
         assert_eq!(
@@ -1213,4 +1330,24 @@ async fn postgres_serves_the_same_api() {
     idempotency_checks(&w).await;
     let (s, _) = w.get("auditor", "/api/v1/decisions?limit=5").await;
     assert_eq!(s, 200);
+}
+
+/// `feegate bench api` end to end on a few accounts for a second: every request answered
+/// 200 with the station-staff token it issues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_bench_drives_balance_queries_without_errors() {
+    let f = feegate::bench::api::api(&feegate::bench::api::ApiBenchOptions {
+        accounts: 50,
+        connections: 4,
+        seconds: 1,
+        db_url: None,
+        data: common::shared_data("lcl_2013_daily_kwh_100hh.csv"),
+    })
+    .await
+    .unwrap();
+    assert_eq!(f.errors, 0, "{f:?}");
+    assert!(
+        f.requests > 0 && f.p50_ms > 0.0 && f.p99_ms >= f.p50_ms && f.max_ms >= f.p99_ms,
+        "{f:?}"
+    );
 }

@@ -286,6 +286,18 @@ async fn forged_and_invalid_notifications_write_nothing() {
             code: "bad-signature",
         },
         Case {
+            name: "oversize body (signed correctly)",
+            channel: "app",
+            body: format!(
+                "{{\"pad\": \"{}\"}}",
+                "x".repeat(feegate::channels::MAX_BODY_BYTES)
+            ),
+            ts: Some(now),
+            sig: None,
+            status: 413,
+            code: "body-too-large",
+        },
+        Case {
             name: "unknown channel",
             channel: "wechat",
             body: good.clone(),
@@ -798,14 +810,20 @@ async fn reconcile_reports_every_mismatch_and_opens_work_orders_once() {
         "S7 names an account we do not have"
     );
     assert_eq!(balance(db, ACCOUNT).await, balance_before);
-    // A malformed statement is refused with the line named.
+    // A malformed statement is refused with every bad line named at once.
     std::fs::write(
         &path,
-        "txn_id,type,account_id,amount,currency\nS1,payment,A,1.001,CNY\n",
+        "txn_id,type,account_id,amount,currency\nS1,payment,A,1.001,CNY\nS2,payment,A,5.00,CNY\nS3,payment,A,2.00,USD\nS2,payment,A,5.00,CNY\n",
     )
     .unwrap();
     let e = read_statement(&path).unwrap_err().to_string();
+    assert!(e.contains("3 bad line(s)"), "{e}");
     assert!(e.contains("line 2") && e.contains("1.001"), "{e}");
+    assert!(e.contains("line 4") && e.contains("USD"), "{e}");
+    assert!(
+        e.contains("line 5") && e.contains("listed twice (first on line 3)"),
+        "{e}"
+    );
 }
 
 /// The fake bank: answers debit requests from a script, records what it got.

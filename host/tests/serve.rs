@@ -67,6 +67,9 @@ fn serve_answers_health_readiness_and_metrics_swaps_an_activated_policy_and_stop
         "feegate_job_duration_seconds_count{county=\"xianyou\",job=\"settlement\"} 7",
         "feegate_decisions_total{county=\"xianyou\",kind=\"tariff\",outcome=\"ok\"}",
         "feegate_read_success_rate{county=\"xianyou\",station=\"XY-BT\"} 0",
+        // Series exist at zero before anything happens to them.
+        "feegate_job_failures_total{county=\"xianyou\",job=\"cutoff\"} 0",
+        "feegate_outbox_depth{county=\"xianyou\"} ",
     ] {
         assert!(metrics.contains(needle), "missing {needle:?} in\n{metrics}");
     }

@@ -1,40 +1,145 @@
-//! The host's Modbus TCP client for meters behind serial gateways (register map in
-//! [`crate::registers`]).
+//! The host's Modbus client: Modbus TCP to meters behind gateways, and Modbus RTU to meters on
+//! a local serial port (RS485 adapter). The simulator's register map is in
+//! [`crate::registers`]; any meter type's map drives [`ModbusMeterClient::read_mapped`] and
+//! the relay methods (`meter/maps/*.toml`, [`crate::modbus_map`]).
 //!
-//! - One TCP connection per gateway, opened lazily, reused, reopened after any failure.
-//! - Requests to one gateway are serialised (a per-gateway async mutex): the RS485 bus behind a
-//!   gateway carries one exchange at a time, and a gateway never has two requests of ours in
-//!   flight. Different gateways are served in parallel.
-//! - On a timeout (or any transport/protocol error, or a request abandoned by its caller) the
-//!   connection is dropped and reopened on the next request, so a late reply to an old request
-//!   can never be read as the answer to a new one.
+//! - One connection per bus (a gateway's TCP connection, a serial port), opened lazily,
+//!   reused, reopened after any failure.
+//! - Requests on one bus are serialised (one queue per bus, shared with the DL/T 645 client's
+//!   code): the RS485 line carries one
+//!   exchange at a time, and a bus never has two requests of ours in flight. Different buses
+//!   are served in parallel.
+//! - Over TCP, a timeout (or any transport error, or a request abandoned by its caller) drops
+//!   the connection, reopened on the next request, so a late reply to an old request can never
+//!   be read as the answer to a new one. Modbus RTU has no transaction id: a serial port stays
+//!   open after a timeout, input waiting on it before a request is discarded (it answers
+//!   nothing asked since), and a reply from another unit or for another function, or a
+//!   garbled one, is stale: counted ([`ModbusMeterClient::stale_replies`]) and the request
+//!   repeated within the same timeout. A garbled or foreign reply is never a value; with
+//!   nothing else heard it ends as a timeout. A late reply that happens to match the unit,
+//!   function and length of the next request cannot be told from the answer: keep the timeout
+//!   above the meters' slowest reply.
 //! - Timeouts, I/O errors and the transient exceptions 0x06 (busy) and 0x0B (gateway target did
 //!   not respond) are retried `retries` times after `retry_backoff`; other exceptions are final.
-//!   Relay commands are retried too: every command is idempotent (a second trip leaves the relay
-//!   open), and the caller verifies the outcome with a fresh read anyway.
+//!   Relay commands are retried (and repeated after a stale reply) too: every command is
+//!   idempotent (a second trip leaves the relay open), and the caller verifies the outcome with
+//!   a fresh read anyway.
 
-use std::collections::HashMap;
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
-use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use serde::Serialize;
 use tokio_modbus::client::{Client as _, Context};
 use tokio_modbus::prelude::SlaveContext as _;
 use tokio_modbus::{Request, Response, Slave};
 
+use crate::bus::{Queues, Slot, connect_tcp, retrying};
 use crate::registers::{
     FROZEN_BLOCK_LEN, FROZEN_BLOCK_START, HOLDING_RELAY_COMMAND, INPUT_ENERGY, INPUT_RELAY_STATE,
     RelayCommand, RelayState, decode_energy, decode_frozen, hundredths_to_kwh,
 };
+use crate::serial::{SerialLine, SharedPort};
 
 pub use crate::registers::MeterAddress;
 
 use crate::modbus_map::{RegisterDef, RegisterMap, RelayKind};
+
+/// The bus a Modbus meter is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "kind", content = "at", rename_all = "snake_case")]
+pub enum ModbusBus {
+    /// Modbus TCP to a gateway on the meters' RS485 bus (host:port).
+    Gateway(SocketAddr),
+    /// Modbus RTU on a local serial port.
+    Serial(SerialLine),
+}
+
+impl fmt::Display for ModbusBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModbusBus::Gateway(a) => write!(f, "gateway {a}"),
+            ModbusBus::Serial(line) => write!(f, "{line}"),
+        }
+    }
+}
+
+impl ModbusBus {
+    /// What to check when nothing comes back over this bus.
+    fn silence_hint(&self) -> &'static str {
+        match self {
+            ModbusBus::Gateway(_) => "and that the gateway is up",
+            ModbusBus::Serial(_) => {
+                "and that the port's baud rate and parity are the meter's (the line reads \
+                 nothing at the wrong speed)"
+            }
+        }
+    }
+
+    /// What to check when the bus itself fails.
+    fn io_hint(&self) -> &'static str {
+        match self {
+            ModbusBus::Gateway(_) => {
+                "check the gateway's address and port, its power and the network link"
+            }
+            ModbusBus::Serial(_) => crate::serial::PORT_HINT,
+        }
+    }
+}
+
+/// A Modbus RTU meter on a local serial port: the line and the meter's unit id (1..=247).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct RtuAddress {
+    /// The serial line (device path, baud rate, parity).
+    pub line: SerialLine,
+    /// Modbus unit id on the line, 1..=247 (0 is the broadcast address).
+    pub unit: u8,
+}
+
+impl fmt::Display for RtuAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} unit {}", self.line, self.unit)
+    }
+}
+
+/// Any Modbus meter: its bus and unit id. The client's methods take anything that converts
+/// into it: a [`MeterAddress`] (Modbus TCP) or an [`RtuAddress`] (Modbus RTU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModbusTarget {
+    /// The bus.
+    pub bus: ModbusBus,
+    /// The unit id.
+    pub unit: u8,
+}
+
+impl fmt::Display for ModbusTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} unit {}", self.bus, self.unit)
+    }
+}
+
+impl From<MeterAddress> for ModbusTarget {
+    fn from(a: MeterAddress) -> Self {
+        ModbusTarget {
+            bus: ModbusBus::Gateway(a.gateway),
+            unit: a.unit,
+        }
+    }
+}
+
+impl From<RtuAddress> for ModbusTarget {
+    fn from(a: RtuAddress) -> Self {
+        ModbusTarget {
+            bus: ModbusBus::Serial(a.line),
+            unit: a.unit,
+        }
+    }
+}
 
 /// Client settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,15 +174,16 @@ pub struct FrozenReading {
 /// A meter request that failed. Each message says what to check.
 #[derive(Debug, thiserror::Error)]
 pub enum MeterError {
-    /// No reply within the timeout, after all retries.
+    /// No (valid) reply within the timeout, after all retries.
     #[error(
-        "meter unit {unit} behind gateway {gateway} did not answer in time: check that the meter \
-         is powered and wired to the gateway's RS485 bus, that its address is unit {unit}, and \
-         that the gateway is up"
+        "meter unit {unit} on {bus} did not answer in time (a garbled or foreign reply counts \
+         as none): check that the meter is powered and wired to the RS485 bus, that its address \
+         is unit {unit}, {hint}",
+        hint = bus.silence_hint()
     )]
     Timeout {
-        /// The gateway.
-        gateway: SocketAddr,
+        /// The bus.
+        bus: ModbusBus,
         /// The meter's unit id.
         unit: u8,
     },
@@ -87,14 +193,12 @@ pub enum MeterError {
         /// The Modbus exception code (0x01 illegal function, 0x02 illegal data address, …).
         code: u8,
     },
-    /// The gateway could not be reached or the connection failed.
-    #[error(
-        "cannot talk to gateway {gateway}: {source}; check the gateway's address and port, its \
-         power and the network link"
-    )]
+    /// The bus could not be reached (gateway down, serial port missing or held) or the
+    /// connection failed.
+    #[error("cannot talk to {bus}: {source}; {hint}", hint = bus.io_hint())]
     Io {
-        /// The gateway.
-        gateway: SocketAddr,
+        /// The bus.
+        bus: ModbusBus,
         /// What failed.
         #[source]
         source: io::Error,
@@ -165,22 +269,24 @@ fn exception_hint(code: u8) -> &'static str {
     }
 }
 
-/// One gateway's connection. `busy` is set while a request is on the wire: if the caller
+/// One bus's connection. `busy` is set while a request is on the wire: if the caller
 /// abandons the request (drops the future), the flag stays set and the connection is discarded
-/// before the next use, since a late reply may still arrive on it.
+/// before the next use, since a late reply may still arrive on it. `port` is the serial port
+/// of an RTU bus (to discard stale input before a request).
 struct Connection {
     ctx: Context,
     busy: bool,
+    port: Option<SharedPort>,
 }
-
-type GatewaySlot = Arc<Mutex<Option<Connection>>>;
 
 struct Inner {
     config: ClientConfig,
-    gateways: StdMutex<HashMap<SocketAddr, GatewaySlot>>,
+    buses: Queues<ModbusBus, Connection>,
+    stale: AtomicU64,
 }
 
-/// Modbus TCP client for meters. Cheap to clone (clones share connections); `Send + Sync`.
+/// Modbus TCP / RTU client for meters. Cheap to clone (clones share connections and queues);
+/// `Send + Sync`.
 #[derive(Clone)]
 pub struct ModbusMeterClient {
     inner: Arc<Inner>,
@@ -206,7 +312,8 @@ impl ModbusMeterClient {
         ModbusMeterClient {
             inner: Arc::new(Inner {
                 config,
-                gateways: StdMutex::new(HashMap::new()),
+                buses: Queues::new(),
+                stale: AtomicU64::new(0),
             }),
         }
     }
@@ -216,9 +323,19 @@ impl ModbusMeterClient {
         &self.inner.config
     }
 
+    /// Stale input discarded so far on serial (RTU) buses: replies from another unit or for
+    /// another function, garbled replies, and bytes waiting on a line before a request.
+    pub fn stale_replies(&self) -> u64 {
+        self.inner.stale.load(Ordering::Relaxed)
+    }
+
     /// Reads the daily frozen record (registers 0x0002–0x0006 in one request): the frozen date
     /// and the register value at 00:00 of that date, kWh.
-    pub async fn read_daily_frozen(&self, addr: MeterAddress) -> Result<FrozenReading, MeterError> {
+    pub async fn read_daily_frozen(
+        &self,
+        addr: impl Into<ModbusTarget>,
+    ) -> Result<FrozenReading, MeterError> {
+        let addr: ModbusTarget = addr.into();
         let words = self
             .read_input(addr, FROZEN_BLOCK_START, FROZEN_BLOCK_LEN)
             .await?;
@@ -237,13 +354,18 @@ impl ModbusMeterClient {
     }
 
     /// Reads the live total forward active energy register, kWh (0.01 kWh resolution).
-    pub async fn read_energy(&self, addr: MeterAddress) -> Result<Decimal, MeterError> {
+    pub async fn read_energy(&self, addr: impl Into<ModbusTarget>) -> Result<Decimal, MeterError> {
+        let addr: ModbusTarget = addr.into();
         let words = self.read_input(addr, INPUT_ENERGY, 2).await?;
         decode_energy(&words).map_err(|e| MeterError::BadValue(format!("{addr}: {e}")))
     }
 
     /// Reads the relay state.
-    pub async fn read_relay(&self, addr: MeterAddress) -> Result<RelayState, MeterError> {
+    pub async fn read_relay(
+        &self,
+        addr: impl Into<ModbusTarget>,
+    ) -> Result<RelayState, MeterError> {
+        let addr: ModbusTarget = addr.into();
         let words = self.read_input(addr, INPUT_RELAY_STATE, 1).await?;
         RelayState::from_register(words[0]).ok_or_else(|| {
             MeterError::BadValue(format!(
@@ -258,9 +380,10 @@ impl ModbusMeterClient {
     /// the relay moved: verify with a fresh [`read_relay`](Self::read_relay).
     pub async fn send_relay(
         &self,
-        addr: MeterAddress,
+        addr: impl Into<ModbusTarget>,
         command: RelayCommand,
     ) -> Result<(), MeterError> {
+        let addr: ModbusTarget = addr.into();
         if addr.unit == 0 {
             return Err(MeterError::BadValue(
                 "unit id 0 is the RS485 broadcast address: a relay command must name one meter"
@@ -288,9 +411,10 @@ impl ModbusMeterClient {
     /// decimal in the register's unit.
     pub async fn read_mapped(
         &self,
-        addr: MeterAddress,
+        addr: impl Into<ModbusTarget>,
         register: &RegisterDef,
     ) -> Result<Decimal, MeterError> {
+        let addr: ModbusTarget = addr.into();
         let count = register.data_type.words();
         let words = match register.function {
             3 => self.read_holding(addr, register.address, count).await?,
@@ -304,18 +428,20 @@ impl ModbusMeterClient {
     /// Reads the billed register of a map (cumulative forward active energy, kWh).
     pub async fn read_billing_energy(
         &self,
-        addr: MeterAddress,
+        addr: impl Into<ModbusTarget>,
         map: &RegisterMap,
     ) -> Result<Decimal, MeterError> {
+        let addr: ModbusTarget = addr.into();
         self.read_mapped(addr, map.billing_register()).await
     }
 
     /// Reads the relay state through a map's `[relay]` section.
     pub async fn read_mapped_relay(
         &self,
-        addr: MeterAddress,
+        addr: impl Into<ModbusTarget>,
         map: &RegisterMap,
     ) -> Result<RelayState, MeterError> {
+        let addr: ModbusTarget = addr.into();
         let relay = map.relay.as_ref().ok_or_else(|| no_relay(map))?;
         let reg = map
             .register(&relay.state_register)
@@ -345,10 +471,11 @@ impl ModbusMeterClient {
     /// Fails without sending anything when the meter type has no relay, or no such mode.
     pub async fn send_mapped_relay(
         &self,
-        addr: MeterAddress,
+        addr: impl Into<ModbusTarget>,
         map: &RegisterMap,
         command: RelayCommand,
     ) -> Result<(), MeterError> {
+        let addr: ModbusTarget = addr.into();
         let relay = map.relay.as_ref().ok_or_else(|| no_relay(map))?;
         if addr.unit == 0 {
             return Err(MeterError::BadValue(
@@ -407,7 +534,7 @@ impl ModbusMeterClient {
 
     async fn read_holding(
         &self,
-        addr: MeterAddress,
+        addr: ModbusTarget,
         start: u16,
         count: u16,
     ) -> Result<Vec<u16>, MeterError> {
@@ -424,7 +551,7 @@ impl ModbusMeterClient {
 
     async fn read_input(
         &self,
-        addr: MeterAddress,
+        addr: ModbusTarget,
         start: u16,
         count: u16,
     ) -> Result<Vec<u16>, MeterError> {
@@ -439,102 +566,146 @@ impl ModbusMeterClient {
         }
     }
 
-    fn slot(&self, gateway: SocketAddr) -> GatewaySlot {
-        let mut map = self
-            .inner
-            .gateways
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        map.entry(gateway).or_default().clone()
-    }
-
     async fn transact(
         &self,
-        addr: MeterAddress,
+        addr: ModbusTarget,
         request: Request<'static>,
     ) -> Result<Response, MeterError> {
-        let slot = self.slot(addr.gateway);
+        let slot = self.inner.buses.slot(addr.bus);
         let cfg = &self.inner.config;
-        let mut attempt = 0;
-        loop {
-            match self.attempt(&slot, addr, &request).await {
-                Ok(response) => return Ok(response),
-                Err(err) if err.retryable() && attempt < cfg.retries => {
-                    attempt += 1;
-                    tracing::debug!(meter = %addr, attempt, %err, "meter request failed; retrying");
-                    // The gateway lock is not held while waiting: other meters go ahead.
-                    tokio::time::sleep(cfg.retry_backoff).await;
-                }
-                Err(err) => return Err(err),
-            }
-        }
+        retrying(
+            cfg.retries,
+            cfg.retry_backoff,
+            MeterError::retryable,
+            || self.attempt(&slot, addr, &request),
+        )
+        .await
     }
 
+    /// Opens the bus: a TCP connection to the gateway, or the serial port.
+    async fn connect(&self, addr: ModbusTarget) -> Result<Connection, MeterError> {
+        let bus = addr.bus;
+        let io_err = |source| MeterError::Io { bus, source };
+        let slave = Slave(addr.unit);
+        let conn = match bus {
+            ModbusBus::Gateway(gateway) => {
+                let stream = connect_tcp(gateway, self.inner.config.timeout)
+                    .await
+                    .map_err(io_err)?;
+                Connection {
+                    ctx: tokio_modbus::client::tcp::attach_slave(stream, slave),
+                    busy: false,
+                    port: None,
+                }
+            }
+            ModbusBus::Serial(line) => {
+                let port = SharedPort::new(line.open().map_err(io_err)?);
+                Connection {
+                    ctx: tokio_modbus::client::rtu::attach_slave(port.clone(), slave),
+                    busy: false,
+                    port: Some(port),
+                }
+            }
+        };
+        tracing::debug!(%bus, "opened meter bus");
+        Ok(conn)
+    }
+
+    /// One attempt: the bus's queue, its connection, one reply within the timeout (on a
+    /// serial bus, stale replies are discarded and the request repeated within it).
     async fn attempt(
         &self,
-        slot: &GatewaySlot,
-        addr: MeterAddress,
+        slot: &Slot<Connection>,
+        addr: ModbusTarget,
         request: &Request<'static>,
     ) -> Result<Response, MeterError> {
-        let timeout = self.inner.config.timeout;
-        let gateway = addr.gateway;
+        let bus = addr.bus;
+        // The reply timeout runs from the first send, not while the request waits in the
+        // bus's queue behind other meters.
+        let mut deadline = None;
+        let timed_out = || MeterError::Timeout {
+            bus,
+            unit: addr.unit,
+        };
         let mut guard = slot.lock().await;
         if guard.as_ref().is_some_and(|c| c.busy) {
             // The previous request was abandoned mid-flight; its reply may still come.
             *guard = None;
         }
-        if guard.is_none() {
-            let stream = match tokio::time::timeout(timeout, TcpStream::connect(gateway)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(source)) => return Err(MeterError::Io { gateway, source }),
-                Err(_) => {
+        loop {
+            if guard.is_none() {
+                *guard = Some(self.connect(addr).await?);
+            }
+            let conn = guard.as_mut().expect("connection just ensured");
+            if let Some(port) = &conn.port {
+                match port.discard_input() {
+                    Ok(0) => {}
+                    Ok(bytes) => {
+                        self.inner.stale.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(meter = %addr, bytes, "discarded stale input on the serial line");
+                    }
+                    Err(source) => {
+                        *guard = None;
+                        return Err(MeterError::Io { bus, source });
+                    }
+                }
+            }
+            conn.ctx.set_slave(Slave(addr.unit));
+            conn.busy = true;
+            let deadline = *deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + self.inner.config.timeout);
+            let outcome = tokio::time::timeout_at(deadline, conn.ctx.call(request.clone())).await;
+            conn.busy = false;
+            let serial = conn.port.is_some();
+            match outcome {
+                Ok(Ok(Ok(response))) => return Ok(response),
+                Ok(Ok(Err(exception))) => {
+                    return Err(MeterError::Exception {
+                        code: exception.into(),
+                    });
+                }
+                // RTU: a reply from another unit or for another function (a late answer to an
+                // earlier request): not ours; ask again while the timeout allows.
+                Ok(Err(tokio_modbus::Error::Protocol(err))) if serial => {
+                    self.inner.stale.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(meter = %addr, %err, "discarded a stale Modbus RTU reply");
+                }
+                // RTU: bytes that do not make a frame (bad CRC, noise). The codec is left in
+                // an error state: reopen the port, ask again while the timeout allows.
+                Ok(Err(tokio_modbus::Error::Transport(err)))
+                    if serial && err.kind() == io::ErrorKind::InvalidData =>
+                {
+                    self.inner.stale.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(meter = %addr, %err, "discarded a garbled Modbus RTU reply");
+                    *guard = None;
+                }
+                Ok(Err(tokio_modbus::Error::Transport(source))) => {
+                    *guard = None;
+                    return Err(MeterError::Io { bus, source });
+                }
+                Ok(Err(tokio_modbus::Error::Protocol(err))) => {
+                    // TCP: out of step with the gateway (a reply to another transaction):
+                    // start afresh on a new connection.
+                    *guard = None;
                     return Err(MeterError::Io {
-                        gateway,
+                        bus,
                         source: io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("TCP connect timed out after {timeout:?}"),
+                            io::ErrorKind::InvalidData,
+                            format!("Modbus protocol error: {err}"),
                         ),
                     });
                 }
-            };
-            let _ = stream.set_nodelay(true);
-            tracing::debug!(%gateway, "connected to meter gateway");
-            *guard = Some(Connection {
-                ctx: tokio_modbus::client::tcp::attach_slave(stream, Slave(addr.unit)),
-                busy: false,
-            });
-        }
-        let conn = guard.as_mut().expect("connection just ensured");
-        conn.ctx.set_slave(Slave(addr.unit));
-        conn.busy = true;
-        let outcome = tokio::time::timeout(timeout, conn.ctx.call(request.clone())).await;
-        conn.busy = false;
-        match outcome {
-            Ok(Ok(Ok(response))) => Ok(response),
-            Ok(Ok(Err(exception))) => Err(MeterError::Exception {
-                code: exception.into(),
-            }),
-            Ok(Err(tokio_modbus::Error::Transport(source))) => {
-                *guard = None;
-                Err(MeterError::Io { gateway, source })
+                Err(_elapsed) => {
+                    // TCP: a new connection, so a late reply cannot come back on it. A serial
+                    // port stays open: its late replies are discarded before the next request.
+                    if !serial {
+                        *guard = None;
+                    }
+                    return Err(timed_out());
+                }
             }
-            Ok(Err(tokio_modbus::Error::Protocol(err))) => {
-                // Out of step with the gateway (e.g. a reply to another request): start afresh.
-                *guard = None;
-                Err(MeterError::Io {
-                    gateway,
-                    source: io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("Modbus protocol error: {err}"),
-                    ),
-                })
-            }
-            Err(_elapsed) => {
-                *guard = None;
-                Err(MeterError::Timeout {
-                    gateway,
-                    unit: addr.unit,
-                })
+            if tokio::time::Instant::now() >= deadline {
+                return Err(timed_out());
             }
         }
     }
@@ -556,11 +727,27 @@ mod tests {
     fn errors_say_what_to_check() {
         let gw: SocketAddr = "127.0.0.1:502".parse().unwrap();
         let t = MeterError::Timeout {
-            gateway: gw,
+            bus: ModbusBus::Gateway(gw),
             unit: 3,
         }
         .to_string();
         assert!(t.contains("unit 3") && t.contains("127.0.0.1:502") && t.contains("RS485"));
+        assert!(t.contains("gateway is up"), "{t}");
+        let line = ModbusBus::Serial(SerialLine::modbus_rtu("/dev/ttyUSB0"));
+        let t = MeterError::Timeout { bus: line, unit: 3 }.to_string();
+        assert!(
+            t.contains("/dev/ttyUSB0 9600 8N1") && t.contains("baud rate and parity"),
+            "{t}"
+        );
+        let e = MeterError::Io {
+            bus: line,
+            source: io::Error::new(io::ErrorKind::NotFound, "No such file or directory"),
+        }
+        .to_string();
+        assert!(
+            e.contains("/dev/ttyUSB0") && e.contains("RS485 adapter is plugged in"),
+            "{e}"
+        );
         let e = MeterError::Exception { code: 2 }.to_string();
         assert!(
             e.contains("0x02") && e.contains("illegal data address") && e.contains("meter type"),

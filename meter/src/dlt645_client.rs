@@ -16,20 +16,18 @@
 //!   configured such a command fails before anything is sent. An acknowledgement is not an
 //!   outcome: confirm with [`Dlt645Client::read_status`].
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use chrono::{NaiveDate, NaiveDateTime};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::Mutex;
 
+use crate::bus::{Queues, connect_tcp, retrying};
 use crate::dlt645::{
     self as d, Address, DataValue, Di, Dlt645Error, Frame, Function, MeterError as RefusedWhy,
     NoSecurityModule, OperatorCode, Password, RelayAuthorisation, RelayCommand, RelayControl,
@@ -62,6 +60,16 @@ impl std::fmt::Display for Link {
             Link::Gateway(a) => write!(f, "gateway {a}"),
             Link::Serial(line) => write!(f, "{line}"),
             Link::Terminal { terminal, port } => write!(f, "terminal {terminal} port {port}"),
+        }
+    }
+}
+
+impl Link {
+    /// What to check when the link itself fails.
+    fn io_hint(&self) -> &'static str {
+        match self {
+            Link::Serial(_) => crate::serial::PORT_HINT,
+            Link::Gateway(_) | Link::Terminal { .. } => "check its address, power and network link",
         }
     }
 }
@@ -138,7 +146,7 @@ pub enum Dlt645ClientError {
         meter: Dlt645Meter,
     },
     /// The link failed.
-    #[error("cannot talk to {link}: {source}; check its address, power and network link")]
+    #[error("cannot talk to {link}: {source}; {hint}", hint = link.io_hint())]
     Io {
         /// The link.
         link: Link,
@@ -216,13 +224,11 @@ struct GatewayConn {
     decoder: StreamDecoder,
 }
 
-type GatewaySlot = Arc<Mutex<Option<GatewayConn>>>;
-
 struct Inner {
     config: Dlt645Config,
     master: Option<Master>,
     /// One queue per bus reached as a byte stream (gateways and serial ports).
-    gateways: StdMutex<HashMap<Link, GatewaySlot>>,
+    gateways: Queues<Link, GatewayConn>,
     stale: AtomicU64,
 }
 
@@ -276,7 +282,7 @@ impl Dlt645Client {
             inner: Arc::new(Inner {
                 config,
                 master,
-                gateways: StdMutex::new(HashMap::new()),
+                gateways: Queues::new(),
                 stale: AtomicU64::new(0),
             }),
         }
@@ -373,6 +379,80 @@ impl Dlt645Client {
         match v {
             DataValue::StatusWord3(w) => Ok(w),
             other => Err(self.unexpected(m, "status word 3", &other)),
+        }
+    }
+
+    /// Reads the meter's clock: date 04000101, time 04000102, and the date again (so a
+    /// midnight between the reads cannot pair one day's date with the next day's time).
+    pub async fn read_clock(&self, m: &Dlt645Meter) -> Result<NaiveDateTime, Dlt645ClientError> {
+        let date = |v: &DataValue| match v {
+            DataValue::Date(d) => d.to_naive(),
+            _ => None,
+        };
+        let d1 = self.read(m, Di::DATE).await?;
+        let t = self.read(m, Di::TIME).await?;
+        let d2 = self.read(m, Di::DATE).await?;
+        let day = date(&d1).ok_or_else(|| self.unexpected(m, "a valid date", &d1))?;
+        let DataValue::Time(time) = &t else {
+            return Err(self.unexpected(m, "a time of day", &t));
+        };
+        let time = time
+            .to_naive()
+            .ok_or_else(|| self.unexpected(m, "a valid time of day", &t))?;
+        if date(&d2) != Some(day) {
+            return Err(Dlt645ClientError::Codec {
+                meter: *m,
+                source: Dlt645Error::InvalidValue {
+                    field: "meter date".into(),
+                    reason: "the meter's date changed while its clock was being read; read it \
+                             again"
+                        .into(),
+                },
+            });
+        }
+        Ok(day.and_time(time))
+    }
+
+    /// Broadcast time (08H to 999999999999) on the bus behind `link`: `time` is the county's
+    /// time now (meter time). Meters do not reply (DL/T 645-2007), so `Ok` means only that the
+    /// frame went out on the bus (through a terminal: that the terminal forwarded it); a meter
+    /// applies it only within ±5 minutes of its own clock, once a day, and not around midnight.
+    /// Confirm with [`read_clock`](Self::read_clock). Sent once, never repeated.
+    pub async fn broadcast_time(
+        &self,
+        link: Link,
+        time: NaiveDateTime,
+    ) -> Result<(), Dlt645ClientError> {
+        let m = Dlt645Meter {
+            link,
+            address: Address::BROADCAST,
+            requires_security: false,
+        };
+        let codec = |source| Dlt645ClientError::Codec { meter: m, source };
+        let frame = Frame::broadcast_time(&d::MeterDateTime::from_naive(time).map_err(codec)?)
+            .map_err(codec)?;
+        let bytes = frame.encode_with_preamble();
+        match link {
+            Link::Terminal { terminal, port } => {
+                // The terminal waits for a reply that does not come and answers empty.
+                self.master(&m)?
+                    .forward(terminal, port, bytes, self.inner.config.timeout)
+                    .await?;
+                Ok(())
+            }
+            Link::Gateway(_) | Link::Serial(_) => {
+                let io_err = |source| Dlt645ClientError::Io { link, source };
+                let slot = self.inner.gateways.slot(link);
+                let mut guard = slot.lock().await;
+                let conn = Self::connected(&mut guard, link, self.inner.config.timeout)
+                    .await
+                    .map_err(io_err)?;
+                if let Err(e) = conn.stream.write_all(&bytes).await {
+                    *guard = None;
+                    return Err(io_err(e));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -492,53 +572,47 @@ impl Dlt645Client {
         expect: Expect,
     ) -> Result<Frame, Dlt645ClientError> {
         let cfg = &self.inner.config;
-        let mut attempt = 0;
-        loop {
-            let r = match m.link {
-                Link::Gateway(_) | Link::Serial(_) => self.via_bus(m, request, expect).await,
-                Link::Terminal { terminal, port } => {
-                    self.via_terminal(m, terminal, port, request, expect).await
+        retrying(
+            cfg.retries,
+            cfg.retry_backoff,
+            Dlt645ClientError::retryable,
+            || async {
+                match m.link {
+                    Link::Gateway(_) | Link::Serial(_) => self.via_bus(m, request, expect).await,
+                    Link::Terminal { terminal, port } => {
+                        self.via_terminal(m, terminal, port, request, expect).await
+                    }
                 }
-            };
-            match r {
-                Err(e) if e.retryable() && attempt < cfg.retries => {
-                    attempt += 1;
-                    tracing::debug!(meter = %m, attempt, err = %e, "DL/T 645 request failed; retrying");
-                    tokio::time::sleep(cfg.retry_backoff).await;
-                }
-                r => return r,
-            }
-        }
-    }
-
-    fn slot(&self, link: Link) -> GatewaySlot {
-        self.inner
-            .gateways
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(link)
-            .or_default()
-            .clone()
+            },
+        )
+        .await
     }
 
     /// Opens the byte stream to the meter's bus: a TCP connection or the serial port.
     async fn open_bus(link: Link, timeout: Duration) -> io::Result<Box<dyn BusStream>> {
         match link {
-            Link::Gateway(gw) => {
-                let stream = tokio::time::timeout(timeout, TcpStream::connect(gw))
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out")
-                    })??;
-                let _ = stream.set_nodelay(true);
-                Ok(Box::new(stream))
-            }
+            Link::Gateway(gw) => Ok(Box::new(connect_tcp(gw, timeout).await?)),
             Link::Serial(line) => Ok(Box::new(line.open()?)),
             Link::Terminal { .. } => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "a terminal link is not a byte stream",
             )),
         }
+    }
+
+    /// The bus's open connection, opened now if there is none.
+    async fn connected(
+        conn: &mut Option<GatewayConn>,
+        link: Link,
+        timeout: Duration,
+    ) -> io::Result<&mut GatewayConn> {
+        if conn.is_none() {
+            *conn = Some(GatewayConn {
+                stream: Self::open_bus(link, timeout).await?,
+                decoder: StreamDecoder::new(),
+            });
+        }
+        Ok(conn.as_mut().expect("just connected"))
     }
 
     /// One exchange on a bus reached as a byte stream (TCP serial gateway or local serial
@@ -552,15 +626,11 @@ impl Dlt645Client {
         let timeout = self.inner.config.timeout;
         let link = m.link;
         let io_err = |source| Dlt645ClientError::Io { link, source };
-        let slot = self.slot(link);
+        let slot = self.inner.gateways.slot(link);
         let mut guard = slot.lock().await;
-        if guard.is_none() {
-            *guard = Some(GatewayConn {
-                stream: Self::open_bus(link, timeout).await.map_err(io_err)?,
-                decoder: StreamDecoder::new(),
-            });
-        }
-        let conn = guard.as_mut().expect("just connected");
+        let conn = Self::connected(&mut guard, link, timeout)
+            .await
+            .map_err(io_err)?;
         // Frames already buffered answer earlier requests.
         while conn.decoder.next_frame().is_some() {
             self.inner.stale.fetch_add(1, Ordering::Relaxed);
@@ -597,6 +667,17 @@ impl Dlt645Client {
         }
     }
 
+    /// The master station terminal links go through.
+    fn master(&self, m: &Dlt645Meter) -> Result<&Master, Dlt645ClientError> {
+        self.inner.master.as_ref().ok_or(Dlt645ClientError::Io {
+            link: m.link,
+            source: io::Error::new(
+                io::ErrorKind::NotConnected,
+                "no master station is configured in this client for terminal links",
+            ),
+        })
+    }
+
     async fn via_terminal(
         &self,
         m: &Dlt645Meter,
@@ -605,13 +686,7 @@ impl Dlt645Client {
         request: &Frame,
         expect: Expect,
     ) -> Result<Frame, Dlt645ClientError> {
-        let master = self.inner.master.as_ref().ok_or(Dlt645ClientError::Io {
-            link: m.link,
-            source: io::Error::new(
-                io::ErrorKind::NotConnected,
-                "no master station is configured in this client for terminal links",
-            ),
-        })?;
+        let master = self.master(m)?;
         let content = master
             .forward(
                 terminal,

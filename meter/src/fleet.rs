@@ -11,7 +11,7 @@
 use chrono::NaiveDateTime;
 use serde::Serialize;
 
-use crate::client::{FrozenReading, MeterError, ModbusMeterClient};
+use crate::client::{FrozenReading, MeterError, ModbusMeterClient, RtuAddress};
 use crate::dlt645::{self, RelayCommand as RelayCommand645};
 use crate::dlt645_client::{Dlt645Client, Dlt645ClientError, Dlt645Meter};
 use crate::registers::{MeterAddress, RelayCommand, RelayState};
@@ -22,6 +22,8 @@ use crate::registers::{MeterAddress, RelayCommand, RelayState};
 pub enum MeterLink {
     /// Modbus TCP: a gateway and the meter's unit id.
     Modbus(MeterAddress),
+    /// Modbus RTU: a local serial port and the meter's unit id.
+    ModbusRtu(RtuAddress),
     /// DL/T 645-2007 behind a serial gateway, on a local serial port, or behind a 1376.1
     /// terminal.
     Dlt645(Dlt645Meter),
@@ -31,6 +33,7 @@ impl std::fmt::Display for MeterLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             MeterLink::Modbus(a) => write!(f, "Modbus {a}"),
+            MeterLink::ModbusRtu(a) => write!(f, "Modbus RTU {a}"),
             MeterLink::Dlt645(m) => write!(f, "DL/T 645 {m}"),
         }
     }
@@ -135,6 +138,7 @@ impl FleetClient {
     pub async fn read_daily_frozen(&self, link: &MeterLink) -> Result<FrozenReading, LinkError> {
         Ok(match link {
             MeterLink::Modbus(a) => self.modbus.read_daily_frozen(*a).await?,
+            MeterLink::ModbusRtu(a) => self.modbus.read_daily_frozen(*a).await?,
             MeterLink::Dlt645(m) => {
                 let r = self.dlt645.read_daily_frozen(m).await?;
                 FrozenReading {
@@ -150,6 +154,7 @@ impl FleetClient {
     pub async fn read_relay(&self, link: &MeterLink) -> Result<RelayState, LinkError> {
         Ok(match link {
             MeterLink::Modbus(a) => self.modbus.read_relay(*a).await?,
+            MeterLink::ModbusRtu(a) => self.modbus.read_relay(*a).await?,
             MeterLink::Dlt645(m) => relay_state_of(self.dlt645.read_status(m).await?),
         })
     }
@@ -166,6 +171,7 @@ impl FleetClient {
     ) -> Result<(), LinkError> {
         match link {
             MeterLink::Modbus(a) => Ok(self.modbus.send_relay(*a, command).await?),
+            MeterLink::ModbusRtu(a) => Ok(self.modbus.send_relay(*a, command).await?),
             MeterLink::Dlt645(m) => Ok(self
                 .dlt645
                 .send_relay(m, command_645(command), valid_until)

@@ -427,6 +427,54 @@ impl RegisterDef {
     }
 }
 
+impl RegisterDef {
+    /// The words a meter shows for `value` (in `unit`): the inverse of
+    /// [`decode`](Self::decode), used by the simulator to serve a map. Fails when the value
+    /// is not a whole number of `scale` steps or does not fit the data type.
+    pub fn encode(&self, value: Decimal) -> Result<Vec<u16>, MapError> {
+        let bad = |problem: String| MapError::BadValue {
+            register: self.name.clone(),
+            address: self.address,
+            problem,
+        };
+        let raw = value / self.scale;
+        let bits: u32 = match self.data_type {
+            DataType::F32 => {
+                let f: f32 = raw
+                    .to_string()
+                    .parse()
+                    .map_err(|e| bad(format!("{raw} is not a float32 ({e})")))?;
+                f.to_bits()
+            }
+            integer => {
+                if raw.fract() != Decimal::ZERO {
+                    return Err(bad(format!(
+                        "{value} is not a whole number of {} steps",
+                        self.scale
+                    )));
+                }
+                let n = i64::try_from(raw).map_err(|_| bad(format!("{raw} is out of range")))?;
+                let fits = match integer {
+                    DataType::U16 => (0..=0xFFFF).contains(&n),
+                    DataType::I16 => (-0x8000..=0x7FFF).contains(&n),
+                    DataType::U32 => (0..=0xFFFF_FFFF).contains(&n),
+                    _ => (-0x8000_0000..=0x7FFF_FFFF).contains(&n),
+                };
+                if !fits {
+                    return Err(bad(format!("{raw} does not fit a {integer:?}")));
+                }
+                n as u32
+            }
+        };
+        let (hi, lo) = ((bits >> 16) as u16, bits as u16);
+        Ok(match (self.data_type.words(), self.word_order) {
+            (1, _) => vec![lo],
+            (_, WordOrder::HighFirst) => vec![hi, lo],
+            (_, WordOrder::LowFirst) => vec![lo, hi],
+        })
+    }
+}
+
 /// Modbus RTU framing (the serial-line PDU + unit id + CRC), used for field tools and to
 /// check register maps against captured frames. Live RTU traffic goes through tokio-modbus.
 pub mod rtu {
@@ -726,6 +774,22 @@ mod tests {
                 .unwrap(),
             dec("0.01")
         );
+        // Encoding is the inverse (what the simulator serves).
+        for (r, v) in [
+            (&abcd, "230.2"),
+            (&cdab, "12345.67"),
+            (&reg(DataType::I32, WordOrder::HighFirst, "0.01"), "-1"),
+            (
+                &reg(DataType::U32, WordOrder::LowFirst, "0.01"),
+                "999999.99",
+            ),
+            (&reg(DataType::I16, WordOrder::HighFirst, "0.1"), "-3276.8"),
+        ] {
+            assert_eq!(r.decode(&r.encode(dec(v)).unwrap()).unwrap(), dec(v), "{v}");
+        }
+        let u16_reg = reg(DataType::U16, WordOrder::HighFirst, "0.01");
+        assert!(u16_reg.encode(dec("655.36")).is_err(), "out of range");
+        assert!(u16_reg.encode(dec("1.005")).is_err(), "not a step");
         // NaN is not a reading; wrong word count is not a value.
         let err = abcd.decode(&[0x7FC0, 0x0000]).unwrap_err();
         assert!(err.to_string().contains("word order"), "{err}");

@@ -1,16 +1,27 @@
 //! RS485 on a local serial port (a USB–RS485 adapter, a board's UART): the line settings and
-//! opening the port with tokio-serial. The DL/T 645 client drives a serial line through the
-//! same queue, timeouts, retries and stale-reply filtering as a TCP serial gateway
-//! ([`crate::dlt645_client`]); the line is one RS485 bus, so one request at a time.
+//! opening the port with tokio-serial. The DL/T 645 client ([`crate::dlt645_client`]) and the
+//! Modbus client ([`crate::client`], Modbus RTU) drive a serial line through the same queue,
+//! timeouts and retries as a TCP gateway (the crate's `bus` module); the line is one RS485
+//! bus, so one request at a time. A port carries one protocol: the two clients each hold the
+//! ports they use open (exclusively), so DL/T 645 and Modbus RTU meters need separate ports.
 
 use std::collections::HashSet;
 use std::fmt;
 use std::io;
-use std::sync::{Mutex, OnceLock};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio_serial::{DataBits, SerialPortBuilderExt, SerialStream, StopBits};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_serial::{
+    ClearBuffer, DataBits, SerialPort as _, SerialPortBuilderExt, SerialStream, StopBits,
+};
+
+/// What to check when a serial port cannot be opened or fails.
+pub(crate) const PORT_HINT: &str = "check that the port exists (the RS485 adapter is plugged \
+     in), that no other program holds it, and that this user may open it";
 
 /// Parity of a serial line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -76,6 +87,14 @@ impl SerialLine {
         Self::new(path, 2400, Parity::Even)
     }
 
+    /// A line with Feegate's Modbus RTU default settings: 9600 baud, 8N1 (the default the
+    /// `meters` schema documents, migration 0005). Meters ship with various settings (and
+    /// the Modbus serial-line guide asks for even parity by default): store the meter's
+    /// `baud_rate` / `parity` when they differ.
+    pub fn modbus_rtu(path: &str) -> Self {
+        Self::new(path, 9600, Parity::None)
+    }
+
     /// Opens the port (8 data bits, 1 stop bit). Errors name the port.
     pub fn open(&self) -> io::Result<SerialStream> {
         let parity = match self.parity {
@@ -107,6 +126,61 @@ impl fmt::Display for SerialLine {
             Parity::Odd => 'O',
         };
         write!(f, "serial port {} {} 8{p}1", self.path, self.baud)
+    }
+}
+
+/// An open serial port shared by the protocol stack that reads and writes it (tokio-modbus
+/// owns its transport) and the queue that discards stale input before each request.
+/// Only the bus's queue holder uses it, so the inner lock is never contended.
+#[derive(Clone)]
+pub(crate) struct SharedPort(Arc<Mutex<SerialStream>>);
+
+impl SharedPort {
+    pub(crate) fn new(stream: SerialStream) -> Self {
+        SharedPort(Arc::new(Mutex::new(stream)))
+    }
+
+    fn port(&self) -> std::sync::MutexGuard<'_, SerialStream> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops whatever the line has delivered but nobody asked for yet (a late reply to an
+    /// earlier request, noise); returns how many bytes that was.
+    pub(crate) fn discard_input(&self) -> io::Result<u32> {
+        let port = self.port();
+        let n = port.bytes_to_read().map_err(io::Error::from)?;
+        if n > 0 {
+            port.clear(ClearBuffer::Input).map_err(io::Error::from)?;
+        }
+        Ok(n)
+    }
+}
+
+impl AsyncRead for SharedPort {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.port()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SharedPort {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.port()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.port()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.port()).poll_shutdown(cx)
     }
 }
 
@@ -145,6 +219,13 @@ impl PtyPair {
             io::ErrorKind::TimedOut,
             "socat did not create the pseudo-terminal pair within 2 s",
         ))
+    }
+
+    /// A pair for a test, or `None` after printing why (socat missing): the test skips.
+    pub fn for_test(name: &str) -> Option<PtyPair> {
+        PtyPair::new(name)
+            .inspect_err(|e| eprintln!("skipping: {e}"))
+            .ok()
     }
 
     /// The host's end.

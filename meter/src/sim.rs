@@ -42,11 +42,14 @@
 //!
 //! Fault knobs for tests: [`SimFleet::set_silent`], [`SimFleet::set_ack_without_state_change`],
 //! [`SimFleet::set_reply_delay`], [`SimFleet::set_transient_zero`], [`SimFleet::set_garbled`],
-//! [`SimFleet::set_register`] (rollover), [`SimFleet::replace_meter`].
+//! [`SimFleet::set_register`] (rollover), [`SimFleet::replace_meter`],
+//! [`SimFleet::set_clock_offset`] (clock drift).
 //!
 //! The same meters also speak DL/T 645-2007 ([`SimFleet::serve_dlt645`], a TCP serial gateway
 //! per group of meters) and sit behind Q/GDW 1376.1 terminals
-//! ([`SimFleet::run_terminal`]); see `sim_dlt645.rs`.
+//! ([`SimFleet::run_terminal`]); see `sim_dlt645.rs`. They speak Modbus RTU on a local serial
+//! port ([`SimFleet::serve_modbus_rtu`], `sim_modbus_rtu.rs`), in this map or as the meter type
+//! of a register map.
 
 use std::future::Future;
 use std::io;
@@ -68,6 +71,8 @@ use crate::profile::{ProfileError, Profiles};
 
 #[path = "sim_dlt645.rs"]
 mod front645;
+#[path = "sim_modbus_rtu.rs"]
+mod front_rtu;
 use crate::registers::{
     ENERGY_REGISTER_MODULUS, FrozenRecord, HOLDING_RELAY_COMMAND, INPUT_ENERGY,
     INPUT_FROZEN_ENERGY, INPUT_RELAY_STATE, MAX_READ_QUANTITY, MAX_UNITS_PER_GATEWAY, RelayCommand,
@@ -247,6 +252,12 @@ struct Faults {
     keep_power: bool,
     /// DL/T 645 relay commands must be sealed by a security module (password level 98H).
     requires_security: bool,
+    /// The meter's clock runs this many seconds ahead of the simulated clock (negative:
+    /// behind): clock drift, [`SimFleet::set_clock_offset`], corrected by a DL/T 645
+    /// broadcast time.
+    clock_offset_secs: i64,
+    /// Meter date of the last broadcast time applied (DL/T 645: once a day).
+    time_synced_on: Option<NaiveDate>,
 }
 
 impl Meter {
@@ -672,6 +683,21 @@ impl SimFleet {
         self.with_meter(i, |m| m.faults.keep_power = on)
     }
 
+    /// Fault knob: meter `i`'s clock runs `secs` seconds ahead of the simulated clock
+    /// (negative: behind). What the meter reports as its date and time (DL/T 645 04000101 /
+    /// 04000102) and checks relay deadlines against; freezing still follows the simulated
+    /// midnight.
+    pub fn set_clock_offset(&self, i: usize, secs: i64) -> Result<(), SimError> {
+        self.with_meter(i, |m| m.faults.clock_offset_secs = secs)
+    }
+
+    /// Meter `i`'s own clock: the simulated clock plus its offset (`None` before the clock
+    /// starts).
+    pub fn meter_time(&self, i: usize) -> Result<Option<NaiveDateTime>, SimError> {
+        let now = self.now();
+        self.with_meter(i, |m| m.clock(now))
+    }
+
     /// Meter `i` accepts DL/T 645 relay commands only sealed by a security module.
     pub fn set_requires_security(&self, i: usize, on: bool) -> Result<(), SimError> {
         self.with_meter(i, |m| m.faults.requires_security = on)
@@ -797,6 +823,48 @@ impl SimFleet {
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for t in tasks {
             t.abort();
+        }
+    }
+}
+
+impl SimFleet {
+    /// Keeps a front end's task until [`shutdown`](Self::shutdown).
+    fn keep(&self, task: JoinHandle<()>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+    }
+}
+
+/// Serves one RS485 line reached as a byte stream (a serial gateway's TCP connection, a
+/// serial port): bytes are handed to `answer`, which frames requests and returns each reply
+/// with the meter's delay; replies go out one at a time, in order, after their delay (the
+/// line is busy meanwhile). Ends when the stream closes or the fleet is gone.
+async fn serve_line<F>(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    fleet: std::sync::Weak<SimFleet>,
+    mut answer: F,
+) where
+    F: FnMut(&SimFleet, &[u8]) -> Vec<(Vec<u8>, Option<Duration>)>,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let Some(f) = fleet.upgrade() else { return };
+        let replies = answer(&f, &chunk[..n]);
+        drop(f);
+        for (reply, delay) in replies {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            if stream.write_all(&reply).await.is_err() {
+                return;
+            }
         }
     }
 }

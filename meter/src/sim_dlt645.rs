@@ -7,8 +7,15 @@
 //!   word 3 04000503; any other identifier gets an error reply "no requested data".
 //! - Read address (13H, to the wildcard address) answers with the meter's address when it is the
 //!   only answering meter on the bus; several meters collide (a garbled reply).
+//! - It also answers its date 04000101 and time 04000102: the simulated clock plus the meter's
+//!   clock offset ([`SimFleet::set_clock_offset`]).
+//! - Broadcast time (08H to 999999999999, or addressed to one meter) gets no reply, as the
+//!   standard says. A meter applies it only as DL/T 645-2007 allows: the new time within
+//!   ±5 minutes of its clock, once per day, and not around midnight (the simulator refuses
+//!   within 5 minutes of 00:00 on either clock, where the daily freeze happens). Anything
+//!   else is ignored, silently, as by a real meter.
 //! - Relay control (1CH) in plaintext with password [`SIM_PASSWORD`] (level 02); the deadline is
-//!   checked against the simulated clock; a trip under keep-power is refused. A meter set to
+//!   checked against the meter's clock; a trip under keep-power is refused. A meter set to
 //!   require the security module refuses plaintext commands (password error / unauthorised).
 //!   The simulator has no ESAM: sealed commands are refused with "MAC error" — it never
 //!   pretends to check a MAC.
@@ -26,6 +33,7 @@ use crate::dlt645::{
 };
 use crate::dlt645_client::{Dlt645Meter, Link};
 use crate::qgdw376::{self as q, Body, Q376Frame, TerminalAddress};
+use chrono::Timelike;
 
 /// The password simulated meters accept for plaintext relay commands: level 02, code 123456.
 pub const SIM_PASSWORD: Password = Password {
@@ -63,7 +71,38 @@ const RELAY_ERR_PASSWORD: u16 = 1 << 2;
 const RELAY_ERR_DEADLINE: u16 = 1 << 4;
 const RELAY_ERR_KEEP_POWER: u16 = 1 << 5;
 
+/// How far a broadcast time may move a meter's clock (DL/T 645-2007: ±5 min).
+const TIME_SYNC_WINDOW_SECS: i64 = 5 * 60;
+
 impl Meter {
+    /// The meter's own clock: `now` (the simulated clock) plus its offset.
+    pub(super) fn clock(&self, now: Option<NaiveDateTime>) -> Option<NaiveDateTime> {
+        now.map(|t| t + chrono::Duration::seconds(self.faults.clock_offset_secs))
+    }
+
+    /// Applies a broadcast time `t` if the standard's conditions hold (see the module docs);
+    /// returns whether the clock was set.
+    fn time_sync(&mut self, now: Option<NaiveDateTime>, t: NaiveDateTime) -> bool {
+        let (Some(sim_now), Some(clock)) = (now, self.clock(now)) else {
+            return false;
+        };
+        let near_midnight = |x: NaiveDateTime| {
+            let secs = i64::from(x.time().num_seconds_from_midnight());
+            !(TIME_SYNC_WINDOW_SECS..=86_400 - TIME_SYNC_WINDOW_SECS).contains(&secs)
+        };
+        if self.silent()
+            || (t - clock).num_seconds().abs() > TIME_SYNC_WINDOW_SECS
+            || near_midnight(clock)
+            || near_midnight(t)
+            || self.faults.time_synced_on == Some(clock.date())
+        {
+            return false;
+        }
+        self.faults.clock_offset_secs = (t - sim_now).num_seconds();
+        self.faults.time_synced_on = Some(t.date());
+        true
+    }
+
     fn status_word3(&self) -> StatusWord3 {
         let mut bits = match self.relay {
             RelayState::Closed => 0,
@@ -107,6 +146,18 @@ impl Meter {
                         ]
                     }),
                     0x0400_0503 => Some(self.status_word3().bits().to_le_bytes().to_vec()),
+                    // Date `WW DD MM YY` and time `ss mm hh` of the meter's clock.
+                    0x0400_0101 => self.clock(now).map(|t| {
+                        vec![
+                            bcd1(t.weekday().num_days_from_sunday()),
+                            bcd1(t.day()),
+                            bcd1(t.month()),
+                            bcd1(t.year().rem_euclid(100) as u32),
+                        ]
+                    }),
+                    0x0400_0102 => self
+                        .clock(now)
+                        .map(|t| vec![bcd1(t.second()), bcd1(t.minute()), bcd1(t.hour())]),
                     _ => None,
                 };
                 Some(match value {
@@ -141,7 +192,8 @@ impl Meter {
                 if self.faults.requires_security || req.password != SIM_PASSWORD {
                     return refuse(RELAY_ERR_PASSWORD);
                 }
-                if let (Some(now), Some(deadline)) = (now, req.control.valid_until.to_naive())
+                if let (Some(now), Some(deadline)) =
+                    (self.clock(now), req.control.valid_until.to_naive())
                     && deadline < now
                 {
                     return refuse(RELAY_ERR_DEADLINE);
@@ -202,6 +254,10 @@ impl SimFleet {
         {
             return self.read_address_on(bus);
         }
+        if frame.control().function() == Function::BroadcastTime && !frame.control().is_reply() {
+            self.time_sync_on(bus, frame);
+            return (None, None);
+        }
         if !frame.address().is_unicast() {
             return (None, None);
         }
@@ -222,6 +278,23 @@ impl SimFleet {
             return (reply, m.reply_delay);
         }
         (None, None)
+    }
+
+    /// Broadcast time (08H) on the bus of meters `bus`: to 999999999999 every meter, or the
+    /// addressed one, sets its clock if the standard allows (see the module docs). No reply.
+    fn time_sync_on(&self, bus: Range<usize>, frame: &Frame) {
+        let Ok(d::Payload::BroadcastTime { time }) = d::Payload::from_frame(frame) else {
+            return;
+        };
+        let Some(t) = time.to_naive() else { return };
+        let mut st = self.shared.lock();
+        let now = st.now;
+        for i in bus {
+            if frame.address() == Address::BROADCAST || frame.address() == dlt645_address(i) {
+                let applied = st.meters[i].time_sync(now, t);
+                tracing::debug!(meter = i, %t, applied, "simulated meter got a broadcast time");
+            }
+        }
     }
 
     /// Read address (13H to AAAAAAAAAAAA): every answering meter on the bus replies with its
@@ -288,10 +361,7 @@ impl SimFleet {
                     tokio::spawn(serve_bus(stream, fleet, bus));
                 }
             });
-            self.tasks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(task);
+            self.keep(task);
         }
         Ok(out)
     }
@@ -315,11 +385,7 @@ impl SimFleet {
                 requires_security: false,
             })
             .collect();
-        let task = tokio::spawn(serve_bus(stream, Arc::downgrade(self), bus));
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
+        self.keep(tokio::spawn(serve_bus(stream, Arc::downgrade(self), bus)));
         Ok(meters)
     }
 
@@ -391,10 +457,7 @@ impl SimFleet {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
+        self.keep(task);
         meters
     }
 }
@@ -403,32 +466,21 @@ impl SimFleet {
 pub const TERMINAL_METER_PORT: u8 = 0x1F;
 
 async fn serve_bus(
-    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     fleet: std::sync::Weak<SimFleet>,
     bus: Range<usize>,
 ) {
     let mut decoder = StreamDecoder::new();
-    let mut buf = [0u8; 512];
-    loop {
-        let n = match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        decoder.push(&buf[..n]);
-        while let Some(frame) = decoder.next_frame() {
-            let Some(fleet) = fleet.upgrade() else { return };
-            let (reply, delay) = fleet.dlt645_exchange(bus.clone(), &frame);
-            drop(fleet);
-            if let Some(reply) = reply {
-                if let Some(d) = delay {
-                    tokio::time::sleep(d).await;
-                }
-                if stream.write_all(&reply).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
+    serve_line(stream, fleet, move |fleet, bytes| {
+        decoder.push(bytes);
+        std::iter::from_fn(|| decoder.next_frame())
+            .filter_map(|frame| match fleet.dlt645_exchange(bus.clone(), &frame) {
+                (Some(reply), delay) => Some((reply, delay)),
+                (None, _) => None,
+            })
+            .collect()
+    })
+    .await
 }
 
 async fn terminal_session(

@@ -25,16 +25,6 @@ fn at(d: u32, h: u32) -> NaiveDateTime {
         .unwrap()
 }
 
-fn pty(name: &str) -> Option<PtyPair> {
-    match PtyPair::new(name) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            eprintln!("skipping: {e}");
-            None
-        }
-    }
-}
-
 fn line(p: &Path) -> SerialLine {
     SerialLine::dlt645(p.to_str().unwrap())
 }
@@ -64,7 +54,9 @@ async fn serial_fleet(pty: &PtyPair, n: usize) -> (Arc<SimFleet>, Vec<Dlt645Mete
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_and_switches_meters_on_a_local_serial_port() {
-    let Some(pty) = pty("read") else { return };
+    let Some(pty) = PtyPair::for_test("read") else {
+        return;
+    };
     let (fleet, meters) = serial_fleet(&pty, 3).await;
     assert!(matches!(meters[0].link, Link::Serial(l) if l.baud == 2400));
     let c = client(500, 1);
@@ -99,7 +91,9 @@ async fn reads_and_switches_meters_on_a_local_serial_port() {
 /// goes on serving the other meters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_replies_are_stale_and_silence_is_a_timeout_on_a_serial_line() {
-    let Some(pty) = pty("stale") else { return };
+    let Some(pty) = PtyPair::for_test("stale") else {
+        return;
+    };
     let (fleet, meters) = serial_fleet(&pty, 3).await;
     let c = client(150, 0);
     fleet

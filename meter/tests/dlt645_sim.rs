@@ -295,3 +295,62 @@ async fn read_address_finds_the_only_meter_on_a_bus() {
     let e = c.read_address(shared[0].link).await.unwrap_err();
     assert!(e.is_timeout(), "{e}");
 }
+
+/// Broadcast time (08H to 999999999999): no meter replies; every meter on the bus whose clock
+/// is within ±5 minutes of the time sent sets its clock to it, once a day; a meter further
+/// off ignores it (DL/T 645-2007). A later read of date 04000101 and time 04000102 shows the
+/// result, through a serial gateway and through a 1376.1 terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_time_sets_the_clocks_it_may_and_nobody_replies() {
+    let (fleet, meters) = fleet(3, 3).await;
+    let noon = at(2013, 1, 3, 12);
+    let secs = chrono::Duration::seconds;
+    let c = Dlt645Client::new(config(500, 0), None);
+    // Meter 0 runs 3 min fast, meter 1 2 min slow, meter 2 10 min fast.
+    for (i, off) in [(0, 180), (1, -120), (2, 600)] {
+        fleet.set_clock_offset(i, off).unwrap();
+        assert_eq!(c.read_clock(&meters[i]).await.unwrap(), noon + secs(off));
+    }
+    c.broadcast_time(meters[0].link, noon).await.unwrap();
+    assert_eq!(c.read_clock(&meters[0]).await.unwrap(), noon);
+    assert_eq!(c.read_clock(&meters[1]).await.unwrap(), noon);
+    assert_eq!(
+        c.read_clock(&meters[2]).await.unwrap(),
+        noon + secs(600),
+        "10 minutes off: beyond ±5 min, ignored"
+    );
+    assert_eq!(c.stale_replies(), 0, "no meter replied to the broadcast");
+    // Once a day: a second broadcast the same day changes nothing.
+    c.broadcast_time(meters[0].link, noon + secs(120))
+        .await
+        .unwrap();
+    assert_eq!(c.read_clock(&meters[0]).await.unwrap(), noon);
+    // The meter's clock runs with the simulated one; the next day it may be set again.
+    fleet.advance_to(at(2013, 1, 4, 12)).unwrap();
+    let next = at(2013, 1, 4, 12) + secs(90);
+    c.broadcast_time(meters[0].link, next).await.unwrap();
+    assert_eq!(c.read_clock(&meters[0]).await.unwrap(), next);
+    assert_eq!(fleet.meter_time(0).unwrap(), Some(next));
+    // Not around midnight, where the daily freeze happens.
+    fleet.advance_to(at(2013, 1, 5, 0) + secs(60)).unwrap();
+    let m1 = fleet.meter_time(1).unwrap().unwrap();
+    c.broadcast_time(meters[1].link, m1 + secs(30))
+        .await
+        .unwrap();
+    assert_eq!(c.read_clock(&meters[1]).await.unwrap(), m1);
+
+    // Through a collection terminal: the terminal forwards it, the meters behind it set
+    // their clocks.
+    let master = Master::bind(SocketAddr::new(LOCALHOST, 0), 2, Pw::default())
+        .await
+        .unwrap();
+    let t: TerminalAddress = "0200-0042".parse().unwrap();
+    let behind = fleet.run_terminal(master.local_addr(), t, 0..3, Duration::from_secs(60));
+    assert!(master.wait_online(t, Duration::from_secs(5)).await);
+    let tc = Dlt645Client::new(config(500, 0), Some(master));
+    fleet.advance_to(at(2013, 1, 5, 9)).unwrap();
+    let before = fleet.meter_time(2).unwrap().unwrap();
+    let set = before - secs(240);
+    tc.broadcast_time(behind[2].link, set).await.unwrap();
+    assert_eq!(tc.read_clock(&behind[2]).await.unwrap(), set);
+}

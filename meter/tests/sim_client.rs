@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, NaiveDateTime};
-use feegate_meter::client::{ClientConfig, FrozenReading, MeterError, ModbusMeterClient};
+use feegate_meter::client::{
+    ClientConfig, FrozenReading, MeterError, ModbusBus, ModbusMeterClient,
+};
 use feegate_meter::profile::Profiles;
 use feegate_meter::registers::{MeterAddress, RelayCommand, RelayState, hundredths_to_kwh};
 use feegate_meter::sim::{SimError, SimFleet};
@@ -166,8 +168,8 @@ async fn meter_without_data_for_the_day_does_not_answer() {
     let err = c.read_energy(addrs[i]).await.unwrap_err();
     let waited = t0.elapsed();
     match err {
-        MeterError::Timeout { gateway, unit } => {
-            assert_eq!(gateway, addrs[i].gateway);
+        MeterError::Timeout { bus, unit } => {
+            assert_eq!(bus, ModbusBus::Gateway(addrs[i].gateway));
             assert_eq!(unit, 15);
         }
         other => panic!("expected a timeout, got {other}"),
@@ -508,8 +510,10 @@ async fn concurrent_requests_to_one_gateway_are_serialised_and_all_correct() {
             .set_reply_delay(i, Some(Duration::from_millis(2)))
             .unwrap();
     }
+    // The timeout counts from the request going on the wire, not from joining the queue:
+    // 300 requests of 2 ms each queue for longer than one timeout, and all succeed.
     let c = ModbusMeterClient::new(ClientConfig {
-        timeout: Duration::from_secs(5),
+        timeout: Duration::from_millis(200),
         retries: 0,
         retry_backoff: Duration::from_millis(10),
     });

@@ -248,10 +248,63 @@ impl ChannelsConfig {
                 }
             }
         }
+        // Too short and honest clock drift refuses real payments; too long and a captured
+        // notification stays replayable (it would still be applied once: the inbox key).
+        if !(30..=3600).contains(&raw.signature_window_seconds) {
+            return Err(ConfigError::Parse {
+                path: PathBuf::new(),
+                message: format!(
+                    "signature_window_seconds = {} is outside 30..=3600 (default 300: five minutes of clock difference)",
+                    raw.signature_window_seconds
+                ),
+            });
+        }
         Ok(Self {
             signature_window_seconds: raw.signature_window_seconds,
             channels,
             auto_debit: raw.auto_debit,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ChannelsConfig, ConfigError> {
+        ChannelsConfig::parse(text, Path::new("."), |_| None)
+    }
+
+    const KIOSK: &str = "[channels.kiosk]\nauth = \"hmac-sha256\"\nsecret = \"0123456789abcdef0123\"\nmax_amount_yuan = \"5000\"\n";
+
+    #[test]
+    fn the_signature_window_is_refused_outside_its_range() {
+        for (window, ok) in [
+            (0, false),
+            (29, false),
+            (30, true),
+            (300, true),
+            (3600, true),
+            (3601, false),
+            (86_400, false),
+        ] {
+            let got = parse(&format!("signature_window_seconds = {window}\n{KIOSK}"));
+            assert_eq!(got.is_ok(), ok, "{window}: {got:?}");
+            if let Err(e) = got {
+                assert!(e.to_string().contains("30..=3600"), "{e}");
+            }
+        }
+        assert_eq!(parse(KIOSK).unwrap().signature_window_seconds, 300);
+    }
+
+    #[test]
+    fn a_short_or_missing_secret_is_refused() {
+        let short = parse("[channels.kiosk]\nauth = \"hmac-sha256\"\nsecret = \"short\"\nmax_amount_yuan = \"5000\"\n").unwrap_err();
+        assert!(
+            short.to_string().contains("shorter than 16 bytes"),
+            "{short}"
+        );
+        let unset = parse("[channels.kiosk]\nauth = \"hmac-sha256\"\nsecret_env = \"NOPE\"\nmax_amount_yuan = \"5000\"\n").unwrap_err();
+        assert!(unset.to_string().contains("NOPE"), "{unset}");
     }
 }

@@ -70,6 +70,8 @@ pub enum ResultCode {
     BadSignature,
     /// The body is not a notification (HTTP 400).
     BadRequest,
+    /// The body is over [`MAX_BODY_BYTES`] (HTTP 413); nothing was read or stored.
+    BodyTooLarge,
     /// Amount not a positive decimal string with at most 2 decimals (HTTP 422).
     BadAmount,
     /// Amount over the channel's maximum (HTTP 422).
@@ -102,6 +104,7 @@ impl ResultCode {
             Self::StaleTimestamp => "stale-timestamp",
             Self::BadSignature => "bad-signature",
             Self::BadRequest => "bad-request",
+            Self::BodyTooLarge => "body-too-large",
             Self::BadAmount => "bad-amount",
             Self::AmountOverLimit => "amount-over-limit",
             Self::WrongCurrency => "wrong-currency",
@@ -123,6 +126,7 @@ impl ResultCode {
                 StatusCode::UNAUTHORIZED
             }
             Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownOriginal | Self::Conflict => StatusCode::CONFLICT,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
@@ -398,8 +402,13 @@ pub struct ChannelsState {
 pub fn router(state: ChannelsState) -> Router {
     Router::new()
         .route("/channels/{channel}/notify", post(notify))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
+
+/// Largest notification body accepted, bytes. A notification is a few hundred bytes;
+/// anything near this is not one.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -411,9 +420,26 @@ async fn notify(
     State(state): State<ChannelsState>,
     Path(channel): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Answer {
     let accepted = Instant::now();
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(channel, error = %e, "notification body refused");
+            return Answer::new(
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ResultCode::BodyTooLarge
+                } else {
+                    ResultCode::BadRequest
+                },
+                None,
+                format!(
+                    "the body could not be read ({e}); a notification is at most {MAX_BODY_BYTES} bytes of JSON"
+                ),
+            );
+        }
+    };
     let Some(cfg) = state.config.channels.get(&channel) else {
         return Answer::new(
             ResultCode::UnknownChannel,

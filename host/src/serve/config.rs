@@ -46,9 +46,9 @@
 //! utc_offset_hours = 8
 //! ```
 
-use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Value};
+use figment::{Figment, Provider};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -352,10 +352,8 @@ impl ServeConfig {
             check_file(path, &text)?;
             figment = figment.merge(Toml::string(&text));
         }
-        figment = figment.merge(Serialized::defaults(env_overrides(env)));
-        let config: ServeConfig = figment
-            .extract()
-            .map_err(|e| ConfigError::Env(e.to_string()))?;
+        figment = figment.merge(Serialized::defaults(env_overrides(env)?));
+        let config: ServeConfig = figment.extract().map_err(env_error)?;
         config.check()?;
         Ok(config)
     }
@@ -408,9 +406,12 @@ const ENV_SECTIONS: [&str; 8] = [
     "server", "database", "meters", "schedule", "registry", "cluster", "channels", "auth",
 ];
 
-/// `FEEGATE_<SECTION>__<KEY>=value` pairs as a nested dictionary; values are parsed the
-/// way figment parses environment values (numbers, booleans, else strings).
-fn env_overrides(env: impl IntoIterator<Item = (String, String)>) -> Dict {
+/// `FEEGATE_<SECTION>__<KEY>=value` pairs as a nested dictionary. A key whose default is a
+/// string (a host id, a URL, an address, a cron expression) takes the value as written, so
+/// `FEEGATE_CLUSTER__HOST_ID=42` is the host id "42"; other values are parsed the way
+/// figment parses environment values (numbers, booleans, else strings). A variable naming
+/// a section that does not exist is refused, so a typo cannot silently change nothing.
+fn env_overrides(env: impl IntoIterator<Item = (String, String)>) -> Result<Dict, ConfigError> {
     let mut dict = Dict::new();
     let mut env: Vec<(String, String)> = env.into_iter().collect();
     // `FEEGATE_DB`, which every other command reads, names the database here too, so
@@ -424,6 +425,11 @@ fn env_overrides(env: impl IntoIterator<Item = (String, String)>) -> Dict {
     {
         env.push(("FEEGATE_DATABASE__URL".into(), db));
     }
+    let defaults = Serialized::defaults(ServeConfig::default())
+        .data()
+        .ok()
+        .and_then(|mut profiles| profiles.remove(&figment::Profile::Default))
+        .unwrap_or_default();
     for (name, value) in env {
         let Some((section, key)) = name
             .strip_prefix("FEEGATE_")
@@ -432,18 +438,65 @@ fn env_overrides(env: impl IntoIterator<Item = (String, String)>) -> Dict {
             continue;
         };
         let section = section.to_ascii_lowercase();
+        let key = key.to_ascii_lowercase();
         if !ENV_SECTIONS.contains(&section.as_str()) {
-            continue;
+            return Err(ConfigError::Env(format!(
+                "{name}: there is no section [{section}]; sections are {}",
+                ENV_SECTIONS.join(", ")
+            )));
         }
+        let default_is_string = matches!(
+            defaults.get(&section),
+            Some(Value::Dict(_, keys)) if matches!(keys.get(&key), Some(Value::String(..)))
+        );
+        let parsed: Value = if default_is_string {
+            Value::from(value)
+        } else {
+            value.parse().unwrap_or_else(|never| match never {})
+        };
         let entry = dict
             .entry(section)
             .or_insert_with(|| Value::from(Dict::new()));
         if let Value::Dict(_, keys) = entry {
-            let parsed: Value = value.parse().unwrap_or_else(|never| match never {});
-            keys.insert(key.to_ascii_lowercase(), parsed);
+            keys.insert(key, parsed);
         }
     }
-    dict
+    Ok(dict)
+}
+
+/// A merge error, which only an environment value can cause (the file was checked on its
+/// own): names the variable and what the key takes, in words rather than Rust types.
+fn env_error(e: figment::Error) -> ConfigError {
+    use figment::error::Kind;
+    let path = e.path.join(".");
+    let variable = format!(
+        "FEEGATE_{}",
+        e.path
+            .iter()
+            .map(|p| p.to_ascii_uppercase())
+            .collect::<Vec<_>>()
+            .join("__")
+    );
+    let wants = |expected: &str| -> String {
+        match expected {
+            "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number, 0 or more".into(),
+            "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".into(),
+            "f32" | "f64" => "a number".into(),
+            "a boolean" | "bool" => "true or false".into(),
+            other => other.to_string(),
+        }
+    };
+    let reason = match &e.kind {
+        Kind::InvalidType(actual, expected) => {
+            format!("{actual} given, {} expected", wants(expected))
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!("{actual} given, {} expected", wants(expected))
+        }
+        Kind::UnknownField(field, _) => format!("[{path}] has no key {field:?}"),
+        other => other.to_string(),
+    };
+    ConfigError::Env(format!("{variable} ({path}): {reason}"))
 }
 
 /// Parses the file on its own, for errors with a position.
@@ -610,7 +663,42 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            matches!(err, ConfigError::Env(ref m) if m.contains("retries")),
+            matches!(err, ConfigError::Env(ref m)
+                if m.contains("FEEGATE_METERS__RETRIES") && m.contains("a whole number")
+                    && !m.contains("u32")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn environment_values_take_the_type_of_their_key() {
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        // A numeric host id is a host id, not a number.
+        let c = ServeConfig::load(
+            None,
+            env(&[
+                ("FEEGATE_CLUSTER__HOST_ID", "42"),
+                ("FEEGATE_METERS__RETRIES", "5"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.cluster.host_id, "42");
+        assert_eq!(c.meters.retries, 5);
+        // A section that does not exist is refused, naming the variable.
+        let err = ServeConfig::load(None, env(&[("FEEGATE_METRES__RETRIES", "5")])).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Env(ref m) if m.contains("FEEGATE_METRES__RETRIES") && m.contains("no section [metres]")),
+            "{err}"
+        );
+        // So is a key the section does not have.
+        let err = ServeConfig::load(None, env(&[("FEEGATE_METERS__RETRY", "5")])).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Env(ref m) if m.contains("retry")),
             "{err}"
         );
     }

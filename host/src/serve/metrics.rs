@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | `feegate_job_duration_seconds` | histogram | county, job | each scheduled job run (`settlement` is the settlement stage alone) |
 //! | `feegate_job_failures_total` | counter | county, job | scheduled runs that returned an error |
-//! | `feegate_decisions_total` | counter | county, kind, outcome | the decision log, counted at scrape time |
+//! | `feegate_decisions_total` | counter | county, kind, outcome | the decision log, counted at scrape time (only rows added since the last scrape: the log is append-only and appended in id order, see `decision_log`) |
 //! | `feegate_outbox_depth` | gauge | county | SMS queued and not yet sent, at scrape time |
 //! | `feegate_relay_command_seconds` | histogram | county, command | created → confirmed, per confirmed relay command |
 //! | `feegate_read_success_rate` | gauge | county, station | readings stored / meters due, for the latest morning run |
@@ -13,6 +13,7 @@
 //! aggregate them with `max`, not `sum`, when several hosts serve one database.
 
 use crate::db::Db;
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -26,6 +27,9 @@ pub struct Metrics {
     pub relay_command: HistogramVec,
     pub read_success_rate: prometheus::GaugeVec,
     decisions: IntCounterVec,
+    /// The last `decision_id` counted into `decisions`; a scrape counts only rows after it
+    /// (held across the query so concurrent scrapes never count a row twice).
+    decisions_counted_to: tokio::sync::Mutex<i64>,
     outbox_depth: IntGaugeVec,
 }
 
@@ -99,27 +103,42 @@ impl Metrics {
             relay_command,
             read_success_rate,
             decisions,
+            decisions_counted_to: tokio::sync::Mutex::new(0),
             outbox_depth,
         }
     }
 
+    /// Starts a county's counters and gauges at zero, so each series exists from the first
+    /// scrape (a `rate()` or an alert on "failures > 0" needs the zero before the first one).
+    pub fn start_series(&self, county: &str, jobs: &[&str]) {
+        for job in jobs {
+            self.job_failures.with_label_values(&[county, job]);
+        }
+        self.outbox_depth.with_label_values(&[county]).set(0);
+    }
+
     /// Refreshes the database-derived metrics and renders everything as Prometheus text.
     pub async fn render(&self, db: &Db) -> Result<String, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT county, kind, outcome, COUNT(*) FROM decisions GROUP BY county, kind, outcome",
-        )
-        .fetch_all(&db.pool)
-        .await?;
-        for r in rows {
-            let (county, kind, outcome): (String, String, String) =
-                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
-            let n: i64 = r.try_get(3)?;
-            let counter = self
-                .decisions
-                .with_label_values(&[&county, &kind, &outcome]);
-            // The log is append-only, so its count only grows: advance the counter to it.
-            let have = counter.get();
-            counter.inc_by((n as u64).saturating_sub(have));
+        {
+            let mut counted_to = self.decisions_counted_to.lock().await;
+            let rows = sqlx::query(
+                "SELECT county, kind, outcome, CAST(COUNT(*) AS BIGINT), CAST(MAX(decision_id) AS BIGINT) FROM decisions
+                 WHERE decision_id > $1 GROUP BY county, kind, outcome",
+            )
+            .bind(*counted_to)
+            .fetch_all(&db.pool)
+            .await?;
+            let mut newest = *counted_to;
+            for r in rows {
+                let (county, kind, outcome): (String, String, String) =
+                    (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+                let n: i64 = r.try_get(3)?;
+                newest = newest.max(r.try_get(4)?);
+                self.decisions
+                    .with_label_values(&[&county, &kind, &outcome])
+                    .inc_by(n.max(0) as u64);
+            }
+            *counted_to = newest;
         }
         let rows = sqlx::query(
             "SELECT a.county, COUNT(*) FROM sms_outbox o JOIN accounts a ON a.account_id = o.account_id
@@ -127,7 +146,14 @@ impl Metrics {
         )
         .fetch_all(&db.pool)
         .await?;
-        self.outbox_depth.reset();
+        // Counties with nothing queued read 0 (not absent).
+        for m in self.outbox_depth.collect() {
+            for metric in m.get_metric() {
+                if let Some(l) = metric.get_label().first() {
+                    self.outbox_depth.with_label_values(&[l.value()]).set(0);
+                }
+            }
+        }
         for r in rows {
             let county: String = r.try_get(0)?;
             self.outbox_depth

@@ -188,6 +188,11 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Arc<ServeState>> {
             Some(service.state.clone())
         }
     };
+    let metrics = Arc::new(Metrics::new());
+    for c in &counties {
+        let jobs: Vec<&str> = Job::ALL.iter().map(|j| j.name()).collect();
+        metrics.start_series(&c.host.county.county, &jobs);
+    }
     Ok(Arc::new(ServeState {
         auth: crate::auth::extract::AuthState {
             db: db.clone(),
@@ -195,7 +200,7 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Arc<ServeState>> {
         },
         db,
         counties,
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         receipts,
         channels,
     }))
@@ -336,6 +341,9 @@ pub enum Job {
 }
 
 impl Job {
+    /// Every job, in schedule order.
+    pub const ALL: [Job; 4] = [Job::Morning, Job::Outbox, Job::Cutoff, Job::Relays];
+
     pub fn name(self) -> &'static str {
         match self {
             Job::Morning => "morning",
