@@ -364,6 +364,35 @@ async fn staff_approve_and_execute_a_cutoff_and_a_customer_pays_in_the_browser()
             (status.as_str(), executed_by.as_deref(), decided_by.as_deref()),
             ("done", Some("staff-b"), Some("staff-a"))
         );
+
+        // B also records an offline follow-up (抄收员线下催费) of the station as done.
+        let follow_up: i64 = sqlx::query_scalar(
+            "SELECT MIN(w.work_order_id) FROM work_orders w JOIN accounts a ON a.account_id = w.account_id
+             WHERE w.kind = 'offline-follow-up' AND w.status = 'open' AND a.station_id = $1",
+        )
+        .bind(&station)
+        .fetch_one(&db.pool)
+        .await
+        .expect("the station has an open offline follow-up that day");
+        c.goto(&format!("{base}/console/station")).await.unwrap();
+        wait_for(&c, &format!("#follow-up-{follow_up} button"), "the follow-up")
+            .await
+            .click()
+            .await
+            .unwrap();
+        wait_for(&c, "#follow-ups", "the station page again").await;
+        assert!(
+            c.find(Locator::Id(&format!("follow-up-{follow_up}"))).await.is_err(),
+            "a follow-up done leaves the list"
+        );
+        let (fu_status, fu_by): (String, Option<String>) = sqlx::query_as(
+            "SELECT status, decided_by FROM work_orders WHERE work_order_id = $1",
+        )
+        .bind(follow_up)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!((fu_status.as_str(), fu_by.as_deref()), ("done", Some("staff-b")));
         logout(&c).await;
 
         // The customer pays 100.00 through the app channel and sees the balance move.
