@@ -93,12 +93,10 @@ fn case_from(r: &AnyRow) -> Result<Case, DbError> {
     })
 }
 
-/// The approval queue: disconnection work orders open or approved (awaiting
-/// execution), oldest first, at most 200.
-pub async fn approval_queue(db: &Db, v: &Visibility) -> Result<Vec<Case>, DbError> {
+/// Disconnection cases in scope whose status is in `statuses` (SQL list), in `order`.
+async fn cases(db: &Db, v: &Visibility, statuses: &str, order: &str) -> Result<Vec<Case>, DbError> {
     let sql = format!(
-        "{CASE_SELECT} WHERE w.kind = 'approve-disconnection' AND w.status IN ('open', 'approved') AND {SCOPE_WHERE}
-         ORDER BY w.work_order_id LIMIT 200"
+        "{CASE_SELECT} WHERE w.kind = 'approve-disconnection' AND w.status IN ({statuses}) AND {SCOPE_WHERE} ORDER BY {order}"
     );
     query_scoped(&sql, v)
         .fetch_all(&db.pool)
@@ -108,19 +106,22 @@ pub async fn approval_queue(db: &Db, v: &Visibility) -> Result<Vec<Case>, DbErro
         .collect()
 }
 
-/// Disconnection work orders decided or executed lately (the 20 latest): what happened
-/// to the cases that left the queue.
+/// The approval queue: disconnection work orders open or approved (awaiting
+/// execution), oldest first, at most 200.
+pub async fn approval_queue(db: &Db, v: &Visibility) -> Result<Vec<Case>, DbError> {
+    cases(db, v, "'open', 'approved'", "w.work_order_id LIMIT 200").await
+}
+
+/// Disconnection work orders held, executed or cancelled lately (the 20 latest): what
+/// happened to the cases that left the queue.
 pub async fn recent_cases(db: &Db, v: &Visibility) -> Result<Vec<Case>, DbError> {
-    let sql = format!(
-        "{CASE_SELECT} WHERE w.kind = 'approve-disconnection' AND w.status IN ('held', 'done', 'cancelled') AND {SCOPE_WHERE}
-         ORDER BY w.work_order_id DESC LIMIT 20"
-    );
-    query_scoped(&sql, v)
-        .fetch_all(&db.pool)
-        .await?
-        .iter()
-        .map(case_from)
-        .collect()
+    cases(
+        db,
+        v,
+        "'held', 'done', 'cancelled'",
+        "w.work_order_id DESC LIMIT 20",
+    )
+    .await
 }
 
 /// One disconnection work order, if it exists (the caller authorizes).
