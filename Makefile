@@ -9,7 +9,7 @@ ARGS ?=
 PLUGINS := tariff-step warning-threshold notice-sms-zh cutoff-habit
 PLUGIN_FLAGS := $(foreach p,$(PLUGINS),-p policy-$(p)) -p hostile-policy -p impure-policy
 
-.PHONY: demo test plugins wasm-target fmt lint browser
+.PHONY: demo test plugins wasm-target fmt lint test-tools
 
 # rustup does not add targets by itself here (RUSTUP_AUTO_INSTALL=0).
 wasm-target:
@@ -22,17 +22,19 @@ plugins: wasm-target
 demo: plugins
 	@$(CARGO) run -q -p feegate -- demo $(ARGS)
 
-# The browser tests (host/tests/browser.rs) drive Debian's chromium through chromedriver;
-# installed here only when chromedriver is missing (as root, or with sudo when there is one).
-browser:
-	@command -v chromedriver >/dev/null 2>&1 || { \
+# Test tools from Debian's packages, installed only when missing (as root, or with sudo when
+# there is one): chromium and chromedriver for the browser tests (host/tests/browser.rs), socat
+# for the serial-port tests (DL/T 645 and Modbus RTU over a pseudo-terminal pair).
+test-tools:
+	@missing=""; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium chromium-driver"; \
+	command -v socat >/dev/null 2>&1 || missing="$$missing socat"; \
+	if [ -n "$$missing" ]; then \
 		SUDO=$$(test "$$(id -u)" = 0 || command -v sudo); \
-		$$SUDO apt-get update >&2 && $$SUDO apt-get install -y chromium chromium-driver >&2; }
+		$$SUDO apt-get update >&2 && $$SUDO apt-get install -y $$missing >&2; \
+	fi
 
-# Serial-port tests (DL/T 645 and Modbus RTU over a pseudo-terminal pair) need socat; without
-# it they print "skipping" and pass, so say so up front.
-test: plugins browser
-	@command -v socat >/dev/null || echo "note: socat is not installed: the serial-port tests will skip (apt-get install socat)" >&2
+test: plugins test-tools
 	$(CARGO) test --workspace
 
 fmt:
