@@ -327,6 +327,89 @@ async fn a_trip_left_pending_is_not_sent_once_the_evening_comes() {
     assert_eq!(s.fleet.relay_state(0).unwrap(), RelayState::Closed);
 }
 
+/// A pending command is sent by one driver only. `feegate serve` drives relay
+/// commands from two places at once — the relays job walks every outstanding command,
+/// and a payment's reconnection at once drives its own — so both may read the same
+/// command as pending; only the one whose update moves it to `issuing` may send it.
+/// (Before: the second driver's update changed nothing but it sent the frame anyway —
+/// one command, two frames at the meter.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_relay_command_is_sent_by_one_driver_only() {
+    use feegate::relay;
+    use feegate_meter::registers::RelayCommand;
+    use sqlx::Row;
+    let (s, now) = scenario_at_tuesday_morning(2, 6).await;
+    make_trippable(&s.host.db, "3500000001").await;
+    let mut conn = s.host.db.pool.acquire().await.unwrap();
+    // A trip to a slow meter first, then a reconnection, both pending.
+    let trip = relay::create(
+        &mut conn,
+        "3500000001",
+        "decision:slow-trip",
+        RelayCommand::Trip,
+        now,
+        &s.host.config.relay,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let close = relay::create(
+        &mut conn,
+        "3500000002",
+        "decision:reconnect",
+        RelayCommand::CloseAllowed,
+        now,
+        &s.host.config.relay,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    drop(conn);
+    s.fleet
+        .set_reply_delay(0, Some(std::time::Duration::from_millis(250)))
+        .unwrap();
+    // The relays job reads both as pending and starts on the slow trip...
+    let job = {
+        let h = s.host.clone();
+        tokio::spawn(async move {
+            relay::drive(&h.db, &h.meters, &h.county.floor, &h.county.county, now).await
+        })
+    };
+    let status = async |id: i64| -> String {
+        sqlx::query("SELECT status FROM relay_commands WHERE command_id = $1")
+            .bind(id)
+            .fetch_one(&s.host.db.pool)
+            .await
+            .unwrap()
+            .get(0)
+    };
+    while status(trip).await == "pending" {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // ...while the payment's reconnection drives its own command to the end.
+    let at_once = relay::drive_command(
+        &s.host.db,
+        &s.host.meters,
+        &s.host.county.floor,
+        &s.host.county.county,
+        close,
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(at_once.issued, 1, "{at_once:?}");
+    let job = job.await.unwrap().unwrap();
+    assert_eq!(
+        job.issued, 1,
+        "the relays job sent the trip only, not the reconnection it had read as pending: {job:?}"
+    );
+    assert!(
+        job.events.iter().all(|e| e.command_id != close),
+        "the relays job reported on a command another driver owns: {job:?}"
+    );
+    assert_ne!(status(close).await, "failed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_that_races_a_trip_keeps_the_power_on() {
     use feegate::ledger::EntryKind;
