@@ -327,6 +327,70 @@ async fn a_trip_left_pending_is_not_sent_once_the_evening_comes() {
     assert_eq!(s.fleet.relay_state(0).unwrap(), RelayState::Closed);
 }
 
+/// An approved disconnection whose trip a crash left unsent is asked for again: the
+/// trip is verified, found not done and failed (never re-sent), and the next cutoff
+/// run opens a new approval work order for the same arrears episode instead of finding
+/// the episode's key taken and leaving the customer connected with nobody asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_trip_lost_to_a_crash_is_asked_for_again() {
+    use feegate::relay;
+    use sqlx::Row;
+    let (s, now) = scenario_at_tuesday_morning(2, 6).await;
+    let db = &s.host.db;
+    make_trippable(db, "3500000001").await;
+    // No prepaying habit: the approval-gated county asks a person.
+    sqlx::query("UPDATE accounts SET ontime_topups_in_a_row = 0 WHERE account_id = '3500000001'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let open_orders = async || -> Vec<i64> {
+        sqlx::query(
+            "SELECT work_order_id FROM work_orders WHERE account_id = '3500000001'
+             AND kind = 'approve-disconnection' AND status = 'open' ORDER BY work_order_id",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    let report = s.host.run_cutoff().await.unwrap();
+    assert_eq!(report.approvals_requested, 1, "{report:?}");
+    let first = open_orders().await[0];
+    assert!(
+        feegate::cutoff::decide_work_order(db, first, true, "station", now, "ok")
+            .await
+            .unwrap()
+    );
+    let executed = s.host.execute_approved().await.unwrap();
+    assert_eq!(executed.trips_created, 1, "{executed:?}");
+    // The process dies right after committing "issuing", before the frame leaves.
+    sqlx::query("UPDATE relay_commands SET status = 'issuing' WHERE decision_key = $1")
+        .bind(format!("work-order:{first}"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let report = relay::drive(
+        db,
+        &s.host.meters,
+        &s.host.county.floor,
+        &s.host.county.county,
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.issued, 0, "never re-sent");
+    assert!(!report.events[0].confirmed, "{report:?}");
+    // The next cutoff run asks a person again, once.
+    let report = s.host.run_cutoff().await.unwrap();
+    assert_eq!(report.approvals_requested, 1, "{report:?}");
+    let again = open_orders().await;
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0], first);
+    assert_eq!(s.host.run_cutoff().await.unwrap().approvals_requested, 0);
+}
+
 /// A pending command is sent by one driver only. `feegate serve` drives relay
 /// commands from two places at once — the relays job walks every outstanding command,
 /// and a payment's reconnection at once drives its own — so both may read the same
