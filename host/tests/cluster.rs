@@ -13,37 +13,6 @@ use feegate::db::Db;
 use sqlx::Row;
 use std::time::{Duration, Instant};
 
-/// Today in the county (China Standard Time): the business date `serve` runs.
-fn county_today() -> NaiveDate {
-    (Utc::now() + Days::hours(8)).date_naive()
-}
-
-/// Schedule for these tests: today's morning is always due (00:00), everything else
-/// every second, so collection, settlement, warnings, outbox and relays all run.
-const FAST: &str = "[schedule]\nmorning = \"0 0 0 * * *\"\noutbox = \"* * * * * *\"\ncutoff = \"0 0 9 * * *\"\nrelays = \"* * * * * *\"\n\n[registry]\npoll_seconds = 1\n\n[cluster]\nlease_seconds = 3\n";
-
-fn seed(url: &str, accounts: usize, date: NaiveDate) {
-    let out = std::process::Command::new(common::feegate_bin())
-        .current_dir(common::repo())
-        .args([
-            "bench",
-            "seed",
-            "--accounts",
-            &accounts.to_string(),
-            "--date",
-            &date.to_string(),
-            "--db",
-            url,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "seed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The invariants after any crash; returns how many accounts are settled for `day`.
 async fn check_invariants(db: &Db, day: NaiveDate) -> i64 {
     let day = day.to_string();
@@ -123,15 +92,20 @@ async fn three_hosts_share_a_county_and_one_killed_mid_settlement_is_taken_over_
         return;
     };
     const N: usize = 3000;
-    let today = county_today();
+    let today = loop_start().date();
     let day = today.pred_opt().unwrap();
-    seed(&pg.url, N, today);
     let db = Db::open(&pg.url).await.unwrap();
+    // Live meters and arrears accounts with the prepaying habit: once the day is
+    // settled, the lease holder's cutoff trips them (automatic), so the relay commands
+    // come from whichever host holds the county after the take-over.
+    let live = LiveCounty::seed(&db, N, |_| true).await;
+    let shift = (loop_start() - real_local_now()).num_seconds();
+    let extra = live_config(shift, None);
     let dir = tempfile::tempdir().unwrap();
     let mut hosts: Vec<(String, ServeProcess)> = (1..=3)
         .map(|i| {
             let port = common::free_port();
-            let config = common::serve_config(dir.path(), port, FAST);
+            let config = common::serve_config(dir.path(), port, &extra);
             let id = format!("host-{i}");
             let p = ServeProcess::start(
                 dir.path(),
@@ -151,7 +125,7 @@ async fn three_hosts_share_a_county_and_one_killed_mid_settlement_is_taken_over_
         let settled = settled_count(&db, day).await;
         if settled > 0 {
             assert!(
-                settled < N as i64,
+                settled < live.answering,
                 "settlement finished before the kill; raise N"
             );
             break holder(&db).await.expect("a host settles without a lease");
@@ -189,17 +163,20 @@ async fn three_hosts_share_a_county_and_one_killed_mid_settlement_is_taken_over_
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let takeover = killed_at.elapsed();
-    eprintln!("killed {victim} at {at_kill}/{N} settled; {successor} took over after {takeover:?}");
+    eprintln!(
+        "killed {victim} at {at_kill}/{} settled; {successor} took over after {takeover:?}",
+        live.answering
+    );
 
     let began = Instant::now();
-    while settled_count(&db, day).await < N as i64 {
+    while settled_count(&db, day).await < live.answering {
         assert!(
             began.elapsed() < Duration::from_secs(180),
             "settlement not finished 180 s after the take-over"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(check_invariants(&db, day).await, N as i64);
+    assert_eq!(check_invariants(&db, day).await, live.answering);
     // Exactly one host ran the day: the job_runs marks are one per stage.
     let marks: i64 = sqlx::query(
         "SELECT COUNT(*) FROM job_runs WHERE county = 'xianyou' AND business_date = $1 AND stage = 'settlement'",
@@ -210,6 +187,45 @@ async fn three_hosts_share_a_county_and_one_killed_mid_settlement_is_taken_over_
     .unwrap()
     .get(0);
     assert_eq!(marks, 1);
+    // No relay command issued twice: with the successor and a standby host alive, every
+    // arrears meter got exactly one trip frame, from one stored command.
+    let began = Instant::now();
+    loop {
+        let tripped = count(
+            &db,
+            "SELECT COUNT(DISTINCT account_id) FROM relay_commands WHERE command = 'trip' AND status = 'confirmed'",
+        )
+        .await;
+        let in_flight = count(
+            &db,
+            "SELECT COUNT(*) FROM relay_commands WHERE status IN ('pending', 'issuing', 'awaiting-confirmation', 'awaiting-customer')",
+        )
+        .await;
+        if tripped == live.owing.len() as i64 && in_flight == 0 {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(120),
+            "{tripped}/{} arrears accounts tripped, {in_flight} commands in flight, 120 s after settlement",
+            live.owing.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    check_live_invariants(&db, &live.wire).await;
+    let frames = live.wire.commands();
+    for i in &live.owing {
+        let trips: Vec<_> = frames.iter().filter(|f| f.meter == *i).collect();
+        assert_eq!(
+            trips,
+            [&WireCommand {
+                meter: *i,
+                command: RelayCommand::Trip
+            }],
+            "meter M{i}"
+        );
+        assert_eq!(live.fleet.relay_state(*i).unwrap(), RelayState::Open);
+    }
+    assert_eq!(frames.len(), live.owing.len(), "relay frames to meters in credit");
     drop(hosts);
 }
 
@@ -576,6 +592,96 @@ async fn check_live_invariants(db: &Db, wire: &Wire) {
     }
 }
 
+/// A county of `n` accounts on live meters for the crash tests: a simulated fleet
+/// frozen at 00:00 of the loop's day, behind [`tap`]s, one meter per gateway off the
+/// bus, and [`ARREARS`] accounts seeded ripe for disconnection.
+struct LiveCounty {
+    fleet: Arc<SimFleet>,
+    wire: Arc<Wire>,
+    /// Accounts (= meter indexes) seeded in arrears.
+    owing: BTreeSet<usize>,
+    /// Meters that answer today (the rest are off the bus, or their household has no
+    /// data for the day): the accounts the day settles.
+    answering: i64,
+}
+
+impl LiveCounty {
+    /// Seeds `db`; the `k`-th arrears account has the prepaying habit (automatic
+    /// disconnection) when `habit(k)`, else its disconnection asks for approval.
+    async fn seed(db: &Db, n: usize, habit: impl Fn(usize) -> bool) -> Self {
+        let (today, per) = (loop_start().date(), usize::from(PER_GATEWAY));
+        let day = today.pred_opt().unwrap();
+        let data = common::shared_data("lcl_2013_daily_kwh_100hh.csv");
+        let fleet = Arc::new(SimFleet::from_csv(&data, n, SIM_SEED).unwrap());
+        fleet.advance_to(day.and_hms_opt(0, 0, 0).unwrap()).unwrap();
+        fleet
+            .advance_to(today.and_hms_opt(0, 0, 0).unwrap())
+            .unwrap();
+        fleet
+            .serve(std::net::IpAddr::from([127, 0, 0, 1]), PER_GATEWAY)
+            .await
+            .unwrap();
+        // One meter per gateway off the bus: every gateway's collection waits out a
+        // timeout (a wide window for kills aimed at collection); reads stay 98 % good.
+        let silent: BTreeSet<usize> = (0..n.div_ceil(per))
+            .map(|g| (g * per + per - 1).min(n - 1))
+            .collect();
+        for m in &silent {
+            fleet.set_silent(*m, true).unwrap();
+        }
+        let wire = Arc::new(Wire::default());
+        let gateways = start_taps(&fleet, &wire).await;
+        let arrears: Vec<SeededArrears> = (0..)
+            .map(|k| 11 + 23 * k)
+            .filter(|i| fleet.answers(*i).unwrap())
+            .take(ARREARS)
+            .enumerate()
+            .map(|(k, account)| SeededArrears {
+                account,
+                prepaying_habit: habit(k),
+            })
+            .collect();
+        let profiles = feegate_meter::profile::Profiles::load(&data).unwrap();
+        feegate::bench::settle::seed_accounts_with(
+            db,
+            n,
+            &profiles,
+            day,
+            &SeedOptions {
+                meters: Some(SimMeters {
+                    gateways,
+                    per_gateway: per,
+                    sim_seed: SIM_SEED,
+                }),
+                arrears: arrears.clone(),
+            },
+        )
+        .await
+        .unwrap();
+        let answering = (0..n).filter(|i| fleet.answers(*i).unwrap()).count() as i64;
+        LiveCounty {
+            fleet,
+            wire,
+            owing: arrears.iter().map(|a| a.account).collect(),
+            answering,
+        }
+    }
+}
+
+/// `feegate.toml` for the crash tests on live meters: today's morning always due,
+/// outbox and relays every second, cutoff every 2 s, 3 s leases, the meter client with
+/// a 1 s timeout and no retries (so every relay frame at the wire is one issue of one
+/// command), the clock shifted to [`loop_start`] by `shift` seconds, and the payment
+/// channels in `channels` if any.
+fn live_config(shift: i64, channels: Option<&std::path::Path>) -> String {
+    format!(
+        "[schedule]\nmorning = \"0 0 0 * * *\"\noutbox = \"* * * * * *\"\ncutoff = \"*/2 * * * * *\"\nrelays = \"* * * * * *\"\n\n\
+         [registry]\npoll_seconds = 1\n\n[cluster]\nlease_seconds = 3\n\n\
+         [meters]\ntimeout_ms = 1000\nretries = 0\n\n[clock]\nshift_seconds = {shift}\n\n{}",
+        channels.map_or(String::new(), |c| format!("[channels]\nconfig = \"{}\"\n", c.display()))
+    )
+}
+
 /// Where a round's SIGKILL is aimed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Aim {
@@ -602,66 +708,13 @@ async fn live_kill_loop(url: &str, kills: usize, seed_rng: u64) {
     let shift = (loop_start() - real_local_now()).num_seconds();
     let county_now = move || real_local_now() + Days::seconds(shift);
 
-    // The meters: a fleet frozen at 00:00 today, behind taps.
-    let fleet = Arc::new(
-        SimFleet::from_csv(
-            common::shared_data("lcl_2013_daily_kwh_100hh.csv"),
-            LIVE_N,
-            SIM_SEED,
-        )
-        .unwrap(),
-    );
-    fleet.advance_to(day.and_hms_opt(0, 0, 0).unwrap()).unwrap();
-    fleet
-        .advance_to(today.and_hms_opt(0, 0, 0).unwrap())
-        .unwrap();
-    fleet
-        .serve(std::net::IpAddr::from([127, 0, 0, 1]), PER_GATEWAY)
-        .await
-        .unwrap();
-    // One meter per gateway off the bus: every gateway's collection takes a timeout
-    // (a wide window for kills aimed at collection), and the read rate stays 98 %.
-    let per = usize::from(PER_GATEWAY);
-    let silent: BTreeSet<usize> = (0..LIVE_N / per).map(|g| g * per + per - 1).collect();
-    for m in &silent {
-        fleet.set_silent(*m, true).unwrap();
-    }
-    let wire = Arc::new(Wire::default());
-    let gateways = start_taps(&fleet, &wire).await;
-    let arrears: Vec<SeededArrears> = (0..)
-        .map(|k| 11 + 23 * k)
-        .filter(|i| fleet.answers(*i).unwrap())
-        .take(ARREARS)
-        .enumerate()
-        .map(|(k, account)| SeededArrears {
-            account,
-            prepaying_habit: k % 2 == 0,
-        })
-        .collect();
-    let profiles =
-        feegate_meter::profile::Profiles::load(common::shared_data("lcl_2013_daily_kwh_100hh.csv"))
-            .unwrap();
     let db = Db::open(url).await.unwrap();
-    feegate::bench::settle::seed_accounts_with(
-        &db,
-        LIVE_N,
-        &profiles,
-        day,
-        &SeedOptions {
-            meters: Some(SimMeters {
-                gateways,
-                per_gateway: per,
-                sim_seed: SIM_SEED,
-            }),
-            arrears: arrears.clone(),
-        },
-    )
-    .await
-    .unwrap();
-    let owing: BTreeSet<usize> = arrears.iter().map(|a| a.account).collect();
-    // Meters that answer today (the rest are off the bus, or their household has no
-    // data for the day): the accounts the day settles.
-    let answering = (0..LIVE_N).filter(|i| fleet.answers(*i).unwrap()).count() as i64;
+    let LiveCounty {
+        fleet,
+        wire,
+        owing,
+        answering,
+    } = LiveCounty::seed(&db, LIVE_N, |k| k % 2 == 0).await;
 
     // Customers and station staff, for the whole loop.
     let payments = Arc::new(Payments::default());
@@ -739,13 +792,7 @@ async fn live_kill_loop(url: &str, kills: usize, seed_rng: u64) {
         format!("[channels.app]\nauth = \"hmac-sha256\"\nsecret = \"{CHANNEL_SECRET}\"\nmax_amount_yuan = \"5000.00\"\n"),
     )
     .unwrap();
-    let extra = format!(
-        "[schedule]\nmorning = \"0 0 0 * * *\"\noutbox = \"* * * * * *\"\ncutoff = \"*/2 * * * * *\"\nrelays = \"* * * * * *\"\n\n\
-         [registry]\npoll_seconds = 1\n\n[cluster]\nlease_seconds = 3\n\n\
-         [meters]\ntimeout_ms = 1000\nretries = 0\n\n[clock]\nshift_seconds = {shift}\n\n\
-         [channels]\nconfig = \"{}\"\n",
-        channels.display()
-    );
+    let extra = live_config(shift, Some(&channels));
     let env = [
         ("FEEGATE_DATABASE__URL", url),
         ("FEEGATE_CLUSTER__HOST_ID", "only-host"),
