@@ -23,8 +23,8 @@ impl Clock for SystemClock {
     }
 }
 
-/// The real clock moved by a fixed amount: county local time = system time at `offset`
-/// + `shift`. It runs at real speed, and a process restarted with the same shift
+/// The real clock moved by a fixed amount: county local time is the system time at
+/// `offset` plus `shift`. It runs at real speed, and a process restarted with the same shift
 /// continues where the last one was (time never jumps back), which a simulated clock
 /// cannot do across processes. For rehearsals and crash tests that must run on a
 /// particular business day — a weekday morning inside the safety floor's working

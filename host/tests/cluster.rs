@@ -225,7 +225,11 @@ async fn three_hosts_share_a_county_and_one_killed_mid_settlement_is_taken_over_
         );
         assert_eq!(live.fleet.relay_state(*i).unwrap(), RelayState::Open);
     }
-    assert_eq!(frames.len(), live.owing.len(), "relay frames to meters in credit");
+    assert_eq!(
+        frames.len(),
+        live.owing.len(),
+        "relay frames to meters in credit"
+    );
     drop(hosts);
 }
 
@@ -678,7 +682,10 @@ fn live_config(shift: i64, channels: Option<&std::path::Path>) -> String {
         "[schedule]\nmorning = \"0 0 0 * * *\"\noutbox = \"* * * * * *\"\ncutoff = \"*/2 * * * * *\"\nrelays = \"* * * * * *\"\n\n\
          [registry]\npoll_seconds = 1\n\n[cluster]\nlease_seconds = 3\n\n\
          [meters]\ntimeout_ms = 1000\nretries = 0\n\n[clock]\nshift_seconds = {shift}\n\n{}",
-        channels.map_or(String::new(), |c| format!("[channels]\nconfig = \"{}\"\n", c.display()))
+        channels.map_or(String::new(), |c| format!(
+            "[channels]\nconfig = \"{}\"\n",
+            c.display()
+        ))
     )
 }
 
@@ -981,7 +988,8 @@ async fn live_kill_loop(url: &str, kills: usize, seed_rng: u64) {
     )
     .await;
     assert_eq!(read, answering, "readings stored for today");
-    for (txn, code) in payments.answered.lock().unwrap().iter() {
+    let answered = payments.answered.lock().unwrap().clone();
+    for (txn, code) in &answered {
         let n = count(
             &db,
             &format!(
