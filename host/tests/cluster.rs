@@ -512,54 +512,42 @@ async fn issued_commands(db: &Db) -> BTreeMap<(usize, String), i64> {
 ///   verified by a status read, never sent again, so a repeated trip can only be a new
 ///   decision after the first one provably did not open the relay.
 async fn check_live_invariants(db: &Db, wire: &Wire) {
-    let doubled = count(
-        db,
-        "SELECT COUNT(*) FROM (SELECT meter_id, reading_date FROM readings GROUP BY meter_id, reading_date HAVING COUNT(*) > 1) d",
-    )
-    .await;
-    assert_eq!(doubled, 0, "a (meter, day) reading stored twice");
-    let wrong = count(
-        db,
-        "SELECT COUNT(*) FROM payment_inbox i WHERE i.status = 'applied' AND i.kind = 'payment' AND
-           (SELECT COUNT(*) FROM ledger_entries e WHERE e.idempotency_key = 'payment:' || i.channel || ':' || i.channel_txn_id) <> 1",
-    )
-    .await;
-    assert_eq!(
-        wrong, 0,
-        "an applied payment without exactly one ledger entry"
-    );
-    let wrong = count(
-        db,
-        "SELECT COUNT(*) FROM accounts a WHERE
-           (SELECT CAST(COALESCE(SUM(e.amount_fen), 0) AS BIGINT) FROM ledger_entries e WHERE e.account_id = a.account_id AND e.kind = 'payment')
-           <> (SELECT CAST(COALESCE(SUM(i.amount_fen), 0) AS BIGINT) FROM payment_inbox i WHERE i.account_id = a.account_id AND i.status = 'applied' AND i.kind = 'payment')",
-    )
-    .await;
-    assert_eq!(
-        wrong, 0,
-        "an account's payment entries differ from its applied payments"
-    );
-    let doubled = count(
-        db,
-        "SELECT COUNT(*) FROM (SELECT decision_key FROM relay_commands GROUP BY decision_key HAVING COUNT(*) > 1) d",
-    )
-    .await;
-    assert_eq!(doubled, 0, "two relay commands for one decision");
-    let doubled = count(
-        db,
-        "SELECT COUNT(*) FROM (SELECT account_id FROM relay_commands
-           WHERE status IN ('pending', 'issuing', 'awaiting-confirmation', 'awaiting-customer')
-           GROUP BY account_id HAVING COUNT(*) > 1) d",
-    )
-    .await;
-    assert_eq!(doubled, 0, "an account with two relay commands in flight");
-    let doubled = count(
-        db,
-        "SELECT COUNT(*) FROM (SELECT account_id FROM relay_commands WHERE command = 'trip' AND status = 'confirmed'
-           GROUP BY account_id HAVING COUNT(*) > 1) d",
-    )
-    .await;
-    assert_eq!(doubled, 0, "an account tripped twice");
+    // (query counting violations, what a violation means)
+    let checks = [
+        (
+            "SELECT COUNT(*) FROM (SELECT meter_id, reading_date FROM readings GROUP BY meter_id, reading_date HAVING COUNT(*) > 1) d",
+            "a (meter, day) reading stored twice",
+        ),
+        (
+            "SELECT COUNT(*) FROM payment_inbox i WHERE i.status = 'applied' AND i.kind = 'payment' AND
+               (SELECT COUNT(*) FROM ledger_entries e WHERE e.idempotency_key = 'payment:' || i.channel || ':' || i.channel_txn_id) <> 1",
+            "an applied payment without exactly one ledger entry",
+        ),
+        (
+            "SELECT COUNT(*) FROM accounts a WHERE
+               (SELECT CAST(COALESCE(SUM(e.amount_fen), 0) AS BIGINT) FROM ledger_entries e WHERE e.account_id = a.account_id AND e.kind = 'payment')
+               <> (SELECT CAST(COALESCE(SUM(i.amount_fen), 0) AS BIGINT) FROM payment_inbox i WHERE i.account_id = a.account_id AND i.status = 'applied' AND i.kind = 'payment')",
+            "an account's payment entries differ from its applied payments",
+        ),
+        (
+            "SELECT COUNT(*) FROM (SELECT decision_key FROM relay_commands GROUP BY decision_key HAVING COUNT(*) > 1) d",
+            "two relay commands for one decision",
+        ),
+        (
+            "SELECT COUNT(*) FROM (SELECT account_id FROM relay_commands
+               WHERE status IN ('pending', 'issuing', 'awaiting-confirmation', 'awaiting-customer')
+               GROUP BY account_id HAVING COUNT(*) > 1) d",
+            "an account with two relay commands in flight",
+        ),
+        (
+            "SELECT COUNT(*) FROM (SELECT account_id FROM relay_commands WHERE command = 'trip' AND status = 'confirmed'
+               GROUP BY account_id HAVING COUNT(*) > 1) d",
+            "an account tripped twice",
+        ),
+    ];
+    for (sql, violation) in checks {
+        assert_eq!(count(db, sql).await, 0, "{violation}");
+    }
 
     let issued = issued_commands(db).await;
     let frames = wire.commands();

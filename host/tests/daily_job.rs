@@ -175,6 +175,33 @@ async fn make_trippable(db: &feegate::db::Db, account: &str) {
     tx.commit().await.unwrap();
 }
 
+/// One pass of the relays job's command driving at `at`.
+async fn drive_all(s: &demo::Scenario, at: chrono::NaiveDateTime) -> feegate::relay::RelayReport {
+    feegate::relay::drive(
+        &s.host.db,
+        &s.host.meters,
+        &s.host.county.floor,
+        &s.host.county.county,
+        at,
+    )
+    .await
+    .unwrap()
+}
+
+/// A pending relay command for `account` from decision `key`; its id.
+async fn pending_command(
+    s: &demo::Scenario,
+    account: &str,
+    key: &str,
+    command: feegate_meter::registers::RelayCommand,
+    now: chrono::NaiveDateTime,
+) -> Option<i64> {
+    let mut conn = s.host.db.pool.acquire().await.unwrap();
+    feegate::relay::create(&mut conn, account, key, command, now, &s.host.config.relay)
+        .await
+        .unwrap()
+}
+
 /// A scenario of `meters` meters run to Tuesday 2013-01-08 10:00 (readings fresh).
 async fn scenario_at_tuesday_morning(
     meters: usize,
@@ -199,32 +226,15 @@ async fn a_relay_command_left_issuing_by_a_crash_is_verified_not_resent() {
     let (floor, county) = (&s.host.county.floor, s.host.county.county.as_str());
     make_trippable(&s.host.db, "3500000001").await;
     make_trippable(&s.host.db, "3500000002").await;
-    let mut conn = s.host.db.pool.acquire().await.unwrap();
-    let id = relay::create(
-        &mut conn,
-        "3500000001",
-        "decision:test",
-        RelayCommand::Trip,
-        now,
-        &s.host.config.relay,
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let id = pending_command(&s, "3500000001", "decision:test", RelayCommand::Trip, now)
+        .await
+        .unwrap();
     // The same decision cannot make a second command.
     assert_eq!(
-        relay::create(
-            &mut conn,
-            "3500000001",
-            "decision:test",
-            RelayCommand::Trip,
-            now,
-            &s.host.config.relay
-        )
-        .await
-        .unwrap(),
+        pending_command(&s, "3500000001", "decision:test", RelayCommand::Trip, now).await,
         None
     );
+    let mut conn = s.host.db.pool.acquire().await.unwrap();
     // Simulate a crash right after "issuing" was committed, before the frame left.
     sqlx::query("UPDATE relay_commands SET status = 'issuing' WHERE command_id = $1")
         .bind(id)
@@ -252,19 +262,9 @@ async fn a_relay_command_left_issuing_by_a_crash_is_verified_not_resent() {
 
     // A meter that acknowledges without moving its relay is never counted as tripped.
     s.fleet.set_ack_without_state_change(1, true).unwrap();
-    let mut conn = s.host.db.pool.acquire().await.unwrap();
-    relay::create(
-        &mut conn,
-        "3500000002",
-        "decision:ack",
-        RelayCommand::Trip,
-        now,
-        &s.host.config.relay,
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    drop(conn);
+    pending_command(&s, "3500000002", "decision:ack", RelayCommand::Trip, now)
+        .await
+        .unwrap();
     let report = relay::drive(&s.host.db, &s.host.meters, floor, county, now)
         .await
         .unwrap();
@@ -292,35 +292,22 @@ async fn a_relay_command_left_issuing_by_a_crash_is_verified_not_resent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trip_left_pending_is_not_sent_once_the_evening_comes() {
-    use feegate::relay;
     use feegate_meter::registers::{RelayCommand, RelayState};
     let (s, now) = scenario_at_tuesday_morning(2, 6).await;
     make_trippable(&s.host.db, "3500000001").await;
-    let mut conn = s.host.db.pool.acquire().await.unwrap();
-    relay::create(
-        &mut conn,
+    pending_command(
+        &s,
         "3500000001",
         "decision:evening",
         RelayCommand::Trip,
         now,
-        &s.host.config.relay,
     )
     .await
-    .unwrap()
     .unwrap();
-    drop(conn);
     // The process was down from 10:00; it drives its queue at 18:30.
     let evening = now + chrono::Duration::minutes(510);
     s.advance(evening).unwrap();
-    let report = relay::drive(
-        &s.host.db,
-        &s.host.meters,
-        &s.host.county.floor,
-        &s.host.county.county,
-        evening,
-    )
-    .await
-    .unwrap();
+    let report = drive_all(&s, evening).await;
     assert_eq!(report.issued, 0);
     let why = report.events[0].detail.clone().unwrap();
     assert!(why.contains("not sent"), "{why}");
@@ -333,7 +320,6 @@ async fn a_trip_left_pending_is_not_sent_once_the_evening_comes() {
 /// the episode's key taken and leaving the customer connected with nobody asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_trip_lost_to_a_crash_is_asked_for_again() {
-    use feegate::relay;
     use sqlx::Row;
     let (s, now) = scenario_at_tuesday_morning(2, 6).await;
     let db = &s.host.db;
@@ -371,15 +357,7 @@ async fn an_approved_trip_lost_to_a_crash_is_asked_for_again() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let report = relay::drive(
-        db,
-        &s.host.meters,
-        &s.host.county.floor,
-        &s.host.county.county,
-        now,
-    )
-    .await
-    .unwrap();
+    let report = drive_all(&s, now).await;
     assert_eq!(report.issued, 0, "never re-sent");
     assert!(!report.events[0].confirmed, "{report:?}");
     // The next cutoff run asks a person again, once.
@@ -404,31 +382,25 @@ async fn a_pending_relay_command_is_sent_by_one_driver_only() {
     use sqlx::Row;
     let (s, now) = scenario_at_tuesday_morning(2, 6).await;
     make_trippable(&s.host.db, "3500000001").await;
-    let mut conn = s.host.db.pool.acquire().await.unwrap();
     // A trip to a slow meter first, then a reconnection, both pending.
-    let trip = relay::create(
-        &mut conn,
+    let trip = pending_command(
+        &s,
         "3500000001",
         "decision:slow-trip",
         RelayCommand::Trip,
         now,
-        &s.host.config.relay,
     )
     .await
-    .unwrap()
     .unwrap();
-    let close = relay::create(
-        &mut conn,
+    let close = pending_command(
+        &s,
         "3500000002",
         "decision:reconnect",
         RelayCommand::CloseAllowed,
         now,
-        &s.host.config.relay,
     )
     .await
-    .unwrap()
     .unwrap();
-    drop(conn);
     s.fleet
         .set_reply_delay(0, Some(std::time::Duration::from_millis(250)))
         .unwrap();
@@ -523,15 +495,7 @@ async fn a_payment_that_races_a_trip_keeps_the_power_on() {
     payment::apply(&s.host.db, &paid, EntryKind::Payment, now)
         .await
         .unwrap();
-    let report = relay::drive(
-        &s.host.db,
-        &s.host.meters,
-        &s.host.county.floor,
-        &s.host.county.county,
-        now,
-    )
-    .await
-    .unwrap();
+    let report = drive_all(&s, now).await;
     assert_eq!(report.issued, 0);
     assert!(
         report.events[0]
