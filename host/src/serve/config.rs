@@ -647,6 +647,7 @@ mod tests {
             ("[cluster]\nlease_seconds = 0\n", "lease_seconds"),
             ("[registry]\npoll_seconds = 0\n", "poll_seconds"),
             ("[cluster]\nhost_id = \" \"\n", "host_id"),
+            ("[clock]\nshift_seconds = -9999999999\n", "shift_seconds"),
         ] {
             let (_d, path) = write(text);
             match ServeConfig::load(Some(&path), []) {
