@@ -261,7 +261,7 @@ const ARREARS: usize = 30;
 /// How long a tap holds a meter's answer to a relay command: the SIGKILL aimed at a
 /// command in flight lands after the meter acted and before the host heard back. Well
 /// below the loop's meter timeout (1 s), so the client never retries a command.
-const RELAY_ACK_HOLD: Duration = Duration::from_millis(150);
+const RELAY_ACK_HOLD: Duration = Duration::from_millis(250);
 
 /// The business day of the loop: Tuesday 2013-03-05, a working day in a year the
 /// shipped calendar covers; the hosts' clocks are shifted to 10:00 that day
