@@ -46,7 +46,8 @@ const DAY1: &str = "2013-03-02";
 /// readings bill `consumption_day`: a frozen reading at 00:00 of that day and of the
 /// next, the delta being household `i mod 100`'s use on the same month and day of 2013.
 /// The morning job of `consumption_day + 1` settles them. Used by `feegate bench settle`
-/// and `feegate bench seed` (the multi-host and crash tests).
+/// and `feegate bench seed`; the multi-host and crash tests (`host/tests/cluster.rs`) use
+/// [`seed_accounts_with`] to put the meters on a simulator and accounts in arrears.
 pub async fn seed_accounts(
     db: &Db,
     n: usize,
