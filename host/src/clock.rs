@@ -23,6 +23,26 @@ impl Clock for SystemClock {
     }
 }
 
+/// The real clock moved by a fixed amount: county local time is the system time at
+/// `offset` plus `shift`. It runs at real speed, and a process restarted with the same shift
+/// continues where the last one was (time never jumps back), which a simulated clock
+/// cannot do across processes. For rehearsals and crash tests that must run on a
+/// particular business day — a weekday morning inside the safety floor's working
+/// hours, a year the county calendar covers — with real processes (`feegate serve`'s
+/// `[clock] shift_seconds`). Never shift a production host: trips would be judged
+/// against the wrong hour.
+#[derive(Debug, Clone)]
+pub struct ShiftedClock {
+    pub system: SystemClock,
+    pub shift: chrono::Duration,
+}
+
+impl Clock for ShiftedClock {
+    fn now(&self) -> NaiveDateTime {
+        self.system.now() + self.shift
+    }
+}
+
 /// A clock that only moves when told to.
 #[derive(Debug)]
 pub struct SimClock {

@@ -275,10 +275,7 @@ pub async fn run(
                         // this customer; a person may still approve, knowing it.
                         "mobile_mismatch_work_order": facts_now.mobile_mismatch_work_order,
                     });
-                    let key = format!(
-                        "approve-disconnection:{account_id}:{}",
-                        facts.arrears_since.map(ds).unwrap_or_default()
-                    );
+                    let key = approval_key(&mut tx, &account_id, facts.arrears_since).await?;
                     let inserted = sqlx::query(
                         "INSERT INTO work_orders (kind, account_id, station_id, decision_id, dedup_key, status, evidence_json, opened_at)
                          VALUES ('approve-disconnection', $1, $2, $3, $4, 'open', $5, $6) ON CONFLICT (dedup_key) DO NOTHING",
@@ -313,6 +310,43 @@ pub async fn run(
         tx.commit().await?;
     }
     Ok(report)
+}
+
+/// The de-duplication key of an approval request: one per arrears episode
+/// (`approve-disconnection:<account>:<arrears since>`), so a held order is not asked
+/// again every day. An approved order whose trip then failed — not sent after a crash,
+/// refused by the floor or past its deadline when it was due to leave, or never
+/// confirmed by a status read — has used its approval up without a confirmed
+/// disconnection: the next request of the episode gets a new key (`…#2`, `#3`, …) and
+/// a person is asked again, as a failed trip must be decided again (see
+/// [`crate::relay`]). Before, the episode's key was taken and the customer stayed
+/// connected in arrears with nobody asked.
+async fn approval_key(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    arrears_since: Option<chrono::NaiveDate>,
+) -> Result<String, DbError> {
+    let base = format!(
+        "approve-disconnection:{account_id}:{}",
+        arrears_since.map(ds).unwrap_or_default()
+    );
+    let spent: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM work_orders w
+           JOIN relay_commands c ON c.decision_key = 'work-order:' || CAST(w.work_order_id AS TEXT)
+         WHERE w.account_id = $1 AND w.kind = 'approve-disconnection' AND w.status = 'done'
+           AND (w.dedup_key = $2 OR w.dedup_key LIKE $3) AND c.status = 'failed'",
+    )
+    .bind(account_id)
+    .bind(&base)
+    .bind(format!("{base}#%"))
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get(0)?;
+    Ok(if spent == 0 {
+        base
+    } else {
+        format!("{base}#{}", spent + 1)
+    })
 }
 
 /// Records a station staff member's decision on an approval work order.

@@ -395,6 +395,17 @@ pub async fn reconnect_if_due(
     };
     let invocation = engine.reconnection(&cutoff.component, &input);
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    // One reconnection decision per account at a time: the relays job's sweep and a
+    // payment's reconnection at once can both get here for the same account. The
+    // no-op update locks the account row (PostgreSQL; SQLite has one writer anyway),
+    // so the second waits for the first to commit and then sees its command.
+    sqlx::query("UPDATE accounts SET relay_state = relay_state WHERE account_id = $1")
+        .bind(account_id)
+        .execute(&mut *tx)
+        .await?;
+    if crate::relay::has_active_command(&mut tx, account_id).await? {
+        return Ok(Reconnection::NotNeeded);
+    }
     let decision_id = decision_log::record(
         &mut tx,
         &DecisionRecord {

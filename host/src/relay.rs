@@ -178,18 +178,31 @@ async fn drive_rows(
             if let Some(why) =
                 trip_no_longer_due(db, floor, county, &account_id, deadline, now, automatic).await?
             {
-                fail(db, id, &why, &mut report, &account_id, command).await?;
+                // Only a command still pending: another driver may have sent it since.
+                if set_status_if(db, id, "pending", "failed", Some(&why)).await? {
+                    report
+                        .events
+                        .push(failed_event(id, &account_id, command, &why));
+                }
                 continue;
             }
         }
         if status == "pending" {
             // Commit "issuing" before the frame leaves: after a crash the command is
-            // verified, never sent twice.
-            sqlx::query("UPDATE relay_commands SET status = 'issuing', issued_at = $2 WHERE command_id = $1 AND status = 'pending'")
+            // verified, never sent twice. Only the driver whose update moves it from
+            // pending sends it: another pass that read it as pending too (the relays
+            // job beside a payment's reconnection at once, or a second host) leaves it
+            // to the one that claimed it.
+            let claimed = sqlx::query("UPDATE relay_commands SET status = 'issuing', issued_at = $2 WHERE command_id = $1 AND status = 'pending'")
                 .bind(id)
                 .bind(ts(now))
                 .execute(&db.pool)
-                .await?;
+                .await?
+                .rows_affected()
+                == 1;
+            if !claimed {
+                continue;
+            }
             // DL/T 645 commands carry a validity deadline: the command's own.
             match client.send_relay(&link, command, deadline).await {
                 Ok(()) => {
@@ -357,6 +370,37 @@ async fn set_status(
     Ok(())
 }
 
+/// Moves command `id` from status `from` to `to` (with `detail`); false when it was no
+/// longer in `from` (another driver moved it).
+async fn set_status_if(
+    db: &Db,
+    id: i64,
+    from: &str,
+    to: &str,
+    detail: Option<&str>,
+) -> Result<bool, DbError> {
+    Ok(sqlx::query("UPDATE relay_commands SET status = $3, detail = COALESCE($4, detail) WHERE command_id = $1 AND status = $2")
+        .bind(id)
+        .bind(from)
+        .bind(to)
+        .bind(detail)
+        .execute(&db.pool)
+        .await?
+        .rows_affected()
+        == 1)
+}
+
+fn failed_event(id: i64, account_id: &str, command: RelayCommand, why: &str) -> RelayEvent {
+    RelayEvent {
+        command_id: id,
+        account_id: account_id.to_string(),
+        command,
+        confirmed: false,
+        awaiting_customer: false,
+        detail: Some(why.to_string()),
+    }
+}
+
 async fn fail(
     db: &Db,
     id: i64,
@@ -366,14 +410,9 @@ async fn fail(
     command: RelayCommand,
 ) -> Result<(), DbError> {
     set_status(db, id, "failed", None, Some(why)).await?;
-    report.events.push(RelayEvent {
-        command_id: id,
-        account_id: account_id.to_string(),
-        command,
-        confirmed: false,
-        awaiting_customer: false,
-        detail: Some(why.to_string()),
-    });
+    report
+        .events
+        .push(failed_event(id, account_id, command, why));
     Ok(())
 }
 

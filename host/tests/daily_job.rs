@@ -175,6 +175,33 @@ async fn make_trippable(db: &feegate::db::Db, account: &str) {
     tx.commit().await.unwrap();
 }
 
+/// One pass of the relays job's command driving at `at`.
+async fn drive_all(s: &demo::Scenario, at: chrono::NaiveDateTime) -> feegate::relay::RelayReport {
+    feegate::relay::drive(
+        &s.host.db,
+        &s.host.meters,
+        &s.host.county.floor,
+        &s.host.county.county,
+        at,
+    )
+    .await
+    .unwrap()
+}
+
+/// A pending relay command for `account` from decision `key`; its id.
+async fn pending_command(
+    s: &demo::Scenario,
+    account: &str,
+    key: &str,
+    command: feegate_meter::registers::RelayCommand,
+    now: chrono::NaiveDateTime,
+) -> Option<i64> {
+    let mut conn = s.host.db.pool.acquire().await.unwrap();
+    feegate::relay::create(&mut conn, account, key, command, now, &s.host.config.relay)
+        .await
+        .unwrap()
+}
+
 /// A scenario of `meters` meters run to Tuesday 2013-01-08 10:00 (readings fresh).
 async fn scenario_at_tuesday_morning(
     meters: usize,
@@ -199,32 +226,15 @@ async fn a_relay_command_left_issuing_by_a_crash_is_verified_not_resent() {
     let (floor, county) = (&s.host.county.floor, s.host.county.county.as_str());
     make_trippable(&s.host.db, "3500000001").await;
     make_trippable(&s.host.db, "3500000002").await;
-    let mut conn = s.host.db.pool.acquire().await.unwrap();
-    let id = relay::create(
-        &mut conn,
-        "3500000001",
-        "decision:test",
-        RelayCommand::Trip,
-        now,
-        &s.host.config.relay,
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let id = pending_command(&s, "3500000001", "decision:test", RelayCommand::Trip, now)
+        .await
+        .unwrap();
     // The same decision cannot make a second command.
     assert_eq!(
-        relay::create(
-            &mut conn,
-            "3500000001",
-            "decision:test",
-            RelayCommand::Trip,
-            now,
-            &s.host.config.relay
-        )
-        .await
-        .unwrap(),
+        pending_command(&s, "3500000001", "decision:test", RelayCommand::Trip, now).await,
         None
     );
+    let mut conn = s.host.db.pool.acquire().await.unwrap();
     // Simulate a crash right after "issuing" was committed, before the frame left.
     sqlx::query("UPDATE relay_commands SET status = 'issuing' WHERE command_id = $1")
         .bind(id)
@@ -252,19 +262,9 @@ async fn a_relay_command_left_issuing_by_a_crash_is_verified_not_resent() {
 
     // A meter that acknowledges without moving its relay is never counted as tripped.
     s.fleet.set_ack_without_state_change(1, true).unwrap();
-    let mut conn = s.host.db.pool.acquire().await.unwrap();
-    relay::create(
-        &mut conn,
-        "3500000002",
-        "decision:ack",
-        RelayCommand::Trip,
-        now,
-        &s.host.config.relay,
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    drop(conn);
+    pending_command(&s, "3500000002", "decision:ack", RelayCommand::Trip, now)
+        .await
+        .unwrap();
     let report = relay::drive(&s.host.db, &s.host.meters, floor, county, now)
         .await
         .unwrap();
@@ -292,39 +292,158 @@ async fn a_relay_command_left_issuing_by_a_crash_is_verified_not_resent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trip_left_pending_is_not_sent_once_the_evening_comes() {
-    use feegate::relay;
     use feegate_meter::registers::{RelayCommand, RelayState};
     let (s, now) = scenario_at_tuesday_morning(2, 6).await;
     make_trippable(&s.host.db, "3500000001").await;
-    let mut conn = s.host.db.pool.acquire().await.unwrap();
-    relay::create(
-        &mut conn,
+    pending_command(
+        &s,
         "3500000001",
         "decision:evening",
         RelayCommand::Trip,
         now,
-        &s.host.config.relay,
     )
     .await
-    .unwrap()
     .unwrap();
-    drop(conn);
     // The process was down from 10:00; it drives its queue at 18:30.
     let evening = now + chrono::Duration::minutes(510);
     s.advance(evening).unwrap();
-    let report = relay::drive(
-        &s.host.db,
-        &s.host.meters,
-        &s.host.county.floor,
-        &s.host.county.county,
-        evening,
-    )
-    .await
-    .unwrap();
+    let report = drive_all(&s, evening).await;
     assert_eq!(report.issued, 0);
     let why = report.events[0].detail.clone().unwrap();
     assert!(why.contains("not sent"), "{why}");
     assert_eq!(s.fleet.relay_state(0).unwrap(), RelayState::Closed);
+}
+
+/// An approved disconnection whose trip a crash left unsent is asked for again: the
+/// trip is verified, found not done and failed (never re-sent), and the next cutoff
+/// run opens a new approval work order for the same arrears episode instead of finding
+/// the episode's key taken and leaving the customer connected with nobody asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_trip_lost_to_a_crash_is_asked_for_again() {
+    use sqlx::Row;
+    let (s, now) = scenario_at_tuesday_morning(2, 6).await;
+    let db = &s.host.db;
+    make_trippable(db, "3500000001").await;
+    // No prepaying habit: the approval-gated county asks a person.
+    sqlx::query("UPDATE accounts SET ontime_topups_in_a_row = 0 WHERE account_id = '3500000001'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let open_orders = async || -> Vec<i64> {
+        sqlx::query(
+            "SELECT work_order_id FROM work_orders WHERE account_id = '3500000001'
+             AND kind = 'approve-disconnection' AND status = 'open' ORDER BY work_order_id",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    let report = s.host.run_cutoff().await.unwrap();
+    assert_eq!(report.approvals_requested, 1, "{report:?}");
+    let first = open_orders().await[0];
+    assert!(
+        feegate::cutoff::decide_work_order(db, first, true, "station", now, "ok")
+            .await
+            .unwrap()
+    );
+    let executed = s.host.execute_approved().await.unwrap();
+    assert_eq!(executed.trips_created, 1, "{executed:?}");
+    // The process dies right after committing "issuing", before the frame leaves.
+    sqlx::query("UPDATE relay_commands SET status = 'issuing' WHERE decision_key = $1")
+        .bind(format!("work-order:{first}"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let report = drive_all(&s, now).await;
+    assert_eq!(report.issued, 0, "never re-sent");
+    assert!(!report.events[0].confirmed, "{report:?}");
+    // The next cutoff run asks a person again, once.
+    let report = s.host.run_cutoff().await.unwrap();
+    assert_eq!(report.approvals_requested, 1, "{report:?}");
+    let again = open_orders().await;
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0], first);
+    assert_eq!(s.host.run_cutoff().await.unwrap().approvals_requested, 0);
+}
+
+/// A pending command is sent by one driver only. `feegate serve` drives relay
+/// commands from two places at once — the relays job walks every outstanding command,
+/// and a payment's reconnection at once drives its own — so both may read the same
+/// command as pending; only the one whose update moves it to `issuing` may send it.
+/// (Before: the second driver's update changed nothing but it sent the frame anyway —
+/// one command, two frames at the meter.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_relay_command_is_sent_by_one_driver_only() {
+    use feegate::relay;
+    use feegate_meter::registers::RelayCommand;
+    use sqlx::Row;
+    let (s, now) = scenario_at_tuesday_morning(2, 6).await;
+    make_trippable(&s.host.db, "3500000001").await;
+    // A trip to a slow meter first, then a reconnection, both pending.
+    let trip = pending_command(
+        &s,
+        "3500000001",
+        "decision:slow-trip",
+        RelayCommand::Trip,
+        now,
+    )
+    .await
+    .unwrap();
+    let close = pending_command(
+        &s,
+        "3500000002",
+        "decision:reconnect",
+        RelayCommand::CloseAllowed,
+        now,
+    )
+    .await
+    .unwrap();
+    s.fleet
+        .set_reply_delay(0, Some(std::time::Duration::from_millis(250)))
+        .unwrap();
+    // The relays job reads both as pending and starts on the slow trip...
+    let job = {
+        let h = s.host.clone();
+        tokio::spawn(async move {
+            relay::drive(&h.db, &h.meters, &h.county.floor, &h.county.county, now).await
+        })
+    };
+    let status = async |id: i64| -> String {
+        sqlx::query("SELECT status FROM relay_commands WHERE command_id = $1")
+            .bind(id)
+            .fetch_one(&s.host.db.pool)
+            .await
+            .unwrap()
+            .get(0)
+    };
+    while status(trip).await == "pending" {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // ...while the payment's reconnection drives its own command to the end.
+    let at_once = relay::drive_command(
+        &s.host.db,
+        &s.host.meters,
+        &s.host.county.floor,
+        &s.host.county.county,
+        close,
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(at_once.issued, 1, "{at_once:?}");
+    let job = job.await.unwrap().unwrap();
+    assert_eq!(
+        job.issued, 1,
+        "the relays job sent the trip only, not the reconnection it had read as pending: {job:?}"
+    );
+    assert!(
+        job.events.iter().all(|e| e.command_id != close),
+        "the relays job reported on a command another driver owns: {job:?}"
+    );
+    assert_ne!(status(close).await, "failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,15 +495,7 @@ async fn a_payment_that_races_a_trip_keeps_the_power_on() {
     payment::apply(&s.host.db, &paid, EntryKind::Payment, now)
         .await
         .unwrap();
-    let report = relay::drive(
-        &s.host.db,
-        &s.host.meters,
-        &s.host.county.floor,
-        &s.host.county.county,
-        now,
-    )
-    .await
-    .unwrap();
+    let report = drive_all(&s, now).await;
     assert_eq!(report.issued, 0);
     assert!(
         report.events[0]

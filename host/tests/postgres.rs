@@ -54,3 +54,63 @@ async fn the_postgresql_ledger_and_decision_log_refuse_edits() {
     }
     db.pool.close().await;
 }
+
+/// Two reconnection decisions for one account at the same moment — the relays job's
+/// reconnection sweep beside a payment's reconnection at once, each on its own pooled
+/// connection — make one relay command, not two: the second waits on the account row
+/// and then finds the first one's command in flight. (SQLite runs one connection, so
+/// only PostgreSQL could race.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_reconnection_decisions_at_once_make_one_relay_command() {
+    let Some(pg) =
+        common::pg_database("two_reconnection_decisions_at_once_make_one_relay_command").await
+    else {
+        return;
+    };
+    let mut opts = common::small_county(8, 3, 5);
+    opts.db_url = Some(pg.url.clone());
+    let mut s = demo::Scenario::new(&opts, &[]).await.unwrap();
+    s.run_days(2).await.unwrap();
+    let db = &s.host.db;
+    // The accounts in credit, disconnected a day ago.
+    let accounts: Vec<String> = sqlx::query(
+        "UPDATE accounts SET relay_state = 'open', disconnected_at = '2013-01-02 10:00:00'
+         WHERE balance_fen >= 0 RETURNING account_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    assert!(accounts.len() >= 6, "{accounts:?}");
+    let (policies, now) = (s.host.county.snapshot(), s.host.clock.now());
+    let decide = async |account: &str| {
+        feegate::payment::reconnect_if_due(
+            db,
+            &s.host.engine,
+            &s.host.county.county,
+            &policies,
+            account,
+            now,
+            &s.host.config.relay,
+        )
+        .await
+    };
+    for account in &accounts {
+        let (a, b) = tokio::join!(decide(account), decide(account));
+        let commanded = [a.unwrap(), b.unwrap()]
+            .iter()
+            .filter(|r| matches!(r, feegate::payment::Reconnection::Commanded(_)))
+            .count();
+        assert_eq!(commanded, 1, "account {account}");
+    }
+    let doubled: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM (SELECT account_id FROM relay_commands GROUP BY account_id HAVING COUNT(*) > 1) d",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(doubled, 0, "an account with two reconnection commands");
+}

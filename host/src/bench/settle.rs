@@ -46,13 +46,107 @@ const DAY1: &str = "2013-03-02";
 /// readings bill `consumption_day`: a frozen reading at 00:00 of that day and of the
 /// next, the delta being household `i mod 100`'s use on the same month and day of 2013.
 /// The morning job of `consumption_day + 1` settles them. Used by `feegate bench settle`
-/// and `feegate bench seed` (the multi-host and crash tests).
+/// and `feegate bench seed`; the multi-host and crash tests (`host/tests/cluster.rs`) use
+/// [`seed_accounts_with`] to put the meters on a simulator and accounts in arrears.
 pub async fn seed_accounts(
     db: &Db,
     n: usize,
     profiles: &Profiles,
     consumption_day: NaiveDate,
 ) -> anyhow::Result<()> {
+    seed_accounts_with(db, n, profiles, consumption_day, &SeedOptions::default()).await
+}
+
+/// Live meters for seeded accounts: a [`feegate_meter::sim::SimFleet`] of at least `n`
+/// meters serving Modbus TCP (`SimFleet::serve`), its clock at 00:00 of the day after
+/// the consumption day.
+#[derive(Debug, Clone)]
+pub struct SimMeters {
+    /// The fleet's gateways in order (`SimFleet::gateway_stats`, or proxies in front of
+    /// them): meter `i` is unit `i % per_gateway + 1` on gateway `i / per_gateway`, the
+    /// layout `SimFleet::serve` uses.
+    pub gateways: Vec<std::net::SocketAddr>,
+    /// Meters per gateway, 1..=247, as passed to `SimFleet::serve`.
+    pub per_gateway: usize,
+    /// The fleet's seed: the consumption day's frozen reading is its starting register
+    /// (`feegate_meter::sim::start_register`), which the fleet froze at 00:00 that day.
+    pub sim_seed: u64,
+}
+
+/// An account that starts in arrears (see [`SeedOptions::arrears`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeededArrears {
+    /// Account index `i` (account `A{i}`).
+    pub account: usize,
+    /// Three on-time top-ups in a row: the shipped cutoff policy moves the customer to
+    /// automatic disconnection in an approval-gated county; without it a disconnection
+    /// asks for approval (a work order).
+    pub prepaying_habit: bool,
+}
+
+/// What [`seed_accounts_with`] writes beyond [`seed_accounts`]' default accounts.
+#[derive(Debug, Clone, Default)]
+pub struct SeedOptions {
+    /// None (default): meters at an address nobody answers (`127.0.0.1:1`) and both
+    /// readings written, so settlement needs no collection. Some: meters on the
+    /// simulator and only the consumption day's reading written — the morning job's
+    /// collection must read the new day's frozen value from the meters.
+    pub meters: Option<SimMeters>,
+    /// Accounts that start in arrears, ripe for disconnection on the morning's date
+    /// after 08:00: 50 yuan prepaid, then an 80 yuan `correction` entry for arrears
+    /// carried over (balance −30 yuan), in arrears since the consumption day, and an
+    /// arrears SMS (level 3) delivered at 09:01 that day — more than the floor's 12 hours
+    /// and the policy's grace day before the morning's 08:00.
+    pub arrears: Vec<SeededArrears>,
+}
+
+/// Opening balance of a seeded arrears account, fen (see [`SeedOptions::arrears`]).
+const ARREARS_PREPAYMENT_FEN: i64 = 5_000;
+/// Arrears carried over into a seeded arrears account, fen.
+const ARREARS_CARRIED_FEN: i64 = 8_000;
+
+/// [`seed_accounts`] with [`SeedOptions`]: meters on a simulator, accounts in arrears.
+pub async fn seed_accounts_with(
+    db: &Db,
+    n: usize,
+    profiles: &Profiles,
+    consumption_day: NaiveDate,
+    opts: &SeedOptions,
+) -> anyhow::Result<()> {
+    if let Some(m) = &opts.meters {
+        anyhow::ensure!(
+            (1..=247).contains(&m.per_gateway) && m.gateways.len() * m.per_gateway >= n,
+            "{} gateways of {} meters cannot hold {n} meters",
+            m.gateways.len(),
+            m.per_gateway
+        );
+    }
+    if let Some(a) = opts.arrears.iter().find(|a| a.account >= n) {
+        anyhow::bail!("arrears account {} is beyond the {n} accounts", a.account);
+    }
+    let arrears = |i: usize| opts.arrears.iter().find(|a| a.account == i);
+    let opening = |i: usize| {
+        if arrears(i).is_some() {
+            ARREARS_PREPAYMENT_FEN
+        } else {
+            prepayment(i)
+        }
+    };
+    let balance = |i: usize| {
+        opening(i)
+            - if arrears(i).is_some() {
+                ARREARS_CARRIED_FEN
+            } else {
+                0
+            }
+    };
+    let meter_link = |i: usize| match &opts.meters {
+        None => ("127.0.0.1:1".to_string(), 1),
+        Some(m) => (
+            m.gateways[i / m.per_gateway].to_string(),
+            i % m.per_gateway + 1,
+        ),
+    };
     let day0 = ds(consumption_day);
     let day1 = ds(consumption_day.succ_opt().context("date out of range")?);
     let data_day = NaiveDate::from_ymd_opt(2013, consumption_day.month(), consumption_day.day())
@@ -70,7 +164,7 @@ pub async fn seed_accounts(
         let end = (start + CHUNK).min(n);
         let mut tx = db.pool.begin().await?;
         let rows = |f: &dyn Fn(usize) -> String| (start..end).map(f).collect::<Vec<_>>().join(", ");
-        let sql = [
+        let mut sql = vec![
             format!(
                 "INSERT INTO customers (customer_id, county, station_id, name, master_mobile, customer_class) VALUES {}",
                 rows(&|i| format!(
@@ -79,40 +173,71 @@ pub async fn seed_accounts(
             ),
             format!(
                 "INSERT INTO meters (meter_id, customer_id, protocol, gateway, unit_id, installed_on) VALUES {}",
-                rows(&|i| format!("('M{i}', 'C{i}', 'modbus-tcp', '127.0.0.1:1', 1, '{day0}')"))
+                rows(&|i| {
+                    let (gateway, unit) = meter_link(i);
+                    format!("('M{i}', 'C{i}', 'modbus-tcp', '{gateway}', {unit}, '{day0}')")
+                })
             ),
             format!(
                 "INSERT INTO agreements (agreement_id, customer_id, alarm_threshold_fen, mobile, signed_at) VALUES {}",
                 rows(&|i| format!("({}, 'C{i}', 5000, '139{i:08}', '{day0} 00:00:00')", i + 1))
             ),
             format!(
-                "INSERT INTO accounts (account_id, customer_id, meter_id, agreement_id, county, station_id, status, balance_fen) VALUES {}",
+                "INSERT INTO accounts (account_id, customer_id, meter_id, agreement_id, county, station_id, status, balance_fen, arrears_since, ontime_topups_in_a_row) VALUES {}",
                 rows(&|i| format!(
-                    "('A{i}', 'C{i}', 'M{i}', {}, 'xianyou', 'XY-BT', 'active', {})",
+                    "('A{i}', 'C{i}', 'M{i}', {}, 'xianyou', 'XY-BT', 'active', {}, {}, {})",
                     i + 1,
-                    prepayment(i)
+                    balance(i),
+                    arrears(i).map_or("NULL".to_string(), |_| format!("'{day0}'")),
+                    arrears(i).map_or(0, |a| if a.prepaying_habit { 3 } else { 0 }),
                 ))
             ),
             format!(
                 "INSERT INTO ledger_entries (account_id, kind, amount_fen, balance_after_fen, idempotency_key, business_date, posted_at, reference) VALUES {}",
                 rows(&|i| format!(
                     "('A{i}', 'prepayment', {0}, {0}, 'open-A{i}', '{day0}', '{day0} 00:00:00', 'bench')",
-                    prepayment(i)
+                    opening(i)
                 ))
             ),
             format!(
                 "INSERT INTO readings (meter_id, reading_date, register_centi_kwh, source, collected_at) VALUES {}",
-                rows(&|i| {
-                    let h = &households[i % households.len()];
-                    let kwh = h.kwh_on(data_day).unwrap_or_default();
-                    let start_reg = 100_000 + (i as i64 % 1000) * 100;
-                    format!(
-                        "('M{i}', '{day0}', {start_reg}, 'daily-frozen', '{day0} 00:10:00'), ('M{i}', '{day1}', {}, 'daily-frozen', '{day1} 00:10:00')",
-                        start_reg + kwh_to_centi_kwh(kwh)
-                    )
+                rows(&|i| match &opts.meters {
+                    None => {
+                        let h = &households[i % households.len()];
+                        let kwh = h.kwh_on(data_day).unwrap_or_default();
+                        let start_reg = 100_000 + (i as i64 % 1000) * 100;
+                        format!(
+                            "('M{i}', '{day0}', {start_reg}, 'daily-frozen', '{day0} 00:10:00'), ('M{i}', '{day1}', {}, 'daily-frozen', '{day1} 00:10:00')",
+                            start_reg + kwh_to_centi_kwh(kwh)
+                        )
+                    }
+                    Some(m) => format!(
+                        "('M{i}', '{day0}', {}, 'daily-frozen', '{day0} 00:10:00')",
+                        feegate_meter::sim::start_register(m.sim_seed, i)
+                    ),
                 })
             ),
         ];
+        let owing: Vec<usize> = (start..end).filter(|i| arrears(*i).is_some()).collect();
+        if !owing.is_empty() {
+            let each = |f: &dyn Fn(usize) -> String| {
+                owing.iter().map(|i| f(*i)).collect::<Vec<_>>().join(", ")
+            };
+            sql.push(format!(
+                "INSERT INTO ledger_entries (account_id, kind, amount_fen, balance_after_fen, idempotency_key, business_date, posted_at, reference) VALUES {}",
+                each(&|i| format!(
+                    "('A{i}', 'correction', {}, {}, 'arrears-A{i}', '{day0}', '{day0} 00:00:01', 'bench: arrears carried over')",
+                    -ARREARS_CARRIED_FEN,
+                    balance(i)
+                ))
+            ));
+            sql.push(format!(
+                "INSERT INTO sms_outbox (account_id, kind, dedup_key, notice_key, mobile, body, warning_level, status, attempts, created_at, sent_at, delivered_at) VALUES {}",
+                each(&|i| format!(
+                    "('A{i}', 'arrears', 'bench-arrears-A{i}', 'bench-arrears-A{i}', '139{i:08}', '【仙游供电】您已欠费，请及时缴费。', 3, 'delivered', 1, '{day0} 09:00:00', '{day0} 09:00:00', '{day0} 09:01:00')"
+                ))
+            ));
+        }
         for q in sql {
             sqlx::query(&q).execute(&mut *tx).await?;
         }

@@ -40,6 +40,9 @@
 //! host_id = "<hostname>-<pid>"
 //! lease_seconds = 15
 //!
+//! [clock]                      # rehearsals and crash tests only; 0 in production
+//! shift_seconds = 0
+//!
 //! [[county]]
 //! policy_set = "policies/xianyou"
 //! components = "target/wasm32-wasip2/plugin"
@@ -90,6 +93,7 @@ pub struct ServeConfig {
     pub registry: RegistrySection,
     pub cluster: ClusterSection,
     pub channels: ChannelsSection,
+    pub clock: ClockSection,
     /// `[auth]`: console sessions and the failed-login limit (see `auth::store::AuthConfig`).
     pub auth: crate::auth::store::AuthConfig,
     /// The counties this host serves. Default: the shipped Xianyou policy set.
@@ -107,6 +111,7 @@ impl Default for ServeConfig {
             registry: RegistrySection::default(),
             cluster: ClusterSection::default(),
             channels: ChannelsSection::default(),
+            clock: ClockSection::default(),
             auth: crate::auth::store::AuthConfig::default(),
             counties: vec![CountySection::default()],
         }
@@ -262,6 +267,19 @@ pub struct ChannelsSection {
     pub config: Option<PathBuf>,
 }
 
+/// `[clock]`: the county clocks' relation to the system clock.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClockSection {
+    /// Seconds added to every county's local time (negative: earlier). Default 0, the
+    /// only value for production. A rehearsal or a crash test sets it to run a chosen
+    /// business day with real processes — e.g. a weekday 10:00 in a year the county
+    /// calendar covers, so the safety floor lets trips through — and gives every
+    /// restart the same value, so time goes on where it was. File only (no
+    /// environment override); a non-zero shift is logged as a warning at start.
+    pub shift_seconds: i64,
+}
+
 /// `[[county]]`: one county this host serves.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -389,6 +407,10 @@ impl ServeConfig {
             (60..=86_400).contains(&self.auth.failure_window_seconds)
                 && (1..=100).contains(&self.auth.max_failures),
             "auth.failure_window_seconds must be 60..=86400 and auth.max_failures 1..=100",
+        )?;
+        range(
+            self.clock.shift_seconds.unsigned_abs() <= 100 * 366 * 86_400,
+            "clock.shift_seconds must be within 100 years either way",
         )?;
         range(
             !self.cluster.host_id.trim().is_empty(),
@@ -625,6 +647,7 @@ mod tests {
             ("[cluster]\nlease_seconds = 0\n", "lease_seconds"),
             ("[registry]\npoll_seconds = 0\n", "poll_seconds"),
             ("[cluster]\nhost_id = \" \"\n", "host_id"),
+            ("[clock]\nshift_seconds = -9999999999\n", "shift_seconds"),
         ] {
             let (_d, path) = write(text);
             match ServeConfig::load(Some(&path), []) {

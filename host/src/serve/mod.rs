@@ -21,7 +21,7 @@
 pub mod config;
 pub mod metrics;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, ShiftedClock, SystemClock};
 use crate::config::HostConfig;
 use crate::county::County;
 use crate::db::Db;
@@ -121,7 +121,22 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Arc<ServeState>> {
                 c.utc_offset_hours
             )
         })?;
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock { offset });
+        let clock: Arc<dyn Clock> = match config.clock.shift_seconds {
+            0 => Arc::new(SystemClock { offset }),
+            shift => {
+                let clock = ShiftedClock {
+                    system: SystemClock { offset },
+                    shift: ChronoDuration::seconds(shift),
+                };
+                tracing::warn!(
+                    county = %c.policy_set.display(),
+                    shift_seconds = shift,
+                    local_now = %clock.now(),
+                    "[clock] shift_seconds is set: county time is not the real time (rehearsal or test only)"
+                );
+                Arc::new(clock)
+            }
+        };
         let county = Arc::new(
             County::load(
                 &engine,
