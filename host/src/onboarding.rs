@@ -128,6 +128,91 @@ pub struct Onboarded {
     pub mobile_mismatch: bool,
 }
 
+/// Largest CT or PT ratio accepted (each). Real ratios stay far below (a 3000/5 A CT is
+/// 600, a 110 kV/100 V PT is 1,100); the bound keeps register delta × CT × PT inside
+/// 64-bit centi-kWh for any register value.
+pub const MAX_TRANSFORMER_RATIO: i64 = 10_000;
+
+/// Checks an application before anything is written: ids (1–64 characters: letters,
+/// digits, `-`, `_`, `.`), a name (1–100 characters, no control characters), CT and PT
+/// ratios (1..=[`MAX_TRANSFORMER_RATIO`]), and a link that names one meter (a Modbus
+/// unit 1..=247; a DL/T 645 address that is neither broadcast nor a wildcard).
+/// The message says which field and what to send.
+pub fn check_application(a: &Application) -> Result<(), String> {
+    for (what, id) in [
+        ("customer_id", &a.customer_id),
+        ("meter_id", &a.meter_id),
+        ("account_id", &a.account_id),
+        ("county", &a.county),
+        ("station_id", &a.station_id),
+    ] {
+        let ok = (1..=64).contains(&id.chars().count())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            return Err(format!(
+                "{what} {id:?}: use 1–64 letters, digits, '-', '_' or '.'"
+            ));
+        }
+    }
+    let name = a.customer_name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(format!(
+            "customer_name {:?}: give the name as on the ID card, 1–100 characters",
+            a.customer_name
+        ));
+    }
+    for (what, r) in [("ct_ratio", a.ct_ratio), ("pt_ratio", a.pt_ratio)] {
+        if !(1..=MAX_TRANSFORMER_RATIO).contains(&r) {
+            return Err(format!(
+                "{what} {r}: must be 1..={MAX_TRANSFORMER_RATIO} (1 for a direct-connected meter)"
+            ));
+        }
+    }
+    match &a.link {
+        MeterLink::Modbus(m) if !(1..=247).contains(&m.unit) => Err(format!(
+            "unit id {}: a Modbus meter is unit 1..=247 (0 is broadcast, 248–255 reserved)",
+            m.unit
+        )),
+        MeterLink::ModbusRtu(m) if !(1..=247).contains(&m.unit) => Err(format!(
+            "unit id {}: a Modbus meter is unit 1..=247 (0 is broadcast, 248–255 reserved)",
+            m.unit
+        )),
+        MeterLink::Dlt645(m) if !m.address.is_unicast() => Err(format!(
+            "meter address {}: give the meter's own 12-digit address (no broadcast 999999999999, no AA wildcards)",
+            m.address
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The account whose meter is already reached through `link` (same protocol, gateway or
+/// serial port or terminal, and unit id or meter address), if any. Two accounts on one
+/// physical meter would both be billed for it, and a trip for one would cut off the other.
+pub async fn link_in_use(
+    conn: &mut AnyConnection,
+    link: &MeterLink,
+) -> Result<Option<String>, DbError> {
+    let c = link_columns(link);
+    Ok(sqlx::query_scalar(
+        "SELECT a.account_id FROM meters m JOIN accounts a ON a.meter_id = m.meter_id
+         WHERE m.protocol = $1 AND COALESCE(m.gateway, '') = $2 AND COALESCE(m.unit_id, -1) = $3
+           AND COALESCE(m.meter_address, '') = $4 AND COALESCE(m.terminal, '') = $5
+           AND COALESCE(m.terminal_port, -1) = $6 AND COALESCE(m.serial_port, '') = $7
+         LIMIT 1",
+    )
+    .bind(c.protocol)
+    .bind(c.gateway.unwrap_or_default())
+    .bind(c.unit_id.unwrap_or(-1))
+    .bind(c.meter_address.unwrap_or_default())
+    .bind(c.terminal.unwrap_or_default())
+    .bind(c.terminal_port.unwrap_or(-1))
+    .bind(c.serial_port.unwrap_or_default())
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
 /// Creates customer, meter, agreement and account in one transaction.
 pub async fn onboard(db: &Db, a: &Application, now: NaiveDateTime) -> Result<Onboarded, DbError> {
     let mut tx = db.pool.begin().await?;
@@ -143,6 +228,13 @@ pub async fn onboard_in(
     a: &Application,
     now: NaiveDateTime,
 ) -> Result<Onboarded, DbError> {
+    // The callers check first to answer 400 / 409; this is the last line for any other.
+    check_application(a).map_err(|m| DbError::Corrupt(format!("application refused: {m}")))?;
+    if let Some(other) = link_in_use(&mut *tx, &a.link).await? {
+        return Err(DbError::Corrupt(format!(
+            "application refused: that meter link is account {other}'s meter"
+        )));
+    }
     sqlx::query(
         "INSERT INTO customers (customer_id, county, station_id, name, master_mobile, customer_class, vulnerable) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )

@@ -367,7 +367,25 @@ async fn settle_account(
             return Ok(());
         }
     };
-    let kwh_centi = delta * c.ct * c.pt;
+    // CT and PT are bounded at onboarding; stored values from elsewhere could still
+    // overflow: hold that account (a person checks the ratios) instead of guessing.
+    let Some(kwh_centi) = delta.checked_mul(c.ct).and_then(|x| x.checked_mul(c.pt)) else {
+        decision_log::hold(
+            &mut conn,
+            &c.account_id,
+            &business_date,
+            "reading",
+            &format!(
+                "register delta {delta} centi-kWh × CT {} × PT {} overflows: check the meter's CT and PT ratios",
+                c.ct, c.pt
+            ),
+            None,
+            &ts(now),
+        )
+        .await?;
+        report.held += 1;
+        return Ok(());
+    };
 
     // Cycle-to-date usage before period_first, from earlier settlements.
     let year_start = NaiveDate::from_ymd_opt(period_first.year(), 1, 1).expect("valid date");

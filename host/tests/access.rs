@@ -307,6 +307,38 @@ async fn failed_logins_are_limited_per_username_and_per_client() {
         .await
         .unwrap();
     assert_eq!(ok.principal.county.as_deref(), Some("xianyou"));
+    // Attempts sent all at once are limited too: at most `max_failures` passwords are
+    // checked, the rest refused before argon2 runs.
+    store::create_user(&db, &user("flooded", Role::Auditor))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (db, config) = (db.clone(), config.clone());
+        tasks.push(tokio::spawn(async move {
+            store::login(
+                &db,
+                &config,
+                "flooded",
+                "wrong-password-here",
+                &format!("10.1.0.{i}"),
+            )
+            .await
+        }));
+    }
+    let mut checked = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Err(AuthError::BadCredentials) => checked += 1,
+            Err(AuthError::TooManyAttempts { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        checked <= 3,
+        "{checked} passwords checked in parallel, limit 3"
+    );
+    assert!(checked >= 1);
     // Passwords are stored as argon2id PHC strings.
     let phc: String =
         sqlx::query_scalar("SELECT password_hash FROM users WHERE username = 'auditor'")

@@ -461,8 +461,8 @@ async fn every_role_is_denied_what_it_must_not_see_or_do() {
             "cust-a1",
             "/api/v1/payments".into(),
             pay(A5),
-            404,
-            "not-found",
+            403,
+            "forbidden",
         ),
         (
             "staff-dw",
@@ -511,7 +511,8 @@ async fn every_role_is_denied_what_it_must_not_see_or_do() {
             .unwrap();
     assert_eq!(status, "open", "no refused write decided the order");
 
-    // And what they may: the customer pays into their own account through the app.
+    // A customer cannot credit even their own account: their money arrives only through a
+    // payment channel's signed notification (an unsigned "I paid" would be free credit).
     let (got, b) = w
         .call(
             Some("cust-a1"),
@@ -521,9 +522,8 @@ async fn every_role_is_denied_what_it_must_not_see_or_do() {
             Some("own"),
         )
         .await;
-    assert_eq!(got, 201, "{b}");
-    assert_eq!(b["channel"], "app");
-    assert_eq!(w.balance_fen(A1).await, before + 1000);
+    assert_eq!((got, b["code"].as_str()), (403, Some("forbidden")), "{b}");
+    assert_eq!(w.balance_fen(A1).await, before);
 }
 
 /// The two-person rule: the approver of a cutoff never executes it; another person's

@@ -266,7 +266,7 @@ async fn staff_approve_and_execute_a_cutoff_and_a_customer_pays_in_the_browser()
     // The app channel, with reconnection by this county's host, as `feegate serve` sets
     // it up from `[channels]`.
     let channels_cfg = feegate::channels::config::ChannelsConfig::parse(
-        "[channels.app]\nauth = \"hmac-sha256\"\nsecret = \"browser-test-secret-0123456789\"\nmax_amount_yuan = \"5000.00\"\n",
+        "[channels.app]\nauth = \"hmac-sha256\"\nsecret = \"browser-test-secret-0123456789\"\nmax_amount_yuan = \"5000.00\"\nconsole_sandbox = true\n",
         std::path::Path::new("."),
         |_| None,
     )

@@ -243,7 +243,7 @@ async fn console_checks(dir: &tempfile::TempDir, db: &str) {
     }
     std::fs::write(
         dir.path().join("channels.toml"),
-        "[channels.app]\nauth = \"hmac-sha256\"\nsecret = \"console-test-secret-0123456789\"\nmax_amount_yuan = \"5000.00\"\n",
+        "[channels.app]\nauth = \"hmac-sha256\"\nsecret = \"console-test-secret-0123456789\"\nmax_amount_yuan = \"5000.00\"\nconsole_sandbox = true\n",
     )
     .unwrap();
     let port = free_port();

@@ -595,6 +595,15 @@ pub async fn post_agreement(
                 keep_power: r.keep_power,
                 time_of_use: r.time_of_use,
             };
+            onboarding::check_application(&app).map_err(ApiError::bad_request)?;
+            if let Some(other) = {
+                let mut conn = s.db.pool.acquire().await?;
+                onboarding::link_in_use(&mut conn, &app.link).await?
+            } {
+                return Err(ApiError::conflict(format!(
+                    "that meter link (protocol, gateway or port, unit or address) is already account {other}'s meter; check the meter's address"
+                )));
+            }
             let now = now_in(&s, Some(&r.county));
             let taken: Option<String> = sqlx::query_scalar(
                 "SELECT 'customer ' || customer_id FROM customers WHERE customer_id = $1
@@ -612,7 +621,18 @@ pub async fn post_agreement(
                 )));
             }
             let mut tx = s.db.pool.begin().await?;
-            let onboarded = onboarding::onboard_in(&mut tx, &app, now).await?;
+            let onboarded = onboarding::onboard_in(&mut tx, &app, now)
+                .await
+                .map_err(|e| match e {
+                    // Two onboardings with the same ids at once: the loser is a conflict.
+                    crate::db::DbError::Sql(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                        ApiError::conflict(format!(
+                            "{}: another onboarding took these ids or this meter just now; choose new ids",
+                            d.message()
+                        ))
+                    }
+                    other => ApiError::from(other),
+                })?;
             let txn = format!("api-{}-{key}", p.user_id);
             if let Some(fen) = prepayment {
                 payment::apply_in(

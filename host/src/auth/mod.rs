@@ -8,7 +8,7 @@
 //! | county-engineer | one county | read and manage that county's policies; read its decisions and collection figures; no customer records |
 //! | station-staff | one station of one county | that station's customers, accounts, decisions, work orders (approve, hold, execute), payments at the counter, onboarding, collection figures; read the county's policies |
 //! | auditor | every county | read everything, change nothing |
-//! | customer | one account | read that account (balance, ledger, usage, decisions) and pay into it |
+//! | customer | one account | read that account (balance, ledger, usage, decisions); they pay in the app, whose payment provider's signed notification credits them |
 //!
 //! A request proves who it is with an API token (`Authorization: Bearer fgt_…`, stored
 //! hashed, [`store`]) or a console session cookie ([`SESSION_COOKIE`], argon2 password
@@ -257,7 +257,9 @@ impl Principal {
                 ManagePolicies | ManageUsers => None,
             },
             Role::Customer => match action {
-                ReadAccounts | ReadDecisions | RecordPayments => Some(self.account_only()),
+                // No RecordPayments: a customer's money arrives through a payment
+                // channel's signed notification, never by the customer's own word.
+                ReadAccounts | ReadDecisions => Some(self.account_only()),
                 _ => None,
             },
         };

@@ -398,16 +398,37 @@ pub async fn login(
 ) -> Result<NewSession, AuthError> {
     let now = now_ms();
     let window_start = now - (config.failure_window_seconds as i64) * 1000;
+    // Every attempt is recorded as a failure BEFORE the password is checked, then
+    // counted: attempts sent in parallel each see the ones recorded before them, so at
+    // most `max_failures` passwords are checked per window however many arrive at once
+    // (the k-th attempt to count sees at least k rows: its own and those counted before).
+    // A refused attempt's row is removed again; a successful login removes its own.
+    let attempt: i64 = sqlx::query_scalar(
+        "INSERT INTO login_failures (username, client, at_ms) VALUES ($1, $2, $3) RETURNING failure_id",
+    )
+    .bind(username)
+    .bind(client)
+    .bind(now)
+    .fetch_one(&db.pool)
+    .await?;
+    let forget_attempt = || async {
+        sqlx::query("DELETE FROM login_failures WHERE failure_id = $1")
+            .bind(attempt)
+            .execute(&db.pool)
+            .await
+    };
     for (column, value) in [("username", username), ("client", client)] {
         let row = sqlx::query(&format!(
-            "SELECT COUNT(*) AS n, MIN(at_ms) AS oldest FROM login_failures WHERE {column} = $1 AND at_ms > $2"
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n, MIN(at_ms) AS oldest FROM login_failures
+             WHERE {column} = $1 AND at_ms > $2"
         ))
         .bind(value)
         .bind(window_start)
         .fetch_one(&db.pool)
         .await?;
         let n: i64 = row.try_get("n")?;
-        if n >= i64::from(config.max_failures) {
+        if n > i64::from(config.max_failures) {
+            forget_attempt().await?;
             let oldest: Option<i64> = row.try_get("oldest")?;
             let free_at = oldest.unwrap_or(now) + (config.failure_window_seconds as i64) * 1000;
             return Err(AuthError::TooManyAttempts {
@@ -438,15 +459,11 @@ pub async fn login(
         .await
         .unwrap_or(false);
     let Some(user_id) = user.filter(|_| ok) else {
-        sqlx::query("INSERT INTO login_failures (username, client, at_ms) VALUES ($1, $2, $3)")
-            .bind(username)
-            .bind(client)
-            .bind(now)
-            .execute(&db.pool)
-            .await?;
+        // The attempt's row stays: it is this failure.
         tracing::warn!(username, client, "console login failed");
         return Err(AuthError::BadCredentials);
     };
+    forget_attempt().await?;
     let session = random_secret("fgs_");
     let expires = now + (config.session_seconds as i64) * 1000;
     sqlx::query(

@@ -71,7 +71,7 @@ fn allowed(role: Role, action: Action) -> bool {
             ReadPolicies | ManagePolicies | ReadDecisions | ReadCollection
         ),
         Role::StationStaff => !matches!(action, ManagePolicies | ManageUsers),
-        Role::Customer => matches!(action, ReadAccounts | ReadDecisions | RecordPayments),
+        Role::Customer => matches!(action, ReadAccounts | ReadDecisions),
     }
 }
 

@@ -88,6 +88,7 @@ pub fn bench_config() -> anyhow::Result<ChannelsConfig> {
             ChannelConfig {
                 key,
                 max_amount_fen: 5_000_000,
+                console_sandbox: false,
             },
         );
     }

@@ -79,6 +79,8 @@ struct RawChannel {
     public_key_pem: Option<String>,
     public_key_file: Option<PathBuf>,
     max_amount_yuan: Decimal,
+    #[serde(default)]
+    console_sandbox: bool,
 }
 
 /// The verifying key of a channel.
@@ -104,6 +106,11 @@ pub struct ChannelConfig {
     pub key: ChannelKey,
     /// Largest single payment accepted, in fen.
     pub max_amount_fen: Fen,
+    /// `console_sandbox = true` (default false): the web console's customer "pay" button
+    /// credits the account through this channel's inbox WITHOUT any money being taken —
+    /// for demos, rehearsals and the browser test only. In production the customer pays
+    /// in the app, and only the provider's signed notification moves the balance.
+    pub console_sandbox: bool,
 }
 
 /// Auto-debit (代扣) settings.
@@ -230,6 +237,7 @@ impl ChannelsConfig {
                 ChannelConfig {
                     key,
                     max_amount_fen,
+                    console_sandbox: c.console_sandbox,
                 },
             );
         }

@@ -428,7 +428,7 @@ fn new_txn_id() -> String {
 fn may_pay(p: &Principal, a: &query::accounts::AccountSummary) -> bool {
     p.role == Role::Customer
         && p.authorize(
-            Action::RecordPayments,
+            Action::ReadAccounts,
             Scope::account(&a.county, &a.station_id, &a.account_id),
         )
         .is_ok()
@@ -555,6 +555,10 @@ async fn pay(
             .channels
             .get("app")
             .ok_or_else(|| ConsoleError::Conflict(req.t("pay.no_app_channel")))?;
+        // The console takes no money: only a sandbox app channel lets this button credit.
+        if !cfg.console_sandbox {
+            return Err(ConsoleError::Forbidden(req.t("pay.provider_only")));
+        }
         let body = serde_json::json!({
             "txn_id": form.txn_id,
             "account_id": a.account_id,
@@ -885,7 +889,9 @@ async fn hall_submit(
             Ok(o) => o,
             Err(e) => {
                 let msg = e.to_string();
-                let hint = if msg.contains("UNIQUE") || msg.contains("unique") || msg.contains("duplicate key") {
+                let hint = if let Some(refused) = msg.strip_prefix("stored value is invalid: application refused: ") {
+                    refused.to_string()
+                } else if msg.contains("UNIQUE") || msg.contains("unique") || msg.contains("duplicate key") {
                     format!("{}: {msg}", req.t("hall.exists"))
                 } else if msg.contains("FOREIGN KEY") || msg.contains("foreign key") {
                     format!("{}: {msg}", req.t("hall.unknown_station"))

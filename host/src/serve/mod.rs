@@ -572,7 +572,7 @@ async fn catch_up(
 pub async fn run_job(c: &CountyRuntime, job: Job, date: NaiveDate, metrics: &Metrics) {
     let county = c.host.county.county.as_str();
     let began = std::time::Instant::now();
-    let result: anyhow::Result<()> = async {
+    let run = async {
         match job {
             Job::Morning => {
                 let report = c.host.run_morning(date).await?;
@@ -614,8 +614,23 @@ pub async fn run_job(c: &CountyRuntime, job: Job, date: NaiveDate, metrics: &Met
             }
         }
         Ok(())
-    }
-    .await;
+    };
+    // A panic (a defect) fails this run like an error: its transaction rolls back, it is
+    // counted and logged, and the county's scheduler goes on with its other jobs.
+    let result: anyhow::Result<()> =
+        match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await {
+            Ok(r) => r,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                Err(anyhow::anyhow!(
+                    "the job panicked ({what}); this is a defect, report it"
+                ))
+            }
+        };
     metrics
         .job_duration
         .with_label_values(&[county, job.name()])
