@@ -338,7 +338,8 @@ async fn failed_logins_are_limited_per_username_and_per_client() {
         checked <= 3,
         "{checked} passwords checked in parallel, limit 3"
     );
-    assert!(checked >= 1);
+    // (All twenty may be refused: each records its attempt before counting, so when all
+    // record first, all see twenty. Refusing is the safe side.)
     // Passwords are stored as argon2id PHC strings.
     let phc: String =
         sqlx::query_scalar("SELECT password_hash FROM users WHERE username = 'auditor'")

@@ -20,9 +20,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use feegate_meter::dlt645_client::Dlt645Meter;
 use feegate_meter::fleet::MeterLink;
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use std::str::FromStr;
 use std::sync::Arc;
 
 type St = State<Arc<ServeState>>;
@@ -272,8 +270,10 @@ pub struct PaymentRecorded {
 /// Parses a yuan amount into positive fen no larger than `max`.
 pub fn parse_amount(text: &str, max: Fen) -> Result<Fen, ApiError> {
     let bad = |why: String| ApiError::bad_request(format!("amount {text:?}: {why}"));
-    let d = Decimal::from_str(text.trim())
-        .map_err(|_| bad("not a decimal number of yuan; send e.g. \"100.00\"".into()))?;
+    // Digits, optionally a point and digits: no exponent, sign, spaces or separators.
+    let d = crate::channels::plain_decimal(text)
+        .filter(|d| !d.is_sign_negative())
+        .ok_or_else(|| bad("not a plain decimal number of yuan; send e.g. \"100.00\"".into()))?;
     let fen = yuan_to_fen(d).map_err(|e| bad(e.to_string()))?;
     if fen <= 0 {
         return Err(bad("must be more than 0".into()));
@@ -551,8 +551,7 @@ pub async fn post_agreement(
                         .map_err(|e| ApiError::bad_request(e.to_string()))?;
                 }
             }
-            let alarm = Decimal::from_str(r.alarm_threshold.trim())
-                .ok()
+            let alarm = crate::channels::plain_decimal(&r.alarm_threshold)
                 .and_then(|d| yuan_to_fen(d).ok())
                 .filter(|f| *f >= 0)
                 .ok_or_else(|| {
@@ -668,4 +667,22 @@ pub async fn post_agreement(
         },
     )
     .await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_amount;
+
+    #[test]
+    fn amounts_are_plain_decimal_yuan_with_at_most_two_places() {
+        for (text, fen) in [("10", 1000), ("10.5", 1050), ("10.05", 1005), ("0.01", 1)] {
+            assert_eq!(parse_amount(text, 5_000_000).ok(), Some(fen), "{text}");
+        }
+        for text in [
+            "1e2", "5e4", "+10", ".5", "10.", " 10", "10 ", "1_0", "-1", "0", "0.00", "10.001", "",
+            "abc", "50000.01",
+        ] {
+            assert!(parse_amount(text, 5_000_000).is_err(), "{text:?} accepted");
+        }
+    }
 }

@@ -197,7 +197,7 @@ fn ident_ok(s: &str, max: usize) -> bool {
 
 /// A plain decimal: optional `-`, digits, optionally `.` and digits (no exponent, no
 /// `+`, no spaces, at most 18 digits before the point).
-fn plain_decimal(s: &str) -> Option<Decimal> {
+pub fn plain_decimal(s: &str) -> Option<Decimal> {
     let unsigned = s.strip_prefix('-').unwrap_or(s);
     let (int, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
     let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
