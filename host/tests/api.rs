@@ -229,8 +229,10 @@ fn application(county: &str, station: &str, prefix: &str, n: u32) -> Application
         vulnerable: false,
         meter_id: format!("{prefix}M{n:09}"),
         link: feegate_meter::fleet::MeterLink::Modbus(feegate_meter::registers::MeterAddress {
-            gateway: "127.0.0.1:1".parse().unwrap(),
-            unit: 1,
+            // A gateway of its own (the demo's meters are on 127.0.0.1): onboarding
+            // refuses a link another account already uses.
+            gateway: "127.0.0.2:1".parse().unwrap(),
+            unit: (n % 247 + 1) as u8,
         }),
         ct_ratio: 1,
         pt_ratio: 1,

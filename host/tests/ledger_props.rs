@@ -43,7 +43,8 @@ async fn fresh_db(dir: &tempfile::TempDir) -> Db {
             meter_id: format!("M{i}"),
             link: feegate_meter::fleet::MeterLink::Modbus(feegate_meter::registers::MeterAddress {
                 gateway: "127.0.0.1:1".parse().unwrap(),
-                unit: 1,
+                // One meter per account: onboarding refuses a link already in use.
+                unit: i as u8 + 1,
             }),
             ct_ratio: 1,
             pt_ratio: 1,
