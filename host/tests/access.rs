@@ -20,7 +20,7 @@ const PASSWORD: &str = "mulberry-lantern-42";
 
 async fn seeded(url: &str) -> Db {
     let db = Db::open(url).await.unwrap();
-    let profiles = Profiles::load(&common::shared_data("lcl_2013_daily_kwh_100hh.csv")).unwrap();
+    let profiles = Profiles::load(common::shared_data("lcl_2013_daily_kwh_100hh.csv")).unwrap();
     feegate::bench::settle::seed_accounts(
         &db,
         3,

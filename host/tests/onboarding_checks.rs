@@ -41,10 +41,9 @@ async fn a_meter_link_in_use_and_impossible_fields_are_refused_before_anything_i
     let db = Db::open(&format!("sqlite://{}/o.db", dir.path().display()))
         .await
         .unwrap();
-    let profiles = feegate_meter::profile::Profiles::load(&common::shared_data(
-        "lcl_2013_daily_kwh_100hh.csv",
-    ))
-    .unwrap();
+    let profiles =
+        feegate_meter::profile::Profiles::load(common::shared_data("lcl_2013_daily_kwh_100hh.csv"))
+            .unwrap();
     feegate::bench::settle::seed_accounts(
         &db,
         1,
