@@ -8,28 +8,16 @@ mod common;
 use axum::Json;
 use axum::Router;
 use axum::routing::get;
-use chrono::NaiveDate;
 use feegate::auth::Principal;
 use feegate::auth::extract::AuthState;
 use feegate::auth::store::{self, AuthConfig, AuthError, NewUser};
 use feegate::auth::{Role, Via};
 use feegate::db::Db;
-use feegate_meter::profile::Profiles;
 
 const PASSWORD: &str = "mulberry-lantern-42";
 
 async fn seeded(url: &str) -> Db {
-    let db = Db::open(url).await.unwrap();
-    let profiles = Profiles::load(common::shared_data("lcl_2013_daily_kwh_100hh.csv")).unwrap();
-    feegate::bench::settle::seed_accounts(
-        &db,
-        3,
-        &profiles,
-        NaiveDate::from_ymd_opt(2013, 3, 1).unwrap(),
-    )
-    .await
-    .unwrap();
-    db
+    common::seeded_db(url, 3).await
 }
 
 fn user(name: &str, role: Role) -> NewUser {

@@ -6,7 +6,6 @@ mod common;
 
 use chrono::NaiveDate;
 use feegate::collection::parse_address;
-use feegate::db::Db;
 use feegate::onboarding::{self, Application};
 use feegate_meter::dlt645::Address;
 use feegate_meter::dlt645_client::{Dlt645Meter, Link};
@@ -38,20 +37,7 @@ fn application(n: u32, gateway: &str, unit: i64) -> Application {
 #[tokio::test]
 async fn a_meter_link_in_use_and_impossible_fields_are_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(&format!("sqlite://{}/o.db", dir.path().display()))
-        .await
-        .unwrap();
-    let profiles =
-        feegate_meter::profile::Profiles::load(common::shared_data("lcl_2013_daily_kwh_100hh.csv"))
-            .unwrap();
-    feegate::bench::settle::seed_accounts(
-        &db,
-        1,
-        &profiles,
-        NaiveDate::from_ymd_opt(2013, 3, 1).unwrap(),
-    )
-    .await
-    .unwrap();
+    let db = common::seeded_db(&format!("sqlite://{}/o.db", dir.path().display()), 1).await;
     let now = NaiveDate::from_ymd_opt(2013, 3, 5)
         .unwrap()
         .and_hms_opt(10, 0, 0)

@@ -282,3 +282,21 @@ impl Cli<'_> {
         stdout
     }
 }
+
+/// A database at `url` with `accounts` bench accounts in county `xianyou`, station
+/// `XY-BT` (accounts `A0`…, `feegate bench seed`'s layout; readings for 2013-03-01).
+pub async fn seeded_db(url: &str, accounts: usize) -> feegate::db::Db {
+    let db = feegate::db::Db::open(url).await.unwrap();
+    let profiles =
+        feegate_meter::profile::Profiles::load(shared_data("lcl_2013_daily_kwh_100hh.csv"))
+            .unwrap();
+    feegate::bench::settle::seed_accounts(
+        &db,
+        accounts,
+        &profiles,
+        NaiveDate::from_ymd_opt(2013, 3, 1).unwrap(),
+    )
+    .await
+    .unwrap();
+    db
+}
