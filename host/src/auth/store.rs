@@ -224,13 +224,7 @@ pub async fn set_password(db: &Db, username: &str, password: &str) -> Result<(),
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
-        "UPDATE console_sessions SET ended_at_ms = $1 WHERE user_id = $2 AND ended_at_ms IS NULL",
-    )
-    .bind(now_ms())
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
+    end_sessions(&mut tx, id).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -246,14 +240,20 @@ pub async fn disable_user(db: &Db, username: &str) -> Result<(), AuthError> {
     .bind(id)
     .execute(&mut *tx)
     .await?;
+    end_sessions(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Ends every open console session of user `id`.
+async fn end_sessions(conn: &mut sqlx::AnyConnection, id: i64) -> Result<(), AuthError> {
     sqlx::query(
         "UPDATE console_sessions SET ended_at_ms = $1 WHERE user_id = $2 AND ended_at_ms IS NULL",
     )
     .bind(now_ms())
     .bind(id)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
-    tx.commit().await?;
     Ok(())
 }
 
