@@ -28,20 +28,39 @@ pub struct AccountFacts {
     pub vulnerable: bool,
 }
 
+/// The columns [`AccountFacts::from_row`] reads, `$IDS` being where the account filter goes.
+const FACTS_SQL: &str = "SELECT a.account_id, a.customer_id, a.meter_id, a.station_id, a.balance_fen, a.relay_state, a.arrears_since,
+        a.ontime_topups_in_a_row, a.topups_total, a.disconnected_at,
+        g.alarm_threshold_fen, g.auto_debit_fen, g.keep_power,
+        CASE WHEN c.master_mobile IS NOT NULL AND c.master_mobile = g.mobile THEN 1 ELSE 0 END, c.vulnerable
+ FROM accounts a JOIN agreements g ON g.agreement_id = a.agreement_id JOIN customers c ON c.customer_id = a.customer_id
+ WHERE a.account_id IN $IDS";
+
 impl AccountFacts {
     /// Loads an account with its current agreement.
     pub async fn load(conn: &mut AnyConnection, account_id: &str) -> Result<Self, DbError> {
-        let r = sqlx::query(
-            "SELECT a.account_id, a.customer_id, a.meter_id, a.station_id, a.balance_fen, a.relay_state, a.arrears_since,
-                    a.ontime_topups_in_a_row, a.topups_total, a.disconnected_at,
-                    g.alarm_threshold_fen, g.auto_debit_fen, g.keep_power,
-                    CASE WHEN c.master_mobile IS NOT NULL AND c.master_mobile = g.mobile THEN 1 ELSE 0 END, c.vulnerable
-             FROM accounts a JOIN agreements g ON g.agreement_id = a.agreement_id JOIN customers c ON c.customer_id = a.customer_id
-             WHERE a.account_id = $1",
-        )
-        .bind(account_id)
-        .fetch_one(&mut *conn)
-        .await?;
+        Self::load_many(conn, &[account_id])
+            .await?
+            .remove(account_id)
+            .ok_or(DbError::Sql(sqlx::Error::RowNotFound))
+    }
+
+    /// [`Self::load`] for a batch of accounts with one query, by account id; unknown ids
+    /// are absent from the map.
+    pub async fn load_many(
+        conn: &mut AnyConnection,
+        account_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, Self>, DbError> {
+        let rows = crate::db::fetch_in(conn, FACTS_SQL, account_ids, None).await?;
+        rows.iter()
+            .map(|r| {
+                let f = Self::from_row(r)?;
+                Ok((f.account_id.clone(), f))
+            })
+            .collect()
+    }
+
+    fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, DbError> {
         Ok(Self {
             account_id: r.try_get(0)?,
             customer_id: r.try_get(1)?,
@@ -84,45 +103,86 @@ impl AccountFacts {
     }
 }
 
-/// The last `days` settled days, oldest first.
-pub async fn recent_days(
+/// The last `days` settled days of each account, oldest first, with one query (a
+/// window over `settlements`); accounts with none are absent from the map.
+pub async fn recent_days_many(
     conn: &mut AnyConnection,
-    account_id: &str,
+    account_ids: &[&str],
     days: u32,
-) -> Result<Vec<DayUsage>, DbError> {
-    let rows = sqlx::query("SELECT business_date, kwh_centi, charge_fen FROM settlements WHERE account_id = $1 ORDER BY business_date DESC LIMIT $2")
-        .bind(account_id)
-        .bind(i64::from(days))
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows.iter().rev() {
-        out.push(DayUsage {
-            date: date_to_wit(parse_ds(&r.try_get::<String, _>(0)?)?),
-            kwh: fen_to_wit(r.try_get(1)?), // centi-kWh has the same scale (2) as fen
-            charge: fen_to_wit(r.try_get(2)?),
+) -> Result<std::collections::HashMap<String, Vec<DayUsage>>, DbError> {
+    let rows = crate::db::fetch_in(
+        conn,
+        "SELECT account_id, business_date, kwh_centi, charge_fen FROM (
+           SELECT account_id, business_date, kwh_centi, charge_fen,
+                  ROW_NUMBER() OVER (PARTITION BY account_id ORDER BY business_date DESC) AS newest
+           FROM settlements WHERE account_id IN $IDS) recent
+         WHERE newest <= $LAST ORDER BY account_id, business_date",
+        account_ids,
+        Some(i64::from(days)),
+    )
+    .await?;
+    let mut out: std::collections::HashMap<String, Vec<DayUsage>> = Default::default();
+    for r in &rows {
+        out.entry(r.try_get(0)?).or_default().push(DayUsage {
+            date: date_to_wit(parse_ds(&r.try_get::<String, _>(1)?)?),
+            kwh: fen_to_wit(r.try_get(2)?), // centi-kWh has the same scale (2) as fen
+            charge: fen_to_wit(r.try_get(3)?),
         });
     }
     Ok(out)
 }
 
 /// Highest warning level *delivered* since the account's last top-up (the contract's
-/// `level-already-notified`): a warning counts only on a delivered receipt. A warning
-/// still on its way is not sent twice — the outbox refuses a second one of its kind.
+/// `level-already-notified`; 0 when none): [`levels_already_notified`] for one account.
 pub async fn level_already_notified(
     conn: &mut AnyConnection,
     account_id: &str,
 ) -> Result<u8, DbError> {
-    let r = sqlx::query(
-        "SELECT COALESCE(MAX(o.warning_level), 0) FROM sms_outbox o
-         WHERE o.account_id = $1 AND o.status = 'delivered'
+    Ok(levels_already_notified(conn, &[account_id])
+        .await?
+        .get(account_id)
+        .copied()
+        .unwrap_or(0))
+}
+
+/// Highest warning level *delivered* since the account's last top-up (the contract's
+/// `level-already-notified`), for each account of a batch with one query; accounts with
+/// none are absent (level 0). A warning counts only on a delivered receipt. A warning
+/// still on its way is not sent twice — the outbox refuses a second one of its kind.
+pub async fn levels_already_notified(
+    conn: &mut AnyConnection,
+    account_ids: &[&str],
+) -> Result<std::collections::HashMap<String, u8>, DbError> {
+    let rows = crate::db::fetch_in(
+        conn,
+        "SELECT o.account_id, CAST(MAX(o.warning_level) AS BIGINT) FROM sms_outbox o
+         WHERE o.account_id IN $IDS AND o.status = 'delivered' AND o.warning_level IS NOT NULL
            AND o.created_at >= COALESCE((SELECT MAX(e.posted_at) FROM ledger_entries e
-                                         WHERE e.account_id = $1 AND e.kind IN ('payment', 'prepayment')), '')",
+                                         WHERE e.account_id = o.account_id AND e.kind IN ('payment', 'prepayment')), '')
+         GROUP BY o.account_id",
+        account_ids,
+        None,
     )
-    .bind(account_id)
-    .fetch_one(&mut *conn)
     .await?;
-    Ok(r.try_get::<i64, _>(0)? as u8)
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)?.clamp(0, 255) as u8)))
+        .collect()
+}
+
+/// Accounts of a batch with an auto-debit request not yet finished (`requested` or
+/// `in-flight`, [`crate::autodebit`]), with one query.
+pub async fn auto_debits_in_flight(
+    conn: &mut AnyConnection,
+    account_ids: &[&str],
+) -> Result<std::collections::HashSet<String>, DbError> {
+    let rows = crate::db::fetch_in(
+        conn,
+        "SELECT DISTINCT account_id FROM auto_debits WHERE account_id IN $IDS AND status IN ('requested', 'in-flight')",
+        account_ids,
+        None,
+    )
+    .await?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
 /// The earliest time `sql` (one `MIN(..)` column; `$1` the account, `$2` the day the

@@ -13,7 +13,8 @@
 //!
 //! Requests are picked up from the decision log ([`collect_requests`]): the warning
 //! stage records `RequestAutoDebit` in its decision's output; nothing else is needed
-//! from it. The warning input's `auto_debit_in_flight` is filled with [`in_flight`].
+//! from it. The warning input's `auto_debit_in_flight` is filled with
+//! [`crate::accountview::auto_debits_in_flight`] (a request `requested` or `in-flight`).
 
 use crate::channels::auth;
 use crate::channels::config::AutoDebitConfig;
@@ -21,17 +22,6 @@ use crate::db::{Db, DbError, parse_ts, ts};
 use crate::money::{Fen, format_yuan};
 use chrono::NaiveDateTime;
 use sqlx::{AnyConnection, Row};
-
-/// True when the account has an auto-debit request not yet finished.
-pub async fn in_flight(conn: &mut AnyConnection, account_id: &str) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
-        "SELECT 1 FROM auto_debits WHERE account_id = $1 AND status IN ('requested', 'in-flight')",
-    )
-    .bind(account_id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .is_some())
-}
 
 /// A warning decision's auto-debit request is acted on for this many hours after it
 /// was decided (the next day's warning asks again if still needed); an old decision is

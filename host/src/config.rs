@@ -33,6 +33,12 @@ pub struct PolicyLimits {
     pub max_sms_chars: usize,
     /// Largest serialised output accepted from a component, in bytes. Default 64 KiB.
     pub max_output_bytes: usize,
+    /// Component instances that may exist at once: the size of the engine's instance pool
+    /// (wasmtime's pooling allocator, which reuses memory slots instead of mapping and
+    /// unmapping fresh memory for every decision). A decision beyond waits for a slot; it
+    /// never fails for want of one. Default 32 (each slot reserves address space, not
+    /// memory: up to `memory_bytes` is committed only while a decision runs).
+    pub instance_slots: u32,
 }
 
 impl Default for PolicyLimits {
@@ -48,6 +54,7 @@ impl Default for PolicyLimits {
             max_explanation_chars: 2000,
             max_sms_chars: 300,
             max_output_bytes: 64 << 10,
+            instance_slots: 32,
         }
     }
 }
@@ -64,6 +71,12 @@ pub struct SettlementConfig {
     pub register_max_centi_kwh: i64,
     /// Days of recent history given to the warning component.
     pub history_days: u32,
+    /// Accounts settled (and assessed for warnings) per batch: one transaction each, read
+    /// with a few range queries, decided on every core. Default
+    /// [`crate::settlement::BATCH_ACCOUNTS`] (1,000); `feegate.toml` `[settlement]
+    /// batch_accounts`, 1..=10,000. Smaller batches commit more often (a crash loses
+    /// less work in flight), larger ones amortise more.
+    pub batch_accounts: usize,
 }
 
 impl Default for SettlementConfig {
@@ -72,6 +85,7 @@ impl Default for SettlementConfig {
             max_daily_kwh: rust_decimal::Decimal::new(3168, 1),
             register_max_centi_kwh: 99_999_999,
             history_days: 30,
+            batch_accounts: crate::settlement::BATCH_ACCOUNTS,
         }
     }
 }

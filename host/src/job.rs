@@ -165,7 +165,7 @@ impl Host {
                 &accounts,
                 date,
                 self.clock.now(),
-                self.config.settlement.history_days,
+                &self.config.settlement,
             )
             .await?;
             self.mark_done("warning", date).await?;

@@ -87,17 +87,7 @@ pub enum LedgerError {
 /// Posts an entry and moves the balance, inside the caller's transaction (`conn` must
 /// be in one). Idempotent by `idempotency_key`.
 pub async fn post(conn: &mut AnyConnection, p: &Posting<'_>) -> Result<PostOutcome, LedgerError> {
-    let sign_ok = match p.kind {
-        EntryKind::Prepayment | EntryKind::Payment => p.amount_fen > 0,
-        EntryKind::Charge | EntryKind::Reversal => p.amount_fen <= 0,
-        EntryKind::Correction => p.amount_fen != 0,
-    };
-    if !sign_ok {
-        return Err(LedgerError::WrongSign {
-            kind: p.kind.as_str(),
-            amount_fen: p.amount_fen,
-        });
-    }
+    check_sign(p)?;
     if let Some(row) = sqlx::query("SELECT entry_id FROM ledger_entries WHERE idempotency_key = $1")
         .bind(p.idempotency_key)
         .fetch_optional(&mut *conn)
@@ -133,6 +123,132 @@ pub async fn post(conn: &mut AnyConnection, p: &Posting<'_>) -> Result<PostOutco
         entry_id,
         balance_after_fen,
     })
+}
+
+fn check_sign(p: &Posting<'_>) -> Result<(), LedgerError> {
+    let sign_ok = match p.kind {
+        EntryKind::Prepayment | EntryKind::Payment => p.amount_fen > 0,
+        EntryKind::Charge | EntryKind::Reversal => p.amount_fen <= 0,
+        EntryKind::Correction => p.amount_fen != 0,
+    };
+    if sign_ok {
+        Ok(())
+    } else {
+        Err(LedgerError::WrongSign {
+            kind: p.kind.as_str(),
+            amount_fen: p.amount_fen,
+        })
+    }
+}
+
+/// Columns of one `ledger_entries` row as [`post_many`] inserts them.
+const ENTRY_COLUMNS: usize = 8;
+
+/// [`post`] for many postings at once, inside the caller's transaction, with the same
+/// outcome per posting (in the same order) and the same invariant — but a few multi-row
+/// statements for the lot: one look-up of the idempotency keys, one
+/// `UPDATE … FROM (VALUES …) … RETURNING` for the balances and one multi-row `INSERT` for
+/// the entries, per [`crate::db::rows_per_statement`] postings. Used by settlement, which
+/// posts one charge per account per day for a whole county.
+///
+/// Errors as [`post`]: a wrong sign or an unknown account fails the whole call (the
+/// caller's transaction then rolls back; nothing is half-applied). When an account or an
+/// idempotency key comes more than once in `postings`, they are posted one by one with
+/// [`post`], so each entry's `balance_after_fen` stays exact and a repeated key posts once.
+pub async fn post_many(
+    conn: &mut AnyConnection,
+    postings: &[Posting<'_>],
+) -> Result<Vec<PostOutcome>, LedgerError> {
+    for p in postings {
+        check_sign(p)?;
+    }
+    let mut accounts = std::collections::HashSet::with_capacity(postings.len());
+    let mut keys = std::collections::HashSet::with_capacity(postings.len());
+    if !postings
+        .iter()
+        .all(|p| accounts.insert(p.account_id) && keys.insert(p.idempotency_key))
+    {
+        let mut out = Vec::with_capacity(postings.len());
+        for p in postings {
+            out.push(post(conn, p).await?);
+        }
+        return Ok(out);
+    }
+    let style = crate::db::Placeholders::of(conn);
+    let mut out = Vec::with_capacity(postings.len());
+    for part in postings.chunks(crate::db::rows_per_statement(ENTRY_COLUMNS)) {
+        // Already posted (a retry): keep the first entry, move nothing.
+        let sql = format!(
+            "SELECT idempotency_key, entry_id FROM ledger_entries WHERE idempotency_key IN {}",
+            style.values(1, part.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for p in part {
+            q = q.bind(p.idempotency_key);
+        }
+        let mut posted_before = std::collections::HashMap::new();
+        for r in q.fetch_all(&mut *conn).await? {
+            posted_before.insert(r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?);
+        }
+        let new: Vec<&Posting<'_>> = part
+            .iter()
+            .filter(|p| !posted_before.contains_key(p.idempotency_key))
+            .collect();
+        let mut balances = std::collections::HashMap::with_capacity(new.len());
+        let mut entry_ids = std::collections::HashMap::with_capacity(new.len());
+        if !new.is_empty() {
+            let sql = format!(
+                "UPDATE accounts SET balance_fen = balance_fen + v.column2 FROM (VALUES {}) AS v
+                 WHERE accounts.account_id = v.column1 RETURNING account_id, balance_fen",
+                style.values(new.len(), 2)
+            );
+            let mut q = sqlx::query(&sql);
+            for p in &new {
+                q = q.bind(p.account_id).bind(p.amount_fen);
+            }
+            for r in q.fetch_all(&mut *conn).await? {
+                balances.insert(r.try_get::<String, _>(0)?, r.try_get::<Fen, _>(1)?);
+            }
+            if let Some(p) = new.iter().find(|p| !balances.contains_key(p.account_id)) {
+                return Err(LedgerError::UnknownAccount(p.account_id.to_string()));
+            }
+            let sql = format!(
+                "INSERT INTO ledger_entries (account_id, kind, amount_fen, balance_after_fen, idempotency_key, business_date, posted_at, reference)
+                 VALUES {} RETURNING idempotency_key, entry_id",
+                style.values(new.len(), ENTRY_COLUMNS)
+            );
+            let mut q = sqlx::query(&sql);
+            for p in &new {
+                q = q
+                    .bind(p.account_id)
+                    .bind(p.kind.as_str())
+                    .bind(p.amount_fen)
+                    .bind(balances[p.account_id])
+                    .bind(p.idempotency_key)
+                    .bind(p.business_date)
+                    .bind(p.posted_at)
+                    .bind(p.reference);
+            }
+            for r in q.fetch_all(&mut *conn).await? {
+                entry_ids.insert(r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?);
+            }
+        }
+        for p in part {
+            out.push(match posted_before.get(p.idempotency_key) {
+                Some(&entry_id) => PostOutcome::AlreadyPosted { entry_id },
+                None => PostOutcome::Posted {
+                    entry_id: *entry_ids.get(p.idempotency_key).ok_or_else(|| {
+                        sqlx::Error::Protocol(format!(
+                            "entry {} was inserted but not returned",
+                            p.idempotency_key
+                        ))
+                    })?,
+                    balance_after_fen: balances[p.account_id],
+                },
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Accounts whose balance differs from the sum of their ledger entries, as

@@ -243,129 +243,302 @@ pub async fn queue_notice(
     req: &NoticeRequest,
     now: NaiveDateTime,
 ) -> Result<Queued, DbError> {
-    let kind = kind_name(req.kind);
-    let day = crate::db::ds(req.today);
-    let once_a_day = !policies.messages.per_event_kinds.contains(kind);
-    let day_key = |contact: &str| format!("{}:{kind}:{day}:{contact}", req.account_id);
-    if exists(conn, "SELECT 1 FROM sms_outbox WHERE dedup_key = $1", &[req.dedup_key.as_str()]).await?
-        || (once_a_day
-            && exists(conn, "SELECT 1 FROM sms_outbox WHERE day_key = $1", &[day_key("primary").as_str()])
-                .await?)
-        || (req.warning_level > 0
-            && exists(
-                conn,
-                "SELECT 1 FROM sms_outbox WHERE account_id = $1 AND kind = $2 AND status IN ('queued', 'sent')",
-                &[req.account_id.as_str(), kind],
-            )
-            .await?)
-    {
-        return Ok(Queued::Duplicate);
-    }
-    let row = sqlx::query(
-        "SELECT c.name, g.mobile, g.second_mobile FROM accounts a JOIN customers c ON c.customer_id = a.customer_id
-         JOIN agreements g ON g.agreement_id = a.agreement_id WHERE a.account_id = $1",
-    )
-    .bind(&req.account_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    let (name, mobile, second): (String, String, Option<String>) =
-        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-    let notice = policies.get(PolicyKind::Notice);
-    let input = NoticeInput {
-        kind: req.kind,
-        account_id: req.account_id.clone(),
-        customer_name: name,
-        today: date_to_wit(req.today),
-        balance: fen_to_wit(req.balance_fen),
-        days_of_credit_left: req.days_of_credit_left.and_then(|d| to_wit(d).ok()),
-        amount: req.amount_fen.map(fen_to_wit),
-        deadline: req.deadline.clone(),
-        parameters: notice.parameters_json.clone(),
-    };
-    let invocation = engine.word(&notice.component, &input);
-    let decision_id = decision_log::record(
+    Ok(queue_batch(
         conn,
-        &DecisionRecord {
-            county,
-            kind: "notice",
-            account_id: &req.account_id,
-            business_date: &day,
-            decided_at: &ts(now),
-            component_sha256: &notice.component.sha256,
-            input: &input,
-            invocation: &invocation,
-            shadow: policies.shadow(engine, PolicyKind::Notice),
-        },
+        engine,
+        county,
+        policies,
+        std::slice::from_ref(req),
+        now,
     )
-    .await?;
+    .await?[0])
+}
+
+/// [`queue_notice`] for many requests (the warning stage's batch), with the same outcome
+/// per request, in order: the de-duplication checks and the contacts are read with one
+/// query each, the notice component words them on every core
+/// ([`PolicyEngine::decide_all`]), the decisions are appended in one go and the outbox
+/// rows inserted with multi-row statements. Requests for the same account more than
+/// once are queued one by one, so each sees the one before it.
+pub async fn queue_notices(
+    conn: &mut AnyConnection,
+    engine: &PolicyEngine,
+    county: &str,
+    policies: &PolicySnapshot,
+    reqs: &[NoticeRequest],
+    now: NaiveDateTime,
+) -> Result<Vec<Queued>, DbError> {
+    let mut seen = std::collections::HashSet::with_capacity(reqs.len());
+    if reqs.iter().all(|r| seen.insert(r.account_id.as_str())) {
+        return queue_batch(conn, engine, county, policies, reqs, now).await;
+    }
+    let mut out = Vec::with_capacity(reqs.len());
+    for req in reqs {
+        out.extend(
+            queue_batch(
+                conn,
+                engine,
+                county,
+                policies,
+                std::slice::from_ref(req),
+                now,
+            )
+            .await?,
+        );
+    }
+    Ok(out)
+}
+
+/// Columns of one `sms_outbox` row as [`queue_batch`] inserts it.
+const OUTBOX_COLUMNS: usize = 13;
+
+/// The work of [`queue_notices`] for requests of distinct accounts.
+async fn queue_batch(
+    conn: &mut AnyConnection,
+    engine: &PolicyEngine,
+    county: &str,
+    policies: &PolicySnapshot,
+    reqs: &[NoticeRequest],
+    now: NaiveDateTime,
+) -> Result<Vec<Queued>, DbError> {
+    use std::collections::{HashMap, HashSet};
+    let once_a_day = |req: &NoticeRequest| {
+        !policies
+            .messages
+            .per_event_kinds
+            .contains(kind_name(req.kind))
+    };
+    let day_key = |req: &NoticeRequest, contact: &str| {
+        format!(
+            "{}:{}:{}:{contact}",
+            req.account_id,
+            kind_name(req.kind),
+            crate::db::ds(req.today)
+        )
+    };
+    let strings = |rows: Vec<sqlx::any::AnyRow>| -> Result<HashSet<String>, DbError> {
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>(0)?))
+            .collect()
+    };
+    // De-duplication (module doc): the notice key, the day key, a warning on its way.
+    let keys: Vec<&str> = reqs.iter().map(|r| r.dedup_key.as_str()).collect();
+    let sent_keys = strings(
+        crate::db::fetch_in(
+            conn,
+            "SELECT dedup_key FROM sms_outbox WHERE dedup_key IN $IDS",
+            &keys,
+            None,
+        )
+        .await?,
+    )?;
+    let day_keys: Vec<String> = reqs
+        .iter()
+        .filter(|r| once_a_day(r))
+        .map(|r| day_key(r, "primary"))
+        .collect();
+    let day_keys: Vec<&str> = day_keys.iter().map(String::as_str).collect();
+    let sent_today = strings(
+        crate::db::fetch_in(
+            conn,
+            "SELECT day_key FROM sms_outbox WHERE day_key IN $IDS",
+            &day_keys,
+            None,
+        )
+        .await?,
+    )?;
+    let warned: Vec<&str> = reqs
+        .iter()
+        .filter(|r| r.warning_level > 0)
+        .map(|r| r.account_id.as_str())
+        .collect();
+    let on_its_way: HashSet<(String, String)> = crate::db::fetch_in(
+        conn,
+        "SELECT account_id, kind FROM sms_outbox WHERE account_id IN $IDS AND status IN ('queued', 'sent')",
+        &warned,
+        None,
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+    .collect::<Result<_, DbError>>()?;
+    let duplicate = |req: &NoticeRequest| {
+        sent_keys.contains(&req.dedup_key)
+            || (once_a_day(req) && sent_today.contains(&day_key(req, "primary")))
+            || (req.warning_level > 0
+                && on_its_way.contains(&(req.account_id.clone(), kind_name(req.kind).to_string())))
+    };
+    let to_word: Vec<&NoticeRequest> = reqs.iter().filter(|r| !duplicate(r)).collect();
+    let ids: Vec<&str> = to_word.iter().map(|r| r.account_id.as_str()).collect();
+    let mut contacts: HashMap<String, (String, String, Option<String>)> = HashMap::new();
+    for r in crate::db::fetch_in(
+        conn,
+        "SELECT a.account_id, c.name, g.mobile, g.second_mobile FROM accounts a JOIN customers c ON c.customer_id = a.customer_id
+         JOIN agreements g ON g.agreement_id = a.agreement_id WHERE a.account_id IN $IDS",
+        &ids,
+        None,
+    )
+    .await?
+    {
+        contacts.insert(r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
+    }
+    let notice = policies.get(PolicyKind::Notice);
+    let mut inputs = Vec::with_capacity(to_word.len());
+    for req in &to_word {
+        let (name, ..) = contacts
+            .get(&req.account_id)
+            .ok_or(DbError::Sql(sqlx::Error::RowNotFound))?;
+        inputs.push(NoticeInput {
+            kind: req.kind,
+            account_id: req.account_id.clone(),
+            customer_name: name.clone(),
+            today: date_to_wit(req.today),
+            balance: fen_to_wit(req.balance_fen),
+            days_of_credit_left: req.days_of_credit_left.and_then(|d| to_wit(d).ok()),
+            amount: req.amount_fen.map(fen_to_wit),
+            deadline: req.deadline.clone(),
+            parameters: notice.parameters_json.clone(),
+        });
+    }
+    let invocations = engine.decide_all(&inputs, |input| engine.word(&notice.component, input));
+    let decided_at = ts(now);
+    let days: Vec<String> = to_word.iter().map(|r| crate::db::ds(r.today)).collect();
+    let rows: Vec<decision_log::ChainedRow> = inputs
+        .iter()
+        .zip(&invocations)
+        .zip(&days)
+        .map(|((input, invocation), day)| {
+            decision_log::prepare(&DecisionRecord {
+                county,
+                kind: "notice",
+                account_id: &input.account_id,
+                business_date: day,
+                decided_at: &decided_at,
+                component_sha256: &notice.component.sha256,
+                input,
+                invocation,
+                shadow: None,
+            })
+        })
+        .collect();
+    let decision_ids = decision_log::append(conn, &rows).await?;
+    if let Some(shadow) = policies.shadow(engine, PolicyKind::Notice) {
+        for (id, row) in decision_ids.iter().zip(&rows) {
+            decision_log::run_shadow(conn, shadow, *id, row).await;
+        }
+    }
     // A notice that cannot go out holds the account at the notice stage, logged, so no
     // cutoff can rely on it: the component failed, or its text is over the county's
     // segment limit (refused, never cut).
-    let refusal = match &invocation.outcome {
-        Err(f) => Err((decision_log::hold_reason(f), Queued::PolicyFailed)),
-        Ok(out) => {
-            let length = segments::measure(&out.text);
-            if length.segments > policies.messages.max_segments {
-                let reason = format!(
-                    "sms-too-long: the {kind} notice takes {} segments ({} characters, {:?}); the county allows {}. Refused, not cut: shorten the notice component's wording",
-                    length.segments, length.chars, length.encoding, policies.messages.max_segments
-                );
-                tracing::warn!(account = %req.account_id, %reason, "SMS refused");
-                Err((
-                    reason,
-                    Queued::TooLong {
-                        segments: length.segments,
-                    },
-                ))
-            } else {
-                Ok((out, length))
-            }
-        }
-    };
-    let (out, length) = match refusal {
-        Ok(ok) => ok,
-        Err((reason, queued)) => {
-            decision_log::hold(
-                conn,
-                &req.account_id,
-                &day,
-                "notice",
-                &reason,
-                Some(decision_id),
-                &ts(now),
-            )
-            .await?;
-            return Ok(queued);
-        }
-    };
-    let mut recipients = vec![("primary", mobile, req.dedup_key.clone())];
-    if let Some(second) = second.filter(|m| !m.trim().is_empty())
-        && for_second_contact(req.kind)
+    let mut queued: HashMap<&str, Queued> = HashMap::with_capacity(to_word.len());
+    let mut outbox = Vec::new();
+    for (((req, invocation), &decision_id), day) in to_word
+        .iter()
+        .zip(&invocations)
+        .zip(&decision_ids)
+        .zip(&days)
     {
-        recipients.push(("second", second, format!("{}#second", req.dedup_key)));
+        let refusal = match &invocation.outcome {
+            Err(f) => Err((decision_log::hold_reason(f), Queued::PolicyFailed)),
+            Ok(out) => {
+                let length = segments::measure(&out.text);
+                if length.segments > policies.messages.max_segments {
+                    let reason = format!(
+                        "sms-too-long: the {} notice takes {} segments ({} characters, {:?}); the county allows {}. Refused, not cut: shorten the notice component's wording",
+                        kind_name(req.kind),
+                        length.segments,
+                        length.chars,
+                        length.encoding,
+                        policies.messages.max_segments
+                    );
+                    tracing::warn!(account = %req.account_id, %reason, "SMS refused");
+                    Err((
+                        reason,
+                        Queued::TooLong {
+                            segments: length.segments,
+                        },
+                    ))
+                } else {
+                    Ok((out, length))
+                }
+            }
+        };
+        let (out, length) = match refusal {
+            Ok(ok) => ok,
+            Err((reason, q)) => {
+                decision_log::hold(
+                    conn,
+                    &req.account_id,
+                    day,
+                    "notice",
+                    &reason,
+                    Some(decision_id),
+                    &decided_at,
+                )
+                .await?;
+                queued.insert(&req.account_id, q);
+                continue;
+            }
+        };
+        let (_, mobile, second) = &contacts[&req.account_id];
+        let mut recipients = vec![("primary", mobile.clone(), req.dedup_key.clone())];
+        if let Some(second) = second.as_ref().filter(|m| !m.trim().is_empty())
+            && for_second_contact(req.kind)
+        {
+            recipients.push((
+                "second",
+                second.clone(),
+                format!("{}#second", req.dedup_key),
+            ));
+        }
+        for (contact, to, dedup_key) in recipients {
+            outbox.push((
+                *req,
+                contact,
+                to,
+                dedup_key,
+                out.text.clone(),
+                length.segments,
+                decision_id,
+            ));
+        }
+        queued.insert(&req.account_id, Queued::Queued);
     }
-    for (contact, to, dedup_key) in recipients {
-        sqlx::query(
+    for part in outbox.chunks(crate::db::rows_per_statement(OUTBOX_COLUMNS)) {
+        let sql = format!(
             "INSERT INTO sms_outbox (account_id, kind, dedup_key, notice_key, day_key, contact, mobile, body, segments,
-                                     warning_level, decision_id, status, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'queued', $12) ON CONFLICT DO NOTHING",
-        )
-        .bind(&req.account_id)
-        .bind(kind)
-        .bind(dedup_key)
-        .bind(&req.dedup_key)
-        .bind(once_a_day.then(|| day_key(contact)))
-        .bind(contact)
-        .bind(to)
-        .bind(&out.text)
-        .bind(length.segments as i64)
-        .bind(i64::from(req.warning_level))
-        .bind(decision_id)
-        .bind(ts(now))
-        .execute(&mut *conn)
-        .await?;
+                                     warning_level, decision_id, created_at, status)
+             VALUES {} ON CONFLICT DO NOTHING",
+            crate::db::Placeholders::of(conn).values(part.len(), OUTBOX_COLUMNS)
+        );
+        let mut q = sqlx::query(&sql);
+        for (req, contact, to, dedup_key, body, segments, decision_id) in part {
+            q = q
+                .bind(req.account_id.as_str())
+                .bind(kind_name(req.kind))
+                .bind(dedup_key.as_str())
+                .bind(req.dedup_key.as_str())
+                .bind(once_a_day(req).then(|| day_key(req, contact)))
+                .bind(*contact)
+                .bind(to.as_str())
+                .bind(body.as_str())
+                .bind(*segments as i64)
+                .bind(i64::from(req.warning_level))
+                .bind(*decision_id)
+                .bind(decided_at.as_str())
+                .bind("queued");
+        }
+        q.execute(&mut *conn).await?;
     }
-    Ok(Queued::Queued)
+    Ok(reqs
+        .iter()
+        .map(|r| {
+            queued
+                .get(r.account_id.as_str())
+                .copied()
+                .unwrap_or(Queued::Duplicate)
+        })
+        .collect())
 }
 
 /// One message as handed to a gateway.

@@ -223,33 +223,40 @@ pub struct StoredReplacement {
     pub replacement: crate::settlement::Replacement,
 }
 
-/// The account's replacements with `from <= replaced_at < to` (county-local times), oldest
-/// first.
-pub async fn between(
+/// Replacements of the accounts `first..=last` (by account id) made before `before`
+/// (county-local), each as `(account_id, replaced_at, replacement)`, by account and then
+/// oldest first. Settlement reads a batch of accounts' replacements with one query and
+/// keeps those inside each account's period.
+pub async fn of_accounts(
     conn: &mut sqlx::AnyConnection,
-    account_id: &str,
-    from: NaiveDateTime,
-    to: NaiveDateTime,
-) -> Result<Vec<StoredReplacement>, DbError> {
+    first: &str,
+    last: &str,
+    before: NaiveDateTime,
+) -> Result<Vec<(String, NaiveDateTime, StoredReplacement)>, DbError> {
     let rows = sqlx::query(
-        "SELECT old_meter_id, new_meter_id, old_final_centi_kwh, new_start_centi_kwh FROM meter_replacements
-         WHERE account_id = $1 AND replaced_at >= $2 AND replaced_at < $3 ORDER BY replaced_at",
+        "SELECT account_id, replaced_at, old_meter_id, new_meter_id, old_final_centi_kwh, new_start_centi_kwh
+         FROM meter_replacements
+         WHERE account_id >= $1 AND account_id <= $2 AND replaced_at < $3 ORDER BY account_id, replaced_at",
     )
-    .bind(account_id)
-    .bind(ts(from))
-    .bind(ts(to))
+    .bind(first)
+    .bind(last)
+    .bind(ts(before))
     .fetch_all(&mut *conn)
     .await?;
     rows.iter()
         .map(|r| {
-            Ok(StoredReplacement {
-                old_meter_id: r.try_get(0)?,
-                new_meter_id: r.try_get(1)?,
-                replacement: crate::settlement::Replacement {
-                    old_final: r.try_get(2)?,
-                    new_start: r.try_get(3)?,
+            Ok((
+                r.try_get(0)?,
+                parse_ts(&r.try_get::<String, _>(1)?)?,
+                StoredReplacement {
+                    old_meter_id: r.try_get(2)?,
+                    new_meter_id: r.try_get(3)?,
+                    replacement: crate::settlement::Replacement {
+                        old_final: r.try_get(4)?,
+                        new_start: r.try_get(5)?,
+                    },
                 },
-            })
+            ))
         })
         .collect()
 }

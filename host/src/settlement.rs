@@ -12,9 +12,12 @@
 //!    piece, from the last good settlement, so nothing is lost and nothing doubled.
 //! 3. kWh = delta × CT ratio × PT ratio; the tariff component prices it with the
 //!    cycle-to-date usage; the decision, the charge entry, the balance move and the
-//!    `settlements` row are written in one transaction. The primary key of
-//!    `settlements` (account, day) and the entry's idempotency key make a re-run after
-//!    a crash a no-op.
+//!    `settlements` row are written in one transaction — one per batch of
+//!    [`SettlementConfig::batch_accounts`] accounts, read with a few range queries, priced on every core
+//!    and written with multi-row statements, each account's outcome the same as if it
+//!    were settled alone. The primary key of `settlements` (account, day) and the
+//!    entry's idempotency key make a re-run after a crash a no-op; a crash loses at most
+//!    the batch in flight, which the re-run settles.
 //! 4. A policy failure (trap, fuel, invalid output) records the failed decision and
 //!    holds the account: no charge is guessed.
 
@@ -22,13 +25,16 @@ use crate::config::SettlementConfig;
 use crate::county::PolicySnapshot;
 use crate::db::{Db, DbError, ds, parse_ds, ts};
 use crate::decision_log::{self, DecisionRecord};
-use crate::ledger::{self, EntryKind, LedgerError, Posting};
+use crate::ledger::{self, EntryKind, LedgerError, PostOutcome, Posting};
 use crate::money::{CentiKwh, Fen, centi_kwh_to_kwh};
 use crate::policy::bindings::{CustomerClass, TariffInput};
 use crate::policy::convert::{date_to_wit, to_wit};
 use crate::policy::{PolicyEngine, PolicyKind};
+use crate::replacement::StoredReplacement;
 use chrono::{Datelike, NaiveDate, NaiveDateTime};
+use sqlx::AnyConnection;
 use sqlx::Row;
+use std::collections::{HashMap, HashSet};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -184,6 +190,12 @@ pub fn portion_in(
     per_day * overlap + if hi == last { remainder } else { 0 }
 }
 
+/// Accounts settled per batch by default ([`SettlementConfig::batch_accounts`]): read together (a handful of range queries), priced in
+/// parallel ([`PolicyEngine::decide_all`]) and written in ONE transaction (multi-row
+/// inserts: [`decision_log::append`], [`ledger::post_many`]). A crash loses at most the
+/// batch in flight, which the re-run settles; a batch is all or nothing.
+pub const BATCH_ACCOUNTS: usize = 1_000;
+
 struct Candidate {
     account_id: String,
     meter_id: String,
@@ -204,7 +216,12 @@ fn class_of(s: &str) -> CustomerClass {
 }
 
 /// Settles every active account of the county with a reading dated `reading_date`
-/// (the register at 00:00 of that date, closing consumption through the day before).
+/// (the register at 00:00 of that date, closing consumption through the day before),
+/// [`SettlementConfig::batch_accounts`] accounts at a time in account-id order.
+///
+/// Per account the outcome is exactly that of settling it alone: a baseline for a new
+/// meter, "already settled" on a re-run, a hold for a bad reading or a failed tariff, or
+/// a charge (decision, ledger entry, balance, `settlements` row) — see the module doc.
 pub async fn settle(
     db: &Db,
     engine: &PolicyEngine,
@@ -214,32 +231,45 @@ pub async fn settle(
     now: NaiveDateTime,
     cfg: &SettlementConfig,
 ) -> Result<SettlementReport, SettlementError> {
-    let rows = sqlx::query(
-        "SELECT a.account_id, m.meter_id, m.ct_ratio, m.pt_ratio, c.customer_class, g.time_of_use, r.reading_id, r.register_centi_kwh
-         FROM accounts a
-         JOIN meters m ON m.meter_id = a.meter_id
-         JOIN customers c ON c.customer_id = a.customer_id
-         JOIN agreements g ON g.agreement_id = a.agreement_id
-         JOIN readings r ON r.meter_id = m.meter_id AND r.reading_date = $2
-         WHERE a.county = $1 AND a.status = 'active' ORDER BY a.account_id",
-    )
-    .bind(county)
-    .bind(ds(reading_date))
-    .fetch_all(&db.pool)
-    .await?;
     let mut report = SettlementReport::default();
-    for r in rows {
-        let c = Candidate {
-            account_id: r.try_get(0)?,
-            meter_id: r.try_get(1)?,
-            ct: r.try_get(2)?,
-            pt: r.try_get(3)?,
-            class: r.try_get(4)?,
-            time_of_use: r.try_get::<i64, _>(5)? != 0,
-            closing_id: r.try_get(6)?,
-            closing_centi: r.try_get(7)?,
+    let mut after = String::new();
+    loop {
+        let rows = sqlx::query(
+            "SELECT a.account_id, m.meter_id, m.ct_ratio, m.pt_ratio, c.customer_class, g.time_of_use, r.reading_id, r.register_centi_kwh
+             FROM accounts a
+             JOIN meters m ON m.meter_id = a.meter_id
+             JOIN customers c ON c.customer_id = a.customer_id
+             JOIN agreements g ON g.agreement_id = a.agreement_id
+             JOIN readings r ON r.meter_id = m.meter_id AND r.reading_date = $2
+             WHERE a.county = $1 AND a.status = 'active' AND a.account_id > $3
+             ORDER BY a.account_id LIMIT $4",
+        )
+        .bind(county)
+        .bind(ds(reading_date))
+        .bind(&after)
+        .bind(cfg.batch_accounts.max(1) as i64)
+        .fetch_all(&db.pool)
+        .await?;
+        let batch = rows
+            .iter()
+            .map(|r| {
+                Ok(Candidate {
+                    account_id: r.try_get(0)?,
+                    meter_id: r.try_get(1)?,
+                    ct: r.try_get(2)?,
+                    pt: r.try_get(3)?,
+                    class: r.try_get(4)?,
+                    time_of_use: r.try_get::<i64, _>(5)? != 0,
+                    closing_id: r.try_get(6)?,
+                    closing_centi: r.try_get(7)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let Some(last) = batch.last() else {
+            break;
         };
-        settle_account(
+        after = last.account_id.clone();
+        settle_batch(
             db,
             engine,
             county,
@@ -247,103 +277,197 @@ pub async fn settle(
             reading_date,
             now,
             cfg,
-            &c,
+            &batch,
             &mut report,
         )
         .await?;
+        if batch.len() < cfg.batch_accounts.max(1) {
+            break;
+        }
     }
     Ok(report)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn settle_account(
-    db: &Db,
-    engine: &PolicyEngine,
-    county: &str,
-    policies: &PolicySnapshot,
-    reading_date: NaiveDate,
-    now: NaiveDateTime,
-    cfg: &SettlementConfig,
-    c: &Candidate,
-    report: &mut SettlementReport,
-) -> Result<(), SettlementError> {
-    let mut conn = db.pool.acquire().await?;
-    // Opening reading: where the last settlement closed, else the first reading ever.
-    let opening = match sqlx::query(
-        "SELECT r.reading_id, r.reading_date, r.register_centi_kwh, r.meter_id FROM settlements s
-         JOIN readings r ON r.reading_id = s.to_reading_id
-         WHERE s.account_id = $1 ORDER BY s.business_date DESC LIMIT 1",
-    )
-    .bind(&c.account_id)
-    .fetch_optional(&mut *conn)
-    .await?
-    {
-        Some(row) => Some(row),
-        None => {
-            sqlx::query(
-                "SELECT reading_id, reading_date, register_centi_kwh, meter_id FROM readings
-                 WHERE meter_id = $1 AND reading_date < $2 ORDER BY reading_date ASC LIMIT 1",
-            )
-            .bind(&c.meter_id)
-            .bind(ds(reading_date))
-            .fetch_optional(&mut *conn)
-            .await?
+/// The reading a period opens on.
+struct Opening {
+    reading_id: i64,
+    date: NaiveDate,
+    centi: CentiKwh,
+    meter_id: String,
+}
+
+/// What the batch's read phase found for the accounts `first..=last`.
+#[derive(Default)]
+struct BatchFacts {
+    /// Where each account's last settlement closed.
+    settled_to: HashMap<String, Opening>,
+    /// Each account's current meter's first reading (for accounts never settled).
+    first_reading: HashMap<String, Opening>,
+    /// Accounts with an open hold at the `reading` stage.
+    reading_held: HashSet<String>,
+    /// Accounts with an open hold at the `settlement` stage (released when settled).
+    settlement_held: HashSet<String>,
+    /// Meter replacements before the reading date, per account, oldest first.
+    replacements: HashMap<String, Vec<(NaiveDateTime, StoredReplacement)>>,
+}
+
+fn opening_from(r: &sqlx::any::AnyRow) -> Result<(String, Opening), SettlementError> {
+    Ok((
+        r.try_get(0)?,
+        Opening {
+            reading_id: r.try_get(1)?,
+            date: parse_ds(&r.try_get::<String, _>(2)?)?,
+            centi: r.try_get(3)?,
+            meter_id: r.try_get(4)?,
+        },
+    ))
+}
+
+impl BatchFacts {
+    /// Reads them with one range query each (account ids `first..=last`; rows of other
+    /// counties' accounts in the range are simply not looked up).
+    async fn load(
+        conn: &mut AnyConnection,
+        first: &str,
+        last: &str,
+        reading_date: NaiveDate,
+    ) -> Result<Self, SettlementError> {
+        let mut facts = Self::default();
+        let rows = sqlx::query(
+            "SELECT a.account_id, r.reading_id, r.reading_date, r.register_centi_kwh, r.meter_id
+             FROM accounts a
+             JOIN settlements s ON s.account_id = a.account_id
+               AND s.business_date = (SELECT MAX(s2.business_date) FROM settlements s2 WHERE s2.account_id = a.account_id)
+             JOIN readings r ON r.reading_id = s.to_reading_id
+             WHERE a.account_id >= $1 AND a.account_id <= $2",
+        )
+        .bind(first)
+        .bind(last)
+        .fetch_all(&mut *conn)
+        .await?;
+        for r in &rows {
+            let (account, opening) = opening_from(r)?;
+            facts.settled_to.insert(account, opening);
         }
+        let rows = sqlx::query(
+            "SELECT a.account_id, r.reading_id, r.reading_date, r.register_centi_kwh, r.meter_id
+             FROM accounts a
+             JOIN readings r ON r.meter_id = a.meter_id
+               AND r.reading_date = (SELECT MIN(r2.reading_date) FROM readings r2 WHERE r2.meter_id = a.meter_id)
+             WHERE a.account_id >= $1 AND a.account_id <= $2 AND r.reading_date < $3",
+        )
+        .bind(first)
+        .bind(last)
+        .bind(ds(reading_date))
+        .fetch_all(&mut *conn)
+        .await?;
+        for r in &rows {
+            let (account, opening) = opening_from(r)?;
+            facts.first_reading.insert(account, opening);
+        }
+        let rows = sqlx::query(
+            "SELECT account_id, stage FROM holds
+             WHERE account_id >= $1 AND account_id <= $2 AND released_at IS NULL AND stage IN ('reading', 'settlement')",
+        )
+        .bind(first)
+        .bind(last)
+        .fetch_all(&mut *conn)
+        .await?;
+        for r in &rows {
+            let account: String = r.try_get(0)?;
+            match r.try_get::<String, _>(1)?.as_str() {
+                "reading" => facts.reading_held.insert(account),
+                _ => facts.settlement_held.insert(account),
+            };
+        }
+        let before = reading_date.and_time(chrono::NaiveTime::MIN);
+        for (account, at, r) in crate::replacement::of_accounts(conn, first, last, before).await? {
+            facts.replacements.entry(account).or_default().push((at, r));
+        }
+        Ok(facts)
+    }
+}
+
+/// One account's way through the batch, decided from [`BatchFacts`] before any write.
+enum Step {
+    /// First reading of a new meter: it only sets the baseline.
+    Baseline,
+    /// Settled through this reading already (a re-run).
+    AlreadySettled,
+    /// An open `reading` hold: nothing is billed until a person releases it.
+    StillHeld,
+    /// A new `reading` hold, for this reason.
+    Hold(String),
+    /// To be priced.
+    Price(Box<Priced>),
+}
+
+struct Priced {
+    opening_id: i64,
+    closing_id: i64,
+    period_first: NaiveDate,
+    kwh_centi: CentiKwh,
+    /// The tariff's input; its cycle-to-date usage and parameters are filled after the
+    /// read phase ([`fill_cycle_to_date`]).
+    input: TariffInput,
+}
+
+/// Checks one candidate's delta against its opening and replacements (module doc, steps
+/// 1–3) and says what to do; `kwh` and the cycle-to-date fields of the input are filled
+/// later from the history.
+fn plan(
+    c: &Candidate,
+    facts: &BatchFacts,
+    reading_date: NaiveDate,
+    cfg: &SettlementConfig,
+) -> Step {
+    // Opening reading: where the last settlement closed, else the first reading ever.
+    let Some(opening) = facts
+        .settled_to
+        .get(&c.account_id)
+        .or_else(|| facts.first_reading.get(&c.account_id))
+    else {
+        return Step::Baseline;
     };
-    let Some(opening) = opening else {
-        report.baselines += 1;
-        return Ok(());
-    };
-    let opening_id: i64 = opening.try_get(0)?;
-    let opening_date = parse_ds(&opening.try_get::<String, _>(1)?)?;
-    let opening_centi: CentiKwh = opening.try_get(2)?;
-    let opening_meter: String = opening.try_get(3)?;
-    if opening_date >= reading_date {
-        report.already_settled += 1;
-        return Ok(());
+    if opening.date >= reading_date {
+        return Step::AlreadySettled;
     }
     // A span held for a bad reading stays held until a person has looked at it
     // (`feegate holds release`): the next good reading must not quietly bill across it.
-    if sqlx::query(
-        "SELECT 1 FROM holds WHERE account_id = $1 AND stage = 'reading' AND released_at IS NULL",
-    )
-    .bind(&c.account_id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .is_some()
-    {
-        report.held += 1;
-        return Ok(());
+    if facts.reading_held.contains(&c.account_id) {
+        return Step::StillHeld;
     }
-    let period_first = opening_date;
+    let period_first = opening.date;
     let period_last = reading_date.pred_opt().expect("date after 0001-01-01");
-    let business_date = ds(period_last);
-    let days = (reading_date - opening_date).num_days();
-
+    let days = (reading_date - opening.date).num_days();
     // A meter replaced between the two readings (stored by `feegate meter replace`): the
     // old meter's tail plus the new meter's head. Without a record, a reading from another
     // meter is never billed against this one.
-    let replacements = crate::replacement::between(
-        &mut conn,
-        &c.account_id,
-        opening_date.and_time(chrono::NaiveTime::MIN),
-        reading_date.and_time(chrono::NaiveTime::MIN),
-    )
-    .await?;
+    let from = opening.date.and_time(chrono::NaiveTime::MIN);
+    let replacements: Vec<&StoredReplacement> = facts
+        .replacements
+        .get(&c.account_id)
+        .into_iter()
+        .flatten()
+        .filter(|(at, _)| *at >= from)
+        .map(|(_, r)| r)
+        .collect();
     let check = match replacements.as_slice() {
-        [] if opening_meter == c.meter_id => check_delta(opening_centi, c.closing_centi, days, cfg),
+        [] if opening.meter_id == c.meter_id => {
+            check_delta(opening.centi, c.closing_centi, days, cfg)
+        }
         [] => DeltaCheck::Hold(format!(
-            "the opening reading is from meter {opening_meter}, the closing one from meter {}, \
+            "the opening reading is from meter {}, the closing one from meter {}, \
              and no replacement is recorded between them: record it with `feegate meter replace`",
-            c.meter_id
+            opening.meter_id, c.meter_id
         )),
-        [r] if r.old_meter_id == opening_meter && r.new_meter_id == c.meter_id => {
-            check_delta_across_replacement(opening_centi, r.replacement, c.closing_centi, days, cfg)
+        [r] if r.old_meter_id == opening.meter_id && r.new_meter_id == c.meter_id => {
+            check_delta_across_replacement(opening.centi, r.replacement, c.closing_centi, days, cfg)
         }
         [r] => DeltaCheck::Hold(format!(
             "the recorded replacement {} -> {} does not join the opening reading's meter \
-             {opening_meter} to the closing reading's meter {}; check the replacement record",
-            r.old_meter_id, r.new_meter_id, c.meter_id
+             {} to the closing reading's meter {}; check the replacement record",
+            r.old_meter_id, r.new_meter_id, opening.meter_id, c.meter_id
         )),
         more => DeltaCheck::Hold(format!(
             "{} meter replacements in one settlement period; needs a person",
@@ -352,159 +476,282 @@ async fn settle_account(
     };
     let delta = match check {
         DeltaCheck::Consumption(d) => d,
-        DeltaCheck::Hold(reason) => {
-            decision_log::hold(
-                &mut conn,
-                &c.account_id,
-                &business_date,
-                "reading",
-                &reason,
-                None,
-                &ts(now),
-            )
-            .await?;
-            report.held += 1;
-            return Ok(());
-        }
+        DeltaCheck::Hold(reason) => return Step::Hold(reason),
     };
     // CT and PT are bounded at onboarding; stored values from elsewhere could still
     // overflow: hold that account (a person checks the ratios) instead of guessing.
     let Some(kwh_centi) = delta.checked_mul(c.ct).and_then(|x| x.checked_mul(c.pt)) else {
-        decision_log::hold(
-            &mut conn,
-            &c.account_id,
-            &business_date,
-            "reading",
-            &format!(
-                "register delta {delta} centi-kWh × CT {} × PT {} overflows: check the meter's CT and PT ratios",
-                c.ct, c.pt
-            ),
-            None,
-            &ts(now),
-        )
-        .await?;
-        report.held += 1;
+        return Step::Hold(format!(
+            "register delta {delta} centi-kWh × CT {} × PT {} overflows: check the meter's CT and PT ratios",
+            c.ct, c.pt
+        ));
+    };
+    Step::Price(Box::new(Priced {
+        opening_id: opening.reading_id,
+        closing_id: c.closing_id,
+        period_first,
+        kwh_centi,
+        input: TariffInput {
+            account_id: c.account_id.clone(),
+            customer_class: class_of(&c.class),
+            period_first: date_to_wit(period_first),
+            period_last: date_to_wit(period_last),
+            kwh: to_wit(centi_kwh_to_kwh(kwh_centi)).expect("centi-kWh fits"),
+            year_to_date_kwh: to_wit(rust_decimal::Decimal::ZERO).expect("zero fits"),
+            month_to_date_kwh: to_wit(rust_decimal::Decimal::ZERO).expect("zero fits"),
+            // Per-band registers are not collected yet: TOU customers are priced on the
+            // step tariff alone until they are (documented in README).
+            tou_split: vec![],
+            time_of_use_elected: c.time_of_use,
+            parameters: String::new(),
+        },
+    }))
+}
+
+/// Fills the cycle-to-date usage of each priced account (`year_to_date_kwh`,
+/// `month_to_date_kwh`: its settled energy from Jan 1 and from the 1st of the month of
+/// `period_first` up to the day before), from the batch's earlier settlements.
+async fn fill_cycle_to_date(
+    conn: &mut AnyConnection,
+    first: &str,
+    last: &str,
+    priced: &mut [&mut Priced],
+) -> Result<(), SettlementError> {
+    let Some(since) = priced
+        .iter()
+        .map(|p| NaiveDate::from_ymd_opt(p.period_first.year(), 1, 1).expect("valid date"))
+        .min()
+    else {
         return Ok(());
     };
-
-    // Cycle-to-date usage before period_first, from earlier settlements.
-    let year_start = NaiveDate::from_ymd_opt(period_first.year(), 1, 1).expect("valid date");
-    let month_start = period_first.with_day(1).expect("valid date");
-    let before = period_first.pred_opt().expect("valid date");
-    let history = sqlx::query("SELECT period_first, period_last, kwh_centi FROM settlements WHERE account_id = $1 AND period_last >= $2")
-        .bind(&c.account_id)
-        .bind(ds(year_start))
-        .fetch_all(&mut *conn)
-        .await?;
-    let (mut ytd, mut mtd) = (0, 0);
-    for h in &history {
-        let (f, l, k) = (
-            parse_ds(&h.try_get::<String, _>(0)?)?,
+    let rows = sqlx::query(
+        "SELECT account_id, period_first, period_last, kwh_centi FROM settlements
+         WHERE account_id >= $1 AND account_id <= $2 AND period_last >= $3",
+    )
+    .bind(first)
+    .bind(last)
+    .bind(ds(since))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut history: HashMap<String, Vec<(NaiveDate, NaiveDate, i64)>> = HashMap::new();
+    for h in &rows {
+        history.entry(h.try_get(0)?).or_default().push((
             parse_ds(&h.try_get::<String, _>(1)?)?,
-            h.try_get::<i64, _>(2)?,
-        );
-        ytd += portion_in(k, f, l, year_start, before);
-        mtd += portion_in(k, f, l, month_start, before);
+            parse_ds(&h.try_get::<String, _>(2)?)?,
+            h.try_get(3)?,
+        ));
     }
+    for p in priced.iter_mut() {
+        let year_start = NaiveDate::from_ymd_opt(p.period_first.year(), 1, 1).expect("valid date");
+        let month_start = p.period_first.with_day(1).expect("valid date");
+        let before = p.period_first.pred_opt().expect("valid date");
+        let (mut ytd, mut mtd) = (0, 0);
+        for &(f, l, k) in history.get(&p.input.account_id).into_iter().flatten() {
+            ytd += portion_in(k, f, l, year_start, before);
+            mtd += portion_in(k, f, l, month_start, before);
+        }
+        p.input.year_to_date_kwh =
+            to_wit(rust_decimal::Decimal::new(ytd, 3)).expect("milli-kWh fits");
+        p.input.month_to_date_kwh =
+            to_wit(rust_decimal::Decimal::new(mtd, 3)).expect("milli-kWh fits");
+    }
+    Ok(())
+}
 
+/// Settles one batch of candidates (in account-id order): read, plan, price, then one
+/// transaction for every write of the batch.
+#[allow(clippy::too_many_arguments)]
+async fn settle_batch(
+    db: &Db,
+    engine: &PolicyEngine,
+    county: &str,
+    policies: &PolicySnapshot,
+    reading_date: NaiveDate,
+    now: NaiveDateTime,
+    cfg: &SettlementConfig,
+    batch: &[Candidate],
+    report: &mut SettlementReport,
+) -> Result<(), SettlementError> {
+    let (first, last) = (&batch[0].account_id, &batch[batch.len() - 1].account_id);
+    let mut conn = db.pool.acquire().await?;
+    let facts = BatchFacts::load(&mut conn, first, last, reading_date).await?;
+    let business_date = ds(reading_date.pred_opt().expect("date after 0001-01-01"));
+    let posted_at = ts(now);
     let tariff = policies.get(PolicyKind::Tariff);
-    let input = TariffInput {
-        account_id: c.account_id.clone(),
-        customer_class: class_of(&c.class),
-        period_first: date_to_wit(period_first),
-        period_last: date_to_wit(period_last),
-        kwh: to_wit(centi_kwh_to_kwh(kwh_centi)).expect("centi-kWh fits"),
-        year_to_date_kwh: to_wit(rust_decimal::Decimal::new(ytd, 3)).expect("milli-kWh fits"),
-        month_to_date_kwh: to_wit(rust_decimal::Decimal::new(mtd, 3)).expect("milli-kWh fits"),
-        // Per-band registers are not collected yet: TOU customers are priced on the
-        // step tariff alone until they are (documented in README).
-        tou_split: vec![],
-        time_of_use_elected: c.time_of_use,
-        parameters: tariff.parameters_json.clone(),
-    };
-    let invocation = engine.price(&tariff.component, &input);
+
+    let mut steps: Vec<Step> = batch
+        .iter()
+        .map(|c| plan(c, &facts, reading_date, cfg))
+        .collect();
+    let mut new_holds = Vec::new();
+    for (c, step) in batch.iter().zip(&steps) {
+        match step {
+            Step::Baseline => report.baselines += 1,
+            Step::AlreadySettled => report.already_settled += 1,
+            Step::StillHeld => report.held += 1,
+            Step::Hold(reason) => {
+                new_holds.push((c.account_id.clone(), reason.clone()));
+                report.held += 1;
+            }
+            Step::Price(_) => {}
+        }
+    }
+    let mut priced: Vec<&mut Priced> = steps
+        .iter_mut()
+        .filter_map(|s| match s {
+            Step::Price(p) => Some(&mut **p),
+            _ => None,
+        })
+        .collect();
+    fill_cycle_to_date(&mut conn, first, last, &mut priced).await?;
+    for p in priced.iter_mut() {
+        p.input.parameters.clone_from(&tariff.parameters_json);
+    }
+    let inputs: Vec<&TariffInput> = priced.iter().map(|p| &p.input).collect();
+    let invocations = engine.decide_all(&inputs, |input| engine.price(&tariff.component, input));
+    let rows: Vec<decision_log::ChainedRow> = inputs
+        .iter()
+        .zip(&invocations)
+        .map(|(input, invocation)| {
+            decision_log::prepare(&DecisionRecord {
+                county,
+                kind: "tariff",
+                account_id: &input.account_id,
+                business_date: &business_date,
+                decided_at: &posted_at,
+                component_sha256: &tariff.component.sha256,
+                input: *input,
+                invocation,
+                shadow: None,
+            })
+        })
+        .collect();
 
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let decision_id = decision_log::record(
-        &mut tx,
-        &DecisionRecord {
-            county,
-            kind: "tariff",
-            account_id: &c.account_id,
-            business_date: &business_date,
-            decided_at: &ts(now),
-            component_sha256: &tariff.component.sha256,
-            input: &input,
-            invocation: &invocation,
-            shadow: policies.shadow(engine, PolicyKind::Tariff),
-        },
-    )
-    .await?;
-    match &invocation.outcome {
-        Ok(out) => {
-            let key = format!("charge:{}:{business_date}", c.account_id);
-            let posted = ledger::post(
-                &mut tx,
-                &Posting {
-                    account_id: &c.account_id,
-                    kind: EntryKind::Charge,
-                    amount_fen: -out.charge_fen,
-                    idempotency_key: &key,
-                    business_date: &business_date,
-                    posted_at: &ts(now),
-                    reference: &format!("decision:{decision_id}"),
-                },
-            )
-            .await?;
-            sqlx::query(
-                "INSERT INTO settlements (account_id, business_date, period_first, period_last, from_reading_id, to_reading_id,
-                                          kwh_centi, charge_fen, decision_id, entry_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(&c.account_id)
-            .bind(&business_date)
-            .bind(ds(period_first))
-            .bind(&business_date)
-            .bind(opening_id)
-            .bind(c.closing_id)
-            .bind(kwh_centi)
-            .bind(out.charge_fen)
-            .bind(decision_id)
-            .bind(posted.entry_id())
-            .execute(&mut *tx)
-            .await?;
-            // Entering arrears starts the clock for warnings and the grace period.
-            sqlx::query("UPDATE accounts SET arrears_since = $2 WHERE account_id = $1 AND balance_fen < 0 AND arrears_since IS NULL")
-                .bind(&c.account_id)
-                .bind(ds(reading_date))
-                .execute(&mut *tx)
-                .await?;
-            // A settlement the tariff failed earlier is now settled: its hold is over.
-            sqlx::query("UPDATE holds SET released_at = $2, released_by = 'settlement' WHERE account_id = $1 AND stage = 'settlement' AND released_at IS NULL")
-                .bind(&c.account_id)
-                .bind(ts(now))
-                .execute(&mut *tx)
-                .await?;
-            report.settled += 1;
-            report.charged_fen += out.charge_fen;
-            report.kwh_centi += kwh_centi;
-            report.settled_accounts.push(c.account_id.clone());
-        }
-        Err(failure) => {
-            decision_log::hold(
-                &mut tx,
-                &c.account_id,
-                &business_date,
-                "settlement",
-                &decision_log::hold_reason(failure),
-                Some(decision_id),
-                &ts(now),
-            )
-            .await?;
-            report.held += 1;
+    for (account_id, reason) in &new_holds {
+        decision_log::hold(
+            &mut tx,
+            account_id,
+            &business_date,
+            "reading",
+            reason,
+            None,
+            &posted_at,
+        )
+        .await?;
+    }
+    let decision_ids = decision_log::append(&mut tx, &rows).await?;
+    if let Some(shadow) = policies.shadow(engine, PolicyKind::Tariff) {
+        for (id, row) in decision_ids.iter().zip(&rows) {
+            decision_log::run_shadow(&mut tx, shadow, *id, row).await;
         }
     }
+    // Charges for the priced accounts whose tariff answered; holds for the others.
+    let mut charged = Vec::new();
+    for ((p, invocation), decision_id) in priced.iter().zip(&invocations).zip(&decision_ids) {
+        match &invocation.outcome {
+            Ok(out) => charged.push((
+                &**p,
+                out.charge_fen,
+                *decision_id,
+                format!("charge:{}:{business_date}", p.input.account_id),
+                format!("decision:{decision_id}"),
+            )),
+            Err(failure) => {
+                decision_log::hold(
+                    &mut tx,
+                    &p.input.account_id,
+                    &business_date,
+                    "settlement",
+                    &decision_log::hold_reason(failure),
+                    Some(*decision_id),
+                    &posted_at,
+                )
+                .await?;
+                report.held += 1;
+            }
+        }
+    }
+    let postings: Vec<Posting<'_>> = charged
+        .iter()
+        .map(|(p, charge_fen, _, key, reference)| Posting {
+            account_id: &p.input.account_id,
+            kind: EntryKind::Charge,
+            amount_fen: -charge_fen,
+            idempotency_key: key,
+            business_date: &business_date,
+            posted_at: &posted_at,
+            reference,
+        })
+        .collect();
+    let posted = ledger::post_many(&mut tx, &postings).await?;
+    const SETTLEMENT_COLUMNS: usize = 10;
+    for part in charged
+        .iter()
+        .zip(&posted)
+        .collect::<Vec<_>>()
+        .chunks(crate::db::rows_per_statement(SETTLEMENT_COLUMNS))
+    {
+        let sql = format!(
+            "INSERT INTO settlements (account_id, business_date, period_first, period_last, from_reading_id, to_reading_id,
+                                      kwh_centi, charge_fen, decision_id, entry_id)
+             VALUES {}",
+            crate::db::Placeholders::of(&tx).values(part.len(), SETTLEMENT_COLUMNS)
+        );
+        let mut q = sqlx::query(&sql);
+        for ((p, charge_fen, decision_id, _, _), outcome) in part {
+            q = q
+                .bind(p.input.account_id.as_str())
+                .bind(business_date.as_str())
+                .bind(ds(p.period_first))
+                .bind(business_date.as_str())
+                .bind(p.opening_id)
+                .bind(p.closing_id)
+                .bind(p.kwh_centi)
+                .bind(*charge_fen)
+                .bind(*decision_id)
+                .bind(outcome.entry_id());
+        }
+        q.execute(&mut *tx).await?;
+    }
+    // Entering arrears starts the clock for warnings and the grace period; a settlement
+    // the tariff failed earlier is now settled, so its hold is over.
+    let style = crate::db::Placeholders::of(&tx);
+    let into_arrears: Vec<&str> = charged
+        .iter()
+        .zip(&posted)
+        .filter(|(_, o)| !matches!(o, PostOutcome::Posted { balance_after_fen, .. } if *balance_after_fen >= 0))
+        .map(|((p, ..), _)| p.input.account_id.as_str())
+        .collect();
+    for part in into_arrears.chunks(crate::db::MAX_BOUND_PARAMETERS - 1) {
+        let sql = format!(
+            "UPDATE accounts SET arrears_since = {} WHERE balance_fen < 0 AND arrears_since IS NULL AND account_id IN ({})",
+            style.list(1, 1),
+            style.list(2, part.len())
+        );
+        let mut q = sqlx::query(&sql).bind(ds(reading_date));
+        for a in part {
+            q = q.bind(*a);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    for (p, ..) in charged
+        .iter()
+        .filter(|(p, ..)| facts.settlement_held.contains(&p.input.account_id))
+    {
+        sqlx::query("UPDATE holds SET released_at = $2, released_by = 'settlement' WHERE account_id = $1 AND stage = 'settlement' AND released_at IS NULL")
+            .bind(&p.input.account_id)
+            .bind(&posted_at)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
+    for (p, charge_fen, ..) in &charged {
+        report.settled += 1;
+        report.charged_fen += charge_fen;
+        report.kwh_centi += p.kwh_centi;
+        report.settled_accounts.push(p.input.account_id.clone());
+    }
     Ok(())
 }
 

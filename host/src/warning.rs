@@ -3,11 +3,13 @@
 //! notice, open an offline follow-up work order for the meter reader (抄收员线下催费),
 //! and — once the bank channel exists (issue 5) — request the auto-debit.
 
-use crate::accountview::{AccountFacts, level_already_notified, recent_days};
+use crate::accountview::{
+    AccountFacts, auto_debits_in_flight, levels_already_notified, recent_days_many,
+};
 use crate::county::PolicySnapshot;
 use crate::db::{Db, DbError, ds, ts};
 use crate::decision_log::{self, DecisionRecord};
-use crate::outbox::{NoticeRequest, Queued, queue_notice};
+use crate::outbox::{NoticeRequest, Queued, queue_notices};
 use crate::policy::bindings::{NoticeKind, WarningAction, WarningInput};
 use crate::policy::convert::{date_to_wit, fen_to_wit, from_wit};
 use crate::policy::{PolicyEngine, PolicyKind};
@@ -36,7 +38,12 @@ pub fn notice_for_level(level: u8) -> Option<NoticeKind> {
     }
 }
 
-/// Assesses `accounts` (normally those settled today) on `today`.
+/// Assesses `accounts` (normally those settled today) on `today`, in batches of
+/// `cfg.batch_accounts` (with `cfg.history_days` of history each): each batch's facts are read with one query per
+/// kind of fact, its warning decisions run on every core
+/// ([`PolicyEngine::decide_all`], a fresh instance each) and everything the batch decides
+/// is written in one transaction. An account id that does not exist is an error.
+#[allow(clippy::too_many_arguments)]
 pub async fn assess(
     db: &Db,
     engine: &PolicyEngine,
@@ -45,41 +52,98 @@ pub async fn assess(
     accounts: &[String],
     today: NaiveDate,
     now: NaiveDateTime,
-    history_days: u32,
+    cfg: &crate::config::SettlementConfig,
 ) -> Result<WarningReport, DbError> {
     let mut report = WarningReport::default();
+    for batch in accounts.chunks(cfg.batch_accounts.max(1)) {
+        assess_batch(
+            db,
+            engine,
+            county,
+            policies,
+            batch,
+            today,
+            now,
+            cfg.history_days,
+            &mut report,
+        )
+        .await?;
+    }
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn assess_batch(
+    db: &Db,
+    engine: &PolicyEngine,
+    county: &str,
+    policies: &PolicySnapshot,
+    batch: &[String],
+    today: NaiveDate,
+    now: NaiveDateTime,
+    history_days: u32,
+    report: &mut WarningReport,
+) -> Result<(), DbError> {
     let warning = policies.get(PolicyKind::Warning);
-    for account_id in accounts {
-        let mut conn = db.pool.acquire().await?;
-        let facts = AccountFacts::load(&mut conn, account_id).await?;
+    let mut conn = db.pool.acquire().await?;
+    let ids: Vec<&str> = batch.iter().map(String::as_str).collect();
+    let facts = AccountFacts::load_many(&mut conn, &ids).await?;
+    let mut recent = recent_days_many(&mut conn, &ids, history_days).await?;
+    let levels = levels_already_notified(&mut conn, &ids).await?;
+    let in_flight = auto_debits_in_flight(&mut conn, &ids).await?;
+    let mut assessed = Vec::with_capacity(batch.len());
+    for account_id in batch {
+        let facts = facts.get(account_id).ok_or_else(|| {
+            DbError::Corrupt(format!(
+                "account {account_id} was settled but does not exist"
+            ))
+        })?;
         let input = WarningInput {
             account_id: account_id.clone(),
             today: date_to_wit(today),
             balance: fen_to_wit(facts.balance_fen),
             agreement: facts.agreement(),
-            recent_days: recent_days(&mut conn, account_id, history_days).await?,
+            recent_days: recent.remove(account_id).unwrap_or_default(),
             days_in_arrears: facts.days_in_arrears(today),
-            level_already_notified: level_already_notified(&mut conn, account_id).await?,
-            auto_debit_in_flight: crate::autodebit::in_flight(&mut conn, account_id).await?,
+            level_already_notified: levels.get(account_id).copied().unwrap_or(0),
+            auto_debit_in_flight: in_flight.contains(account_id),
             parameters: warning.parameters_json.clone(),
         };
-        let invocation = engine.assess(&warning.component, &input);
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let decision_id = decision_log::record(
-            &mut tx,
-            &DecisionRecord {
+        assessed.push((facts, input));
+    }
+    let invocations = engine.decide_all(&assessed, |(_, input)| {
+        engine.assess(&warning.component, input)
+    });
+    let (day, decided_at) = (ds(today), ts(now));
+    let rows: Vec<decision_log::ChainedRow> = assessed
+        .iter()
+        .zip(&invocations)
+        .map(|((_, input), invocation)| {
+            decision_log::prepare(&DecisionRecord {
                 county,
                 kind: "warning",
-                account_id,
-                business_date: &ds(today),
-                decided_at: &ts(now),
+                account_id: &input.account_id,
+                business_date: &day,
+                decided_at: &decided_at,
                 component_sha256: &warning.component.sha256,
-                input: &input,
-                invocation: &invocation,
-                shadow: policies.shadow(engine, PolicyKind::Warning),
-            },
-        )
-        .await?;
+                input,
+                invocation,
+                shadow: None,
+            })
+        })
+        .collect();
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let decision_ids = decision_log::append(&mut tx, &rows).await?;
+    if let Some(shadow) = policies.shadow(engine, PolicyKind::Warning) {
+        for (id, row) in decision_ids.iter().zip(&rows) {
+            decision_log::run_shadow(&mut tx, shadow, *id, row).await;
+        }
+    }
+    let mut notices = Vec::new();
+    for (((facts, input), invocation), &decision_id) in
+        assessed.iter().zip(&invocations).zip(&decision_ids)
+    {
+        let account_id = &input.account_id;
         report.assessed += 1;
         let out = match &invocation.outcome {
             Ok(out) => out,
@@ -87,14 +151,13 @@ pub async fn assess(
                 decision_log::hold(
                     &mut tx,
                     account_id,
-                    &ds(today),
+                    &day,
                     "warning",
                     &decision_log::hold_reason(f),
                     Some(decision_id),
-                    &ts(now),
+                    &decided_at,
                 )
                 .await?;
-                tx.commit().await?;
                 report.held += 1;
                 continue;
             }
@@ -119,11 +182,7 @@ pub async fn assess(
                         warning_level: out.level,
                         dedup_key: format!("warn:{account_id}:L{}:{}", out.level, ds(today)),
                     };
-                    match queue_notice(&mut tx, engine, county, policies, &req, now).await? {
-                        Queued::Queued => report.notices_queued += 1,
-                        Queued::Duplicate => {}
-                        Queued::PolicyFailed | Queued::TooLong { .. } => report.held += 1,
-                    }
+                    notices.push(req);
                 }
                 WarningAction::OfflineFollowUp => {
                     let key = format!(
@@ -145,7 +204,7 @@ pub async fn assess(
                     .bind(decision_id)
                     .bind(key)
                     .bind(evidence.to_string())
-                    .bind(ts(now))
+                    .bind(&decided_at)
                     .execute(&mut *tx)
                     .await?;
                     report.follow_ups_opened += inserted.rows_affected() as u32;
@@ -157,9 +216,16 @@ pub async fn assess(
                 }
             }
         }
-        tx.commit().await?;
     }
-    Ok(report)
+    for queued in queue_notices(&mut tx, engine, county, policies, &notices, now).await? {
+        match queued {
+            Queued::Queued => report.notices_queued += 1,
+            Queued::Duplicate => {}
+            Queued::PolicyFailed | Queued::TooLong { .. } => report.held += 1,
+        }
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Records an offline follow-up work order (抄收员线下催费) as done by the person who did

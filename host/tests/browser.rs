@@ -381,10 +381,16 @@ async fn staff_approve_and_execute_a_cutoff_and_a_customer_pays_in_the_browser()
             .await
             .unwrap();
         wait_for(&c, "#follow-ups", "the station page again").await;
-        assert!(
-            c.find(Locator::Id(&format!("follow-up-{follow_up}"))).await.is_err(),
-            "a follow-up done leaves the list"
-        );
+        // The click posts and reloads the page: the old page (with the row) may still be
+        // showing for a moment, so wait for the row to go rather than look once.
+        let gone = std::time::Instant::now();
+        while c.find(Locator::Id(&format!("follow-up-{follow_up}"))).await.is_ok() {
+            assert!(
+                gone.elapsed() < Duration::from_secs(15),
+                "a follow-up done leaves the list"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         let (fu_status, fu_by): (String, Option<String>) = sqlx::query_as(
             "SELECT status, decided_by FROM work_orders WHERE work_order_id = $1",
         )

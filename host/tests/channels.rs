@@ -1019,7 +1019,7 @@ async fn assess(host: &feegate::job::Host, day: u32) -> feegate::warning::Warnin
         &[ACCOUNT.to_string()],
         today,
         today.and_hms_opt(10, 0, 0).unwrap(),
-        30,
+        &feegate::config::SettlementConfig::default(),
     )
     .await
     .unwrap()

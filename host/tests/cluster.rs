@@ -665,11 +665,16 @@ impl LiveCounty {
 /// a 1 s timeout and no retries (so every relay frame at the wire is one issue of one
 /// command), the clock shifted to [`loop_start`] by `shift` seconds, and the payment
 /// channels in `channels` if any.
+/// Accounts per settlement transaction in these tests: small, so a kill can land
+/// between two of them (the default batch of 1,000 would settle the county in one).
+const SETTLEMENT_BATCH: usize = 20;
+
 fn live_config(shift: i64, channels: Option<&std::path::Path>) -> String {
     format!(
         "[schedule]\nmorning = \"0 0 0 * * *\"\noutbox = \"* * * * * *\"\ncutoff = \"*/2 * * * * *\"\nrelays = \"* * * * * *\"\n\n\
          [registry]\npoll_seconds = 1\n\n[cluster]\nlease_seconds = 3\n\n\
-         [meters]\ntimeout_ms = 1000\nretries = 0\n\n[clock]\nshift_seconds = {shift}\n\n{}",
+         [meters]\ntimeout_ms = 1000\nretries = 0\n\n[clock]\nshift_seconds = {shift}\n\n\
+         [settlement]\nbatch_accounts = {SETTLEMENT_BATCH}\n\n{}",
         channels.map_or(String::new(), |c| format!(
             "[channels]\nconfig = \"{}\"\n",
             c.display()

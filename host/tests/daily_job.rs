@@ -595,3 +595,46 @@ async fn an_implausible_reading_stays_held_until_a_person_releases_it() {
             .is_empty()
     );
 }
+
+/// Migration 0013: whatever the code checks before it, the database itself refuses a
+/// second relay command for an account while one is still in flight.
+#[tokio::test]
+async fn the_database_refuses_a_second_relay_command_in_flight() {
+    use feegate_meter::registers::RelayCommand;
+    let (s, now) = scenario_at_tuesday_morning(2, 7).await;
+    let first = pending_command(&s, "3500000001", "decision:first", RelayCommand::Trip, now).await;
+    assert!(first.is_some());
+    let mut conn = s.host.db.pool.acquire().await.unwrap();
+    let second = feegate::relay::create(
+        &mut conn,
+        "3500000001",
+        "decision:second",
+        RelayCommand::Trip,
+        now,
+        &s.host.config.relay,
+    )
+    .await;
+    drop(conn); // SQLite: the pool's one connection
+    let err = second.expect_err("a second command in flight must be refused");
+    assert!(
+        err.to_string().contains("relay_commands"),
+        "the refusal names the table: {err}"
+    );
+    // Another account is not affected, and once the first command is final the account
+    // may have a new one.
+    assert!(
+        pending_command(&s, "3500000002", "decision:other", RelayCommand::Trip, now)
+            .await
+            .is_some()
+    );
+    sqlx::query("UPDATE relay_commands SET status = 'failed' WHERE command_id = $1")
+        .bind(first.unwrap())
+        .execute(&s.host.db.pool)
+        .await
+        .unwrap();
+    assert!(
+        pending_command(&s, "3500000001", "decision:third", RelayCommand::Trip, now)
+            .await
+            .is_some()
+    );
+}

@@ -145,6 +145,135 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// `post_many` (settlement's batched posting) is `post` one at a time: the same
+    /// outcome per posting, the same balances, and every entry's `balance_after_fen` the
+    /// account's running sum — whatever the batches hold (repeated accounts and keys too).
+    #[test]
+    fn batches_post_exactly_as_one_at_a_time(
+        ops in proptest::collection::vec(op(), 1..60),
+        cuts in proptest::collection::vec(1usize..8, 1..20),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let db = fresh_db(&dir).await;
+            let keys: Vec<String> = ops.iter().map(|op| format!("k{}", op.key)).collect();
+            let postings: Vec<Posting<'_>> = ops.iter().zip(&keys).map(|(op, key)| Posting {
+                account_id: ACCOUNTS[op.account],
+                kind: op.kind,
+                amount_fen: signed(op),
+                idempotency_key: key,
+                business_date: "2013-01-02",
+                posted_at: "2013-01-02 00:20:00",
+                reference: "proptest",
+            }).collect();
+            let mut first_by_key: BTreeMap<&str, (usize, i64)> = BTreeMap::new();
+            let (mut at, mut cut) = (0, cuts.iter().cycle());
+            while at < postings.len() {
+                let batch = &postings[at..(at + cut.next().unwrap()).min(postings.len())];
+                let mut tx = db.pool.begin().await.unwrap();
+                let outcomes = ledger::post_many(&mut tx, batch).await.unwrap();
+                tx.commit().await.unwrap();
+                assert_eq!(outcomes.len(), batch.len());
+                for (i, (p, outcome)) in batch.iter().zip(&outcomes).enumerate() {
+                    let op = &ops[at + i];
+                    if first_by_key.contains_key(p.idempotency_key) {
+                        assert!(matches!(outcome, PostOutcome::AlreadyPosted { .. }), "reused {} must not post", p.idempotency_key);
+                    } else {
+                        assert!(matches!(outcome, PostOutcome::Posted { .. }), "first use of {} must post", p.idempotency_key);
+                        first_by_key.insert(p.idempotency_key, (op.account, p.amount_fen));
+                    }
+                }
+                at += batch.len();
+            }
+            let mut conn = db.pool.acquire().await.unwrap();
+            assert!(ledger::unbalanced_accounts(&mut conn).await.unwrap().is_empty());
+            drop(conn); // SQLite: the pool's one connection
+            for (i, account) in ACCOUNTS.iter().enumerate() {
+                let expected: i64 = first_by_key.values().filter(|(a, _)| *a == i).map(|(_, amt)| amt).sum();
+                let balance: i64 = sqlx::query("SELECT balance_fen FROM accounts WHERE account_id = $1")
+                    .bind(*account).fetch_one(&db.pool).await.unwrap().try_get(0).unwrap();
+                assert_eq!(balance, expected, "account {account}");
+                // Each entry's balance_after is the running sum of the account's entries.
+                let rows = sqlx::query("SELECT amount_fen, balance_after_fen FROM ledger_entries WHERE account_id = $1 ORDER BY entry_id")
+                    .bind(*account).fetch_all(&db.pool).await.unwrap();
+                let mut running = 0i64;
+                for r in rows {
+                    running += r.try_get::<i64, _>(0).unwrap();
+                    assert_eq!(r.try_get::<i64, _>(1).unwrap(), running, "account {account}");
+                }
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_one_wrong_sign_moves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_db(&dir).await;
+    let posting = |account_id, kind, amount_fen, idempotency_key| Posting {
+        account_id,
+        kind,
+        amount_fen,
+        idempotency_key,
+        business_date: "2013-01-02",
+        posted_at: "2013-01-02 00:20:00",
+        reference: "batch",
+    };
+    let mut tx = db.pool.begin().await.unwrap();
+    let err = ledger::post_many(
+        &mut tx,
+        &[
+            posting(ACCOUNTS[0], EntryKind::Charge, -300, "charge:0"),
+            posting(ACCOUNTS[1], EntryKind::Charge, 300, "charge:1"),
+        ],
+    )
+    .await
+    .unwrap_err();
+    drop(tx);
+    assert!(err.to_string().contains("cannot carry amount 300"), "{err}");
+    let entries: i64 = sqlx::query("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'charge'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+        .try_get(0)
+        .unwrap();
+    assert_eq!(entries, 0);
+    let mut tx = db.pool.begin().await.unwrap();
+    let err = ledger::post_many(
+        &mut tx,
+        &[
+            posting(ACCOUNTS[0], EntryKind::Charge, -300, "charge:0"),
+            posting("no-such-account", EntryKind::Charge, -300, "charge:x"),
+        ],
+    )
+    .await
+    .unwrap_err();
+    drop(tx);
+    assert!(
+        err.to_string().contains("no-such-account does not exist"),
+        "{err}"
+    );
+    let mut conn = db.pool.acquire().await.unwrap();
+    assert!(
+        ledger::unbalanced_accounts(&mut conn)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let balance: i64 = sqlx::query("SELECT balance_fen FROM accounts WHERE account_id = $1")
+        .bind(ACCOUNTS[0])
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+        .try_get(0)
+        .unwrap();
+    assert_eq!(balance, 0, "a failed batch moves no balance");
+}
+
 #[tokio::test]
 async fn the_ledger_refuses_edits_and_deletions() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,9 +9,9 @@
 //!
 //! Timed: the real settlement path (`settlement::settle`: tariff component, decision log,
 //! ledger, balance) and the warning path (`warning::assess`: warning component, notice
-//! component, SMS outbox) for that day. Then, in a second fresh database, a bare
-//! baseline that writes the same number of ledger rows and balance updates with plain
-//! SQL, one transaction per account like settlement. Prints accounts per second for each,
+//! component, SMS outbox) for that day. Then, in a second fresh database (on PostgreSQL
+//! one created beside the given one and dropped after), a bare baseline that writes the
+//! same number of ledger rows and balance updates, batched as settlement batches them. Prints accounts per second for each,
 //! their ratio, and the process's peak resident memory.
 
 use crate::config::HostConfig;
@@ -316,48 +316,53 @@ pub async fn settle(
         &report.settled_accounts,
         date,
         now,
-        config.settlement.history_days,
+        &config.settlement,
     )
     .await?;
     let warning_seconds = t.elapsed().as_secs_f64();
     db.pool.close().await;
 
-    // Baseline: the same ledger rows and balance moves, bare.
-    let base = if db_url.is_some() {
-        db_url.map(str::to_string).unwrap_or_default()
-    } else {
-        url("baseline.db")
-    };
-    let baseline_seconds = if db_url.is_some() {
-        f64::NAN // a PostgreSQL URL names one database; the baseline needs a second one
-    } else {
-        let db = Db::open(&base).await?;
-        seed_accounts(&db, n, &profiles, day0).await?;
-        let t = Instant::now();
-        for i in 0..n {
-            let mut tx = db.pool.begin().await?;
-            sqlx::query(
-                "UPDATE accounts SET balance_fen = balance_fen - 500 WHERE account_id = $1",
-            )
-            .bind(format!("A{i}"))
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO ledger_entries (account_id, kind, amount_fen, balance_after_fen, idempotency_key, business_date, posted_at, reference)
-                 VALUES ($1, 'charge', -500, 19500, $2, $3, $4, 'baseline')",
-            )
-            .bind(format!("A{i}"))
-            .bind(format!("charge:A{i}:{DAY0}"))
-            .bind(DAY0)
-            .bind(format!("{DAY1} 00:20:00"))
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
+    // Baseline: the same ledger rows and balance moves, bare — batched as settlement
+    // batches them (one transaction and one `ledger::post_many` per BATCH_ACCOUNTS), so the
+    // ratio shows what the decisions, the decision log and the settlement rows cost. On
+    // PostgreSQL it runs in a second database, created beside the given one and dropped.
+    let (base_url, scratch) = match db_url {
+        None => (url("baseline.db"), None),
+        Some(u) => {
+            let scratch = ScratchPgDatabase::create(u, "baseline").await?;
+            (scratch.url.clone(), Some(scratch))
         }
-        let s = t.elapsed().as_secs_f64();
-        db.pool.close().await;
-        s
     };
+    let db = Db::open(&base_url).await?;
+    seed_accounts(&db, n, &profiles, day0).await?;
+    let t = Instant::now();
+    let posted_at = format!("{DAY1} 00:20:00");
+    for start in (0..n).step_by(crate::settlement::BATCH_ACCOUNTS) {
+        let end = (start + crate::settlement::BATCH_ACCOUNTS).min(n);
+        let ids: Vec<(String, String)> = (start..end)
+            .map(|i| (format!("A{i}"), format!("charge:A{i}:{DAY0}")))
+            .collect();
+        let postings: Vec<crate::ledger::Posting<'_>> = ids
+            .iter()
+            .map(|(account_id, key)| crate::ledger::Posting {
+                account_id,
+                kind: crate::ledger::EntryKind::Charge,
+                amount_fen: -500,
+                idempotency_key: key,
+                business_date: DAY0,
+                posted_at: &posted_at,
+                reference: "baseline",
+            })
+            .collect();
+        let mut tx = db.pool.begin().await?;
+        crate::ledger::post_many(&mut tx, &postings).await?;
+        tx.commit().await?;
+    }
+    let baseline_seconds = t.elapsed().as_secs_f64();
+    db.pool.close().await;
+    if let Some(scratch) = scratch {
+        scratch.drop_database().await?;
+    }
     Ok(SettleFigures {
         accounts: n,
         settle_seconds,
@@ -368,4 +373,53 @@ pub async fn settle(
         ratio_to_baseline: (settle_seconds + warning_seconds) / baseline_seconds,
         peak_rss_mib: peak_rss_mib(),
     })
+}
+
+/// A PostgreSQL database created beside another one on the same server (the bench's
+/// baseline needs a database of its own), dropped with [`Self::drop_database`].
+struct ScratchPgDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl ScratchPgDatabase {
+    /// Creates `<db>_<suffix>` (dropping a leftover of an earlier run first) with the
+    /// connection `url` gives; needs the CREATEDB privilege.
+    async fn create(url: &str, suffix: &str) -> anyhow::Result<Self> {
+        use sqlx::{Connection, Executor};
+        sqlx::any::install_default_drivers();
+        let (base, db) = url
+            .split('?')
+            .next()
+            .and_then(|u| u.rsplit_once('/'))
+            .context("the PostgreSQL URL names no database")?;
+        anyhow::ensure!(
+            !db.is_empty() && db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "database name {db:?}: use letters, digits and _ only for the bench"
+        );
+        let name = format!("{db}_{suffix}");
+        let mut admin = sqlx::AnyConnection::connect(url).await?;
+        admin
+            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+            .await?;
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .with_context(|| format!("creating the baseline database {name} (needs CREATEDB)"))?;
+        Ok(Self {
+            admin_url: url.to_string(),
+            url: format!("{base}/{name}"),
+            name,
+        })
+    }
+
+    async fn drop_database(self) -> anyhow::Result<()> {
+        use sqlx::{Connection, Executor};
+        let mut admin = sqlx::AnyConnection::connect(&self.admin_url).await?;
+        admin
+            .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
+            .await?;
+        Ok(())
+    }
 }

@@ -40,6 +40,9 @@
 //! host_id = "<hostname>-<pid>"
 //! lease_seconds = 15
 //!
+//! [settlement]
+//! batch_accounts = 1000        # accounts per settlement / warning transaction
+//!
 //! [clock]                      # rehearsals and crash tests only; 0 in production
 //! shift_seconds = 0
 //!
@@ -94,6 +97,7 @@ pub struct ServeConfig {
     pub cluster: ClusterSection,
     pub channels: ChannelsSection,
     pub clock: ClockSection,
+    pub settlement: SettlementSection,
     /// `[auth]`: console sessions and the failed-login limit (see `auth::store::AuthConfig`).
     pub auth: crate::auth::store::AuthConfig,
     /// The counties this host serves. Default: the shipped Xianyou policy set.
@@ -112,6 +116,7 @@ impl Default for ServeConfig {
             cluster: ClusterSection::default(),
             channels: ChannelsSection::default(),
             clock: ClockSection::default(),
+            settlement: SettlementSection::default(),
             auth: crate::auth::store::AuthConfig::default(),
             counties: vec![CountySection::default()],
         }
@@ -280,6 +285,23 @@ pub struct ClockSection {
     pub shift_seconds: i64,
 }
 
+/// `[settlement]`: how the daily settlement and warnings are batched.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SettlementSection {
+    /// Accounts per batch, 1..=10,000 (default 1,000): one transaction each
+    /// (`crate::config::SettlementConfig::batch_accounts`).
+    pub batch_accounts: usize,
+}
+
+impl Default for SettlementSection {
+    fn default() -> Self {
+        Self {
+            batch_accounts: crate::settlement::BATCH_ACCOUNTS,
+        }
+    }
+}
+
 /// `[[county]]`: one county this host serves.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -407,6 +429,10 @@ impl ServeConfig {
             (60..=86_400).contains(&self.auth.failure_window_seconds)
                 && (1..=100).contains(&self.auth.max_failures),
             "auth.failure_window_seconds must be 60..=86400 and auth.max_failures 1..=100",
+        )?;
+        range(
+            (1..=10_000).contains(&self.settlement.batch_accounts),
+            "settlement.batch_accounts must be 1..=10000",
         )?;
         range(
             self.clock.shift_seconds.unsigned_abs() <= 100 * 366 * 86_400,
@@ -648,6 +674,7 @@ mod tests {
             ("[registry]\npoll_seconds = 0\n", "poll_seconds"),
             ("[cluster]\nhost_id = \" \"\n", "host_id"),
             ("[clock]\nshift_seconds = -9999999999\n", "shift_seconds"),
+            ("[settlement]\nbatch_accounts = 0\n", "batch_accounts"),
         ] {
             let (_d, path) = write(text);
             match ServeConfig::load(Some(&path), []) {

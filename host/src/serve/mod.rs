@@ -79,7 +79,8 @@ impl axum::extract::FromRef<Arc<ServeState>> for crate::auth::extract::AuthState
 /// in the registry, and applies activations already in force.
 pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Arc<ServeState>> {
     let db = Db::open(&config.database.url).await?;
-    let host_config = HostConfig::default();
+    let mut host_config = HostConfig::default();
+    host_config.settlement.batch_accounts = config.settlement.batch_accounts;
     let engine = PolicyEngine::new(host_config.policy.clone())?;
     let (timeout, retries, retry_backoff) = (
         Duration::from_millis(config.meters.timeout_ms),
