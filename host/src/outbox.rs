@@ -243,7 +243,7 @@ pub async fn queue_notice(
     req: &NoticeRequest,
     now: NaiveDateTime,
 ) -> Result<Queued, DbError> {
-    Ok(queue_batch(
+    Ok(queue_notices(
         conn,
         engine,
         county,
@@ -269,22 +269,21 @@ pub async fn queue_notices(
     now: NaiveDateTime,
 ) -> Result<Vec<Queued>, DbError> {
     let mut seen = std::collections::HashSet::with_capacity(reqs.len());
-    if reqs.iter().all(|r| seen.insert(r.account_id.as_str())) {
-        return queue_batch(conn, engine, county, policies, reqs, now).await;
-    }
+    let distinct = reqs.iter().all(|r| seen.insert(r.account_id.as_str()));
+    let batches: Vec<&[NoticeRequest]> = if distinct {
+        vec![reqs]
+    } else {
+        reqs.chunks(1).collect()
+    };
+    let wording = Wording {
+        engine,
+        county,
+        policies,
+        now,
+    };
     let mut out = Vec::with_capacity(reqs.len());
-    for req in reqs {
-        out.extend(
-            queue_batch(
-                conn,
-                engine,
-                county,
-                policies,
-                std::slice::from_ref(req),
-                now,
-            )
-            .await?,
-        );
+    for batch in batches {
+        out.extend(queue_batch(conn, wording, batch).await?);
     }
     Ok(out)
 }
@@ -292,15 +291,27 @@ pub async fn queue_notices(
 /// Columns of one `sms_outbox` row as [`queue_batch`] inserts it.
 const OUTBOX_COLUMNS: usize = 13;
 
+/// What the notices of one [`queue_notices`] call share.
+#[derive(Clone, Copy)]
+struct Wording<'a> {
+    engine: &'a PolicyEngine,
+    county: &'a str,
+    policies: &'a PolicySnapshot,
+    now: NaiveDateTime,
+}
+
 /// The work of [`queue_notices`] for requests of distinct accounts.
 async fn queue_batch(
     conn: &mut AnyConnection,
-    engine: &PolicyEngine,
-    county: &str,
-    policies: &PolicySnapshot,
+    wording: Wording<'_>,
     reqs: &[NoticeRequest],
-    now: NaiveDateTime,
 ) -> Result<Vec<Queued>, DbError> {
+    let Wording {
+        engine,
+        county,
+        policies,
+        now,
+    } = wording;
     use std::collections::{HashMap, HashSet};
     let once_a_day = |req: &NoticeRequest| {
         !policies

@@ -269,7 +269,7 @@ pub async fn settle(
             break;
         };
         after = last.account_id.clone();
-        settle_batch(
+        let run = Run {
             db,
             engine,
             county,
@@ -277,10 +277,8 @@ pub async fn settle(
             reading_date,
             now,
             cfg,
-            &batch,
-            &mut report,
-        )
-        .await?;
+        };
+        settle_batch(run, &batch, &mut report).await?;
         if batch.len() < cfg.batch_accounts.max(1) {
             break;
         }
@@ -333,38 +331,39 @@ impl BatchFacts {
         reading_date: NaiveDate,
     ) -> Result<Self, SettlementError> {
         let mut facts = Self::default();
-        let rows = sqlx::query(
+        // Each query: (account, reading_id, reading_date, register, meter) for the
+        // accounts `$1..=$2`, and `$3` if given.
+        let openings = async |conn: &mut AnyConnection, sql: &str, before: Option<String>| {
+            let mut q = sqlx::query(sql).bind(first).bind(last);
+            if let Some(before) = before {
+                q = q.bind(before);
+            }
+            let rows = q.fetch_all(&mut *conn).await?;
+            rows.iter()
+                .map(opening_from)
+                .collect::<Result<HashMap<_, _>, SettlementError>>()
+        };
+        facts.settled_to = openings(
+            conn,
             "SELECT a.account_id, r.reading_id, r.reading_date, r.register_centi_kwh, r.meter_id
              FROM accounts a
              JOIN settlements s ON s.account_id = a.account_id
                AND s.business_date = (SELECT MAX(s2.business_date) FROM settlements s2 WHERE s2.account_id = a.account_id)
              JOIN readings r ON r.reading_id = s.to_reading_id
              WHERE a.account_id >= $1 AND a.account_id <= $2",
+            None,
         )
-        .bind(first)
-        .bind(last)
-        .fetch_all(&mut *conn)
         .await?;
-        for r in &rows {
-            let (account, opening) = opening_from(r)?;
-            facts.settled_to.insert(account, opening);
-        }
-        let rows = sqlx::query(
+        facts.first_reading = openings(
+            conn,
             "SELECT a.account_id, r.reading_id, r.reading_date, r.register_centi_kwh, r.meter_id
              FROM accounts a
              JOIN readings r ON r.meter_id = a.meter_id
                AND r.reading_date = (SELECT MIN(r2.reading_date) FROM readings r2 WHERE r2.meter_id = a.meter_id)
              WHERE a.account_id >= $1 AND a.account_id <= $2 AND r.reading_date < $3",
+            Some(ds(reading_date)),
         )
-        .bind(first)
-        .bind(last)
-        .bind(ds(reading_date))
-        .fetch_all(&mut *conn)
         .await?;
-        for r in &rows {
-            let (account, opening) = opening_from(r)?;
-            facts.first_reading.insert(account, opening);
-        }
         let rows = sqlx::query(
             "SELECT account_id, stage FROM holds
              WHERE account_id >= $1 AND account_id <= $2 AND released_at IS NULL AND stage IN ('reading', 'settlement')",
@@ -558,20 +557,34 @@ async fn fill_cycle_to_date(
     Ok(())
 }
 
-/// Settles one batch of candidates (in account-id order): read, plan, price, then one
-/// transaction for every write of the batch.
-#[allow(clippy::too_many_arguments)]
-async fn settle_batch(
-    db: &Db,
-    engine: &PolicyEngine,
-    county: &str,
-    policies: &PolicySnapshot,
+/// What every batch of one [`settle`] run shares.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    db: &'a Db,
+    engine: &'a PolicyEngine,
+    county: &'a str,
+    policies: &'a PolicySnapshot,
     reading_date: NaiveDate,
     now: NaiveDateTime,
-    cfg: &SettlementConfig,
+    cfg: &'a SettlementConfig,
+}
+
+/// Settles one batch of candidates (in account-id order): read, plan, price, then one
+/// transaction for every write of the batch.
+async fn settle_batch(
+    run: Run<'_>,
     batch: &[Candidate],
     report: &mut SettlementReport,
 ) -> Result<(), SettlementError> {
+    let Run {
+        db,
+        engine,
+        county,
+        policies,
+        reading_date,
+        now,
+        cfg,
+    } = run;
     let (first, last) = (&batch[0].account_id, &batch[batch.len() - 1].account_id);
     let mut conn = db.pool.acquire().await?;
     let facts = BatchFacts::load(&mut conn, first, last, reading_date).await?;

@@ -243,6 +243,14 @@ pub async fn seed_accounts_with(
         }
         tx.commit().await?;
     }
+    // After a bulk load PostgreSQL's planner has no statistics until autovacuum gets to
+    // the tables, and plans the settlement's keyset query as a scan and sort of every
+    // account (400 ms a batch at 100,000 accounts instead of 7 ms): analyse now, as after
+    // any bulk load.
+    let mut conn = db.pool.acquire().await?;
+    if conn.backend_name() == "PostgreSQL" {
+        sqlx::query("ANALYZE").execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
