@@ -641,6 +641,21 @@ async fn settle_batch(
         .collect();
 
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    // PostgreSQL: lock the accounts to be charged first, in byte order of their ids, then
+    // the decision chain — the order every other writer takes them in (the channel inbox
+    // locks its batch's accounts in that order; a payment's reconnection locks its
+    // account, then the chain), so a batch and a payment never wait on each other in a
+    // cycle. SQLite has one writer.
+    if tx.backend_name() == "PostgreSQL" {
+        let charged: Vec<&str> = priced.iter().map(|p| p.input.account_id.as_str()).collect();
+        crate::db::fetch_in(
+            &mut tx,
+            "SELECT account_id FROM accounts WHERE account_id IN $IDS ORDER BY account_id COLLATE \"C\" FOR UPDATE",
+            &charged,
+            None,
+        )
+        .await?;
+    }
     for (account_id, reason) in &new_holds {
         decision_log::hold(
             &mut tx,

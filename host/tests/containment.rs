@@ -377,3 +377,31 @@ async fn a_trap_inside_a_multi_thread_runtime_is_contained() {
         run.outcome
     );
 }
+
+/// Decisions spread over threads share the engine's pool of instance slots: with one slot
+/// for several threads every decision waits for it, none fails for want of it (a failed
+/// tariff would hold the account instead of charging it).
+#[test]
+fn a_pool_of_one_slot_makes_decisions_wait_never_fail() {
+    let engine = engine(PolicyLimits {
+        instance_slots: 1,
+        ..PolicyLimits::default()
+    });
+    let c = engine.load(PolicyKind::Tariff, &hostile()).unwrap();
+    let inputs: Vec<TariffInput> = (0..200).map(|_| tariff_input("ok")).collect();
+    // Four threads by hand (decide_all spreads over the machine's cores, maybe only one).
+    let runs: Vec<_> = std::thread::scope(|scope| {
+        let workers: Vec<_> = inputs
+            .chunks(50)
+            .map(|part| scope.spawn(|| engine.decide_all(part, |i| engine.price(&c, i))))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert_eq!(runs.len(), 200);
+    for run in &runs {
+        assert!(run.outcome.is_ok(), "{:?}", run.outcome);
+    }
+}

@@ -140,8 +140,6 @@ impl std::fmt::Debug for LoadedComponent {
 
 /// Per-store state: the deny-all WASI context, captured output and the memory limiter.
 struct GuestState {
-    /// The pool slot this store's instance uses, given back when the store is dropped.
-    _slot: SlotPermit,
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: MemoryCap,
@@ -203,8 +201,9 @@ impl ResourceLimiter for MemoryCap {
 }
 
 /// The engine's free instance-pool slots ([`PolicyLimits::instance_slots`]): a store is
-/// created only with a slot in hand, so the pooling allocator never runs out and a
-/// decision waits instead of failing.
+/// created only with a slot in hand and the slot is given back only after the store is
+/// dropped (so after wasmtime has returned its instance to the pool), so the pooling
+/// allocator never runs out and a decision waits instead of failing.
 struct Slots {
     free: std::sync::Mutex<u32>,
     freed: std::sync::Condvar,
@@ -431,7 +430,6 @@ impl PolicyEngine {
             .allow_ip_name_lookup(false)
             .build();
         let state = GuestState {
-            _slot: self.slots.take(),
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryCap {
@@ -528,6 +526,9 @@ impl PolicyEngine {
         call: impl FnOnce(&mut Store<GuestState>) -> wasmtime::Result<Result<R, PolicyError>>,
         validate: impl FnOnce(&R, &PolicyLimits) -> Result<(), String>,
     ) -> Invocation<R> {
+        // The slot is taken before the store and given back after it: wasmtime returns the
+        // instance to the pool only when the store is dropped, after its data.
+        let _slot = self.slots.take();
         let (mut store, _, _) = self.new_store();
         let result = call(&mut store);
         let fuel_used = self
@@ -584,6 +585,9 @@ impl PolicyEngine {
         mut call: impl FnMut(&X, &mut Store<GuestState>, &I) -> wasmtime::Result<Result<R, PolicyError>>,
         validate: impl Fn(&R, &PolicyLimits) -> Result<(), String>,
     ) -> Vec<Invocation<R>> {
+        // The slot is taken before the store and given back after it: wasmtime returns the
+        // instance to the pool only when the store is dropped, after its data.
+        let _slot = self.slots.take();
         let (mut store, _, _) = self.new_store();
         let instance = match instantiate(&mut store) {
             Ok(i) => i,
