@@ -36,8 +36,10 @@ pub struct PolicyLimits {
     /// Component instances that may exist at once: the size of the engine's instance pool
     /// (wasmtime's pooling allocator, which reuses memory slots instead of mapping and
     /// unmapping fresh memory for every decision). A decision beyond waits for a slot; it
-    /// never fails for want of one. Default 32 (each slot reserves address space, not
-    /// memory: up to `memory_bytes` is committed only while a decision runs).
+    /// never fails for want of one. Default 32. Each slot reserves address space; a slot
+    /// that has run a decision keeps up to 4 MiB resident
+    /// ([`crate::policy::engine::KEEP_RESIDENT_BYTES`]) to be reset in place, so the pool
+    /// costs at most 32 × 4 MiB of memory, and only as many slots as ran at once.
     pub instance_slots: u32,
 }
 
