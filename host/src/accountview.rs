@@ -156,7 +156,7 @@ pub async fn levels_already_notified(
     let rows = crate::db::fetch_in(
         conn,
         "SELECT o.account_id, CAST(MAX(o.warning_level) AS BIGINT) FROM sms_outbox o
-         WHERE o.account_id IN $IDS AND o.status = 'delivered' AND o.warning_level IS NOT NULL
+         WHERE o.account_id IN $IDS AND o.status = 'delivered'
            AND o.created_at >= COALESCE((SELECT MAX(e.posted_at) FROM ledger_entries e
                                          WHERE e.account_id = o.account_id AND e.kind IN ('payment', 'prepayment')), '')
          GROUP BY o.account_id",

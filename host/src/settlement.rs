@@ -406,19 +406,20 @@ struct Priced {
     closing_id: i64,
     period_first: NaiveDate,
     kwh_centi: CentiKwh,
-    /// The tariff's input; its cycle-to-date usage and parameters are filled after the
-    /// read phase ([`fill_cycle_to_date`]).
+    /// The tariff's input; its cycle-to-date usage is filled after the read phase
+    /// ([`fill_cycle_to_date`]).
     input: TariffInput,
 }
 
 /// Checks one candidate's delta against its opening and replacements (module doc, steps
-/// 1–3) and says what to do; `kwh` and the cycle-to-date fields of the input are filled
-/// later from the history.
+/// 1–3) and says what to do; the cycle-to-date fields of the input are filled later from
+/// the history ([`fill_cycle_to_date`]). `parameters`: the tariff's county parameters.
 fn plan(
     c: &Candidate,
     facts: &BatchFacts,
     reading_date: NaiveDate,
     cfg: &SettlementConfig,
+    parameters: &str,
 ) -> Step {
     // Opening reading: where the last settlement closed, else the first reading ever.
     let Some(opening) = facts
@@ -502,7 +503,7 @@ fn plan(
             // step tariff alone until they are (documented in README).
             tou_split: vec![],
             time_of_use_elected: c.time_of_use,
-            parameters: String::new(),
+            parameters: parameters.to_string(),
         },
     }))
 }
@@ -594,7 +595,7 @@ async fn settle_batch(
 
     let mut steps: Vec<Step> = batch
         .iter()
-        .map(|c| plan(c, &facts, reading_date, cfg))
+        .map(|c| plan(c, &facts, reading_date, cfg, &tariff.parameters_json))
         .collect();
     let mut new_holds = Vec::new();
     for (c, step) in batch.iter().zip(&steps) {
@@ -617,9 +618,6 @@ async fn settle_batch(
         })
         .collect();
     fill_cycle_to_date(&mut conn, first, last, &mut priced).await?;
-    for p in priced.iter_mut() {
-        p.input.parameters.clone_from(&tariff.parameters_json);
-    }
     let inputs: Vec<&TariffInput> = priced.iter().map(|p| &p.input).collect();
     let invocations = engine.decide_all(&inputs, |input| engine.price(&tariff.component, input));
     let rows: Vec<decision_log::ChainedRow> = inputs

@@ -252,7 +252,7 @@ impl Db {
 }
 
 #[cfg(test)]
-mod values_list_tests {
+mod placeholders_tests {
     use super::*;
 
     #[test]
