@@ -160,8 +160,13 @@ async fn api_tokens_authenticate_until_revoked_expired_or_disabled_postgres() {
 
 #[tokio::test]
 async fn a_console_session_works_until_logout_and_refuses_foreign_origins() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = seeded(&format!("sqlite://{}/a.db", dir.path().display())).await;
+    let Some(tdb) =
+        common::test_database("a_console_session_works_until_logout_and_refuses_foreign_origins")
+            .await
+    else {
+        return;
+    };
+    let db = seeded(&tdb.url).await;
     store::create_user(&db, &user("staff", Role::StationStaff))
         .await
         .unwrap();
@@ -252,8 +257,12 @@ async fn a_console_session_works_until_logout_and_refuses_foreign_origins() {
 
 #[tokio::test]
 async fn failed_logins_are_limited_per_username_and_per_client() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = seeded(&format!("sqlite://{}/a.db", dir.path().display())).await;
+    let Some(tdb) =
+        common::test_database("failed_logins_are_limited_per_username_and_per_client").await
+    else {
+        return;
+    };
+    let db = seeded(&tdb.url).await;
     store::create_user(&db, &user("auditor", Role::Auditor))
         .await
         .unwrap();
@@ -339,8 +348,12 @@ async fn failed_logins_are_limited_per_username_and_per_client() {
 
 #[tokio::test]
 async fn users_are_refused_a_scope_their_role_does_not_have() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = seeded(&format!("sqlite://{}/a.db", dir.path().display())).await;
+    let Some(tdb) =
+        common::test_database("users_are_refused_a_scope_their_role_does_not_have").await
+    else {
+        return;
+    };
+    let db = seeded(&tdb.url).await;
     let cases: Vec<(NewUser, &str)> = vec![
         (
             NewUser {

@@ -37,6 +37,7 @@ struct World {
     order_paid: i64,
     _dir: Option<tempfile::TempDir>,
     _server: tokio::task::JoinHandle<()>,
+    _db: Option<common::TestDb>,
 }
 
 /// (user, role, county, station, account)
@@ -165,7 +166,17 @@ impl World {
             order_paid,
             _dir: Some(dir),
             _server: server,
+            _db: None,
         }
+    }
+
+    /// `start` on a fresh database for `test` on the backend under test
+    /// (`common::test_database`); None: skipped.
+    async fn start_for(test: &str) -> Option<World> {
+        let tdb = common::test_database(test).await?;
+        let mut w = World::start(Some(tdb.url.clone())).await;
+        w._db = Some(tdb);
+        Some(w)
     }
 
     /// One request as `user` (None: no credentials): (status, JSON body).
@@ -301,7 +312,9 @@ async fn seed_work_orders(db: &Db) -> (i64, i64) {
 /// take are 403.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_is_denied_what_it_must_not_see_or_do() {
-    let w = World::start(None).await;
+    let Some(w) = World::start_for("every_role_is_denied_what_it_must_not_see_or_do").await else {
+        return;
+    };
     let o = w.order_open;
     let reads: Vec<(&str, String, u16)> = vec![
         // Customers: only their own account.
@@ -532,7 +545,9 @@ async fn every_role_is_denied_what_it_must_not_see_or_do() {
 /// execution goes through the safety floor at that moment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_approver_of_a_cutoff_is_never_its_executor() {
-    let w = World::start(None).await;
+    let Some(w) = World::start_for("the_approver_of_a_cutoff_is_never_its_executor").await else {
+        return;
+    };
     let o = w.order_open;
     let (s, b) = w
         .call(
@@ -662,7 +677,11 @@ async fn the_approver_of_a_cutoff_is_never_its_executor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_cutoff_executed_by_another_person_trips_once() {
     use feegate::cutoff::{Executed, decide_work_order, execute_one};
-    let w = World::start(None).await;
+    let Some(w) =
+        World::start_for("an_approved_cutoff_executed_by_another_person_trips_once").await
+    else {
+        return;
+    };
     let o = w.order_open;
     sqlx::query(
         "INSERT INTO sms_outbox (account_id, kind, dedup_key, mobile, body, status, created_at, sent_at, delivered_at)
@@ -754,7 +773,9 @@ async fn an_approved_cutoff_executed_by_another_person_trips_once() {
 /// refused, and 20 concurrent repeats apply the payment once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_is_applied_once_per_idempotency_key() {
-    let w = World::start(None).await;
+    let Some(w) = World::start_for("a_payment_is_applied_once_per_idempotency_key").await else {
+        return;
+    };
     idempotency_checks(&w).await;
 }
 
@@ -890,7 +911,9 @@ async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -
 /// Pagination walks every row exactly once; filters narrow; limits are checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_and_filters_walk_every_visible_row_once() {
-    let w = World::start(None).await;
+    let Some(w) = World::start_for("pages_and_filters_walk_every_visible_row_once").await else {
+        return;
+    };
     let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM decisions")
         .fetch_one(&w.db.pool)
         .await
@@ -965,7 +988,9 @@ async fn pages_and_filters_walk_every_visible_row_once() {
 /// Accounts: balance in real time, ledger sums to it, usage by day, month and band.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_reads_balance_ledger_and_usage() {
-    let w = World::start(None).await;
+    let Some(w) = World::start_for("an_account_reads_balance_ledger_and_usage").await else {
+        return;
+    };
     let (s, a) = w.get("cust-a1", &format!("/api/v1/accounts/{A2}")).await;
     assert_eq!(s, 404, "{a}");
     let (_, a) = w.get("staff-dw", &format!("/api/v1/accounts/{A2}")).await;
@@ -1068,7 +1093,11 @@ async fn an_account_reads_balance_ledger_and_usage() {
 /// one transaction; bad input names the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn onboarding_creates_an_active_account_with_its_prepayment() {
-    let w = World::start(None).await;
+    let Some(w) =
+        World::start_for("onboarding_creates_an_active_account_with_its_prepayment").await
+    else {
+        return;
+    };
     let form = json!({
         "county": "xianyou", "station_id": BT, "customer_id": "C-NEW-1", "customer_name": "新客户",
         "master_mobile": "13800000000", "customer_class": "low-voltage-residential",
@@ -1163,7 +1192,9 @@ type ErrorCase = (
 /// Error answers: JSON `{code, message}` with stable codes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_json_with_a_stable_code_and_a_message() {
-    let w = World::start(None).await;
+    let Some(w) = World::start_for("errors_are_json_with_a_stable_code_and_a_message").await else {
+        return;
+    };
     let cases: Vec<ErrorCase> = vec![
         (
             None,
@@ -1284,7 +1315,9 @@ async fn errors_are_json_with_a_stable_code_and_a_message() {
 /// read from the router itself, not from a list in this test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_describes_every_api_route() {
-    let w = World::start(None).await;
+    let Some(w) = World::start_for("the_openapi_document_describes_every_api_route").await else {
+        return;
+    };
     let (s, doc) = w.get("ops", "/api/openapi.json").await;
     assert_eq!(s, 200);
     let described: Vec<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
@@ -1338,11 +1371,16 @@ async fn postgres_serves_the_same_api() {
 /// 200 with the station-staff token it issues.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_bench_drives_balance_queries_without_errors() {
+    let Some(tdb) =
+        common::test_database("the_api_bench_drives_balance_queries_without_errors").await
+    else {
+        return;
+    };
     let f = feegate::bench::api::api(&feegate::bench::api::ApiBenchOptions {
         accounts: 50,
         connections: 4,
         seconds: 1,
-        db_url: None,
+        db_url: Some(tdb.url.clone()),
         data: common::shared_data("lcl_2013_daily_kwh_100hh.csv"),
     })
     .await

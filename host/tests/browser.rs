@@ -161,9 +161,9 @@ async fn wait_for(c: &Client, css: &str, what: &str) -> fantoccini::elements::El
 /// Runs the simulated county until the first approval work order opens: full days
 /// while none has (found with a first run; the simulation is deterministic for a
 /// seed), then that day up to the 09:00 cutoff run, the clock left at 10:30.
-async fn county_with_an_open_case() -> (feegate::demo::Scenario, tempfile::TempDir) {
+async fn county_with_an_open_case() -> Option<(feegate::demo::Scenario, common::TestDb)> {
     let days_max = 30;
-    let mut opts = common::small_county(40, days_max, 2013);
+    let (mut opts, scout) = common::small_county_db("browser test", 40, days_max, 2013).await?;
     let mut first = feegate::demo::Scenario::new(&opts, &[]).await.unwrap();
     let mut day = None;
     for d in 0..days_max {
@@ -181,12 +181,10 @@ async fn county_with_an_open_case() -> (feegate::demo::Scenario, tempfile::TempD
         }
     }
     drop(first);
+    drop(scout);
     let day = day.expect("the simulated county opens an approval work order within 30 days");
-    let dir = tempfile::tempdir().unwrap();
-    opts.db_url = Some(format!(
-        "sqlite://{}",
-        dir.path().join("browser.db").display()
-    ));
+    let tdb = common::test_database("browser test").await?;
+    opts.db_url = Some(tdb.url.clone());
     let mut s = feegate::demo::Scenario::new(&opts, &[]).await.unwrap();
     s.run_days(day).await.unwrap();
     let date = opts.start + chrono::Duration::days(i64::from(day));
@@ -200,7 +198,7 @@ async fn county_with_an_open_case() -> (feegate::demo::Scenario, tempfile::TempD
         s.host.run_outbox().await.unwrap();
     }
     s.advance(date.and_hms_opt(10, 30, 0).unwrap()).unwrap();
-    (s, dir)
+    Some((s, tdb))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +214,9 @@ async fn staff_approve_and_execute_a_cutoff_and_a_customer_pays_in_the_browser()
         );
         return;
     };
-    let (scenario, _dir) = county_with_an_open_case().await;
+    let Some((scenario, _db)) = county_with_an_open_case().await else {
+        return;
+    };
     let host = Arc::new(scenario.host.clone());
     let db = host.db.clone();
     let (order, account, station): (i64, String, String) = sqlx::query_as(

@@ -147,7 +147,12 @@ async fn assert_ledger_balanced(db: &feegate::db::Db) {
 
 #[tokio::test]
 async fn every_channel_applies_once_and_retries_are_duplicates() {
-    let s = setup(None).await;
+    let Some(tdb) =
+        common::test_database("every_channel_applies_once_and_retries_are_duplicates").await
+    else {
+        return;
+    };
+    let s = setup(Some(tdb.url.clone())).await;
     let db = &s.scenario.host.db;
     let before = balance(db, ACCOUNT).await;
     for (i, channel) in CHANNELS.iter().enumerate() {
@@ -189,7 +194,11 @@ async fn every_channel_applies_once_and_retries_are_duplicates() {
 
 #[tokio::test]
 async fn forged_and_invalid_notifications_write_nothing() {
-    let s = setup(None).await;
+    let Some(tdb) = common::test_database("forged_and_invalid_notifications_write_nothing").await
+    else {
+        return;
+    };
+    let s = setup(Some(tdb.url.clone())).await;
     let db = &s.scenario.host.db;
     let entries_before = scalar(db, "SELECT COUNT(*) FROM ledger_entries").await;
     let now = unix_now();
@@ -399,7 +408,12 @@ async fn forged_and_invalid_notifications_write_nothing() {
 
 #[tokio::test]
 async fn same_txn_posted_20_times_concurrently_is_applied_once() {
-    let s = setup(None).await;
+    let Some(tdb) =
+        common::test_database("same_txn_posted_20_times_concurrently_is_applied_once").await
+    else {
+        return;
+    };
+    let s = setup(Some(tdb.url.clone())).await;
     let db = &s.scenario.host.db;
     let before = balance(db, ACCOUNT).await;
     let channel = Arc::new(s.channel);
@@ -438,7 +452,12 @@ async fn same_txn_posted_20_times_concurrently_is_applied_once() {
 
 #[tokio::test]
 async fn retry_with_another_amount_is_a_conflict_and_moves_nothing() {
-    let s = setup(None).await;
+    let Some(tdb) =
+        common::test_database("retry_with_another_amount_is_a_conflict_and_moves_nothing").await
+    else {
+        return;
+    };
+    let s = setup(Some(tdb.url.clone())).await;
     let db = &s.scenario.host.db;
     let before = balance(db, ACCOUNT).await;
     let (_, a) = s.channel.post("kiosk", &pay("K1", ACCOUNT, "50.00")).await;
@@ -463,7 +482,13 @@ async fn retry_with_another_amount_is_a_conflict_and_moves_nothing() {
 
 #[tokio::test]
 async fn reversals_are_new_entries_and_may_arrive_before_their_payment() {
-    let s = setup(None).await;
+    let Some(tdb) =
+        common::test_database("reversals_are_new_entries_and_may_arrive_before_their_payment")
+            .await
+    else {
+        return;
+    };
+    let s = setup(Some(tdb.url.clone())).await;
     let db = &s.scenario.host.db;
     let before = balance(db, ACCOUNT).await;
     let reversal = |txn: &str, amount: &str| json!({"txn_id": txn, "account_id": ACCOUNT, "amount": amount, "currency": "CNY", "type": "refund", "original_txn_id": "P2"});
@@ -526,9 +551,13 @@ async fn reversals_are_new_entries_and_may_arrive_before_their_payment() {
 
 #[tokio::test]
 async fn crash_between_recording_and_applying_is_applied_once_after_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("crash.db").display());
-    let s = setup(Some(url)).await;
+    let Some(tdb) =
+        common::test_database("crash_between_recording_and_applying_is_applied_once_after_restart")
+            .await
+    else {
+        return;
+    };
+    let s = setup(Some(tdb.url.clone())).await;
     let db = s.scenario.host.db.clone();
     let before = balance(&db, ACCOUNT).await;
     s.service
@@ -556,12 +585,7 @@ async fn crash_between_recording_and_applying_is_applied_once_after_restart() {
     assert_eq!(balance(&db, ACCOUNT).await, before);
     // Restart: a new service on the same database file sweeps the inbox.
     drop(s.service);
-    let db2 = feegate::db::Db::open(&format!(
-        "sqlite://{}",
-        dir.path().join("crash.db").display()
-    ))
-    .await
-    .unwrap();
+    let db2 = feegate::db::Db::open(&tdb.url).await.unwrap();
     let restarted = restart(db2.clone(), &s.scenario).await;
     assert_eq!(restarted.recovered, 1);
     assert_eq!(balance(&db2, ACCOUNT).await, before + 6600);
@@ -593,7 +617,14 @@ async fn crash_between_recording_and_applying_is_applied_once_after_restart() {
 #[tokio::test]
 async fn periodic_sweep_applies_rows_left_received_once_they_are_a_minute_old() {
     use feegate::channels::inbox::recover;
-    let s = setup(None).await;
+    let Some(tdb) = common::test_database(
+        "periodic_sweep_applies_rows_left_received_once_they_are_a_minute_old",
+    )
+    .await
+    else {
+        return;
+    };
+    let s = setup(Some(tdb.url.clone())).await;
     let db = &s.scenario.host.db;
     let before = balance(db, ACCOUNT).await;
     s.service
@@ -637,7 +668,12 @@ async fn periodic_sweep_applies_rows_left_received_once_they_are_a_minute_old() 
 
 #[tokio::test]
 async fn payment_reconnects_a_disconnected_account_at_once() {
-    let s = setup(None).await;
+    let Some(tdb) =
+        common::test_database("payment_reconnects_a_disconnected_account_at_once").await
+    else {
+        return;
+    };
+    let s = setup(Some(tdb.url.clone())).await;
     let db = &s.scenario.host.db;
     let disconnected = disconnect(&s.scenario, 1).await.unwrap();
     let account = &disconnected[0];
@@ -721,7 +757,12 @@ async fn payment_reconnects_a_disconnected_account_at_once() {
 #[tokio::test]
 async fn reconcile_reports_every_mismatch_and_opens_work_orders_once() {
     use feegate::reconcile::{Finding, read_statement, reconcile};
-    let s = setup(None).await;
+    let Some(tdb) =
+        common::test_database("reconcile_reports_every_mismatch_and_opens_work_orders_once").await
+    else {
+        return;
+    };
+    let s = setup(Some(tdb.url.clone())).await;
     let db = &s.scenario.host.db;
     for (txn, amount) in [
         ("S1", "10.00"),
@@ -879,7 +920,12 @@ async fn fake_bank(bank: FakeBank) -> SocketAddr {
 async fn auto_debit_one_in_flight_retried_then_applied_or_given_up() {
     use feegate::autodebit::{self, BankAdapter};
     use feegate::channels::config::AutoDebitConfig;
-    let s = setup(None).await;
+    let Some(tdb) =
+        common::test_database("auto_debit_one_in_flight_retried_then_applied_or_given_up").await
+    else {
+        return;
+    };
+    let s = setup(Some(tdb.url.clone())).await;
     let db = &s.scenario.host.db;
     let bank = FakeBank::default();
     // Script is popped from the end: first attempt 503, then accepted.
@@ -1028,7 +1074,12 @@ async fn assess(host: &feegate::job::Host, day: u32) -> feegate::warning::Warnin
 #[tokio::test]
 async fn warning_decisions_asking_for_auto_debit_become_one_request() {
     use feegate::autodebit;
-    let s = setup(None).await;
+    let Some(tdb) =
+        common::test_database("warning_decisions_asking_for_auto_debit_become_one_request").await
+    else {
+        return;
+    };
+    let s = setup(Some(tdb.url.clone())).await;
     let host = &s.scenario.host;
     let db = &host.db;
     // The customer signs up for a 200 yuan auto-debit, and the balance falls to 10 yuan

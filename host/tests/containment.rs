@@ -164,7 +164,16 @@ fn impure_wrong_or_broken_components_are_refused_at_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trapping_tariff_charges_nobody_and_holds_every_account() {
-    let opts = common::small_county(12, 6, 3);
+    let Some((opts, _db)) = common::small_county_db(
+        "a_trapping_tariff_charges_nobody_and_holds_every_account",
+        12,
+        6,
+        3,
+    )
+    .await
+    else {
+        return;
+    };
     let trap = ComponentOverride {
         kind: PolicyKind::Tariff,
         wasm: common::component("hostile_policy"),
@@ -263,7 +272,16 @@ async fn trips(db: &Db) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_safety_floor_refuses_what_a_disconnect_everyone_policy_asks() {
-    let opts = common::small_county(8, 7, 5);
+    let Some((opts, _db)) = common::small_county_db(
+        "the_safety_floor_refuses_what_a_disconnect_everyone_policy_asks",
+        8,
+        7,
+        5,
+    )
+    .await
+    else {
+        return;
+    };
     let mut s = Scenario::new(&opts, &[]).await.unwrap();
     s.run_days(7).await.unwrap();
     s.run_day(NaiveDate::from_ymd_opt(2013, 1, 8).unwrap(), true)
@@ -321,7 +339,11 @@ async fn the_safety_floor_refuses_what_a_disconnect_everyone_policy_asks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trapping_cutoff_policy_cuts_nobody_off() {
-    let opts = common::small_county(8, 3, 11);
+    let Some((opts, _db)) =
+        common::small_county_db("a_trapping_cutoff_policy_cuts_nobody_off", 8, 3, 11).await
+    else {
+        return;
+    };
     let mut s = Scenario::new(&opts, &[]).await.unwrap();
     s.run_days(3).await.unwrap();
     everyone_in_arrears(&s.host.db).await;

@@ -9,7 +9,16 @@ use std::str::FromStr;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_days_of_a_small_county_hold_every_invariant() {
-    let opts = common::small_county(40, 60, 7);
+    let Some((opts, _db)) = common::small_county_db(
+        "sixty_days_of_a_small_county_hold_every_invariant",
+        40,
+        60,
+        7,
+    )
+    .await
+    else {
+        return;
+    };
     let s = demo::run(&opts).await.expect("demo runs");
 
     // Money: exact, balanced, and consistent.
@@ -59,8 +68,17 @@ async fn sixty_days_of_a_small_county_hold_every_invariant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_seed_gives_the_same_figures() {
-    let opts = common::small_county(12, 20, 99);
+    let Some((opts, _db)) =
+        common::small_county_db("the_same_seed_gives_the_same_figures", 12, 20, 99).await
+    else {
+        return;
+    };
     let a = demo::run(&opts).await.unwrap();
+    let Some((opts, _db2)) =
+        common::small_county_db("the_same_seed_gives_the_same_figures", 12, 20, 99).await
+    else {
+        return;
+    };
     let b = demo::run(&opts).await.unwrap();
     assert_eq!(a, b);
 }
@@ -68,7 +86,16 @@ async fn the_same_seed_gives_the_same_figures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn re_running_a_morning_after_a_crash_settles_nothing_twice() {
     use sqlx::Row;
-    let opts = common::small_county(10, 5, 21);
+    let Some((opts, _db)) = common::small_county_db(
+        "re_running_a_morning_after_a_crash_settles_nothing_twice",
+        10,
+        5,
+        21,
+    )
+    .await
+    else {
+        return;
+    };
     let mut s = demo::Scenario::new(&opts, &[]).await.unwrap();
     s.run_days(5).await.unwrap();
     let date = opts.start + chrono::Duration::days(5);
@@ -204,17 +231,18 @@ async fn pending_command(
 
 /// A scenario of `meters` meters run to Tuesday 2013-01-08 10:00 (readings fresh).
 async fn scenario_at_tuesday_morning(
+    test: &str,
     meters: usize,
     seed: u64,
-) -> (demo::Scenario, chrono::NaiveDateTime) {
-    let opts = common::small_county(meters, 8, seed);
+) -> Option<(demo::Scenario, chrono::NaiveDateTime, common::TestDb)> {
+    let (opts, db) = common::small_county_db(test, meters, 8, seed).await?;
     let mut s = demo::Scenario::new(&opts, &[]).await.unwrap();
     s.run_days(7).await.unwrap();
     let tuesday = chrono::NaiveDate::from_ymd_opt(2013, 1, 8).unwrap();
     s.run_day(tuesday, true).await.unwrap();
     let now = tuesday.and_hms_opt(10, 0, 0).unwrap();
     s.advance(now).unwrap();
-    (s, now)
+    Some((s, now, db))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,7 +250,15 @@ async fn a_relay_command_left_issuing_by_a_crash_is_verified_not_resent() {
     use feegate::relay;
     use feegate_meter::registers::{RelayCommand, RelayState};
     use sqlx::Row;
-    let (s, now) = scenario_at_tuesday_morning(4, 4).await;
+    let Some((s, now, _db)) = scenario_at_tuesday_morning(
+        "a_relay_command_left_issuing_by_a_crash_is_verified_not_resent",
+        4,
+        4,
+    )
+    .await
+    else {
+        return;
+    };
     let (floor, county) = (&s.host.county.floor, s.host.county.county.as_str());
     make_trippable(&s.host.db, "3500000001").await;
     make_trippable(&s.host.db, "3500000002").await;
@@ -293,7 +329,15 @@ async fn a_relay_command_left_issuing_by_a_crash_is_verified_not_resent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trip_left_pending_is_not_sent_once_the_evening_comes() {
     use feegate_meter::registers::{RelayCommand, RelayState};
-    let (s, now) = scenario_at_tuesday_morning(2, 6).await;
+    let Some((s, now, _db)) = scenario_at_tuesday_morning(
+        "a_trip_left_pending_is_not_sent_once_the_evening_comes",
+        2,
+        6,
+    )
+    .await
+    else {
+        return;
+    };
     make_trippable(&s.host.db, "3500000001").await;
     pending_command(
         &s,
@@ -321,7 +365,12 @@ async fn a_trip_left_pending_is_not_sent_once_the_evening_comes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_trip_lost_to_a_crash_is_asked_for_again() {
     use sqlx::Row;
-    let (s, now) = scenario_at_tuesday_morning(2, 6).await;
+    let Some((s, now, _db)) =
+        scenario_at_tuesday_morning("an_approved_trip_lost_to_a_crash_is_asked_for_again", 2, 6)
+            .await
+    else {
+        return;
+    };
     let db = &s.host.db;
     make_trippable(db, "3500000001").await;
     // No prepaying habit: the approval-gated county asks a person.
@@ -380,7 +429,12 @@ async fn a_pending_relay_command_is_sent_by_one_driver_only() {
     use feegate::relay;
     use feegate_meter::registers::RelayCommand;
     use sqlx::Row;
-    let (s, now) = scenario_at_tuesday_morning(2, 6).await;
+    let Some((s, now, _db)) =
+        scenario_at_tuesday_morning("a_pending_relay_command_is_sent_by_one_driver_only", 2, 6)
+            .await
+    else {
+        return;
+    };
     make_trippable(&s.host.db, "3500000001").await;
     // A trip to a slow meter first, then a reconnection, both pending.
     let trip = pending_command(
@@ -453,7 +507,11 @@ async fn a_payment_that_races_a_trip_keeps_the_power_on() {
     use feegate::relay;
     use feegate_meter::registers::{RelayCommand, RelayState};
     use sqlx::Row;
-    let opts = common::small_county(2, 1, 8);
+    let Some((opts, _db)) =
+        common::small_county_db("a_payment_that_races_a_trip_keeps_the_power_on", 2, 1, 8).await
+    else {
+        return;
+    };
     let s = demo::Scenario::new(&opts, &[]).await.unwrap();
     let now = opts.start.and_hms_opt(10, 0, 0).unwrap();
     s.advance(now).unwrap();
@@ -534,7 +592,16 @@ async fn a_payment_that_races_a_trip_keeps_the_power_on() {
 async fn an_implausible_reading_stays_held_until_a_person_releases_it() {
     use feegate::db::ds;
     use sqlx::Row;
-    let opts = common::small_county(3, 6, 12);
+    let Some((opts, _db)) = common::small_county_db(
+        "an_implausible_reading_stays_held_until_a_person_releases_it",
+        3,
+        6,
+        12,
+    )
+    .await
+    else {
+        return;
+    };
     let mut s = demo::Scenario::new(&opts, &[]).await.unwrap();
     s.run_days(4).await.unwrap();
     // A garbage register arrives for meter 1 on day 4 (400 kWh more than yesterday).
@@ -601,7 +668,15 @@ async fn an_implausible_reading_stays_held_until_a_person_releases_it() {
 #[tokio::test]
 async fn the_database_refuses_a_second_relay_command_in_flight() {
     use feegate_meter::registers::RelayCommand;
-    let (s, now) = scenario_at_tuesday_morning(2, 7).await;
+    let Some((s, now, _db)) = scenario_at_tuesday_morning(
+        "the_database_refuses_a_second_relay_command_in_flight",
+        2,
+        7,
+    )
+    .await
+    else {
+        return;
+    };
     let first = pending_command(&s, "3500000001", "decision:first", RelayCommand::Trip, now).await;
     assert!(first.is_some());
     let mut conn = s.host.db.pool.acquire().await.unwrap();

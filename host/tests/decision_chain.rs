@@ -87,6 +87,7 @@ async fn concurrent_appends_on_postgresql_keep_one_unbroken_chain() {
 
 #[tokio::test]
 async fn a_fork_is_refused_on_sqlite_too() {
+    // The SQLite twin of the PostgreSQL test above: SQLite on either backend.
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(&format!("sqlite://{}/c.db", dir.path().display()))
         .await
@@ -113,10 +114,11 @@ async fn a_fork_is_refused_on_sqlite_too() {
 
 #[tokio::test]
 async fn metrics_count_each_decision_once_across_scrapes() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(&format!("sqlite://{}/m.db", dir.path().display()))
-        .await
-        .unwrap();
+    let Some(tdb) = common::test_database("metrics_count_each_decision_once_across_scrapes").await
+    else {
+        return;
+    };
+    let db = Db::open(&tdb.url).await.unwrap();
     let metrics = feegate::serve::metrics::Metrics::new();
     let line = |text: &str| {
         text.lines()

@@ -1,6 +1,8 @@
 //! Readings imported from a head-end system (CSV and JSON, idempotent) and the exact
 //! per-station collection report.
 
+mod common;
+
 use chrono::NaiveDate;
 use feegate::db::Db;
 use feegate::onboarding::{self, Application};
@@ -54,10 +56,14 @@ async fn county(db: &Db, meters: usize) {
 
 #[tokio::test]
 async fn import_is_idempotent_flags_conflicts_and_feeds_an_exact_report() {
+    let Some(tdb) =
+        common::test_database("import_is_idempotent_flags_conflicts_and_feeds_an_exact_report")
+            .await
+    else {
+        return;
+    };
+    let db = Db::open(&tdb.url).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(&format!("sqlite:{}", dir.path().join("t.db").display()))
-        .await
-        .unwrap();
     county(&db, 6).await;
     let csv = dir.path().join("r.csv");
     std::fs::write(

@@ -141,6 +141,7 @@ struct Rig {
     receipts_url: String,
     cfg: OutboxConfig,
     http: reqwest::Client,
+    _db: Option<common::TestDb>,
 }
 
 async fn rig_with(db_url: Option<String>, policy_set: Option<PathBuf>) -> Rig {
@@ -172,11 +173,21 @@ async fn rig_with(db_url: Option<String>, policy_set: Option<PathBuf>) -> Rig {
         receipts_url: format!("http://{raddr}{RECEIPTS_PATH}"),
         cfg: OutboxConfig::default(),
         http: reqwest::Client::new(),
+        _db: None,
     }
 }
 
-async fn rig() -> Rig {
-    rig_with(None, None).await
+/// `rig_with` on a fresh database for `test` on the backend under test
+/// (`common::test_database`); None: skipped.
+async fn test_rig(test: &str, policy_set: Option<PathBuf>) -> Option<Rig> {
+    let db = common::test_database(test).await?;
+    let mut r = rig_with(Some(db.url.clone()), policy_set).await;
+    r._db = Some(db);
+    Some(r)
+}
+
+async fn rig(test: &str) -> Option<Rig> {
+    test_rig(test, None).await
 }
 
 impl Rig {
@@ -329,7 +340,10 @@ impl Rig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_that_is_down_slow_or_failing_is_an_error_of_its_kind() {
-    let r = rig().await;
+    let Some(r) = rig("a_gateway_that_is_down_slow_or_failing_is_an_error_of_its_kind").await
+    else {
+        return;
+    };
     let sms = OutgoingSms {
         idempotency_key: "sms-1-1".into(),
         mobile: "13900000000".into(),
@@ -391,7 +405,10 @@ async fn a_gateway_that_is_down_slow_or_failing_is_an_error_of_its_kind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_attempts_back_off_exponentially_then_the_warning_is_escalated() {
-    let r = rig().await;
+    let Some(r) = rig("failed_attempts_back_off_exponentially_then_the_warning_is_escalated").await
+    else {
+        return;
+    };
     let t0 = t("2013-01-08 09:00");
     assert_eq!(
         r.queue(NoticeKind::Arrears, 3, "arrears-1", t0).await,
@@ -450,7 +467,9 @@ async fn failed_attempts_back_off_exponentially_then_the_warning_is_escalated() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_gateway_times_out_and_the_retry_carries_the_same_key() {
-    let r = rig().await;
+    let Some(r) = rig("a_slow_gateway_times_out_and_the_retry_carries_the_same_key").await else {
+        return;
+    };
     let t0 = t("2013-01-08 09:00");
     r.queue(NoticeKind::Arrears, 3, "arrears-slow", t0).await;
     let id = r.only_message().await;
@@ -469,7 +488,9 @@ async fn a_slow_gateway_times_out_and_the_retry_carries_the_same_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warning_counts_only_on_a_delivered_receipt() {
-    let r = rig().await;
+    let Some(r) = rig("a_warning_counts_only_on_a_delivered_receipt").await else {
+        return;
+    };
     r.in_arrears_since("2013-01-07").await;
     let t0 = t("2013-01-07 09:00");
     r.queue(NoticeKind::Arrears, 3, "arrears-2", t0).await;
@@ -512,7 +533,9 @@ async fn a_warning_counts_only_on_a_delivered_receipt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_receipts_are_refused_and_change_nothing() {
-    let r = rig().await;
+    let Some(r) = rig("forged_receipts_are_refused_and_change_nothing").await else {
+        return;
+    };
     let t0 = t("2013-01-08 09:00");
     r.queue(NoticeKind::Arrears, 3, "arrears-3", t0).await;
     let id = r.only_message().await;
@@ -599,7 +622,9 @@ async fn forged_receipts_are_refused_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_and_out_of_order_receipts_change_nothing_twice() {
-    let r = rig().await;
+    let Some(r) = rig("duplicate_and_out_of_order_receipts_change_nothing_twice").await else {
+        return;
+    };
     let t0 = t("2013-01-08 09:00");
     r.queue(NoticeKind::Arrears, 3, "arrears-4", t0).await;
     let id = r.only_message().await;
@@ -674,7 +699,12 @@ async fn duplicate_and_out_of_order_receipts_change_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_delivery_escalates_and_a_follow_up_done_by_a_person_satisfies_the_floor() {
-    let r = rig().await;
+    let Some(r) =
+        rig("a_rejected_delivery_escalates_and_a_follow_up_done_by_a_person_satisfies_the_floor")
+            .await
+    else {
+        return;
+    };
     r.in_arrears_since("2013-01-07").await;
     let t0 = t("2013-01-07 09:00");
     r.queue(NoticeKind::Arrears, 3, "arrears-5", t0).await;
@@ -750,7 +780,12 @@ impl SmsGateway for CrashAfterSend<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_the_gateway_accepted_resends_with_the_same_key_and_sends_once() {
-    let r = Arc::new(rig().await);
+    let Some(r) =
+        rig("a_crash_after_the_gateway_accepted_resends_with_the_same_key_and_sends_once").await
+    else {
+        return;
+    };
+    let r = Arc::new(r);
     let t0 = t("2013-01-08 09:00");
     r.queue(NoticeKind::Arrears, 3, "arrears-6", t0).await;
     let id = r.only_message().await;
@@ -810,7 +845,14 @@ async fn quiet_hours_and_the_segment_limit_come_from_the_policy_set() {
     ];
     for (messages, times) in cases {
         let (_dir, set) = policy_set_with(messages);
-        let r = rig_with(None, Some(set)).await;
+        let Some(r) = test_rig(
+            "quiet_hours_and_the_segment_limit_come_from_the_policy_set",
+            Some(set),
+        )
+        .await
+        else {
+            return;
+        };
         r.queue(NoticeKind::Arrears, 3, "arrears-q", t("2013-01-08 00:10"))
             .await;
         for (at, goes) in times {
@@ -822,7 +864,14 @@ async fn quiet_hours_and_the_segment_limit_come_from_the_policy_set() {
     // A one-segment county refuses the press-the-button notice (over 70 characters):
     // held, never cut.
     let (_dir, set) = policy_set_with("[messages]\nmax_segments = 1\n");
-    let r = rig_with(None, Some(set)).await;
+    let Some(r) = test_rig(
+        "quiet_hours_and_the_segment_limit_come_from_the_policy_set",
+        Some(set),
+    )
+    .await
+    else {
+        return;
+    };
     let q = r
         .queue(
             NoticeKind::PressButtonToRestore,
@@ -844,7 +893,7 @@ async fn quiet_hours_and_the_segment_limit_come_from_the_policy_set() {
     assert!(reason.starts_with("sms-too-long"), "{reason}");
     // An unknown kind in per_event_kinds does not load.
     let (_dir, set) = policy_set_with("[messages]\nper_event_kinds = [\"birthday\"]\n");
-    let mut opts = common::small_county(2, 1, 1);
+    let mut opts = common::small_county(2, 1, 1); // refused before any database is opened
     opts.policy_set = set;
     let err = format!(
         "{:#}",
@@ -856,7 +905,9 @@ async fn quiet_hours_and_the_segment_limit_come_from_the_policy_set() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_notice_of_a_kind_a_day_unless_the_policy_says_per_event_and_the_second_contact_gets_warnings()
  {
-    let r = rig().await;
+    let Some(r) = rig("one_notice_of_a_kind_a_day_unless_the_policy_says_per_event_and_the_second_contact_gets_warnings").await else {
+        return;
+    };
     let change = feegate::onboarding::AgreementChange {
         second_mobile: Some(Some("13712345678".into())),
         ..Default::default()
@@ -927,7 +978,9 @@ async fn one_notice_of_a_kind_a_day_unless_the_policy_says_per_event_and_the_sec
     );
     // A county that does not list it: one a day.
     let (_dir, set) = policy_set_with("[messages]\n");
-    let r2 = rig_with(None, Some(set)).await;
+    let Some(r2) = test_rig("one_notice_of_a_kind_a_day_unless_the_policy_says_per_event_and_the_second_contact_gets_warnings", Some(set)).await else {
+        return;
+    };
     assert_eq!(
         r2.queue(NoticeKind::PaymentReceived, 0, "paid:app:1", now)
             .await,
@@ -942,7 +995,9 @@ async fn one_notice_of_a_kind_a_day_unless_the_policy_says_per_event_and_the_sec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_mismatch_holds_automatic_disconnection_until_resolved() {
-    let r = rig().await;
+    let Some(r) = rig("a_phone_mismatch_holds_automatic_disconnection_until_resolved").await else {
+        return;
+    };
     r.in_arrears_since("2013-01-07").await;
     let db = &r.s.host.db;
     let now = t("2013-01-08 10:00");
@@ -1073,10 +1128,12 @@ async fn receipts_retries_and_escalation_work_on_postgresql() {
 /// mismatch, its resolution, a follow-up that is not one, and the segment counter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_message_commands_work_at_the_command_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("cli.db").display());
-    let mut opts = common::small_county(2, 1, 11);
-    opts.db_url = Some(db.clone());
+    let Some((opts, tdb)) =
+        common::small_county_db("the_message_commands_work_at_the_command_line", 2, 1, 11).await
+    else {
+        return;
+    };
+    let db = tdb.url.clone();
     drop(Scenario::new(&opts, &[]).await.expect("scenario"));
     let run = |args: &[&str]| {
         let out = std::process::Command::new(common::feegate_bin())

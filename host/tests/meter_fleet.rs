@@ -125,7 +125,16 @@ fn protocol_mix_parses_assigns_and_refuses_clearly() {
 /// through the DL/T 645 and 1376.1 links and are confirmed by status word 3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_day_with_all_three_protocols_reads_and_switches_every_meter_through_its_link() {
-    let mut opts = common::small_county(20, 3, 7);
+    let Some((mut opts, _db)) = common::small_county_db(
+        "a_day_with_all_three_protocols_reads_and_switches_every_meter_through_its_link",
+        20,
+        3,
+        7,
+    )
+    .await
+    else {
+        return;
+    };
     opts.meters_per_gateway = 4;
     opts.protocol_mix = "modbus=60,dlt645=30,qgdw376=10".parse().unwrap();
     let mut s = Scenario::new(&opts, &[]).await.unwrap();
@@ -218,7 +227,16 @@ async fn a_day_with_all_three_protocols_reads_and_switches_every_meter_through_i
 /// command fails at once with the reason, and nothing reaches the meter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_meter_that_needs_the_security_module_fails_clearly_without_one() {
-    let mut opts = common::small_county(4, 1, 3);
+    let Some((mut opts, _db)) = common::small_county_db(
+        "a_meter_that_needs_the_security_module_fails_clearly_without_one",
+        4,
+        1,
+        3,
+    )
+    .await
+    else {
+        return;
+    };
     opts.protocol_mix = "modbus=50,dlt645=50".parse().unwrap();
     let s = Scenario::new(&opts, &[]).await.unwrap();
     let i = 3;
@@ -248,7 +266,16 @@ async fn a_meter_that_needs_the_security_module_fails_clearly_without_one() {
 /// The schema refuses a meter whose link does not fit its protocol.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schema_refuses_a_link_that_does_not_fit_the_protocol() {
-    let opts = common::small_county(1, 1, 3);
+    let Some((opts, _db)) = common::small_county_db(
+        "the_schema_refuses_a_link_that_does_not_fit_the_protocol",
+        1,
+        1,
+        3,
+    )
+    .await
+    else {
+        return;
+    };
     let s = Scenario::new(&opts, &[]).await.unwrap();
     let insert = |protocol: &'static str,
                   gateway: Option<&'static str>,
@@ -450,7 +477,16 @@ async fn the_daily_job_reads_a_dlt645_meter_on_a_local_serial_port() {
     let Some(pty) = feegate_meter::serial::PtyPair::for_test("daily") else {
         return;
     };
-    let opts = common::small_county(3, 2, 9);
+    let Some((opts, _db)) = common::small_county_db(
+        "the_daily_job_reads_a_dlt645_meter_on_a_local_serial_port",
+        3,
+        2,
+        9,
+    )
+    .await
+    else {
+        return;
+    };
     let mut s = Scenario::new(&opts, &[]).await.unwrap();
     let i = 1;
     let line =
@@ -480,7 +516,16 @@ async fn the_daily_job_reads_and_switches_a_modbus_rtu_meter_on_a_local_serial_p
     let Some(pty) = feegate_meter::serial::PtyPair::for_test("daily-rtu") else {
         return;
     };
-    let opts = common::small_county(3, 2, 9);
+    let Some((opts, _db)) = common::small_county_db(
+        "the_daily_job_reads_and_switches_a_modbus_rtu_meter_on_a_local_serial_port",
+        3,
+        2,
+        9,
+    )
+    .await
+    else {
+        return;
+    };
     let mut s = Scenario::new(&opts, &[]).await.unwrap();
     let i = 1;
     let path = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
@@ -549,7 +594,11 @@ async fn the_daily_job_reads_and_switches_a_modbus_rtu_meter_on_a_local_serial_p
 /// meters are still read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unusable_link_fails_that_meter_only() {
-    let opts = common::small_county(3, 2, 9);
+    let Some((opts, _db)) =
+        common::small_county_db("an_unusable_link_fails_that_meter_only", 3, 2, 9).await
+    else {
+        return;
+    };
     let mut s = Scenario::new(&opts, &[]).await.unwrap();
     sqlx::query(
         "UPDATE meters SET protocol = 'modbus-rtu', gateway = NULL, serial_port = '/dev/feegate-no-such-port' WHERE meter_id = $1",

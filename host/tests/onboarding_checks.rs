@@ -36,8 +36,14 @@ fn application(n: u32, gateway: &str, unit: i64) -> Application {
 
 #[tokio::test]
 async fn a_meter_link_in_use_and_impossible_fields_are_refused_before_anything_is_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = common::seeded_db(&format!("sqlite://{}/o.db", dir.path().display()), 1).await;
+    let Some(tdb) = common::test_database(
+        "a_meter_link_in_use_and_impossible_fields_are_refused_before_anything_is_written",
+    )
+    .await
+    else {
+        return;
+    };
+    let db = common::seeded_db(&tdb.url, 1).await;
     let now = NaiveDate::from_ymd_opt(2013, 3, 5)
         .unwrap()
         .and_hms_opt(10, 0, 0)

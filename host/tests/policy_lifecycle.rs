@@ -24,11 +24,12 @@ fn wasm(name: &str) -> Vec<u8> {
     std::fs::read(common::component(name)).expect("built by `make plugins`")
 }
 
-async fn temp_db() -> (tempfile::TempDir, Db, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+/// A fresh database for `test` on the backend under test (None: skipped).
+async fn temp_db(test: &str) -> Option<(common::TestDb, Db, String)> {
+    let tdb = common::test_database(test).await?;
+    let url = tdb.url.clone();
     let db = Db::open(&url).await.unwrap();
-    (dir, db, url)
+    Some((tdb, db, url))
 }
 
 const TARIFF_PARAMS: &str = r#"{"charge_rounding":"half-up","steps":[{"price":"0.4983","up_to_kwh":"2760"},{"price":"0.5483","up_to_kwh":"4800"},{"price":"0.7983"}]}"#;
@@ -77,7 +78,12 @@ async fn publish(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_refuses_bad_signatures_forbidden_imports_wrong_contracts_and_oversize() {
-    let (_dir, db, _) = temp_db().await;
+    let Some((_tdb, db, _)) =
+        temp_db("publish_refuses_bad_signatures_forbidden_imports_wrong_contracts_and_oversize")
+            .await
+    else {
+        return;
+    };
     let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
     let tariff = wasm("policy_tariff_step");
 
@@ -260,7 +266,13 @@ async fn publish_refuses_bad_signatures_forbidden_imports_wrong_contracts_and_ov
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activations_take_effect_at_their_time_and_a_rollback_restores_the_previous_version() {
-    let (_dir, db, _) = temp_db().await;
+    let Some((_tdb, db, _)) = temp_db(
+        "activations_take_effect_at_their_time_and_a_rollback_restores_the_previous_version",
+    )
+    .await
+    else {
+        return;
+    };
     let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
     let key = trusting_county(&db).await;
     let tariff = wasm("policy_tariff_step");
@@ -429,7 +441,9 @@ async fn activations_take_effect_at_their_time_and_a_rollback_restores_the_previ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_host_swaps_an_activated_version_in_without_restart_and_a_running_settlement_keeps_its_snapshot()
  {
-    let opts = common::small_county(8, 3, 11);
+    let Some((opts, _db)) = common::small_county_db("a_running_host_swaps_an_activated_version_in_without_restart_and_a_running_settlement_keeps_its_snapshot", 8, 3, 11).await else {
+        return;
+    };
     let mut s = Scenario::new(&opts, &[]).await.unwrap();
     for day in 0..3 {
         s.run_day(opts.start + chrono::Duration::days(day), false)
@@ -571,15 +585,10 @@ async fn a_running_host_swaps_an_activated_version_in_without_restart_and_a_runn
     );
 }
 
-/// A finished small county in a SQLite file, for the audit tests.
-async fn recorded_county(
-    days: u32,
-    overrides: &[ComponentOverride],
-) -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("county.db").display());
+/// A finished small county in the database at `url`, for the audit tests.
+async fn recorded_county(url: &str, days: u32, overrides: &[ComponentOverride]) {
     let mut opts = common::small_county(16, days, 5);
-    opts.db_url = Some(url.clone());
+    opts.db_url = Some(url.to_string());
     let mut s = Scenario::new(&opts, overrides).await.unwrap();
     for day in 0..=days {
         s.run_day(
@@ -590,7 +599,6 @@ async fn recorded_county(
         .unwrap();
     }
     s.host.db.pool.close().await;
-    (dir, url)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -601,7 +609,14 @@ async fn every_recorded_decision_replays_bit_for_bit_including_failures() {
         wasm: common::component("hostile_policy"),
         parameters_json: r#"{"mode":"trap"}"#.into(),
     };
-    let (_dir, url) = recorded_county(4, &[trap]).await;
+    let Some(tdb) =
+        common::test_database("every_recorded_decision_replays_bit_for_bit_including_failures")
+            .await
+    else {
+        return;
+    };
+    let url = tdb.url.clone();
+    recorded_county(&url, 4, &[trap]).await;
     let db = Db::open(&url).await.unwrap();
     let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
     let all = audit::replay(&db, &engine, &Filter::default(), None)
@@ -652,7 +667,10 @@ async fn tamper(url: &str, sql: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_detects_an_edited_a_removed_and_a_cut_off_decision() {
-    let (dir, url) = recorded_county(3, &[]).await;
+    // SQLite on either backend: the test copies the database file and tampers with it.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("county.db").display());
+    recorded_county(&url, 3, &[]).await;
     let db = Db::open(&url).await.unwrap();
     let clean = audit::verify(&db, None).await.unwrap();
     assert!(clean.ok(), "{:?}", clean.breaks);
@@ -713,7 +731,15 @@ async fn verify_detects_an_edited_a_removed_and_a_cut_off_decision() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diff_reports_the_money_difference_and_loudly_a_candidate_that_disconnects_more() {
-    let (_dir, url) = recorded_county(24, &[]).await;
+    let Some(tdb) = common::test_database(
+        "diff_reports_the_money_difference_and_loudly_a_candidate_that_disconnects_more",
+    )
+    .await
+    else {
+        return;
+    };
+    let url = tdb.url.clone();
+    recorded_county(&url, 24, &[]).await;
     let db = Db::open(&url).await.unwrap();
     let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
     let key = trusting_county(&db).await;
@@ -873,8 +899,13 @@ fn policy_test_runs_the_shipped_tariff_fixtures_and_catches_a_wrong_expectation(
 /// The walkthrough of README.md, through the real binary.
 #[test]
 fn the_readme_walkthrough_works_at_the_command_line() {
+    let Some(tdb) =
+        common::test_database_blocking("the_readme_walkthrough_works_at_the_command_line")
+    else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let db = tdb.url.clone();
     let params = dir.path().join("tariff.json");
     std::fs::write(&params, TARIFF_PARAMS).unwrap();
     let tariff = common::component("policy_tariff_step");

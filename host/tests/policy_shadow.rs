@@ -112,17 +112,28 @@ const DAYS: u32 = 24;
 const SEED: u64 = 5;
 
 /// The same county run without any shadow: what must be enforced either way.
-async fn control_run() -> Enforced {
-    let opts = common::small_county(METERS, DAYS, SEED);
+async fn control_run() -> Option<Enforced> {
+    let (opts, _db) = common::small_county_db("control run", METERS, DAYS, SEED).await?;
     let mut s = Scenario::new(&opts, &[]).await.unwrap();
     s.run_days(DAYS).await.unwrap();
-    enforced(&s).await
+    Some(enforced(&s).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_runs_beside_every_live_decision_is_never_enforced_and_diff_shadow_reports_it() {
-    let control = control_run().await;
-    let opts = common::small_county(METERS, DAYS, SEED);
+    let Some(control) = control_run().await else {
+        return;
+    };
+    let Some((opts, _db)) = common::small_county_db(
+        "a_shadow_runs_beside_every_live_decision_is_never_enforced_and_diff_shadow_reports_it",
+        METERS,
+        DAYS,
+        SEED,
+    )
+    .await
+    else {
+        return;
+    };
     let mut s = Scenario::new(&opts, &[]).await.unwrap();
     let key = trust(&s).await;
     // A dearer tariff (step 1 at 0.5283 instead of 0.4983) and a cutoff that
@@ -307,8 +318,19 @@ async fn a_shadow_runs_beside_every_live_decision_is_never_enforced_and_diff_sha
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trapping_or_looping_shadow_changes_no_live_decision_and_a_looping_one_is_cut_short() {
-    let control = control_run().await;
-    let opts = common::small_county(METERS, DAYS, SEED);
+    let Some(control) = control_run().await else {
+        return;
+    };
+    let Some((opts, _db)) = common::small_county_db(
+        "a_trapping_or_looping_shadow_changes_no_live_decision_and_a_looping_one_is_cut_short",
+        METERS,
+        DAYS,
+        SEED,
+    )
+    .await
+    else {
+        return;
+    };
     let mut s = Scenario::new(&opts, &[]).await.unwrap();
     let key = trust(&s).await;
     let looping = publish(
@@ -395,7 +417,16 @@ async fn a_trapping_or_looping_shadow_changes_no_live_decision_and_a_looping_one
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_ends_at_its_until_time_and_a_start_is_checked() {
-    let opts = common::small_county(4, 2, 3);
+    let Some((opts, _db)) = common::small_county_db(
+        "a_shadow_ends_at_its_until_time_and_a_start_is_checked",
+        4,
+        2,
+        3,
+    )
+    .await
+    else {
+        return;
+    };
     let s = Scenario::new(&opts, &[]).await.unwrap();
     let db = &s.host.db;
     let shipped = registry::publications(db, "xianyou", Some(PolicyKind::Notice))
@@ -453,7 +484,16 @@ async fn a_shadow_ends_at_its_until_time_and_a_start_is_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_key_publishes_nothing_and_what_it_signed_stays_valid() {
-    let opts = common::small_county(4, 1, 3);
+    let Some((opts, _db)) = common::small_county_db(
+        "a_revoked_key_publishes_nothing_and_what_it_signed_stays_valid",
+        4,
+        1,
+        3,
+    )
+    .await
+    else {
+        return;
+    };
     let s = Scenario::new(&opts, &[]).await.unwrap();
     let db = &s.host.db;
     let key = trust(&s).await;
@@ -594,8 +634,13 @@ async fn a_revoked_key_publishes_nothing_and_what_it_signed_stays_valid() {
 /// with `feegate demo` standing in for the running host.
 #[test]
 fn the_shadow_walkthrough_works_at_the_command_line() {
+    let Some(tdb) =
+        common::test_database_blocking("the_shadow_walkthrough_works_at_the_command_line")
+    else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("county.db").display());
+    let db = tdb.url.clone();
     let cli = common::Cli {
         dir: dir.path(),
         db: &db,

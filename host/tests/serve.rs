@@ -16,8 +16,13 @@ fn feegate(dir: &std::path::Path) -> Command {
 
 #[test]
 fn serve_answers_health_readiness_and_metrics_swaps_an_activated_policy_and_stops_on_sigterm() {
+    let Some(tdb) = common::test_database_blocking(
+        "serve_answers_health_readiness_and_metrics_swaps_an_activated_policy_and_stops_on_sigterm",
+    ) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("serve.db").display());
+    let db = tdb.url.clone();
     let port = free_port();
     std::fs::write(
         dir.path().join("channels.toml"),

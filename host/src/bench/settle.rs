@@ -249,6 +249,15 @@ pub async fn seed_accounts_with(
     // any bulk load.
     let mut conn = db.pool.acquire().await?;
     if conn.backend_name() == "PostgreSQL" {
+        // The agreements above carry explicit ids, which PostgreSQL's identity sequence
+        // does not see (SQLite takes the highest id + 1 by itself): move it past them, or
+        // the next onboarding in this database collides with agreement 1.
+        sqlx::query(
+            "SELECT setval(pg_get_serial_sequence('agreements', 'agreement_id'), \
+             (SELECT MAX(agreement_id) FROM agreements))",
+        )
+        .execute(&mut *conn)
+        .await?;
         sqlx::query("ANALYZE").execute(&mut *conn).await?;
     }
     Ok(())

@@ -92,6 +92,13 @@ pub async fn pg_database(test: &str) -> Option<PgTestDb> {
     sqlx::any::install_default_drivers();
     let admin_url = std::env::var("FEEGATE_TEST_PG")
         .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into());
+    // Once a server did not answer, the rest of this test binary skips at once (a
+    // property test asks once per case).
+    static UNREACHABLE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(why) = UNREACHABLE.get() {
+        eprintln!("SKIPPED {test}: {why}");
+        return None;
+    }
     let connect = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         sqlx::AnyConnection::connect(&admin_url),
@@ -100,11 +107,15 @@ pub async fn pg_database(test: &str) -> Option<PgTestDb> {
     let mut admin = match connect {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            eprintln!("SKIPPED {test}: PostgreSQL not reachable at {admin_url}: {e}");
+            let why = format!("PostgreSQL not reachable at {admin_url}: {e}");
+            eprintln!("SKIPPED {test}: {why}");
+            let _ = UNREACHABLE.set(why);
             return None;
         }
         Err(_) => {
-            eprintln!("SKIPPED {test}: PostgreSQL at {admin_url} did not answer in 5 s");
+            let why = format!("PostgreSQL at {admin_url} did not answer in 5 s");
+            eprintln!("SKIPPED {test}: {why}");
+            let _ = UNREACHABLE.set(why);
             return None;
         }
     };
@@ -132,6 +143,83 @@ pub async fn pg_database(test: &str) -> Option<PgTestDb> {
         name,
         admin_url,
     })
+}
+
+/// The database backend the integration tests run on: `FEEGATE_TEST_BACKEND` = `sqlite`
+/// (the default) or `postgres` (the server at `FEEGATE_TEST_PG`, see `pg_database`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn backend() -> Backend {
+    match std::env::var("FEEGATE_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("sqlite") => Backend::Sqlite,
+        Ok("postgres") | Ok("postgresql") => Backend::Postgres,
+        Ok(other) => panic!("FEEGATE_TEST_BACKEND={other:?}: expected `sqlite` or `postgres`"),
+    }
+}
+
+/// One test's database on the backend under test, dropped (file or database) when this is.
+pub struct TestDb {
+    pub url: String,
+    dir: Option<tempfile::TempDir>,
+    pg: Option<PgTestDb>,
+}
+
+impl TestDb {
+    pub fn is_postgres(&self) -> bool {
+        self.pg.is_some()
+    }
+}
+
+/// A fresh SQLite file in a temporary directory, whatever the backend under test (for
+/// the tests that are about SQLite itself).
+pub fn sqlite_database() -> TestDb {
+    let dir = tempfile::tempdir().unwrap();
+    TestDb {
+        url: format!("sqlite://{}", dir.path().join("test.db").display()),
+        dir: Some(dir),
+        pg: None,
+    }
+}
+
+/// A fresh, empty database for `test` on the backend `FEEGATE_TEST_BACKEND` names: a
+/// SQLite file, or a throw-away PostgreSQL database — `None`, after a `SKIPPED <test>: …`
+/// line, where no PostgreSQL server answers (the test then returns and passes).
+pub async fn test_database(test: &str) -> Option<TestDb> {
+    match backend() {
+        Backend::Sqlite => Some(sqlite_database()),
+        Backend::Postgres => pg_database(test).await.map(|pg| TestDb {
+            url: pg.url.clone(),
+            dir: None,
+            pg: Some(pg),
+        }),
+    }
+}
+
+/// `test_database` for a test without an async runtime.
+pub fn test_database_blocking(test: &str) -> Option<TestDb> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(test_database(test))
+}
+
+/// `small_county` on a fresh database for `test` (see `test_database`); keep the `TestDb`
+/// alive as long as the county runs.
+pub async fn small_county_db(
+    test: &str,
+    meters: usize,
+    days: u32,
+    seed: u64,
+) -> Option<(DemoOptions, TestDb)> {
+    let db = test_database(test).await?;
+    let mut opts = small_county(meters, days, seed);
+    opts.db_url = Some(db.url.clone());
+    Some((opts, db))
 }
 
 /// The `feegate` binary under test: `$FEEGATE_BIN` when set, else the one cargo built
