@@ -101,7 +101,23 @@ pub struct BenchReport {
     /// `dev` or `release` (from `debug_assertions`), so a figure is never read without it.
     pub profile: &'static str,
     pub kinds: Vec<KindFigures>,
+    /// Where the batched tariff's time goes beyond native.
+    pub tariff_breakdown: TariffBreakdown,
     pub activation: ActivationFigures,
+}
+
+/// The batched tariff taken apart (ns per decision, same recorded inputs, same component):
+/// `KindFigures::wasm_batched_ns` is the host's path; `bare_metered_ns` calls the export on
+/// a plain wasmtime engine with fuel and epoch interruption on but none of the host's
+/// pooling, refills or output checks; `bare_unmetered_ns` is the same with fuel and epochs
+/// off — what the component costs as WebAssembly alone, which production never runs
+/// (a runaway component could not be stopped).
+#[derive(Debug, Clone, Serialize)]
+pub struct TariffBreakdown {
+    pub bare_metered_ns: f64,
+    pub bare_unmetered_ns: f64,
+    /// `bare_unmetered_ns ÷` the tariff's `native_ns`.
+    pub bare_unmetered_over_native: f64,
 }
 
 /// ns per item of the fastest timed pass of `pass` over `n` items (see the module doc).
@@ -276,6 +292,29 @@ pub async fn policy(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         }
     }
     let (tariff_sha, tariff_inputs) = tariff.context("the simulated county priced nothing")?;
+    let tariff_bytes = registry::component_bytes(&db, &tariff_sha).await?;
+    let native_ns = kinds
+        .iter()
+        .find(|k| k.kind == "tariff")
+        .map(|k| k.native_ns)
+        .unwrap_or(f64::NAN);
+    let inputs: Vec<TariffInput> = tariff_inputs
+        .iter()
+        .cycle()
+        .take(opts.decisions.max(tariff_inputs.len()))
+        .cloned()
+        .collect();
+    let (bare_metered_ns, bare_unmetered_ns) = tokio::task::block_in_place(|| {
+        anyhow::Ok((
+            bare::tariff_ns(&tariff_bytes, &inputs, true)?,
+            bare::tariff_ns(&tariff_bytes, &inputs, false)?,
+        ))
+    })?;
+    let tariff_breakdown = TariffBreakdown {
+        bare_metered_ns,
+        bare_unmetered_ns,
+        bare_unmetered_over_native: bare_unmetered_ns / native_ns,
+    };
     let activation = activation_under_load(
         &db,
         &engine,
@@ -292,6 +331,7 @@ pub async fn policy(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             "release"
         },
         kinds,
+        tariff_breakdown,
         activation,
     })
 }
@@ -472,6 +512,11 @@ pub fn print(r: &BenchReport) {
             k.fuel_batched
         );
     }
+    let b = &r.tariff_breakdown;
+    println!(
+        "tariff batched, taken apart: {:.0} ns on a bare engine with fuel and epochs (no pooling, refills or output checks), {:.0} ns with neither (unstoppable; {:.2}× native)",
+        b.bare_metered_ns, b.bare_unmetered_ns, b.bare_unmetered_over_native
+    );
     let a = &r.activation;
     println!(
         "activation under load: took effect {:.1} ms after calling `policy activate` (the call itself {:.1} ms; watcher polls every {} ms); {} decisions during the swap, {} failed",
@@ -481,4 +526,87 @@ pub fn print(r: &BenchReport) {
         a.decisions_during_swap,
         a.failed_decisions_during_swap
     );
+}
+
+/// The tariff export on a plain wasmtime engine, for [`TariffBreakdown`].
+mod bare {
+    use super::time;
+    use crate::policy::bindings::TariffInput;
+    use crate::policy::bindings::tariff::TariffPolicyPre;
+    use anyhow::Context;
+    use wasmtime::component::{Component, Linker, ResourceTable};
+    use wasmtime::{Config, Engine, Store};
+    use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+    struct State {
+        wasi: WasiCtx,
+        table: ResourceTable,
+    }
+
+    impl WasiView for State {
+        fn ctx(&mut self) -> WasiCtxView<'_> {
+            WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.table,
+            }
+        }
+    }
+
+    /// ns per decision of `inputs` through one instance of the tariff component `bytes`,
+    /// with fuel and epoch interruption on (`metered`) or off. A refused or trapped
+    /// decision is an error: the inputs are ones the component priced when recorded.
+    pub fn tariff_ns(bytes: &[u8], inputs: &[TariffInput], metered: bool) -> anyhow::Result<f64> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .consume_fuel(metered)
+            .epoch_interruption(metered);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let component = Component::new(&engine, bytes).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let pre = TariffPolicyPre::new(
+            linker
+                .instantiate_pre(&component)
+                .map_err(|e| anyhow::anyhow!("{e:#}"))?,
+        )
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let mut store = Store::new(
+            &engine,
+            State {
+                wasi: WasiCtx::builder().build(),
+                table: ResourceTable::new(),
+            },
+        );
+        if metered {
+            // Plenty for the whole benchmark; the epoch never reaches the deadline.
+            store
+                .set_fuel(u64::MAX)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            store.set_epoch_deadline(u64::MAX / 2);
+        }
+        let instance = pre
+            .instantiate(&mut store)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let mut failed = None;
+        let ns = time(inputs.len(), || {
+            for input in inputs {
+                match instance
+                    .feegate_policy_tariff()
+                    .call_price(&mut store, input)
+                {
+                    Ok(Ok(out)) => {
+                        std::hint::black_box(out);
+                    }
+                    Ok(Err(e)) => failed = Some(format!("refused: {}: {}", e.code, e.message)),
+                    Err(e) => failed = Some(format!("trapped: {e:#}")),
+                }
+            }
+        });
+        if let Some(why) = failed {
+            return Err(anyhow::anyhow!("{why}"))
+                .context("a recorded tariff input failed on the bare engine");
+        }
+        Ok(ns)
+    }
 }
