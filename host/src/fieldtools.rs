@@ -513,12 +513,28 @@ pub async fn meter_read(target: &Target, timeout: Duration) -> anyhow::Result<St
             let map = load_map(map)?;
             let c = modbus_client(timeout);
             let mut values = serde_json::Map::new();
+            let mut first_error = None;
+            let mut read_any = false;
             for reg in &map.registers {
                 let v = match c.read_mapped(*target, reg).await {
-                    Ok(v) => json!({ "value": v.to_string(), "unit": reg.unit }),
-                    Err(e) => json!({ "error": e.to_string() }),
+                    Ok(v) => {
+                        read_any = true;
+                        json!({ "value": v.to_string(), "unit": reg.unit })
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert_with(|| format!("{}: {e}", reg.name));
+                        json!({ "error": e.to_string() })
+                    }
                 };
                 values.insert(reg.name.clone(), v);
+            }
+            // Some registers refused (a map wider than this meter) is a reading with gaps;
+            // none answering is a failure, and the exit status must say so.
+            if !read_any && let Some(e) = first_error {
+                bail!(
+                    "{target} answered no register of map {}: {e}; check the link, the unit id and the map",
+                    map.name()
+                );
             }
             if map.relay.is_some() {
                 let relay = c

@@ -438,4 +438,25 @@ async fn wrong_link_flags_are_refused_saying_what_to_do() {
         err.contains("/dev/feegate-no-such-port 2400 8E1") && err.contains("RS485 adapter"),
         "{err}"
     );
+    // A Modbus meter that answers no register at all is a failed read, not a report of
+    // errors with exit status 0.
+    let gateway = format!("127.0.0.1:{}", common::free_port());
+    let (code, stdout, err) = feegate(&[
+        "meter",
+        "read",
+        "--protocol",
+        "modbus",
+        "--gateway",
+        &gateway,
+        "--unit",
+        "1",
+        "--timeout-ms",
+        "200",
+    ])
+    .await;
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        err.contains("answered no register") && err.contains("check the link"),
+        "{err}"
+    );
 }

@@ -73,8 +73,9 @@ pub enum TokenCommand {
         /// What the token is for (e.g. "billing-system export").
         #[arg(long)]
         label: String,
-        /// Days until it expires (default: until revoked).
-        #[arg(long)]
+        /// Days until it expires, 1..=3650 (default: until revoked; 0 would issue a token
+        /// that is already expired).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
         days: Option<u32>,
     },
     /// Revoke a token by its number.
@@ -182,4 +183,34 @@ pub async fn run_token(args: TokenArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// `feegate token …` as clap sees it.
+    #[derive(Parser, Debug)]
+    struct Token {
+        #[command(flatten)]
+        args: TokenArgs,
+    }
+
+    #[test]
+    fn a_token_lives_one_day_to_ten_years_or_until_revoked() {
+        let parse = |days: &str| {
+            Token::try_parse_from(["token", "issue", "ops", "--label", "export", "--days", days])
+        };
+        for refused in ["0", "3651", "seven"] {
+            let e = parse(refused).expect_err(refused).to_string();
+            assert!(e.contains("--days"), "{refused}: {e}");
+        }
+        for (given, kept) in [("1", 1), ("3650", 3650)] {
+            match parse(given).expect(given).args.command {
+                TokenCommand::Issue { days, .. } => assert_eq!(days, Some(kept)),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }

@@ -18,9 +18,9 @@
 //! url = "sqlite://feegate.db"
 //!
 //! [meters]
-//! timeout_ms = 2000
-//! retries = 2
-//! retry_backoff_ms = 200
+//! timeout_ms = 2000             # 10..=120000
+//! retries = 2                   # 0..=10
+//! retry_backoff_ms = 200        # 0..=60000, doubled each retry
 //!
 //! # Cron expressions (sec min hour day-of-month month day-of-week), county local time.
 //! [schedule]
@@ -172,11 +172,11 @@ impl Default for DatabaseSection {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetersSection {
-    /// Per-request timeout, milliseconds. Default 2,000.
+    /// Per-request timeout, milliseconds, 10..=120,000. Default 2,000.
     pub timeout_ms: u64,
-    /// Retries after a timeout or a garbled reply. Default 2.
+    /// Retries after a timeout or a garbled reply, 0..=10. Default 2.
     pub retries: u32,
-    /// Wait before the first retry, milliseconds, doubled each retry. Default 200.
+    /// Wait before the first retry, milliseconds (0..=60,000), doubled each retry. Default 200.
     pub retry_backoff_ms: u64,
 }
 
@@ -431,6 +431,12 @@ impl ServeConfig {
             "auth.failure_window_seconds must be 60..=86400 and auth.max_failures 1..=100",
         )?;
         range(
+            (10..=120_000).contains(&self.meters.timeout_ms)
+                && self.meters.retries <= 10
+                && self.meters.retry_backoff_ms <= 60_000,
+            "meters.timeout_ms must be 10..=120000 (0 would fail every read), meters.retries 0..=10 and meters.retry_backoff_ms 0..=60000",
+        )?;
+        range(
             (1..=10_000).contains(&self.settlement.batch_accounts),
             "settlement.batch_accounts must be 1..=10000",
         )?;
@@ -675,6 +681,9 @@ mod tests {
             ("[cluster]\nhost_id = \" \"\n", "host_id"),
             ("[clock]\nshift_seconds = -9999999999\n", "shift_seconds"),
             ("[settlement]\nbatch_accounts = 0\n", "batch_accounts"),
+            ("[meters]\ntimeout_ms = 0\n", "timeout_ms"),
+            ("[meters]\nretries = 11\n", "retries"),
+            ("[meters]\nretry_backoff_ms = 3600000\n", "retry_backoff_ms"),
         ] {
             let (_d, path) = write(text);
             match ServeConfig::load(Some(&path), []) {
