@@ -213,6 +213,33 @@ pub async fn link_in_use(
     .await?)
 }
 
+/// Serialises onboardings of one meter link until the caller's transaction ends, so that
+/// two applications for the same physical meter under different ids cannot both pass
+/// [`link_in_use`] before either commits. PostgreSQL: a transaction-scoped advisory lock on
+/// a 64-bit hash of the link (a collision only makes two onboardings wait for each other).
+/// SQLite needs none: a write transaction there already excludes every other writer.
+async fn lock_link(conn: &mut AnyConnection, link: &MeterLink) -> Result<(), DbError> {
+    if conn.backend_name() != "PostgreSQL" {
+        return Ok(());
+    }
+    let c = link_columns(link);
+    let key = format!(
+        "feegate meter link\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+        c.protocol,
+        c.gateway.unwrap_or_default(),
+        c.unit_id.unwrap_or(-1),
+        c.meter_address.unwrap_or_default(),
+        c.terminal.unwrap_or_default(),
+        c.terminal_port.unwrap_or(-1),
+        c.serial_port.unwrap_or_default()
+    );
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Creates customer, meter, agreement and account in one transaction.
 pub async fn onboard(db: &Db, a: &Application, now: NaiveDateTime) -> Result<Onboarded, DbError> {
     let mut tx = db.pool.begin().await?;
@@ -230,6 +257,7 @@ pub async fn onboard_in(
 ) -> Result<Onboarded, DbError> {
     // The callers check first to answer 400 / 409; this is the last line for any other.
     check_application(a).map_err(|m| DbError::Corrupt(format!("application refused: {m}")))?;
+    lock_link(&mut *tx, &a.link).await?;
     if let Some(other) = link_in_use(&mut *tx, &a.link).await? {
         return Err(DbError::Corrupt(format!(
             "application refused: that meter link is account {other}'s meter"

@@ -152,3 +152,44 @@ async fn a_meter_link_in_use_and_impossible_fields_are_refused_before_anything_i
         "the seeded account and the two good applications"
     );
 }
+
+/// Two applications for one physical meter under different ids, at the same moment: the
+/// second waits for the first to commit and is then refused (PostgreSQL: without the link
+/// lock both would pass the check, neither seeing the other's uncommitted rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_onboardings_of_one_meter_link_let_one_through_on_postgresql() {
+    let Some(pg) = common::pg_database(
+        "concurrent_onboardings_of_one_meter_link_let_one_through_on_postgresql",
+    )
+    .await
+    else {
+        return;
+    };
+    let db = common::seeded_db(&pg.url, 1).await;
+    let now = NaiveDate::from_ymd_opt(2013, 3, 5)
+        .unwrap()
+        .and_hms_opt(10, 0, 0)
+        .unwrap();
+    let mut first = db.pool.begin().await.unwrap();
+    onboarding::onboard_in(&mut first, &application(1, "10.0.0.9:502", 3), now)
+        .await
+        .unwrap();
+    let second = tokio::spawn({
+        let db = db.clone();
+        async move { onboarding::onboard(&db, &application(2, "10.0.0.9:502", 3), now).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !second.is_finished(),
+        "the second onboarding of the same link must wait for the first"
+    );
+    first.commit().await.unwrap();
+    let e = second.await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("account NA1's meter"), "{e}");
+    let accounts: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE account_id IN ('NA1', 'NA2')")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(accounts, 1);
+}
