@@ -358,7 +358,9 @@ pub enum Reconnection {
     BelowLine,
     /// A relay command was created (mode as chosen by the policy).
     Commanded(RelayCommand),
-    /// A call-first work order was opened.
+    /// A call-first work order was opened, or one is open already (then nothing new is
+    /// decided: a person is to call and reconnect, and another payment meanwhile must not
+    /// open a second order).
     CallFirst,
     /// The cutoff component failed: the account is held and a person must reconnect.
     PolicyFailed,
@@ -380,6 +382,9 @@ pub async fn reconnect_if_due(
         || crate::relay::has_active_command(&mut conn, account_id).await?
     {
         return Ok(Reconnection::NotNeeded);
+    }
+    if call_first_open(&mut conn, account_id).await? {
+        return Ok(Reconnection::CallFirst);
     }
     let cutoff = policies.get(PolicyKind::Cutoff);
     let hours = facts
@@ -405,6 +410,9 @@ pub async fn reconnect_if_due(
         .await?;
     if crate::relay::has_active_command(&mut tx, account_id).await? {
         return Ok(Reconnection::NotNeeded);
+    }
+    if call_first_open(&mut tx, account_id).await? {
+        return Ok(Reconnection::CallFirst);
     }
     let decision_id = decision_log::record(
         &mut tx,
@@ -471,6 +479,21 @@ pub async fn reconnect_if_due(
     };
     tx.commit().await?;
     Ok(result)
+}
+
+/// An open call-before-reconnection work order for the account (the relays job's sweep
+/// skips such accounts too).
+async fn call_first_open(
+    conn: &mut sqlx::AnyConnection,
+    account_id: &str,
+) -> Result<bool, DbError> {
+    Ok(sqlx::query(
+        "SELECT 1 FROM work_orders WHERE account_id = $1 AND kind = 'call-before-reconnection' AND status = 'open' LIMIT 1",
+    )
+    .bind(account_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .is_some())
 }
 
 async fn open_call_first(

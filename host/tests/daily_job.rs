@@ -713,3 +713,78 @@ async fn the_database_refuses_a_second_relay_command_in_flight() {
             .is_some()
     );
 }
+
+/// A customer disconnected longer than the county's call-first limit pays twice (and the
+/// relays job sweeps meanwhile): one call-before-reconnection work order and one
+/// reconnection decision, not one per payment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_while_a_call_first_order_is_open_open_no_second_order() {
+    use feegate::payment::{self, Reconnection};
+    use sqlx::Row;
+    let Some((opts, _db)) = common::small_county_db(
+        "payments_while_a_call_first_order_is_open_open_no_second_order",
+        4,
+        3,
+        5,
+    )
+    .await
+    else {
+        return;
+    };
+    let mut s = demo::Scenario::new(&opts, &[]).await.unwrap();
+    s.run_days(2).await.unwrap();
+    let db = &s.host.db;
+    // In credit, disconnected 60 days ago: past xianyou's 720 h call-first limit.
+    let accounts: Vec<String> = sqlx::query(
+        "UPDATE accounts SET relay_state = 'open', disconnected_at = '2012-11-01 10:00:00'
+         WHERE balance_fen >= 0 RETURNING account_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    assert!(!accounts.is_empty());
+    let (policies, now) = (s.host.county.snapshot(), s.host.clock.now());
+    for account in &accounts {
+        for _ in 0..3 {
+            let r = payment::reconnect_if_due(
+                db,
+                &s.host.engine,
+                &s.host.county.county,
+                &policies,
+                account,
+                now,
+                &s.host.config.relay,
+            )
+            .await
+            .unwrap();
+            assert_eq!(r, Reconnection::CallFirst, "account {account}");
+        }
+        let count = async |sql: &str| -> i64 {
+            sqlx::query(sql)
+                .bind(account)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap()
+                .get(0)
+        };
+        assert_eq!(
+            count("SELECT COUNT(*) FROM work_orders WHERE account_id = $1 AND kind = 'call-before-reconnection'").await,
+            1,
+            "account {account}"
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM decisions WHERE account_id = $1 AND kind = 'reconnection'")
+                .await,
+            1,
+            "account {account}"
+        );
+        assert_eq!(
+            count("SELECT COUNT(*) FROM relay_commands WHERE account_id = $1").await,
+            0,
+            "account {account}: no reconnection before the call"
+        );
+    }
+}
