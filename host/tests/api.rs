@@ -1311,6 +1311,458 @@ async fn errors_are_json_with_a_stable_code_and_a_message() {
     }
 }
 
+/// (user, method, path, body, where the message says the NUL is)
+type NulCase = (
+    Option<&'static str>,
+    &'static str,
+    String,
+    Option<Value>,
+    &'static str,
+);
+
+/// A NUL character (U+0000) in a path parameter, a query parameter or a JSON body string
+/// is 400 `nul-character` on both backends (PostgreSQL text cannot hold it: it was a
+/// 500 there), refused before any query runs: before the token lookup (no credentials
+/// still gets 400) and before an Idempotency-Key is reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_character_is_refused_before_any_query() {
+    let Some(w) = World::start_for("a_nul_character_is_refused_before_any_query").await else {
+        return;
+    };
+    let o = w.order_open;
+    let cases: Vec<NulCase> = vec![
+        (
+            Some("ops"),
+            "GET",
+            "/api/v1/accounts/35%0000001".into(),
+            None,
+            "path parameter account_id",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            format!("/api/v1/accounts/{A1}%00/balance"),
+            None,
+            "path parameter account_id",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            "/api/v1/customers/%00".into(),
+            None,
+            "path parameter customer_id",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            "/api/v1/meters/M%00".into(),
+            None,
+            "path parameter meter_id",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            "/api/v1/work-orders/%00".into(),
+            None,
+            "path parameter work_order_id",
+        ),
+        (
+            None,
+            "GET",
+            "/api/v1/accounts/%00".into(),
+            None,
+            "path parameter account_id",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            "/api/v1/accounts?county=xian%00you".into(),
+            None,
+            "query parameter county",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            "/api/v1/customers?station=%00".into(),
+            None,
+            "query parameter station",
+        ),
+        (
+            Some("auditor"),
+            "GET",
+            "/api/v1/decisions?account=%00&kind=tariff".into(),
+            None,
+            "query parameter account",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            "/api/v1/work-orders?account=A%00".into(),
+            None,
+            "query parameter account",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            "/api/v1/payments?account=%00".into(),
+            None,
+            "query parameter account",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            format!("/api/v1/accounts/{A1}/ledger?after=%00"),
+            None,
+            "query parameter after",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            "/api/v1/policies?county=%00".into(),
+            None,
+            "query parameter county",
+        ),
+        (
+            Some("ops"),
+            "GET",
+            "/api/v1/accounts?%00=1".into(),
+            None,
+            "query parameter name",
+        ),
+        (
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/payments".into(),
+            Some(json!({"account_id": "35000\u{0}00001", "amount": "1.00"})),
+            "JSON body field account_id",
+        ),
+        (
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/agreements".into(),
+            Some(
+                json!({"county": "xianyou", "customer_name": "王\u{0}", "meter": {"protocol": "modbus-tcp"}}),
+            ),
+            "JSON body field customer_name",
+        ),
+        (
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/agreements".into(),
+            Some(json!({"meter": {"protocol": "modbus-tcp", "gateway": "10.0.0.1:502\u{0}"}})),
+            "JSON body field meter.gateway",
+        ),
+        (
+            Some("staff-bt"),
+            "POST",
+            format!("/api/v1/work-orders/{o}/hold"),
+            Some(json!({"note": "\u{0}"})),
+            "JSON body field note",
+        ),
+    ];
+    for (i, (user, method, path, body, place)) in cases.into_iter().enumerate() {
+        let key = format!("nul-{i}");
+        let (s, b) = w.call(user, method, &path, body, Some(&key)).await;
+        assert_eq!(
+            (s, b["code"].as_str().unwrap_or("")),
+            (400, "nul-character"),
+            "{method} {path}: {b}"
+        );
+        let message = b["message"].as_str().unwrap_or("");
+        assert!(
+            message.starts_with(place) && message.contains("U+0000"),
+            "{method} {path}: {message}"
+        );
+    }
+    // Nothing was reserved, held or paid.
+    let reserved: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM api_idempotency WHERE idempotency_key LIKE 'nul-%'",
+    )
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(reserved, 0);
+    let (_, order) = w.get("ops", &format!("/api/v1/work-orders/{o}")).await;
+    assert_eq!(order["status"], "open", "{order}");
+    // Not a NUL: an escaped `%00` in a value, an escaped backslash before `u0000`.
+    let (s, b) = w.get("ops", "/api/v1/accounts?county=%2500").await;
+    assert_eq!((s, &b["items"]), (200, &json!([])), "{b}");
+    let (s, b) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            &format!("/api/v1/work-orders/{}/hold", w.order_paid),
+            Some(json!({"note": "a literal \\u0000"})),
+            Some("not-nul"),
+        )
+        .await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("conflict")), "{b}");
+    // The same middleware reads the body: one over axum's 2 MB limit is JSON too.
+    let (s, b) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/payments",
+            Some(json!({"account_id": A1, "amount": "1.00", "pad": "x".repeat(3 << 20)})),
+            Some("too-large"),
+        )
+        .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (413, Some("body-too-large")),
+        "{b}"
+    );
+}
+
+/// A filter value that does not parse is 400 `bad-request` whose message names the
+/// parameter, the value and the form expected (it used to be an empty list). Empty
+/// values are no filter. A row is (path, parameter, value, a piece of the expected form).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unparseable_filter_is_a_bad_request_naming_it() {
+    let Some(w) = World::start_for("an_unparseable_filter_is_a_bad_request_naming_it").await else {
+        return;
+    };
+    let usage = format!("/api/v1/accounts/{A1}/usage");
+    let cases: Vec<(String, &str, &str, &str)> = vec![
+        (
+            "/api/v1/decisions?kind=astrology".into(),
+            "kind",
+            "astrology",
+            "tariff, warning, notice, cutoff, reconnection",
+        ),
+        (
+            "/api/v1/decisions?from=yesterday".into(),
+            "from",
+            "yesterday",
+            "YYYY-MM-DD",
+        ),
+        (
+            "/api/v1/decisions?to=2013-13-01".into(),
+            "to",
+            "2013-13-01",
+            "YYYY-MM-DD",
+        ),
+        (
+            "/api/v1/decisions?after=xyz".into(),
+            "after",
+            "xyz",
+            "next_after",
+        ),
+        (
+            "/api/v1/decisions?limit=ten".into(),
+            "limit",
+            "ten",
+            "digits only",
+        ),
+        (
+            "/api/v1/work-orders?kind=cutoff".into(),
+            "kind",
+            "cutoff",
+            "approve-disconnection, offline-follow-up",
+        ),
+        (
+            "/api/v1/work-orders?status=closed".into(),
+            "status",
+            "closed",
+            "open, approved, held, done, cancelled",
+        ),
+        (
+            "/api/v1/policies?kind=astrology".into(),
+            "kind",
+            "astrology",
+            "tariff, warning, notice, cutoff",
+        ),
+        (
+            "/api/v1/policies/versions?kind=Tariff".into(),
+            "kind",
+            "Tariff",
+            "tariff, warning, notice, cutoff",
+        ),
+        (
+            "/api/v1/policies/activations?kind=x".into(),
+            "kind",
+            "x",
+            "tariff, warning, notice, cutoff",
+        ),
+        (
+            "/api/v1/collection?from=2013-02-30".into(),
+            "from",
+            "2013-02-30",
+            "YYYY-MM-DD",
+        ),
+        (
+            "/api/v1/collection?from=2013-02-01&to=soon".into(),
+            "to",
+            "soon",
+            "YYYY-MM-DD",
+        ),
+        (format!("{usage}?from=jan"), "from", "jan", "YYYY-MM-DD"),
+        (
+            format!("{usage}?to=2013-01-01T00:00"),
+            "to",
+            "2013-01-01T00:00",
+            "YYYY-MM-DD",
+        ),
+        (format!("{usage}?by=week"), "by", "week", "day, month, band"),
+        (
+            "/api/v1/accounts?limit=-1".into(),
+            "limit",
+            "-1",
+            "digits only",
+        ),
+        (
+            "/api/v1/relay-commands?limit=1e3".into(),
+            "limit",
+            "1e3",
+            "digits only",
+        ),
+        (
+            "/api/v1/payments?limit=99999999999".into(),
+            "limit",
+            "99999999999",
+            "digits only",
+        ),
+    ];
+    for (path, param, value, expected) in cases {
+        let (s, b) = w.get("ops", &path).await;
+        assert_eq!(
+            (s, b["code"].as_str()),
+            (400, Some("bad-request")),
+            "{path}: {b}"
+        );
+        let message = b["message"].as_str().unwrap_or("");
+        for piece in [param, value, expected] {
+            assert!(
+                message.contains(piece),
+                "{path}: {piece:?} not in {message:?}"
+            );
+        }
+    }
+    // Well-formed and empty filters still answer.
+    let (s, all) = w.get("auditor", "/api/v1/decisions?limit=500").await;
+    assert_eq!(s, 200, "{all}");
+    let (s, empty) = w
+        .get(
+            "auditor",
+            "/api/v1/decisions?limit=500&kind=&from=&to=&account=",
+        )
+        .await;
+    assert_eq!((s, &empty["items"]), (200, &all["items"]));
+    let (s, tariff) = w
+        .get(
+            "auditor",
+            "/api/v1/decisions?kind=tariff&from=2013-01-01&to=2013-12-31",
+        )
+        .await;
+    assert_eq!(s, 200, "{tariff}");
+    let items = tariff["items"].as_array().unwrap();
+    assert!(
+        !items.is_empty() && items.iter().all(|d| d["kind"] == "tariff"),
+        "{tariff}"
+    );
+    for path in [
+        "/api/v1/work-orders?kind=approve-disconnection&status=open".to_string(),
+        "/api/v1/policies?kind=cutoff".into(),
+        format!("{usage}?by=month&from=2013-01-01&to=2013-01-31"),
+    ] {
+        let (s, b) = w.get("ops", &path).await;
+        assert_eq!(s, 200, "{path}: {b}");
+    }
+}
+
+/// An unknown path is 404 `not-found` and a method a route does not take is 405
+/// `method-not-allowed` (with the `Allow` header), both with the JSON error body. A row
+/// is (method, path, status, code).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_and_methods_answer_the_json_error() {
+    let Some(w) = World::start_for("unknown_routes_and_methods_answer_the_json_error").await else {
+        return;
+    };
+    let cases: Vec<(&str, String, u16, &str, Option<&str>)> = vec![
+        ("GET", "/api/v1/nope".into(), 404, "not-found", None),
+        ("GET", "/api/v2/accounts".into(), 404, "not-found", None),
+        (
+            "GET",
+            format!("/api/v1/accounts/{A1}/nope"),
+            404,
+            "not-found",
+            None,
+        ),
+        ("POST", "/api/v1/account".into(), 404, "not-found", None),
+        ("GET", "/nowhere".into(), 404, "not-found", None),
+        (
+            "DELETE",
+            "/api/v1/payments".into(),
+            405,
+            "method-not-allowed",
+            Some("GET,HEAD,POST"),
+        ),
+        (
+            "PUT",
+            format!("/api/v1/accounts/{A1}"),
+            405,
+            "method-not-allowed",
+            Some("GET,HEAD"),
+        ),
+        (
+            "GET",
+            "/api/v1/agreements".into(),
+            405,
+            "method-not-allowed",
+            Some("POST"),
+        ),
+        (
+            "GET",
+            "/api/v1/work-orders/1/approve".into(),
+            405,
+            "method-not-allowed",
+            Some("POST"),
+        ),
+        (
+            "POST",
+            "/api/openapi.json".into(),
+            405,
+            "method-not-allowed",
+            Some("GET,HEAD"),
+        ),
+    ];
+    for (method, path, want, code, allow) in cases {
+        for token in [None, Some(&w.tokens["ops"])] {
+            let mut req = w
+                .client
+                .request(method.parse().unwrap(), format!("http://{}{path}", w.addr));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let got_allow = r
+                .headers()
+                .get("allow")
+                .map(|a| a.to_str().unwrap().replace(' ', ""));
+            let json = r
+                .headers()
+                .get("content-type")
+                .is_some_and(|c| c == "application/json");
+            let b: Value = r.json().await.unwrap_or(Value::Null);
+            assert_eq!(
+                (status, b["code"].as_str()),
+                (want, Some(code)),
+                "{method} {path}: {b}"
+            );
+            assert!(json, "{method} {path}: not JSON");
+            let message = b["message"].as_str().unwrap_or("");
+            assert!(
+                message.contains(method) && message.contains(&path),
+                "{message}"
+            );
+            if let Some(a) = allow {
+                assert_eq!(got_allow.as_deref(), Some(a), "{method} {path}");
+            }
+        }
+    }
+}
+
 /// The OpenAPI document describes every `/api/v1` route the router has: the routes are
 /// read from the router itself, not from a list in this test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

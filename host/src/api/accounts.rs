@@ -2,7 +2,7 @@
 //! (onboarding with the initial prepayment).
 
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody, json_body};
-use super::{ListParams, county_runtime, idempotency, now_in};
+use super::{ListParams, county_runtime, date_param, idempotency, now_in};
 use crate::auth::{Action, Principal, Role, Scope};
 use crate::ledger::EntryKind;
 use crate::money::{Fen, yuan_to_fen};
@@ -192,14 +192,15 @@ pub async fn get_usage(
     ApiPath(id): ApiPath<String>,
     ApiQuery(u): ApiQuery<UsageParams>,
 ) -> Result<Json<Vec<UsageRow>>, ApiError> {
+    let (from, to) = (date_param("from", u.from)?, date_param("to", u.to)?);
     visible_account(&s, &p, Action::ReadAccounts, &id).await?;
     Ok(Json(
         q::usage(
             &s.db,
             &id,
             u.by.unwrap_or(UsageBy::Day),
-            u.from.as_deref(),
-            u.to.as_deref(),
+            from.as_deref(),
+            to.as_deref(),
         )
         .await?,
     ))
@@ -235,7 +236,14 @@ pub async fn list_payments(
         station: pp.station,
     };
     Ok(Json(
-        q::payments(&s.db, &v, &l.filter(), pp.account.as_deref(), &l.page()?).await?,
+        q::payments(
+            &s.db,
+            &v,
+            &l.filter(),
+            pp.account.as_deref().filter(|a| !a.is_empty()),
+            &l.page()?,
+        )
+        .await?,
     ))
 }
 

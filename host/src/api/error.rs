@@ -5,8 +5,8 @@
 use crate::auth::Forbidden;
 use crate::query::QueryError;
 use axum::extract::{FromRequestParts, Path, Query};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -14,9 +14,10 @@ use serde::de::DeserializeOwned;
 /// The body of every error answer.
 #[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
-    /// bad-request | unauthenticated | forbidden | not-found | conflict | two-person-rule |
-    /// floor-refused | idempotency-key-required | idempotency-key-reused |
-    /// idempotency-key-in-progress | county-not-served | unavailable | internal
+    /// bad-request | nul-character | body-too-large | unauthenticated | forbidden |
+    /// not-found | method-not-allowed | conflict | two-person-rule | floor-refused |
+    /// idempotency-key-required | idempotency-key-reused | idempotency-key-in-progress |
+    /// county-not-served | unavailable | internal
     #[schema(example = "not-found")]
     pub code: String,
     pub message: String,
@@ -47,6 +48,13 @@ impl ApiError {
     /// 400 `bad-request`.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad-request", message)
+    }
+    /// 400 `bad-request` for a query parameter whose value does not parse: names the
+    /// parameter, the value, what it is not and what to send instead.
+    pub fn bad_param(param: &str, value: &str, what: &str, expected: &str) -> Self {
+        Self::bad_request(format!(
+            "query parameter {param}={value:?} is not {what}: send {expected}"
+        ))
     }
     /// 404 `not-found`: also the answer for an object outside the caller's scope, so
     /// nobody learns what exists beyond it.
@@ -117,7 +125,8 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-/// `Query<T>` whose rejection is a JSON `bad-request`.
+/// `Query<T>` whose rejection is a JSON `bad-request` naming the parameter, its value and
+/// the form expected.
 pub struct ApiQuery<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
@@ -126,8 +135,48 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(t)| ApiQuery(t))
-            .map_err(|e| ApiError::bad_request(format!("query string: {}", e.body_text())))
+            .map_err(|e| query_error(&parts.uri, &e.body_text()))
     }
+}
+
+/// The query string's parameters, percent-decoded, in order.
+pub fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
+    Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map(|Query(p)| p)
+        .unwrap_or_default()
+}
+
+/// A query string that did not deserialise (axum's text: `Failed to deserialize query
+/// string: <param>: <problem>`), said with the parameter's value and the form expected.
+fn query_error(uri: &Uri, text: &str) -> ApiError {
+    let why = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(text);
+    if let Some((param, problem)) = why.split_once(": ")
+        && let Some((_, value)) = query_pairs(uri).into_iter().find(|(k, _)| k == param)
+    {
+        // Integers fail with the messages of `ParseIntError`; enums say what they expect.
+        let (what, expected) = if ["integer", "digit", "number too"]
+            .iter()
+            .any(|m| problem.contains(m))
+        {
+            (
+                format!("a number ({problem})"),
+                format!("digits only, e.g. {param}=50"),
+            )
+        } else if let Some((_, e)) = problem.split_once(", expected ") {
+            ("one of the choices".to_string(), e.replace('`', ""))
+        } else {
+            (
+                format!("understood ({problem})"),
+                "the form GET /api/openapi.json describes".to_string(),
+            )
+        };
+        return ApiError::bad_param(param, &value, &what, &expected);
+    }
+    ApiError::bad_request(format!(
+        "query string: {why}; GET /api/openapi.json lists the parameters each endpoint takes"
+    ))
 }
 
 /// `Path<T>` whose rejection is a JSON `bad-request`.
@@ -143,8 +192,67 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     }
 }
 
+/// The answer to a path no route matches (the server's fallback): 404 `not-found`.
+pub async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        format!(
+            "no route {method} {}: the API is under /api/v1 (GET /api/openapi.json lists its routes), the web console under /console/",
+            uri.path()
+        ),
+    )
+}
+
+/// The answer to a method an API route does not take: 405 `method-not-allowed` (axum
+/// adds the `Allow` header).
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        format!(
+            "{method} is not a method of {}: the Allow header lists the ones it takes (GET /api/openapi.json describes them)",
+            uri.path()
+        ),
+    )
+}
+
 /// Parses a JSON request body, or says what is wrong with it.
 pub fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("request body is not the expected JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Params {
+        limit: Option<u32>,
+        by: Option<crate::query::accounts::UsageBy>,
+    }
+
+    /// axum's rejection text for `query`, read back by `query_error`.
+    fn message(query: &str) -> String {
+        let uri: Uri = format!("/x?{query}").parse().unwrap();
+        let e = Query::<Params>::try_from_uri(&uri).unwrap_err();
+        let e = query_error(&uri, &e.body_text());
+        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "bad-request"));
+        e.message
+    }
+
+    #[test]
+    fn a_query_value_that_does_not_deserialise_is_named_with_the_form_expected() {
+        assert_eq!(
+            message("by=day&limit=ten"),
+            r#"query parameter limit="ten" is not a number (invalid digit found in string): send digits only, e.g. limit=50"#
+        );
+        assert_eq!(
+            message("by=week"),
+            r#"query parameter by="week" is not one of the choices: send one of day, month, band"#
+        );
+        assert!(message("limit=1&limit=2").starts_with("query string: "));
+    }
 }

@@ -12,12 +12,17 @@
 //!   previous page; keyset pagination on the list's key), `county` and `station`
 //!   filters that narrow the caller's visibility and never widen it.
 //! - **Writes** that move money or a relay need an `Idempotency-Key` ([`idempotency`]).
-//! - **Errors**: JSON `{code, message}` ([`error`]).
+//! - **Errors**: JSON `{code, message}` ([`error`]), also for an unknown route (404
+//!   `not-found`) and a method a route does not take (405 `method-not-allowed`); a filter
+//!   value that does not parse is 400 `bad-request` naming the parameter, the value and
+//!   the form expected; a NUL character anywhere in the input is 400 `nul-character`
+//!   ([`input`]).
 //! - **Money**: `{"yuan": "12.34", "fen": 1234}`; never a float.
 
 pub mod accounts;
 pub mod error;
 pub mod idempotency;
+pub mod input;
 pub mod policies;
 pub mod work_orders;
 
@@ -28,7 +33,7 @@ use crate::serve::{CountyRuntime, ServeState};
 use axum::Router;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use chrono::{FixedOffset, NaiveDateTime};
+use chrono::{FixedOffset, NaiveDate, NaiveDateTime};
 use error::ApiError;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -104,8 +109,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().split_for_parts().1
 }
 
-/// The API router: `/api/v1/…` and `GET /api/openapi.json`. Mounted by
-/// [`crate::serve::router`].
+/// The API router: `/api/v1/…` and `GET /api/openapi.json`, every route behind the NUL
+/// check ([`input::reject_nul`]) and answering a method it does not take with 405
+/// `method-not-allowed`. Mounted by [`crate::serve::router`], whose fallback answers an
+/// unknown path ([`error::unknown_route`]).
 pub fn router(state: Arc<ServeState>) -> Router {
     let (router, doc) = routes().split_for_parts();
     let doc = Arc::new(doc);
@@ -117,6 +124,8 @@ pub fn router(state: Arc<ServeState>) -> Router {
                 async move { axum::Json(doc.as_ref().clone()).into_response() }
             }),
         )
+        .route_layer(axum::middleware::from_fn(input::reject_nul))
+        .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
 }
 
@@ -144,6 +153,40 @@ impl ListParams {
             station_id: self.station.clone().filter(|s| !s.is_empty()),
         }
     }
+}
+
+/// A filter that takes one of `allowed`: None when not given or empty (no filter), else
+/// the value, or 400 naming the parameter, the value and the choices.
+fn choice(
+    param: &str,
+    value: Option<String>,
+    what: &str,
+    allowed: &[&str],
+) -> Result<Option<String>, ApiError> {
+    match value.filter(|v| !v.is_empty()) {
+        Some(v) if !allowed.contains(&v.as_str()) => Err(ApiError::bad_param(
+            param,
+            &v,
+            what,
+            &format!("one of {}, or leave it out", allowed.join(", ")),
+        )),
+        v => Ok(v),
+    }
+}
+
+/// A date filter: None when not given or empty, else the date as stored (`YYYY-MM-DD`),
+/// or 400 naming the parameter and the value.
+fn date_param(param: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+    value
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            NaiveDate::parse_from_str(&v, "%Y-%m-%d")
+                .map(crate::db::ds)
+                .map_err(|_| {
+                    ApiError::bad_param(param, &v, "a date", "YYYY-MM-DD, e.g. 2013-01-21")
+                })
+        })
+        .transpose()
 }
 
 /// The county runtime serving `county` on this host, if any.

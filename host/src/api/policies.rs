@@ -2,12 +2,13 @@
 //! warned, cut off), collection figures per station.
 
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
-use super::{ListParams, now_in};
+use super::{ListParams, choice, date_param, now_in};
 use crate::auth::{Action, Principal};
+use crate::policy::PolicyKind;
 use crate::query::collection::{self as qc, StationDay};
 use crate::query::policies::{
-    self as q, ActivationEvent, Decision, DecisionFilter, DecisionLine, PolicySummary,
-    PolicyVersion, parse_kind,
+    self as q, ActivationEvent, DECISION_KINDS, Decision, DecisionFilter, DecisionLine,
+    PolicySummary, PolicyVersion, parse_kind,
 };
 use crate::query::{ListFilter, Page};
 use crate::serve::ServeState;
@@ -29,11 +30,10 @@ pub struct PolicyParams {
 }
 
 impl PolicyParams {
-    fn kind(&self) -> Result<Option<crate::policy::PolicyKind>, ApiError> {
-        Ok(self
-            .kind
+    fn kind(&self) -> Result<Option<PolicyKind>, ApiError> {
+        let kinds = PolicyKind::ALL.map(PolicyKind::as_str);
+        Ok(choice("kind", self.kind.clone(), "a policy kind", &kinds)?
             .as_deref()
-            .filter(|k| !k.is_empty())
             .map(parse_kind)
             .transpose()?)
     }
@@ -119,10 +119,10 @@ pub async fn list_decisions(
     };
     let f = DecisionFilter {
         scope: l.filter(),
-        kind: d.kind.filter(|k| !k.is_empty()),
+        kind: choice("kind", d.kind, "a decision kind", &DECISION_KINDS)?,
         account_id: d.account.filter(|a| !a.is_empty()),
-        from: d.from.filter(|x| !x.is_empty()),
-        to: d.to.filter(|x| !x.is_empty()),
+        from: date_param("from", d.from)?,
+        to: date_param("to", d.to)?,
     };
     Ok(Json(q::decisions(&s.db, &v, &f, &l.page()?).await?))
 }
@@ -166,8 +166,8 @@ pub async fn get_collection(
 ) -> Result<Json<Vec<StationDay>>, ApiError> {
     let v = p.visible(Action::ReadCollection)?;
     let today = crate::db::ds(now_in(&s, c.county.as_deref()).date());
-    let from = c.from.clone().unwrap_or(today);
-    let to = c.to.clone().unwrap_or_else(|| from.clone());
+    let from = date_param("from", c.from.clone())?.unwrap_or(today);
+    let to = date_param("to", c.to.clone())?.unwrap_or_else(|| from.clone());
     let f = ListFilter {
         county: c.county.filter(|x| !x.is_empty()),
         station_id: c.station.filter(|x| !x.is_empty()),

@@ -2,11 +2,11 @@
 //! rule), and relay commands awaiting confirmation.
 
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody, json_body};
-use super::{ListParams, county_runtime, idempotency, now_in, who};
+use super::{ListParams, choice, county_runtime, idempotency, now_in, who};
 use crate::auth::{Action, Principal};
 use crate::cutoff::{self, Executed};
 use crate::query::work_orders::{
-    self as q, RelayCommandRow, WorkOrder, WorkOrderDetail, WorkOrderFilter,
+    self as q, KINDS, RelayCommandRow, STATUSES, WorkOrder, WorkOrderDetail, WorkOrderFilter,
 };
 use crate::query::{ListFilter, Page};
 use crate::serve::ServeState;
@@ -55,9 +55,9 @@ pub async fn list_work_orders(
     };
     let f = WorkOrderFilter {
         scope: l.filter(),
-        kind: w.kind,
-        status: w.status,
-        account_id: w.account,
+        kind: choice("kind", w.kind, "a work-order kind", &KINDS)?,
+        status: choice("status", w.status, "a work-order status", &STATUSES)?,
+        account_id: w.account.filter(|a| !a.is_empty()),
     };
     Ok(Json(q::work_orders(&s.db, &v, &f, &l.page()?).await?))
 }

@@ -9,6 +9,20 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+/// The kinds of work order (the `work_orders.kind` check, migration 0006).
+pub const KINDS: [&str; 7] = [
+    "approve-disconnection",
+    "offline-follow-up",
+    "data-maintenance",
+    "call-before-reconnection",
+    "relay-failure",
+    "reconciliation",
+    "auto-debit-failed",
+];
+
+/// A work order's states (the `work_orders.status` check).
+pub const STATUSES: [&str; 5] = ["open", "approved", "held", "done", "cancelled"];
+
 /// A work order as listed.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct WorkOrder {

@@ -243,7 +243,10 @@ pub fn router(state: Arc<ServeState>) -> Router {
     if let Some(c) = channels {
         router = router.merge(crate::channels::router(c));
     }
-    router.merge(crate::console::router(console))
+    // An unknown path answers the API's JSON 404 (`not-found`), console paths included.
+    router
+        .merge(crate::console::router(console))
+        .fallback(crate::api::error::unknown_route)
 }
 
 async fn readyz(State(state): State<Arc<ServeState>>) -> impl IntoResponse {
