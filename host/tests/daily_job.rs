@@ -735,16 +735,7 @@ async fn payments_while_a_call_first_order_is_open_open_no_second_order() {
     s.run_days(2).await.unwrap();
     let db = &s.host.db;
     // In credit, disconnected 60 days ago: past xianyou's 720 h call-first limit.
-    let accounts: Vec<String> = sqlx::query(
-        "UPDATE accounts SET relay_state = 'open', disconnected_at = '2012-11-01 10:00:00'
-         WHERE balance_fen >= 0 RETURNING account_id",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect();
+    let accounts = common::disconnect_accounts_in_credit(db, "2012-11-01 10:00:00").await;
     assert!(!accounts.is_empty());
     let (policies, now) = (s.host.county.snapshot(), s.host.clock.now());
     for account in &accounts {

@@ -73,16 +73,7 @@ async fn two_reconnection_decisions_at_once_make_one_relay_command() {
     s.run_days(2).await.unwrap();
     let db = &s.host.db;
     // The accounts in credit, disconnected a day ago.
-    let accounts: Vec<String> = sqlx::query(
-        "UPDATE accounts SET relay_state = 'open', disconnected_at = '2013-01-02 10:00:00'
-         WHERE balance_fen >= 0 RETURNING account_id",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect();
+    let accounts = common::disconnect_accounts_in_credit(db, "2013-01-02 10:00:00").await;
     assert!(accounts.len() >= 6, "{accounts:?}");
     let (policies, now) = (s.host.county.snapshot(), s.host.clock.now());
     let decide = async |account: &str| {

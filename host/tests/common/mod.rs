@@ -388,3 +388,19 @@ pub async fn seeded_db(url: &str, accounts: usize) -> feegate::db::Db {
     .unwrap();
     db
 }
+
+/// Marks every account in credit as disconnected since `since` (`YYYY-MM-DD HH:MM:SS`,
+/// county time) and returns their ids: the state a reconnection decision starts from.
+pub async fn disconnect_accounts_in_credit(db: &feegate::db::Db, since: &str) -> Vec<String> {
+    sqlx::query(
+        "UPDATE accounts SET relay_state = 'open', disconnected_at = $1
+         WHERE balance_fen >= 0 RETURNING account_id",
+    )
+    .bind(since)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| sqlx::Row::get(r, 0))
+    .collect()
+}
