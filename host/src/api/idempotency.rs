@@ -63,14 +63,28 @@ pub fn key(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(k.to_string())
 }
 
-/// SHA-256 of what makes two requests the same one.
+/// SHA-256 of what makes two requests the same one: the method, the path and the body —
+/// a JSON body in canonical form (keys sorted, no insignificant whitespace), so a client
+/// library that serialises the same object with its keys in another order on a retry is
+/// still making the same request; any other body byte for byte.
 pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(method.as_bytes());
     h.update([0]);
     h.update(path.as_bytes());
     h.update([0]);
-    h.update(body);
+    // serde_json's map is a BTreeMap (the `preserve_order` feature is off; a test below
+    // fails if it is ever switched on), so writing a parsed value back sorts its keys.
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(json) => {
+            h.update(b"json\0");
+            h.update(json.to_string().as_bytes());
+        }
+        Err(_) => {
+            h.update(b"raw\0");
+            h.update(body);
+        }
+    }
     hex::encode(h.finalize())
 }
 
@@ -255,7 +269,30 @@ mod tests {
     fn the_fingerprint_separates_method_path_and_body() {
         let a = fingerprint("POST", "/api/v1/payments", b"{}");
         assert_eq!(a, fingerprint("POST", "/api/v1/payments", b"{}"));
-        assert_ne!(a, fingerprint("POST", "/api/v1/payments", b"{ }"));
+        assert_ne!(a, fingerprint("PUT", "/api/v1/payments", b"{}"));
         assert_ne!(a, fingerprint("POST", "/api/v1/payment", b"s{}"));
+        assert_ne!(a, fingerprint("POST", "/api/v1/payments", b"{\"a\":1}"));
+    }
+
+    #[test]
+    fn the_same_json_object_with_keys_reordered_is_the_same_request() {
+        let fp = |body: &str| fingerprint("POST", "/api/v1/payments", body.as_bytes());
+        let same = [
+            r#"{"account_id":"A1","amount":"10.00","channel":"app"}"#,
+            r#"{ "channel": "app", "amount": "10.00", "account_id": "A1" }"#,
+            "{\n  \"amount\": \"10.00\",\n  \"account_id\": \"A1\",\n  \"channel\": \"app\"\n}",
+        ];
+        for body in &same[1..] {
+            assert_eq!(fp(same[0]), fp(body), "{body}");
+        }
+        // Another value, or a nested object changed, is another request.
+        for other in [
+            r#"{"account_id":"A1","amount":"10.01","channel":"app"}"#,
+            r#"{"account_id":"A1","amount":"10.00","channel":"app","note":{"x":1}}"#,
+        ] {
+            assert_ne!(fp(same[0]), fp(other), "{other}");
+        }
+        // A body that is not JSON is compared byte for byte.
+        assert_ne!(fp("not json"), fp("not  json"));
     }
 }
