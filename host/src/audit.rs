@@ -302,6 +302,10 @@ impl Run {
     }
 }
 
+/// The kinds of decision in the log (the `decisions.kind` check): one per policy kind,
+/// and `reconnection` (made by the cutoff component after a payment).
+pub const LOG_KINDS: [&str; 5] = ["tariff", "warning", "notice", "cutoff", "reconnection"];
+
 /// The policy kind whose component makes decisions of log kind `kind`
 /// (`reconnection` decisions are made by the cutoff component).
 pub fn component_kind(log_kind: &str) -> Option<PolicyKind> {

@@ -378,13 +378,11 @@ pub async fn reconnect_if_due(
 ) -> Result<Reconnection, DbError> {
     let mut conn = db.pool.acquire().await?;
     let facts = AccountFacts::load(&mut conn, account_id).await?;
-    if facts.relay_state != "open"
-        || crate::relay::has_active_command(&mut conn, account_id).await?
-    {
+    if facts.relay_state != "open" {
         return Ok(Reconnection::NotNeeded);
     }
-    if call_first_open(&mut conn, account_id).await? {
-        return Ok(Reconnection::CallFirst);
+    if let Some(r) = under_way(&mut conn, account_id).await? {
+        return Ok(r);
     }
     let cutoff = policies.get(PolicyKind::Cutoff);
     let hours = facts
@@ -408,11 +406,8 @@ pub async fn reconnect_if_due(
         .bind(account_id)
         .execute(&mut *tx)
         .await?;
-    if crate::relay::has_active_command(&mut tx, account_id).await? {
-        return Ok(Reconnection::NotNeeded);
-    }
-    if call_first_open(&mut tx, account_id).await? {
-        return Ok(Reconnection::CallFirst);
+    if let Some(r) = under_way(&mut tx, account_id).await? {
+        return Ok(r);
     }
     let decision_id = decision_log::record(
         &mut tx,
@@ -481,19 +476,24 @@ pub async fn reconnect_if_due(
     Ok(result)
 }
 
-/// An open call-before-reconnection work order for the account (the relays job's sweep
-/// skips such accounts too).
-async fn call_first_open(
+/// A reconnection already under way for the account, which a new decision must not
+/// duplicate: a relay command in flight (`NotNeeded`), or an open call-before-reconnection
+/// work order, where a person is to call and reconnect (`CallFirst`; the relays job's
+/// sweep skips such accounts too).
+async fn under_way(
     conn: &mut sqlx::AnyConnection,
     account_id: &str,
-) -> Result<bool, DbError> {
-    Ok(sqlx::query(
+) -> Result<Option<Reconnection>, DbError> {
+    if crate::relay::has_active_command(&mut *conn, account_id).await? {
+        return Ok(Some(Reconnection::NotNeeded));
+    }
+    let call_first = sqlx::query(
         "SELECT 1 FROM work_orders WHERE account_id = $1 AND kind = 'call-before-reconnection' AND status = 'open' LIMIT 1",
     )
     .bind(account_id)
     .fetch_optional(&mut *conn)
-    .await?
-    .is_some())
+    .await?;
+    Ok(call_first.map(|_| Reconnection::CallFirst))
 }
 
 async fn open_call_first(

@@ -7,8 +7,8 @@ use crate::auth::{Action, Principal};
 use crate::policy::PolicyKind;
 use crate::query::collection::{self as qc, StationDay};
 use crate::query::policies::{
-    self as q, ActivationEvent, DECISION_KINDS, Decision, DecisionFilter, DecisionLine,
-    PolicySummary, PolicyVersion, parse_kind,
+    self as q, ActivationEvent, Decision, DecisionFilter, DecisionLine, PolicySummary,
+    PolicyVersion, parse_kind,
 };
 use crate::query::{ListFilter, Page};
 use crate::serve::ServeState;
@@ -119,7 +119,7 @@ pub async fn list_decisions(
     };
     let f = DecisionFilter {
         scope: l.filter(),
-        kind: choice("kind", d.kind, "a decision kind", &DECISION_KINDS)?,
+        kind: choice("kind", d.kind, "a decision kind", &crate::audit::LOG_KINDS)?,
         account_id: d.account.filter(|a| !a.is_empty()),
         from: date_param("from", d.from)?,
         to: date_param("to", d.to)?,

@@ -222,7 +222,7 @@ pub async fn policy(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
 
     let mut kinds = Vec::new();
     let mut tariff: Option<(String, Vec<TariffInput>)> = None;
-    for log_kind in ["tariff", "warning", "notice", "cutoff", "reconnection"] {
+    for log_kind in audit::LOG_KINDS {
         let rows = audit::log(
             &db,
             &Filter {

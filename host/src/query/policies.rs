@@ -30,10 +30,6 @@ pub struct PolicySummary {
     pub activations: usize,
 }
 
-/// The kinds of decision in the log (the `decisions.kind` check): one per policy kind,
-/// and `reconnection` (the cutoff policy's reconnection mode after a payment).
-pub const DECISION_KINDS: [&str; 5] = ["tariff", "warning", "notice", "cutoff", "reconnection"];
-
 /// Parses a policy kind name, or says which exist.
 pub fn parse_kind(kind: &str) -> Result<PolicyKind, QueryError> {
     PolicyKind::ALL
