@@ -9,7 +9,10 @@
 //! - `disconnect` from the policy (the county is automatic, or this customer was moved
 //!   to automatic by their prepaying habit) and an approved work order both pass the
 //!   [`SafetyFloor`] at the moment of the trip; a refusal is recorded in
-//!   `floor_refusals` and the trip is not issued.
+//!   `floor_refusals` and the trip is not issued;
+//! - an approval can be withdrawn until the order is executed ([`withdraw_approval`]):
+//!   the order is then held, and an execution racing with the withdrawal issues
+//!   nothing ([`execute_one`]).
 
 use crate::accountview::{
     AccountFacts, arrears_notice_delivered_at, offline_follow_up_done_at, open_mobile_mismatch,
@@ -28,15 +31,23 @@ use chrono::{NaiveDateTime, NaiveTime};
 use feegate_meter::registers::RelayCommand;
 use sqlx::{AnyConnection, Row};
 
-/// Outcome of a cutoff run.
+/// Outcome of a cutoff run: counts of accounts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CutoffReport {
+    /// Active accounts in arrears with a closed relay, no relay command in flight and
+    /// no open or approved approval order.
     pub considered: u32,
+    /// The policy said keep (or the county is notify-only).
     pub kept: u32,
+    /// The policy said defer.
     pub deferred: u32,
+    /// Approval work orders opened (at most one per arrears episode).
     pub approvals_requested: u32,
+    /// Trip commands created for a policy's `disconnect`.
     pub trips_created: u32,
+    /// Trips or approval requests the safety floor refused.
     pub floor_refused: u32,
+    /// Accounts held because the cutoff policy failed (nobody is cut off).
     pub held: u32,
 }
 
@@ -349,7 +360,9 @@ async fn approval_key(
     })
 }
 
-/// Records a station staff member's decision on an approval work order.
+/// Records a station staff member's decision on an open approval work order: `approve`
+/// (→ `approved`) or hold (→ `held`). Returns false when the order is not open (see
+/// [`decide_open_work_order`]). An approval is undone with [`withdraw_approval`].
 pub async fn decide_work_order(
     db: &Db,
     work_order_id: i64,
@@ -400,7 +413,10 @@ pub async fn decide_open_work_order(
 /// Outcome of executing approved work orders.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecutionReport {
+    /// Trip commands created.
     pub trips_created: u32,
+    /// Orders the safety floor refused at this moment (they stay approved unless the
+    /// floor never allows them).
     pub floor_refused: u32,
     /// Orders cancelled because the customer paid in the meantime.
     pub cancelled_paid: u32,
@@ -420,7 +436,9 @@ pub enum Executed {
     },
     /// The account is no longer in arrears or its relay is not closed: cancelled.
     CancelledPaid,
-    /// Not an approved disconnection order (unknown, another kind, or not `approved`).
+    /// Not an approved disconnection order (unknown, another kind, or not `approved`),
+    /// or no longer one at the final update (its approval withdrawn meanwhile: nothing
+    /// was issued). `status` is the order's status (None: no such order).
     NotApproved { status: Option<String> },
     /// The executor approved it: the two-person rule refuses.
     TwoPersonRule { approver: String },
@@ -431,6 +449,17 @@ pub enum Executed {
 /// the account must still be in arrears with a closed relay (else the order is
 /// cancelled), then the safety floor at this moment; the trip command is created and
 /// the order marked `done` with `executed_by`/`executed_at`, all in one transaction.
+///
+/// The order is read at the start, but an approval can be withdrawn
+/// ([`withdraw_approval`]) while the floor is checked and the trip command written. So
+/// every final transition (`done`, either `cancelled`) is conditional on the order
+/// still being `approved` at that update; when it no longer is, the transaction — the
+/// trip command with it — is rolled back and the answer is
+/// [`Executed::NotApproved`] with the status the order has then. On PostgreSQL (read
+/// committed) the conditional `UPDATE` re-reads the row as last committed, and waits for
+/// a withdrawal in progress on it, so a withdrawal committed at any moment before that
+/// update wins; one that comes after it finds the order `done` and is refused. On SQLite
+/// a process's one pooled connection serialises the two.
 pub async fn execute_one(
     db: &Db,
     county: &County,
@@ -463,11 +492,15 @@ pub async fn execute_one(
     }
     let id = work_order_id;
     let facts = AccountFacts::load(&mut tx, &account_id).await?;
+    // Each final update names `status = 'approved'`: see the doc comment for why.
     let outcome = if facts.balance_fen >= 0 || facts.relay_state != "closed" {
-        sqlx::query("UPDATE work_orders SET status = 'cancelled', note = COALESCE(note, '') || ' [cancelled: no longer in arrears or already open]' WHERE work_order_id = $1")
+        let r = sqlx::query("UPDATE work_orders SET status = 'cancelled', note = COALESCE(note, '') || ' [cancelled: no longer in arrears or already open]' WHERE work_order_id = $1 AND status = 'approved'")
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        if r.rows_affected() == 0 {
+            return no_longer_approved(tx, id).await;
+        }
         Executed::CancelledPaid
     } else {
         match trip_if_floor_allows(
@@ -481,25 +514,33 @@ pub async fn execute_one(
         .await?
         {
             Ok(created) => {
-                sqlx::query("UPDATE work_orders SET status = 'done', executed_by = $2, executed_at = $3 WHERE work_order_id = $1")
+                let r = sqlx::query("UPDATE work_orders SET status = 'done', executed_by = $2, executed_at = $3 WHERE work_order_id = $1 AND status = 'approved'")
                     .bind(id)
                     .bind(executed_by)
                     .bind(ts(now))
                     .execute(&mut *tx)
                     .await?;
+                if r.rows_affected() == 0 {
+                    // Withdrawn (or otherwise decided) since it was read: the trip
+                    // command written above goes with the rollback.
+                    return no_longer_approved(tx, id).await;
+                }
                 Executed::Tripped { created }
             }
             Err(refusals) => {
                 let cancelled = refusals.iter().any(FloorRefusal::is_permanent);
                 if cancelled {
-                    sqlx::query(
+                    let r = sqlx::query(
                         "UPDATE work_orders SET status = 'cancelled',
                                 note = COALESCE(note, '') || ' [cancelled: the safety floor never allows this trip]'
-                         WHERE work_order_id = $1",
+                         WHERE work_order_id = $1 AND status = 'approved'",
                     )
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
+                    if r.rows_affected() == 0 {
+                        return no_longer_approved(tx, id).await;
+                    }
                 }
                 Executed::FloorRefused {
                     refusals,
@@ -510,6 +551,101 @@ pub async fn execute_one(
     };
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// The answer of [`execute_one`] when its final update found the order no longer
+/// approved: reads the status it has now, then rolls everything back (a trip command
+/// written in the transaction included).
+async fn no_longer_approved(
+    mut tx: sqlx::Transaction<'_, sqlx::Any>,
+    work_order_id: i64,
+) -> Result<Executed, DbError> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM work_orders WHERE work_order_id = $1")
+            .bind(work_order_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    tx.rollback().await?;
+    Ok(Executed::NotApproved { status })
+}
+
+/// What [`withdraw_approval`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// The order was approved and not executed: it is now `held`, with `withdrawn_by`
+    /// and `withdrawn_at` recorded, the approver kept in `decided_by`/`decided_at`, and
+    /// the reason appended to `note`.
+    Withdrawn,
+    /// Nothing changed: the order is not an approved disconnection order. `status` is
+    /// its status as read just after the refused update (`open`: nobody approved it yet
+    /// — hold it instead; `done`: executed, the trip was issued; `held`, `cancelled`),
+    /// or None when no approve-disconnection order has that id.
+    NotApproved { status: Option<String> },
+}
+
+/// Withdraws the approval of a disconnection work order that is not executed yet:
+/// `approved` → `held`, as `who`, at `now` (county local time), with `note` (why; may be
+/// empty) appended to the order's note as `[approval withdrawn by WHO at TIME: NOTE]`.
+///
+/// Anyone who may decide the order may withdraw its approval, the approver included:
+/// withdrawing is the safe direction, so there is no two-person rule. `decided_by` and
+/// `decided_at` keep the approver; `withdrawn_by`/`withdrawn_at` (migration 0016) say
+/// who withdrew it and when.
+///
+/// A withdrawn order is a held order, with the same effect on later cutoff decisions
+/// ([`run`]): the account is a cutoff candidate again (only an `open` or `approved`
+/// order keeps it out), but a request for approval in the same arrears episode maps
+/// to the episode's de-duplication key (see `approval_key`), which the held order owns,
+/// so nobody is asked again and no approval-gated disconnection follows in this
+/// episode. What a held order does **not** stop: a `disconnect` decided by the policy
+/// itself (the county moved to the automatic stage, or the customer to automatic by
+/// their prepaying habit) still trips through the safety floor, and a new arrears
+/// episode (the customer paid back to zero or more, then fell into arrears again) opens
+/// a new approval order.
+///
+/// The update is one statement conditional on `status = 'approved'`, so it races
+/// safely with [`execute_one`], whose final update is conditional the same way:
+/// whichever commits first wins, and the other changes nothing (a withdrawal after the
+/// execution is [`Withdrawal::NotApproved`] with `done`; an execution after the
+/// withdrawal is [`Executed::NotApproved`] with `held`, its trip command rolled back).
+/// An approved order has no trip command, since execution creates the command and marks
+/// the order `done` in one transaction.
+///
+/// Errors: [`DbError`] when the database fails; a refusal is not an error.
+pub async fn withdraw_approval(
+    db: &Db,
+    work_order_id: i64,
+    who: &str,
+    now: NaiveDateTime,
+    note: &str,
+) -> Result<Withdrawal, DbError> {
+    let at = ts(now);
+    let appended = if note.is_empty() {
+        format!(" [approval withdrawn by {who} at {at}]")
+    } else {
+        format!(" [approval withdrawn by {who} at {at}: {note}]")
+    };
+    let r = sqlx::query(
+        "UPDATE work_orders SET status = 'held', withdrawn_by = $2, withdrawn_at = $3,
+                note = COALESCE(note, '') || $4
+         WHERE work_order_id = $1 AND kind = 'approve-disconnection' AND status = 'approved'",
+    )
+    .bind(work_order_id)
+    .bind(who)
+    .bind(&at)
+    .bind(appended)
+    .execute(&db.pool)
+    .await?;
+    if r.rows_affected() == 1 {
+        return Ok(Withdrawal::Withdrawn);
+    }
+    let status: Option<String> = sqlx::query_scalar(
+        "SELECT status FROM work_orders WHERE work_order_id = $1 AND kind = 'approve-disconnection'",
+    )
+    .bind(work_order_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(Withdrawal::NotApproved { status })
 }
 
 /// Executes approved disconnection work orders of the county as `system` ([`execute_one`]

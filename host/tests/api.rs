@@ -316,6 +316,7 @@ async fn every_role_is_denied_what_it_must_not_see_or_do() {
         return;
     };
     let o = w.order_open;
+    let approved = w.order_paid;
     let reads: Vec<(&str, String, u16)> = vec![
         // Customers: only their own account.
         ("cust-a1", format!("/api/v1/accounts/{A1}"), 200),
@@ -486,6 +487,43 @@ async fn every_role_is_denied_what_it_must_not_see_or_do() {
             404,
             "not-found",
         ),
+        // Withdrawing an approval is deciding: the same roles and scopes (on the
+        // approved order, so only the refusal stands between them and a change).
+        (
+            "auditor",
+            format!("/api/v1/work-orders/{approved}/withdraw"),
+            json!({}),
+            403,
+            "forbidden",
+        ),
+        (
+            "eng-xy",
+            format!("/api/v1/work-orders/{approved}/withdraw"),
+            json!({}),
+            403,
+            "forbidden",
+        ),
+        (
+            "cust-a1",
+            format!("/api/v1/work-orders/{approved}/withdraw"),
+            json!({}),
+            403,
+            "forbidden",
+        ),
+        (
+            "staff-dw",
+            format!("/api/v1/work-orders/{approved}/withdraw"),
+            json!({}),
+            404,
+            "not-found",
+        ),
+        (
+            "staff-hj",
+            format!("/api/v1/work-orders/{approved}/withdraw"),
+            json!({"note": "not my county"}),
+            404,
+            "not-found",
+        ),
         (
             "staff-dw",
             "/api/v1/payments".into(),
@@ -525,6 +563,13 @@ async fn every_role_is_denied_what_it_must_not_see_or_do() {
             .await
             .unwrap();
     assert_eq!(status, "open", "no refused write decided the order");
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM work_orders WHERE work_order_id = $1")
+            .bind(approved)
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "approved", "no refused withdrawal held the order");
 
     // A customer cannot credit even their own account: their money arrives only through a
     // payment channel's signed notification (an unsigned "I paid" would be free credit).
@@ -767,6 +812,441 @@ async fn an_approved_cutoff_executed_by_another_person_trips_once() {
     );
     let (_, other) = w.get("staff-dw", "/api/v1/relay-commands").await;
     assert_eq!(other["items"], json!([]));
+}
+
+/// Xianyou as the library sees it (the shipped policy set and components) and the host's
+/// default configuration; the engine must outlive the county's use.
+fn xianyou() -> (
+    std::sync::Arc<feegate::policy::PolicyEngine>,
+    feegate::county::County,
+    feegate::config::HostConfig,
+) {
+    let engine = feegate::policy::PolicyEngine::new(Default::default()).unwrap();
+    let host = feegate::config::HostConfig::default();
+    let county = feegate::county::County::load(
+        &engine,
+        &common::repo().join("policies/xianyou"),
+        &common::components_dir(),
+        host.floor.clone(),
+    )
+    .unwrap();
+    (engine, county, host)
+}
+
+/// Monday 2013-01-21 at `hh:mm`: a moment the safety floor allows a trip on A1 (fresh
+/// readings, a working day) once its arrears notice is delivered
+/// ([`deliver_arrears_notice`]).
+fn monday(hh: u32, mm: u32) -> chrono::NaiveDateTime {
+    chrono::NaiveDate::from_ymd_opt(2013, 1, 21)
+        .unwrap()
+        .and_hms_opt(hh, mm, 0)
+        .unwrap()
+}
+
+/// A1's arrears notice, delivered two days before [`monday`].
+async fn deliver_arrears_notice(w: &World) {
+    sqlx::query(
+        "INSERT INTO sms_outbox (account_id, kind, dedup_key, mobile, body, status, created_at, sent_at, delivered_at)
+         VALUES ($1, 'arrears', 'api-test:arrears-notice', '13900000001', '欠费通知', 'delivered',
+                 '2013-01-19 08:00:00', '2013-01-19 08:00:00', '2013-01-19 08:05:00')",
+    )
+    .bind(A1)
+    .execute(&w.db.pool)
+    .await
+    .unwrap();
+}
+
+/// The trip commands created for work order `o`.
+async fn trips_of(w: &World, o: i64) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM relay_commands WHERE decision_key = $1")
+        .bind(format!("work-order:{o}"))
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap()
+}
+
+/// (status, decided_by, decided_at, withdrawn_by, withdrawn_at, executed_by, note) of
+/// work order `o`.
+type OrderRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+async fn order_row(w: &World, o: i64) -> OrderRow {
+    sqlx::query_as(
+        "SELECT status, decided_by, decided_at, withdrawn_by, withdrawn_at, executed_by, note
+         FROM work_orders WHERE work_order_id = $1",
+    )
+    .bind(o)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap()
+}
+
+/// Withdrawing an approval (`cutoff::withdraw_approval`): the approved order is held,
+/// keeps its approver, records who withdrew it and when, and the scheduled execution
+/// then trips nobody — at a moment it would have tripped the same order still approved.
+/// An open, held or executed order, or an unknown one, is refused with its status and
+/// left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_approval_is_held_and_never_tripped() {
+    use feegate::cutoff::{
+        Executed, Withdrawal, decide_work_order, execute_approved, execute_one, withdraw_approval,
+    };
+    let Some(w) = World::start_for("a_withdrawn_approval_is_held_and_never_tripped").await else {
+        return;
+    };
+    deliver_arrears_notice(&w).await;
+    let (_engine, county, host) = xianyou();
+    let o = w.order_open;
+
+    // Open: nothing to withdraw (hold it instead).
+    assert_eq!(
+        withdraw_approval(&w.db, o, "staff-bt", monday(9, 0), "")
+            .await
+            .unwrap(),
+        Withdrawal::NotApproved {
+            status: Some("open".into())
+        }
+    );
+    assert_eq!(order_row(&w, o).await.0, "open");
+    assert_eq!(
+        withdraw_approval(&w.db, 999_999, "staff-bt", monday(9, 0), "")
+            .await
+            .unwrap(),
+        Withdrawal::NotApproved { status: None }
+    );
+
+    // Approved at 10:00, withdrawn at 10:05 by the approver themself.
+    assert!(
+        decide_work_order(&w.db, o, true, "staff-bt", monday(10, 0), "called")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        withdraw_approval(&w.db, o, "staff-bt", monday(10, 5), "wrong account")
+            .await
+            .unwrap(),
+        Withdrawal::Withdrawn
+    );
+    let (status, decided_by, decided_at, withdrawn_by, withdrawn_at, executed_by, note) =
+        order_row(&w, o).await;
+    assert_eq!(
+        (
+            status.as_str(),
+            decided_by.as_deref(),
+            decided_at.as_deref(),
+            withdrawn_by.as_deref(),
+            withdrawn_at.as_deref(),
+            executed_by
+        ),
+        (
+            "held",
+            Some("staff-bt"),
+            Some("2013-01-21 10:00:00"),
+            Some("staff-bt"),
+            Some("2013-01-21 10:05:00"),
+            None
+        ),
+        "held, the approver kept, the withdrawal recorded"
+    );
+    assert_eq!(
+        note.as_deref(),
+        Some("called [approval withdrawn by staff-bt at 2013-01-21 10:05:00: wrong account]")
+    );
+    // Twice is refused: it is held now, and nothing changes.
+    assert_eq!(
+        withdraw_approval(&w.db, o, "staff-bt2", monday(10, 6), "again")
+            .await
+            .unwrap(),
+        Withdrawal::NotApproved {
+            status: Some("held".into())
+        }
+    );
+    assert_eq!(order_row(&w, o).await.3.as_deref(), Some("staff-bt"));
+
+    // The scheduled execution at 10:30 (as `system`) and a person's execution trip
+    // nobody on it.
+    let report = execute_approved(&w.db, &county, monday(10, 30), &host.relay)
+        .await
+        .unwrap();
+    assert_eq!(report.trips_created, 0, "{report:?}");
+    assert_eq!(
+        execute_one(&w.db, &county, o, "staff-bt2", monday(10, 30), &host.relay)
+            .await
+            .unwrap(),
+        Executed::NotApproved {
+            status: Some("held".into())
+        }
+    );
+    assert_eq!(trips_of(&w, o).await, 0);
+    assert_eq!(order_row(&w, o).await.0, "held");
+
+    // The control: the same order still approved would have been tripped at that
+    // moment — so it was the withdrawal that stopped it. Executed, it cannot be
+    // withdrawn any more.
+    sqlx::query("UPDATE work_orders SET status = 'approved' WHERE work_order_id = $1")
+        .bind(o)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    let report = execute_approved(&w.db, &county, monday(10, 30), &host.relay)
+        .await
+        .unwrap();
+    assert_eq!(report.trips_created, 1, "{report:?}");
+    assert_eq!(
+        withdraw_approval(&w.db, o, "staff-bt", monday(10, 35), "too late")
+            .await
+            .unwrap(),
+        Withdrawal::NotApproved {
+            status: Some("done".into())
+        }
+    );
+    assert_eq!(order_row(&w, o).await.0, "done");
+}
+
+/// The race the conditional updates of `cutoff::execute_one` close: the order is read
+/// approved, the floor passes and the trip command is written, and only then does the
+/// withdrawal land — before the execution's final update. The execution must then
+/// issue nothing: its update finds the order no longer approved and rolls the trip
+/// command back. (Before, the unconditional `SET status = 'done'` overwrote the
+/// withdrawal and the relay tripped.)
+///
+/// On PostgreSQL the withdrawal is a real concurrent transaction: a test trigger on
+/// `relay_commands` makes the execution wait on an advisory lock right after writing
+/// the trip command; `withdraw_approval` commits on another connection meanwhile; then
+/// the lock is released. On SQLite two transactions cannot interleave like that (one
+/// pooled connection, one writer), so the trigger itself moves the order to held inside
+/// the execution's transaction — the same "status changed between the read and the
+/// final update", rolled back with the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_landing_before_the_final_update_of_an_execution_trips_nothing() {
+    use feegate::cutoff::{
+        Executed, Withdrawal, decide_work_order, execute_one, withdraw_approval,
+    };
+    let test = "a_withdrawal_landing_before_the_final_update_of_an_execution_trips_nothing";
+    let Some(w) = World::start_for(test).await else {
+        return;
+    };
+    deliver_arrears_notice(&w).await;
+    let (_engine, county, host) = xianyou();
+    let o = w.order_open;
+    assert!(
+        decide_work_order(&w.db, o, true, "staff-bt", monday(10, 0), "called")
+            .await
+            .unwrap()
+    );
+    let postgres = w._db.as_ref().is_some_and(|d| d.is_postgres());
+    let executed = if postgres {
+        const LOCK: i64 = 4_216_001;
+        sqlx::Executor::execute(
+            &w.db.pool,
+            format!(
+                "CREATE FUNCTION test_pause_after_trip() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN PERFORM pg_advisory_xact_lock({LOCK}); RETURN NEW; END $$;
+                 CREATE TRIGGER test_pause_after_trip AFTER INSERT ON relay_commands
+                 FOR EACH ROW EXECUTE FUNCTION test_pause_after_trip();"
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+        let url = w._db.as_ref().unwrap().url.clone();
+        let mut gate = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LOCK)
+            .fetch_one(&mut gate)
+            .await
+            .unwrap();
+        assert!(locked);
+        let execution = execute_one(&w.db, &county, o, "staff-bt2", monday(10, 30), &host.relay);
+        let withdrawal = async {
+            // Wait until the execution has written its trip command and waits at the
+            // gate, then withdraw on another connection, then open the gate.
+            let began = std::time::Instant::now();
+            loop {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                )
+                .fetch_one(&w.db.pool)
+                .await
+                .unwrap();
+                if waiting > 0 {
+                    break;
+                }
+                assert!(
+                    began.elapsed() < std::time::Duration::from_secs(30),
+                    "the execution never reached its trip command"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let withdrawn =
+                withdraw_approval(&w.db, o, "staff-bt", monday(10, 31), "wrong account")
+                    .await
+                    .unwrap();
+            let unlocked: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+                .bind(LOCK)
+                .fetch_one(&mut gate)
+                .await
+                .unwrap();
+            assert!(unlocked);
+            withdrawn
+        };
+        let (executed, withdrawn) = tokio::join!(execution, withdrawal);
+        assert_eq!(
+            withdrawn,
+            Withdrawal::Withdrawn,
+            "the execution had not updated the order yet"
+        );
+        executed.unwrap()
+    } else {
+        sqlx::query(&format!(
+            "CREATE TRIGGER test_withdrawn_after_trip AFTER INSERT ON relay_commands
+             WHEN NEW.decision_key = 'work-order:{o}'
+             BEGIN
+               UPDATE work_orders SET status = 'held', withdrawn_by = 'staff-bt',
+                      withdrawn_at = '2013-01-21 10:31:00'
+                WHERE work_order_id = {o};
+             END"
+        ))
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+        execute_one(&w.db, &county, o, "staff-bt2", monday(10, 30), &host.relay)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        executed,
+        Executed::NotApproved {
+            status: Some("held".into())
+        },
+        "the execution saw the withdrawal at its final update"
+    );
+    assert_eq!(trips_of(&w, o).await, 0, "the trip command was rolled back");
+    let (status, decided_by, _, withdrawn_by, _, executed_by, _) = order_row(&w, o).await;
+    assert_eq!(executed_by, None, "nobody executed it");
+    assert_eq!(decided_by.as_deref(), Some("staff-bt"));
+    if postgres {
+        // The committed withdrawal stands.
+        assert_eq!(
+            (status.as_str(), withdrawn_by.as_deref()),
+            ("held", Some("staff-bt"))
+        );
+    } else {
+        // The simulated withdrawal was part of the rolled-back transaction.
+        assert_eq!((status.as_str(), withdrawn_by), ("approved", None));
+    }
+}
+
+/// `POST /work-orders/{id}/withdraw`: whoever may decide the order may withdraw its
+/// approval — the approver, another staff member of the station, operations — and the
+/// order is held with the withdrawal recorded; an order that is not approved is 409
+/// `not-approved` with its status; an execution after the withdrawal is refused; the
+/// endpoint is in the OpenAPI document. (The roles and scopes that may not: in
+/// `every_role_is_denied_what_it_must_not_see_or_do`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_is_withdrawn_by_anyone_who_may_decide_the_order() {
+    let Some(w) =
+        World::start_for("an_approval_is_withdrawn_by_anyone_who_may_decide_the_order").await
+    else {
+        return;
+    };
+    let o = w.order_open;
+    let withdraw = |user: &'static str, id: i64, body: Option<Value>, key: &'static str| {
+        let path = format!("/api/v1/work-orders/{id}/withdraw");
+        let w = &w;
+        async move { w.call(Some(user), "POST", &path, body, Some(key)).await }
+    };
+    // Open: there is no approval to withdraw.
+    let (s, b) = withdraw("staff-bt", o, None, "w0").await;
+    assert_eq!(
+        (s, b["code"].as_str(), b["details"]["status"].as_str()),
+        (409, Some("not-approved"), Some("open")),
+        "{b}"
+    );
+    // Approved, then withdrawn by the approver.
+    let (s, b) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            &format!("/api/v1/work-orders/{o}/approve"),
+            Some(json!({"note": "called, no answer"})),
+            Some("a1"),
+        )
+        .await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("approved")), "{b}");
+    let body = json!({"note": "wrong account"});
+    let (s, b) = withdraw("staff-bt", o, Some(body.clone()), "w1").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        (
+            b["status"].as_str(),
+            b["decided_by"].as_str(),
+            b["withdrawn_by"].as_str()
+        ),
+        (Some("held"), Some("staff-bt"), Some("staff-bt")),
+        "{b}"
+    );
+    assert!(b["withdrawn_at"].is_string(), "{b}");
+    let note = b["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("called, no answer [approval withdrawn by staff-bt at ")
+            && note.ends_with(": wrong account]"),
+        "{note}"
+    );
+    // A retry with the same key gets the same answer; a new request is refused.
+    let (s, again) = withdraw("staff-bt", o, Some(body), "w1").await;
+    assert_eq!((s, &again), (200, &b));
+    let (s, b) = withdraw("staff-bt2", o, None, "w2").await;
+    assert_eq!(
+        (s, b["code"].as_str(), b["details"]["status"].as_str()),
+        (409, Some("not-approved"), Some("held")),
+        "{b}"
+    );
+    assert!(b["message"].as_str().unwrap().contains("held"), "{b}");
+    // Nobody executes a withdrawn approval.
+    let (s, b) = w
+        .call(
+            Some("staff-bt2"),
+            "POST",
+            &format!("/api/v1/work-orders/{o}/execute"),
+            None,
+            Some("x1"),
+        )
+        .await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("conflict")), "{b}");
+    assert_eq!(trips_of(&w, o).await, 0);
+    let (_, case) = w.get("auditor", &format!("/api/v1/work-orders/{o}")).await;
+    assert_eq!(case["withdrawn_by"], "staff-bt", "{case}");
+
+    // Another staff member of the station withdraws someone else's approval; then
+    // operations find nothing left to withdraw.
+    let p = w.order_paid;
+    let (s, b) = withdraw("staff-bt2", p, None, "w3").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        (b["decided_by"].as_str(), b["withdrawn_by"].as_str()),
+        (Some("staff-bt"), Some("staff-bt2"))
+    );
+    let (s, b) = withdraw("ops", p, None, "w4").await;
+    assert_eq!(
+        (s, b["details"]["status"].as_str()),
+        (409, Some("held")),
+        "{b}"
+    );
+
+    // The endpoint is described, with its 409.
+    let (_, doc) = w.get("ops", "/api/openapi.json").await;
+    let op = &doc["paths"]["/api/v1/work-orders/{work_order_id}/withdraw"]["post"];
+    assert!(op["responses"]["409"].is_object(), "{op}");
 }
 
 /// Idempotency: a repeat returns the stored answer, the same key with another body is

@@ -455,6 +455,44 @@ async fn console_checks(dir: &tempfile::TempDir, db: &str) {
     );
     assert_eq!(aud.get("/console/accounts/3500000002").status, 200);
 
+    // An approved case offers "withdraw approval" to whoever may decide it (the
+    // approver too), not to the auditor; withdrawing holds the case, once.
+    let case = scalar_i64(
+        &db,
+        "INSERT INTO work_orders (kind, account_id, station_id, dedup_key, status, evidence_json, opened_at, decided_by, decided_at)
+         VALUES ('approve-disconnection', $1, 'XY-BT', 'console-test:withdraw', 'approved', '{}', '2013-01-03 09:00:00', 'staff-bt', '2013-01-03 10:00:00')
+         RETURNING work_order_id",
+        "3500000001",
+    )
+    .await;
+    let withdraw = format!("/console/cases/{case}/withdraw");
+    let page = staff.get(&format!("/console/cases/{case}"));
+    assert!(
+        page.status == 200 && page.body.contains(&format!("action=\"{withdraw}\"")),
+        "{}",
+        page.body
+    );
+    let page = aud.get(&format!("/console/cases/{case}"));
+    assert!(page.status == 200 && !page.body.contains(&withdraw));
+    assert_eq!(aud.post(&withdraw, "note=x", &origin).status, 403);
+    let done = staff.post(&withdraw, "note=wrong+account", &origin);
+    assert_eq!(
+        (done.status, done.location()),
+        (303, format!("/console/cases/{case}").as_str()),
+        "{}",
+        done.body
+    );
+    let held = scalar_i64(
+        &db,
+        "SELECT CAST(CASE WHEN status = 'held' AND decided_by = 'staff-bt' AND withdrawn_by = 'staff-bt' AND withdrawn_at IS NOT NULL THEN 1 ELSE 0 END AS BIGINT) FROM work_orders WHERE dedup_key = $1",
+        "console-test:withdraw",
+    )
+    .await;
+    assert_eq!(held, 1, "held, the approver kept, the withdrawal recorded");
+    let page = staff.get(&format!("/console/cases/{case}"));
+    assert!(!page.body.contains(&withdraw), "{}", page.body);
+    assert_eq!(staff.post(&withdraw, "", &origin).status, 409);
+
     // A POST from another site with the session cookie is refused; the session lives on.
     let forged = staff.post("/console/logout", "", "http://evil.example");
     assert_eq!(forged.status, 403, "{}", forged.body);

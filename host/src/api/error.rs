@@ -15,13 +15,14 @@ use serde::de::DeserializeOwned;
 #[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// bad-request | nul-character | body-too-large | unauthenticated | forbidden |
-    /// not-found | method-not-allowed | conflict | two-person-rule | floor-refused |
-    /// idempotency-key-required | idempotency-key-reused | idempotency-key-in-progress |
-    /// county-not-served | unavailable | internal
+    /// not-found | method-not-allowed | conflict | not-approved | two-person-rule |
+    /// floor-refused | idempotency-key-required | idempotency-key-reused |
+    /// idempotency-key-in-progress | county-not-served | unavailable | internal
     #[schema(example = "not-found")]
     pub code: String,
     pub message: String,
-    /// Details for some codes: the safety floor's refusals (`floor-refused`).
+    /// Details for some codes: the safety floor's refusals (`floor-refused`); the
+    /// order's status (`not-approved`).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub details: Option<serde_json::Value>,

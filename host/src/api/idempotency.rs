@@ -1,6 +1,6 @@
 //! Idempotency keys (migration 0012, `api_idempotency`) on every POST that moves money or
-//! a relay: payments, onboarding with the initial prepayment, work-order approve, hold
-//! and execute.
+//! a relay: payments, onboarding with the initial prepayment, work-order approve, hold,
+//! withdraw and execute.
 //!
 //! - The `Idempotency-Key` header is required (400 `idempotency-key-required`): 1 to
 //!   [`MAX_KEY_CHARS`] visible ASCII characters, chosen by the client (a UUID is usual).

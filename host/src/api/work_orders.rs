@@ -1,10 +1,10 @@
-//! Work orders: the list, one with its evidence, approve, hold, execute (the two-person
-//! rule), and relay commands awaiting confirmation.
+//! Work orders: the list, one with its evidence, approve, hold, withdraw an approval,
+//! execute (the two-person rule), and relay commands awaiting confirmation.
 
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody, json_body};
 use super::{ListParams, choice, county_runtime, idempotency, now_in, who};
 use crate::auth::{Action, Principal};
-use crate::cutoff::{self, Executed};
+use crate::cutoff::{self, Executed, Withdrawal};
 use crate::query::work_orders::{
     self as q, KINDS, RelayCommandRow, STATUSES, WorkOrder, WorkOrderDetail, WorkOrderFilter,
 };
@@ -101,17 +101,37 @@ async fn visible_order(
         .ok_or_else(|| ApiError::not_found(&format!("work order {id}")))
 }
 
+/// What a decision endpoint does to an approve-disconnection order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verb {
+    /// open → approved
+    Approve,
+    /// open → held
+    Hold,
+    /// approved (not executed) → held
+    Withdraw,
+}
+
+impl Verb {
+    fn name(self) -> &'static str {
+        match self {
+            Verb::Approve => "approve",
+            Verb::Hold => "hold",
+            Verb::Withdraw => "withdraw",
+        }
+    }
+}
+
 async fn decide(
     s: Arc<ServeState>,
     p: Principal,
     headers: HeaderMap,
     body: Bytes,
     id: i64,
-    approve: bool,
+    verb: Verb,
 ) -> Result<Response, ApiError> {
     p.visible(Action::DecideWorkOrders)?;
-    let verb = if approve { "approve" } else { "hold" };
-    let path = format!("/api/v1/work-orders/{id}/{verb}");
+    let path = format!("/api/v1/work-orders/{id}/{}", verb.name());
     let (db, principal, raw) = (s.db.clone(), p.clone(), body.clone());
     Ok(idempotency::once(&db, &principal, &headers, "POST", &path, &raw, |_key| async move {
         let note: DecisionNote = if body.is_empty() {
@@ -122,23 +142,53 @@ async fn decide(
         let order = visible_order(&s, &p, Action::DecideWorkOrders, id).await?;
         if order.order.kind != "approve-disconnection" {
             return Err(ApiError::conflict(format!(
-                "work order {id} is a {} order; only approve-disconnection orders are approved or held",
+                "work order {id} is a {} order; only approve-disconnection orders are approved, held or withdrawn",
                 order.order.kind
             )));
         }
         let now = now_in(&s, order.order.county.as_deref());
-        let done = cutoff::decide_work_order(&s.db, id, approve, who(&p), now, &note.note).await?;
-        if !done {
-            return Err(ApiError::conflict(format!(
-                "work order {id} is {}, not open: it was decided before; reload it",
-                order.order.status
-            )));
+        if verb == Verb::Withdraw {
+            if let Withdrawal::NotApproved { status } =
+                cutoff::withdraw_approval(&s.db, id, who(&p), now, &note.note).await?
+            {
+                return Err(not_approved(id, status.unwrap_or(order.order.status)));
+            }
+        } else {
+            let approve = verb == Verb::Approve;
+            let done =
+                cutoff::decide_work_order(&s.db, id, approve, who(&p), now, &note.note).await?;
+            if !done {
+                return Err(ApiError::conflict(format!(
+                    "work order {id} is {}, not open: it was decided before; reload it",
+                    order.order.status
+                )));
+            }
         }
-        tracing::info!(user = %p.username, work_order = id, verb, "api: work order decided");
+        tracing::info!(user = %p.username, work_order = id, verb = verb.name(), "api: work order decided");
         let after = visible_order(&s, &p, Action::ReadWorkOrders, id).await?;
         Ok((StatusCode::OK, serde_json::to_value(after.order).expect("serialises")))
     })
     .await)
+}
+
+/// 409 `not-approved`: the approval of work order `id` cannot be withdrawn because the
+/// order is `status`; `details.status` carries it.
+fn not_approved(id: i64, status: String) -> ApiError {
+    let what = match status.as_str() {
+        "open" => "nobody approved it yet: hold it instead",
+        "done" => "it was executed: the trip was issued",
+        "held" => "it is held already: nobody is cut off on it",
+        "cancelled" => "it was cancelled: nobody is cut off on it",
+        _ => "reload it",
+    };
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "not-approved",
+        format!(
+            "work order {id} is {status}, not approved, so there is no approval to withdraw; {what}"
+        ),
+    )
+    .with_details(serde_json::json!({ "status": status }))
 }
 
 /// Approve an open disconnection work order (审批停电). Another person executes it.
@@ -154,7 +204,7 @@ pub async fn approve_work_order(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    decide(s, p, headers, body, id, true).await
+    decide(s, p, headers, body, id, Verb::Approve).await
 }
 
 /// Hold an open disconnection work order: nobody is cut off on it.
@@ -170,7 +220,32 @@ pub async fn hold_work_order(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    decide(s, p, headers, body, id, false).await
+    decide(s, p, headers, body, id, Verb::Hold).await
+}
+
+/// Withdraw the approval of a disconnection work order not executed yet: the order
+/// becomes `held` (nobody is cut off on it in this arrears episode), keeps its approver
+/// in `decided_by` and records `withdrawn_by`/`withdrawn_at`; the note is appended to
+/// the order's. Whoever may approve or hold the order may withdraw it, the approver
+/// included (no two-person rule: it is the safe direction). 409 `not-approved`, with
+/// `details.status`, when the order is open, held, cancelled or already executed
+/// (`done`); an execution racing with the withdrawal either finishes first (then this
+/// answers `not-approved` with `done`) or issues nothing.
+#[utoipa::path(post, path = "/work-orders/{work_order_id}/withdraw", tag = "work-orders",
+    params(("work_order_id" = i64, Path, description = "Work order id"),
+        ("Idempotency-Key" = String, Header, description = "Required; reuse it when you retry")),
+    request_body(content = DecisionNote, description = "Optional note: why the approval is withdrawn"),
+    responses((status = 200, body = WorkOrder, description = "withdrawn: the order is held"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "not-approved (details.status: the order's status), or conflict (not a disconnection order)")))]
+pub async fn withdraw_work_order(
+    State(s): St,
+    p: Principal,
+    ApiPath(id): ApiPath<i64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    decide(s, p, headers, body, id, Verb::Withdraw).await
 }
 
 /// What executing an order did.

@@ -59,6 +59,10 @@ pub struct Case {
     pub note: Option<String>,
     pub executed_by: Option<String>,
     pub executed_at: Option<String>,
+    /// Who withdrew the approval before it was executed, and when (the case is then
+    /// held; `cutoff::withdraw_approval`).
+    pub withdrawn_by: Option<String>,
+    pub withdrawn_at: Option<String>,
     pub decision_id: Option<i64>,
     /// The case's evidence as the cutoff stage recorded it (`cutoff::run`).
     pub evidence: serde_json::Value,
@@ -67,7 +71,8 @@ pub struct Case {
 const CASE_SELECT: &str =
     "SELECT w.work_order_id, w.account_id, c.name, a.county, a.station_id, w.status,
         a.balance_fen, a.relay_state, w.opened_at, w.decided_by, w.decided_at, w.note,
-        w.executed_by, w.executed_at, w.decision_id, w.evidence_json
+        w.executed_by, w.executed_at, w.decision_id, w.evidence_json, w.withdrawn_by,
+        w.withdrawn_at
     FROM work_orders w JOIN accounts a ON a.account_id = w.account_id
     JOIN customers c ON c.customer_id = a.customer_id";
 
@@ -89,6 +94,8 @@ fn case_from(r: &AnyRow) -> Result<Case, DbError> {
         executed_by: r.try_get(12)?,
         executed_at: r.try_get(13)?,
         decision_id: r.try_get(14)?,
+        withdrawn_by: r.try_get(16)?,
+        withdrawn_at: r.try_get(17)?,
         evidence: serde_json::from_str(&evidence).unwrap_or(serde_json::Value::Null),
     })
 }

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `GET /console/station` | station staff, operations, auditor | approval queue with evidence, follow-ups, relay commands, today's collection |
 //! | `GET /console/cases/{id}` | same | one disconnection case, its evidence in full |
-//! | `POST /console/cases/{id}/approve`, `…/hold`, `…/execute` | station staff, operations | decide; execute an approved case (never by its approver) |
+//! | `POST /console/cases/{id}/approve`, `…/hold`, `…/withdraw`, `…/execute` | station staff, operations | decide; withdraw an approval not yet executed (the approver too); execute an approved case (never by its approver) |
 //! | `POST /console/follow-ups/{id}/done` | station staff, operations | an offline follow-up done |
 //! | `GET /console/accounts`, `GET /console/accounts/{id}` | staff in scope; a customer their own | balance, usage chart, payments, decisions |
 //! | `POST /console/accounts/{id}/pay` | the account's customer | pay through the app channel |
@@ -137,9 +137,14 @@ fn case_view(c: &data::Case, p: &Principal) -> minijinja::Value {
         && c.decided_by.as_deref() != Some(p.username.as_str());
     let approved_by_me =
         c.status == "approved" && c.decided_by.as_deref() == Some(p.username.as_str());
+    // Withdrawing an approval is the safe direction: whoever may decide the case may,
+    // the approver included.
+    let may_withdraw =
+        c.status == "approved" && p.authorize(Action::DecideWorkOrders, scope).is_ok();
     context! {
         may_decide => may_decide,
         may_execute => may_execute,
+        may_withdraw => may_withdraw,
         approved_by_me => approved_by_me,
         ..minijinja::Value::from_serialize(c),
     }
@@ -222,8 +227,8 @@ struct NoteForm {
     note: String,
 }
 
-/// Approve, hold or execute a case. htmx gets the case's row back; a plain form POST
-/// goes back to the page it came from.
+/// Approve, hold, withdraw the approval of, or execute a case. htmx gets the case's row
+/// back; a plain form POST goes back to the page it came from.
 async fn case_action(
     State(state): State<ConsoleState>,
     req: Req,
@@ -233,11 +238,11 @@ async fn case_action(
 ) -> Response {
     let result = async {
         let needed = match action.as_str() {
-            "approve" | "hold" => Action::DecideWorkOrders,
+            "approve" | "hold" | "withdraw" => Action::DecideWorkOrders,
             "execute" => Action::ExecuteWorkOrders,
             other => {
                 return Err(ConsoleError::BadRequest(format!(
-                    "no action {other:?} on a case: use approve, hold or execute"
+                    "no action {other:?} on a case: use approve, hold, withdraw or execute"
                 )));
             }
         };
@@ -256,6 +261,19 @@ async fn case_action(
                 .await?;
                 if !done {
                     return Err(ConsoleError::Conflict(req.t("case.not_open")));
+                }
+            }
+            "withdraw" => {
+                let withdrawal = crate::cutoff::withdraw_approval(
+                    &state.db,
+                    id,
+                    &p.username,
+                    now,
+                    form.note.trim(),
+                )
+                .await?;
+                if withdrawal != crate::cutoff::Withdrawal::Withdrawn {
+                    return Err(ConsoleError::Conflict(req.t("case.not_withdrawable")));
                 }
             }
             _ => execute(&state, &req, &p, &case).await?,

@@ -281,6 +281,12 @@ impl PolicyEngine {
             .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
             .table_keep_resident(KEEP_RESIDENT_BYTES);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // For profiling only: `FEEGATE_WASM_PERFMAP=1` writes /tmp/perf-<pid>.map so that
+        // `perf report` names the compiled guest functions (build the component unstripped,
+        // `CARGO_PROFILE_PLUGIN_STRIP=false make plugins`, to keep their names).
+        if std::env::var_os("FEEGATE_WASM_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut linker = Linker::new(&engine);
         // Every WASI interface is linked, but the context built per store grants nothing

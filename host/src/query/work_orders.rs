@@ -39,14 +39,21 @@ pub struct WorkOrder {
     /// The policy decision that opened it, if one did.
     pub decision_id: Option<i64>,
     pub opened_at: String,
-    /// Who approved or held it, when, and why.
+    /// Who approved or held it, when, and why. A withdrawn approval keeps its approver
+    /// here.
     pub decided_by: Option<String>,
     pub decided_at: Option<String>,
+    /// The decision's note, followed by what happened since (`[approval withdrawn by
+    /// …]`, `[cancelled: …]`).
     pub note: Option<String>,
     /// Who executed an approved disconnection (`system` for the scheduled run); never
     /// the approver (the two-person rule).
     pub executed_by: Option<String>,
     pub executed_at: Option<String>,
+    /// Who withdrew the approval of a disconnection before it was executed, and when
+    /// (the order is then `held`; `cutoff::withdraw_approval`).
+    pub withdrawn_by: Option<String>,
+    pub withdrawn_at: Option<String>,
 }
 
 /// Filters of the work-order list, on top of the county and station.
@@ -61,7 +68,7 @@ pub struct WorkOrderFilter {
 const ORDER_SELECT: &str = "SELECT w.work_order_id, w.kind, w.account_id,
         COALESCE(a.county, (SELECT s.county FROM stations s WHERE s.station_id = w.station_id)) AS county,
         w.station_id, w.status, w.decision_id, w.opened_at, w.decided_by, w.decided_at, w.note,
-        w.executed_by, w.executed_at, w.evidence_json
+        w.executed_by, w.executed_at, w.withdrawn_by, w.withdrawn_at, w.evidence_json
     FROM work_orders w LEFT JOIN accounts a ON a.account_id = w.account_id";
 
 /// The county of a work order: its account's, else its station's.
@@ -83,6 +90,8 @@ fn order_from(r: &AnyRow) -> Result<WorkOrder, sqlx::Error> {
         note: r.try_get("note")?,
         executed_by: r.try_get("executed_by")?,
         executed_at: r.try_get("executed_at")?,
+        withdrawn_by: r.try_get("withdrawn_by")?,
+        withdrawn_at: r.try_get("withdrawn_at")?,
     })
 }
 
