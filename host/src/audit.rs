@@ -7,7 +7,7 @@
 //! at start), so re-running gives the same output — the same JSON, byte for byte.
 
 use crate::db::Db;
-use crate::decision_log::{ChainedRow, row_hash};
+use crate::decision_log::{self, ChainedRow, PARAMETERS_JOIN, row_hash};
 use crate::money::Fen;
 use crate::policy::bindings::{
     CutoffAction, CutoffInput, CutoffOutput, NoticeInput, NoticeOutput, ReconnectionInput,
@@ -80,7 +80,7 @@ const FILTER_SQL: &str =
 pub async fn log(db: &Db, f: &Filter) -> Result<Vec<LogLine>, AuditError> {
     let rows = sqlx::query(&format!(
         "SELECT decision_id, county, kind, account_id, business_date, decided_at, component_sha256, outcome,
-                reason_code, explanation, fuel_used
+                reason_code, explanation, fuel_used, output_json
          FROM decisions WHERE {FILTER_SQL} ORDER BY decision_id LIMIT $6"
     ))
     .bind(&f.county)
@@ -103,7 +103,10 @@ pub async fn log(db: &Db, f: &Filter) -> Result<Vec<LogLine>, AuditError> {
                 component_sha256: r.try_get(6)?,
                 outcome: r.try_get(7)?,
                 reason_code: r.try_get(8)?,
-                explanation: r.try_get(9)?,
+                explanation: decision_log::explanation(
+                    r.try_get(9)?,
+                    r.try_get::<Option<String>, _>(11)?.as_deref(),
+                ),
                 fuel_used: r.try_get(10)?,
             })
         })
@@ -162,7 +165,8 @@ pub async fn verify(db: &Db, expect_head: Option<&str>) -> Result<VerifyReport, 
     let mut conn = db.pool.acquire().await?;
     let mut stream = sqlx::query(
         "SELECT decision_id, county, kind, account_id, business_date, decided_at, component_sha256, input_json,
-                output_json, outcome, failure_json, reason_code, explanation, fuel_used, guest_output, prev_hash, row_hash
+                output_json, outcome, failure_json, reason_code, explanation, fuel_used, guest_output, prev_hash, row_hash,
+                parameters_sha256
          FROM decisions ORDER BY decision_id",
     )
     .fetch(&mut *conn);
@@ -197,6 +201,8 @@ pub async fn verify(db: &Db, expect_head: Option<&str>) -> Result<VerifyReport, 
             explanation: r.try_get(12)?,
             fuel_used: r.try_get(13)?,
             guest_output: r.try_get(14)?,
+            parameters_sha256: r.try_get(17)?,
+            parameters: None,
         };
         if stored_prev != prev {
             report.breaks.push(ChainBreak {
@@ -222,6 +228,8 @@ pub async fn verify(db: &Db, expect_head: Option<&str>) -> Result<VerifyReport, 
         report.rows += 1;
     }
     report.head_hash = prev;
+    drop(stream);
+    report.breaks.extend(parameter_breaks(&mut conn).await?);
     if !seen_expected {
         report.breaks.push(ChainBreak {
             decision_id: report.last_decision_id,
@@ -232,6 +240,49 @@ pub async fn verify(db: &Db, expect_head: Option<&str>) -> Result<VerifyReport, 
         });
     }
     Ok(report)
+}
+
+/// The decision log's parameters, stored once (migration 0017), checked: every
+/// `decision_parameters` row must hash to its key (the chain covers the key, this covers
+/// the text), and every key a decision names must be there. A bad parameters row is
+/// reported at the first decision that names it.
+async fn parameter_breaks(conn: &mut sqlx::AnyConnection) -> Result<Vec<ChainBreak>, AuditError> {
+    let rows = sqlx::query(
+        "SELECT dp.sha256, dp.parameters, (SELECT MIN(d.decision_id) FROM decisions d WHERE d.parameters_sha256 = dp.sha256)
+         FROM decision_parameters dp ORDER BY dp.sha256",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut breaks = Vec::new();
+    for r in &rows {
+        let sha: String = r.try_get(0)?;
+        let text: String = r.try_get(1)?;
+        if crate::policy::engine::sha256_hex(text.as_bytes()) != sha {
+            breaks.push(ChainBreak {
+                decision_id: r.try_get::<Option<i64>, _>(2)?.unwrap_or(0),
+                problem: format!(
+                    "the parameters {sha} its input refers to do not match their sha256: they were edited"
+                ),
+            });
+        }
+    }
+    let missing = sqlx::query(
+        "SELECT d.decision_id, d.parameters_sha256 FROM decisions d
+         LEFT JOIN decision_parameters dp ON dp.sha256 = d.parameters_sha256
+         WHERE d.parameters_sha256 IS NOT NULL AND dp.sha256 IS NULL ORDER BY d.decision_id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in &missing {
+        breaks.push(ChainBreak {
+            decision_id: r.try_get(0)?,
+            problem: format!(
+                "the parameters {} its input refers to are missing: they were removed",
+                r.try_get::<String, _>(1)?
+            ),
+        });
+    }
+    Ok(breaks)
 }
 
 /// A minimal `StreamExt::next` so the crate needs no futures dependency.
@@ -393,10 +444,41 @@ struct Recorded {
     fuel_used: i64,
 }
 
+impl Recorded {
+    /// Reads columns 0..=11 of a query shaped like [`recorded`]'s: the decision's
+    /// columns, then `d.parameters_sha256, dp.parameters` ([`PARAMETERS_JOIN`]).
+    fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, AuditError> {
+        let id: i64 = r.try_get(0)?;
+        let input_json = decision_log::recorded_input(
+            r.try_get(5)?,
+            r.try_get::<Option<String>, _>(10)?.as_deref(),
+            r.try_get::<Option<String>, _>(11)?.as_deref(),
+        )
+        .map_err(|detail| AuditError::BadRecord {
+            id,
+            what: "input",
+            detail,
+        })?;
+        Ok(Recorded {
+            id,
+            kind: r.try_get(1)?,
+            account_id: r.try_get(2)?,
+            business_date: r.try_get(3)?,
+            sha: r.try_get(4)?,
+            input_json,
+            outcome: r.try_get(6)?,
+            output_json: r.try_get(7)?,
+            failure_json: r.try_get(8)?,
+            fuel_used: r.try_get(9)?,
+        })
+    }
+}
+
 async fn recorded(db: &Db, f: &Filter, one: Option<i64>) -> Result<Vec<Recorded>, AuditError> {
     let sql = format!(
-        "SELECT decision_id, kind, account_id, business_date, component_sha256, input_json, outcome, output_json, failure_json, fuel_used
-         FROM decisions WHERE ($7 = 0 OR decision_id = $7) AND {FILTER_SQL} ORDER BY decision_id LIMIT $6"
+        "SELECT d.decision_id, d.kind, d.account_id, d.business_date, d.component_sha256, d.input_json, d.outcome, d.output_json,
+                d.failure_json, d.fuel_used, d.parameters_sha256, dp.parameters
+         FROM decisions d {PARAMETERS_JOIN} WHERE ($7 = 0 OR d.decision_id = $7) AND {FILTER_SQL} ORDER BY d.decision_id LIMIT $6"
     );
     let rows = sqlx::query(&sql)
         .bind(&f.county)
@@ -408,22 +490,7 @@ async fn recorded(db: &Db, f: &Filter, one: Option<i64>) -> Result<Vec<Recorded>
         .bind(one.unwrap_or(0))
         .fetch_all(&db.pool)
         .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Recorded {
-                id: r.try_get(0)?,
-                kind: r.try_get(1)?,
-                account_id: r.try_get(2)?,
-                business_date: r.try_get(3)?,
-                sha: r.try_get(4)?,
-                input_json: r.try_get(5)?,
-                outcome: r.try_get(6)?,
-                output_json: r.try_get(7)?,
-                failure_json: r.try_get(8)?,
-                fuel_used: r.try_get(9)?,
-            })
-        })
-        .collect()
+    rows.iter().map(Recorded::from_row).collect()
 }
 
 // ---------------------------------------------------------------------------------
@@ -762,11 +829,12 @@ pub async fn shadow_diff(
         })?;
     let mut report = DiffReport::new("shadow", county, kind, &p, from, to);
     let rows = sqlx::query(
-        "SELECT d.decision_id, d.kind, d.account_id, d.business_date, d.component_sha256, d.input_json, d.outcome,
-                d.output_json, d.failure_json, d.fuel_used, s.outcome, s.output_json, s.failure_json, s.fuel_used
-         FROM shadow_decisions s JOIN decisions d ON d.decision_id = s.decision_id
+        &format!("SELECT d.decision_id, d.kind, d.account_id, d.business_date, d.component_sha256, d.input_json, d.outcome,
+                d.output_json, d.failure_json, d.fuel_used, d.parameters_sha256, dp.parameters,
+                s.outcome, s.output_json, s.failure_json, s.fuel_used
+         FROM shadow_decisions s JOIN decisions d ON d.decision_id = s.decision_id {PARAMETERS_JOIN}
          WHERE s.county = $1 AND s.publication_id = $2 AND s.business_date >= $3 AND s.business_date <= $4
-         ORDER BY s.decision_id, s.shadow_event_id",
+         ORDER BY s.decision_id, s.shadow_event_id"),
     )
     .bind(county)
     .bind(p.publication_id)
@@ -775,23 +843,12 @@ pub async fn shadow_diff(
     .fetch_all(&db.pool)
     .await?;
     for row in &rows {
-        let r = Recorded {
-            id: row.try_get(0)?,
-            kind: row.try_get(1)?,
-            account_id: row.try_get(2)?,
-            business_date: row.try_get(3)?,
-            sha: row.try_get(4)?,
-            input_json: row.try_get(5)?,
-            outcome: row.try_get(6)?,
-            output_json: row.try_get(7)?,
-            failure_json: row.try_get(8)?,
-            fuel_used: row.try_get(9)?,
-        };
+        let r = Recorded::from_row(row)?;
         let shadow = Recorded {
-            outcome: row.try_get(10)?,
-            output_json: row.try_get(11)?,
-            failure_json: row.try_get(12)?,
-            fuel_used: row.try_get(13)?,
+            outcome: row.try_get(12)?,
+            output_json: row.try_get(13)?,
+            failure_json: row.try_get(14)?,
+            fuel_used: row.try_get(15)?,
             ..r.clone()
         };
         report.add(&r, &r.run()?, &shadow.run()?);

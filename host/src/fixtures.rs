@@ -9,7 +9,7 @@
 //!   "parameters": { "charge_rounding": "half-up", "steps": [ ... ] },
 //!   "cases": [
 //!     { "name": "all in step 1",
-//!       "input": { ...a tariff-input, as in the decision log's input_json... },
+//!       "input": { ...a tariff-input, as `GET /api/v1/decisions/{id}` shows a recorded one... },
 //!       "expect": { "charge_fen": 498 } }
 //!   ]
 //! }
@@ -17,6 +17,9 @@
 //!
 //! `kind` is a decision kind (`tariff`, `warning`, `notice`, `cutoff`, `reconnection`).
 //! `parameters` (optional) goes into every input that has no `parameters` of its own.
+//! (The `decisions` table keeps each parameters text apart since migration 0017, with
+//! `"parameters":""` in the stored `input_json`: copy inputs from the API or replay, which
+//! put them back, not from the table.)
 //! `expect` is matched as a subset: every key given must be equal in the output (objects
 //! recursively, arrays and scalars exactly); keys not given are not checked.
 //! `"expect": {"failure": "refused"}` expects the component to fail with that code.

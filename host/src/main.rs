@@ -513,7 +513,8 @@ enum BenchWhat {
         #[arg(long, default_value_t = 10_000)]
         accounts: usize,
         /// Database URL (default: fresh SQLite files in a temporary directory). A
-        /// PostgreSQL URL must name an empty database; the baseline then runs in
+        /// `sqlite://` URL names a new file, kept afterwards for inspection (the baseline
+        /// runs in a temporary one). A PostgreSQL URL must name an empty database; the baseline then runs in
         /// `<database>_baseline`, created beside it and dropped (needs CREATEDB).
         #[arg(long)]
         db: Option<String>,

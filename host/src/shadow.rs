@@ -55,7 +55,8 @@ pub struct Live<'a> {
     pub business_date: &'a str,
     /// County-local 'YYYY-MM-DD HH:MM:SS'.
     pub decided_at: &'a str,
-    /// The live input exactly as the decision log recorded it.
+    /// The live input as the decision log stored it (its parameters may be stored once
+    /// elsewhere, `"parameters":""` in their place: the shadow runs with its own).
     pub input_json: &'a str,
 }
 

@@ -661,6 +661,12 @@ async fn tamper(url: &str, sql: &str) {
     conn.execute("DROP TRIGGER decisions_no_delete")
         .await
         .unwrap();
+    conn.execute("DROP TRIGGER decision_parameters_no_update")
+        .await
+        .unwrap();
+    conn.execute("DROP TRIGGER decision_parameters_no_delete")
+        .await
+        .unwrap();
     conn.execute(sql).await.unwrap();
     conn.close().await.unwrap();
 }
@@ -678,6 +684,26 @@ async fn verify_detects_an_edited_a_removed_and_a_cut_off_decision() {
     assert_eq!(clean.unchained, 0);
     let head = clean.head_hash.clone();
     assert!(audit::verify(&db, Some(&head)).await.unwrap().ok());
+    // Every decision's parameters are stored once (migration 0017): a handful of texts
+    // (one per kind here) for all the rows, each row naming its own by sha256.
+    let (rows, with_sha, texts): (i64, i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(parameters_sha256), (SELECT COUNT(*) FROM decision_parameters) FROM decisions",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(with_sha, rows, "every policy input carries parameters");
+    assert!(
+        (1..=5).contains(&texts),
+        "{texts} parameters texts for {rows} rows"
+    );
+    for sql in [
+        "UPDATE decision_parameters SET parameters = '{}'",
+        "DELETE FROM decision_parameters",
+    ] {
+        let err = sqlx::query(sql).execute(&db.pool).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
     db.pool.close().await;
 
     let copy = |name: &str| {
@@ -710,6 +736,52 @@ async fn verify_detects_an_edited_a_removed_and_a_cut_off_decision() {
     assert_eq!(r.breaks.len(), 1, "{:?}", r.breaks);
     assert_eq!(r.breaks[0].decision_id, 8);
     assert!(r.breaks[0].problem.contains("removed"), "{:?}", r.breaks);
+
+    // Edited parameters: the chain covers their sha256, verify the text behind it; the
+    // break is reported at the first decision that uses them, and replaying it refuses.
+    let params = copy("params.db");
+    tamper(
+        &params,
+        "UPDATE decision_parameters SET parameters = replace(parameters, '0.4983', '0.9983')",
+    )
+    .await;
+    let db = Db::open(&params).await.unwrap();
+    let r = audit::verify(&db, None).await.unwrap();
+    assert_eq!(r.breaks.len(), 1, "{:?}", r.breaks);
+    assert!(r.breaks[0].problem.contains("edited"), "{:?}", r.breaks);
+    let first_tariff: i64 =
+        sqlx::query_scalar("SELECT MIN(decision_id) FROM decisions WHERE kind = 'tariff'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(r.breaks[0].decision_id, first_tariff);
+    let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
+    let err = audit::replay(&db, &engine, &Filter::default(), Some(first_tariff))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("do not match"), "{err}");
+    db.pool.close().await;
+
+    // Removed parameters: every decision that named them is reported.
+    let gone = copy("params_gone.db");
+    tamper(
+        &gone,
+        "DELETE FROM decision_parameters WHERE parameters LIKE '%0.4983%'",
+    )
+    .await;
+    let db = Db::open(&gone).await.unwrap();
+    let r = audit::verify(&db, None).await.unwrap();
+    let tariffs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM decisions WHERE kind = 'tariff'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(r.breaks.len() as i64, tariffs, "{:?}", r.breaks);
+    assert!(
+        r.breaks.iter().all(|b| b.problem.contains("missing")),
+        "{:?}",
+        r.breaks
+    );
+    db.pool.close().await;
 
     // Cut off the end: only the head recorded earlier shows it.
     let cut = copy("cut.db");

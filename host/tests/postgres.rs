@@ -48,6 +48,8 @@ async fn the_postgresql_ledger_and_decision_log_refuse_edits() {
         "DELETE FROM ledger_entries",
         "UPDATE decisions SET output_json = NULL",
         "DELETE FROM decisions",
+        "UPDATE decision_parameters SET parameters = '{}'",
+        "DELETE FROM decision_parameters",
     ] {
         let err = sqlx::query(sql).execute(&db.pool).await.unwrap_err();
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");

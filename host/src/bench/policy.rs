@@ -240,11 +240,23 @@ pub async fn policy(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         let c = engine.load(kind, &registry::component_bytes(&db, &sha).await?)?;
         let mut recorded = Vec::with_capacity(rows.len());
         for r in &rows {
-            let row = sqlx::query("SELECT input_json FROM decisions WHERE decision_id = $1")
-                .bind(r.decision_id)
-                .fetch_one(&db.pool)
-                .await?;
-            recorded.push(sqlx::Row::try_get::<String, _>(&row, 0)?);
+            let row = sqlx::query(&format!(
+                "SELECT d.input_json, d.parameters_sha256, dp.parameters FROM decisions d {}
+                 WHERE d.decision_id = $1",
+                crate::decision_log::PARAMETERS_JOIN
+            ))
+            .bind(r.decision_id)
+            .fetch_one(&db.pool)
+            .await?;
+            let get = |i| sqlx::Row::try_get::<Option<String>, _>(&row, i);
+            recorded.push(
+                crate::decision_log::recorded_input(
+                    sqlx::Row::try_get(&row, 0)?,
+                    get(1)?.as_deref(),
+                    get(2)?.as_deref(),
+                )
+                .map_err(|e| anyhow::anyhow!("decision {}: {e}", r.decision_id))?,
+            );
         }
         let (e, c) = (&*engine, &c);
         // One kind: its input type, the engine's fresh and batched calls, the native function.

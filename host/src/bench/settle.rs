@@ -280,7 +280,8 @@ fn peak_rss_mib() -> f64 {
 }
 
 /// Runs the bench. `db_url` none = fresh SQLite files in a temporary directory; a
-/// PostgreSQL URL must name an empty database.
+/// `sqlite://` URL names a new file that is kept afterwards (the baseline still runs in a
+/// temporary one); a PostgreSQL URL must name an empty database.
 pub async fn settle(
     n: usize,
     db_url: Option<&str>,
@@ -343,8 +344,14 @@ pub async fn settle(
     // batches them (one transaction and one `ledger::post_many` per BATCH_ACCOUNTS), so the
     // ratio shows what the decisions, the decision log and the settlement rows cost. On
     // PostgreSQL it runs in a second database, created beside the given one and dropped.
+    // A given SQLite database is kept for inspection; its baseline goes to the temporary
+    // directory.
     let (base_url, scratch) = match db_url {
         None => (url("baseline.db"), None),
+        Some(u) if u.starts_with("sqlite:") => (
+            format!("sqlite://{}", tmp.path().join("baseline.db").display()),
+            None,
+        ),
         Some(u) => {
             let scratch = ScratchPgDatabase::create(u, "baseline").await?;
             (scratch.url.clone(), Some(scratch))

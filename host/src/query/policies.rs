@@ -174,7 +174,7 @@ pub struct DecisionFilter {
 
 const DECISION_COLUMNS: &str =
     "d.decision_id, d.county, d.kind, d.account_id, d.business_date, d.decided_at,
-        d.component_sha256, d.outcome, d.reason_code, d.explanation, d.fuel_used";
+        d.component_sha256, d.outcome, d.reason_code, d.explanation, d.fuel_used, d.output_json";
 
 fn line_from(r: &AnyRow) -> Result<DecisionLine, sqlx::Error> {
     Ok(DecisionLine {
@@ -187,7 +187,10 @@ fn line_from(r: &AnyRow) -> Result<DecisionLine, sqlx::Error> {
         component_sha256: r.try_get("component_sha256")?,
         outcome: r.try_get("outcome")?,
         reason_code: r.try_get("reason_code")?,
-        explanation: r.try_get("explanation")?,
+        explanation: crate::decision_log::explanation(
+            r.try_get("explanation")?,
+            r.try_get::<Option<String>, _>("output_json")?.as_deref(),
+        ),
         fuel_used: r.try_get("fuel_used")?,
     })
 }
@@ -199,7 +202,21 @@ fn json_or_text(s: Option<String>) -> Option<serde_json::Value> {
 fn decision_from(r: &AnyRow) -> Result<Decision, sqlx::Error> {
     Ok(Decision {
         line: line_from(r)?,
-        input: json_or_text(r.try_get("input_json")?).unwrap_or_default(),
+        input: json_or_text(Some(
+            crate::decision_log::recorded_input(
+                r.try_get("input_json")?,
+                r.try_get::<Option<String>, _>("parameters_sha256")?
+                    .as_deref(),
+                r.try_get::<Option<String>, _>("parameters")?.as_deref(),
+            )
+            .map_err(|e| {
+                sqlx::Error::Protocol(format!(
+                    "decision {}: {e} (run `feegate audit verify`)",
+                    r.try_get::<i64, _>("decision_id").unwrap_or_default()
+                ))
+            })?,
+        ))
+        .unwrap_or_default(),
         output: json_or_text(r.try_get("output_json")?),
         failure: json_or_text(r.try_get("failure_json")?),
         guest_output: r.try_get("guest_output")?,
@@ -258,8 +275,10 @@ pub async fn decision(
     )
     .cond_int("d.decision_id = {}", Some(decision_id));
     let select = format!(
-        "SELECT {DECISION_COLUMNS}, d.input_json, d.output_json, d.failure_json, d.guest_output, d.row_hash
-         FROM decisions d LEFT JOIN accounts a ON a.account_id = d.account_id"
+        "SELECT {DECISION_COLUMNS}, d.input_json, d.failure_json, d.guest_output, d.row_hash,
+                d.parameters_sha256, dp.parameters
+         FROM decisions d LEFT JOIN accounts a ON a.account_id = d.account_id {}",
+        crate::decision_log::PARAMETERS_JOIN
     );
     fetch_one(db, &select, w, decision_from).await
 }

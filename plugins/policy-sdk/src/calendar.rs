@@ -77,6 +77,27 @@ impl CivilDate {
         self.day
     }
 
+    /// Append the date as ISO 8601 `YYYY-MM-DD`, exactly what `Display` prints, without
+    /// going through `core::fmt` (for explanations built in one `String`).
+    pub fn push_iso(self, out: &mut String) {
+        // Years are 1–9999, so the text is always 10 ASCII bytes.
+        let (year, month, day) = (self.year, self.month, self.day);
+        let digit = |n: u16| b'0' + (n % 10) as u8;
+        let text = [
+            digit(year / 1000),
+            digit(year / 100),
+            digit(year / 10),
+            digit(year),
+            b'-',
+            digit(u16::from(month) / 10),
+            digit(u16::from(month)),
+            b'-',
+            digit(u16::from(day) / 10),
+            digit(u16::from(day)),
+        ];
+        crate::text::push_ascii(out, &text);
+    }
+
     /// Days since 0001-01-01 (which is day 0, a Monday).
     pub fn day_number(self) -> i64 {
         let before_month: i64 = (1..self.month)
@@ -326,6 +347,21 @@ mod tests {
 
     fn date(y: u16, m: u8, d: u8) -> CivilDate {
         CivilDate::new(y, m, d).unwrap()
+    }
+
+    #[test]
+    fn push_iso_matches_display() {
+        for (y, m, d) in [
+            (1, 1, 1),
+            (999, 9, 9),
+            (2013, 12, 31),
+            (2014, 1, 2),
+            (9999, 12, 31),
+        ] {
+            let mut s = String::from("x");
+            date(y, m, d).push_iso(&mut s);
+            assert_eq!(s, format!("x{}", date(y, m, d)));
+        }
     }
 
     #[test]

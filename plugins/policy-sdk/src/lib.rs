@@ -6,11 +6,14 @@
 //! - [`PolicyError`]: the crate-side twin of the WIT `policy-error` record, with the stable
 //!   codes every component uses ([`codes`]);
 //! - [`decimal`]: exact conversion between the WIT `decimal { mantissa: s64, scale: u8 }`
-//!   record and [`rust_decimal::Decimal`], and fixed-point display;
+//!   record and [`rust_decimal::Decimal`], and fixed-point display (also appended in place
+//!   to a `String`, without `core::fmt`, for explanations built under fuel metering);
 //! - [`params`]: parsing the county parameters (canonical JSON) with decimals that arrive
 //!   as JSON strings (`"0.4983"`) or JSON integers (`2760`) — never through `f64`;
 //! - [`calendar`]: proleptic-Gregorian dates, ISO weekdays and local wall-clock windows,
-//!   computed from the input alone (no clock).
+//!   computed from the input alone (no clock);
+//! - [`text`]: integers appended to a `String` in place, the cheap way to build an
+//!   explanation.
 //!
 //! The crate is a library linked into each component, not a component itself. It must
 //! never pull in anything that imports `wasi:random`, `wasi:clocks` or `wasi:filesystem`
@@ -19,6 +22,7 @@
 pub mod calendar;
 pub mod decimal;
 pub mod params;
+pub mod text;
 
 pub use rust_decimal::Decimal;
 

@@ -27,10 +27,13 @@
 pub mod tariff;
 
 use feegate_policy_sdk::calendar::CivilDate;
-use feegate_policy_sdk::decimal::{at_least_dp, from_parts, to_parts};
+use feegate_policy_sdk::decimal::{
+    from_parts, push_at_least_dp, push_decimal, push_normalized_at_least_dp, to_parts,
+};
 use feegate_policy_sdk::params::ParsedOnce;
+use feegate_policy_sdk::text::{push_i64, push_u64};
 use feegate_policy_sdk::{Decimal, PolicyError as SdkError};
-use tariff::{Band, Cycle, Segment, StepPortion, Tariff};
+use tariff::{Band, Cycle, Segment, Tariff};
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -138,47 +141,92 @@ fn price_checked(input: &TariffInput) -> Result<TariffOutput, SdkError> {
     let segments = tariff::allocate(tariff.cycle, first, last, kwh, cycle_to_date)?;
     let split = segments.len() > 1;
 
+    // The explanation is built in one `String`, in reading order, without `format!`
+    // (see `feegate_policy_sdk::text`): it is most of the text a decision produces, and
+    // `core::fmt` was the largest single cost of a decision under fuel metering.
+    // Room for the heading, the total and a time-of-use note (~160 bytes), ~70 bytes per
+    // segment and ~60 per step line; a longer text just grows the string.
+    let mut text = String::with_capacity(160 + 70 * segments.len() + 60 * tariff.steps.len());
+    text.push_str(match tariff.cycle {
+        Cycle::CalendarYear => "Annual",
+        Cycle::CalendarMonth => "Monthly",
+    });
+    text.push_str(" step tariff, ");
+    first.push_iso(&mut text);
+    if first != last {
+        text.push_str("..");
+        last.push_iso(&mut text);
+        text.push_str(" (");
+        push_days(&mut text, first.days_until(last) + 1);
+        text.push(')');
+    }
+    text.push_str(": ");
+    push_at_least_dp(&mut text, kwh, 2);
+    text.push_str(" kWh");
+    if split {
+        text.push_str(" spread evenly per day across the cycle boundary");
+    }
+    text.push('.');
+
     let mut lines = Vec::new();
     let mut total = Decimal::ZERO;
-    let mut story = Vec::new();
     for segment in &segments {
+        text.push(' ');
+        describe_segment_head(&mut text, tariff.cycle, segment, split);
         let portions = tariff.step_portions(segment.cycle_to_date, segment.kwh);
-        for portion in &portions {
+        if portions.is_empty() {
+            text.push_str("nothing to price");
+        }
+        for (i, portion) in portions.iter().enumerate() {
             let amount = portion.checked_amount().ok_or_else(overflow)?;
             total = total.checked_add(amount).ok_or_else(overflow)?;
-            let item = if split {
-                format!(
-                    "step {} ({}..{})",
-                    portion.step, segment.first, segment.last
-                )
-            } else {
-                format!("step {}", portion.step)
-            };
+            let mut item = String::with_capacity(if split { 36 } else { 8 });
+            item.push_str("step ");
+            push_u64(&mut item, portion.step as u64);
+            if split {
+                item.push_str(" (");
+                segment.first.push_iso(&mut item);
+                item.push_str("..");
+                segment.last.push_iso(&mut item);
+                item.push(')');
+            }
             lines.push(ChargeLine {
                 item,
                 kwh: wit(portion.kwh, "charge-line kwh")?,
                 price: wit(portion.price, "charge-line price")?,
                 amount: wit(amount, "charge-line amount")?,
             });
+            // "<kWh> kWh at step <n> (<price> 元/kWh) = <amount> 元", "; "-separated.
+            if i > 0 {
+                text.push_str("; ");
+            }
+            push_at_least_dp(&mut text, portion.kwh, 2);
+            text.push_str(" kWh at step ");
+            push_u64(&mut text, portion.step as u64);
+            text.push_str(" (");
+            push_decimal(&mut text, portion.price);
+            text.push_str(" 元/kWh) = ");
+            push_normalized_at_least_dp(&mut text, amount, 2);
+            text.push_str(" 元");
         }
-        story.push(describe_segment(tariff.cycle, segment, &portions, split));
+        text.push('.');
     }
 
     // Time-of-use adders on top of the step price.
-    let mut tou_note = String::new();
     let mut adders_applied = false;
     if input.time_of_use_elected {
         if input.tou_split.is_empty() {
-            tou_note = " Time of use elected but no band split was reported: priced on the \
-                        steps alone."
-                .to_string();
+            text.push_str(
+                " Time of use elected but no band split was reported: priced on the \
+                 steps alone.",
+            );
         } else {
             let mut per_band = [Decimal::ZERO; 4];
             let mut split_sum = Decimal::ZERO;
             for usage in &input.tou_split {
                 let b = band(usage.band);
-                let what = format!("tou-split {} kwh", b.name());
-                let band_kwh = non_negative(dec(&usage.kwh, &what)?, &what)?;
+                let what = b.split_kwh_name();
+                let band_kwh = non_negative(dec(&usage.kwh, what)?, what)?;
                 per_band[b.index()] += band_kwh;
                 split_sum += band_kwh;
             }
@@ -188,40 +236,47 @@ fn price_checked(input: &TariffInput) -> Result<TariffOutput, SdkError> {
                     format!("the time-of-use split adds up to {split_sum} kWh, not {kwh} kWh"),
                 ));
             }
-            let mut parts = Vec::new();
+            // " Time-of-use adders: <band part>; <band part>."
+            text.push_str(" Time-of-use adders: ");
+            let mut first_part = true;
             for (b, band_kwh) in Band::ALL.into_iter().zip(per_band) {
-                let Some(add) = tariff.adder(b) else {
-                    if !band_kwh.is_zero() {
-                        parts.push(format!(
-                            "{} {} kWh has no adder",
-                            b.name(),
-                            at_least_dp(band_kwh, 2)
-                        ));
-                    }
-                    continue;
-                };
+                let add = tariff.adder(b);
                 if band_kwh.is_zero() {
                     continue;
                 }
+                if !first_part {
+                    text.push_str("; ");
+                }
+                first_part = false;
+                text.push_str(b.name());
+                text.push(' ');
+                push_at_least_dp(&mut text, band_kwh, 2);
+                let Some(add) = add else {
+                    text.push_str(" kWh has no adder");
+                    continue;
+                };
                 let amount = band_kwh.checked_mul(add).ok_or_else(overflow)?;
                 total = total.checked_add(amount).ok_or_else(overflow)?;
                 adders_applied = true;
+                let mut item = String::with_capacity(12);
+                item.push_str(b.name());
+                item.push_str(" adder");
                 lines.push(ChargeLine {
-                    item: format!("{} adder", b.name()),
+                    item,
                     kwh: wit(band_kwh, "charge-line kwh")?,
                     price: wit(add, "charge-line price")?,
                     amount: wit(amount, "charge-line amount")?,
                 });
-                parts.push(format!(
-                    "{} {} kWh × {}{} 元/kWh = {} 元",
-                    b.name(),
-                    at_least_dp(band_kwh, 2),
-                    if add.is_sign_negative() { "" } else { "+" },
-                    add,
-                    yuan(amount)
-                ));
+                text.push_str(" kWh × ");
+                if !add.is_sign_negative() {
+                    text.push('+');
+                }
+                push_decimal(&mut text, add);
+                text.push_str(" 元/kWh = ");
+                push_normalized_at_least_dp(&mut text, amount, 2);
+                text.push_str(" 元");
             }
-            tou_note = format!(" Time-of-use adders: {}.", parts.join("; "));
+            text.push('.');
         }
     }
 
@@ -232,29 +287,13 @@ fn price_checked(input: &TariffInput) -> Result<TariffOutput, SdkError> {
     }
     let charge_fen = tariff.rounding.to_fen(total)?;
 
-    let period = if first == last {
-        first.to_string()
-    } else {
-        format!("{first}..{last} ({})", days(first.days_until(last) + 1))
-    };
-    let kind = match tariff.cycle {
-        Cycle::CalendarYear => "Annual",
-        Cycle::CalendarMonth => "Monthly",
-    };
-    let explanation = format!(
-        "{kind} step tariff, {period}: {} kWh{}. {}{} Total {} 元, posted as {} fen ({}).",
-        at_least_dp(kwh, 2),
-        if split {
-            " spread evenly per day across the cycle boundary"
-        } else {
-            ""
-        },
-        story.join(" "),
-        tou_note,
-        yuan(total),
-        charge_fen,
-        tariff.rounding.name()
-    );
+    text.push_str(" Total ");
+    push_normalized_at_least_dp(&mut text, total, 2);
+    text.push_str(" 元, posted as ");
+    push_i64(&mut text, charge_fen);
+    text.push_str(" fen (");
+    text.push_str(tariff.rounding.name());
+    text.push_str(").");
 
     Ok(TariffOutput {
         lines,
@@ -265,73 +304,38 @@ fn price_checked(input: &TariffInput) -> Result<TariffOutput, SdkError> {
             REASON_STEP
         }
         .to_string(),
-        explanation,
+        explanation: text,
     })
 }
 
-/// An unrounded yuan amount for reading: no trailing zeros, at least 2 decimals.
-fn yuan(amount: Decimal) -> String {
-    at_least_dp(amount.normalize(), 2)
+/// Append `"1 day"` or `"<n> days"`.
+fn push_days(out: &mut String, n: i64) {
+    push_i64(out, n);
+    out.push_str(if n == 1 { " day" } else { " days" });
 }
 
-fn capitalised(text: &str) -> String {
-    let mut chars = text.chars();
-    chars
-        .next()
-        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
-        .unwrap_or_default()
-}
-
-fn days(n: i64) -> String {
-    if n == 1 {
-        "1 day".to_string()
-    } else {
-        format!("{n} days")
-    }
-}
-
-fn describe_segment(
-    cycle: Cycle,
-    segment: &Segment,
-    portions: &[StepPortion],
-    split: bool,
-) -> String {
-    let steps = if portions.is_empty() {
-        "nothing to price".to_string()
-    } else {
-        portions
-            .iter()
-            .map(|p| {
-                format!(
-                    "{} kWh at step {} ({} 元/kWh) = {} 元",
-                    at_least_dp(p.kwh, 2),
-                    p.step,
-                    p.price,
-                    yuan(p.amount())
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
+/// Append the part of a segment's story before its steps:
+/// `"<first>..<last> (<n> days, <kWh> kWh, <cycle>-to-date before it <kWh> kWh): "` for a
+/// period cut at a cycle boundary, `"<Cycle>-to-date before the period <kWh> kWh: "`
+/// otherwise. The caller appends the steps (or `"nothing to price"`) and the full stop.
+fn describe_segment_head(out: &mut String, cycle: Cycle, segment: &Segment, split: bool) {
     if split {
-        format!(
-            "{}..{} ({}, {} kWh, {} before it {} kWh): {}.",
-            segment.first,
-            segment.last,
-            days(segment.days),
-            at_least_dp(segment.kwh, 2),
-            cycle.to_date_name(),
-            at_least_dp(segment.cycle_to_date, 2),
-            steps
-        )
+        segment.first.push_iso(out);
+        out.push_str("..");
+        segment.last.push_iso(out);
+        out.push_str(" (");
+        push_days(out, segment.days);
+        out.push_str(", ");
+        push_at_least_dp(out, segment.kwh, 2);
+        out.push_str(" kWh, ");
+        out.push_str(cycle.to_date_name());
+        out.push_str(" before it ");
     } else {
-        format!(
-            "{} before the period {} kWh: {}.",
-            capitalised(cycle.to_date_name()),
-            at_least_dp(segment.cycle_to_date, 2),
-            steps
-        )
+        out.push_str(cycle.to_date_title());
+        out.push_str(" before the period ");
     }
+    push_at_least_dp(out, segment.cycle_to_date, 2);
+    out.push_str(if split { " kWh): " } else { " kWh: " });
 }
 
 /// The component: `feegate:policy/tariff@1.0.0#price`.

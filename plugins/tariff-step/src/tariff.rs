@@ -35,6 +35,14 @@ impl Cycle {
         }
     }
 
+    /// [`to_date_name`](Self::to_date_name) capitalised, to open a sentence.
+    pub fn to_date_title(self) -> &'static str {
+        match self {
+            Cycle::CalendarYear => "Year-to-date",
+            Cycle::CalendarMonth => "Month-to-date",
+        }
+    }
+
     /// The last day of the cycle that contains `date`.
     pub fn last_day(self, date: CivilDate) -> CivilDate {
         match self {
@@ -68,6 +76,17 @@ impl Band {
             Band::Peak => "peak",
             Band::Flat => "flat",
             Band::Valley => "valley",
+        }
+    }
+
+    /// How the band's kWh in the input's `tou-split` is named in error messages
+    /// (`"tou-split peak kwh"`).
+    pub fn split_kwh_name(self) -> &'static str {
+        match self {
+            Band::Sharp => "tou-split sharp kwh",
+            Band::Peak => "tou-split peak kwh",
+            Band::Flat => "tou-split flat kwh",
+            Band::Valley => "tou-split valley kwh",
         }
     }
 
