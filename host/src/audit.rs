@@ -247,19 +247,23 @@ pub async fn verify(db: &Db, expect_head: Option<&str>) -> Result<VerifyReport, 
 /// the text), and every key a decision names must be there. A bad parameters row is
 /// reported at the first decision that names it.
 async fn parameter_breaks(conn: &mut sqlx::AnyConnection) -> Result<Vec<ChainBreak>, AuditError> {
-    let rows = sqlx::query(
-        "SELECT dp.sha256, dp.parameters, (SELECT MIN(d.decision_id) FROM decisions d WHERE d.parameters_sha256 = dp.sha256)
-         FROM decision_parameters dp ORDER BY dp.sha256",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = sqlx::query("SELECT sha256, parameters FROM decision_parameters ORDER BY sha256")
+        .fetch_all(&mut *conn)
+        .await?;
     let mut breaks = Vec::new();
     for r in &rows {
         let sha: String = r.try_get(0)?;
         let text: String = r.try_get(1)?;
         if crate::policy::engine::sha256_hex(text.as_bytes()) != sha {
+            // Looked up only for a bad text (a scan: the column has no index).
+            let first: Option<i64> = sqlx::query_scalar(
+                "SELECT MIN(decision_id) FROM decisions WHERE parameters_sha256 = $1",
+            )
+            .bind(&sha)
+            .fetch_one(&mut *conn)
+            .await?;
             breaks.push(ChainBreak {
-                decision_id: r.try_get::<Option<i64>, _>(2)?.unwrap_or(0),
+                decision_id: first.unwrap_or(0),
                 problem: format!(
                     "the parameters {sha} its input refers to do not match their sha256: they were edited"
                 ),
