@@ -452,8 +452,9 @@ pub enum Executed {
 ///
 /// The order is read at the start, but an approval can be withdrawn
 /// ([`withdraw_approval`]) while the floor is checked and the trip command written. So
-/// every final transition (`done`, either `cancelled`) is conditional on the order
-/// still being `approved` at that update; when it no longer is, the transaction — the
+/// every final transition (`done`, either `cancelled`, and the "stays approved" of a
+/// temporary floor refusal) is conditional on the order still being `approved` at that
+/// update; when it no longer is, the transaction — the
 /// trip command with it — is rolled back and the answer is
 /// [`Executed::NotApproved`] with the status the order has then. On PostgreSQL (read
 /// committed) the conditional `UPDATE` re-reads the row as last committed, and waits for
@@ -534,6 +535,19 @@ pub async fn execute_one(
                         "UPDATE work_orders SET status = 'cancelled',
                                 note = COALESCE(note, '') || ' [cancelled: the safety floor never allows this trip]'
                          WHERE work_order_id = $1 AND status = 'approved'",
+                    )
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    if r.rows_affected() == 0 {
+                        return no_longer_approved(tx, id).await;
+                    }
+                } else {
+                    // "Stays approved" must be true when it is said: a no-op update that
+                    // matches only an approved order (and on PostgreSQL waits for a
+                    // withdrawal in progress and holds the row to commit).
+                    let r = sqlx::query(
+                        "UPDATE work_orders SET status = status WHERE work_order_id = $1 AND status = 'approved'",
                     )
                     .bind(id)
                     .execute(&mut *tx)

@@ -1146,6 +1146,72 @@ async fn a_withdrawal_landing_before_the_final_update_of_an_execution_trips_noth
     }
 }
 
+/// A withdrawal that lands while an execution meets a temporary floor refusal (18:00,
+/// the protected window): the execution does not answer "stays approved" for an order
+/// that no longer is; it answers `NotApproved` with the order's status. The withdrawal is
+/// simulated inside the execution's transaction, right after the refusal is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_landing_during_a_floor_refusal_is_not_answered_stays_approved() {
+    use feegate::cutoff::{Executed, decide_work_order, execute_one};
+    let test = "a_withdrawal_landing_during_a_floor_refusal_is_not_answered_stays_approved";
+    let Some(w) = World::start_for(test).await else {
+        return;
+    };
+    deliver_arrears_notice(&w).await;
+    let (_engine, county, host) = xianyou();
+    let o = w.order_open;
+    assert!(
+        decide_work_order(&w.db, o, true, "staff-bt", monday(10, 0), "called")
+            .await
+            .unwrap()
+    );
+    // Without the withdrawal the floor refuses for now and the order stays approved.
+    assert!(matches!(
+        execute_one(&w.db, &county, o, "staff-bt2", monday(19, 0), &host.relay)
+            .await
+            .unwrap(),
+        Executed::FloorRefused {
+            cancelled: false,
+            ..
+        }
+    ));
+    assert_eq!(order_row(&w, o).await.0, "approved");
+    let withdraw = format!(
+        "UPDATE work_orders SET status = 'held', withdrawn_by = 'staff-bt',
+                withdrawn_at = '2013-01-21 19:01:00' WHERE work_order_id = {o}"
+    );
+    let postgres = w._db.as_ref().is_some_and(|d| d.is_postgres());
+    let trigger = if postgres {
+        format!(
+            "CREATE FUNCTION test_withdrawn_after_refusal() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN {withdraw}; RETURN NEW; END $$;
+             CREATE TRIGGER test_withdrawn_after_refusal AFTER INSERT ON floor_refusals
+             FOR EACH ROW EXECUTE FUNCTION test_withdrawn_after_refusal();"
+        )
+    } else {
+        format!(
+            "CREATE TRIGGER test_withdrawn_after_refusal AFTER INSERT ON floor_refusals
+             BEGIN {withdraw}; END"
+        )
+    };
+    sqlx::Executor::execute(&w.db.pool, trigger.as_str())
+        .await
+        .unwrap();
+    let executed = execute_one(&w.db, &county, o, "staff-bt2", monday(19, 30), &host.relay)
+        .await
+        .unwrap();
+    assert_eq!(
+        executed,
+        Executed::NotApproved {
+            status: Some("held".into())
+        },
+        "the refusal's answer names the order's status as it is now"
+    );
+    assert_eq!(trips_of(&w, o).await, 0);
+    // The simulated withdrawal was part of the rolled-back transaction.
+    assert_eq!(order_row(&w, o).await.0, "approved");
+}
+
 /// `POST /work-orders/{id}/withdraw`: whoever may decide the order may withdraw its
 /// approval — the approver, another staff member of the station, operations — and the
 /// order is held with the withdrawal recorded; an order that is not approved is 409
