@@ -9,17 +9,16 @@
 //!   "parameters": { "charge_rounding": "half-up", "steps": [ ... ] },
 //!   "cases": [
 //!     { "name": "all in step 1",
-//!       "input": { ...a tariff-input, as `GET /api/v1/decisions/{id}` shows a recorded one... },
+//!       "input": { ...a tariff-input, as the decision log records one... },
 //!       "expect": { "charge_fen": 498 } }
 //!   ]
 //! }
 //! ```
 //!
 //! `kind` is a decision kind (`tariff`, `warning`, `notice`, `cutoff`, `reconnection`).
-//! `parameters` (optional) goes into every input that has no `parameters` of its own.
-//! (The `decisions` table keeps each parameters text apart since migration 0017, with
-//! `"parameters":""` in the stored `input_json`: copy inputs from the API or replay, which
-//! put them back, not from the table.)
+//! `parameters` (optional) goes into every input that has no `parameters` of its own,
+//! or an empty one — the form the `decisions` table stores an input in since migration
+//! 0017 (each parameters text kept apart), so an input copied from the table works too.
 //! `expect` is matched as a subset: every key given must be equal in the output (objects
 //! recursively, arrays and scalars exactly); keys not given are not checked.
 //! `"expect": {"failure": "refused"}` expects the component to fail with that code.
@@ -84,8 +83,10 @@ pub fn run(
     let mut results = Vec::with_capacity(f.cases.len());
     for case in f.cases {
         let mut input = case.input;
+        // An empty `parameters` is the decision log's stored form (migration 0017): an
+        // input copied from the table gets the file's parameters too.
         if let (Some(p), Some(obj)) = (&f.parameters, input.as_object_mut())
-            && !obj.contains_key("parameters")
+            && obj.get("parameters").is_none_or(|v| v == "")
         {
             obj.insert("parameters".into(), Value::String(p.to_string()));
         }

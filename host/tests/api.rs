@@ -844,6 +844,23 @@ fn monday(hh: u32, mm: u32) -> chrono::NaiveDateTime {
 }
 
 /// A1's arrears notice, delivered two days before [`monday`].
+/// The world's open disconnection order, its arrears notice delivered and approved by
+/// `staff-bt` on Monday 10:00, ready for another person to execute; with the county and
+/// host configuration to execute it with. Returns (county, host, work order id).
+async fn approved_by_staff_bt(
+    w: &World,
+) -> (feegate::county::County, feegate::config::HostConfig, i64) {
+    deliver_arrears_notice(w).await;
+    let (_engine, county, host) = xianyou();
+    let o = w.order_open;
+    assert!(
+        feegate::cutoff::decide_work_order(&w.db, o, true, "staff-bt", monday(10, 0), "called")
+            .await
+            .unwrap()
+    );
+    (county, host, o)
+}
+
 async fn deliver_arrears_notice(w: &World) {
     sqlx::query(
         "INSERT INTO sms_outbox (account_id, kind, dedup_key, mobile, body, status, created_at, sent_at, delivered_at)
@@ -1026,21 +1043,12 @@ async fn a_withdrawn_approval_is_held_and_never_tripped() {
 /// final update", rolled back with the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withdrawal_landing_before_the_final_update_of_an_execution_trips_nothing() {
-    use feegate::cutoff::{
-        Executed, Withdrawal, decide_work_order, execute_one, withdraw_approval,
-    };
+    use feegate::cutoff::{Executed, Withdrawal, execute_one, withdraw_approval};
     let test = "a_withdrawal_landing_before_the_final_update_of_an_execution_trips_nothing";
     let Some(w) = World::start_for(test).await else {
         return;
     };
-    deliver_arrears_notice(&w).await;
-    let (_engine, county, host) = xianyou();
-    let o = w.order_open;
-    assert!(
-        decide_work_order(&w.db, o, true, "staff-bt", monday(10, 0), "called")
-            .await
-            .unwrap()
-    );
+    let (county, host, o) = approved_by_staff_bt(&w).await;
     let postgres = w._db.as_ref().is_some_and(|d| d.is_postgres());
     let executed = if postgres {
         const LOCK: i64 = 4_216_001;
@@ -1152,19 +1160,12 @@ async fn a_withdrawal_landing_before_the_final_update_of_an_execution_trips_noth
 /// simulated inside the execution's transaction, right after the refusal is recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withdrawal_landing_during_a_floor_refusal_is_not_answered_stays_approved() {
-    use feegate::cutoff::{Executed, decide_work_order, execute_one};
+    use feegate::cutoff::{Executed, execute_one};
     let test = "a_withdrawal_landing_during_a_floor_refusal_is_not_answered_stays_approved";
     let Some(w) = World::start_for(test).await else {
         return;
     };
-    deliver_arrears_notice(&w).await;
-    let (_engine, county, host) = xianyou();
-    let o = w.order_open;
-    assert!(
-        decide_work_order(&w.db, o, true, "staff-bt", monday(10, 0), "called")
-            .await
-            .unwrap()
-    );
+    let (county, host, o) = approved_by_staff_bt(&w).await;
     // Without the withdrawal the floor refuses for now and the order stays approved.
     assert!(matches!(
         execute_one(&w.db, &county, o, "staff-bt2", monday(19, 0), &host.relay)

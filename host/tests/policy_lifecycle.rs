@@ -650,6 +650,15 @@ async fn every_recorded_decision_replays_bit_for_bit_including_failures() {
     assert!(err.to_string().contains("audit log"), "{err}");
 }
 
+/// A copy `name` of `dir`'s `county.db`, tampered with by `sql` ([`tamper`]), opened.
+async fn tampered_copy(dir: &std::path::Path, name: &str, sql: &str) -> Db {
+    let to = dir.join(name);
+    std::fs::copy(dir.join("county.db"), &to).unwrap();
+    let url = format!("sqlite://{}", to.display());
+    tamper(&url, sql).await;
+    Db::open(&url).await.unwrap()
+}
+
 /// Opens the SQLite file behind the host's back, drops the triggers and runs `sql`.
 async fn tamper(url: &str, sql: &str) {
     let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
@@ -706,20 +715,10 @@ async fn verify_detects_an_edited_a_removed_and_a_cut_off_decision() {
     }
     db.pool.close().await;
 
-    let copy = |name: &str| {
-        let to = dir.path().join(name);
-        std::fs::copy(dir.path().join("county.db"), &to).unwrap();
-        format!("sqlite://{}", to.display())
-    };
-
     // Edited: one charge made smaller.
-    let edited = copy("edited.db");
-    tamper(
-        &edited,
-        "UPDATE decisions SET output_json = replace(output_json, '\"charge_fen\":', '\"charge_fen\":1') WHERE decision_id = 5",
-    )
-    .await;
-    let db = Db::open(&edited).await.unwrap();
+    let smaller = "UPDATE decisions SET output_json = replace(output_json, '\"charge_fen\":', '\"charge_fen\":1')
+                   WHERE decision_id = 5";
+    let db = tampered_copy(dir.path(), "edited.db", smaller).await;
     let r = audit::verify(&db, None).await.unwrap();
     assert_eq!(r.breaks.len(), 1, "{:?}", r.breaks);
     assert_eq!(r.breaks[0].decision_id, 5);
@@ -729,9 +728,12 @@ async fn verify_detects_an_edited_a_removed_and_a_cut_off_decision() {
     // only a head hash kept elsewhere catches that, as for the cut-off end below.)
 
     // Removed: a row in the middle.
-    let removed = copy("removed.db");
-    tamper(&removed, "DELETE FROM decisions WHERE decision_id = 7").await;
-    let db = Db::open(&removed).await.unwrap();
+    let db = tampered_copy(
+        dir.path(),
+        "removed.db",
+        "DELETE FROM decisions WHERE decision_id = 7",
+    )
+    .await;
     let r = audit::verify(&db, None).await.unwrap();
     assert_eq!(r.breaks.len(), 1, "{:?}", r.breaks);
     assert_eq!(r.breaks[0].decision_id, 8);
@@ -739,13 +741,12 @@ async fn verify_detects_an_edited_a_removed_and_a_cut_off_decision() {
 
     // Edited parameters: the chain covers their sha256, verify the text behind it; the
     // break is reported at the first decision that uses them, and replaying it refuses.
-    let params = copy("params.db");
-    tamper(
-        &params,
+    let db = tampered_copy(
+        dir.path(),
+        "params.db",
         "UPDATE decision_parameters SET parameters = replace(parameters, '0.4983', '0.9983')",
     )
     .await;
-    let db = Db::open(&params).await.unwrap();
     let r = audit::verify(&db, None).await.unwrap();
     assert_eq!(r.breaks.len(), 1, "{:?}", r.breaks);
     assert!(r.breaks[0].problem.contains("edited"), "{:?}", r.breaks);
@@ -763,13 +764,12 @@ async fn verify_detects_an_edited_a_removed_and_a_cut_off_decision() {
     db.pool.close().await;
 
     // Removed parameters: every decision that named them is reported.
-    let gone = copy("params_gone.db");
-    tamper(
-        &gone,
+    let db = tampered_copy(
+        dir.path(),
+        "params_gone.db",
         "DELETE FROM decision_parameters WHERE parameters LIKE '%0.4983%'",
     )
     .await;
-    let db = Db::open(&gone).await.unwrap();
     let r = audit::verify(&db, None).await.unwrap();
     let tariffs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM decisions WHERE kind = 'tariff'")
         .fetch_one(&db.pool)
@@ -784,13 +784,12 @@ async fn verify_detects_an_edited_a_removed_and_a_cut_off_decision() {
     db.pool.close().await;
 
     // Cut off the end: only the head recorded earlier shows it.
-    let cut = copy("cut.db");
-    tamper(
-        &cut,
+    let db = tampered_copy(
+        dir.path(),
+        "cut.db",
         "DELETE FROM decisions WHERE decision_id = (SELECT MAX(decision_id) FROM decisions)",
     )
     .await;
-    let db = Db::open(&cut).await.unwrap();
     assert!(audit::verify(&db, None).await.unwrap().ok());
     let r = audit::verify(&db, Some(&head)).await.unwrap();
     assert!(!r.ok());
@@ -956,6 +955,15 @@ fn policy_test_runs_the_shipped_tariff_fixtures_and_catches_a_wrong_expectation(
         assert!(r.passed, "{}: {}", r.name, r.mismatch);
         assert!(r.fuel_used > 0);
     }
+    // Inputs as the decision log stores them (`"parameters": ""`, migration 0017) get the
+    // file's parameters as inputs without any do.
+    let mut stored: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for case in stored["cases"].as_array_mut().unwrap() {
+        case["input"]["parameters"] = "".into();
+    }
+    let results = feegate::fixtures::run(&engine, &c, &stored.to_string()).unwrap();
+    assert_eq!(results.len(), 4);
+    assert!(results.iter().all(|r| r.passed), "{results:?}");
     let wrong = text.replace("\"charge_fen\": 523", "\"charge_fen\": 524");
     assert_ne!(wrong, text);
     let results = feegate::fixtures::run(&engine, &c, &wrong).unwrap();
