@@ -234,7 +234,7 @@ pub async fn verify(db: &Db, expect_head: Option<&str>) -> Result<VerifyReport, 
         report.breaks.push(ChainBreak {
             decision_id: report.last_decision_id,
             problem: format!(
-                "the expected head {} is not in the log: rows were removed from the end",
+                "the expected head {} is not in the log: rows were removed from the end (or the hash was copied wrong: compare it with the head an earlier verify printed)",
                 expect_head.unwrap_or_default()
             ),
         });
@@ -608,6 +608,11 @@ pub struct DiffReport {
     pub warned: (u64, u64),
     /// Cutoff decisions that asked to disconnect or for approval to (recorded, candidate).
     pub disconnections: (u64, u64),
+    /// Tariff decisions whose charge is over the host's default charge ceiling
+    /// ([`crate::settlement::over_ceiling`] at [`crate::settlement::MAX_PRICE_YUAN_PER_KWH`]
+    /// yuan/kWh): settlement would hold those accounts instead of charging them
+    /// (recorded, candidate).
+    pub over_ceiling: (u64, u64),
 }
 
 impl DiffReport {
@@ -635,6 +640,7 @@ impl DiffReport {
             new_failures: 0,
             warned: (0, 0),
             disconnections: (0, 0),
+            over_ceiling: (0, 0),
         }
     }
 
@@ -647,6 +653,22 @@ impl DiffReport {
         self.disconnections.1 += u64::from(would_disconnect(after));
         self.warned.0 += u64::from(warned(before));
         self.warned.1 += u64::from(warned(after));
+        if let (Run::Tariff(b), Run::Tariff(a)) = (before, after)
+            && let Ok(input) = serde_json::from_str::<TariffInput>(&r.input_json)
+        {
+            let over = |run: &Invocation<TariffOutput>| {
+                run.outcome.as_ref().is_ok_and(|out| {
+                    crate::settlement::over_ceiling(
+                        &input,
+                        out,
+                        crate::settlement::MAX_PRICE_YUAN_PER_KWH,
+                    )
+                    .is_some()
+                })
+            };
+            self.over_ceiling.0 += u64::from(over(b));
+            self.over_ceiling.1 += u64::from(over(a));
+        }
         if before.failure().is_none() && after.failure().is_some() {
             self.new_failures += 1;
         }
@@ -672,6 +694,12 @@ impl DiffReport {
     /// The candidate would disconnect (or ask to disconnect) more customers.
     pub fn disconnects_more(&self) -> bool {
         self.disconnections.1 > self.disconnections.0
+    }
+
+    /// The candidate would charge more accounts above the host's charge ceiling than the
+    /// recorded decisions did (settlement would hold them).
+    pub fn over_ceiling_more(&self) -> bool {
+        self.over_ceiling.1 > self.over_ceiling.0
     }
 }
 

@@ -223,8 +223,8 @@ pub enum PolicyCommand {
         /// Report the latest shadow's recorded outputs against the live decisions.
         #[arg(long)]
         shadow: bool,
-        /// Days of recorded decisions, ending at --until.
-        #[arg(long, default_value_t = 30)]
+        /// Days of recorded decisions, ending at --until (1..=3660).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3660))]
         days: u32,
         /// Last business date (default: the latest in the log for this county and kind).
         #[arg(long)]
@@ -456,14 +456,23 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
             "  cargo build --manifest-path {}/Cargo.toml --target wasm32-wasip2 --profile {profile}{hint}",
             s.dir.display()
         );
+        // Workspace members build into the workspace's target directory.
+        let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
         println!(
-            "  feegate policy test $CARGO_TARGET_DIR/wasm32-wasip2/{profile}/{} --fixtures {}/fixtures/example.json",
+            "  feegate policy test {target}/wasm32-wasip2/{profile}/{} --fixtures {}/fixtures/example.json",
             s.component_file,
             s.dir.display()
         );
         return Ok(true);
     }
-    let db = Db::open(&args.db.db).await?;
+    // Commands that only read never create a database (a mistyped path is an error).
+    let db = match &args.command {
+        PolicyCommand::List { .. }
+        | PolicyCommand::Show { .. }
+        | PolicyCommand::History { .. }
+        | PolicyCommand::Diff { .. } => Db::open_existing(&args.db.db).await?,
+        _ => Db::open(&args.db.db).await?,
+    };
     match args.command {
         PolicyCommand::Key { .. }
         | PolicyCommand::Sign { .. }
@@ -478,6 +487,10 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
                 who,
                 by,
             } => {
+                anyhow::ensure!(
+                    !county.trim().is_empty() && !who.trim().is_empty(),
+                    "--county and --who must name a county and the key's holder"
+                );
                 let vk = registry::read_public_key(&key)?;
                 let by = WhoArg { who: by }.resolve()?;
                 let k = registry::trust_key(&db, &county, &vk, &who, &by, now).await?;
@@ -754,11 +767,24 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
             } else {
                 print_diff(&r, show);
             }
+            let mut review = true;
             if r.disconnects_more() {
                 eprintln!(
                     "error: the candidate would disconnect MORE customers ({} vs {}); do not activate it without a person's review",
                     r.disconnections.1, r.disconnections.0
                 );
+                review = false;
+            }
+            if r.over_ceiling_more() {
+                eprintln!(
+                    "error: the candidate would charge {} decisions above the host's ceiling of {} yuan/kWh (recorded: {}); settlement would hold those accounts; do not activate it",
+                    r.over_ceiling.1,
+                    crate::settlement::MAX_PRICE_YUAN_PER_KWH,
+                    r.over_ceiling.0
+                );
+                review = false;
+            }
+            if !review {
                 return Ok(false);
             }
         }
@@ -768,15 +794,16 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
 
 fn policy_test(component: &Path, fixtures: &Path, json: bool) -> anyhow::Result<bool> {
     let text = read_text(fixtures)?;
-    let log_kind = crate::fixtures::kind_of(&text).map_err(anyhow::Error::msg)?;
+    let named = |e: String| anyhow::anyhow!("{}: {e}", fixtures.display());
+    let log_kind = crate::fixtures::kind_of(&text).map_err(named)?;
     let kind = audit::component_kind(&log_kind)
         .with_context(|| format!("fixture kind {log_kind:?} is not a policy kind"))?;
     let engine = engine()?;
     let c = engine
         .load(kind, &read(component)?)
         .with_context(|| format!("{} refused", component.display()))?;
-    let results = tokio::task::block_in_place(|| crate::fixtures::run(&engine, &c, &text))
-        .map_err(anyhow::Error::msg)?;
+    let results =
+        tokio::task::block_in_place(|| crate::fixtures::run(&engine, &c, &text)).map_err(named)?;
     let failed = results.iter().filter(|r| !r.passed).count();
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
@@ -968,11 +995,23 @@ fn print_diff(r: &audit::DiffReport, show: usize) {
         println!("  !!  (the host safety floor still applies to every one of them)");
         println!("  !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
     }
+    if r.over_ceiling_more() {
+        println!();
+        println!("  !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+        println!(
+            "  !!  THE CANDIDATE WOULD CHARGE ABOVE THE HOST'S CEILING ({} yuan/kWh): {} decisions instead of {}",
+            crate::settlement::MAX_PRICE_YUAN_PER_KWH,
+            r.over_ceiling.1,
+            r.over_ceiling.0
+        );
+        println!("  !!  (settlement would hold those accounts and charge them nothing)");
+        println!("  !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+    }
 }
 
 /// Runs a `feegate audit …` command; `Ok(false)`: a check failed (exit non-zero).
 pub async fn run_audit(args: AuditArgs) -> anyhow::Result<bool> {
-    let db = Db::open(&args.db.db).await?;
+    let db = Db::open_existing(&args.db.db).await?;
     match args.command {
         AuditCommand::Log { filter, json } => {
             let lines = audit::log(&db, &filter.filter()).await?;
@@ -998,6 +1037,14 @@ pub async fn run_audit(args: AuditArgs) -> anyhow::Result<bool> {
             Ok(true)
         }
         AuditCommand::Verify { expect_head, json } => {
+            if let Some(h) = &expect_head {
+                anyhow::ensure!(
+                    h.len() == 64
+                        && h.bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                    "--expect-head {h:?} is not a head hash: give the 64 lowercase hex digits an earlier `audit verify` printed"
+                );
+            }
             let r = audit::verify(&db, expect_head.as_deref()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);

@@ -6,7 +6,7 @@
 //! attempt, never as a 0 kWh reading.
 
 use crate::db::{Db, DbError, ds, ts};
-use crate::money::kwh_to_centi_kwh;
+use crate::money::register_centi_kwh;
 use chrono::{NaiveDate, NaiveDateTime};
 use feegate_meter::client::RtuAddress;
 use feegate_meter::dlt645::Address;
@@ -248,20 +248,28 @@ pub async fn collect_daily(
             joined.map_err(|e| DbError::Corrupt(format!("collection task panicked: {e}")))?;
         report.attempted += 1;
         let (outcome, detail) = match result {
-            Ok(frozen) if frozen.date == date => {
-                sqlx::query(
-                    "INSERT INTO readings (meter_id, reading_date, register_centi_kwh, source, collected_at)
-                     VALUES ($1, $2, $3, 'daily-frozen', $4) ON CONFLICT (meter_id, reading_date) DO NOTHING",
-                )
-                .bind(&m.meter_id)
-                .bind(ds(date))
-                .bind(kwh_to_centi_kwh(frozen.energy_kwh))
-                .bind(ts(now))
-                .execute(&mut *tx)
-                .await?;
-                report.read_ok += 1;
-                ("ok", None)
-            }
+            // A frozen value outside the register range (0 to 999999.99 kWh, 0.01 kWh
+            // resolution) is a bad value for that meter, never stored clamped.
+            Ok(frozen) if frozen.date == date => match register_centi_kwh(frozen.energy_kwh) {
+                Ok(centi) => {
+                    sqlx::query(
+                        "INSERT INTO readings (meter_id, reading_date, register_centi_kwh, source, collected_at)
+                         VALUES ($1, $2, $3, 'daily-frozen', $4) ON CONFLICT (meter_id, reading_date) DO NOTHING",
+                    )
+                    .bind(&m.meter_id)
+                    .bind(ds(date))
+                    .bind(centi)
+                    .bind(ts(now))
+                    .execute(&mut *tx)
+                    .await?;
+                    report.read_ok += 1;
+                    ("ok", None)
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    ("bad-value", Some(format!("frozen register: {e}")))
+                }
+            },
             Ok(frozen) => {
                 report.failed += 1;
                 (

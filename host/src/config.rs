@@ -79,6 +79,13 @@ pub struct SettlementConfig {
     /// batch_accounts`, 1..=10,000. Smaller batches commit more often (a crash loses
     /// less work in flight), larger ones amortise more.
     pub batch_accounts: usize,
+    /// The host's charge ceiling, yuan per kWh: a tariff decision that charges more than
+    /// the period's kWh × this (rounded up to the fen) is not posted; the account is held
+    /// and shows in `feegate holds list` ([`crate::settlement::over_ceiling`]). Central
+    /// operations' guard against a county's component or parameters gone wrong, as the
+    /// safety floor is for trips. Default [`crate::settlement::MAX_PRICE_YUAN_PER_KWH`]
+    /// (5 yuan/kWh); `feegate.toml` `[settlement] max_price_yuan_per_kwh`.
+    pub max_price_yuan_per_kwh: rust_decimal::Decimal,
 }
 
 impl Default for SettlementConfig {
@@ -88,6 +95,7 @@ impl Default for SettlementConfig {
             register_max_centi_kwh: 99_999_999,
             history_days: 30,
             batch_accounts: crate::settlement::BATCH_ACCOUNTS,
+            max_price_yuan_per_kwh: crate::settlement::MAX_PRICE_YUAN_PER_KWH,
         }
     }
 }

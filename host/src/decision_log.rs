@@ -9,8 +9,11 @@
 //! The chain is appended under the writer's transaction. SQLite has a single writer. On
 //! PostgreSQL [`record`] first takes the transaction-scoped advisory lock
 //! [`CHAIN_LOCK`], held to commit, so appends from several tasks or several hosts
-//! queue instead of forking the chain; a unique index on `prev_hash` (migration 0011)
-//! makes a fork impossible even for a writer that skipped the lock (its insert fails).
+//! queue instead of forking the chain. A row's `decision_id` is its position in the
+//! chain (since migration 0018: [`append`] gives each row the id after the tail), so a
+//! writer that skipped the lock and read the same tail computes the same id and its
+//! insert fails on the primary key: a fork is impossible (until migration 0018 a unique
+//! index on `prev_hash` did this, at the price of a random-key B-tree insert per row).
 //! Callers must call [`record`] inside a transaction.
 //!
 //! **Parameters stored once** (migration 0017). Every input carries the county's
@@ -296,13 +299,19 @@ pub const PARAMETERS_JOIN: &str =
     "LEFT JOIN decision_parameters dp ON dp.sha256 = d.parameters_sha256";
 
 /// Columns of one `decisions` row as [`append`] inserts them.
-const DECISION_COLUMNS: usize = 17;
+const DECISION_COLUMNS: usize = 18;
 
 /// Appends `rows` to the chain in their order and returns their decision ids in the same
 /// order. Must run inside the caller's transaction: on PostgreSQL it takes [`CHAIN_LOCK`]
-/// (held to commit), reads the chain's tail once, hashes the rows in memory and inserts
-/// them with multi-row `INSERT`s ([`crate::db::Placeholders`]), so a batch of a thousand
-/// decisions costs a few statements instead of three thousand.
+/// (held to commit), reads the chain's tail once (its id and hash), hashes the rows in
+/// memory and inserts them with multi-row `INSERT`s ([`crate::db::Placeholders`]), so a
+/// batch of a thousand decisions costs a few statements instead of three thousand. The
+/// rows take the ids that follow the tail's, in order (the chain position, see the module
+/// doc).
+///
+/// # Errors
+/// The database's; a unique violation on `decisions`' primary key means another writer
+/// appended from the same tail without the lock — nothing of this batch is written.
 pub async fn append(
     conn: &mut AnyConnection,
     rows: &[ChainedRow],
@@ -316,14 +325,16 @@ pub async fn append(
             .execute(&mut *conn)
             .await?;
     }
-    let mut prev_hash: String = sqlx::query(
-        "SELECT row_hash FROM decisions WHERE row_hash IS NOT NULL ORDER BY decision_id DESC LIMIT 1",
+    // The tail: the last id (the next row's position follows it) and the last hash
+    // (chained rows end the log; rows from before migration 0002 have none).
+    let tail = sqlx::query(
+        "SELECT (SELECT MAX(decision_id) FROM decisions),
+                (SELECT row_hash FROM decisions WHERE row_hash IS NOT NULL ORDER BY decision_id DESC LIMIT 1)",
     )
-    .fetch_optional(&mut *conn)
-    .await?
-    .map(|row| row.try_get::<String, _>(0))
-    .transpose()?
-    .unwrap_or_default();
+    .fetch_one(&mut *conn)
+    .await?;
+    let mut next_id = tail.try_get::<Option<i64>, _>(0)?.unwrap_or(0) + 1;
+    let mut prev_hash = tail.try_get::<Option<String>, _>(1)?.unwrap_or_default();
     let style = crate::db::Placeholders::of(conn);
     // The distinct parameters texts first (usually one per batch); a text already
     // stored is left as it is (content-addressed).
@@ -346,21 +357,18 @@ pub async fn append(
     }
     let mut ids = Vec::with_capacity(rows.len());
     for part in rows.chunks(crate::db::rows_per_statement(DECISION_COLUMNS)) {
-        let mut chained = Vec::with_capacity(part.len());
-        for row in part {
-            let hash = row_hash(row, &prev_hash);
-            chained.push((row, std::mem::replace(&mut prev_hash, hash.clone()), hash));
-        }
         let sql = format!(
-            "INSERT INTO decisions (county, kind, account_id, business_date, decided_at, component_sha256, input_json, output_json,
-                                    outcome, failure_json, reason_code, explanation, fuel_used, guest_output, parameters_sha256,
-                                    prev_hash, row_hash)
-             VALUES {} RETURNING decision_id, row_hash",
+            "INSERT INTO decisions (decision_id, county, kind, account_id, business_date, decided_at, component_sha256, input_json,
+                                    output_json, outcome, failure_json, reason_code, explanation, fuel_used, guest_output,
+                                    parameters_sha256, prev_hash, row_hash)
+             VALUES {}",
             style.values(part.len(), DECISION_COLUMNS)
         );
         let mut q = sqlx::query(&sql);
-        for (row, prev, hash) in &chained {
+        for row in part {
+            let hash = row_hash(row, &prev_hash);
             q = q
+                .bind(next_id)
                 .bind(row.county.as_str())
                 .bind(row.kind.as_str())
                 .bind(row.account_id.as_str())
@@ -376,19 +384,12 @@ pub async fn append(
                 .bind(row.fuel_used)
                 .bind(row.guest_output.as_str())
                 .bind(row.parameters_sha256.as_deref())
-                .bind(prev.as_str())
-                .bind(hash.as_str());
+                .bind(std::mem::replace(&mut prev_hash, hash.clone()))
+                .bind(hash);
+            ids.push(next_id);
+            next_id += 1;
         }
-        // RETURNING does not promise the VALUES order: match the ids by row hash.
-        let mut by_hash = std::collections::HashMap::with_capacity(part.len());
-        for r in q.fetch_all(&mut *conn).await? {
-            by_hash.insert(r.try_get::<String, _>(1)?, r.try_get::<i64, _>(0)?);
-        }
-        for (_, _, hash) in &chained {
-            ids.push(*by_hash.get(hash).ok_or_else(|| {
-                sqlx::Error::Protocol(format!("decision {hash} was inserted but not returned"))
-            })?);
-        }
+        q.execute(&mut *conn).await?;
     }
     Ok(ids)
 }
@@ -458,8 +459,28 @@ pub async fn hold(
 
 /// A failure's description for a hold reason.
 pub fn hold_reason(f: &PolicyFailure) -> String {
-    format!("policy {}: {f}", f.code())
+    let text = match f {
+        // Its message already starts "policy refused: ".
+        PolicyFailure::Refused { .. } => f.to_string(),
+        _ => format!("policy {}: {f}", f.code()),
+    };
+    // One line of at most HOLD_REASON_CHARS characters: a trap's detail carries the Wasm
+    // backtrace, which would spread one hold over many lines of `holds list`; the
+    // decision's failure in the log keeps it whole.
+    let one_line = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    match one_line.char_indices().nth(HOLD_REASON_CHARS) {
+        Some((cut, _)) => format!("{}… (whole in the decision log)", &one_line[..cut]),
+        None => one_line,
+    }
 }
+
+/// Longest hold reason [`hold_reason`] writes, in characters.
+pub const HOLD_REASON_CHARS: usize = 400;
 
 /// Releases an account's open holds at `stage` after a person has looked at them
 /// (e.g. a bad reading corrected, a meter replacement recorded). Returns how many were
@@ -486,6 +507,35 @@ mod tests {
     use super::*;
     use crate::policy::bindings::{CustomerClass, Date, Decimal};
     use proptest::prelude::*;
+
+    #[test]
+    fn a_hold_reason_is_one_line_said_once() {
+        let refused = PolicyFailure::Refused {
+            code: "bad-parameters".into(),
+            message: "missing field cycle".into(),
+        };
+        assert_eq!(
+            hold_reason(&refused),
+            "policy refused: bad-parameters: missing field cycle"
+        );
+        let trap = PolicyFailure::Trap {
+            detail: "error while executing at wasm backtrace:\n    0: 0x1 - f\n\n    1: 0x2 - g"
+                .into(),
+        };
+        assert_eq!(
+            hold_reason(&trap),
+            "policy trap: trapped: error while executing at wasm backtrace: | 0: 0x1 - f | 1: 0x2 - g"
+        );
+        let long = PolicyFailure::Trap {
+            detail: "x".repeat(5_000),
+        };
+        let r = hold_reason(&long);
+        assert!(r.ends_with("… (whole in the decision log)"), "{r}");
+        assert_eq!(
+            r.chars().count(),
+            HOLD_REASON_CHARS + "… (whole in the decision log)".chars().count()
+        );
+    }
 
     fn tariff_input(parameters: &str) -> TariffInput {
         let d = |mantissa, scale| Decimal { mantissa, scale };

@@ -57,8 +57,20 @@ pub struct CaseResult {
 
 /// The decision kind a fixture file is for (to check it against the component).
 pub fn kind_of(text: &str) -> Result<String, String> {
+    Ok(parse(text)?.kind)
+}
+
+/// Reads a fixture file; one without cases is refused (a file that tests nothing must
+/// not pass).
+fn parse(text: &str) -> Result<FixtureFile, String> {
     let f: FixtureFile = serde_json::from_str(text).map_err(|e| format!("fixture file: {e}"))?;
-    Ok(f.kind)
+    if f.cases.is_empty() {
+        return Err(
+            "fixture file: \"cases\" is empty; a fixture file needs at least one case (input and expect)"
+                .into(),
+        );
+    }
+    Ok(f)
 }
 
 /// Where `actual` differs from the subset `expected` (`None`: it matches).
@@ -79,7 +91,7 @@ pub fn run(
     c: &LoadedComponent,
     text: &str,
 ) -> Result<Vec<CaseResult>, String> {
-    let f: FixtureFile = serde_json::from_str(text).map_err(|e| format!("fixture file: {e}"))?;
+    let f = parse(text)?;
     let mut results = Vec::with_capacity(f.cases.len());
     for case in f.cases {
         let mut input = case.input;
@@ -114,6 +126,17 @@ pub fn run(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_fixture_file_without_cases_is_refused() {
+        let e = kind_of(r#"{"kind": "tariff", "cases": []}"#).unwrap_err();
+        assert!(e.contains("\"cases\" is empty"), "{e}");
+        assert_eq!(
+            kind_of(r#"{"kind": "tariff", "cases": [{"name": "a", "input": {}, "expect": {}}]}"#)
+                .as_deref(),
+            Ok("tariff")
+        );
+    }
 
     #[test]
     fn expected_keys_must_match_and_others_are_ignored() {

@@ -436,6 +436,33 @@ impl Host {
         Ok((executed, Some(report)))
     }
 
+    /// Completes a call-before-reconnection work order as `who` after they called the
+    /// customer ([`payment::complete_call_first`]), then issues and verifies its
+    /// direct-close command at once, like a payment's reconnection. Returns what the
+    /// completion did and, when a command was issued, its report.
+    pub async fn complete_call_first(
+        &self,
+        work_order_id: i64,
+        who: &str,
+        note: &str,
+    ) -> Result<(payment::CallFirstCompletion, Option<RelayReport>), JobError> {
+        let now = self.clock.now();
+        let done = payment::complete_call_first(
+            &self.db,
+            work_order_id,
+            who,
+            note,
+            now,
+            &self.config.relay,
+        )
+        .await?;
+        let payment::CallFirstCompletion::Reconnecting { command_id } = done else {
+            return Ok((done, None));
+        };
+        let report = self.drive_one(command_id, now).await?;
+        Ok((done, Some(report)))
+    }
+
     /// Tells customers what their relay commands did (SMS via the outbox) and opens a
     /// work order for each failed reconnection.
     async fn announce_relay_events(

@@ -76,6 +76,12 @@ enum Command {
         #[command(subcommand)]
         cmd: FollowUpCmd,
     },
+    /// Call-before-reconnection orders (复电前电话联系): after calling the customer,
+    /// record one as done, which reconnects (a direct-close relay command).
+    CallFirst {
+        #[command(subcommand)]
+        cmd: CallFirstCmd,
+    },
     /// SMS field tools: segment counting.
     Sms {
         #[command(subcommand)]
@@ -159,6 +165,10 @@ enum Command {
         /// Channel name as in the channel config, e.g. bank-transfer.
         #[arg(long)]
         channel: String,
+        /// The channels file (`feegate serve`'s `[channels] config`); an unknown --channel
+        /// is refused before anything is read or written. Secrets in it are not needed.
+        #[arg(long, env = "FEEGATE_CHANNELS__CONFIG")]
+        channels: PathBuf,
         /// Statement CSV: txn_id,type,account_id,amount,currency (header row required).
         #[arg(long)]
         statement: PathBuf,
@@ -761,11 +771,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Collection {
             cmd: CollectionCmd::Import { file, db },
         } => {
-            let db = feegate::db::Db::open(&db).await?;
             let rows = feegate::readings::read_file(&file)?;
-            let now = chrono::Local::now().naive_local();
-            let r = feegate::readings::import_readings(&db, &rows, now).await?;
+            anyhow::ensure!(
+                !rows.is_empty(),
+                "{}: no readings in the file (expected a header meter_id,reading_date,register_kwh and at least one row, or a JSON array of such objects); nothing imported",
+                file.display()
+            );
+            let db = feegate::db::Db::open(&db).await?;
+            let r = feegate::readings::import_readings(&db, &rows, county_now()).await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
+            if !r.rejected.is_empty() || !r.conflicts.is_empty() {
+                // The rows that were fine are stored; the others need a person (exit 3,
+                // as `reconcile` does when something did not match).
+                eprintln!(
+                    "{} row(s) rejected and {} in conflict with a stored reading: see the report above",
+                    r.rejected.len(),
+                    r.conflicts.len()
+                );
+                std::process::exit(3);
+            }
             Ok(())
         }
         Command::Sim {
@@ -1048,11 +1072,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Reconcile {
             channel,
+            channels,
             statement,
             date,
             db,
             json,
         } => {
+            // Up front: an unknown channel opens no database and writes nothing.
+            let configured = feegate::channels::config::ChannelsConfig::channel_names(&channels)?;
+            feegate::reconcile::check_channel(&channel, &configured)?;
             let db = feegate::db::Db::open(&db).await?;
             let txns = feegate::reconcile::read_statement(&statement)?;
             let clock = feegate::clock::SystemClock {
@@ -1088,6 +1116,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(args) => feegate::auth::cli::run_token(args).await,
         Command::Agreement { cmd } => agreement(cmd).await,
         Command::FollowUp { cmd } => follow_up(cmd).await,
+        Command::CallFirst { cmd } => call_first(cmd).await,
         Command::Sms {
             cmd: SmsCmd::Segments { text },
         } => {
@@ -1303,14 +1332,37 @@ enum FollowUpCmd {
 }
 
 #[derive(Subcommand)]
+enum CallFirstCmd {
+    /// A person called the customer: the order becomes done and the relay is closed
+    /// (a direct-close command, issued by the running host's relays job within a
+    /// minute). Refused, the order left open, while the balance is below zero (the
+    /// customer must pay first), the relay is not open or a relay command is in flight.
+    Done {
+        /// The call-before-reconnection work order.
+        #[arg(long)]
+        work_order: i64,
+        /// Who called the customer; recorded on the work order.
+        #[arg(long, env = "FEEGATE_WHO")]
+        who: String,
+        /// What was agreed on the call (e.g. "customer at home, reconnect now").
+        #[arg(long, default_value = "")]
+        note: String,
+        #[arg(long, env = "FEEGATE_DB", default_value = "sqlite://feegate.db")]
+        db: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum SmsCmd {
     /// Encoding, units and segments of an SMS body (3GPP TS 23.038 / 23.040), as JSON.
     Segments { text: String },
 }
 
+/// A register reading on the command line (`meter replace --old-final/--new-start`):
+/// plain digits, 0 to 999999.99 kWh, at most two decimals
+/// ([`feegate::money::parse_register_kwh`]); `replacement::record` checks again.
 fn parse_kwh(s: &str) -> Result<rust_decimal::Decimal, String> {
-    s.parse()
-        .map_err(|e| format!("{s:?} is not a kWh value like 1234.56: {e}"))
+    feegate::money::parse_register_kwh(s).map(|(kwh, _)| kwh)
 }
 
 /// "Now" for commands a person runs: the system clock in China Standard Time.
@@ -1413,11 +1465,40 @@ async fn follow_up(cmd: FollowUpCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn call_first(cmd: CallFirstCmd) -> anyhow::Result<()> {
+    let CallFirstCmd::Done {
+        work_order,
+        who,
+        note,
+        db,
+    } = cmd;
+    let db = feegate::db::Db::open(&db).await?;
+    let done = feegate::payment::complete_call_first(
+        &db,
+        work_order,
+        &who,
+        &note,
+        county_now(),
+        &feegate::config::RelayConfig::default(),
+    )
+    .await?;
+    let message = done.message(work_order);
+    anyhow::ensure!(
+        matches!(
+            done,
+            feegate::payment::CallFirstCompletion::Reconnecting { .. }
+        ),
+        "{message}"
+    );
+    println!("{message}");
+    Ok(())
+}
+
 async fn holds(cmd: HoldsCmd) -> anyhow::Result<()> {
     use sqlx::Row;
     match cmd {
         HoldsCmd::List { db } => {
-            let db = feegate::db::Db::open(&db).await?;
+            let db = feegate::db::Db::open_existing(&db).await?;
             let rows = sqlx::query("SELECT account_id, business_date, stage, reason FROM holds WHERE released_at IS NULL ORDER BY account_id, business_date")
                 .fetch_all(&db.pool)
                 .await?;

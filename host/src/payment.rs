@@ -57,6 +57,17 @@ pub enum PaymentError {
         original: String,
         account: String,
     },
+    /// The original payment exists, but was applied to another account than the one the
+    /// reversal names: the channel's data is wrong, and retrying cannot fix it.
+    #[error(
+        "reversal {channel}/{txn} names account {account}, but payment {original} was applied to another account; refused for good, needs reconciliation"
+    )]
+    OriginalOfAnotherAccount {
+        channel: String,
+        txn: String,
+        original: String,
+        account: String,
+    },
     #[error(
         "reversal {channel}/{txn} of {amount} fen would take back more than payment {original} brought in ({paid} fen, {already} fen reversed before); refused, needs reconciliation"
     )]
@@ -262,7 +273,8 @@ pub struct ReversalNotice<'a> {
 
 /// Posts a reversal exactly once per (channel, reversal txn), inside the caller's
 /// transaction. Errors: [`PaymentError::UnknownOriginal`] when the payment is not
-/// applied for that account (yet: out-of-order delivery), [`PaymentError::ReversalTooLarge`].
+/// applied (yet: out-of-order delivery), [`PaymentError::OriginalOfAnotherAccount`] when
+/// it was applied to another account (for good), [`PaymentError::ReversalTooLarge`].
 pub async fn reverse_in(
     tx: &mut sqlx::AnyConnection,
     r: &ReversalNotice<'_>,
@@ -291,6 +303,22 @@ pub async fn reverse_in(
     .map(|row| row.try_get(0))
     .transpose()?;
     let Some(paid) = paid else {
+        let elsewhere = sqlx::query(
+            "SELECT 1 FROM payments WHERE channel = $1 AND channel_txn_id = $2 AND account_id <> $3 AND status = 'applied'",
+        )
+        .bind(r.channel)
+        .bind(r.original_txn_id)
+        .bind(r.account_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if elsewhere.is_some() {
+            return Err(PaymentError::OriginalOfAnotherAccount {
+                channel: r.channel.into(),
+                txn: r.channel_txn_id.into(),
+                original: r.original_txn_id.into(),
+                account: r.account_id.into(),
+            });
+        }
         return Err(PaymentError::UnknownOriginal {
             channel: r.channel.into(),
             txn: r.channel_txn_id.into(),
@@ -517,4 +545,191 @@ async fn open_call_first(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// What [`complete_call_first`] did with a call-before-reconnection work order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallFirstCompletion {
+    /// The order is now `done` (who, when, note recorded) and a direct-close relay
+    /// command with decision key `work-order:<id>` was created; the relays job (or the
+    /// caller, through [`crate::job::Host::complete_call_first`]) issues it.
+    Reconnecting { command_id: i64 },
+    /// No work order has that id.
+    NotFound,
+    /// The order is of another kind (only `call-before-reconnection` orders are
+    /// completed this way; an offline follow-up is `feegate follow-up done`).
+    WrongKind { kind: String },
+    /// The order is not open: `done` (completed already: its close command was created
+    /// then, none is created again), or `cancelled`. Nothing changed.
+    NotOpen {
+        status: String,
+        decided_by: Option<String>,
+    },
+    /// The account's relay is no longer open (`relay_state`: closed or close-allowed,
+    /// someone reconnected it): nothing was marked, the order stays open.
+    RelayNotOpen { relay_state: String },
+    /// A relay command is in flight for the account: nothing was marked, the order
+    /// stays open; try again once that command has ended.
+    CommandInFlight,
+    /// The balance is below zero now: the customer must pay first. The order stays
+    /// open and nothing is commanded.
+    InArrears { balance_fen: Fen },
+}
+
+impl CallFirstCompletion {
+    /// One line for a person: what happened, or why nothing did.
+    pub fn message(&self, work_order_id: i64) -> String {
+        match self {
+            CallFirstCompletion::Reconnecting { command_id } => format!(
+                "call-before-reconnection order #{work_order_id} done: direct-close relay command #{command_id} created"
+            ),
+            CallFirstCompletion::NotFound => format!("work order #{work_order_id} does not exist"),
+            CallFirstCompletion::WrongKind { kind } => format!(
+                "work order #{work_order_id} is a {kind} order, not call-before-reconnection; nothing changed"
+            ),
+            CallFirstCompletion::NotOpen { status, decided_by } => match status.as_str() {
+                "done" => format!(
+                    "call-before-reconnection order #{work_order_id} is already done (by {}); its reconnection was commanded then, nothing new is sent",
+                    decided_by.as_deref().unwrap_or("someone")
+                ),
+                other => format!(
+                    "call-before-reconnection order #{work_order_id} is {other}, not open; nothing changed"
+                ),
+            },
+            CallFirstCompletion::RelayNotOpen { relay_state } => format!(
+                "the relay of work order #{work_order_id}'s account is {relay_state}, not open; nothing to reconnect, the order stays open"
+            ),
+            CallFirstCompletion::CommandInFlight => format!(
+                "a relay command is in flight for work order #{work_order_id}'s account; the order stays open, try again once it has ended"
+            ),
+            CallFirstCompletion::InArrears { balance_fen } => format!(
+                "the balance of work order #{work_order_id}'s account is {} yuan, below zero: the customer must pay first; the order stays open",
+                crate::money::format_yuan(*balance_fen)
+            ),
+        }
+    }
+}
+
+/// Completes an open call-before-reconnection work order after a person has called the
+/// customer, and reconnects: the order becomes `done` (`decided_by`, `decided_at`,
+/// `note`) and a direct-close relay command (decision key `work-order:<id>`) is created,
+/// in one transaction. Open holds of the account at stage `reconnection` (the policy
+/// failed) are released by the same person.
+///
+/// Refused, nothing changed: an unknown order, another kind, an order not `open` (a
+/// second call answers [`CallFirstCompletion::NotOpen`] with `done`: never two
+/// commands), a relay no longer open, a relay command in flight, a balance below zero
+/// now (the customer must pay first; the order stays open).
+///
+/// The account row is locked first (PostgreSQL; SQLite has one writer), as
+/// [`reconnect_if_due`] does, and the order re-read under that lock, so two
+/// completions racing each other, or racing a reconnection decision, run one after the
+/// other; the final update is also conditional on the order still being open.
+pub async fn complete_call_first(
+    db: &Db,
+    work_order_id: i64,
+    who: &str,
+    note: &str,
+    now: NaiveDateTime,
+    relay: &RelayConfig,
+) -> Result<CallFirstCompletion, DbError> {
+    let mut conn = db.pool.acquire().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let Some(row) = work_order_row(&mut tx, work_order_id).await? else {
+        return Ok(CallFirstCompletion::NotFound);
+    };
+    let kind: String = row.try_get(0)?;
+    if kind != "call-before-reconnection" {
+        return Ok(CallFirstCompletion::WrongKind { kind });
+    }
+    let Some(account_id) = row.try_get::<Option<String>, _>(2)? else {
+        return Ok(CallFirstCompletion::NotFound);
+    };
+    // Lock the account row, then read the order again: a completion or reconnection
+    // decision that got here first has committed by now.
+    sqlx::query("UPDATE accounts SET relay_state = relay_state WHERE account_id = $1")
+        .bind(&account_id)
+        .execute(&mut *tx)
+        .await?;
+    let row = work_order_row(&mut tx, work_order_id)
+        .await?
+        .ok_or(DbError::Sql(sqlx::Error::RowNotFound))?;
+    let status: String = row.try_get(1)?;
+    if status != "open" {
+        return Ok(CallFirstCompletion::NotOpen {
+            status,
+            decided_by: row.try_get(3)?,
+        });
+    }
+    let account =
+        sqlx::query("SELECT relay_state, balance_fen FROM accounts WHERE account_id = $1")
+            .bind(&account_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    let relay_state: String = account.try_get(0)?;
+    let balance_fen: Fen = account.try_get(1)?;
+    if relay_state != "open" {
+        return Ok(CallFirstCompletion::RelayNotOpen { relay_state });
+    }
+    if crate::relay::has_active_command(&mut tx, &account_id).await? {
+        return Ok(CallFirstCompletion::CommandInFlight);
+    }
+    if balance_fen < 0 {
+        return Ok(CallFirstCompletion::InArrears { balance_fen });
+    }
+    let at = ts(now);
+    let marked = sqlx::query(
+        "UPDATE work_orders SET status = 'done', decided_by = $2, decided_at = $3, note = $4
+         WHERE work_order_id = $1 AND status = 'open'",
+    )
+    .bind(work_order_id)
+    .bind(who)
+    .bind(&at)
+    .bind(note)
+    .execute(&mut *tx)
+    .await?;
+    if marked.rows_affected() != 1 {
+        tx.rollback().await?;
+        return Ok(CallFirstCompletion::NotOpen {
+            status: "not open".into(),
+            decided_by: None,
+        });
+    }
+    let key = format!("work-order:{work_order_id}");
+    let command_id = match crate::relay::create(
+        &mut tx,
+        &account_id,
+        &key,
+        RelayCommand::DirectClose,
+        now,
+        relay,
+    )
+    .await?
+    {
+        Some(id) => id,
+        // Only if an earlier completion's command survived its order being reopened
+        // by hand: reuse it, never a second one.
+        None => {
+            sqlx::query_scalar("SELECT command_id FROM relay_commands WHERE decision_key = $1")
+                .bind(&key)
+                .fetch_one(&mut *tx)
+                .await?
+        }
+    };
+    decision_log::release_holds(&mut tx, &account_id, "reconnection", who, &at).await?;
+    tx.commit().await?;
+    Ok(CallFirstCompletion::Reconnecting { command_id })
+}
+
+/// Kind, status, account and `decided_by` of a work order.
+async fn work_order_row(
+    conn: &mut sqlx::AnyConnection,
+    work_order_id: i64,
+) -> Result<Option<sqlx::any::AnyRow>, DbError> {
+    Ok(sqlx::query(
+        "SELECT kind, status, account_id, decided_by FROM work_orders WHERE work_order_id = $1",
+    )
+    .bind(work_order_id)
+    .fetch_optional(conn)
+    .await?)
 }

@@ -4,8 +4,9 @@
 //! Import is idempotent: a reading is unique per (meter, date); the same value again is a
 //! duplicate and changes nothing; a *different* value for a stored (meter, date) is a conflict,
 //! reported and never overwritten (a person decides). Registers are exact decimals with at most
-//! two decimals (0.01 kWh); a row with a missing or unparseable register is rejected, never
-//! read as 0.
+//! two decimals (0.01 kWh) from 0 to 999999.99 kWh (the DL/T 645 register range); a row with a
+//! missing or unparseable register (exponent notation such as `1e5` included) is rejected,
+//! never read as 0.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,8 +26,26 @@ pub struct ImportRow {
     /// The date whose 00:00 the register was frozen at (YYYY-MM-DD).
     pub reading_date: NaiveDate,
     /// Register value, kWh, at most 2 decimals (e.g. "12345.67"). A string in JSON keeps it exact.
-    #[serde(with = "rust_decimal::serde::str")]
+    /// Plain digits only ([`plain_register`]): `1e5` is refused, not read as 100000 kWh.
+    #[serde(
+        serialize_with = "rust_decimal::serde::str::serialize",
+        deserialize_with = "plain_register"
+    )]
     pub register_kwh: Decimal,
+}
+
+/// Reads `register_kwh` as a plain decimal ([`crate::channels::plain_decimal`], the parser
+/// payment amounts use): digits, optionally a point and digits. Exponent notation (`1e5`),
+/// `+`, spaces, separators and more than 18 integer digits fail the file with the row
+/// (CSV) or line and column (JSON), like any unparseable register. The register range and
+/// decimals are checked per row by [`import_readings`].
+fn plain_register<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::channels::plain_decimal(&text).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "register_kwh {text:?} is not a plain decimal kWh value such as 12345.67 (digits only: no exponent, sign or separators)"
+        ))
+    })
 }
 
 /// What an import did.
@@ -112,21 +131,27 @@ pub async fn import_readings(
     let mut tx = db.pool.begin().await?;
     for (i, r) in rows.iter().enumerate() {
         let line = i + 1;
-        let centi = r.register_kwh * Decimal::ONE_HUNDRED;
-        if r.register_kwh.is_sign_negative() || centi.fract() != Decimal::ZERO {
+        // 0 to 999999.99 kWh with at most 2 decimals (the DL/T 645 register range); checked,
+        // so a huge value is a rejected row, never a panic or a clamped i64::MAX.
+        let centi = match crate::money::register_centi_kwh(r.register_kwh) {
+            Ok(c) => c,
+            Err(e) => {
+                report
+                    .rejected
+                    .push(format!("row {line}: register_kwh {e}"));
+                continue;
+            }
+        };
+        // A register frozen at 00:00 of a day that has not begun yet cannot have been read:
+        // a typo in the date (2099 for 2019) would otherwise sit in the readings for good.
+        if r.reading_date > now.date() {
             report.rejected.push(format!(
-                "row {line}: register_kwh {} must be ≥ 0 with at most 2 decimals",
-                r.register_kwh
+                "row {line}: reading_date {} is after today ({}); check the date",
+                r.reading_date,
+                now.date()
             ));
             continue;
         }
-        let Ok(centi) = i64::try_from(centi) else {
-            report.rejected.push(format!(
-                "row {line}: register_kwh {} is too large",
-                r.register_kwh
-            ));
-            continue;
-        };
         let known: Option<i64> = sqlx::query("SELECT 1 FROM meters WHERE meter_id = $1")
             .bind(&r.meter_id)
             .fetch_optional(&mut *tx)

@@ -23,14 +23,12 @@
 //! decides, and a correction is a new ledger entry.
 
 use crate::db::{Db, DbError, ds, ts};
-use crate::money::{Fen, format_yuan, yuan_to_fen};
+use crate::money::{Fen, format_yuan};
 use chrono::{NaiveDate, NaiveDateTime};
-use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::Row;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::str::FromStr;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -49,6 +47,15 @@ pub enum ReconcileError {
         .0.join("\n  ")
     )]
     Lines(Vec<String>),
+    /// `--channel` names no configured channel (see [`check_channel`]).
+    #[error(
+        "unknown channel '{channel}'; the configured channels are {}: give one of them with --channel (names as in the channels file); nothing was reconciled",
+        if .configured.is_empty() { "none".to_string() } else { .configured.join(", ") }
+    )]
+    UnknownChannel {
+        channel: String,
+        configured: Vec<String>,
+    },
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -114,7 +121,29 @@ impl Report {
     }
 }
 
+/// Refuses a channel that is not configured, before anything is read or written.
+///
+/// Decision: the configured channels are the `[channels.<name>]` sections of the channels
+/// file `feegate serve` uses (`[channels] config`, [`crate::channels::config`]); the CLI
+/// takes it as `--channels` (or `FEEGATE_CHANNELS__CONFIG`, the variable `serve` reads).
+/// Without this check a misspelt channel finds none of our ledger entries, so every
+/// statement line would open a "missing on our side" work order.
+pub fn check_channel(channel: &str, configured: &[String]) -> Result<(), ReconcileError> {
+    if configured.iter().any(|c| c == channel) {
+        Ok(())
+    } else {
+        Err(ReconcileError::UnknownChannel {
+            channel: channel.to_string(),
+            configured: configured.to_vec(),
+        })
+    }
+}
+
 /// Reads a statement CSV. Errors name the line and the field.
+///
+/// `amount` is parsed like a payment notification's ([`crate::channels::parse_yuan`]):
+/// plain digits with at most two decimal places, so `1e2` or `100.001` is a bad line,
+/// never 100.00.
 pub fn read_statement(path: &Path) -> Result<Vec<Txn>, ReconcileError> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -176,9 +205,7 @@ pub fn read_statement(path: &Path) -> Result<Vec<Txn>, ReconcileError> {
             if get(c_cur) != "CNY" {
                 return Err(format!("currency {:?} is not CNY", get(c_cur)));
             }
-            let amount_fen = Decimal::from_str(get(c_amount))
-                .ok()
-                .and_then(|d| yuan_to_fen(d).ok())
+            let amount_fen = crate::channels::parse_yuan(get(c_amount))
                 .filter(|f| *f > 0)
                 .ok_or_else(|| {
                     format!(
@@ -403,4 +430,66 @@ pub fn render(r: &Report) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_channel_is_refused_naming_the_configured_ones() {
+        let configured = vec!["bank-transfer".to_string(), "kiosk".to_string()];
+        assert!(check_channel("kiosk", &configured).is_ok());
+        for (channel, list) in [
+            ("nope", &configured[..]),
+            ("Kiosk", &configured[..]),
+            ("", &configured[..]),
+            ("kiosk", &[][..]),
+        ] {
+            let e = check_channel(channel, list).unwrap_err().to_string();
+            let names = if list.is_empty() {
+                "none".to_string()
+            } else {
+                list.join(", ")
+            };
+            assert!(
+                e.starts_with(&format!(
+                    "unknown channel '{channel}'; the configured channels are {names}:"
+                )),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn statement_amounts_are_plain_yuan_like_notifications() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("st.csv");
+        for (amount, fen) in [
+            ("100.00", Some(10_000)),
+            ("0.5", Some(50)),
+            ("1e2", None),
+            ("1E2", None),
+            ("+100", None),
+            ("100.001", None),
+            ("100.000", None),
+            ("0", None),
+            ("-5.00", None),
+            ("79228162514264337593543950335", None),
+        ] {
+            std::fs::write(
+                &path,
+                format!("txn_id,type,account_id,amount,currency\nT1,payment,A1,{amount},CNY\n"),
+            )
+            .unwrap();
+            match (read_statement(&path), fen) {
+                (Ok(t), Some(f)) => assert_eq!(t[0].amount_fen, f, "{amount}"),
+                (Err(e), None) => {
+                    let e = e.to_string();
+                    assert!(e.contains("line 2: amount"), "{amount}: {e}");
+                }
+                (got, _) => panic!("{amount}: {got:?}"),
+            }
+        }
+    }
 }

@@ -6,16 +6,19 @@
 //!   sha256(canonical parameters JSON)` (64 bytes), so neither the code nor its
 //!   parameters can change after signing.
 //! - **Publish.** The component must load in this host (contract version, import
-//!   allow-list, size limit: [`PolicyEngine::load`]) and the signature must verify
-//!   against a key the county trusts. Bytes are stored content-addressed by sha256
-//!   (`policy_components`), the publication with who, when and why
-//!   (`policy_publications`).
+//!   allow-list, size limit: [`PolicyEngine::load`]), the signature must verify
+//!   against a key the county trusts, and the component must accept its parameters in
+//!   the one ordinary decision a policy set makes at load ([`crate::county::probe`]).
+//!   Bytes are stored content-addressed by sha256 (`policy_components`), the
+//!   publication with who, when and why (`policy_publications`).
 //! - **Activate.** An activation is an append-only event (`policy_activations`) with an
 //!   effective time, who and why. The version in force for a county and kind is the
-//!   latest event whose effective time has passed. A rollback is a new event.
+//!   latest event whose effective time has passed. A rollback is a new event. The
+//!   version must still load and pass the probe decision when activated.
 //! - **Hot swap.** A [`Watcher`] in the running host polls the activations and puts a
 //!   newly effective version in force with [`County::activate`]; jobs already running
-//!   finish on the snapshot they started with.
+//!   finish on the snapshot they started with. A version that fails the probe decision
+//!   with its parameters is not swapped in (logged; the version in force stays).
 //! - **Shipped components.** The policy-set plugin files the host starts with are stored
 //!   too (source `shipped`, unsigned), so every component sha256 in the decision log can
 //!   be replayed from the registry.
@@ -27,7 +30,7 @@ use crate::county::{ActiveComponent, County};
 use crate::db::{Db, DbError, TIME_FMT, ts};
 use crate::policy::engine::sha256_hex;
 use crate::policy::set::{PolicySet, RolloutStage};
-use crate::policy::{LoadedComponent, PolicyEngine, PolicyKind, PolicyLoadError};
+use crate::policy::{LoadedComponent, PolicyEngine, PolicyFailure, PolicyKind, PolicyLoadError};
 use chrono::NaiveDateTime;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
@@ -56,6 +59,24 @@ pub enum RegistryError {
         path: PathBuf,
         what: &'static str,
         detail: String,
+    },
+    #[error(
+        "{0} is a secret key; trust the matching .pub file — and since the secret key may have been exposed, consider generating a new pair (`feegate policy key new`)"
+    )]
+    SecretKeyToTrust(PathBuf),
+    #[error("{0} is a public key; sign with the secret key file (NAME.key)")]
+    PublicKeyToSignWith(PathBuf),
+    /// The probe decision ([`crate::county::probe`], the check a policy set passes at
+    /// load) failed with the version's own parameters: in force, it would hold every
+    /// account of the county at the next settlement.
+    #[error(
+        "the {kind} component {sha256} with these parameters fails an ordinary decision ({failure}); in force it would hold every account of county {county} — correct the parameters (and sign them again)"
+    )]
+    ProbeFailed {
+        county: String,
+        kind: PolicyKind,
+        sha256: String,
+        failure: PolicyFailure,
     },
     #[error("refusing to overwrite {0}; choose another --out name or move the old key away")]
     KeyExists(PathBuf),
@@ -144,8 +165,16 @@ pub fn generate_key() -> SigningKey {
     SigningKey::from_bytes(&seed)
 }
 
-/// Writes `<out>.key` (the private seed, 64 hex digits, mode 0600 on Unix) and
-/// `<out>.pub` (the public key, 64 hex digits). Refuses to overwrite either.
+/// The first line of a secret key file written by [`write_key_pair`].
+pub const SECRET_KEY_HEADER: &str = "feegate ed25519 secret key";
+/// The first line of a public key file written by [`write_key_pair`].
+pub const PUBLIC_KEY_HEADER: &str = "feegate ed25519 public key";
+
+/// Writes `<out>.key` (the line [`SECRET_KEY_HEADER`], then the private seed as 64 hex
+/// digits; mode 0600 on Unix) and `<out>.pub` (the line [`PUBLIC_KEY_HEADER`], then the
+/// public key as 64 hex digits). The first line says which is which, so a key file
+/// given in the wrong place is refused ([`read_public_key`], [`read_signing_key`]).
+/// Refuses to overwrite either.
 pub fn write_key_pair(key: &SigningKey, out: &Path) -> Result<(PathBuf, PathBuf), RegistryError> {
     let private = out.with_extension("key");
     let public = out.with_extension("pub");
@@ -168,18 +197,36 @@ pub fn write_key_pair(key: &SigningKey, out: &Path) -> Result<(PathBuf, PathBuf)
     let mut f = options.open(&private).map_err(io(&private))?;
     std::io::Write::write_all(
         &mut f,
-        format!("{}\n", hex::encode(key.to_bytes())).as_bytes(),
+        format!("{SECRET_KEY_HEADER}\n{}\n", hex::encode(key.to_bytes())).as_bytes(),
     )
     .map_err(io(&private))?;
     std::fs::write(
         &public,
-        format!("{}\n", hex::encode(key.verifying_key().to_bytes())),
+        format!(
+            "{PUBLIC_KEY_HEADER}\n{}\n",
+            hex::encode(key.verifying_key().to_bytes())
+        ),
     )
     .map_err(io(&public))?;
     Ok((private, public))
 }
 
-fn read_hex32(path: &Path, what: &'static str) -> Result<[u8; 32], RegistryError> {
+/// What a key file says it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyFileKind {
+    Secret,
+    Public,
+    /// Bare hex, as `policy key new` wrote both files before the header line: the
+    /// contents cannot tell, so the file name's extension (`.key`, `.pub`) decides
+    /// when it is one of those.
+    Untagged,
+}
+
+/// Reads a key file: `(kind, 32 bytes)`.
+fn read_key_file(
+    path: &Path,
+    what: &'static str,
+) -> Result<(KeyFileKind, [u8; 32]), RegistryError> {
     let text = std::fs::read_to_string(path).map_err(|e| RegistryError::File {
         path: path.to_path_buf(),
         detail: e.to_string(),
@@ -189,20 +236,54 @@ fn read_hex32(path: &Path, what: &'static str) -> Result<[u8; 32], RegistryError
         what,
         detail,
     };
-    let bytes = hex::decode(text.trim()).map_err(|e| bad(format!("not hex ({e})")))?;
-    bytes
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let (kind, hex_line) = match lines.as_slice() {
+        [hex_line] => (KeyFileKind::Untagged, *hex_line),
+        [SECRET_KEY_HEADER, hex_line] => (KeyFileKind::Secret, *hex_line),
+        [PUBLIC_KEY_HEADER, hex_line] => (KeyFileKind::Public, *hex_line),
+        _ => {
+            return Err(bad(format!(
+                "expected a line `{PUBLIC_KEY_HEADER}` or `{SECRET_KEY_HEADER}`, then 64 hex digits"
+            )));
+        }
+    };
+    let bytes = hex::decode(hex_line).map_err(|e| bad(format!("not hex ({e})")))?;
+    let bytes = bytes
         .try_into()
-        .map_err(|b: Vec<u8>| bad(format!("{} bytes, expected 32", b.len())))
+        .map_err(|b: Vec<u8>| bad(format!("{} bytes, expected 32", b.len())))?;
+    let kind = match kind {
+        KeyFileKind::Untagged => match path.extension().and_then(|e| e.to_str()) {
+            Some("key") => KeyFileKind::Secret,
+            Some("pub") => KeyFileKind::Public,
+            _ => KeyFileKind::Untagged,
+        },
+        k => k,
+    };
+    Ok((kind, bytes))
 }
 
-/// Reads a private key file written by [`write_key_pair`].
+/// Reads a secret key file written by [`write_key_pair`] (or an older bare-hex one).
+/// Refuses a public key file.
 pub fn read_signing_key(path: &Path) -> Result<SigningKey, RegistryError> {
-    Ok(SigningKey::from_bytes(&read_hex32(path, "private")?))
+    match read_key_file(path, "secret")? {
+        (KeyFileKind::Public, _) => Err(RegistryError::PublicKeyToSignWith(path.to_path_buf())),
+        (_, bytes) => Ok(SigningKey::from_bytes(&bytes)),
+    }
 }
 
-/// Reads a public key file (64 hex digits).
+/// Reads a public key file written by [`write_key_pair`] (or an older bare-hex one).
+/// Refuses a secret key file.
 pub fn read_public_key(path: &Path) -> Result<VerifyingKey, RegistryError> {
-    let bytes = read_hex32(path, "public")?;
+    let bytes = match read_key_file(path, "public")? {
+        (KeyFileKind::Secret, _) => {
+            return Err(RegistryError::SecretKeyToTrust(path.to_path_buf()));
+        }
+        (_, bytes) => bytes,
+    };
     VerifyingKey::from_bytes(&bytes).map_err(|e| RegistryError::KeyFile {
         path: path.to_path_buf(),
         what: "public",
@@ -212,20 +293,88 @@ pub fn read_public_key(path: &Path) -> Result<VerifyingKey, RegistryError> {
 
 /// Parameters as canonical JSON: keys sorted, no insignificant whitespace. Accepts a
 /// JSON document, or TOML (the policy-set format) when it is not JSON.
+///
+/// A key given twice in one JSON object is refused (JSON parsers disagree on which one
+/// wins, and a reviewer reading the file may see the other one than the component gets);
+/// TOML refuses it by its own rules. When the text is neither, the error is the JSON
+/// one for a text that starts with `{`, else the TOML one.
 pub fn canonical_parameters(text: &str) -> Result<String, RegistryError> {
-    let value: serde_json::Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(json_err) => {
-            let table: toml::Table = toml::from_str(text)
-                .map_err(|_| RegistryError::BadParameters(json_err.to_string()))?;
-            serde_json::to_value(table).map_err(|e| RegistryError::BadParameters(e.to_string()))?
-        }
+    let value: serde_json::Value = match serde_json::from_str::<UniqueKeys>(text) {
+        Ok(UniqueKeys(v)) => v,
+        Err(json_err) => match toml::from_str::<toml::Table>(text) {
+            Ok(table) => serde_json::to_value(table)
+                .map_err(|e| RegistryError::BadParameters(e.to_string()))?,
+            Err(toml_err) if !text.trim_start().starts_with('{') => {
+                return Err(RegistryError::BadParameters(format!(
+                    "neither JSON nor TOML; as TOML: {}",
+                    toml_err.message()
+                )));
+            }
+            Err(_) => return Err(RegistryError::BadParameters(json_err.to_string())),
+        },
     };
     if !value.is_object() {
         return Err(RegistryError::BadParameters("not an object".into()));
     }
     // serde_json's map is ordered by key (no `preserve_order`), so this is canonical.
     Ok(value.to_string())
+}
+
+/// A JSON value whose objects never repeat a key ([`canonical_parameters`]).
+struct UniqueKeys(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, MapAccess, SeqAccess, Visitor};
+        use serde_json::Value;
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E: Error>(self, b: bool) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::Bool(b)))
+            }
+            fn visit_i64<E: Error>(self, n: i64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(n.into()))
+            }
+            fn visit_u64<E: Error>(self, n: u64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(n.into()))
+            }
+            fn visit_f64<E: Error>(self, n: f64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(
+                    serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number),
+                ))
+            }
+            fn visit_str<E: Error>(self, s: &str) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::String(s.to_string())))
+            }
+            fn visit_unit<E: Error>(self) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys(Value::Null))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+                let mut items = Vec::new();
+                while let Some(UniqueKeys(v)) = seq.next_element()? {
+                    items.push(v);
+                }
+                Ok(UniqueKeys(Value::Array(items)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+                let mut object = serde_json::Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let UniqueKeys(v) = map.next_value()?;
+                    if object.insert(key.clone(), v).is_some() {
+                        return Err(A::Error::custom(format!(
+                            "key {key:?} is given twice in one object; keep one"
+                        )));
+                    }
+                }
+                Ok(UniqueKeys(Value::Object(object)))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The 64 signed bytes: `sha256(component bytes) ‖ sha256(canonical parameters)`.
@@ -427,9 +576,13 @@ pub struct PublishRequest<'a> {
 }
 
 /// Publishes a signed component version. Refuses a component this host cannot load
-/// (contract version, imports, size), and a signature no trusted key of the county
-/// verifies. Publishing the same component and parameters again returns the existing
-/// publication.
+/// (contract version, imports, size), a signature no trusted key of the county
+/// verifies, and parameters the component refuses (`policy-error`, e.g.
+/// `bad-parameters`) in the probe decision a policy set passes at load
+/// ([`crate::county::probe`]). A trap or a resource limit in that decision is left to
+/// [`activate`], which refuses it: a candidate that misbehaves may still be published
+/// and watched in shadow mode, where it changes nothing. Publishing the same component
+/// and parameters again returns the existing publication.
 pub async fn publish(
     db: &Db,
     engine: &PolicyEngine,
@@ -469,6 +622,22 @@ pub async fn publish(
             });
         }
     };
+    let active = ActiveComponent {
+        component: loaded,
+        parameters_json: params,
+    };
+    if let Err(failure @ PolicyFailure::Refused { .. }) = crate::county::probe(engine, &active) {
+        return Err(RegistryError::ProbeFailed {
+            county: req.county.to_string(),
+            kind: req.kind,
+            sha256: active.component.sha256.clone(),
+            failure,
+        });
+    }
+    let ActiveComponent {
+        component: loaded,
+        parameters_json: params,
+    } = active;
     let mut tx = db.pool.begin().await?;
     store_bytes(
         &mut tx,
@@ -773,8 +942,11 @@ pub fn parse_time(s: &str) -> Result<NaiveDateTime, RegistryError> {
         .map_err(|_| RegistryError::BadTime(s.to_string()))
 }
 
-/// Records an activation event. The component must load in this host now (so a
-/// version the host cannot run is refused here, not at the swap).
+/// Records an activation event. The component must load in this host now and make
+/// the probe decision with its published parameters ([`crate::county::probe`], as a
+/// policy set at load), so a version the host cannot run, or one that would hold every
+/// account, is refused here, not at the swap or the next settlement. This covers
+/// versions published before [`publish`] made the same check.
 pub async fn activate(
     db: &Db,
     engine: &PolicyEngine,
@@ -789,7 +961,16 @@ pub async fn activate(
         });
     }
     let p = resolve(db, req.county, req.kind, req.version).await?;
-    engine.load(req.kind, &component_bytes(db, &p.component_sha256).await?)?;
+    let active = ActiveComponent {
+        component: engine.load(req.kind, &component_bytes(db, &p.component_sha256).await?)?,
+        parameters_json: p.parameters_json.clone(),
+    };
+    crate::county::probe(engine, &active).map_err(|failure| RegistryError::ProbeFailed {
+        county: req.county.to_string(),
+        kind: req.kind,
+        sha256: p.component_sha256.clone(),
+        failure,
+    })?;
     insert_activation(
         db,
         &p,
@@ -1040,7 +1221,10 @@ pub struct Swapped {
 /// versions into the running host ([`County::activate`]).
 ///
 /// Failure to load an activated version (impossible unless the host's limits changed
-/// since `policy activate` checked it) keeps the version in force and is reported.
+/// since `policy activate` checked it) keeps the version in force and is reported. So
+/// does a version that fails the probe decision with its parameters
+/// ([`crate::county::probe`]; one decision, in a blocking task), e.g. one activated
+/// before `policy activate` checked that: it is logged and skipped, not retried.
 pub struct Watcher {
     db: Db,
     engine: Arc<PolicyEngine>,
@@ -1144,10 +1328,33 @@ impl Watcher {
                     detail: format!("publication {} missing", a.publication_id),
                 })?;
             let component = self.compiled(kind, &p.component_sha256).await?;
-            let active = Arc::new(ActiveComponent {
+            let active = ActiveComponent {
                 component,
                 parameters_json: p.parameters_json,
-            });
+            };
+            let engine = self.engine.clone();
+            let (active, probed) = tokio::task::spawn_blocking(move || {
+                let probed = crate::county::probe(&engine, &active);
+                (active, probed)
+            })
+            .await
+            .map_err(|e| RegistryError::Corrupt {
+                what: "probe task",
+                detail: e.to_string(),
+            })?;
+            if let Err(failure) = probed {
+                tracing::error!(
+                    county = %self.county.county, %kind, version = %a.component_sha256,
+                    activation = a.activation_id,
+                    "activated version not put in force, it fails an ordinary decision with its parameters ({failure}); the version in force stays"
+                );
+                self.applied
+                    .lock()
+                    .expect("watcher lock")
+                    .insert(kind, a.activation_id);
+                continue;
+            }
+            let active = Arc::new(active);
             let from = self.county.snapshot().get(kind).component.sha256.clone();
             self.county.activate_shared(active);
             self.applied
@@ -1255,5 +1462,41 @@ impl Watcher {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_canonical_and_never_say_a_key_twice() {
+        // (text, canonical JSON or the error's telling part)
+        let table: &[(&str, Result<&str, &str>)] = &[
+            (
+                r#"{ "b": "2", "a": {"y": 1, "x": [0.5, true, null]} }"#,
+                Ok(r#"{"a":{"x":[0.5,true,null],"y":1},"b":"2"}"#),
+            ),
+            (
+                "price_per_kwh = \"0.5000\"\n",
+                Ok(r#"{"price_per_kwh":"0.5000"}"#),
+            ),
+            (
+                r#"{"price_per_kwh":"0.5000","price_per_kwh":"9.0000"}"#,
+                Err("\"price_per_kwh\" is given twice"),
+            ),
+            (r#"{"t": {"a": 1, "a": 2}}"#, Err("\"a\" is given twice")),
+            ("a = 1\na = 2\n", Err("as TOML")),
+            ("price = \n", Err("as TOML")),
+            ("{\"a\": }", Err("expected value")),
+            ("[1, 2]", Err("not an object")),
+        ];
+        for (text, want) in table {
+            match (canonical_parameters(text), want) {
+                (Ok(got), Ok(want)) => assert_eq!(&got, want, "{text}"),
+                (Err(e), Err(part)) => assert!(e.to_string().contains(part), "{text}: {e}"),
+                (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! once (its id is unique among old and among new meters).
 
 use crate::db::{Db, DbError, ds, parse_ts, ts};
-use crate::money::{CentiKwh, centi_kwh_to_kwh, kwh_to_centi_kwh};
+use crate::money::{CentiKwh, centi_kwh_to_kwh, register_centi_kwh};
 use chrono::NaiveDateTime;
 use rust_decimal::Decimal;
 use sqlx::Row;
@@ -53,13 +53,13 @@ pub enum ReplacementError {
     Sql(#[from] sqlx::Error),
 }
 
+/// A register reading of the order in 0.01 kWh, checked by
+/// [`crate::money::register_centi_kwh`]: 0 to 999999.99 kWh (the DL/T 645 register range,
+/// [`crate::money::REGISTER_MAX_CENTI_KWH`]) with at most two decimals. Checked before
+/// anything is read or written: `meter_replacements` is append-only, so a wrong value
+/// would stay for good.
 fn centi(what: &str, kwh: Decimal) -> Result<CentiKwh, ReplacementError> {
-    if kwh.is_sign_negative() || kwh.normalize().scale() > 2 {
-        return Err(ReplacementError::Invalid(format!(
-            "{what} {kwh} kWh: a register reading is a non-negative number with at most two decimals"
-        )));
-    }
-    Ok(kwh_to_centi_kwh(kwh))
+    register_centi_kwh(kwh).map_err(|e| ReplacementError::Invalid(format!("{what}: {e}")))
 }
 
 /// Records a replacement in one transaction: inserts the new meter (the old meter's protocol,
@@ -67,7 +67,8 @@ fn centi(what: &str, kwh: Decimal) -> Result<CentiKwh, ReplacementError> {
 /// and stores the replacement. Idempotent: the same order again returns
 /// [`Recorded::AlreadyRecorded`]; a different one for a meter already replaced is refused.
 ///
-/// Refused (nothing stored): an unknown account, a time after `now`, an old final reading
+/// Refused (nothing stored): a reading outside the register range (0 to 999999.99 kWh, at
+/// most two decimals), an unknown account, a time after `now`, an old final reading
 /// below the old meter's last stored reading before the replacement, a new meter id that
 /// exists, a new address on a Modbus meter or a new unit on a DL/T 645 meter.
 pub async fn record(

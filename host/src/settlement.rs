@@ -27,7 +27,7 @@ use crate::db::{Db, DbError, ds, parse_ds, ts};
 use crate::decision_log::{self, DecisionRecord};
 use crate::ledger::{self, EntryKind, LedgerError, PostOutcome, Posting};
 use crate::money::{CentiKwh, Fen, centi_kwh_to_kwh};
-use crate::policy::bindings::{CustomerClass, TariffInput};
+use crate::policy::bindings::{CustomerClass, TariffInput, TariffOutput};
 use crate::policy::convert::{date_to_wit, to_wit};
 use crate::policy::{PolicyEngine, PolicyKind};
 use crate::replacement::StoredReplacement;
@@ -75,6 +75,22 @@ pub enum DeltaCheck {
     Hold(String),
 }
 
+/// The most a meter may register in `days` days (at least one): `max_daily_kwh` × days in
+/// 0.01 kWh, checked. A rating that does not fit (a misconfiguration; the default 316.8
+/// kWh always fits) is an error naming it, and the caller holds the span for a person
+/// rather than bill it against a clamped, effectively missing limit.
+fn rating_limit(cfg: &SettlementConfig, days: i64) -> Result<CentiKwh, String> {
+    crate::money::kwh_to_centi_kwh(cfg.max_daily_kwh)
+        .ok()
+        .and_then(|per_day| per_day.checked_mul(days.max(1)))
+        .ok_or_else(|| {
+            format!(
+                "the meter rating {} kWh/day × {days} day(s) is out of range; fix max_daily_kwh",
+                cfg.max_daily_kwh
+            )
+        })
+}
+
 /// Checks a register delta between two readings `days` apart (no phantom consumption
 /// from a zero, wrapped or replaced register).
 pub fn check_delta(
@@ -83,8 +99,10 @@ pub fn check_delta(
     days: i64,
     cfg: &SettlementConfig,
 ) -> DeltaCheck {
-    let max_per_day = crate::money::kwh_to_centi_kwh(cfg.max_daily_kwh);
-    let limit = max_per_day * days.max(1);
+    let limit = match rating_limit(cfg, days) {
+        Ok(l) => l,
+        Err(why) => return DeltaCheck::Hold(why),
+    };
     if closing == 0 && opening > 0 {
         return DeltaCheck::Hold(format!(
             "transient zero: register read 0.00 kWh after {}",
@@ -151,7 +169,10 @@ pub fn check_delta_across_replacement(
             return DeltaCheck::Hold(format!("meter replacement, new meter: {why}"));
         }
     };
-    let limit = crate::money::kwh_to_centi_kwh(cfg.max_daily_kwh) * days.max(1);
+    let limit = match rating_limit(cfg, days) {
+        Ok(l) => l,
+        Err(why) => return DeltaCheck::Hold(why),
+    };
     if old + new > limit {
         return DeltaCheck::Hold(format!(
             "meter replacement: implausible: {} kWh in {days} day(s) exceeds the meter rating ({} kWh/day)",
@@ -188,6 +209,43 @@ pub fn portion_in(
     }
     let overlap = (hi - lo).num_days() + 1;
     per_day * overlap + if hi == last { remainder } else { 0 }
+}
+
+/// Default charge ceiling, yuan per kWh ([`crate::config::SettlementConfig::max_price_yuan_per_kwh`]).
+/// Our decision, not from a price notice: about six times the dearest step of the
+/// shipped Fujian example (0.7983 yuan/kWh, `policies/xianyou`), room for time-of-use
+/// adders and high-voltage tariffs, while a charge wrong by an order of magnitude (a
+/// price in fen instead of yuan, a misplaced decimal point) is stopped. A host whose
+/// tariffs go higher sets its own in `feegate.toml`.
+pub const MAX_PRICE_YUAN_PER_KWH: rust_decimal::Decimal =
+    rust_decimal::Decimal::from_parts(5, 0, 0, false, 0);
+
+/// Why a tariff decision must not be posted: its `charge-fen` is more than the period's
+/// kWh × `max_price_yuan_per_kwh` yuan/kWh, rounded up to the fen (a period with 0 kWh
+/// may charge nothing). `None` when the charge is within the ceiling. The text is the
+/// hold reason shown to operators (code `charge-over-ceiling`). An input whose kWh the
+/// host cannot read as a decimal counts as over the ceiling (it never is: the host wrote
+/// it).
+pub fn over_ceiling(
+    input: &TariffInput,
+    out: &TariffOutput,
+    max_price_yuan_per_kwh: rust_decimal::Decimal,
+) -> Option<String> {
+    use rust_decimal::Decimal;
+    let kwh = crate::policy::convert::from_wit(&input.kwh).unwrap_or(Decimal::MAX);
+    let ceiling_fen = kwh
+        .checked_mul(max_price_yuan_per_kwh)
+        .and_then(|yuan| yuan.checked_mul(Decimal::ONE_HUNDRED))
+        .map(|fen| fen.ceil())
+        .and_then(|fen| i64::try_from(fen).ok())
+        .unwrap_or(i64::MAX);
+    (out.charge_fen > ceiling_fen).then(|| {
+        format!(
+            "charge-over-ceiling: the tariff charged {} yuan for {kwh} kWh, more than the host's ceiling of {max_price_yuan_per_kwh} yuan/kWh ({} yuan); nothing was charged. Check the county's tariff component and parameters (`feegate policy diff`), then release the hold",
+            crate::money::format_yuan(out.charge_fen),
+            crate::money::format_yuan(ceiling_fen)
+        )
+    })
 }
 
 /// Accounts settled per batch by default ([`SettlementConfig::batch_accounts`]): read together (a handful of range queries), priced in
@@ -672,24 +730,29 @@ async fn settle_batch(
             decision_log::run_shadow(&mut tx, shadow, *id, row).await;
         }
     }
-    // Charges for the priced accounts whose tariff answered; holds for the others.
+    // Charges for the priced accounts whose tariff answered within the host's charge
+    // ceiling; holds for the others.
     let mut charged = Vec::new();
     for ((p, invocation), decision_id) in priced.iter().zip(&invocations).zip(&decision_ids) {
-        match &invocation.outcome {
-            Ok(out) => charged.push((
+        let held_because = match &invocation.outcome {
+            Ok(out) => over_ceiling(&p.input, out, cfg.max_price_yuan_per_kwh),
+            Err(failure) => Some(decision_log::hold_reason(failure)),
+        };
+        match (&invocation.outcome, held_because) {
+            (Ok(out), None) => charged.push((
                 &**p,
                 out.charge_fen,
                 *decision_id,
                 format!("charge:{}:{business_date}", p.input.account_id),
                 format!("decision:{decision_id}"),
             )),
-            Err(failure) => {
+            (_, why) => {
                 decision_log::hold(
                     &mut tx,
                     &p.input.account_id,
                     &business_date,
                     "settlement",
-                    &decision_log::hold_reason(failure),
+                    &why.unwrap_or_default(),
                     Some(*decision_id),
                     &posted_at,
                 )
@@ -784,6 +847,58 @@ async fn settle_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_charge_ceiling_is_kwh_times_the_price_rounded_up_to_the_fen() {
+        use crate::policy::bindings::Decimal as WitDecimal;
+        use rust_decimal::Decimal;
+        let zero = WitDecimal {
+            mantissa: 0,
+            scale: 0,
+        };
+        let input = |mantissa: i64, scale: u8| TariffInput {
+            account_id: "A1".into(),
+            customer_class: CustomerClass::LowVoltageResidential,
+            period_first: date_to_wit(d("2013-03-01")),
+            period_last: date_to_wit(d("2013-03-01")),
+            kwh: WitDecimal { mantissa, scale },
+            year_to_date_kwh: zero,
+            month_to_date_kwh: zero,
+            tou_split: vec![],
+            time_of_use_elected: false,
+            parameters: String::new(),
+        };
+        let out = |charge_fen: i64| TariffOutput {
+            lines: vec![],
+            charge_fen,
+            reason_code: "t".into(),
+            explanation: String::new(),
+        };
+        let five = MAX_PRICE_YUAN_PER_KWH;
+        // (kWh mantissa, scale, charge fen, ceiling yuan/kWh, held?)
+        let table: &[(i64, u8, i64, Decimal, bool)] = &[
+            (1000, 2, 5000, five, false), // 10 kWh × 5 yuan = 50.00 yuan exactly
+            (1000, 2, 5001, five, true),  // one fen over
+            (0, 0, 0, five, false),       // nothing used, nothing charged
+            (0, 0, 1, five, true),        // nothing used, a fen charged
+            (1, 3, 1, five, false),       // 0.001 kWh: 0.5 fen rounds up to 1
+            (1, 3, 2, five, true),
+            (1000, 2, 500, Decimal::new(5, 1), false), // a ceiling of 0.5 yuan/kWh
+            (1000, 2, 501, Decimal::new(5, 1), true),
+            (1, 0, 1_000_000_000_000, five, true), // ten billion yuan for 1 kWh
+        ];
+        for &(m, scale, fen, ceiling, held) in table {
+            let why = over_ceiling(&input(m, scale), &out(fen), ceiling);
+            assert_eq!(
+                why.is_some(),
+                held,
+                "{m}e-{scale} kWh, {fen} fen, {ceiling}: {why:?}"
+            );
+            if let Some(why) = why {
+                assert!(why.starts_with("charge-over-ceiling: "), "{why}");
+            }
+        }
+    }
 
     fn d(s: &str) -> NaiveDate {
         s.parse().unwrap()

@@ -2390,3 +2390,185 @@ async fn the_api_bench_drives_balance_queries_without_errors() {
         "{f:?}"
     );
 }
+
+/// A call-before-reconnection order (a customer disconnected for months pays: the
+/// policy says call first) is completed through `POST /work-orders/{id}/reconnect` by
+/// station staff of its station or operations, which reconnects once; other stations
+/// get 404, the auditor, customers and engineers 403; another kind, a second completion
+/// and a balance below zero are 409 and command nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_first_order_is_completed_through_the_api_once() {
+    let Some(w) = World::start_for("a_call_first_order_is_completed_through_the_api_once").await
+    else {
+        return;
+    };
+    sqlx::query("UPDATE accounts SET relay_state = 'open', disconnected_at = '2012-11-01 10:00:00' WHERE account_id = $1")
+        .bind(A5)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    let (s, paid) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/payments",
+            Some(json!({"account_id": A5, "amount": "10.00"})),
+            Some("cf-pay"),
+        )
+        .await;
+    assert_eq!(
+        (s, paid["reconnection"].as_str()),
+        (201, Some("call-first")),
+        "{paid}"
+    );
+    let id: i64 = sqlx::query_scalar(
+        "SELECT work_order_id FROM work_orders WHERE account_id = $1 AND kind = 'call-before-reconnection' AND status = 'open'",
+    )
+    .bind(A5)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    let path = format!("/api/v1/work-orders/{id}/reconnect");
+    let commands = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM relay_commands WHERE account_id = $1 AND command = 'direct-close'",
+        )
+        .bind(A5)
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap()
+    };
+    let note = Some(json!({"note": "called, customer at home"}));
+    for (user, status) in [
+        ("auditor", 403),
+        ("cust-a1", 403),
+        ("eng-xy", 403),
+        ("staff-dw", 404),
+        ("staff-hj", 404),
+    ] {
+        let (s, b) = w
+            .call(
+                Some(user),
+                "POST",
+                &path,
+                note.clone(),
+                Some(&format!("cf-{user}")),
+            )
+            .await;
+        assert_eq!(s, status, "{user}: {b}");
+    }
+    let (s, b) = w
+        .call(None, "POST", &path, note.clone(), Some("cf-anon"))
+        .await;
+    assert_eq!(s, 401, "{b}");
+    let (s, b) = w
+        .call(Some("staff-bt"), "POST", &path, note.clone(), None)
+        .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (400, Some("idempotency-key-required")),
+        "{b}"
+    );
+    let (s, b) = w
+        .call(
+            Some("staff-bt"),
+            "POST",
+            "/api/v1/work-orders/987654/reconnect",
+            None,
+            Some("cf-unknown"),
+        )
+        .await;
+    assert_eq!(s, 404, "{b}");
+    let (s, b) = w
+        .call(
+            Some("ops"),
+            "POST",
+            &format!("/api/v1/work-orders/{}/reconnect", w.order_open),
+            None,
+            Some("cf-kind"),
+        )
+        .await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("conflict")), "{b}");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains("approve-disconnection"),
+        "{b}"
+    );
+    assert_eq!(commands().await, 0, "nothing commanded by the refusals");
+
+    let (s, done) = w
+        .call(Some("staff-bt"), "POST", &path, note.clone(), Some("cf-1"))
+        .await;
+    assert_eq!(s, 200, "{done}");
+    assert_eq!(done["outcome"], "reconnecting");
+    assert_eq!(done["order"]["status"], "done");
+    assert_eq!(done["order"]["decided_by"], "staff-bt");
+    let key: String =
+        sqlx::query_scalar("SELECT decision_key FROM relay_commands WHERE command_id = $1")
+            .bind(done["command_id"].as_i64().unwrap())
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(key, format!("work-order:{id}"));
+    assert_eq!(commands().await, 1);
+    // The same request again is replayed; another request finds the order done.
+    let (s, replay) = w
+        .call(Some("staff-bt"), "POST", &path, note.clone(), Some("cf-1"))
+        .await;
+    assert_eq!((s, &replay), (200, &done));
+    let (s, b) = w
+        .call(Some("staff-bt2"), "POST", &path, None, Some("cf-2"))
+        .await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("conflict")), "{b}");
+    assert_eq!(b["details"]["status"], "done", "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("already done"),
+        "{b}"
+    );
+    assert_eq!(commands().await, 1, "never a second command");
+
+    // A1 is in arrears: an order on it is refused until the customer pays.
+    sqlx::query("UPDATE accounts SET relay_state = 'open', disconnected_at = '2012-11-01 10:00:00' WHERE account_id = $1")
+        .bind(A1)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    let arrears: i64 = sqlx::query_scalar(
+        "INSERT INTO work_orders (kind, account_id, station_id, dedup_key, status, evidence_json, opened_at)
+         VALUES ('call-before-reconnection', $1, $2, 'call-before-reconnection:test', 'open', '{}', '2013-01-21 09:00:00')
+         RETURNING work_order_id",
+    )
+    .bind(A1)
+    .bind(BT)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    let (s, b) = w
+        .call(
+            Some("ops"),
+            "POST",
+            &format!("/api/v1/work-orders/{arrears}/reconnect"),
+            None,
+            Some("cf-arrears"),
+        )
+        .await;
+    assert_eq!((s, b["code"].as_str()), (409, Some("in-arrears")), "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("must pay first"),
+        "{b}"
+    );
+    assert_eq!(b["details"]["balance"]["fen"], -3_000, "{b}");
+    let (s, o) = w
+        .get("ops", &format!("/api/v1/work-orders/{arrears}"))
+        .await;
+    assert_eq!((s, o["status"].as_str()), (200, Some("open")), "{o}");
+    let a1_commands: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM relay_commands WHERE account_id = $1")
+            .bind(A1)
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(a1_commands, 0);
+}

@@ -514,6 +514,16 @@ async fn reversals_are_new_entries_and_may_arrive_before_their_payment() {
         s.channel.post("app", &reversal("R1", "30.00")).await.1["code"],
         "duplicate"
     );
+    // A refund of P2 that names another account: P2 is there, but not that account's;
+    // retrying cannot help, so it is refused for good (422), not "retry later" (409).
+    let mut wrong_account = reversal("R9", "30.00");
+    wrong_account["account_id"] = json!("3500000003");
+    let (status, a) = s.channel.post("app", &wrong_account).await;
+    assert_eq!(
+        (status, a["code"].as_str().unwrap()),
+        (422, "original-account-mismatch"),
+        "{a}"
+    );
     // More than is left of the payment is refused.
     let (_, a) = s.channel.post("app", &reversal("R2", "70.01")).await;
     assert_eq!(a["code"], "reversal-too-large", "{a}");

@@ -493,6 +493,59 @@ async fn console_checks(dir: &tempfile::TempDir, db: &str) {
     assert!(!page.body.contains(&withdraw), "{}", page.body);
     assert_eq!(staff.post(&withdraw, "", &origin).status, 409);
 
+    // A call-before-reconnection order (the customer paid after months dark) is done by
+    // staff after the call, which reconnects once; not by the auditor, not cross-site.
+    let call = scalar_i64(
+        &db,
+        "INSERT INTO work_orders (kind, account_id, station_id, dedup_key, status, evidence_json, opened_at)
+         VALUES ('call-before-reconnection', $1, 'XY-BT', 'console-test:call-first', 'open', '{}', '2013-01-03 09:00:00')
+         RETURNING work_order_id",
+        "3500000005",
+    )
+    .await;
+    let balance = scalar_i64(
+        &db,
+        "UPDATE accounts SET relay_state = 'open' WHERE account_id = $1 RETURNING balance_fen",
+        "3500000005",
+    )
+    .await;
+    assert!(balance >= 0, "{balance}");
+    let call_done = format!("/console/call-first/{call}/done");
+    let page = staff.get("/console/station");
+    assert!(
+        page.body.contains(&format!("action=\"{call_done}\"")),
+        "{}",
+        page.body
+    );
+    assert!(!aud.get("/console/station").body.contains(&call_done));
+    assert_eq!(aud.post(&call_done, "note=x", &origin).status, 403);
+    assert_eq!(
+        staff
+            .post(&call_done, "note=x", "http://evil.example")
+            .status,
+        403
+    );
+    let key = format!("work-order:{call}");
+    let commands = "SELECT COUNT(*) FROM relay_commands WHERE decision_key = $1";
+    assert_eq!(scalar_i64(&db, commands, &key).await, 0);
+    let done = staff.post(&call_done, "note=called+the+customer", &origin);
+    assert_eq!(
+        (done.status, done.location()),
+        (303, "/console/station"),
+        "{}",
+        done.body
+    );
+    let marked = scalar_i64(
+        &db,
+        "SELECT CAST(CASE WHEN status = 'done' AND decided_by = 'staff-bt' AND note = 'called the customer' THEN 1 ELSE 0 END AS BIGINT) FROM work_orders WHERE dedup_key = $1",
+        "console-test:call-first",
+    )
+    .await;
+    assert_eq!(marked, 1);
+    assert_eq!(scalar_i64(&db, commands, &key).await, 1);
+    assert_eq!(staff.post(&call_done, "", &origin).status, 409);
+    assert_eq!(scalar_i64(&db, commands, &key).await, 1, "never twice");
+
     // A POST from another site with the session cookie is refused; the session lives on.
     let forged = staff.post("/console/logout", "", "http://evil.example");
     assert_eq!(forged.status, 403, "{}", forged.body);

@@ -162,28 +162,33 @@ fn impure_wrong_or_broken_components_are_refused_at_load() {
     assert!(err.contains("pure functions of their input"), "{err}");
 }
 
+/// A small county (12 meters) run for a week with the hostile component in `mode` as its
+/// tariff; the last day runs the whole job. `None` where the test database is skipped.
+async fn week_with_hostile_tariff(test: &str, mode: &str) -> Option<(Scenario, common::TestDb)> {
+    let (opts, db) = common::small_county_db(test, 12, 6, 3).await?;
+    let tariff = ComponentOverride {
+        kind: PolicyKind::Tariff,
+        wasm: common::component("hostile_policy"),
+        parameters_json: format!("{{\"mode\":\"{mode}\"}}"),
+    };
+    let mut s = Scenario::new(&opts, &[tariff]).await.unwrap();
+    s.run_days(6).await.unwrap();
+    s.run_day(opts.start + chrono::Duration::days(6), true)
+        .await
+        .unwrap();
+    Some((s, db))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trapping_tariff_charges_nobody_and_holds_every_account() {
-    let Some((opts, _db)) = common::small_county_db(
+    let Some((s, _db)) = week_with_hostile_tariff(
         "a_trapping_tariff_charges_nobody_and_holds_every_account",
-        12,
-        6,
-        3,
+        "trap",
     )
     .await
     else {
         return;
     };
-    let trap = ComponentOverride {
-        kind: PolicyKind::Tariff,
-        wasm: common::component("hostile_policy"),
-        parameters_json: r#"{"mode":"trap"}"#.into(),
-    };
-    let mut s = Scenario::new(&opts, &[trap]).await.unwrap();
-    s.run_days(6).await.unwrap();
-    s.run_day(opts.start + chrono::Duration::days(6), true)
-        .await
-        .unwrap();
     let sum = s.summary().await.unwrap();
     assert_eq!(
         sum.charged_yuan, "0.00",
@@ -217,6 +222,70 @@ async fn a_trapping_tariff_charges_nobody_and_holds_every_account() {
         .try_get(0)
         .unwrap();
     assert_eq!(settlements, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_charge_is_held_not_posted_warned_or_cut_off() {
+    // A signed tariff that answers within the contract (a non-negative charge) but
+    // charges ten billion yuan a day: the host's charge ceiling holds every account.
+    let Some((s, _db)) = week_with_hostile_tariff(
+        "an_absurd_charge_is_held_not_posted_warned_or_cut_off",
+        "giant",
+    )
+    .await
+    else {
+        return;
+    };
+    let sum = s.summary().await.unwrap();
+    assert_eq!(
+        sum.charged_yuan, "0.00",
+        "nothing over the ceiling is posted"
+    );
+    assert!(sum.ledger_balanced);
+    assert_eq!(sum.paid_yuan, sum.balance_total_yuan);
+    assert_eq!(
+        sum.held_accounts, sum.accounts,
+        "every account is held and reported"
+    );
+    assert_eq!(sum.disconnections, 0);
+    let db = &s.host.db;
+    let count = |sql: &'static str| async move {
+        sqlx::query(sql)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            .try_get::<i64, _>(0)
+            .unwrap()
+    };
+    assert!(
+        count("SELECT COUNT(*) FROM holds WHERE stage = 'settlement' AND reason LIKE 'charge-over-ceiling: the tariff charged 10000000000.00 yuan%'").await
+            > 0
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM settlements").await, 0);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM sms_outbox WHERE kind = 'arrears'").await,
+        0,
+        "nobody is told they are in arrears over a charge that was not posted"
+    );
+    // The account record says it is held (the API and console show it).
+    let everyone = feegate::auth::Visibility {
+        county: None,
+        station_id: None,
+        account_id: None,
+    };
+    let any_account: String = sqlx::query_scalar("SELECT MIN(account_id) FROM holds")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let a = feegate::query::accounts::account(db, &everyone, &any_account)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(a.open_holds > 0, "{a:?}");
+    // The decisions themselves are recorded as the component answered, for the audit.
+    assert!(
+        count("SELECT COUNT(*) FROM decisions WHERE kind = 'tariff' AND outcome = 'ok'").await > 0
+    );
 }
 
 /// Puts every account of the scenario 1,000 yuan into arrears with a correction entry.

@@ -1,6 +1,7 @@
 //! The decision log's hash chain under concurrent writers: on PostgreSQL many tasks (as
 //! several hosts would) append at once and `audit verify` still finds one unbroken chain;
-//! a writer that skips the lock cannot fork it (the unique index on `prev_hash`).
+//! a writer that skips the lock cannot fork it: a row's id is its position in the chain
+//! (migration 0018), so a second row after the same tail collides on the primary key.
 
 mod common;
 
@@ -67,22 +68,52 @@ async fn concurrent_appends_on_postgresql_keep_one_unbroken_chain() {
     assert_eq!(report.rows, 120);
     assert!(report.breaks.is_empty(), "{:?}", report.breaks);
 
-    // A writer that links to a row that already has a successor is refused.
-    let head: String =
-        sqlx::query_scalar("SELECT prev_hash FROM decisions ORDER BY decision_id DESC LIMIT 1")
-            .fetch_one(&db.pool)
+    // Every row took the position after the tail it read: the ids are the chain's
+    // positions, 1..=120 without a gap, although eight tasks appended at once.
+    let ids: Vec<i64> =
+        sqlx::query_scalar("SELECT decision_id FROM decisions ORDER BY decision_id")
+            .fetch_all(&db.pool)
             .await
             .unwrap();
-    let fork = sqlx::query(
-        "INSERT INTO decisions (county, kind, account_id, business_date, decided_at, component_sha256, input_json,
-                                outcome, fuel_used, guest_output, prev_hash, row_hash)
-         VALUES ('xianyou', 'tariff', 'X', '2013-03-01', '2013-03-02 00:10:00', '00', '{}', 'failed', 0, '', $1, 'f')",
+    assert_eq!(ids, (1..=120).collect::<Vec<i64>>());
+
+    // A writer that skipped the lock read the same tail as the last append: it links to
+    // the same row and takes the same position, and is refused.
+    let (head_id, head_prev): (i64, String) = sqlx::query_as(
+        "SELECT decision_id, prev_hash FROM decisions ORDER BY decision_id DESC LIMIT 1",
     )
-    .bind(&head)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let e = fork(&db, Some(head_id), &head_prev)
+        .await
+        .expect_err("a second successor of one row must be refused");
+    assert!(e.to_string().contains("decisions_pkey"), "{e}");
+    // One that does not name its position at all is refused too (no identity since
+    // migration 0018), rather than taking a number that does not follow the chain.
+    let e = fork(&db, None, &head_prev)
+        .await
+        .expect_err("an insert without a position must be refused");
+    assert!(e.to_string().contains("decision_id"), "{e}");
+    assert!(feegate::audit::verify(&db, None).await.unwrap().ok());
+}
+
+/// Inserts a decision row by hand, as a writer that skipped `decision_log::append`
+/// would, at position `id` (`None`: without naming one) linking to `prev_hash`.
+async fn fork(db: &Db, id: Option<i64>, prev_hash: &str) -> Result<(), sqlx::Error> {
+    let (column, value) = match id {
+        Some(id) => ("decision_id, ", format!("{id}, ")),
+        None => ("", String::new()),
+    };
+    sqlx::query(&format!(
+        "INSERT INTO decisions ({column}county, kind, account_id, business_date, decided_at, component_sha256, input_json,
+                                outcome, fuel_used, guest_output, prev_hash, row_hash)
+         VALUES ({value}'xianyou', 'tariff', 'X', '2013-03-01', '2013-03-02 00:10:00', '00', '{{}}', 'failed', 0, '', $1, 'f')"
+    ))
+    .bind(prev_hash)
     .execute(&db.pool)
-    .await;
-    let e = fork.expect_err("a second successor of one row must be refused");
-    assert!(e.to_string().contains("decisions_prev_hash_unique"), "{e}");
+    .await
+    .map(|_| ())
 }
 
 #[tokio::test]
@@ -94,15 +125,14 @@ async fn a_fork_is_refused_on_sqlite_too() {
         .unwrap();
     append(&db, "A1").await;
     append(&db, "A2").await;
-    let e = sqlx::query(
-        "INSERT INTO decisions (county, kind, account_id, business_date, decided_at, component_sha256, input_json,
-                                outcome, fuel_used, guest_output, prev_hash, row_hash)
-         VALUES ('xianyou', 'tariff', 'X', '2013-03-01', '2013-03-02 00:10:00', '00', '{}', 'failed', 0, '', '', 'f')",
-    )
-    .execute(&db.pool)
-    .await
-    .expect_err("a second first row must be refused");
-    assert!(e.to_string().contains("UNIQUE"), "{e}");
+    let e = fork(&db, Some(1), "")
+        .await
+        .expect_err("a second first row must be refused");
+    assert!(
+        e.to_string()
+            .contains("UNIQUE constraint failed: decisions.decision_id"),
+        "{e}"
+    );
     assert!(
         feegate::audit::verify(&db, None)
             .await

@@ -5,8 +5,6 @@ mod common;
 
 use chrono::NaiveDate;
 use feegate::db::Db;
-use feegate::onboarding::{self, Application};
-use feegate::policy::set::RolloutStage;
 use feegate::readings::{import_readings, read_file, station_report};
 use rust_decimal::Decimal;
 
@@ -15,39 +13,7 @@ fn d(s: &str) -> NaiveDate {
 }
 
 async fn county(db: &Db, meters: usize) {
-    onboarding::ensure_county(db, "xy", "Xianyou", RolloutStage::ApprovalGated)
-        .await
-        .unwrap();
-    for s in ["S1", "S2"] {
-        onboarding::ensure_station(db, s, "xy", s).await.unwrap();
-    }
-    let now = d("2013-01-01").and_hms_opt(8, 0, 0).unwrap();
-    for i in 0..meters {
-        let app = Application {
-            county: "xy".into(),
-            station_id: if i % 2 == 0 { "S1" } else { "S2" }.into(),
-            customer_id: format!("C{i}"),
-            customer_name: format!("customer {i}"),
-            master_mobile: None,
-            customer_class: "low-voltage-residential".into(),
-            vulnerable: false,
-            meter_id: format!("M{i}"),
-            link: feegate_meter::fleet::MeterLink::Modbus(feegate_meter::registers::MeterAddress {
-                gateway: "127.0.0.1:502".parse().unwrap(),
-                unit: (i + 1) as u8,
-            }),
-            ct_ratio: 1,
-            pt_ratio: 1,
-            account_id: format!("A{i}"),
-            alarm_threshold_fen: 1000,
-            auto_debit_fen: None,
-            mobile: "13800000000".into(),
-            second_mobile: None,
-            keep_power: false,
-            time_of_use: false,
-        };
-        onboarding::onboard(db, &app, now).await.unwrap();
-    }
+    common::onboard_county_xy(db, meters, &["S1", "S2"]).await;
     sqlx::query("UPDATE accounts SET status = 'active'")
         .execute(&db.pool)
         .await
@@ -107,6 +73,20 @@ async fn import_is_idempotent_flags_conflicts_and_feeds_an_exact_report() {
     .await
     .unwrap();
     assert_eq!(stored, 20_000);
+
+    // A reading dated after today (a typo in the year, say) is refused, not stored.
+    let tomorrow = feegate::readings::ImportRow {
+        meter_id: "M5".into(),
+        reading_date: d("2013-01-03"),
+        register_kwh: Decimal::new(100, 0),
+    };
+    let f = import_readings(&db, &[tomorrow], now).await.unwrap();
+    assert_eq!(f.inserted, 0);
+    assert!(
+        f.rejected.len() == 1 && f.rejected[0].contains("after today"),
+        "{:?}",
+        f.rejected
+    );
 
     // S1 = M0, M2, M4: two read on 2 January; S2 = M1, M3, M5: one read, M3 covered by
     // its 1 January reading.

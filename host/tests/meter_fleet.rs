@@ -453,7 +453,7 @@ async fn replacement_case(db_url: Option<String>) {
     );
     assert_eq!(
         billed,
-        kwh_to_centi_kwh(s.fleet.profile_kwh(a, d2).unwrap().unwrap()),
+        kwh_to_centi_kwh(s.fleet.profile_kwh(a, d2).unwrap().unwrap()).unwrap(),
         "exactly what the household consumed on {d2}"
     );
     // Unrecorded: the old meter's register went backwards; held, nothing billed.

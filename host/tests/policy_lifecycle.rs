@@ -32,7 +32,7 @@ async fn temp_db(test: &str) -> Option<(common::TestDb, Db, String)> {
     Some((tdb, db, url))
 }
 
-const TARIFF_PARAMS: &str = r#"{"charge_rounding":"half-up","steps":[{"price":"0.4983","up_to_kwh":"2760"},{"price":"0.5483","up_to_kwh":"4800"},{"price":"0.7983"}]}"#;
+const TARIFF_PARAMS: &str = r#"{"charge_rounding":"half-up","cycle":"calendar-year","steps":[{"price":"0.4983","up_to_kwh":"2760"},{"price":"0.5483","up_to_kwh":"4800"},{"price":"0.7983"}]}"#;
 
 /// A county that trusts one key; returns the key.
 async fn trusting_county(db: &Db) -> ed25519_dalek::SigningKey {
@@ -836,30 +836,35 @@ async fn diff_reports_the_money_difference_and_loudly_a_candidate_that_disconnec
     assert_eq!(same.charge_difference_fen, 0);
     assert_eq!(same.fuel_recorded, same.fuel_candidate);
 
+    // The shipped step tariff published with step 1's price replaced, then diffed.
+    let with_step_1 = async |price: &str| {
+        let params = shipped[0].parameters_json.replace("0.4983", price);
+        assert_ne!(params, shipped[0].parameters_json);
+        let p = publish(
+            &db,
+            &engine,
+            &key,
+            PolicyKind::Tariff,
+            &wasm("policy_tariff_step"),
+            &params,
+        )
+        .await
+        .unwrap();
+        audit::diff(
+            &db,
+            &engine,
+            "xianyou",
+            PolicyKind::Tariff,
+            &format!("#{}", p.publication_id),
+            from,
+            to,
+        )
+        .await
+        .unwrap()
+    };
+
     // Step 1 dearer by 3 fen/kWh: every charge with consumption changes, up.
-    let dearer_params = shipped[0].parameters_json.replace("0.4983", "0.5283");
-    assert_ne!(dearer_params, shipped[0].parameters_json);
-    let dearer = publish(
-        &db,
-        &engine,
-        &key,
-        PolicyKind::Tariff,
-        &wasm("policy_tariff_step"),
-        &dearer_params,
-    )
-    .await
-    .unwrap();
-    let d = audit::diff(
-        &db,
-        &engine,
-        "xianyou",
-        PolicyKind::Tariff,
-        &format!("#{}", dearer.publication_id),
-        from,
-        to,
-    )
-    .await
-    .unwrap();
+    let d = with_step_1("0.5283").await;
     assert!(!d.changed.is_empty());
     assert!(d.charge_difference_fen > 0);
     assert_eq!(
@@ -870,6 +875,15 @@ async fn diff_reports_the_money_difference_and_loudly_a_candidate_that_disconnec
             .sum::<i64>()
     );
     assert!(d.changed.iter().all(|c| c.charge_difference_fen >= 0));
+    assert_eq!(d.over_ceiling, (0, 0), "3 fen/kWh dearer is a real tariff");
+    assert!(!d.over_ceiling_more());
+
+    // Step 1 typed in fen instead of yuan (49.8300 for 0.4983): a hundred times dearer,
+    // over the host's charge ceiling. The diff counts the decisions settlement would hold.
+    let f = with_step_1("49.8300").await;
+    assert_eq!(f.over_ceiling.0, 0, "nothing recorded was over the ceiling");
+    assert!(f.over_ceiling.1 > 0, "{:?}", f.over_ceiling);
+    assert!(f.over_ceiling_more());
 
     // A cutoff candidate that disconnects everybody it is asked about.
     let cutoffs = audit::log(
@@ -1100,4 +1114,309 @@ fn the_readme_walkthrough_works_at_the_command_line() {
     ]);
     assert_eq!(code, Some(0), "{stdout}");
     assert!(stdout.contains("4 passed, 0 failed"), "{stdout}");
+}
+
+/// Parameters the component refuses (`{}` for the step tariff: `bad-parameters`) are
+/// refused at publish with the component's code and message, and a version published
+/// before that check is refused at activate: in force it would hold every account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_and_activate_refuse_parameters_the_component_refuses() {
+    let Some((_tdb, db, _)) =
+        temp_db("publish_and_activate_refuse_parameters_the_component_refuses").await
+    else {
+        return;
+    };
+    let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
+    let key = trusting_county(&db).await;
+    let tariff = wasm("policy_tariff_step");
+    let err = publish(&db, &engine, &key, PolicyKind::Tariff, &tariff, "{}")
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    match &err {
+        RegistryError::ProbeFailed {
+            failure: feegate::policy::PolicyFailure::Refused { code, message },
+            ..
+        } => {
+            assert_eq!(code, "bad-parameters", "{msg}");
+            assert!(msg.contains(message.as_str()), "{msg}");
+        }
+        _ => panic!("expected the component's refusal, got {msg}"),
+    }
+    assert!(msg.contains("hold every account"), "{msg}");
+    assert!(
+        registry::publications(&db, "xianyou", None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing refused is stored"
+    );
+
+    // A version stored before publish checked its parameters.
+    let old = registry::record_shipped(
+        &db,
+        "xianyou",
+        PolicyKind::Tariff,
+        &tariff,
+        "1.0.0",
+        "{}",
+        t("2013-01-01 09:00:00"),
+    )
+    .await
+    .unwrap();
+    let err = registry::activate(
+        &db,
+        &engine,
+        &ActivateRequest {
+            county: "xianyou",
+            kind: PolicyKind::Tariff,
+            version: &format!("#{}", old.publication_id),
+            at: None,
+            stage: None,
+            who: "ops",
+            note: "old publication",
+            now: t("2013-01-02 09:00:00"),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RegistryError::ProbeFailed {
+                failure: feegate::policy::PolicyFailure::Refused { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("bad-parameters"), "{err}");
+    assert!(
+        registry::history(&db, "xianyou", None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Good parameters still publish and activate.
+    let good = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Tariff,
+        &tariff,
+        TARIFF_PARAMS,
+    )
+    .await
+    .unwrap();
+    registry::activate(
+        &db,
+        &engine,
+        &ActivateRequest {
+            county: "xianyou",
+            kind: PolicyKind::Tariff,
+            version: &format!("#{}", good.publication_id),
+            at: None,
+            stage: None,
+            who: "ops",
+            note: "good",
+            now: t("2013-01-02 09:00:00"),
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// An activation recorded before `policy activate` checked the parameters: the running
+/// host does not swap it in, and keeps the version in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_host_keeps_its_version_when_an_activated_one_refuses_its_parameters() {
+    let Some((opts, _db)) = common::small_county_db(
+        "a_running_host_keeps_its_version_when_an_activated_one_refuses_its_parameters",
+        4,
+        1,
+        11,
+    )
+    .await
+    else {
+        return;
+    };
+    let s = Scenario::new(&opts, &[]).await.unwrap();
+    let db = s.host.db.clone();
+    let county = s.host.county.clone();
+    let before = county.snapshot();
+    let old = registry::record_shipped(
+        &db,
+        "xianyou",
+        PolicyKind::Tariff,
+        &wasm("policy_tariff_step"),
+        "1.0.0",
+        "{}",
+        s.clock.now(),
+    )
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO policy_activations (county, kind, publication_id, component_sha256, action, rollout_stage, effective_at, who, note, recorded_at)
+         VALUES ('xianyou', 'tariff', $1, $2, 'activate', $3, $4, 'ops', 'before the check', $4)",
+    )
+    .bind(old.publication_id)
+    .bind(&old.component_sha256)
+    .bind(None::<&str>)
+    .bind(feegate::db::ts(s.clock.now()))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert!(s.watcher.poll().await.unwrap().is_empty(), "not swapped in");
+    let after = county.snapshot();
+    assert_eq!(
+        after.get(PolicyKind::Tariff).parameters_json,
+        before.get(PolicyKind::Tariff).parameters_json
+    );
+    assert_ne!(after.get(PolicyKind::Tariff).parameters_json, "{}");
+    // Not retried at every poll.
+    assert!(s.watcher.poll().await.unwrap().is_empty());
+}
+
+/// Key files say what they hold; each is refused where the other kind belongs, and
+/// bare-hex files written before the header line still work.
+#[test]
+fn key_files_say_what_they_are_and_the_wrong_kind_is_refused() {
+    let Some(tdb) =
+        common::test_database_blocking("key_files_say_what_they_are_and_the_wrong_kind_is_refused")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = tdb.url.clone();
+    let params = dir.path().join("tariff.json");
+    std::fs::write(&params, TARIFF_PARAMS).unwrap();
+    let empty = dir.path().join("empty.json");
+    std::fs::write(&empty, "{}").unwrap();
+    let tariff = common::component("policy_tariff_step");
+    let tariff_path = tariff.to_str().unwrap();
+    let params_path = params.to_str().unwrap();
+    let cli = common::Cli {
+        dir: dir.path(),
+        db: &db,
+    };
+    cli.ok(&["policy", "key", "new", "--out", "lin"]);
+    let secret = std::fs::read_to_string(dir.path().join("lin.key")).unwrap();
+    let public = std::fs::read_to_string(dir.path().join("lin.pub")).unwrap();
+    assert!(
+        secret.starts_with("feegate ed25519 secret key\n"),
+        "{secret}"
+    );
+    assert!(
+        public.starts_with("feegate ed25519 public key\n"),
+        "{public}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("lin.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // The secret key given to trust: refused, nothing stored.
+    let (code, _, stderr) = cli.run(&[
+        "policy", "trust", "add", "--county", "xianyou", "--key", "lin.key", "--who", "x",
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("is a secret key; trust the matching .pub file")
+            && stderr.contains("consider generating a new pair"),
+        "{stderr}"
+    );
+    let list = cli.ok(&["policy", "trust", "list", "--county", "xianyou"]);
+    assert!(list.trim().is_empty(), "{list}");
+    cli.ok(&[
+        "policy", "trust", "add", "--county", "xianyou", "--key", "lin.pub", "--who", "Lin",
+    ]);
+
+    // The public key given to sign with: refused by sign and by publish.
+    let (code, _, stderr) = cli.run(&[
+        "policy",
+        "sign",
+        tariff_path,
+        "--params",
+        params_path,
+        "--key",
+        "lin.pub",
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("is a public key; sign with the secret key file"),
+        "{stderr}"
+    );
+    let publish = |key: &str, params: &str| {
+        cli.run(&[
+            "policy",
+            "publish",
+            tariff_path,
+            "--county",
+            "xianyou",
+            "--kind",
+            "tariff",
+            "--params",
+            params,
+            "--key",
+            key,
+            "--note",
+            "n",
+        ])
+    };
+    let (code, _, stderr) = publish("lin.pub", params_path);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("is a public key; sign with the secret key file"),
+        "{stderr}"
+    );
+
+    // `{}` is not parameters the step tariff accepts: refused with its code.
+    let (code, _, stderr) = publish("lin.key", empty.to_str().unwrap());
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("bad-parameters"), "{stderr}");
+    let list = cli.ok(&["policy", "list", "--county", "xianyou"]);
+    assert!(!list.contains('#'), "nothing published: {list}");
+
+    // Bare hex, as `policy key new` wrote keys before: still read; a bare `.key`
+    // file is still refused by trust.
+    let old = feegate::registry::generate_key();
+    std::fs::write(
+        dir.path().join("old.key"),
+        format!("{}\n", hex::encode(old.to_bytes())),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("old.pub"),
+        format!("{}\n", hex::encode(old.verifying_key().to_bytes())),
+    )
+    .unwrap();
+    let (code, _, stderr) = cli.run(&[
+        "policy", "trust", "add", "--county", "xianyou", "--key", "old.key", "--who", "Old",
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("is a secret key"), "{stderr}");
+    cli.ok(&[
+        "policy", "trust", "add", "--county", "xianyou", "--key", "old.pub", "--who", "Old",
+    ]);
+    let published = cli.ok(&[
+        "policy",
+        "publish",
+        tariff_path,
+        "--county",
+        "xianyou",
+        "--kind",
+        "tariff",
+        "--params",
+        params_path,
+        "--key",
+        "old.key",
+        "--note",
+        "old key",
+    ]);
+    assert!(published.contains("by Old"), "{published}");
 }

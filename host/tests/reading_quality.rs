@@ -9,11 +9,16 @@ use std::time::Duration;
 
 use chrono::{NaiveDate, NaiveDateTime};
 use feegate::config::SettlementConfig;
-use feegate::money::{CentiKwh, kwh_to_centi_kwh};
+use feegate::money::CentiKwh;
 use feegate::settlement::{DeltaCheck, Replacement, check_delta, check_delta_across_replacement};
 use feegate_meter::client::{ClientConfig, ModbusMeterClient};
 use feegate_meter::dlt645_client::{Dlt645Client, Dlt645Config};
 use feegate_meter::sim::SimFleet;
+
+/// The checked conversion; every value here is a real register or day's consumption.
+fn kwh_to_centi_kwh(kwh: rust_decimal::Decimal) -> CentiKwh {
+    feegate::money::kwh_to_centi_kwh(kwh).unwrap()
+}
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 

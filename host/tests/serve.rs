@@ -130,7 +130,7 @@ fn serve_answers_health_readiness_and_metrics_swaps_an_activated_policy_and_stop
     let params = dir.path().join("tariff.json");
     std::fs::write(
         &params,
-        r#"{"charge_rounding":"half-up","steps":[{"price":"0.5283","up_to_kwh":"2760"},{"price":"0.5783","up_to_kwh":"4800"},{"price":"0.8283"}]}"#,
+        r#"{"charge_rounding":"half-up","cycle":"calendar-year","steps":[{"price":"0.5283","up_to_kwh":"2760"},{"price":"0.5783","up_to_kwh":"4800"},{"price":"0.8283"}]}"#,
     )
     .unwrap();
     run(&["policy", "key", "new", "--out", "lin"]);

@@ -95,6 +95,7 @@ pub fn routes() -> OpenApiRouter<Arc<ServeState>> {
         .routes(routes!(work_orders::hold_work_order))
         .routes(routes!(work_orders::withdraw_work_order))
         .routes(routes!(work_orders::execute_work_order))
+        .routes(routes!(work_orders::reconnect_work_order))
         .routes(routes!(work_orders::list_relay_commands))
         .routes(routes!(policies::list_policies))
         .routes(routes!(policies::list_versions))

@@ -1,14 +1,16 @@
 //! Work orders: the list, one with its evidence, approve, hold, withdraw an approval,
-//! execute (the two-person rule), and relay commands awaiting confirmation.
+//! execute (the two-person rule), complete a call-before-reconnection order (which
+//! reconnects), and relay commands awaiting confirmation.
 
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody, json_body};
 use super::{ListParams, choice, county_runtime, idempotency, now_in, who};
 use crate::auth::{Action, Principal};
 use crate::cutoff::{self, Executed, Withdrawal};
+use crate::payment::{self, CallFirstCompletion};
 use crate::query::work_orders::{
     self as q, KINDS, RelayCommandRow, STATUSES, WorkOrder, WorkOrderDetail, WorkOrderFilter,
 };
-use crate::query::{ListFilter, Page};
+use crate::query::{ListFilter, Money, Page};
 use crate::serve::ServeState;
 use axum::Json;
 use axum::body::Bytes;
@@ -339,6 +341,118 @@ pub async fn execute_work_order(
                 outcome: outcome.into(),
                 command_id: command.as_ref().map(|c| c.0),
                 command_status: command.map(|c| c.1),
+                order: after.order,
+            })
+            .expect("serialises"),
+        ))
+    })
+    .await)
+}
+
+/// What completing a call-before-reconnection order did.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct CallFirstResult {
+    pub work_order_id: i64,
+    /// reconnecting: the order is done and its direct-close command was created
+    pub outcome: String,
+    /// The direct-close command (decision key `work-order:{id}`) and its state after
+    /// this call's attempt (issued at once when this host serves the county, else by
+    /// the serving host's relays job within a minute).
+    pub command_id: i64,
+    pub command_status: Option<String>,
+    pub order: WorkOrder,
+}
+
+/// Complete a call-before-reconnection work order after calling the customer: the order
+/// becomes `done` (who, when, the note) and the relay is closed (a direct-close
+/// command, issued and verified in the call on the host that serves the county). A
+/// second call answers 409 `conflict` with `details.status` `done` and commands nothing.
+/// Refused, the order left open: 409 `in-arrears` (balance below zero: the customer
+/// must pay first; `details.balance`), 409 `conflict` when the relay is not open or a
+/// relay command is in flight, or the order is of another kind.
+#[utoipa::path(post, path = "/work-orders/{work_order_id}/reconnect", tag = "work-orders",
+    params(("work_order_id" = i64, Path, description = "Work order id"),
+        ("Idempotency-Key" = String, Header, description = "Required; reuse it when you retry")),
+    request_body(content = DecisionNote, description = "Optional note: what was agreed on the call"),
+    responses((status = 200, body = CallFirstResult, description = "done: the close command was created"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "conflict (not open, another kind, relay not open, command in flight) or in-arrears")))]
+pub async fn reconnect_work_order(
+    State(s): St,
+    p: Principal,
+    ApiPath(id): ApiPath<i64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    p.visible(Action::DecideWorkOrders)?;
+    let path = format!("/api/v1/work-orders/{id}/reconnect");
+    let (db, principal, raw) = (s.db.clone(), p.clone(), body.clone());
+    Ok(idempotency::once(&db, &principal, &headers, "POST", &path, &raw, |_key| async move {
+        let note: DecisionNote = if body.is_empty() {
+            DecisionNote::default()
+        } else {
+            json_body(&body)?
+        };
+        let order = visible_order(&s, &p, Action::DecideWorkOrders, id).await?;
+        if order.order.kind != "call-before-reconnection" {
+            return Err(ApiError::conflict(format!(
+                "work order {id} is a {} order; only call-before-reconnection orders are reconnected this way",
+                order.order.kind
+            )));
+        }
+        let county = order.order.county.clone().unwrap_or_default();
+        let done = match county_runtime(&s, &county) {
+            Some(c) => {
+                c.host
+                    .complete_call_first(id, who(&p), &note.note)
+                    .await
+                    .map_err(|e| ApiError::internal("completing the work order", e))?
+                    .0
+            }
+            None => {
+                payment::complete_call_first(
+                    &s.db,
+                    id,
+                    who(&p),
+                    &note.note,
+                    now_in(&s, Some(&county)),
+                    &crate::config::RelayConfig::default(),
+                )
+                .await?
+            }
+        };
+        let message = done.message(id);
+        let command_id = match done {
+            CallFirstCompletion::Reconnecting { command_id } => command_id,
+            CallFirstCompletion::NotFound => {
+                return Err(ApiError::not_found(&format!("work order {id}")));
+            }
+            CallFirstCompletion::InArrears { balance_fen } => {
+                return Err(ApiError::new(StatusCode::CONFLICT, "in-arrears", message)
+                    .with_details(serde_json::json!({ "balance": Money::from(balance_fen) })));
+            }
+            CallFirstCompletion::NotOpen { status, .. } => {
+                return Err(ApiError::conflict(message)
+                    .with_details(serde_json::json!({ "status": status })));
+            }
+            CallFirstCompletion::WrongKind { .. }
+            | CallFirstCompletion::RelayNotOpen { .. }
+            | CallFirstCompletion::CommandInFlight => return Err(ApiError::conflict(message)),
+        };
+        let command_status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM relay_commands WHERE command_id = $1")
+                .bind(command_id)
+                .fetch_optional(&s.db.pool)
+                .await?;
+        tracing::info!(user = %p.username, work_order = id, command_id, "api: call-first order done, reconnecting");
+        let after = visible_order(&s, &p, Action::ReadWorkOrders, id).await?;
+        Ok((
+            StatusCode::OK,
+            serde_json::to_value(CallFirstResult {
+                work_order_id: id,
+                outcome: "reconnecting".into(),
+                command_id,
+                command_status,
                 order: after.order,
             })
             .expect("serialises"),

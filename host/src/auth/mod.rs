@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | operations | every county | everything |
 //! | county-engineer | one county | read and manage that county's policies; read its decisions and collection figures; no customer records |
-//! | station-staff | one station of one county | that station's customers, accounts, decisions, work orders (approve, hold, withdraw an approval, execute), payments at the counter, onboarding, collection figures; read the county's policies |
+//! | station-staff | one station of one county | that station's customers, accounts, decisions, work orders (approve, hold, withdraw an approval, execute, complete a call-before-reconnection order), payments at the counter, onboarding, collection figures; read the county's policies |
 //! | auditor | every county | read everything, change nothing |
 //! | customer | one account | read that account (balance, ledger, usage, decisions); they pay in the app, whose payment provider's signed notification credits them |
 //!
@@ -92,7 +92,8 @@ pub enum Action {
     ManagePolicies,
     /// Work orders (approval queue, follow-ups, relay failures).
     ReadWorkOrders,
-    /// Approve or hold a work order; withdraw an approval not yet executed.
+    /// Approve or hold a work order; withdraw an approval not yet executed; record an
+    /// offline follow-up or a call-before-reconnection order done.
     DecideWorkOrders,
     /// Execute an approved cutoff (send the trip); never by its approver.
     ExecuteWorkOrders,

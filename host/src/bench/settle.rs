@@ -208,7 +208,10 @@ pub async fn seed_accounts_with(
                         let start_reg = 100_000 + (i as i64 % 1000) * 100;
                         format!(
                             "('M{i}', '{day0}', {start_reg}, 'daily-frozen', '{day0} 00:10:00'), ('M{i}', '{day1}', {}, 'daily-frozen', '{day1} 00:10:00')",
-                            start_reg + kwh_to_centi_kwh(kwh)
+                            // Derived bench data: a household's daily kWh always fits.
+                            start_reg
+                                + kwh_to_centi_kwh(kwh)
+                                    .expect("a household's daily kWh fits 0.01 kWh units")
                         )
                     }
                     Some(m) => format!(

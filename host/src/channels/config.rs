@@ -175,6 +175,28 @@ impl ChannelsConfig {
         })
     }
 
+    /// The channel names in the channels file at `path` (`[channels.<name>]`), for
+    /// commands that only need to know which channels exist, such as `feegate reconcile`.
+    /// The file must be well-formed (same fields as for [`ChannelsConfig::load`]), but
+    /// secrets and key files are not resolved: reconciling happens on a finance desk that
+    /// does not hold the channels' secrets.
+    pub fn channel_names(path: &Path) -> Result<Vec<String>, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::names_in(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// [`ChannelsConfig::channel_names`] of TOML text, sorted.
+    fn names_in(text: &str) -> Result<Vec<String>, String> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        Ok(raw.channels.into_keys().collect())
+    }
+
     /// Parses TOML text; `env` looks up `secret_env` variables.
     pub fn parse(
         text: &str,
@@ -303,6 +325,18 @@ mod tests {
             }
         }
         assert_eq!(parse(KIOSK).unwrap().signature_window_seconds, 300);
+    }
+
+    #[test]
+    fn channel_names_need_no_secrets() {
+        let text = format!(
+            "{KIOSK}[channels.bank-transfer]\nauth = \"hmac-sha256\"\nsecret_env = \"UNSET_HERE\"\nmax_amount_yuan = \"50000\"\n"
+        );
+        assert_eq!(
+            ChannelsConfig::names_in(&text).unwrap(),
+            vec!["bank-transfer".to_string(), "kiosk".to_string()]
+        );
+        assert!(ChannelsConfig::names_in("[channels.x]\nauth = \"md5\"\n").is_err());
     }
 
     #[test]

@@ -379,6 +379,9 @@ async fn apply_pending(
                 sp.rollback().await?;
                 let code = match &e {
                     PaymentError::UnknownOriginal { .. } => ResultCode::UnknownOriginal,
+                    PaymentError::OriginalOfAnotherAccount { .. } => {
+                        ResultCode::OriginalAccountMismatch
+                    }
                     PaymentError::ReversalTooLarge { .. } => ResultCode::ReversalTooLarge,
                     PaymentError::UnknownAccount(_) => ResultCode::UnknownAccount,
                     PaymentError::AccountMismatch { .. } | PaymentError::AmountMismatch { .. } => {

@@ -82,6 +82,9 @@ pub enum ResultCode {
     UnknownAccount,
     /// Reversal of a payment we have not applied (yet): retry later (HTTP 409).
     UnknownOriginal,
+    /// Reversal of a payment applied to another account than the one it names (HTTP 422;
+    /// retrying cannot help).
+    OriginalAccountMismatch,
     /// Reversal larger than what the payment brought in (HTTP 422).
     ReversalTooLarge,
     /// Same transaction id, different content: refused, logged for reconciliation (HTTP 409).
@@ -110,6 +113,7 @@ impl ResultCode {
             Self::WrongCurrency => "wrong-currency",
             Self::UnknownAccount => "unknown-account",
             Self::UnknownOriginal => "unknown-original",
+            Self::OriginalAccountMismatch => "original-account-mismatch",
             Self::ReversalTooLarge => "reversal-too-large",
             Self::Conflict => "conflict",
             Self::UnknownDebit => "unknown-debit",
@@ -209,6 +213,16 @@ pub fn plain_decimal(s: &str) -> Option<Decimal> {
     ok.then(|| Decimal::from_str(s).ok()).flatten()
 }
 
+/// A yuan amount as a channel writes it: a [`plain_decimal`] (no exponent: `1e2` is not
+/// 100.00) with at most two decimal places, in fen. Sign is not checked here. Payment
+/// notifications and statement lines (`feegate reconcile`) both parse amounts with it, so
+/// the two never disagree on what a channel meant.
+pub fn parse_yuan(s: &str) -> Option<Fen> {
+    plain_decimal(s)
+        .filter(|d| d.scale() <= 2)
+        .and_then(|d| crate::money::yuan_to_fen(d).ok())
+}
+
 /// The fields a notification may carry (parsed only to refuse others and repeats).
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -300,29 +314,24 @@ pub fn validate(channel: &str, body: &[u8], max_fen: Fen) -> Result<Notification
         });
     }
     let amount_fen = match v.get("amount") {
-        Some(serde_json::Value::String(s)) => {
-            let parsed = plain_decimal(s)
-                .filter(|d| d.scale() <= 2)
-                .and_then(|d| crate::money::yuan_to_fen(d).ok());
-            match parsed {
-                Some(f) if f > 0 => f,
-                Some(f) => {
-                    return bad(
-                        ResultCode::BadAmount,
-                        format!(
-                            "amount must be positive, got {} yuan",
-                            crate::money::format_yuan(f)
-                        ),
-                    );
-                }
-                None => {
-                    return bad(
-                        ResultCode::BadAmount,
-                        format!("amount {s:?} is not a yuan amount with at most 2 decimals"),
-                    );
-                }
+        Some(serde_json::Value::String(s)) => match parse_yuan(s) {
+            Some(f) if f > 0 => f,
+            Some(f) => {
+                return bad(
+                    ResultCode::BadAmount,
+                    format!(
+                        "amount must be positive, got {} yuan",
+                        crate::money::format_yuan(f)
+                    ),
+                );
             }
-        }
+            None => {
+                return bad(
+                    ResultCode::BadAmount,
+                    format!("amount {s:?} is not a yuan amount with at most 2 decimals"),
+                );
+            }
+        },
         Some(other) => {
             return bad(
                 ResultCode::BadAmount,
@@ -343,10 +352,16 @@ pub fn validate(channel: &str, body: &[u8], max_fen: Fen) -> Result<Notification
     }
     match field("currency") {
         Some("CNY") => {}
-        other => {
+        Some(other) => {
             return bad(
                 ResultCode::WrongCurrency,
                 format!("currency must be \"CNY\", got {other:?}"),
+            );
+        }
+        None => {
+            return bad(
+                ResultCode::WrongCurrency,
+                "currency is missing; it must be \"CNY\"".into(),
             );
         }
     }

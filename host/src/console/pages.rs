@@ -6,6 +6,7 @@
 //! | `GET /console/cases/{id}` | same | one disconnection case, its evidence in full |
 //! | `POST /console/cases/{id}/approve`, `…/hold`, `…/withdraw`, `…/execute` | station staff, operations | decide; withdraw an approval not yet executed (the approver too); execute an approved case (never by its approver) |
 //! | `POST /console/follow-ups/{id}/done` | station staff, operations | an offline follow-up done |
+//! | `POST /console/call-first/{id}/done` | station staff, operations | a call-before-reconnection order done after calling the customer: reconnects |
 //! | `GET /console/accounts`, `GET /console/accounts/{id}` | staff in scope; a customer their own | balance, usage chart, payments, decisions |
 //! | `POST /console/accounts/{id}/pay` | the account's customer | pay through the app channel |
 //! | `GET/POST /console/hall` | station staff, operations | the fee-control application form (费控申请信息) |
@@ -30,6 +31,7 @@ pub(super) fn routes() -> Router<ConsoleState> {
         .route("/console/cases/{id}", get(case_page))
         .route("/console/cases/{id}/{action}", post(case_action))
         .route("/console/follow-ups/{id}/done", post(follow_up_done))
+        .route("/console/call-first/{id}/done", post(call_first_done))
         .route("/console/accounts", get(accounts))
         .route("/console/accounts/{id}", get(account_page))
         .route("/console/accounts/{id}/pay", post(pay))
@@ -340,6 +342,30 @@ async fn execute(
     }
 }
 
+/// The county of work order `id` of `kind`, when the caller may decide it; an order of
+/// another kind, or outside the caller's station, is [`ConsoleError::NotFound`] (not
+/// yours = not found).
+async fn decidable_order(
+    state: &ConsoleState,
+    p: &Principal,
+    id: i64,
+    kind: &str,
+) -> Result<String, ConsoleError> {
+    p.visible(Action::DecideWorkOrders)?;
+    let row: Option<(String, String)> = sqlx::query_as(
+        "SELECT a.county, a.station_id FROM work_orders w JOIN accounts a ON a.account_id = w.account_id
+         WHERE w.work_order_id = $1 AND w.kind = $2",
+    )
+    .bind(id)
+    .bind(kind)
+    .fetch_optional(&state.db.pool)
+    .await?;
+    let (county, station) = row.ok_or(ConsoleError::NotFound)?;
+    p.authorize(Action::DecideWorkOrders, Scope::station(&county, &station))
+        .map_err(|_| ConsoleError::NotFound)?;
+    Ok(county)
+}
+
 async fn follow_up_done(
     State(state): State<ConsoleState>,
     req: Req,
@@ -348,21 +374,7 @@ async fn follow_up_done(
     axum::Form(form): axum::Form<NoteForm>,
 ) -> Response {
     let result = async {
-        p.visible(Action::DecideWorkOrders)?;
-        let row: Option<(String, String)> = sqlx::query_as(
-            "SELECT a.county, a.station_id FROM work_orders w JOIN accounts a ON a.account_id = w.account_id
-             WHERE w.work_order_id = $1 AND w.kind = 'offline-follow-up'",
-        )
-        .bind(id)
-        .fetch_optional(&state.db.pool)
-        .await?;
-        let (county, station) = row.ok_or(ConsoleError::NotFound)?;
-        if p
-            .authorize(Action::DecideWorkOrders, Scope::station(&county, &station))
-            .is_err()
-        {
-            return Err(ConsoleError::NotFound);
-        }
+        let county = decidable_order(&state, &p, id, "offline-follow-up").await?;
         let done = crate::warning::record_follow_up_done(
             &state.db,
             id,
@@ -375,6 +387,66 @@ async fn follow_up_done(
             Ok(())
         } else {
             Err(ConsoleError::Conflict(req.t("case.not_open")))
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => Redirect::to("/console/station").into_response(),
+        Err(e) => e.page(&state, &req, Some(&p)),
+    }
+}
+
+/// A call-before-reconnection order done after a person called the customer: the order
+/// becomes done and the relay is closed ([`crate::payment::complete_call_first`];
+/// issued at once when this process serves the county). Refused, the order left open,
+/// while the balance is below zero, the relay is not open or a command is in flight.
+async fn call_first_done(
+    State(state): State<ConsoleState>,
+    req: Req,
+    p: Principal,
+    Path(id): Path<i64>,
+    axum::Form(form): axum::Form<NoteForm>,
+) -> Response {
+    use crate::payment::CallFirstCompletion;
+    let result = async {
+        let county = decidable_order(&state, &p, id, "call-before-reconnection").await?;
+        let note = form.note.trim();
+        let done = match state.host(&county) {
+            Some(host) => {
+                host.complete_call_first(id, &p.username, note)
+                    .await
+                    .map_err(|e| {
+                        tracing::error!("console: completing work order {id}: {e}");
+                        ConsoleError::Unavailable
+                    })?
+                    .0
+            }
+            None => {
+                crate::payment::complete_call_first(
+                    &state.db,
+                    id,
+                    &p.username,
+                    note,
+                    state.now(Some(&county)),
+                    &crate::config::RelayConfig::default(),
+                )
+                .await?
+            }
+        };
+        match done {
+            CallFirstCompletion::Reconnecting { .. } => Ok(()),
+            CallFirstCompletion::NotFound | CallFirstCompletion::WrongKind { .. } => {
+                Err(ConsoleError::NotFound)
+            }
+            CallFirstCompletion::NotOpen { .. } => {
+                Err(ConsoleError::Conflict(req.t("case.not_open")))
+            }
+            CallFirstCompletion::InArrears { .. } => {
+                Err(ConsoleError::Conflict(req.t("case.pay_first")))
+            }
+            CallFirstCompletion::RelayNotOpen { .. } | CallFirstCompletion::CommandInFlight => {
+                Err(ConsoleError::Conflict(req.t("case.relay_busy")))
+            }
         }
     }
     .await;

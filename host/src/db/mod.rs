@@ -27,6 +27,10 @@ pub enum DbError {
         "unsupported database URL {0:?}: use sqlite://PATH (default) or postgres://USER@HOST:PORT/DB"
     )]
     Unsupported(String),
+    #[error(
+        "no database at {url}: check the path (--db or FEEGATE_DB); this command reads an existing database and never creates one"
+    )]
+    Missing { url: String },
 }
 
 /// A connection pool plus the backend's name.
@@ -171,6 +175,18 @@ impl Db {
     /// connection: SQLite has one writer anyway, and one connection rules out
     /// SQLITE_BUSY deadlocks between transactions that read then write.
     pub async fn open(url: &str) -> Result<Self, DbError> {
+        Self::open_with(url, true).await
+    }
+
+    /// [`Self::open`] for a command that reads what is there (`audit …`, `policy list`,
+    /// `holds list` …): a SQLite file that does not exist is [`DbError::Missing`] instead
+    /// of a new, empty database — in which a mistyped path would find an intact chain and
+    /// no holds, and say so. PostgreSQL never creates a database on connect anyway.
+    pub async fn open_existing(url: &str) -> Result<Self, DbError> {
+        Self::open_with(url, false).await
+    }
+
+    async fn open_with(url: &str, create: bool) -> Result<Self, DbError> {
         sqlx::any::install_default_drivers();
         let open_err = |source| DbError::Open {
             url: url.to_string(),
@@ -181,7 +197,11 @@ impl Db {
             return Err(DbError::Unsupported(url.to_string()));
         }
         let url_with_create = if is_sqlite && !url.contains("mode=") && !url.contains(":memory:") {
-            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+            let mode = if create { "rwc" } else { "rw" };
+            format!(
+                "{url}{}mode={mode}",
+                if url.contains('?') { '&' } else { '?' }
+            )
         } else {
             url.to_string()
         };
@@ -214,7 +234,15 @@ impl Db {
             })
             .connect_with(options)
             .await
-            .map_err(open_err)?;
+            .map_err(|e| match &e {
+                // SQLITE_CANTOPEN: without mode=rwc, a file that is not there.
+                sqlx::Error::Database(d) if !create && d.code().as_deref() == Some("14") => {
+                    DbError::Missing {
+                        url: url.to_string(),
+                    }
+                }
+                _ => open_err(e),
+            })?;
         if is_sqlite {
             // SQLite changes a constraint only by rebuilding the table (0005 rebuilds
             // `meters`), which needs foreign keys off around the migration's transaction

@@ -204,6 +204,10 @@ pub struct AccountSummary {
     pub disconnected_at: Option<String>,
     /// A relay command not yet confirmed by a fresh status read, if any.
     pub pending_relay_command: Option<String>,
+    /// Holds not yet released (a failed or refused decision, a charge over the host's
+    /// ceiling, a reading a person must look at; `feegate holds list` gives the reasons).
+    /// While any is open the balance may not include every day, and no trip happens.
+    pub open_holds: i64,
     pub agreement: AgreementTerms,
 }
 
@@ -211,6 +215,7 @@ const ACCOUNT_SELECT: &str = "SELECT a.account_id, a.customer_id, c.name, a.mete
         a.balance_fen, a.relay_state, a.arrears_since, a.disconnected_at,
         (SELECT MIN(rc.command) FROM relay_commands rc WHERE rc.account_id = a.account_id
             AND rc.status IN ('pending', 'issuing', 'awaiting-confirmation', 'awaiting-customer')) AS pending_command,
+        (SELECT COUNT(*) FROM holds h WHERE h.account_id = a.account_id AND h.released_at IS NULL) AS open_holds,
         g.agreement_id, g.alarm_threshold_fen, g.auto_debit_fen, g.mobile, g.second_mobile, g.keep_power,
         g.time_of_use, g.signed_at
     FROM accounts a JOIN customers c ON c.customer_id = a.customer_id
@@ -230,6 +235,7 @@ fn account_from(r: &AnyRow) -> Result<AccountSummary, sqlx::Error> {
         arrears_since: r.try_get("arrears_since")?,
         disconnected_at: r.try_get("disconnected_at")?,
         pending_relay_command: r.try_get("pending_command")?,
+        open_holds: r.try_get("open_holds")?,
         agreement: AgreementTerms {
             agreement_id: r.try_get("agreement_id")?,
             alarm_threshold: Money::from(r.try_get::<i64, _>("alarm_threshold_fen")?),
@@ -509,7 +515,8 @@ fn tou_split(input_json: &str) -> Vec<(&'static str, i64)> {
                 kwh.get("mantissa")?.as_i64()?,
                 u32::try_from(kwh.get("scale")?.as_u64()?).ok()?,
             );
-            Some((band, crate::money::kwh_to_centi_kwh(d)))
+            // An amount that does not fit 0.01 kWh is dropped like any malformed entry.
+            Some((band, crate::money::kwh_to_centi_kwh(d).ok()?))
         })
         .collect()
 }

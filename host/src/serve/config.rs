@@ -42,6 +42,7 @@
 //!
 //! [settlement]
 //! batch_accounts = 1000        # accounts per settlement / warning transaction
+//! max_price_yuan_per_kwh = "5.0000"  # charge ceiling: a dearer tariff decision is held
 //!
 //! [clock]                      # rehearsals and crash tests only; 0 in production
 //! shift_seconds = 0
@@ -292,12 +293,17 @@ pub struct SettlementSection {
     /// Accounts per batch, 1..=10,000 (default 1,000): one transaction each
     /// (`crate::config::SettlementConfig::batch_accounts`).
     pub batch_accounts: usize,
+    /// The charge ceiling, yuan per kWh, as a quoted decimal (`"5.0000"`): a tariff
+    /// decision above kWh × this is held, not posted
+    /// (`crate::config::SettlementConfig::max_price_yuan_per_kwh`). Over 0, at most 100.
+    pub max_price_yuan_per_kwh: rust_decimal::Decimal,
 }
 
 impl Default for SettlementSection {
     fn default() -> Self {
         Self {
             batch_accounts: crate::settlement::BATCH_ACCOUNTS,
+            max_price_yuan_per_kwh: crate::settlement::MAX_PRICE_YUAN_PER_KWH,
         }
     }
 }
@@ -439,6 +445,11 @@ impl ServeConfig {
         range(
             (1..=10_000).contains(&self.settlement.batch_accounts),
             "settlement.batch_accounts must be 1..=10000",
+        )?;
+        range(
+            self.settlement.max_price_yuan_per_kwh > rust_decimal::Decimal::ZERO
+                && self.settlement.max_price_yuan_per_kwh <= rust_decimal::Decimal::ONE_HUNDRED,
+            "settlement.max_price_yuan_per_kwh must be over 0 and at most 100 (yuan per kWh, quoted: \"5.0000\")",
         )?;
         range(
             self.clock.shift_seconds.unsigned_abs() <= 100 * 366 * 86_400,
@@ -681,6 +692,10 @@ mod tests {
             ("[cluster]\nhost_id = \" \"\n", "host_id"),
             ("[clock]\nshift_seconds = -9999999999\n", "shift_seconds"),
             ("[settlement]\nbatch_accounts = 0\n", "batch_accounts"),
+            (
+                "[settlement]\nmax_price_yuan_per_kwh = \"0\"\n",
+                "max_price_yuan_per_kwh",
+            ),
             ("[meters]\ntimeout_ms = 0\n", "timeout_ms"),
             ("[meters]\nretries = 11\n", "retries"),
             ("[meters]\nretry_backoff_ms = 3600000\n", "retry_backoff_ms"),

@@ -404,3 +404,52 @@ pub async fn disconnect_accounts_in_credit(db: &feegate::db::Db, since: &str) ->
     .map(|r| sqlx::Row::get(r, 0))
     .collect()
 }
+
+/// Onboards county `xy` (approval-gated) with `meters` low-voltage residential customers
+/// `C{i}`, meters `M{i}` (Modbus unit i + 1 on a gateway nobody answers) and accounts
+/// `A{i}` (alarm 10 yuan), spread over `stations` in turn, on 2013-01-01 08:00. Accounts
+/// stay `pending-prepayment`.
+pub async fn onboard_county_xy(db: &feegate::db::Db, meters: usize, stations: &[&str]) {
+    use feegate::onboarding::{self, Application};
+    onboarding::ensure_county(
+        db,
+        "xy",
+        "Xianyou",
+        feegate::policy::set::RolloutStage::ApprovalGated,
+    )
+    .await
+    .unwrap();
+    for s in stations {
+        onboarding::ensure_station(db, s, "xy", s).await.unwrap();
+    }
+    let now = NaiveDate::from_ymd_opt(2013, 1, 1)
+        .unwrap()
+        .and_hms_opt(8, 0, 0)
+        .unwrap();
+    for i in 0..meters {
+        let app = Application {
+            county: "xy".into(),
+            station_id: stations[i % stations.len()].into(),
+            customer_id: format!("C{i}"),
+            customer_name: format!("customer {i}"),
+            master_mobile: None,
+            customer_class: "low-voltage-residential".into(),
+            vulnerable: false,
+            meter_id: format!("M{i}"),
+            link: feegate_meter::fleet::MeterLink::Modbus(feegate_meter::registers::MeterAddress {
+                gateway: "127.0.0.1:502".parse().unwrap(),
+                unit: (i + 1) as u8,
+            }),
+            ct_ratio: 1,
+            pt_ratio: 1,
+            account_id: format!("A{i}"),
+            alarm_threshold_fen: 1000,
+            auto_debit_fen: None,
+            mobile: "13800000000".into(),
+            second_mobile: None,
+            keep_power: false,
+            time_of_use: false,
+        };
+        onboarding::onboard(db, &app, now).await.unwrap();
+    }
+}

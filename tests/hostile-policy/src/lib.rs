@@ -12,6 +12,7 @@
 //! | `negative` | returns a negative charge (output validation must refuse it) |
 //! | `huge` | returns a 1 MiB explanation (the size limit must refuse it) |
 //! | `chatty` | prints 64 KiB to stdout (the bounded capture must stop it) |
+//! | `giant` | tariff: charges 10 billion yuan (the host's charge ceiling must hold it) |
 //! | `disconnect` | cutoff: asks to disconnect everyone, always (the floor must hold) |
 
 wit_bindgen::generate!({
@@ -49,6 +50,7 @@ fn mode(parameters: &str) -> &'static str {
         "huge",
         "chatty",
         "disconnect",
+        "giant",
     ] {
         if parameters.contains(&format!("\"{m}\"")) {
             return m;
@@ -99,7 +101,12 @@ impl exports::feegate::policy::tariff::Guest for Hostile {
         let whole_kwh = input.kwh.mantissa / 10i64.pow(u32::from(input.kwh.scale));
         Ok(TariffOutput {
             lines: vec![],
-            charge_fen: if m == "negative" { -100 } else { whole_kwh },
+            charge_fen: match m {
+                "negative" => -100,
+                // Ten billion yuan: within the contract (non-negative), absurd in fact.
+                "giant" => 1_000_000_000_000,
+                _ => whole_kwh,
+            },
             reason_code: "hostile".into(),
             explanation: explanation(m),
         })

@@ -1,0 +1,60 @@
+//! Commands that only read (`audit …`, `policy list/show/history/diff`, `holds list`)
+//! never create a database: a mistyped SQLite path is an error that names it, not a new
+//! empty database in which the chain is "intact" and nobody is held.
+
+mod common;
+
+use std::process::Command;
+
+#[tokio::test]
+async fn read_commands_refuse_a_database_that_is_not_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo.db");
+    let url = format!("sqlite://{}", typo.display());
+    for args in [
+        &["audit", "verify"][..],
+        &["audit", "log"],
+        &["policy", "list", "--county", "xianyou"],
+        &[
+            "policy", "history", "--county", "xianyou", "--kind", "tariff",
+        ],
+        &["holds", "list"],
+    ] {
+        let out = Command::new(common::feegate_bin())
+            .args(args)
+            .arg("--db")
+            .arg(&url)
+            .env_remove("FEEGATE_DB")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded: {stderr}");
+        assert!(
+            stderr.contains(&format!("no database at {url}")),
+            "{args:?}: {stderr}"
+        );
+        assert!(!typo.exists(), "{args:?} created {}", typo.display());
+    }
+
+    // Once the database exists (any command that writes creates it), they read it.
+    feegate::db::Db::open(&url).await.unwrap();
+    let out = Command::new(common::feegate_bin())
+        .args(["audit", "verify", "--db", &url])
+        .env_remove("FEEGATE_DB")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A head hash that is not one is said to be mistyped, not "rows removed".
+    let out = Command::new(common::feegate_bin())
+        .args(["audit", "verify", "--expect-head", "deadbeef", "--db", &url])
+        .env_remove("FEEGATE_DB")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("is not a head hash"), "{stderr}");
+}
