@@ -173,3 +173,108 @@ async fn metrics_count_each_decision_once_across_scrapes() {
         Some("4")
     );
 }
+
+#[tokio::test]
+async fn a_log_written_before_migration_0018_goes_on_after_its_last_id() {
+    // A database at migration 0017 whose chained rows took their ids from the sequence,
+    // with a gap (a rolled-back transaction on PostgreSQL leaves one); then the host of
+    // this version opens it (0018) and appends: the new rows follow the last id and the
+    // chain, and verify finds it whole.
+    let Some(tdb) =
+        common::test_database("a_log_written_before_migration_0018_goes_on_after_its_last_id")
+            .await
+    else {
+        return;
+    };
+    sqlx::any::install_default_drivers();
+    let sqlite = tdb.url.starts_with("sqlite:");
+    let connect = if sqlite {
+        format!("{}?mode=rwc", tdb.url)
+    } else {
+        tdb.url.clone()
+    };
+    let pool = sqlx::AnyPool::connect(&connect).await.unwrap();
+    let mut m = if sqlite {
+        sqlx::migrate!("../migrations/sqlite")
+    } else {
+        sqlx::migrate!("../migrations/postgres")
+    };
+    m.migrations = m
+        .migrations
+        .iter()
+        .filter(|x| x.version < 18)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    let mut conn = pool.acquire().await.unwrap();
+    if sqlite {
+        // As `Db::open` migrates: 0005 rebuilds a table, which needs foreign keys off.
+        sqlx::Executor::execute(&mut *conn, "PRAGMA foreign_keys = OFF")
+            .await
+            .unwrap();
+    }
+    m.run_direct(&mut *conn).await.unwrap();
+    let mut prev = String::new();
+    for (account, id) in [("OLD1", None), ("OLD2", None), ("OLD3", Some(7_i64))] {
+        let row = decision_log::ChainedRow {
+            county: "xianyou".into(),
+            kind: "tariff".into(),
+            account_id: account.into(),
+            business_date: "2013-03-01".into(),
+            decided_at: "2013-03-02 00:10:00".into(),
+            component_sha256: "00".into(),
+            input_json: "{}".into(),
+            output_json: None,
+            outcome: "failed".into(),
+            failure_json: Some("{}".into()),
+            reason_code: None,
+            explanation: None,
+            fuel_used: 0,
+            guest_output: String::new(),
+            parameters_sha256: None,
+            parameters: None,
+        };
+        let hash = decision_log::row_hash(&row, &prev);
+        let (column, value) = match id {
+            Some(id) => ("decision_id, ", format!("{id}, ")),
+            None => ("", String::new()),
+        };
+        sqlx::query(&format!(
+            "INSERT INTO decisions ({column}county, kind, account_id, business_date, decided_at, component_sha256, input_json,
+                                    outcome, failure_json, fuel_used, guest_output, prev_hash, row_hash)
+             VALUES ({value}'xianyou', 'tariff', $1, '2013-03-01', '2013-03-02 00:10:00', '00', '{{}}', 'failed', '{{}}', 0, '', $2, $3)"
+        ))
+        .bind(account)
+        .bind(&prev)
+        .bind(&hash)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        prev = hash;
+    }
+    drop(conn);
+    pool.close().await;
+
+    let db = Db::open(&tdb.url).await.unwrap();
+    append(&db, "NEW1").await;
+    append(&db, "NEW2").await;
+    let ids: Vec<(i64, String)> =
+        sqlx::query_as("SELECT decision_id, account_id FROM decisions ORDER BY decision_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let got: Vec<(i64, &str)> = ids.iter().map(|(i, a)| (*i, a.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (1, "OLD1"),
+            (2, "OLD2"),
+            (7, "OLD3"),
+            (8, "NEW1"),
+            (9, "NEW2")
+        ]
+    );
+    let report = feegate::audit::verify(&db, None).await.unwrap();
+    assert_eq!(report.rows, 5);
+    assert!(report.ok(), "{:?}", report.breaks);
+}
