@@ -1037,12 +1037,14 @@ pub async fn run_audit(args: AuditArgs) -> anyhow::Result<bool> {
             Ok(true)
         }
         AuditCommand::Verify { expect_head, json } => {
+            // Hex is hex in either case; the log stores lowercase.
+            let expect_head = expect_head.map(|h| h.to_ascii_lowercase());
             if let Some(h) = &expect_head {
                 anyhow::ensure!(
                     h.len() == 64
                         && h.bytes()
                             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-                    "--expect-head {h:?} is not a head hash: give the 64 lowercase hex digits an earlier `audit verify` printed"
+                    "--expect-head {h:?} is not a head hash: give the 64 hex digits an earlier `audit verify` printed"
                 );
             }
             let r = audit::verify(&db, expect_head.as_deref()).await?;

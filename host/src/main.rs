@@ -1472,6 +1472,10 @@ async fn call_first(cmd: CallFirstCmd) -> anyhow::Result<()> {
         note,
         db,
     } = cmd;
+    anyhow::ensure!(
+        !who.trim().is_empty(),
+        "say who called the customer with --who NAME (or FEEGATE_WHO); it is recorded on the order"
+    );
     let db = feegate::db::Db::open(&db).await?;
     let done = feegate::payment::complete_call_first(
         &db,

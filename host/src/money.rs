@@ -99,7 +99,8 @@ pub fn kwh_to_centi_kwh(kwh: Decimal) -> Result<CentiKwh, EnergyError> {
 
 /// Converts a register reading in kWh to 0.01 kWh units, exactly. Refused (never rounded,
 /// truncated or clamped): below zero, more than 2 significant decimals (`1.230` is fine,
-/// `1.234` is not), above [`REGISTER_MAX_CENTI_KWH`] (999999.99 kWh). `-0` is 0.
+/// `1.234` is not), above [`REGISTER_MAX_CENTI_KWH`] (999999.99 kWh). `-0` is 0 here;
+/// the text parsers ([`parse_register_kwh`], the import's) refuse any sign.
 pub fn register_centi_kwh(kwh: Decimal) -> Result<CentiKwh, EnergyError> {
     if kwh < Decimal::ZERO {
         return Err(EnergyError::Negative(kwh));
@@ -120,6 +121,11 @@ pub fn register_centi_kwh(kwh: Decimal) -> Result<CentiKwh, EnergyError> {
 /// separators are refused: a register shows digits only, and `1e5` read as 100000 kWh
 /// would be stored for good. Returns the exact kWh value and its 0.01 kWh count.
 pub fn parse_register_kwh(text: &str) -> Result<(Decimal, CentiKwh), String> {
+    if text.starts_with('-') {
+        return Err(format!(
+            "{text:?} is negative; an energy register reads 0 to 999999.99 kWh: give the value the meter shows"
+        ));
+    }
     let kwh = crate::channels::plain_decimal(text).ok_or_else(|| {
         format!(
             "{text:?} is not a register reading: write the kWh the meter shows as plain digits, e.g. 12345.67 (no exponent, sign, spaces or separators; 0 to 999999.99)"
@@ -171,7 +177,7 @@ mod tests {
         let d = |s: &str| Decimal::from_str(s).unwrap();
         for (kwh, want) in [
             ("0", Ok(0)),
-            ("-0", Ok(0)),
+            ("-0", Ok(0)), // as a number; the text parsers refuse the sign
             ("12345.67", Ok(1_234_567)),
             ("1.230", Ok(123)),
             ("999999.99", Ok(99_999_999)),
@@ -209,6 +215,7 @@ mod tests {
             ("79228162514264337593543950335", "not a register reading"),
             ("1000000.00", "above 999999.99"),
             ("-1", "negative"),
+            ("-0", "negative"),
             ("0.001", "more than 2 decimals"),
         ] {
             let e = parse_register_kwh(text).unwrap_err();

@@ -585,7 +585,7 @@ impl CallFirstCompletion {
             ),
             CallFirstCompletion::NotFound => format!("work order #{work_order_id} does not exist"),
             CallFirstCompletion::WrongKind { kind } => format!(
-                "work order #{work_order_id} is a {kind} order, not call-before-reconnection; nothing changed"
+                "work order #{work_order_id} is of kind {kind}, not call-before-reconnection; nothing changed"
             ),
             CallFirstCompletion::NotOpen { status, decided_by } => match status.as_str() {
                 "done" => format!(

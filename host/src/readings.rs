@@ -41,6 +41,12 @@ pub struct ImportRow {
 /// decimals are checked per row by [`import_readings`].
 fn plain_register<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
     let text = String::deserialize(d)?;
+    // A register shows no sign: `-0` is a typo too, not a zero reading.
+    if text.starts_with('-') {
+        return Err(serde::de::Error::custom(format!(
+            "register_kwh {text:?} is negative; an energy register reads 0 to 999999.99 kWh"
+        )));
+    }
     crate::channels::plain_decimal(&text).ok_or_else(|| {
         serde::de::Error::custom(format!(
             "register_kwh {text:?} is not a plain decimal kWh value such as 12345.67 (digits only: no exponent, sign or separators)"

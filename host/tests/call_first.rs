@@ -306,8 +306,13 @@ async fn a_call_first_order_is_refused_while_the_balance_is_below_zero() {
     assert!(stderr.contains("must pay first"), "{stderr}");
     assert_eq!(order_row(&s, id).await.0, "open");
 
-    // Paid: the CLI completes it, once.
+    // Paid: an order done by nobody named is refused; then the CLI completes it, once.
     correct(&s, account, 10_000, "test:paid").await;
+    let blank: Vec<&str> = args.iter().copied().chain(["--who", "  "]).collect();
+    let (code, _, stderr) = cli.run(&blank);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("say who called the customer"), "{stderr}");
+    assert_eq!(order_row(&s, id).await.0, "open");
     let out = cli.ok(&args);
     assert!(out.contains("direct-close relay command"), "{out}");
     let (status, by, note, _) = order_row(&s, id).await;

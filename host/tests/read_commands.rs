@@ -10,31 +10,45 @@ use std::process::Command;
 async fn read_commands_refuse_a_database_that_is_not_there() {
     let dir = tempfile::tempdir().unwrap();
     let typo = dir.path().join("typo.db");
-    let url = format!("sqlite://{}", typo.display());
-    for args in [
-        &["audit", "verify"][..],
-        &["audit", "log"],
-        &["policy", "list", "--county", "xianyou"],
-        &[
-            "policy", "history", "--county", "xianyou", "--kind", "tariff",
-        ],
-        &["holds", "list"],
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    // A path that is not there (also when the URL asks to create it), and an empty file.
+    for url in [
+        format!("sqlite://{}", typo.display()),
+        format!("sqlite://{}?mode=rwc", typo.display()),
+        format!("sqlite://{}", empty.display()),
     ] {
-        let out = Command::new(common::feegate_bin())
-            .args(args)
-            .arg("--db")
-            .arg(&url)
-            .env_remove("FEEGATE_DB")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} succeeded: {stderr}");
-        assert!(
-            stderr.contains(&format!("no database at {url}")),
-            "{args:?}: {stderr}"
-        );
-        assert!(!typo.exists(), "{args:?} created {}", typo.display());
+        for args in [
+            &["audit", "verify"][..],
+            &["audit", "log"],
+            &["policy", "list", "--county", "xianyou"],
+            &[
+                "policy", "history", "--county", "xianyou", "--kind", "tariff",
+            ],
+            &["holds", "list"],
+        ] {
+            let out = Command::new(common::feegate_bin())
+                .args(args)
+                .arg("--db")
+                .arg(&url)
+                .env_remove("FEEGATE_DB")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} {url}: {stderr}");
+            assert!(
+                stderr.contains(&format!("no Feegate database at {url}")),
+                "{args:?}: {stderr}"
+            );
+            assert!(!typo.exists(), "{args:?} created {}", typo.display());
+            assert_eq!(
+                std::fs::metadata(&empty).unwrap().len(),
+                0,
+                "{args:?} wrote into {url}"
+            );
+        }
     }
+    let url = format!("sqlite://{}", typo.display());
 
     // Once the database exists (any command that writes creates it), they read it.
     feegate::db::Db::open(&url).await.unwrap();

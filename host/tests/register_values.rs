@@ -142,7 +142,13 @@ async fn imported_registers_outside_the_range_or_in_exponent_notation_are_refuse
 
     // Exponent notation (and anything else that is not plain digits) fails the file, naming
     // the row; nothing is imported from it.
-    for (value, row) in [("1e5", 3), ("1E5", 3), ("+100", 3), ("1,5", 3)] {
+    for (value, row, why) in [
+        ("1e5", 3, "not a plain decimal"),
+        ("1E5", 3, "not a plain decimal"),
+        ("+100", 3, "not a plain decimal"),
+        ("1,5", 3, "not a plain decimal"),
+        ("-0", 3, "is negative"),
+    ] {
         let csv = dir.path().join("e.csv");
         std::fs::write(
             &csv,
@@ -153,7 +159,7 @@ async fn imported_registers_outside_the_range_or_in_exponent_notation_are_refuse
         .unwrap();
         let e = read_file(&csv).unwrap_err().to_string();
         assert!(e.contains(&format!("row {row}")), "{value}: {e}");
-        assert!(e.contains("not a plain decimal"), "{value}: {e}");
+        assert!(e.contains(why), "{value}: {e}");
     }
     let json = dir.path().join("e.json");
     std::fs::write(

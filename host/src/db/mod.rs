@@ -28,7 +28,7 @@ pub enum DbError {
     )]
     Unsupported(String),
     #[error(
-        "no database at {url}: check the path (--db or FEEGATE_DB); this command reads an existing database and never creates one"
+        "no Feegate database at {url} (no such file, or one without Feegate's tables): check the path (--db or FEEGATE_DB); this command reads an existing database and never creates one"
     )]
     Missing { url: String },
 }
@@ -178,10 +178,12 @@ impl Db {
         Self::open_with(url, true).await
     }
 
-    /// [`Self::open`] for a command that reads what is there (`audit …`, `policy list`,
-    /// `holds list` …): a SQLite file that does not exist is [`DbError::Missing`] instead
-    /// of a new, empty database — in which a mistyped path would find an intact chain and
-    /// no holds, and say so. PostgreSQL never creates a database on connect anyway.
+    /// [`Self::open`] for a command that reads what is there (`audit`, `policy list`,
+    /// `holds list`, ...): a SQLite file that does not exist (`mode=rwc` in the URL
+    /// notwithstanding), and a database without Feegate's schema (an empty file, an empty
+    /// PostgreSQL database), are [`DbError::Missing`]: nothing is created or migrated in
+    /// them, where a mistyped path would otherwise find an intact chain and no holds, and
+    /// say so.
     pub async fn open_existing(url: &str) -> Result<Self, DbError> {
         Self::open_with(url, false).await
     }
@@ -196,12 +198,23 @@ impl Db {
         if !is_sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
             return Err(DbError::Unsupported(url.to_string()));
         }
-        let url_with_create = if is_sqlite && !url.contains("mode=") && !url.contains(":memory:") {
-            let mode = if create { "rwc" } else { "rw" };
-            format!(
-                "{url}{}mode={mode}",
-                if url.contains('?') { '&' } else { '?' }
-            )
+        let url_with_create = if is_sqlite && !url.contains(":memory:") {
+            if !create {
+                // Never create, whatever the URL asks for.
+                let without = url.replace("mode=rwc", "mode=rw");
+                if without.contains("mode=") {
+                    without
+                } else {
+                    format!(
+                        "{without}{}mode=rw",
+                        if url.contains('?') { '&' } else { '?' }
+                    )
+                }
+            } else if !url.contains("mode=") {
+                format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+            } else {
+                url.to_string()
+            }
         } else {
             url.to_string()
         };
@@ -213,8 +226,13 @@ impl Db {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if is_sqlite {
+                        // WAL is a property of the file (set once, when it is made); a
+                        // command that only reads must not write a header into an empty
+                        // file that is not a database yet.
+                        if create {
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                        }
                         for pragma in [
-                            "PRAGMA journal_mode = WAL",
                             "PRAGMA synchronous = NORMAL",
                             "PRAGMA foreign_keys = ON",
                             "PRAGMA busy_timeout = 5000",
@@ -253,6 +271,11 @@ impl Db {
             // audited may hold anything.
             let mut conn = pool.acquire().await.map_err(open_err)?;
             let before = migrations_applied(&mut conn).await;
+            if !create && before == 0 {
+                return Err(DbError::Missing {
+                    url: url.to_string(),
+                });
+            }
             conn.execute("PRAGMA foreign_keys = OFF").await?;
             let migrated = sqlx::migrate!("../migrations/sqlite")
                 .run_direct(&mut *conn)
@@ -273,6 +296,14 @@ impl Db {
                 )));
             }
         } else {
+            if !create {
+                let mut conn = pool.acquire().await.map_err(open_err)?;
+                if migrations_applied(&mut conn).await == 0 {
+                    return Err(DbError::Missing {
+                        url: url.to_string(),
+                    });
+                }
+            }
             sqlx::migrate!("../migrations/postgres").run(&pool).await?;
         }
         Ok(Self { pool })

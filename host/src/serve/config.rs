@@ -296,6 +296,9 @@ pub struct SettlementSection {
     /// The charge ceiling, yuan per kWh, as a quoted decimal (`"5.0000"`): a tariff
     /// decision above kWh × this is held, not posted
     /// (`crate::config::SettlementConfig::max_price_yuan_per_kwh`). Over 0, at most 100.
+    /// Plain digits and a point only (`crate::channels::plain_decimal`): no exponent, no
+    /// unquoted number (a TOML float is not exact).
+    #[serde(deserialize_with = "plain_price")]
     pub max_price_yuan_per_kwh: rust_decimal::Decimal,
 }
 
@@ -306,6 +309,17 @@ impl Default for SettlementSection {
             max_price_yuan_per_kwh: crate::settlement::MAX_PRICE_YUAN_PER_KWH,
         }
     }
+}
+
+/// A price written as a quoted plain decimal (`"5.0000"`), for
+/// [`SettlementSection::max_price_yuan_per_kwh`].
+fn plain_price<'de, D: serde::Deserializer<'de>>(d: D) -> Result<rust_decimal::Decimal, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::channels::plain_decimal(&text).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a price: write yuan per kWh as a quoted plain decimal, e.g. \"5.0000\" (no exponent or sign)"
+        ))
+    })
 }
 
 /// `[[county]]`: one county this host serves.
@@ -467,8 +481,16 @@ impl ServeConfig {
 }
 
 /// The sections environment variables may override.
-const ENV_SECTIONS: [&str; 8] = [
-    "server", "database", "meters", "schedule", "registry", "cluster", "channels", "auth",
+const ENV_SECTIONS: [&str; 9] = [
+    "server",
+    "database",
+    "meters",
+    "schedule",
+    "registry",
+    "cluster",
+    "channels",
+    "auth",
+    "settlement",
 ];
 
 /// `FEEGATE_<SECTION>__<KEY>=value` pairs as a nested dictionary. A key whose default is a
@@ -667,6 +689,16 @@ mod tests {
                 2,
                 "unknown variant `xml`",
             ),
+            (
+                "[settlement]\nmax_price_yuan_per_kwh = \"1e1\"\n",
+                2,
+                "is not a price",
+            ),
+            (
+                "[settlement]\nmax_price_yuan_per_kwh = 5.5\n",
+                2,
+                "invalid type",
+            ),
         ];
         for (text, line, reason) in cases {
             let (_d, path) = write(text);
@@ -758,11 +790,16 @@ mod tests {
             env(&[
                 ("FEEGATE_CLUSTER__HOST_ID", "42"),
                 ("FEEGATE_METERS__RETRIES", "5"),
+                ("FEEGATE_SETTLEMENT__MAX_PRICE_YUAN_PER_KWH", "2.5"),
             ]),
         )
         .unwrap();
         assert_eq!(c.cluster.host_id, "42");
         assert_eq!(c.meters.retries, 5);
+        assert_eq!(
+            c.settlement.max_price_yuan_per_kwh,
+            rust_decimal::Decimal::new(25, 1)
+        );
         // A section that does not exist is refused, naming the variable.
         let err = ServeConfig::load(None, env(&[("FEEGATE_METRES__RETRIES", "5")])).unwrap_err();
         assert!(
