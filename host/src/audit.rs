@@ -653,14 +653,19 @@ impl DiffReport {
         self.disconnections.1 += u64::from(would_disconnect(after));
         self.warned.0 += u64::from(warned(before));
         self.warned.1 += u64::from(warned(after));
+        // Only the input's kWh is needed: read that member, not the whole input again.
+        #[derive(serde::Deserialize)]
+        struct Kwh {
+            kwh: crate::policy::bindings::Decimal,
+        }
         if let (Run::Tariff(b), Run::Tariff(a)) = (before, after)
-            && let Ok(input) = serde_json::from_str::<TariffInput>(&r.input_json)
+            && let Ok(Kwh { kwh }) = serde_json::from_str::<Kwh>(&r.input_json)
         {
             let over = |run: &Invocation<TariffOutput>| {
                 run.outcome.as_ref().is_ok_and(|out| {
                     crate::settlement::over_ceiling(
-                        &input,
-                        out,
+                        &kwh,
+                        out.charge_fen,
                         crate::settlement::MAX_PRICE_YUAN_PER_KWH,
                     )
                     .is_some()

@@ -27,7 +27,7 @@ use crate::db::{Db, DbError, ds, parse_ds, ts};
 use crate::decision_log::{self, DecisionRecord};
 use crate::ledger::{self, EntryKind, LedgerError, PostOutcome, Posting};
 use crate::money::{CentiKwh, Fen, centi_kwh_to_kwh};
-use crate::policy::bindings::{CustomerClass, TariffInput, TariffOutput};
+use crate::policy::bindings::{CustomerClass, Decimal as WitDecimal, TariffInput};
 use crate::policy::convert::{date_to_wit, to_wit};
 use crate::policy::{PolicyEngine, PolicyKind};
 use crate::replacement::StoredReplacement;
@@ -220,29 +220,29 @@ pub fn portion_in(
 pub const MAX_PRICE_YUAN_PER_KWH: rust_decimal::Decimal =
     rust_decimal::Decimal::from_parts(5, 0, 0, false, 0);
 
-/// Why a tariff decision must not be posted: its `charge-fen` is more than the period's
-/// kWh × `max_price_yuan_per_kwh` yuan/kWh, rounded up to the fen (a period with 0 kWh
-/// may charge nothing). `None` when the charge is within the ceiling. The text is the
-/// hold reason shown to operators (code `charge-over-ceiling`). An input whose kWh the
-/// host cannot read as a decimal counts as over the ceiling (it never is: the host wrote
-/// it).
+/// Why a tariff decision must not be posted: its `charge_fen` is more than the period's
+/// `kwh` (the input's, as the WIT decimal) × `max_price_yuan_per_kwh` yuan/kWh, rounded
+/// up to the fen (a period with 0 kWh may charge nothing). `None` when the charge is
+/// within the ceiling. The text is the hold reason shown to operators (code
+/// `charge-over-ceiling`). A kWh the host cannot read as a decimal counts as over the
+/// ceiling (it never is: the host wrote it).
 pub fn over_ceiling(
-    input: &TariffInput,
-    out: &TariffOutput,
+    kwh: &WitDecimal,
+    charge_fen: Fen,
     max_price_yuan_per_kwh: rust_decimal::Decimal,
 ) -> Option<String> {
     use rust_decimal::Decimal;
-    let kwh = crate::policy::convert::from_wit(&input.kwh).unwrap_or(Decimal::MAX);
+    let kwh = crate::policy::convert::from_wit(kwh).unwrap_or(Decimal::MAX);
     let ceiling_fen = kwh
         .checked_mul(max_price_yuan_per_kwh)
         .and_then(|yuan| yuan.checked_mul(Decimal::ONE_HUNDRED))
         .map(|fen| fen.ceil())
         .and_then(|fen| i64::try_from(fen).ok())
         .unwrap_or(i64::MAX);
-    (out.charge_fen > ceiling_fen).then(|| {
+    (charge_fen > ceiling_fen).then(|| {
         format!(
             "charge-over-ceiling: the tariff charged {} yuan for {kwh} kWh, more than the host's ceiling of {max_price_yuan_per_kwh} yuan/kWh ({} yuan); nothing was charged. Check the county's tariff component and parameters (`feegate policy diff`), then release the hold",
-            crate::money::format_yuan(out.charge_fen),
+            crate::money::format_yuan(charge_fen),
             crate::money::format_yuan(ceiling_fen)
         )
     })
@@ -735,7 +735,7 @@ async fn settle_batch(
     let mut charged = Vec::new();
     for ((p, invocation), decision_id) in priced.iter().zip(&invocations).zip(&decision_ids) {
         let held_because = match &invocation.outcome {
-            Ok(out) => over_ceiling(&p.input, out, cfg.max_price_yuan_per_kwh),
+            Ok(out) => over_ceiling(&p.input.kwh, out.charge_fen, cfg.max_price_yuan_per_kwh),
             Err(failure) => Some(decision_log::hold_reason(failure)),
         };
         match (&invocation.outcome, held_because) {
@@ -850,30 +850,7 @@ mod tests {
 
     #[test]
     fn the_charge_ceiling_is_kwh_times_the_price_rounded_up_to_the_fen() {
-        use crate::policy::bindings::Decimal as WitDecimal;
         use rust_decimal::Decimal;
-        let zero = WitDecimal {
-            mantissa: 0,
-            scale: 0,
-        };
-        let input = |mantissa: i64, scale: u8| TariffInput {
-            account_id: "A1".into(),
-            customer_class: CustomerClass::LowVoltageResidential,
-            period_first: date_to_wit(d("2013-03-01")),
-            period_last: date_to_wit(d("2013-03-01")),
-            kwh: WitDecimal { mantissa, scale },
-            year_to_date_kwh: zero,
-            month_to_date_kwh: zero,
-            tou_split: vec![],
-            time_of_use_elected: false,
-            parameters: String::new(),
-        };
-        let out = |charge_fen: i64| TariffOutput {
-            lines: vec![],
-            charge_fen,
-            reason_code: "t".into(),
-            explanation: String::new(),
-        };
         let five = MAX_PRICE_YUAN_PER_KWH;
         // (kWh mantissa, scale, charge fen, ceiling yuan/kWh, held?)
         let table: &[(i64, u8, i64, Decimal, bool)] = &[
@@ -888,7 +865,7 @@ mod tests {
             (1, 0, 1_000_000_000_000, five, true), // ten billion yuan for 1 kWh
         ];
         for &(m, scale, fen, ceiling, held) in table {
-            let why = over_ceiling(&input(m, scale), &out(fen), ceiling);
+            let why = over_ceiling(&WitDecimal { mantissa: m, scale }, fen, ceiling);
             assert_eq!(
                 why.is_some(),
                 held,

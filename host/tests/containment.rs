@@ -179,6 +179,25 @@ async fn week_with_hostile_tariff(test: &str, mode: &str) -> Option<(Scenario, c
     Some((s, db))
 }
 
+/// The scenario's summary after a tariff that must not be enforced: no charge posted
+/// (none guessed), the ledger balanced, balances the untouched prepayments, every account
+/// with a reading held and reported, nobody disconnected.
+async fn nobody_charged_everyone_held(s: &Scenario) -> feegate::demo::DemoSummary {
+    let sum = s.summary().await.unwrap();
+    assert_eq!(sum.charged_yuan, "0.00", "no charge is posted or guessed");
+    assert!(sum.ledger_balanced);
+    assert_eq!(
+        sum.paid_yuan, sum.balance_total_yuan,
+        "balances are untouched prepayments"
+    );
+    assert_eq!(
+        sum.held_accounts, sum.accounts,
+        "every account with a reading is held and reported"
+    );
+    assert_eq!(sum.disconnections, 0);
+    sum
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trapping_tariff_charges_nobody_and_holds_every_account() {
     let Some((s, _db)) = week_with_hostile_tariff(
@@ -189,22 +208,8 @@ async fn a_trapping_tariff_charges_nobody_and_holds_every_account() {
     else {
         return;
     };
-    let sum = s.summary().await.unwrap();
-    assert_eq!(
-        sum.charged_yuan, "0.00",
-        "no charge is guessed when the tariff fails"
-    );
-    assert!(sum.ledger_balanced);
-    assert_eq!(
-        sum.paid_yuan, sum.balance_total_yuan,
-        "balances are untouched prepayments"
-    );
+    let sum = nobody_charged_everyone_held(&s).await;
     assert!(sum.policy_failures > 0);
-    assert_eq!(
-        sum.held_accounts, sum.accounts,
-        "every account with a reading is held and reported"
-    );
-    assert_eq!(sum.disconnections, 0);
     let db = &s.host.db;
     let held: i64 = sqlx::query(
         "SELECT COUNT(*) FROM holds WHERE stage = 'settlement' AND reason LIKE 'policy trap%'",
@@ -236,18 +241,7 @@ async fn an_absurd_charge_is_held_not_posted_warned_or_cut_off() {
     else {
         return;
     };
-    let sum = s.summary().await.unwrap();
-    assert_eq!(
-        sum.charged_yuan, "0.00",
-        "nothing over the ceiling is posted"
-    );
-    assert!(sum.ledger_balanced);
-    assert_eq!(sum.paid_yuan, sum.balance_total_yuan);
-    assert_eq!(
-        sum.held_accounts, sum.accounts,
-        "every account is held and reported"
-    );
-    assert_eq!(sum.disconnections, 0);
+    nobody_charged_everyone_held(&s).await;
     let db = &s.host.db;
     let count = |sql: &'static str| async move {
         sqlx::query(sql)

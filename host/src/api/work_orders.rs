@@ -393,13 +393,8 @@ pub async fn reconnect_work_order(
         } else {
             json_body(&body)?
         };
+        // Scope first (not yours = not found); the kind is checked by the completion.
         let order = visible_order(&s, &p, Action::DecideWorkOrders, id).await?;
-        if order.order.kind != "call-before-reconnection" {
-            return Err(ApiError::conflict(format!(
-                "work order {id} is a {} order; only call-before-reconnection orders are reconnected this way",
-                order.order.kind
-            )));
-        }
         let county = order.order.county.clone().unwrap_or_default();
         let done = match county_runtime(&s, &county) {
             Some(c) => {
