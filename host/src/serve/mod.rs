@@ -319,7 +319,8 @@ pub async fn run(
                 .clone()
                 .spawn(Duration::from_secs(config.registry.poll_seconds.max(1))),
         );
-        let (held_tx, held_rx) = watch::channel(false);
+        // `None` until the first lease attempt has answered: not ready before then.
+        let (held_tx, held_rx) = watch::channel(None);
         tasks.spawn(lease_keeper(
             state.db.clone(),
             c.host.county.county.clone(),
@@ -445,14 +446,15 @@ pub fn mornings_to_catch_up(
 }
 
 /// Keeps this host's lease on the county: renews it every third of `ttl`, takes it over
-/// once another holder's has expired, and publishes whether it is held. Gives it up on
-/// stop. A database error counts as "not held" (better idle than doubled).
+/// once another holder's has expired, and publishes whether it is held (`Some`, from the
+/// first attempt on). Gives it up on stop. A database error counts as "not held" (better
+/// idle than doubled).
 async fn lease_keeper(
     db: Db,
     county: String,
     holder: String,
     ttl: Duration,
-    held: watch::Sender<bool>,
+    held: watch::Sender<Option<bool>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let ttl_ms = ttl.as_millis() as i64;
@@ -466,7 +468,7 @@ async fn lease_keeper(
         let now = lease::now_ms();
         let is_held = match lease::acquire(&db, &county, &holder, now, ttl_ms).await {
             Ok(LeaseState::Held { epoch, .. }) => {
-                if !*held.borrow() {
+                if *held.borrow() != Some(true) {
                     tracing::info!(%county, %holder, epoch, "county lease acquired; this host runs its jobs");
                 }
                 true
@@ -475,7 +477,7 @@ async fn lease_keeper(
                 holder: other,
                 expires_at_ms,
             }) => {
-                if *held.borrow() {
+                if *held.borrow() == Some(true) {
                     tracing::warn!(%county, %other, "county lease lost; this host stops running its jobs");
                 }
                 tracing::debug!(%county, %other, in_ms = expires_at_ms - now, "county held by another host");
@@ -486,13 +488,13 @@ async fn lease_keeper(
                 false
             }
         };
-        held.send_if_modified(|h| std::mem::replace(h, is_held) != is_held);
+        held.send_if_modified(|h| std::mem::replace(h, Some(is_held)) != Some(is_held));
     }
-    if *held.borrow() {
+    if *held.borrow() == Some(true) {
         if let Err(e) = lease::release(&db, &county, &holder).await {
             tracing::warn!(%county, "releasing the county lease: {e}; it expires by itself");
         }
-        held.send_replace(false);
+        held.send_replace(Some(false));
     }
 }
 
@@ -503,14 +505,20 @@ async fn scheduler(
     c: Arc<CountyRuntime>,
     schedule: ScheduleSection,
     metrics: Arc<Metrics>,
-    mut held: watch::Receiver<bool>,
+    mut held: watch::Receiver<Option<bool>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let county = c.host.county.county.clone();
     'standby: loop {
-        // Standing by is ready: another host runs the county.
-        c.caught_up.store(true, Ordering::Release);
-        while !*held.borrow_and_update() {
+        loop {
+            let state = *held.borrow_and_update();
+            match state {
+                Some(true) => break,
+                // Standing by is ready: another host runs the county.
+                Some(false) => c.caught_up.store(true, Ordering::Release),
+                // The lease not tried yet: whether this host must catch up is unknown.
+                None => {}
+            }
             tokio::select! {
                 r = held.changed() => if r.is_err() { return },
                 _ = stop.changed() => return,
@@ -534,7 +542,7 @@ async fn scheduler(
                 _ = stop.changed() => return,
             }
             for job in jobs {
-                if !*held.borrow() {
+                if *held.borrow() != Some(true) {
                     continue 'standby;
                 }
                 run_job(&c, job, at.date(), &metrics).await;
