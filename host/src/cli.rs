@@ -150,7 +150,8 @@ pub enum PolicyCommand {
         #[arg(long)]
         note: String,
     },
-    /// Re-activate the version in force before the current one (a new event).
+    /// Re-activate the version in force before the current one (a new event; checked
+    /// like `activate`).
     Rollback {
         #[arg(long)]
         county: String,
@@ -158,6 +159,22 @@ pub enum PolicyCommand {
         kind: PolicyKind,
         #[command(flatten)]
         who: WhoArg,
+        #[arg(long)]
+        note: String,
+    },
+    /// Cancel an activation scheduled for later (`activate --at`) before it takes
+    /// effect (an audited event; it stays in the history, marked cancelled).
+    Cancel {
+        #[arg(long)]
+        county: String,
+        #[arg(long)]
+        kind: PolicyKind,
+        /// The activation's id (`#N` in `policy history`).
+        #[arg(long)]
+        activation: i64,
+        #[command(flatten)]
+        who: WhoArg,
+        /// Why.
         #[arg(long)]
         note: String,
     },
@@ -562,15 +579,24 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
             )
             .await
             .with_context(|| format!("{} not published", component.display()))?;
-            println!(
-                "published {kind} version {} for {county} (publication #{}, contract {}, {} bytes, by {} at {})",
-                p.component_sha256,
-                p.publication_id,
-                p.contract_version,
-                p.size_bytes,
-                p.who,
-                p.published_at
-            );
+            // The same component and parameters again: the registry keeps the first
+            // publication (append-only, one per version) and records nothing new.
+            if p.published_at != crate::db::ts(now) || p.note != note {
+                println!(
+                    "already published: {kind} version {} for {county} is publication #{} (by {} at {}, note {:?}); nothing recorded, and this note was not stored: say why in `policy activate --note`",
+                    p.component_sha256, p.publication_id, p.who, p.published_at, p.note
+                );
+            } else {
+                println!(
+                    "published {kind} version {} for {county} (publication #{}, contract {}, {} bytes, by {} at {})",
+                    p.component_sha256,
+                    p.publication_id,
+                    p.contract_version,
+                    p.size_bytes,
+                    p.who,
+                    p.published_at
+                );
+            }
             println!(
                 "activate it with: feegate policy activate --county {county} --kind {kind} --version {} --note WHY",
                 short(&p.component_sha256)
@@ -610,7 +636,33 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
             who,
             note,
         } => {
-            let a = registry::rollback(&db, &county, kind, &who.resolve()?, &note, now).await?;
+            let engine = engine()?;
+            let a = registry::rollback(&db, &engine, &county, kind, &who.resolve()?, &note, now)
+                .await?;
+            print_activation(&a);
+            // A rollback undoes what is in force; what is scheduled still comes.
+            for s in registry::history(&db, &county, Some(kind)).await? {
+                if s.cancelled.is_none() && s.effective_at > a.effective_at {
+                    println!(
+                        "activation #{} ({}) is still scheduled for {}; to stop it: feegate policy cancel --county {county} --kind {kind} --activation {} --note WHY",
+                        s.activation_id,
+                        short(&s.component_sha256),
+                        s.effective_at,
+                        s.activation_id
+                    );
+                }
+            }
+        }
+        PolicyCommand::Cancel {
+            county,
+            kind,
+            activation,
+            who,
+            note,
+        } => {
+            let a = registry::cancel(&db, &county, kind, activation, &who.resolve()?, &note, now)
+                .await?;
+            print!("cancelled: ");
             print_activation(&a);
         }
         PolicyCommand::List { county, kind, json } => {
@@ -685,8 +737,13 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
             for a in registry::history(&db, &county, Some(kind)).await? {
                 if a.publication_id == p.publication_id {
                     println!(
-                        "activation    #{} {} effective {} by {}: {}",
-                        a.activation_id, a.action, a.effective_at, a.who, a.note
+                        "activation    #{} {} effective {} by {}: {}{}",
+                        a.activation_id,
+                        a.action,
+                        a.effective_at,
+                        a.who,
+                        a.note,
+                        cancelled_mark(&a)
                     );
                 }
             }
@@ -875,7 +932,7 @@ fn print_activation(a: &registry::Activation) {
         })
         .unwrap_or_default();
     println!(
-        "#{:<4} {} {:<8} {} (publication #{}) {} effective {}{stage}, by {} at {}: {}",
+        "#{:<4} {} {:<8} {} (publication #{}) {} effective {}{stage}, by {} at {}: {}{}",
         a.activation_id,
         a.county,
         a.kind.as_str(),
@@ -885,8 +942,22 @@ fn print_activation(a: &registry::Activation) {
         a.effective_at,
         a.who,
         a.recorded_at,
-        a.note
+        a.note,
+        cancelled_mark(a)
     );
+}
+
+/// " — CANCELLED by W at T: NOTE" for a cancelled activation (it never took effect).
+fn cancelled_mark(a: &registry::Activation) -> String {
+    a.cancelled
+        .as_ref()
+        .map(|c| {
+            format!(
+                " — CANCELLED by {} at {}: {} (never takes effect)",
+                c.who, c.recorded_at, c.note
+            )
+        })
+        .unwrap_or_default()
 }
 
 fn print_shadow_event(e: &shadow::ShadowEvent) {

@@ -242,7 +242,7 @@ pub async fn collect_daily(
         skipped,
         ..Default::default()
     };
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     while let Some(joined) = tasks.join_next().await {
         let (m, result) =
             joined.map_err(|e| DbError::Corrupt(format!("collection task panicked: {e}")))?;

@@ -225,7 +225,7 @@ pub async fn run(
             parameters: cutoff.parameters_json.clone(),
         };
         let invocation = engine.decide(&cutoff.component, &input);
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = crate::db::begin_write(&mut conn).await?;
         let decision_id = decision_log::record(
             &mut tx,
             &DecisionRecord {
@@ -470,7 +470,7 @@ pub async fn execute_one(
     relay: &RelayConfig,
 ) -> Result<Executed, DbError> {
     let mut conn = db.pool.acquire().await?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let mut tx = crate::db::begin_write(&mut conn).await?;
     let order = sqlx::query(
         "SELECT w.account_id, w.status, w.decided_by FROM work_orders w
          WHERE w.work_order_id = $1 AND w.kind = 'approve-disconnection'",

@@ -512,7 +512,7 @@ impl Host {
             let dedup_key = format!("relay:{}:{}", e.command_id, outbox::kind_name(kind));
             let req = NoticeRequest::event(kind, &e.account_id, now.date(), balance_fen, dedup_key);
             // The notice decision and its outbox row commit together.
-            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let mut tx = crate::db::begin_write(&mut conn).await?;
             outbox::queue_notice(
                 &mut tx,
                 &self.engine,
@@ -547,7 +547,7 @@ impl Host {
                 dedup_key,
             )
         };
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = crate::db::begin_write(&mut conn).await?;
         outbox::queue_notice(
             &mut tx,
             &self.engine,

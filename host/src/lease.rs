@@ -46,7 +46,7 @@ pub async fn acquire(
     now_ms: i64,
     ttl_ms: i64,
 ) -> Result<LeaseState, DbError> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     sqlx::query(
         "INSERT INTO county_leases (county, holder, expires_at_ms, epoch, acquired_at_ms)
          VALUES ($1, $2, $3, 1, $4)

@@ -242,7 +242,7 @@ async fn lock_link(conn: &mut AnyConnection, link: &MeterLink) -> Result<(), DbE
 
 /// Creates customer, meter, agreement and account in one transaction.
 pub async fn onboard(db: &Db, a: &Application, now: NaiveDateTime) -> Result<Onboarded, DbError> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let onboarded = onboard_in(&mut tx, a, now).await?;
     tx.commit().await?;
     Ok(onboarded)
@@ -433,7 +433,7 @@ pub async fn change_agreement(
     if let Some(Some(m)) = &change.second_mobile {
         check_mobile_format("second mobile", m)?;
     }
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let changed = change_agreement_in(&mut tx, account_id, change, who, now).await?;
     tx.commit().await?;
     Ok(changed)
@@ -495,7 +495,7 @@ pub async fn resolve_mobile_mismatch(
     now: NaiveDateTime,
 ) -> Result<MobileCheck, OnboardingError> {
     check_mobile_format("mobile", mobile)?;
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let current: Option<String> = sqlx::query(
         "SELECT g.mobile FROM accounts a JOIN agreements g ON g.agreement_id = a.agreement_id WHERE a.account_id = $1",
     )

@@ -801,7 +801,7 @@ pub async fn deliver(
     .map(|r| r.try_get(0))
     .collect::<Result<_, _>>()?;
     for id in overdue {
-        let mut tx = db.pool.begin().await?;
+        let mut tx = db.begin_write().await?;
         let reason = format!(
             "no delivery receipt within {} h",
             cfg.receipt_timeout.num_hours()
@@ -895,7 +895,7 @@ pub async fn deliver(
                 report.failed += 1;
                 let reason = e.to_string();
                 tracing::warn!(message_id = id, error = %reason, attempts, "SMS not sent");
-                let mut tx = db.pool.begin().await?;
+                let mut tx = db.begin_write().await?;
                 if attempts >= i64::from(cfg.max_attempts) {
                     give_up(&mut tx, id, &reason, now, &mut report).await?;
                 } else {
@@ -992,7 +992,7 @@ pub async fn apply_receipt(
     cfg: &OutboxConfig,
     now: NaiveDateTime,
 ) -> Result<ReceiptOutcome, DbError> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let status = receipt_status_name(&receipt.status);
     let parsed = parse_idempotency_key(&receipt.idempotency_key);
     let row = match parsed {

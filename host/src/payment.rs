@@ -161,7 +161,7 @@ pub async fn announce(
     p: &PaymentNotice<'_>,
     now: NaiveDateTime,
 ) -> Result<Applied, PaymentError> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let status = upsert_payment(&mut tx, p, now).await?;
     tx.commit().await?;
     Ok(if status == "applied" {
@@ -181,7 +181,7 @@ pub async fn apply(
     kind: EntryKind,
     now: NaiveDateTime,
 ) -> Result<Applied, PaymentError> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let applied = apply_in(&mut tx, p, kind, now).await?;
     tx.commit().await?;
     Ok(applied)
@@ -425,7 +425,7 @@ pub async fn reconnect_if_due(
         parameters: cutoff.parameters_json.clone(),
     };
     let invocation = engine.reconnection(&cutoff.component, &input);
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let mut tx = crate::db::begin_write(&mut conn).await?;
     // One reconnection decision per account at a time: the relays job's sweep and a
     // payment's reconnection at once can both get here for the same account. The
     // no-op update locks the account row (PostgreSQL; SQLite has one writer anyway),
@@ -634,7 +634,9 @@ pub async fn complete_call_first(
     relay: &RelayConfig,
 ) -> Result<CallFirstCompletion, DbError> {
     let mut conn = db.pool.acquire().await?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    // Reads, then writes: on SQLite the write lock from the start, so a completion from
+    // another process waits for this one instead of failing with "database is locked".
+    let mut tx = crate::db::begin_write(&mut conn).await?;
     let Some(row) = work_order_row(&mut tx, work_order_id).await? else {
         return Ok(CallFirstCompletion::NotFound);
     };

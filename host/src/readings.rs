@@ -63,7 +63,8 @@ pub struct ImportReport {
     pub duplicates: u32,
     /// Already stored with a different value: `meter date stored new`.
     pub conflicts: Vec<String>,
-    /// Rows refused: `line: why`.
+    /// Rows refused: `record N: why`, N counting the file's readings from 1 (a CSV file's
+    /// header is not a record; a parse error names the same number and the file line).
     pub rejected: Vec<String>,
 }
 
@@ -120,9 +121,25 @@ pub fn read_file(path: &Path) -> Result<Vec<ImportRow>, ImportError> {
         let mut rd = csv::ReaderBuilder::new()
             .trim(csv::Trim::All)
             .from_reader(text.as_bytes());
+        // Numbered as `import_readings` numbers its rejections (record 1 = the first
+        // reading), with the file line beside it: a quoted field may span lines.
         rd.deserialize()
             .enumerate()
-            .map(|(i, r)| r.map_err(|e| fmt(format!("row {}: {e}", i + 2))))
+            .map(|(i, r)| {
+                r.map_err(|e| {
+                    let line = e.position().map(|p| p.line()).unwrap_or(i as u64 + 2);
+                    // The field's own message, without csv's "CSV deserialize error:
+                    // record …" prefix (it numbers records from the header).
+                    let why = match e.kind() {
+                        csv::ErrorKind::Deserialize { err, .. } => err.to_string(),
+                        csv::ErrorKind::UnequalLengths {
+                            expected_len, len, ..
+                        } => format!("{len} fields where the header has {expected_len}"),
+                        _ => e.to_string(),
+                    };
+                    fmt(format!("record {} (line {line}): {why}", i + 1))
+                })
+            })
             .collect()
     }
 }
@@ -134,9 +151,9 @@ pub async fn import_readings(
     now: NaiveDateTime,
 ) -> Result<ImportReport, ImportError> {
     let mut report = ImportReport::default();
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     for (i, r) in rows.iter().enumerate() {
-        let line = i + 1;
+        let record = i + 1;
         // 0 to 999999.99 kWh with at most 2 decimals (the DL/T 645 register range); checked,
         // so a huge value is a rejected row, never a panic or a clamped i64::MAX.
         let centi = match crate::money::register_centi_kwh(r.register_kwh) {
@@ -144,7 +161,7 @@ pub async fn import_readings(
             Err(e) => {
                 report
                     .rejected
-                    .push(format!("row {line}: register_kwh {e}"));
+                    .push(format!("record {record}: register_kwh {e}"));
                 continue;
             }
         };
@@ -152,7 +169,7 @@ pub async fn import_readings(
         // a typo in the date (2099 for 2019) would otherwise sit in the readings for good.
         if r.reading_date > now.date() {
             report.rejected.push(format!(
-                "row {line}: reading_date {} is after today ({}); check the date",
+                "record {record}: reading_date {} is after today ({}); check the date",
                 r.reading_date,
                 now.date()
             ));
@@ -165,7 +182,7 @@ pub async fn import_readings(
             .map(|_| 1);
         if known.is_none() {
             report.rejected.push(format!(
-                "row {line}: meter {} is not in the master data",
+                "record {record}: meter {} is not in the master data",
                 r.meter_id
             ));
             continue;

@@ -14,7 +14,10 @@
 //! - **Activate.** An activation is an append-only event (`policy_activations`) with an
 //!   effective time, who and why. The version in force for a county and kind is the
 //!   latest event whose effective time has passed. A rollback is a new event. The
-//!   version must still load and pass the probe decision when activated.
+//!   version must still load and pass the probe decision when activated or brought back
+//!   by a rollback. An activation scheduled for later can be cancelled before its time
+//!   ([`cancel`], `policy_activation_cancellations`): it never takes effect and stays in
+//!   the history, marked cancelled.
 //! - **Hot swap.** A [`Watcher`] in the running host polls the activations and puts a
 //!   newly effective version in force with [`County::activate`]; jobs already running
 //!   finish on the snapshot they started with. A version that fails the probe decision
@@ -23,7 +26,8 @@
 //!   too (source `shipped`, unsigned), so every component sha256 in the decision log can
 //!   be replayed from the registry.
 //!
-//! Tables: `migrations/sqlite/0002_policy_lifecycle.sql`.
+//! Tables: `migrations/sqlite/0002_policy_lifecycle.sql`, cancellations
+//! `migrations/sqlite/0019_policy_activation_cancellations.sql`.
 
 use crate::clock::Clock;
 use crate::county::{ActiveComponent, County};
@@ -139,6 +143,63 @@ pub enum RegistryError {
         "nothing to roll back to: county {county} has no earlier {kind} version (no earlier activation, no policy-set file recorded by a host)"
     )]
     NothingToRollBack { county: String, kind: PolicyKind },
+    /// `policy rollback` while no activation of the kind has taken effect yet, but one
+    /// is scheduled: rolling back cannot stop it, cancelling it does.
+    #[error(
+        "nothing to roll back: no {kind} activation of county {county} has taken effect yet; activation #{activation_id} (version {sha256}) is scheduled for {effective_at}{others} — to stop it, `feegate policy cancel --county {county} --kind {kind} --activation {activation_id} --note WHY`"
+    )]
+    OnlyScheduled {
+        county: String,
+        kind: PolicyKind,
+        activation_id: i64,
+        sha256: String,
+        effective_at: String,
+        /// ", and N more after it" when several are scheduled, else empty.
+        others: String,
+    },
+    /// `policy cancel` names an activation id the registry does not have.
+    #[error(
+        "there is no activation #{activation_id}; `feegate policy history --county {county} --kind {kind}` lists the activations of county {county}"
+    )]
+    UnknownActivation {
+        county: String,
+        kind: PolicyKind,
+        activation_id: i64,
+    },
+    /// `policy cancel` names an activation of another county or kind than it says.
+    #[error(
+        "activation #{activation_id} is a {its_kind} activation of county {its_county}, not a {kind} one of {county}; check the id with `feegate policy history --county {county} --kind {kind}`"
+    )]
+    ActivationElsewhere {
+        county: String,
+        kind: PolicyKind,
+        activation_id: i64,
+        its_county: String,
+        its_kind: PolicyKind,
+    },
+    /// `policy cancel` of an activation whose effective time has passed: decisions
+    /// may already have been made with it, so it is undone by a new event instead.
+    #[error(
+        "activation #{activation_id} is already in force since {effective_at} (now {now}), too late to cancel; roll it back with `feegate policy rollback --county {county} --kind {kind} --note WHY`"
+    )]
+    AlreadyEffective {
+        county: String,
+        kind: PolicyKind,
+        activation_id: i64,
+        effective_at: String,
+        now: String,
+    },
+    /// `policy cancel` of an activation cancelled before (by this or a concurrent
+    /// cancel: the second one is refused by the table's primary key).
+    #[error(
+        "activation #{activation_id} was already cancelled by {who} at {recorded_at} ({note}); it will not take effect, nothing to do"
+    )]
+    AlreadyCancelled {
+        activation_id: i64,
+        who: String,
+        recorded_at: String,
+        note: String,
+    },
     /// `--at` before now: the history would claim a version ruled decisions it never made.
     #[error(
         "--at {at} is in the past (now {now}, county local time): an activation takes effect now or later, the decisions already made stand; omit --at to activate now"
@@ -638,7 +699,7 @@ pub async fn publish(
         component: loaded,
         parameters_json: params,
     } = active;
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     store_bytes(
         &mut tx,
         req.kind,
@@ -709,7 +770,7 @@ pub async fn record_shipped(
     now: NaiveDateTime,
 ) -> Result<Publication, RegistryError> {
     let sha = sha256_hex(bytes);
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     store_bytes(&mut tx, kind, &sha, contract_version, bytes, now).await?;
     sqlx::query(
         "INSERT INTO policy_publications (county, kind, component_sha256, parameters_json, parameters_sha256, source, who, published_at, note)
@@ -900,6 +961,18 @@ pub struct Activation {
     pub who: String,
     pub note: String,
     pub recorded_at: String,
+    /// Set when the activation was cancelled before its effective time ([`cancel`]):
+    /// it never takes effect, and stays in the history marked so.
+    pub cancelled: Option<Cancellation>,
+}
+
+/// The cancellation of a scheduled activation (`policy_activation_cancellations`,
+/// migration 0019): who cancelled it, why, and when (county local time).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Cancellation {
+    pub who: String,
+    pub note: String,
+    pub recorded_at: String,
 }
 
 /// What `policy activate` is asked to do.
@@ -961,16 +1034,7 @@ pub async fn activate(
         });
     }
     let p = resolve(db, req.county, req.kind, req.version).await?;
-    let active = ActiveComponent {
-        component: engine.load(req.kind, &component_bytes(db, &p.component_sha256).await?)?,
-        parameters_json: p.parameters_json.clone(),
-    };
-    crate::county::probe(engine, &active).map_err(|failure| RegistryError::ProbeFailed {
-        county: req.county.to_string(),
-        kind: req.kind,
-        sha256: p.component_sha256.clone(),
-        failure,
-    })?;
+    check_runs(db, engine, &p).await?;
     insert_activation(
         db,
         &p,
@@ -982,6 +1046,23 @@ pub async fn activate(
         req.now,
     )
     .await
+}
+
+/// The check an activation and a rollback make before recording: the publication's
+/// component loads in this host now ([`RegistryError::Load`], or
+/// [`RegistryError::MissingBytes`]) and makes the probe decision with its parameters
+/// ([`crate::county::probe`]; [`RegistryError::ProbeFailed`]).
+async fn check_runs(db: &Db, engine: &PolicyEngine, p: &Publication) -> Result<(), RegistryError> {
+    let active = ActiveComponent {
+        component: engine.load(p.kind, &component_bytes(db, &p.component_sha256).await?)?,
+        parameters_json: p.parameters_json.clone(),
+    };
+    crate::county::probe(engine, &active).map_err(|failure| RegistryError::ProbeFailed {
+        county: p.county.clone(),
+        kind: p.kind,
+        sha256: p.component_sha256.clone(),
+        failure,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1023,13 +1104,22 @@ async fn insert_activation(
         who: who.to_string(),
         note: note.to_string(),
         recorded_at: ts(now),
+        cancelled: None,
     })
 }
 
 /// Re-activates, as a new event effective now, the version that was in force before
-/// the current one.
+/// the current one. Cancelled activations ([`cancel`]) count as never made.
+///
+/// The version brought back must pass the same check as [`activate`] (it loads in this
+/// host and makes the probe decision with its parameters, [`crate::county::probe`]);
+/// otherwise [`RegistryError::ProbeFailed`] (or the load error) and nothing is recorded.
+/// [`RegistryError::OnlyScheduled`] when no activation has taken effect yet but one is
+/// scheduled (cancel it instead), [`RegistryError::NothingToRollBack`] when nothing
+/// earlier is left. An activation scheduled for later stays scheduled.
 pub async fn rollback(
     db: &Db,
+    engine: &PolicyEngine,
     county: &str,
     kind: PolicyKind,
     who: &str,
@@ -1040,11 +1130,29 @@ pub async fn rollback(
         county: county.to_string(),
         kind,
     };
-    let mut effective: Vec<Activation> = history(db, county, Some(kind))
-        .await?
-        .into_iter()
-        .filter(|a| a.effective_at <= ts(now))
-        .collect();
+    let (mut effective, scheduled): (Vec<Activation>, Vec<Activation>) =
+        history(db, county, Some(kind))
+            .await?
+            .into_iter()
+            .filter(|a| a.cancelled.is_none())
+            .partition(|a| a.effective_at <= ts(now));
+    if effective.is_empty()
+        && let Some(next) = scheduled.iter().min_by(|a, b| {
+            (&a.effective_at, a.activation_id).cmp(&(&b.effective_at, b.activation_id))
+        })
+    {
+        return Err(RegistryError::OnlyScheduled {
+            county: county.to_string(),
+            kind,
+            activation_id: next.activation_id,
+            sha256: next.component_sha256.clone(),
+            effective_at: next.effective_at.clone(),
+            others: match scheduled.len() - 1 {
+                0 => String::new(),
+                n => format!(", and {n} more after it"),
+            },
+        });
+    }
     effective.sort_by(|a, b| {
         (&a.effective_at, a.activation_id).cmp(&(&b.effective_at, b.activation_id))
     });
@@ -1085,51 +1193,166 @@ pub async fn rollback(
             .ok_or_else(nothing)?,
     };
     let p = publication(db, previous).await?.ok_or_else(nothing)?;
+    check_runs(db, engine, &p).await?;
     insert_activation(db, &p, "rollback", None, now, who, note, now).await
 }
 
-/// The activation history of a county (optionally one kind), oldest first.
+/// Cancels activation `activation_id` of `county`'s `kind` before it takes effect, with
+/// who and why (`policy_activation_cancellations`, append-only): it never takes effect
+/// ([`in_force`], [`stage_in_force`], [`rollback`] and the [`Watcher`] skip it) and stays
+/// in the [`history`], marked cancelled. Returns the activation with its cancellation.
+///
+/// Refused, with what to do: [`RegistryError::UnknownActivation`] (no such id),
+/// [`RegistryError::ActivationElsewhere`] (the id is of another county or kind),
+/// [`RegistryError::AlreadyEffective`] (its effective time is not after `now`: roll it
+/// back instead) and [`RegistryError::AlreadyCancelled`] (also when a concurrent cancel
+/// recorded first: the table's primary key refuses the second).
+pub async fn cancel(
+    db: &Db,
+    county: &str,
+    kind: PolicyKind,
+    activation_id: i64,
+    who: &str,
+    note: &str,
+    now: NaiveDateTime,
+) -> Result<Activation, RegistryError> {
+    let row = sqlx::query(&format!(
+        "SELECT {ACTIVATION_COLUMNS} WHERE a.activation_id = $1"
+    ))
+    .bind(activation_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    let a = row
+        .as_ref()
+        .map(activation_from)
+        .transpose()?
+        .ok_or_else(|| RegistryError::UnknownActivation {
+            county: county.to_string(),
+            kind,
+            activation_id,
+        })?;
+    if a.county != county || a.kind != kind {
+        return Err(RegistryError::ActivationElsewhere {
+            county: county.to_string(),
+            kind,
+            activation_id,
+            its_county: a.county,
+            its_kind: a.kind,
+        });
+    }
+    let already = |c: Cancellation| RegistryError::AlreadyCancelled {
+        activation_id,
+        who: c.who,
+        recorded_at: c.recorded_at,
+        note: c.note,
+    };
+    if let Some(c) = a.cancelled {
+        return Err(already(c));
+    }
+    if a.effective_at <= ts(now) {
+        return Err(RegistryError::AlreadyEffective {
+            county: county.to_string(),
+            kind,
+            activation_id,
+            effective_at: a.effective_at,
+            now: ts(now),
+        });
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO policy_activation_cancellations (activation_id, who, note, recorded_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(activation_id)
+    .bind(who)
+    .bind(note)
+    .bind(ts(now))
+    .execute(&db.pool)
+    .await;
+    match inserted {
+        Ok(_) => Ok(Activation {
+            cancelled: Some(Cancellation {
+                who: who.to_string(),
+                note: note.to_string(),
+                recorded_at: ts(now),
+            }),
+            ..a
+        }),
+        // A concurrent cancel recorded first.
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            let row = sqlx::query(
+                "SELECT who, note, recorded_at FROM policy_activation_cancellations WHERE activation_id = $1",
+            )
+            .bind(activation_id)
+            .fetch_one(&db.pool)
+            .await?;
+            Err(already(Cancellation {
+                who: row.try_get(0)?,
+                note: row.try_get(1)?,
+                recorded_at: row.try_get(2)?,
+            }))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+const ACTIVATION_COLUMNS: &str =
+    "a.activation_id, a.county, a.kind, a.publication_id, a.component_sha256, a.action, a.rollout_stage,
+     a.effective_at, a.who, a.note, a.recorded_at, c.who, c.note, c.recorded_at
+     FROM policy_activations a
+     LEFT JOIN policy_activation_cancellations c ON c.activation_id = a.activation_id";
+
+fn activation_from(r: &sqlx::any::AnyRow) -> Result<Activation, RegistryError> {
+    let stage: Option<String> = r.try_get(6)?;
+    let cancelled_by: Option<String> = r.try_get(11)?;
+    Ok(Activation {
+        activation_id: r.try_get(0)?,
+        county: r.try_get(1)?,
+        kind: kind_column(r, 2, "activation kind")?,
+        publication_id: r.try_get(3)?,
+        component_sha256: r.try_get(4)?,
+        action: r.try_get(5)?,
+        rollout_stage: stage
+            .map(|s| parse_stage(&s))
+            .transpose()
+            .map_err(|detail| RegistryError::Corrupt {
+                what: "rollout stage",
+                detail,
+            })?,
+        effective_at: r.try_get(7)?,
+        who: r.try_get(8)?,
+        note: r.try_get(9)?,
+        recorded_at: r.try_get(10)?,
+        cancelled: match cancelled_by {
+            Some(who) => Some(Cancellation {
+                who,
+                note: r.try_get(12)?,
+                recorded_at: r.try_get(13)?,
+            }),
+            None => None,
+        },
+    })
+}
+
+/// The activation history of a county (optionally one kind), oldest first, cancelled
+/// activations included ([`Activation::cancelled`] says so).
 pub async fn history(
     db: &Db,
     county: &str,
     kind: Option<PolicyKind>,
 ) -> Result<Vec<Activation>, RegistryError> {
-    let rows = sqlx::query(
-        "SELECT activation_id, county, kind, publication_id, component_sha256, action, rollout_stage, effective_at, who, note, recorded_at
-         FROM policy_activations WHERE county = $1 AND ($2 = '' OR kind = $2) ORDER BY activation_id",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {ACTIVATION_COLUMNS}
+         WHERE a.county = $1 AND ($2 = '' OR a.kind = $2) ORDER BY a.activation_id"
+    ))
     .bind(county)
     .bind(kind.map(|k| k.as_str()).unwrap_or(""))
     .fetch_all(&db.pool)
     .await?;
-    rows.iter()
-        .map(|r| {
-            let stage: Option<String> = r.try_get(6)?;
-            Ok(Activation {
-                activation_id: r.try_get(0)?,
-                county: r.try_get(1)?,
-                kind: kind_column(r, 2, "activation kind")?,
-                publication_id: r.try_get(3)?,
-                component_sha256: r.try_get(4)?,
-                action: r.try_get(5)?,
-                rollout_stage: stage
-                    .map(|s| parse_stage(&s))
-                    .transpose()
-                    .map_err(|detail| RegistryError::Corrupt {
-                        what: "rollout stage",
-                        detail,
-                    })?,
-                effective_at: r.try_get(7)?,
-                who: r.try_get(8)?,
-                note: r.try_get(9)?,
-                recorded_at: r.try_get(10)?,
-            })
-        })
-        .collect()
+    rows.iter().map(activation_from).collect()
 }
 
 /// The activation in force for a county and kind at `now`: the latest event whose
-/// effective time has passed. `None`: the registry has none, the policy-set file rules.
+/// effective time has passed, cancelled ones ignored. `None`: the registry has none, the
+/// policy-set file rules.
 pub async fn in_force(
     db: &Db,
     county: &str,
@@ -1140,11 +1363,12 @@ pub async fn in_force(
     Ok(history(db, county, Some(kind))
         .await?
         .into_iter()
-        .filter(|a| a.effective_at <= now)
+        .filter(|a| a.effective_at <= now && a.cancelled.is_none())
         .max_by(|a, b| (&a.effective_at, a.activation_id).cmp(&(&b.effective_at, b.activation_id))))
 }
 
-/// The rollout stage set by the latest effective activation that set one, if any.
+/// The rollout stage set by the latest effective activation that set one, if any
+/// (cancelled ones ignored).
 pub async fn stage_in_force(
     db: &Db,
     county: &str,
@@ -1154,7 +1378,7 @@ pub async fn stage_in_force(
     Ok(history(db, county, None)
         .await?
         .into_iter()
-        .filter(|a| a.effective_at <= now && a.rollout_stage.is_some())
+        .filter(|a| a.effective_at <= now && a.rollout_stage.is_some() && a.cancelled.is_none())
         .max_by(|a, b| (&a.effective_at, a.activation_id).cmp(&(&b.effective_at, b.activation_id)))
         .and_then(|a| a.rollout_stage))
 }
@@ -1218,7 +1442,8 @@ pub struct Swapped {
 }
 
 /// Watches the registry's activations for one county and swaps newly effective
-/// versions into the running host ([`County::activate`]).
+/// versions into the running host ([`County::activate`]). A cancelled activation
+/// ([`cancel`]) is never applied: [`in_force`] and [`stage_in_force`] skip it.
 ///
 /// Failure to load an activated version (impossible unless the host's limits changed
 /// since `policy activate` checked it) keeps the version in force and is reported. So

@@ -243,7 +243,7 @@ async fn drive_rows(
             }
         };
         if reached(command, state) {
-            let mut tx = db.pool.begin().await?;
+            let mut tx = db.begin_write().await?;
             sqlx::query("UPDATE relay_commands SET status = 'confirmed', confirmed_at = $2 WHERE command_id = $1")
                 .bind(id)
                 .bind(ts(now))

@@ -89,7 +89,7 @@ pub async fn record(
             order.replaced_at
         )));
     }
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let Some(account) = sqlx::query(
         "SELECT a.meter_id, m.protocol FROM accounts a JOIN meters m ON m.meter_id = a.meter_id WHERE a.account_id = $1",
     )

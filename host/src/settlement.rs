@@ -696,7 +696,7 @@ async fn settle_batch(
         })
         .collect();
 
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let mut tx = crate::db::begin_write(&mut conn).await?;
     // PostgreSQL: lock the accounts to be charged first, in byte order of their ids, then
     // the decision chain — the order every other writer takes them in (the channel inbox
     // locks its batch's accounts in that order; a payment's reconnection locks its

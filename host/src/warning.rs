@@ -132,7 +132,7 @@ async fn assess_batch(
             })
         })
         .collect();
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let mut tx = crate::db::begin_write(&mut conn).await?;
     let decision_ids = decision_log::append(&mut tx, &rows).await?;
     if let Some(shadow) = policies.shadow(engine, PolicyKind::Warning) {
         for (id, row) in decision_ids.iter().zip(&rows) {

@@ -208,6 +208,57 @@ async fn a_call_first_order_completed_by_a_person_reconnects_once() {
     }
 }
 
+/// Four people complete the same order at once, each from their own process (a pool of
+/// its own on the same database): exactly one reconnects, the others are told it is done
+/// already — on SQLite too, where a transaction that read before another process wrote
+/// used to fail with "database is locked".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_completions_from_several_processes_reconnect_once_and_fail_none() {
+    let Some((s, accounts, tdb)) =
+        disconnected("concurrent_completions_from_several_processes_reconnect_once_and_fail_none")
+            .await
+    else {
+        return;
+    };
+    let account = accounts[0].as_str();
+    assert_eq!(reconnect(&s, account).await, Reconnection::CallFirst);
+    let id = open_order(&s, account).await;
+    let now = s.host.clock.now();
+    // Another process is writing (the daily job, a payment) while they start: on SQLite
+    // their transactions read before its commit and write after it.
+    let other = feegate::db::Db::open(&tdb.url).await.unwrap();
+    let mut other = other.pool.acquire().await.unwrap();
+    let mut writing = feegate::db::begin_write(&mut other).await.unwrap();
+    sqlx::query("UPDATE accounts SET relay_state = relay_state WHERE account_id = $1")
+        .bind(&accounts[1])
+        .execute(&mut *writing)
+        .await
+        .unwrap();
+    let mut people = tokio::task::JoinSet::new();
+    for n in 0..4 {
+        let db = feegate::db::Db::open(&tdb.url).await.unwrap();
+        let relay = s.host.config.relay.clone();
+        people.spawn(async move {
+            payment::complete_call_first(&db, id, &format!("staff-{n}"), "", now, &relay).await
+        });
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    writing.commit().await.unwrap();
+    let outcomes: Vec<_> = people.join_all().await;
+    let reconnecting = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(CallFirstCompletion::Reconnecting { .. })))
+        .count();
+    let told_done = outcomes
+        .iter()
+        .filter(
+            |o| matches!(o, Ok(CallFirstCompletion::NotOpen { status, .. }) if status == "done"),
+        )
+        .count();
+    assert_eq!((reconnecting, told_done), (1, 3), "{outcomes:?}");
+    assert_eq!(commands(&s, account).await, 1, "exactly one relay command");
+}
+
 /// A cutoff component that traps on reconnection: the account is held and a call-first
 /// order opened; the sweep leaves it; a person completes the order, which reconnects
 /// and releases the reconnection hold.

@@ -444,6 +444,41 @@ async fn console_checks(dir: &tempfile::TempDir, db: &str) {
     assert_eq!(eng.get("/console/accounts").status, 403);
     let pol = eng.get("/console/policies");
     assert!(pol.status == 200 && pol.body.contains("id=\"county-xianyou\""));
+    // A cancelled scheduled activation is listed as cancelled, with who and why.
+    let activation = scalar_i64(
+        &db,
+        "INSERT INTO policy_activations (county, kind, publication_id, component_sha256, action, effective_at, who, note, recorded_at)
+         SELECT county, kind, publication_id, component_sha256, 'activate', '2099-01-01 00:00:00', 'ops', 'next year', '2013-01-03 09:00:00'
+         FROM policy_publications WHERE county = $1 AND kind = 'tariff' ORDER BY publication_id LIMIT 1
+         RETURNING activation_id",
+        "xianyou",
+    )
+    .await;
+    let cancelled = feegate(
+        &[
+            "policy",
+            "cancel",
+            "--county",
+            "xianyou",
+            "--kind",
+            "tariff",
+            "--activation",
+            &activation.to_string(),
+            "--who",
+            "Chen",
+            "--note",
+            "notice withdrawn",
+        ],
+        &db,
+        None,
+    );
+    assert!(cancelled.contains("CANCELLED by Chen"), "{cancelled}");
+    let pol = eng.get("/console/policies");
+    assert!(
+        pol.status == 200 && pol.body.contains("已取消") && pol.body.contains("notice withdrawn"),
+        "{}",
+        pol.body
+    );
     let aud = login(port, "auditor");
     let page = aud.get("/console/station");
     assert!(page.status == 200 && page.body.contains("collection-XY-DW"));

@@ -35,6 +35,29 @@ async fn temp_db(test: &str) -> Option<(common::TestDb, Db, String)> {
 const TARIFF_PARAMS: &str = r#"{"charge_rounding":"half-up","cycle":"calendar-year","steps":[{"price":"0.4983","up_to_kwh":"2760"},{"price":"0.5483","up_to_kwh":"4800"},{"price":"0.7983"}]}"#;
 
 /// A county that trusts one key; returns the key.
+/// An engine, the county's trusted key, and the step tariff published with it.
+async fn tariff_step_published(
+    db: &Db,
+) -> (
+    std::sync::Arc<PolicyEngine>,
+    ed25519_dalek::SigningKey,
+    registry::Publication,
+) {
+    let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
+    let key = trusting_county(db).await;
+    let p = publish(
+        db,
+        &engine,
+        &key,
+        PolicyKind::Tariff,
+        &wasm("policy_tariff_step"),
+        TARIFF_PARAMS,
+    )
+    .await
+    .unwrap();
+    (engine, key, p)
+}
+
 async fn trusting_county(db: &Db) -> ed25519_dalek::SigningKey {
     let key = registry::generate_key();
     registry::trust_key(
@@ -390,6 +413,7 @@ async fn activations_take_effect_at_their_time_and_a_rollback_restores_the_previ
     // Rollback is a new event that puts the previous version back.
     let r = registry::rollback(
         &db,
+        &engine,
         "xianyou",
         PolicyKind::Tariff,
         "ops",
@@ -413,6 +437,7 @@ async fn activations_take_effect_at_their_time_and_a_rollback_restores_the_previ
     // refused and `a` stays.
     let err = registry::rollback(
         &db,
+        &engine,
         "xianyou",
         PolicyKind::Tariff,
         "ops",
@@ -569,6 +594,7 @@ async fn a_running_host_swaps_an_activated_version_in_without_restart_and_a_runn
     // Rolling back swaps the shipped version back in, from the watcher's cache.
     registry::rollback(
         &db,
+        &engine,
         "xianyou",
         PolicyKind::Tariff,
         "ops",
@@ -1046,7 +1072,9 @@ fn the_readme_walkthrough_works_at_the_command_line() {
         "lin.key",
     ]);
     std::fs::write(dir.path().join("t.sig"), sig).unwrap();
-    ok(&[
+    // The same component and parameters again: the first publication stands, and the
+    // command says the new note was not stored rather than "published".
+    let again = ok(&[
         "policy",
         "publish",
         tariff_path,
@@ -1061,6 +1089,12 @@ fn the_readme_walkthrough_works_at_the_command_line() {
         "--note",
         "same again",
     ]);
+    assert!(
+        again.starts_with("already published:")
+            && again.contains("note \"2013 notice\"")
+            && again.contains("this note was not stored"),
+        "{again}"
+    );
     let sha = feegate::policy::engine::sha256_hex(&std::fs::read(&tariff).unwrap());
     ok(&[
         "policy",
@@ -1100,6 +1134,57 @@ fn the_readme_walkthrough_works_at_the_command_line() {
     ]);
     assert_ne!(code, Some(0));
     assert!(stderr.contains("nothing to roll back to"), "{stderr}");
+    // A scheduled activation is cancelled before its time, and shows so.
+    let scheduled = ok(&[
+        "policy",
+        "activate",
+        "--county",
+        "xianyou",
+        "--kind",
+        "tariff",
+        "--version",
+        &sha[..10],
+        "--at",
+        "2099-01-01 00:00:00",
+        "--note",
+        "next price notice",
+    ]);
+    let id = scheduled
+        .trim_start_matches('#')
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let cancel = [
+        "policy",
+        "cancel",
+        "--county",
+        "xianyou",
+        "--kind",
+        "tariff",
+        "--activation",
+        &id,
+        "--who",
+        "Chen",
+        "--note",
+        "notice withdrawn",
+    ];
+    let cancelled = ok(&cancel);
+    assert!(
+        cancelled.starts_with(&format!("cancelled: #{id}"))
+            && cancelled.contains("CANCELLED by Chen"),
+        "{cancelled}"
+    );
+    let history = ok(&[
+        "policy", "history", "--county", "xianyou", "--kind", "tariff",
+    ]);
+    assert!(
+        history.contains("CANCELLED by Chen") && history.contains("notice withdrawn"),
+        "{history}"
+    );
+    let (code, _, stderr) = run(&cancel);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("already cancelled by Chen"), "{stderr}");
     let verify = ok(&["audit", "verify"]);
     assert!(verify.contains("chain intact"), "{verify}");
     let (code, stdout, _) = run(&[
@@ -1419,4 +1504,478 @@ fn key_files_say_what_they_are_and_the_wrong_kind_is_refused() {
         "old key",
     ]);
     assert!(published.contains("by Old"), "{published}");
+}
+
+/// Activates `version` of the tariff for xianyou at `at`, recorded at `now`.
+async fn activate_tariff(
+    db: &Db,
+    engine: &PolicyEngine,
+    version: &str,
+    at: &str,
+    stage: Option<RolloutStage>,
+    now: &str,
+) -> registry::Activation {
+    registry::activate(
+        db,
+        engine,
+        &ActivateRequest {
+            county: "xianyou",
+            kind: PolicyKind::Tariff,
+            version,
+            at: Some(t(at)),
+            stage,
+            who: "ops",
+            note: "test",
+            now: t(now),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// A scheduled activation cancelled before its time never takes effect (version nor
+/// stage) and stays in the history, marked cancelled; an effective, a cancelled, an
+/// unknown activation and one of another kind or county are refused with what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_scheduled_activation_never_takes_effect_and_stays_in_the_history() {
+    let Some((_tdb, db, _)) =
+        temp_db("a_cancelled_scheduled_activation_never_takes_effect_and_stays_in_the_history")
+            .await
+    else {
+        return;
+    };
+    let (engine, key, a) = tariff_step_published(&db).await;
+    let b = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Tariff,
+        &wasm("hostile_policy"),
+        r#"{"mode":"ok"}"#,
+    )
+    .await
+    .unwrap();
+    let first = activate_tariff(
+        &db,
+        &engine,
+        &a.component_sha256,
+        "2013-01-02 00:00:00",
+        Some(RolloutStage::ApprovalGated),
+        "2013-01-01 10:00:00",
+    )
+    .await;
+    let scheduled = activate_tariff(
+        &db,
+        &engine,
+        &b.component_sha256,
+        "2013-01-05 00:00:00",
+        Some(RolloutStage::Automatic),
+        "2013-01-01 10:05:00",
+    )
+    .await;
+    let cancelled = registry::cancel(
+        &db,
+        "xianyou",
+        PolicyKind::Tariff,
+        scheduled.activation_id,
+        "Chen",
+        "price notice withdrawn",
+        t("2013-01-03 08:00:00"),
+    )
+    .await
+    .unwrap();
+    let want = registry::Cancellation {
+        who: "Chen".into(),
+        note: "price notice withdrawn".into(),
+        recorded_at: "2013-01-03 08:00:00".into(),
+    };
+    assert_eq!(cancelled.activation_id, scheduled.activation_id);
+    assert_eq!(cancelled.cancelled.as_ref(), Some(&want));
+
+    // After its time the previous activation is still the one in force, stage too.
+    let in_force = registry::in_force(&db, "xianyou", PolicyKind::Tariff, t("2013-01-06 00:00:00"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(in_force.activation_id, first.activation_id);
+    assert_eq!(in_force.publication_id, a.publication_id);
+    assert_eq!(
+        registry::stage_in_force(&db, "xianyou", t("2013-01-06 00:00:00"))
+            .await
+            .unwrap(),
+        Some(RolloutStage::ApprovalGated)
+    );
+    // The history keeps it, marked cancelled (who, why, when).
+    let history = registry::history(&db, "xianyou", Some(PolicyKind::Tariff))
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].cancelled, None);
+    assert_eq!(history[1].activation_id, scheduled.activation_id);
+    assert_eq!(history[1].cancelled.as_ref(), Some(&want));
+    let json = serde_json::to_value(&history[1]).unwrap();
+    assert_eq!(json["cancelled"]["who"], "Chen", "{json}");
+
+    let cancel = |id: i64, county: &'static str, kind: PolicyKind, now: &'static str| {
+        let db = db.clone();
+        async move {
+            registry::cancel(&db, county, kind, id, "Chen", "again", t(now))
+                .await
+                .unwrap_err()
+        }
+    };
+    // Cancelled already: says by whom and when.
+    let err = cancel(
+        scheduled.activation_id,
+        "xianyou",
+        PolicyKind::Tariff,
+        "2013-01-03 09:00:00",
+    )
+    .await;
+    assert!(
+        matches!(err, RegistryError::AlreadyCancelled { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("already cancelled by Chen at 2013-01-03 08:00:00"),
+        "{err}"
+    );
+    // In force already: too late, roll it back instead.
+    let err = cancel(
+        first.activation_id,
+        "xianyou",
+        PolicyKind::Tariff,
+        "2013-01-03 09:00:00",
+    )
+    .await;
+    assert!(
+        matches!(err, RegistryError::AlreadyEffective { .. }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("already in force since 2013-01-02 00:00:00")
+            && msg.contains("feegate policy rollback --county xianyou --kind tariff"),
+        "{msg}"
+    );
+    // Unknown id.
+    let err = cancel(9999, "xianyou", PolicyKind::Tariff, "2013-01-03 09:00:00").await;
+    assert!(
+        matches!(err, RegistryError::UnknownActivation { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no activation #9999"), "{err}");
+    assert!(err.to_string().contains("feegate policy history"), "{err}");
+    // Of another kind, or another county: refused, naming what it is.
+    let later = activate_tariff(
+        &db,
+        &engine,
+        &b.component_sha256,
+        "2013-02-01 00:00:00",
+        None,
+        "2013-01-03 09:00:00",
+    )
+    .await;
+    for (county, kind) in [
+        ("xianyou", PolicyKind::Warning),
+        ("putian", PolicyKind::Tariff),
+    ] {
+        let err = cancel(later.activation_id, county, kind, "2013-01-03 09:00:00").await;
+        assert!(
+            matches!(err, RegistryError::ActivationElsewhere { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("is a tariff activation of county xianyou"),
+            "{err}"
+        );
+    }
+    assert!(
+        registry::history(&db, "xianyou", Some(PolicyKind::Tariff))
+            .await
+            .unwrap()[2]
+            .cancelled
+            .is_none(),
+        "a refused cancel records nothing"
+    );
+
+    // Two cancels at once: one records, the other is told it was cancelled already.
+    let (x, y) = tokio::join!(
+        registry::cancel(
+            &db,
+            "xianyou",
+            PolicyKind::Tariff,
+            later.activation_id,
+            "Chen",
+            "one",
+            t("2013-01-04 00:00:00"),
+        ),
+        registry::cancel(
+            &db,
+            "xianyou",
+            PolicyKind::Tariff,
+            later.activation_id,
+            "Lin",
+            "two",
+            t("2013-01-04 00:00:00"),
+        )
+    );
+    match (&x, &y) {
+        (Ok(_), Err(RegistryError::AlreadyCancelled { .. }))
+        | (Err(RegistryError::AlreadyCancelled { .. }), Ok(_)) => {}
+        _ => panic!("expected one cancel and one refusal, got {x:?} and {y:?}"),
+    }
+
+    // The table's primary key refuses a second cancellation (what a cancel that lost
+    // the race meets).
+    let err = sqlx::query(
+        "INSERT INTO policy_activation_cancellations (activation_id, who, note, recorded_at) VALUES ($1, 'x', 'x', 'x')",
+    )
+    .bind(later.activation_id)
+    .execute(&db.pool)
+    .await
+    .unwrap_err();
+    assert!(
+        err.as_database_error()
+            .is_some_and(|e| e.is_unique_violation()),
+        "{err}"
+    );
+    // Cancellations cannot be rewritten.
+    for sql in [
+        "DELETE FROM policy_activation_cancellations",
+        "UPDATE policy_activation_cancellations SET who = 'nobody'",
+    ] {
+        let err = sqlx::query(sql).execute(&db.pool).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+}
+
+/// `policy rollback` while the only activation is still scheduled names it and says to
+/// cancel it; nothing is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_with_only_a_scheduled_activation_names_it_and_says_to_cancel() {
+    let Some((_tdb, db, _)) =
+        temp_db("a_rollback_with_only_a_scheduled_activation_names_it_and_says_to_cancel").await
+    else {
+        return;
+    };
+    let (engine, _key, a) = tariff_step_published(&db).await;
+    let scheduled = activate_tariff(
+        &db,
+        &engine,
+        &a.component_sha256,
+        "2013-01-05 00:00:00",
+        None,
+        "2013-01-01 10:00:00",
+    )
+    .await;
+    let rollback = |now: &'static str| {
+        let db = db.clone();
+        let engine = engine.clone();
+        async move {
+            registry::rollback(
+                &db,
+                &engine,
+                "xianyou",
+                PolicyKind::Tariff,
+                "ops",
+                "wrong price",
+                t(now),
+            )
+            .await
+            .unwrap_err()
+        }
+    };
+    let err = rollback("2013-01-02 00:00:00").await;
+    assert!(
+        matches!(err, RegistryError::OnlyScheduled { activation_id, .. } if activation_id == scheduled.activation_id),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "activation #{} (version {}) is scheduled for 2013-01-05 00:00:00",
+            scheduled.activation_id, a.component_sha256
+        )) && msg.contains(&format!(
+            "feegate policy cancel --county xianyou --kind tariff --activation {}",
+            scheduled.activation_id
+        )),
+        "{msg}"
+    );
+    assert_eq!(
+        registry::history(&db, "xianyou", None).await.unwrap().len(),
+        1,
+        "nothing recorded"
+    );
+    // Once cancelled there is nothing at all: the plain refusal.
+    registry::cancel(
+        &db,
+        "xianyou",
+        PolicyKind::Tariff,
+        scheduled.activation_id,
+        "ops",
+        "wrong price",
+        t("2013-01-02 00:00:00"),
+    )
+    .await
+    .unwrap();
+    let err = rollback("2013-01-02 00:01:00").await;
+    assert!(
+        matches!(err, RegistryError::NothingToRollBack { .. }),
+        "{err}"
+    );
+}
+
+/// A rollback checks what it brings back as `activate` does: a version whose
+/// parameters the component refuses (here a policy-set file recorded before publish
+/// checked parameters) is refused, and nothing is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_refuses_a_version_that_fails_the_probe_and_records_nothing() {
+    let Some((_tdb, db, _)) =
+        temp_db("a_rollback_refuses_a_version_that_fails_the_probe_and_records_nothing").await
+    else {
+        return;
+    };
+    let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
+    let key = trusting_county(&db).await;
+    let tariff = wasm("policy_tariff_step");
+    let old = registry::record_shipped(
+        &db,
+        "xianyou",
+        PolicyKind::Tariff,
+        &tariff,
+        "1.0.0",
+        "{}",
+        t("2013-01-01 09:00:00"),
+    )
+    .await
+    .unwrap();
+    let good = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Tariff,
+        &tariff,
+        TARIFF_PARAMS,
+    )
+    .await
+    .unwrap();
+    let live = activate_tariff(
+        &db,
+        &engine,
+        &format!("#{}", good.publication_id),
+        "2013-01-02 09:00:00",
+        None,
+        "2013-01-02 09:00:00",
+    )
+    .await;
+    let err = registry::rollback(
+        &db,
+        &engine,
+        "xianyou",
+        PolicyKind::Tariff,
+        "ops",
+        "back to the file",
+        t("2013-01-03 09:00:00"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RegistryError::ProbeFailed {
+                failure: feegate::policy::PolicyFailure::Refused { .. },
+                sha256,
+                ..
+            } if *sha256 == old.component_sha256
+        ),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("bad-parameters") && msg.contains("hold every account"),
+        "{msg}"
+    );
+    let history = registry::history(&db, "xianyou", None).await.unwrap();
+    assert_eq!(history.len(), 1, "nothing recorded");
+    assert_eq!(
+        registry::in_force(&db, "xianyou", PolicyKind::Tariff, t("2013-01-03 09:00:00"))
+            .await
+            .unwrap()
+            .map(|a| a.activation_id),
+        Some(live.activation_id)
+    );
+}
+
+/// The running host's watcher never puts a cancelled activation in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_host_never_swaps_in_a_cancelled_activation() {
+    let Some((opts, _db)) = common::small_county_db(
+        "a_running_host_never_swaps_in_a_cancelled_activation",
+        4,
+        1,
+        11,
+    )
+    .await
+    else {
+        return;
+    };
+    let s = Scenario::new(&opts, &[]).await.unwrap();
+    let db = s.host.db.clone();
+    let engine = s.host.engine.clone();
+    let county = s.host.county.clone();
+    let before = county.snapshot();
+    let key = trusting_county(&db).await;
+    let hostile = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Tariff,
+        &wasm("hostile_policy"),
+        r#"{"mode":"ok"}"#,
+    )
+    .await
+    .unwrap();
+    let now = s.clock.now();
+    let a = registry::activate(
+        &db,
+        &engine,
+        &ActivateRequest {
+            county: "xianyou",
+            kind: PolicyKind::Tariff,
+            version: &hostile.component_sha256,
+            at: Some(now + chrono::Duration::hours(1)),
+            stage: Some(RolloutStage::Automatic),
+            who: "ops",
+            note: "trial",
+            now,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(s.watcher.poll().await.unwrap().is_empty(), "not yet");
+    registry::cancel(
+        &db,
+        "xianyou",
+        PolicyKind::Tariff,
+        a.activation_id,
+        "ops",
+        "trial called off",
+        now + chrono::Duration::minutes(30),
+    )
+    .await
+    .unwrap();
+    s.advance(now + chrono::Duration::hours(2)).unwrap();
+    assert!(
+        s.watcher.poll().await.unwrap().is_empty(),
+        "never swapped in"
+    );
+    let after = county.snapshot();
+    assert_eq!(
+        after.get(PolicyKind::Tariff).component.sha256,
+        before.get(PolicyKind::Tariff).component.sha256
+    );
+    assert_eq!(after.rollout_stage, before.rollout_stage);
 }

@@ -143,11 +143,11 @@ async fn imported_registers_outside_the_range_or_in_exponent_notation_are_refuse
     // Exponent notation (and anything else that is not plain digits) fails the file, naming
     // the row; nothing is imported from it.
     for (value, row, why) in [
-        ("1e5", 3, "not a plain decimal"),
-        ("1E5", 3, "not a plain decimal"),
-        ("+100", 3, "not a plain decimal"),
-        ("1,5", 3, "not a plain decimal"),
-        ("-0", 3, "is negative"),
+        ("1e5", 2, "not a plain decimal"),
+        ("1E5", 2, "not a plain decimal"),
+        ("+100", 2, "not a plain decimal"),
+        ("1,5", 2, "not a plain decimal"),
+        ("-0", 2, "is negative"),
     ] {
         let csv = dir.path().join("e.csv");
         std::fs::write(
@@ -158,9 +158,25 @@ async fn imported_registers_outside_the_range_or_in_exponent_notation_are_refuse
         )
         .unwrap();
         let e = read_file(&csv).unwrap_err().to_string();
-        assert!(e.contains(&format!("row {row}")), "{value}: {e}");
+        // Numbered as rejections are (the second reading), with its file line.
+        assert!(
+            e.contains(&format!("record {row} (line 3)")),
+            "{value}: {e}"
+        );
         assert!(e.contains(why), "{value}: {e}");
     }
+    // A short record: its number, its line and what is missing, in the import's words.
+    let short = dir.path().join("short.csv");
+    std::fs::write(
+        &short,
+        "meter_id,reading_date,register_kwh\nM0,2013-01-02,1.00\nM1,2013-01-02\n",
+    )
+    .unwrap();
+    let e = read_file(&short).unwrap_err().to_string();
+    assert!(
+        e.contains("record 2 (line 3): 2 fields where the header has 3"),
+        "{e}"
+    );
     let json = dir.path().join("e.json");
     std::fs::write(
         &json,
@@ -187,7 +203,7 @@ async fn imported_registers_outside_the_range_or_in_exponent_notation_are_refuse
     // A huge value is not a plain decimal of at most 18 integer digits: the file fails.
     let e = read_file(&csv).unwrap_err().to_string();
     assert!(
-        e.contains("row 3") && e.contains("not a plain decimal"),
+        e.contains("record 2 (line 3)") && e.contains("not a plain decimal"),
         "{e}"
     );
     // Rows given directly (the library API) are range-checked one by one.
@@ -205,9 +221,9 @@ async fn imported_registers_outside_the_range_or_in_exponent_notation_are_refuse
     let r = import_readings(&db, &rows, now).await.unwrap();
     assert_eq!(r.inserted, 1);
     assert_eq!(r.rejected.len(), 3, "{:?}", r.rejected);
-    assert!(r.rejected[0].starts_with("row 2: ") && r.rejected[0].contains("above 999999.99"));
-    assert!(r.rejected[1].starts_with("row 3: ") && r.rejected[1].contains("above 999999.99"));
-    assert!(r.rejected[2].starts_with("row 4: ") && r.rejected[2].contains("negative"));
+    assert!(r.rejected[0].starts_with("record 2: ") && r.rejected[0].contains("above 999999.99"));
+    assert!(r.rejected[1].starts_with("record 3: ") && r.rejected[1].contains("above 999999.99"));
+    assert!(r.rejected[2].starts_with("record 4: ") && r.rejected[2].contains("negative"));
     assert_eq!(
         count(&db, "SELECT MAX(register_centi_kwh) FROM readings").await,
         99_999_999

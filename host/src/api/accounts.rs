@@ -627,7 +627,7 @@ pub async fn post_agreement(
                     "{t} exists already; choose new ids (an agreement change is not an onboarding)"
                 )));
             }
-            let mut tx = s.db.pool.begin().await?;
+            let mut tx = s.db.begin_write().await?;
             let onboarded = onboarding::onboard_in(&mut tx, &app, now)
                 .await
                 .map_err(|e| match e {

@@ -217,7 +217,7 @@ pub async fn create_user(db: &Db, user: &NewUser) -> Result<i64, AuthError> {
 /// Sets (or replaces) a user's console password; ends their open sessions.
 pub async fn set_password(db: &Db, username: &str, password: &str) -> Result<(), AuthError> {
     let hash = hash_password(password)?;
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let id = user_id(&mut tx, username).await?;
     sqlx::query("UPDATE users SET password_hash = $1 WHERE user_id = $2")
         .bind(hash)
@@ -231,7 +231,7 @@ pub async fn set_password(db: &Db, username: &str, password: &str) -> Result<(),
 
 /// Disables a user: their tokens and sessions stop working at once. Idempotent.
 pub async fn disable_user(db: &Db, username: &str) -> Result<(), AuthError> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let id = user_id(&mut tx, username).await?;
     sqlx::query(
         "UPDATE users SET disabled_at_ms = $1 WHERE user_id = $2 AND disabled_at_ms IS NULL",

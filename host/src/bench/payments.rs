@@ -150,7 +150,7 @@ pub async fn disconnect(scenario: &Scenario, n: usize) -> anyhow::Result<Vec<Str
             continue;
         }
         let mut conn = host.db.pool.acquire().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = crate::db::begin_write(&mut conn).await?;
         ledger::post(
             &mut tx,
             &Posting {

@@ -162,7 +162,7 @@ pub async fn seed_accounts_with(
     const CHUNK: usize = 500;
     for start in (0..n).step_by(CHUNK) {
         let end = (start + CHUNK).min(n);
-        let mut tx = db.pool.begin().await?;
+        let mut tx = db.begin_write().await?;
         let rows = |f: &dyn Fn(usize) -> String| (start..end).map(f).collect::<Vec<_>>().join(", ");
         let mut sql = vec![
             format!(
@@ -381,7 +381,7 @@ pub async fn settle(
                 reference: "baseline",
             })
             .collect();
-        let mut tx = db.pool.begin().await?;
+        let mut tx = db.begin_write().await?;
         crate::ledger::post_many(&mut tx, &postings).await?;
         tx.commit().await?;
     }

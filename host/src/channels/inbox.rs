@@ -134,7 +134,7 @@ enum Step1 {
 async fn process(ctx: &InboxContext, jobs: &[Job]) -> Result<Option<Vec<Answer>>, sqlx::Error> {
     let now = ctx.clock.now();
     let mut conn = ctx.db.pool.acquire().await?;
-    let mut tx = conn.begin().await?;
+    let mut tx = crate::db::begin_write(&mut conn).await?;
     // (channel, txn) order: concurrent batches take the inbox's unique-key locks in the same order.
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     order.sort_by(|&a, &b| {
@@ -321,7 +321,7 @@ async fn apply_pending(
         let (a, b) = (&pending[a].n, &pending[b].n);
         (&a.account_id, &a.channel, &a.txn_id).cmp(&(&b.account_id, &b.channel, &b.txn_id))
     });
-    let mut tx = conn.begin().await?;
+    let mut tx = crate::db::begin_write(conn).await?;
     for i in order {
         let p = &pending[i];
         let mut sp = tx.begin().await?;

@@ -1073,6 +1073,11 @@ async fn policies(State(state): State<ConsoleState>, req: Req, SignedIn(p): Sign
                         effective_at => a.effective_at,
                         who => a.who,
                         note => a.note,
+                        cancelled => a.cancelled.as_ref().map(|c| context! {
+                            who => c.who,
+                            note => c.note,
+                            recorded_at => c.recorded_at,
+                        }),
                     }).collect::<Vec<_>>(),
                 });
             }

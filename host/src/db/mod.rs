@@ -39,6 +39,27 @@ pub struct Db {
     pub pool: AnyPool,
 }
 
+/// Begins a transaction that reads and then writes, holding the write lock from its
+/// first statement on SQLite (`BEGIN IMMEDIATE`; a plain `BEGIN` on PostgreSQL, where
+/// row locks order such transactions).
+///
+/// Why: SQLite's default deferred transaction takes a snapshot at its first read and
+/// asks for the write lock at its first write; if another process (a second CLI
+/// command, `feegate serve`) wrote in between, that write fails at once with
+/// SQLITE_BUSY ("database is locked") whatever the busy timeout. An immediate
+/// transaction instead waits up to the busy timeout (5 s) for the other writer and then
+/// reads what it committed. Errors: the database's, e.g. still locked after 5 s.
+pub async fn begin_write(
+    conn: &mut sqlx::AnyConnection,
+) -> Result<sqlx::Transaction<'_, sqlx::Any>, sqlx::Error> {
+    use sqlx::Connection;
+    if conn.backend_name() == "SQLite" {
+        conn.begin_with("BEGIN IMMEDIATE").await
+    } else {
+        conn.begin().await
+    }
+}
+
 /// Time format used in every TEXT timestamp column.
 pub const TIME_FMT: &str = "%Y-%m-%d %H:%M:%S";
 
@@ -167,6 +188,18 @@ async fn migrations_applied(conn: &mut sqlx::AnyConnection) -> i64 {
 }
 
 impl Db {
+    /// Begins a transaction on a pooled connection with [`begin_write`]'s locking (the
+    /// SQLite write lock from the first statement). Every transaction that writes starts
+    /// here, so a read-then-write from one process never fails with "database is locked"
+    /// because another process wrote in between; it waits up to the busy timeout instead.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        if self.pool.connect_options().database_url.scheme() == "sqlite" {
+            self.pool.begin_with("BEGIN IMMEDIATE").await
+        } else {
+            self.pool.begin().await
+        }
+    }
+
     /// Opens (creating if needed) and migrates the database at `url`, e.g.
     /// `sqlite:///var/lib/feegate/county.db` or `postgres://feegate@db:5432/feegate`.
     /// Each backend has its own migrations (`migrations/sqlite`, `migrations/postgres`).

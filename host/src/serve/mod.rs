@@ -488,7 +488,7 @@ async fn lease_keeper(
                 false
             }
         };
-        held.send_if_modified(|h| std::mem::replace(h, Some(is_held)) != Some(is_held));
+        held.send_if_modified(|h| h.replace(is_held) != Some(is_held));
     }
     if *held.borrow() == Some(true) {
         if let Err(e) = lease::release(&db, &county, &holder).await {
