@@ -39,6 +39,18 @@ pub struct WhoArg {
     pub who: Option<String>,
 }
 
+/// A `--note` / `--why` for the audit trail: one line of text that says something.
+fn reason_text(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("say why in a few words (it goes into the audit trail)".into());
+    }
+    if t.contains(['\n', '\r']) {
+        return Err("one line, please (it is printed in histories and logs)".into());
+    }
+    Ok(t.to_string())
+}
+
 impl WhoArg {
     fn resolve(&self) -> anyhow::Result<String> {
         self.who
@@ -126,7 +138,7 @@ pub enum PolicyCommand {
         #[arg(long)]
         signature: Option<PathBuf>,
         /// Why this version exists (goes into the registry).
-        #[arg(long)]
+        #[arg(long, value_parser = reason_text)]
         note: String,
     },
     /// Put a published version in force (an audited event; the running host swaps it in).
@@ -147,7 +159,7 @@ pub enum PolicyCommand {
         #[command(flatten)]
         who: WhoArg,
         /// Why.
-        #[arg(long)]
+        #[arg(long, value_parser = reason_text)]
         note: String,
     },
     /// Re-activate the version in force before the current one (a new event; checked
@@ -159,7 +171,7 @@ pub enum PolicyCommand {
         kind: PolicyKind,
         #[command(flatten)]
         who: WhoArg,
-        #[arg(long)]
+        #[arg(long, value_parser = reason_text)]
         note: String,
     },
     /// Cancel an activation scheduled for later (`activate --at`) before it takes
@@ -175,7 +187,7 @@ pub enum PolicyCommand {
         #[command(flatten)]
         who: WhoArg,
         /// Why.
-        #[arg(long)]
+        #[arg(long, value_parser = reason_text)]
         note: String,
     },
     /// Published versions of a county, with the one in force marked.
@@ -224,7 +236,7 @@ pub enum PolicyCommand {
         #[command(flatten)]
         who: WhoArg,
         /// Why.
-        #[arg(long)]
+        #[arg(long, value_parser = reason_text)]
         note: String,
     },
     /// Replay the last N days of recorded decisions through a candidate version, or
@@ -296,7 +308,7 @@ pub enum TrustCommand {
         #[arg(long)]
         who: String,
         /// Why (a leaked key, a person who left, …).
-        #[arg(long)]
+        #[arg(long, value_parser = reason_text)]
         why: String,
     },
 }
@@ -487,7 +499,10 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
         PolicyCommand::List { .. }
         | PolicyCommand::Show { .. }
         | PolicyCommand::History { .. }
-        | PolicyCommand::Diff { .. } => Db::open_existing(&args.db.db).await?,
+        | PolicyCommand::Diff { .. }
+        | PolicyCommand::Trust {
+            command: TrustCommand::List { .. },
+        } => Db::open_existing(&args.db.db).await?,
         _ => Db::open(&args.db.db).await?,
     };
     match args.command {
@@ -511,9 +526,22 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
                 let vk = registry::read_public_key(&key)?;
                 let by = WhoArg { who: by }.resolve()?;
                 let k = registry::trust_key(&db, &county, &vk, &who, &by, now).await?;
+                // Trusted before: the first record stands (append-only), holder included.
+                let already = k.added_at != crate::db::ts(now) || k.who != who;
                 println!(
-                    "county {} trusts key #{} {} held by {} (added by {} at {})",
-                    k.county, k.key_id, k.public_key_hex, k.who, k.added_by, k.added_at
+                    "{}county {} trusts key #{} {} held by {} (added by {} at {}){}",
+                    if already { "already trusted: " } else { "" },
+                    k.county,
+                    k.key_id,
+                    k.public_key_hex,
+                    k.who,
+                    k.added_by,
+                    k.added_at,
+                    if already && k.who != who {
+                        format!("; the holder stays {}, not {who}", k.who)
+                    } else {
+                        String::new()
+                    }
                 );
             }
             TrustCommand::List { county } => {
@@ -597,9 +625,11 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
                     p.published_at
                 );
             }
+            // By publication number: the component's sha256 may also be published with
+            // other parameters, and then names no single version.
             println!(
-                "activate it with: feegate policy activate --county {county} --kind {kind} --version {} --note WHY",
-                short(&p.component_sha256)
+                "activate it with: feegate policy activate --county {county} --kind {kind} --version '#{}' --note WHY",
+                p.publication_id
             );
         }
         PolicyCommand::Activate {
@@ -660,8 +690,18 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
             who,
             note,
         } => {
-            let a = registry::cancel(&db, &county, kind, activation, &who.resolve()?, &note, now)
-                .await?;
+            // The clock is read again once the cancel holds the write lock.
+            let clock = clock()?;
+            let a = registry::cancel(
+                &db,
+                &county,
+                kind,
+                activation,
+                &who.resolve()?,
+                &note,
+                || clock.now(),
+            )
+            .await?;
             print!("cancelled: ");
             print_activation(&a);
         }

@@ -242,10 +242,16 @@ pub async fn collect_daily(
         skipped,
         ..Default::default()
     };
-    let mut tx = db.begin_write().await?;
+    // Every meter is read before the transaction begins: a slow or dead meter must not
+    // hold the database (SQLite's one write lock, the host's pooled connection) while
+    // payments, work orders and the CLI wait. The writes then take one short transaction.
+    let mut answers = Vec::with_capacity(tasks.len());
     while let Some(joined) = tasks.join_next().await {
-        let (m, result) =
-            joined.map_err(|e| DbError::Corrupt(format!("collection task panicked: {e}")))?;
+        answers
+            .push(joined.map_err(|e| DbError::Corrupt(format!("collection task panicked: {e}")))?);
+    }
+    let mut tx = db.begin_write().await?;
+    for (m, result) in answers {
         report.attempted += 1;
         let (outcome, detail) = match result {
             // A frozen value outside the register range (0 to 999999.99 kWh, 0.01 kWh

@@ -58,6 +58,11 @@ impl PolicySnapshot {
         &self.components[&kind]
     }
 
+    /// The same component as [`Self::get`], shared (to put it in force again later).
+    pub fn shared(&self, kind: PolicyKind) -> Arc<ActiveComponent> {
+        self.components[&kind].clone()
+    }
+
     /// The shadow running beside `kind`, if one is set, ready to pass to the decision
     /// log ([`crate::decision_log::DecisionRecord::shadow`]).
     pub fn shadow<'a>(

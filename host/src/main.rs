@@ -727,7 +727,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     json,
                 },
         } => {
-            let db = feegate::db::Db::open(&db).await?;
+            // Only reads: a mistyped path is an error, not a new empty database.
+            let db = feegate::db::Db::open_existing(&db).await?;
             let rows = feegate::readings::station_report(&db, county.as_deref(), date).await?;
             if json {
                 let v: Vec<_> = rows

@@ -3,10 +3,12 @@
 //!
 //! Import is idempotent: a reading is unique per (meter, date); the same value again is a
 //! duplicate and changes nothing; a *different* value for a stored (meter, date) is a conflict,
-//! reported and never overwritten (a person decides). Registers are exact decimals with at most
-//! two decimals (0.01 kWh) from 0 to 999999.99 kWh (the DL/T 645 register range); a row with a
-//! missing or unparseable register (exponent notation such as `1e5` included) is rejected,
-//! never read as 0.
+//! reported and never overwritten (a person decides). A file that contradicts itself (one
+//! (meter, date) with two or more different registers) has all the rows of that pair rejected
+//! and none of them stored; an exact repeat inside the file is a duplicate. Registers are exact
+//! decimals with at most two decimals (0.01 kWh) from 0 to 999999.99 kWh (the DL/T 645 register
+//! range); a row with a missing or unparseable register (exponent notation such as `1e5`
+//! included) fails the file naming its record, never read as 0.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -36,8 +38,8 @@ pub struct ImportRow {
 
 /// Reads `register_kwh` as a plain decimal ([`crate::channels::plain_decimal`], the parser
 /// payment amounts use): digits, optionally a point and digits. Exponent notation (`1e5`),
-/// `+`, spaces, separators and more than 18 integer digits fail the file with the row
-/// (CSV) or line and column (JSON), like any unparseable register. The register range and
+/// `+`, spaces, separators and more than 18 integer digits fail the file naming the record
+/// (`record N`, CSV and JSON alike), like any unparseable register. The register range and
 /// decimals are checked per row by [`import_readings`].
 fn plain_register<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
     let text = String::deserialize(d)?;
@@ -59,12 +61,12 @@ fn plain_register<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::
 pub struct ImportReport {
     /// New readings stored.
     pub inserted: u32,
-    /// Already stored with the same value.
+    /// Already stored with the same value (by an earlier import, or earlier in this file).
     pub duplicates: u32,
     /// Already stored with a different value: `meter date stored new`.
     pub conflicts: Vec<String>,
     /// Rows refused: `record N: why`, N counting the file's readings from 1 (a CSV file's
-    /// header is not a record; a parse error names the same number and the file line).
+    /// header is not a record; a parse error in [`read_file`] names the same number).
     pub rejected: Vec<String>,
 }
 
@@ -101,7 +103,17 @@ impl From<sqlx::Error> for ImportError {
     }
 }
 
-/// Reads rows from a `.csv` or `.json` file.
+/// Reads rows from a `.csv` file (header `meter_id,reading_date,register_kwh`, then one
+/// reading a line; LF, CRLF or CR line ends, blank lines skipped) or a `.json` file (an array
+/// of objects with those fields, `register_kwh` a string). A leading UTF-8 byte-order mark is
+/// ignored in both.
+///
+/// # Errors
+/// [`ImportError::Io`] when the file cannot be read (or is not UTF-8);
+/// [`ImportError::Format`] when a reading cannot be parsed, naming it as `record N: why`
+/// (N = the N-th reading, from 1, header not counted, as [`ImportReport::rejected`] numbers
+/// them), or, for JSON that is not valid JSON or not an array, serde_json's message with its
+/// line and column. Nothing is returned from a file with such an error.
 pub fn read_file(path: &Path) -> Result<Vec<ImportRow>, ImportError> {
     let p = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ImportError::Io {
@@ -112,22 +124,34 @@ pub fn read_file(path: &Path) -> Result<Vec<ImportRow>, ImportError> {
         path: p.clone(),
         message,
     };
+    // A byte-order mark (spreadsheet exports write one) is not part of the first field.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     if path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"))
     {
-        serde_json::from_str(&text).map_err(|e| fmt(e.to_string()))
+        // The array first (a file that is not one fails with serde_json's line and
+        // column), then each reading, so a bad one is named as CSV names it.
+        let values: Vec<serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| fmt(e.to_string()))?;
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                ImportRow::deserialize(v).map_err(|e| fmt(format!("record {}: {e}", i + 1)))
+            })
+            .collect()
     } else {
         let mut rd = csv::ReaderBuilder::new()
             .trim(csv::Trim::All)
             .from_reader(text.as_bytes());
         // Numbered as `import_readings` numbers its rejections (record 1 = the first
-        // reading), with the file line beside it: a quoted field may span lines.
+        // reading; csv skips blank lines, so this counts readings whatever the line ends).
+        // No file line: csv's count is wrong for CR-only line ends and blank lines.
         rd.deserialize()
             .enumerate()
             .map(|(i, r)| {
                 r.map_err(|e| {
-                    let line = e.position().map(|p| p.line()).unwrap_or(i as u64 + 2);
                     // The field's own message, without csv's "CSV deserialize error:
                     // record …" prefix (it numbers records from the header).
                     let why = match e.kind() {
@@ -137,23 +161,67 @@ pub fn read_file(path: &Path) -> Result<Vec<ImportRow>, ImportError> {
                         } => format!("{len} fields where the header has {expected_len}"),
                         _ => e.to_string(),
                     };
-                    fmt(format!("record {} (line {line}): {why}", i + 1))
+                    fmt(format!("record {}: {why}", i + 1))
                 })
             })
             .collect()
     }
 }
 
-/// Stores `rows` as readings with source `import`. Idempotent (see the module docs).
+/// Stores `rows` as readings with source `import`, in one transaction. Idempotent (see the
+/// module docs). `rows[i]` is `record i+1` in the report.
+///
+/// Before anything is stored, a (meter, date) that appears in `rows` with two or more
+/// different registers has every one of its rows rejected (`record N: meter M date D appears
+/// with different registers in this file (records A, B): …`); an exact repeat is counted
+/// once, the repeat as a duplicate. Each remaining row is rejected (out of the register
+/// range or more than 2 decimals, dated after `now`'s date, unknown meter), inserted, a
+/// duplicate of the stored value, or a conflict with a different stored value (never
+/// overwritten).
+///
+/// # Errors
+/// [`ImportError::Db`] when the database fails; nothing is stored then.
 pub async fn import_readings(
     db: &Db,
     rows: &[ImportRow],
     now: NaiveDateTime,
 ) -> Result<ImportReport, ImportError> {
     let mut report = ImportReport::default();
+    // The file against itself first: which row it stores for a (meter, date) it gives two
+    // registers for is not ours to pick, and whichever came first would make the other a
+    // "conflict" with a value this same file stored.
+    let mut by_pair: BTreeMap<(&str, NaiveDate), Vec<usize>> = BTreeMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        by_pair
+            .entry((r.meter_id.as_str(), r.reading_date))
+            .or_default()
+            .push(i);
+    }
+    let contradicted: BTreeMap<usize, String> = by_pair
+        .values()
+        .filter(|ix| {
+            ix.iter()
+                .any(|&i| rows[i].register_kwh != rows[ix[0]].register_kwh)
+        })
+        .flat_map(|ix| {
+            let records = ix
+                .iter()
+                .map(|i| (i + 1).to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            ix.iter().map(move |&i| (i, records.clone()))
+        })
+        .collect();
     let mut tx = db.begin_write().await?;
     for (i, r) in rows.iter().enumerate() {
         let record = i + 1;
+        if let Some(records) = contradicted.get(&i) {
+            report.rejected.push(format!(
+                "record {record}: meter {} date {} appears with different registers in this file (records {records}): a person decides which is right",
+                r.meter_id, r.reading_date
+            ));
+            continue;
+        }
         // 0 to 999999.99 kWh with at most 2 decimals (the DL/T 645 register range); checked,
         // so a huge value is a rejected row, never a panic or a clamped i64::MAX.
         let centi = match crate::money::register_centi_kwh(r.register_kwh) {

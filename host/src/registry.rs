@@ -96,6 +96,17 @@ pub enum RegistryError {
         "the signature does not verify against any key county {county} trusts ({keys} key(s)); sign with a trusted key, or have the county trust yours with `feegate policy trust add`"
     )]
     BadSignature { county: String, keys: usize },
+    /// `trust add` of a key the county revoked: a revoked key is never trusted again.
+    #[error(
+        "key #{key_id} ({who}) was revoked by county {county} at {revoked_at}: {why}; a revoked key is never trusted again: make a new pair with `feegate policy key new` and trust that"
+    )]
+    KeyRevokedBefore {
+        county: String,
+        key_id: i64,
+        who: String,
+        revoked_at: String,
+        why: String,
+    },
     #[error(
         "the signature is by key #{key_id} ({who}), which county {county} revoked at {revoked_at}: {why}; sign with a key the county still trusts (`feegate policy trust list --county {county}`)"
     )]
@@ -139,10 +150,28 @@ pub enum RegistryError {
         version: String,
         matches: Vec<String>,
     },
+    /// One component published with different parameters (a tariff-step component with
+    /// this year's and last year's prices): its sha256 alone does not say which prices.
+    #[error(
+        "{version:?} is one component published with {} different parameter sets: {}; name the one you mean with --version '#N' (see `feegate policy list`)",
+        publications.len(),
+        publications.join("; ")
+    )]
+    AmbiguousParameters {
+        version: String,
+        /// `#N (published AT by WHO: NOTE)`, newest first.
+        publications: Vec<String>,
+    },
     #[error(
         "nothing to roll back to: county {county} has no earlier {kind} version (no earlier activation, no policy-set file recorded by a host)"
     )]
     NothingToRollBack { county: String, kind: PolicyKind },
+    /// `policy rollback` while the county's own policy-set file is what is in force (no
+    /// activation yet, or the last rollback went back to it): there is nothing before it.
+    #[error(
+        "nothing to roll back: county {county}'s policy-set file is the {kind} version in force (no activation of it is); activate a version to change it"
+    )]
+    PolicySetInForce { county: String, kind: PolicyKind },
     /// `policy rollback` while no activation of the kind has taken effect yet, but one
     /// is scheduled: rolling back cannot stop it, cancelling it does.
     #[error(
@@ -495,11 +524,24 @@ pub async fn trust_key(
     .bind(ts(now))
     .execute(&db.pool)
     .await?;
-    let keys = trusted_keys(db, county).await?;
-    Ok(keys
+    let key = all_keys(db, county)
+        .await?
         .into_iter()
         .find(|k| k.public_key_hex == public_key_hex)
-        .expect("just inserted"))
+        .ok_or_else(|| RegistryError::Corrupt {
+            what: "trusted key",
+            detail: format!("county {county}: key {public_key_hex} missing right after insert"),
+        })?;
+    match key.revoked_at {
+        Some(revoked_at) => Err(RegistryError::KeyRevokedBefore {
+            county: county.to_string(),
+            key_id: key.key_id,
+            who: key.who,
+            revoked_at,
+            why: key.revoked_note.unwrap_or_default(),
+        }),
+        None => Ok(key),
+    }
 }
 
 /// The keys `county` trusts now (not revoked).
@@ -876,9 +918,14 @@ pub async fn publications(
 }
 
 /// Resolves a version (a sha256 or a unique prefix of at least 8 hex digits, or
-/// `#<publication id>`) to a publication of `county`'s `kind`. When one component was
-/// published several times (different parameters), the latest publication wins;
-/// `#<id>` picks an exact one.
+/// `#<publication id>`) to a publication of `county`'s `kind`. A component recorded both
+/// as shipped and as signed with the same parameters resolves to the signed publication.
+///
+/// # Errors
+/// `UnknownVersion`; `AmbiguousVersion` when a prefix matches several components;
+/// `AmbiguousParameters` when the component was published with different parameters
+/// (each is a version of its own; `#<id>` picks one) — never the latest by guess, since
+/// the parameters are the prices.
 pub async fn resolve(
     db: &Db,
     county: &str,
@@ -919,7 +966,31 @@ pub async fn resolve(
             matches: shas,
         });
     }
-    // Prefer a signed publication over a shipped one, then the latest.
+    // The same bytes with other parameters are another version: refuse to pick one.
+    let mut parameter_sets: Vec<&str> = matching
+        .iter()
+        .map(|p| p.parameters_json.as_str())
+        .collect();
+    parameter_sets.sort_unstable();
+    parameter_sets.dedup();
+    if parameter_sets.len() > 1 {
+        let mut newest_first: Vec<&Publication> = matching.iter().collect();
+        newest_first.sort_by_key(|p| std::cmp::Reverse(p.publication_id));
+        return Err(RegistryError::AmbiguousParameters {
+            version: version.to_string(),
+            publications: newest_first
+                .iter()
+                .map(|p| {
+                    format!(
+                        "#{} (published {} by {}: {})",
+                        p.publication_id, p.published_at, p.who, p.note
+                    )
+                })
+                .collect(),
+        });
+    }
+    // One parameter set, recorded as shipped and/or signed: prefer the signed
+    // publication, then the latest.
     matching
         .into_iter()
         .max_by_key(|p| (p.source == "signed", p.publication_id))
@@ -1153,6 +1224,13 @@ pub async fn rollback(
             },
         });
     }
+    let file_in_force = || RegistryError::PolicySetInForce {
+        county: county.to_string(),
+        kind,
+    };
+    if effective.is_empty() {
+        return Err(file_in_force());
+    }
     effective.sort_by(|a, b| {
         (&a.effective_at, a.activation_id).cmp(&(&b.effective_at, b.activation_id))
     });
@@ -1180,17 +1258,25 @@ pub async fn rollback(
     // recorded (shipped) publication is what to go back to.
     let previous = match previous {
         Some(id) => id,
-        None => publications(db, county, Some(kind))
-            .await?
-            .into_iter()
-            .filter(|p| {
-                p.source == "shipped"
-                    && p.publication_id != current
-                    && !undone.contains(&p.publication_id)
-            })
-            .map(|p| p.publication_id)
-            .max()
-            .ok_or_else(nothing)?,
+        None => {
+            let all = publications(db, county, Some(kind)).await?;
+            if all
+                .iter()
+                .any(|p| p.publication_id == current && p.source == "shipped")
+            {
+                // A rollback already went back to the policy-set file.
+                return Err(file_in_force());
+            }
+            all.into_iter()
+                .filter(|p| {
+                    p.source == "shipped"
+                        && p.publication_id != current
+                        && !undone.contains(&p.publication_id)
+                })
+                .map(|p| p.publication_id)
+                .max()
+                .ok_or_else(nothing)?
+        }
     };
     let p = publication(db, previous).await?.ok_or_else(nothing)?;
     check_runs(db, engine, &p).await?;
@@ -1204,8 +1290,8 @@ pub async fn rollback(
 ///
 /// Refused, with what to do: [`RegistryError::UnknownActivation`] (no such id),
 /// [`RegistryError::ActivationElsewhere`] (the id is of another county or kind),
-/// [`RegistryError::AlreadyEffective`] (its effective time is not after `now`: roll it
-/// back instead) and [`RegistryError::AlreadyCancelled`] (also when a concurrent cancel
+/// [`RegistryError::AlreadyEffective`] (its effective time is not after `now()`, read
+/// once the transaction holds the write lock: roll it back instead) and [`RegistryError::AlreadyCancelled`] (also when a concurrent cancel
 /// recorded first: the table's primary key refuses the second).
 pub async fn cancel(
     db: &Db,
@@ -1214,13 +1300,18 @@ pub async fn cancel(
     activation_id: i64,
     who: &str,
     note: &str,
-    now: NaiveDateTime,
+    now: impl Fn() -> NaiveDateTime,
 ) -> Result<Activation, RegistryError> {
+    let mut tx = db.begin_write().await?;
+    // The time is read once this transaction may write (on SQLite it holds the write
+    // lock by now): a cancel that waited for another writer must not be recorded, as if
+    // in time, for an activation that fell due meanwhile and that hosts already apply.
+    let now = now();
     let row = sqlx::query(&format!(
         "SELECT {ACTIVATION_COLUMNS} WHERE a.activation_id = $1"
     ))
     .bind(activation_id)
-    .fetch_optional(&db.pool)
+    .fetch_optional(&mut *tx)
     .await?;
     let a = row
         .as_ref()
@@ -1265,19 +1356,23 @@ pub async fn cancel(
     .bind(who)
     .bind(note)
     .bind(ts(now))
-    .execute(&db.pool)
+    .execute(&mut *tx)
     .await;
     match inserted {
-        Ok(_) => Ok(Activation {
-            cancelled: Some(Cancellation {
-                who: who.to_string(),
-                note: note.to_string(),
-                recorded_at: ts(now),
-            }),
-            ..a
-        }),
+        Ok(_) => {
+            tx.commit().await?;
+            Ok(Activation {
+                cancelled: Some(Cancellation {
+                    who: who.to_string(),
+                    note: note.to_string(),
+                    recorded_at: ts(now),
+                }),
+                ..a
+            })
+        }
         // A concurrent cancel recorded first.
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            drop(tx);
             let row = sqlx::query(
                 "SELECT who, note, recorded_at FROM policy_activation_cancellations WHERE activation_id = $1",
             )
@@ -1438,6 +1533,8 @@ pub struct Swapped {
     pub kind: PolicyKind,
     pub from_sha256: String,
     pub to_sha256: String,
+    /// The activation put in force; for a return to the policy-set file (every
+    /// activation of the kind cancelled), the cancelled one that was undone.
     pub activation_id: i64,
 }
 
@@ -1465,6 +1562,9 @@ pub struct Watcher {
     compiled: Mutex<BTreeMap<(PolicyKind, String), LoadedComponent>>,
     /// Highest publication id already compiled ahead.
     prepared_up_to: Mutex<i64>,
+    /// The county's policy set as loaded from its files, before any activation: what is
+    /// in force again when every activation of a kind turns out cancelled.
+    at_start: Arc<crate::county::PolicySnapshot>,
 }
 
 impl Watcher {
@@ -1490,6 +1590,7 @@ impl Watcher {
             applied: Mutex::new(BTreeMap::new()),
             compiled: Mutex::new(compiled),
             prepared_up_to: Mutex::new(0),
+            at_start: snapshot,
         }
     }
 
@@ -1541,6 +1642,25 @@ impl Watcher {
         let mut swapped = Vec::new();
         for kind in PolicyKind::ALL {
             let Some(a) = in_force(&self.db, &self.county.county, kind, now).await? else {
+                // This host applied an activation that was cancelled afterwards (its
+                // clock ahead of the canceller's, or a cancel that committed as the
+                // activation fell due): the policy-set file is in force again.
+                let undone = self.applied.lock().expect("watcher lock").remove(&kind);
+                if let Some(activation_id) = undone {
+                    let file = self.at_start.shared(kind);
+                    let from = self.county.snapshot().get(kind).component.sha256.clone();
+                    tracing::warn!(
+                        county = %self.county.county, %kind, activation = activation_id,
+                        "the activation in force was cancelled; the policy-set file's version is in force again"
+                    );
+                    swapped.push(Swapped {
+                        kind,
+                        from_sha256: from,
+                        to_sha256: file.component.sha256.clone(),
+                        activation_id,
+                    });
+                    self.county.activate_shared(file);
+                }
                 continue;
             };
             if self.applied.lock().expect("watcher lock").get(&kind) == Some(&a.activation_id) {
@@ -1594,9 +1714,11 @@ impl Watcher {
             });
         }
         self.poll_shadows(now).await?;
-        if let Some(stage) = stage_in_force(&self.db, &self.county.county, now).await?
-            && self.county.snapshot().rollout_stage != stage
-        {
+        // No activation sets a stage (all cancelled, or none yet): the policy set's own.
+        let stage = stage_in_force(&self.db, &self.county.county, now)
+            .await?
+            .unwrap_or(self.at_start.rollout_stage);
+        if self.county.snapshot().rollout_stage != stage {
             self.county.set_rollout_stage(stage);
         }
         Ok(swapped)

@@ -779,3 +779,64 @@ async fn payments_while_a_call_first_order_is_open_open_no_second_order() {
         );
     }
 }
+
+/// A meter that accepts the connection and never answers keeps the morning's collection
+/// waiting for its timeouts and retries (here 2 × 3 s), but not the database: another
+/// process (a payment, a person at the console) writes meanwhile without waiting. Before,
+/// the collection's transaction began before the reads and, on SQLite, held the one
+/// write lock until the last meter answered, so that write failed with "database is
+/// locked" after the 5 s busy timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_that_never_answers_does_not_hold_the_database_while_it_is_read() {
+    let Some((mut opts, tdb)) = common::small_county_db(
+        "a_meter_that_never_answers_does_not_hold_the_database_while_it_is_read",
+        4,
+        3,
+        21,
+    )
+    .await
+    else {
+        return;
+    };
+    // Two attempts of 3 s each: longer than SQLite's 5 s busy timeout.
+    opts.read_timeout = std::time::Duration::from_secs(3);
+    let mut s = demo::Scenario::new(&opts, &[]).await.unwrap();
+    s.run_days(1).await.unwrap();
+    // A gateway that accepts and then says nothing, for the first meter.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for c in silent.incoming() {
+            open.push(c);
+        }
+    });
+    sqlx::query(
+        "UPDATE meters SET gateway = $1 WHERE meter_id = (SELECT MIN(meter_id) FROM meters)",
+    )
+    .bind(&silent_addr)
+    .execute(&s.host.db.pool)
+    .await
+    .unwrap();
+    let date = opts.start + chrono::Duration::days(1);
+    s.advance(date.and_hms_opt(0, 10, 0).unwrap()).unwrap();
+    let now = feegate::clock::Clock::now(s.clock.as_ref());
+    let other = feegate::db::Db::open(&tdb.url).await.unwrap();
+    let collecting =
+        feegate::collection::collect_daily(&s.host.db, &s.host.meters, "xianyou", date, now);
+    let writing = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let mut tx = other.begin_write().await?;
+        sqlx::query(
+            "UPDATE accounts SET relay_state = relay_state WHERE account_id = (SELECT MIN(account_id) FROM accounts)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    };
+    let (report, written) = tokio::join!(collecting, writing);
+    written.expect("a write during collection is not blocked by a silent meter");
+    let report = report.unwrap();
+    assert_eq!(report.attempted, 4, "{report:?}");
+    assert_eq!((report.read_ok, report.failed), (3, 1), "{report:?}");
+}

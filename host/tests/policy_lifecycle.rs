@@ -34,7 +34,6 @@ async fn temp_db(test: &str) -> Option<(common::TestDb, Db, String)> {
 
 const TARIFF_PARAMS: &str = r#"{"charge_rounding":"half-up","cycle":"calendar-year","steps":[{"price":"0.4983","up_to_kwh":"2760"},{"price":"0.5483","up_to_kwh":"4800"},{"price":"0.7983"}]}"#;
 
-/// A county that trusts one key; returns the key.
 /// An engine, the county's trusted key, and the step tariff published with it.
 async fn tariff_step_published(
     db: &Db,
@@ -58,6 +57,7 @@ async fn tariff_step_published(
     (engine, key, p)
 }
 
+/// A county that trusts one key; returns the key.
 async fn trusting_county(db: &Db) -> ed25519_dalek::SigningKey {
     let key = registry::generate_key();
     registry::trust_key(
@@ -1580,7 +1580,7 @@ async fn a_cancelled_scheduled_activation_never_takes_effect_and_stays_in_the_hi
         scheduled.activation_id,
         "Chen",
         "price notice withdrawn",
-        t("2013-01-03 08:00:00"),
+        move || t("2013-01-03 08:00:00"),
     )
     .await
     .unwrap();
@@ -1619,7 +1619,7 @@ async fn a_cancelled_scheduled_activation_never_takes_effect_and_stays_in_the_hi
     let cancel = |id: i64, county: &'static str, kind: PolicyKind, now: &'static str| {
         let db = db.clone();
         async move {
-            registry::cancel(&db, county, kind, id, "Chen", "again", t(now))
+            registry::cancel(&db, county, kind, id, "Chen", "again", move || t(now))
                 .await
                 .unwrap_err()
         }
@@ -1710,7 +1710,7 @@ async fn a_cancelled_scheduled_activation_never_takes_effect_and_stays_in_the_hi
             later.activation_id,
             "Chen",
             "one",
-            t("2013-01-04 00:00:00"),
+            move || t("2013-01-04 00:00:00"),
         ),
         registry::cancel(
             &db,
@@ -1719,7 +1719,7 @@ async fn a_cancelled_scheduled_activation_never_takes_effect_and_stays_in_the_hi
             later.activation_id,
             "Lin",
             "two",
-            t("2013-01-04 00:00:00"),
+            move || t("2013-01-04 00:00:00"),
         )
     );
     match (&x, &y) {
@@ -1809,7 +1809,7 @@ async fn a_rollback_with_only_a_scheduled_activation_names_it_and_says_to_cancel
         1,
         "nothing recorded"
     );
-    // Once cancelled there is nothing at all: the plain refusal.
+    // Once cancelled no activation is in force: the policy-set file is, and says so.
     registry::cancel(
         &db,
         "xianyou",
@@ -1817,14 +1817,18 @@ async fn a_rollback_with_only_a_scheduled_activation_names_it_and_says_to_cancel
         scheduled.activation_id,
         "ops",
         "wrong price",
-        t("2013-01-02 00:00:00"),
+        move || t("2013-01-02 00:00:00"),
     )
     .await
     .unwrap();
     let err = rollback("2013-01-02 00:01:00").await;
     assert!(
-        matches!(err, RegistryError::NothingToRollBack { .. }),
+        matches!(err, RegistryError::PolicySetInForce { .. }),
         "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("policy-set file is the tariff version in force")
     );
 }
 
@@ -1912,32 +1916,19 @@ async fn a_rollback_refuses_a_version_that_fails_the_probe_and_records_nothing()
 /// The running host's watcher never puts a cancelled activation in force.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_host_never_swaps_in_a_cancelled_activation() {
-    let Some((opts, _db)) = common::small_county_db(
+    let Some((s, _db, hostile)) = county_with_hostile_tariff_published(
         "a_running_host_never_swaps_in_a_cancelled_activation",
-        4,
-        1,
-        11,
     )
     .await
     else {
         return;
     };
-    let s = Scenario::new(&opts, &[]).await.unwrap();
-    let db = s.host.db.clone();
-    let engine = s.host.engine.clone();
-    let county = s.host.county.clone();
+    let (db, engine, county) = (
+        s.host.db.clone(),
+        s.host.engine.clone(),
+        s.host.county.clone(),
+    );
     let before = county.snapshot();
-    let key = trusting_county(&db).await;
-    let hostile = publish(
-        &db,
-        &engine,
-        &key,
-        PolicyKind::Tariff,
-        &wasm("hostile_policy"),
-        r#"{"mode":"ok"}"#,
-    )
-    .await
-    .unwrap();
     let now = s.clock.now();
     let a = registry::activate(
         &db,
@@ -1963,7 +1954,7 @@ async fn a_running_host_never_swaps_in_a_cancelled_activation() {
         a.activation_id,
         "ops",
         "trial called off",
-        now + chrono::Duration::minutes(30),
+        move || now + chrono::Duration::minutes(30),
     )
     .await
     .unwrap();
@@ -1978,4 +1969,387 @@ async fn a_running_host_never_swaps_in_a_cancelled_activation() {
         before.get(PolicyKind::Tariff).component.sha256
     );
     assert_eq!(after.rollout_stage, before.rollout_stage);
+}
+
+/// A host whose clock ran ahead applied an activation that another machine then
+/// cancelled in time by its own clock: the host's next poll puts the policy-set file's
+/// version and stage back in force, instead of keeping a version the registry says never
+/// took effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_applied_an_activation_cancelled_afterwards_goes_back_to_the_policy_set() {
+    let Some((s, _db, hostile)) = county_with_hostile_tariff_published(
+        "a_host_that_applied_an_activation_cancelled_afterwards_goes_back_to_the_policy_set",
+    )
+    .await
+    else {
+        return;
+    };
+    let (db, engine, county) = (
+        s.host.db.clone(),
+        s.host.engine.clone(),
+        s.host.county.clone(),
+    );
+    let before = county.snapshot();
+    let now = s.clock.now();
+    let effective = now + chrono::Duration::minutes(10);
+    let a = registry::activate(
+        &db,
+        &engine,
+        &ActivateRequest {
+            county: "xianyou",
+            kind: PolicyKind::Tariff,
+            version: &hostile.component_sha256,
+            at: Some(effective),
+            stage: Some(RolloutStage::Automatic),
+            who: "ops",
+            note: "trial",
+            now,
+        },
+    )
+    .await
+    .unwrap();
+    // The host's clock is a minute past the effective time: it applies the activation.
+    s.advance(effective + chrono::Duration::minutes(1)).unwrap();
+    let applied = s.watcher.poll().await.unwrap();
+    assert_eq!(applied.len(), 1, "{applied:?}");
+    assert_eq!(
+        county.snapshot().get(PolicyKind::Tariff).component.sha256,
+        hostile.component_sha256
+    );
+    assert_eq!(county.snapshot().rollout_stage, RolloutStage::Automatic);
+    assert_ne!(before.rollout_stage, RolloutStage::Automatic);
+    // The canceller's clock is a minute behind the effective time.
+    registry::cancel(
+        &db,
+        "xianyou",
+        PolicyKind::Tariff,
+        a.activation_id,
+        "ops",
+        "trial called off",
+        move || effective - chrono::Duration::minutes(1),
+    )
+    .await
+    .unwrap();
+    let back = s.watcher.poll().await.unwrap();
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(back[0].from_sha256, hostile.component_sha256);
+    assert_eq!(back[0].activation_id, a.activation_id);
+    let after = county.snapshot();
+    assert_eq!(
+        after.get(PolicyKind::Tariff).component.sha256,
+        before.get(PolicyKind::Tariff).component.sha256
+    );
+    assert_eq!(after.rollout_stage, before.rollout_stage);
+    assert!(s.watcher.poll().await.unwrap().is_empty(), "once");
+}
+
+/// One component published with two parameter sets is two versions: its sha256 names
+/// neither (refused, listing both, newest first), `#N` names each exactly, and nothing is
+/// activated by the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_with_two_parameter_sets_is_activated_by_publication_number_only() {
+    let Some((_tdb, db, _)) =
+        temp_db("a_component_with_two_parameter_sets_is_activated_by_publication_number_only")
+            .await
+    else {
+        return;
+    };
+    let (engine, key, old) = tariff_step_published(&db).await;
+    let lower = TARIFF_PARAMS.replace("0.4983", "0.3983");
+    let new = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Tariff,
+        &wasm("policy_tariff_step"),
+        &lower,
+    )
+    .await
+    .unwrap();
+    assert_eq!(old.component_sha256, new.component_sha256);
+    assert_ne!(old.publication_id, new.publication_id);
+    for version in [&old.component_sha256[..], &old.component_sha256[..12]] {
+        let e = registry::resolve(&db, "xianyou", PolicyKind::Tariff, version)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, registry::RegistryError::AmbiguousParameters { publications, .. }
+                if publications.len() == 2
+                    && publications[0].starts_with(&format!("#{} ", new.publication_id))
+                    && publications[1].starts_with(&format!("#{} ", old.publication_id))),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("--version '#N'"), "{e}");
+        let refused = registry::activate(
+            &db,
+            &engine,
+            &ActivateRequest {
+                county: "xianyou",
+                kind: PolicyKind::Tariff,
+                version,
+                at: None,
+                stage: None,
+                who: "ops",
+                note: "by sha",
+                now: t("2013-01-02 09:00:00"),
+            },
+        )
+        .await;
+        assert!(refused.is_err());
+    }
+    assert!(
+        registry::history(&db, "xianyou", Some(PolicyKind::Tariff))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing activated"
+    );
+    for p in [&old, &new] {
+        let by_number = registry::resolve(
+            &db,
+            "xianyou",
+            PolicyKind::Tariff,
+            &format!("#{}", p.publication_id),
+        )
+        .await
+        .unwrap();
+        assert_eq!(by_number.parameters_json, p.parameters_json);
+    }
+}
+
+/// Trusting a key the county revoked is refused with when and why (it was a panic), and
+/// trusting a trusted key again says so and keeps its first holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_never_trusted_again() {
+    let Some((tdb, db, _)) = temp_db("a_revoked_key_is_never_trusted_again").await else {
+        return;
+    };
+    let key = trusting_county(&db).await;
+    let trusted = registry::trusted_keys(&db, "xianyou").await.unwrap();
+    let key_id = trusted[0].key_id;
+    registry::revoke_key(
+        &db,
+        "xianyou",
+        key_id,
+        "sec",
+        "laptop lost",
+        t("2013-01-03 08:00:00"),
+    )
+    .await
+    .unwrap();
+    let e = registry::trust_key(
+        &db,
+        "xianyou",
+        &key.verifying_key(),
+        "Lin",
+        "ops",
+        t("2013-01-04 08:00:00"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&e, registry::RegistryError::KeyRevokedBefore { key_id: k, .. } if *k == key_id),
+        "{e:?}"
+    );
+    let message = e.to_string();
+    assert!(
+        message.contains("laptop lost") && message.contains("policy key new"),
+        "{message}"
+    );
+    assert!(
+        registry::trusted_keys(&db, "xianyou")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // At the command line: a refusal, not a crash; a second key trusted twice says so.
+    let dir = tempfile::tempdir().unwrap();
+    let cli = common::Cli {
+        dir: dir.path(),
+        db: &tdb.url,
+    };
+    std::fs::write(
+        dir.path().join("lin.pub"),
+        hex::encode(key.verifying_key().to_bytes()),
+    )
+    .unwrap();
+    let (code, _, stderr) = cli.run(&[
+        "policy", "trust", "add", "--county", "xianyou", "--key", "lin.pub", "--who", "Lin",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("never trusted again"), "{stderr}");
+    cli.ok(&["policy", "key", "new", "--out", "wang"]);
+    let first = cli.ok(&[
+        "policy", "trust", "add", "--county", "xianyou", "--key", "wang.pub", "--who", "Wang",
+    ]);
+    assert!(first.starts_with("county xianyou trusts key #"), "{first}");
+    let again = cli.ok(&[
+        "policy", "trust", "add", "--county", "xianyou", "--key", "wang.pub", "--who", "Zhang",
+    ]);
+    assert!(
+        again.starts_with("already trusted: ")
+            && again.contains("the holder stays Wang, not Zhang"),
+        "{again}"
+    );
+    // A reason is required wherever the audit trail records one: blank or multi-line
+    // notes are refused before anything is opened.
+    for (args, note) in [
+        (
+            &[
+                "policy",
+                "cancel",
+                "--county",
+                "xianyou",
+                "--kind",
+                "tariff",
+                "--activation",
+                "1",
+            ][..],
+            " ",
+        ),
+        (
+            &[
+                "policy", "rollback", "--county", "xianyou", "--kind", "tariff",
+            ][..],
+            "",
+        ),
+        (
+            &[
+                "policy",
+                "activate",
+                "--county",
+                "xianyou",
+                "--kind",
+                "tariff",
+                "--version",
+                "#1",
+            ][..],
+            "a\nb",
+        ),
+        (
+            &[
+                "policy", "trust", "revoke", "--county", "xianyou", "--key-id", "1", "--who", "sec",
+            ][..],
+            "\t",
+        ),
+    ] {
+        let flag = if args[1] == "trust" {
+            "--why"
+        } else {
+            "--note"
+        };
+        let mut args = args.to_vec();
+        args.extend([flag, note]);
+        let (code, _, stderr) = cli.run(&args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("say why") || stderr.contains("one line"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// Rolling back the first activation goes back to the policy-set file a host recorded;
+/// rolling back again says the file is what is in force (not that none was recorded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_back_past_the_policy_set_file_says_the_file_is_in_force() {
+    let Some((opts, _db)) = common::small_county_db(
+        "rolling_back_past_the_policy_set_file_says_the_file_is_in_force",
+        4,
+        1,
+        11,
+    )
+    .await
+    else {
+        return;
+    };
+    let s = Scenario::new(&opts, &[]).await.unwrap();
+    let (db, engine) = (s.host.db.clone(), s.host.engine.clone());
+    let shipped = s
+        .host
+        .county
+        .snapshot()
+        .get(PolicyKind::Tariff)
+        .component
+        .sha256
+        .clone();
+    let key = trusting_county(&db).await;
+    let lower = TARIFF_PARAMS.replace("0.4983", "0.3983");
+    let p = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Tariff,
+        &wasm("policy_tariff_step"),
+        &lower,
+    )
+    .await
+    .unwrap();
+    let now = s.clock.now();
+    registry::activate(
+        &db,
+        &engine,
+        &ActivateRequest {
+            county: "xianyou",
+            kind: PolicyKind::Tariff,
+            version: &format!("#{}", p.publication_id),
+            at: None,
+            stage: None,
+            who: "ops",
+            note: "lower prices",
+            now,
+        },
+    )
+    .await
+    .unwrap();
+    let later = now + chrono::Duration::minutes(1);
+    let back = registry::rollback(
+        &db,
+        &engine,
+        "xianyou",
+        PolicyKind::Tariff,
+        "ops",
+        "wrong",
+        later,
+    )
+    .await
+    .unwrap();
+    assert_eq!(back.component_sha256, shipped);
+    let again = registry::rollback(
+        &db,
+        &engine,
+        "xianyou",
+        PolicyKind::Tariff,
+        "ops",
+        "again",
+        later + chrono::Duration::minutes(1),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(again, RegistryError::PolicySetInForce { .. }),
+        "{again}"
+    );
+}
+
+/// A 4-meter county running (the demo's scenario) with the hostile component published
+/// for its tariff (`{"mode":"ok"}`: prices like a tariff), not activated.
+async fn county_with_hostile_tariff_published(
+    test: &str,
+) -> Option<(Scenario, common::TestDb, registry::Publication)> {
+    let (opts, tdb) = common::small_county_db(test, 4, 1, 11).await?;
+    let s = Scenario::new(&opts, &[]).await.unwrap();
+    let key = trusting_county(&s.host.db).await;
+    let hostile = publish(
+        &s.host.db,
+        &s.host.engine,
+        &key,
+        PolicyKind::Tariff,
+        &wasm("hostile_policy"),
+        r#"{"mode":"ok"}"#,
+    )
+    .await
+    .unwrap();
+    Some((s, tdb, hostile))
 }

@@ -1,6 +1,7 @@
-//! Commands that only read (`audit …`, `policy list/show/history/diff`, `holds list`)
-//! never create a database: a mistyped SQLite path is an error that names it, not a new
-//! empty database in which the chain is "intact" and nobody is held.
+//! Commands that only read (`audit …`, `policy list/show/history/diff`, `policy trust list`,
+//! `holds list`, `collection report`, `user list`) never create a database: a mistyped
+//! SQLite path is an error that names it, not a new empty database in which the chain is
+//! "intact" and nobody is held.
 
 mod common;
 
@@ -71,4 +72,55 @@ async fn read_commands_refuse_a_database_that_is_not_there() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("is not a head hash"), "{stderr}");
+}
+
+#[tokio::test]
+async fn collection_report_trust_list_and_user_list_refuse_a_database_that_is_not_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo.db");
+    for url in [
+        format!("sqlite://{}", typo.display()),
+        format!("sqlite://{}?mode=rwc", typo.display()),
+    ] {
+        for args in [
+            &["collection", "report", "--date", "2013-01-02"][..],
+            &["policy", "trust", "list", "--county", "xianyou"],
+            &["user", "list"],
+        ] {
+            let out = Command::new(common::feegate_bin())
+                .args(args)
+                .arg("--db")
+                .arg(&url)
+                .env_remove("FEEGATE_DB")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} {url}: {stderr}");
+            assert!(
+                stderr.contains(&format!("no Feegate database at {url}")),
+                "{args:?}: {stderr}"
+            );
+            assert!(!typo.exists(), "{args:?} created {}", typo.display());
+        }
+    }
+    // Once the database exists (any command that writes creates it), they read it.
+    let url = format!("sqlite://{}", typo.display());
+    feegate::db::Db::open(&url).await.unwrap();
+    for args in [
+        &["collection", "report", "--date", "2013-01-02"][..],
+        &["policy", "trust", "list", "--county", "xianyou"],
+        &["user", "list"],
+    ] {
+        let out = Command::new(common::feegate_bin())
+            .args(args)
+            .args(["--db", &url])
+            .env_remove("FEEGATE_DB")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -226,3 +226,120 @@ fn serve_refuses_an_invalid_config_with_the_line_and_the_reason() {
     assert!(stderr.contains("feegate.toml:5:"), "{stderr}");
     assert!(stderr.contains("invalid cron expression"), "{stderr}");
 }
+
+/// A host that cannot read or renew a county's lease (the database refuses it) runs none
+/// of the county's jobs and says so in `/readyz` (503, with the reason) instead of
+/// answering ready as if another host ran the county; once the lease answers again it
+/// takes the county and is ready.
+#[test]
+fn serve_is_not_ready_while_the_county_lease_cannot_be_read() {
+    let Some(tdb) =
+        common::test_database_blocking("serve_is_not_ready_while_the_county_lease_cannot_be_read")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = tdb.url.clone();
+    let port = free_port();
+    let config = common::serve_config(dir.path(), port, "[cluster]\nlease_seconds = 3");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sql = |statements: &[&str]| {
+        rt.block_on(async {
+            let pool = feegate::db::Db::open(&db).await.unwrap().pool;
+            for s in statements {
+                sqlx::query(s).execute(&pool).await.unwrap();
+            }
+        })
+    };
+    // The lease table refuses every write.
+    if tdb.is_postgres() {
+        sql(&[
+            "CREATE FUNCTION refuse_lease() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'lease store broken'; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER refuse_lease BEFORE INSERT OR UPDATE ON county_leases FOR EACH ROW EXECUTE FUNCTION refuse_lease()",
+        ]);
+    } else {
+        sql(&[
+            "CREATE TRIGGER refuse_lease_insert BEFORE INSERT ON county_leases BEGIN SELECT RAISE(ABORT, 'lease store broken'); END",
+            "CREATE TRIGGER refuse_lease_update BEFORE UPDATE ON county_leases BEGIN SELECT RAISE(ABORT, 'lease store broken'); END",
+        ]);
+    }
+    let mut server = ServeProcess::start(dir.path(), &config, &[("FEEGATE_DATABASE__URL", &db)]);
+    let wait_for = |want: u16, needle: &str| {
+        let began = Instant::now();
+        loop {
+            match get(port, "/readyz") {
+                Ok((status, body)) if status == want && body.contains(needle) => break body,
+                _ if began.elapsed() > Duration::from_secs(60) => {
+                    panic!("/readyz never answered {want} with {needle:?}")
+                }
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    };
+    let body = wait_for(503, "lease cannot be read or renewed");
+    assert!(body.contains("county xianyou"), "{body}");
+    // A few renewals later it is still not ready, and no job ran.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(get(port, "/readyz").unwrap().0, 503);
+    let jobs_run = rt.block_on(async {
+        let pool = feegate::db::Db::open(&db).await.unwrap().pool;
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM job_runs")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    });
+    assert_eq!(jobs_run, 0);
+    // The database takes lease writes again: the host takes the county and is ready.
+    if tdb.is_postgres() {
+        sql(&["DROP TRIGGER refuse_lease ON county_leases"]);
+    } else {
+        sql(&[
+            "DROP TRIGGER refuse_lease_insert",
+            "DROP TRIGGER refuse_lease_update",
+        ]);
+    }
+    wait_for(200, r#""ready":true"#);
+    server.kill();
+}
+
+/// Started while another process holds the SQLite database's write lock for longer than
+/// the 5 s busy timeout, `serve` exits saying so (which database, what to do), not with a
+/// bare "database is locked".
+#[test]
+fn serve_started_while_another_process_writes_says_what_holds_it() {
+    let Some(tdb) = common::test_database_blocking(
+        "serve_started_while_another_process_writes_says_what_holds_it",
+    ) else {
+        return;
+    };
+    if tdb.is_postgres() {
+        return; // PostgreSQL has no database-wide write lock.
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = common::serve_config(dir.path(), port, "");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, log) = rt.block_on(async {
+        let db = feegate::db::Db::open(&tdb.url).await.unwrap();
+        let mut conn = db.pool.acquire().await.unwrap();
+        let writing = feegate::db::begin_write(&mut conn).await.unwrap();
+        let mut server =
+            ServeProcess::start(dir.path(), &config, &[("FEEGATE_DATABASE__URL", &tdb.url)]);
+        let status = server.child.wait().unwrap();
+        writing.rollback().await.unwrap();
+        // Every line, up to the end of its stderr (it has exited).
+        let log: Vec<String> = server.lines.iter().collect();
+        (status, log.join("\n"))
+    });
+    assert!(!status.success());
+    assert!(
+        log.contains("another process holds") && log.contains(&tdb.url),
+        "{log}"
+    );
+}

@@ -92,7 +92,11 @@ fn password_from_stdin() -> anyhow::Result<String> {
 
 /// Runs `feegate user …`.
 pub async fn run_user(args: UserArgs) -> anyhow::Result<()> {
-    let db = Db::open(&args.db).await?;
+    // `user list` only reads: it never creates a database (a mistyped path is an error).
+    let db = match &args.command {
+        UserCommand::List { .. } => Db::open_existing(&args.db).await?,
+        _ => Db::open(&args.db).await?,
+    };
     match args.command {
         UserCommand::Add {
             username,

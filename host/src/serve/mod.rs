@@ -52,8 +52,12 @@ pub struct CountyRuntime {
     pub host: Arc<Host>,
     pub watcher: Arc<Watcher>,
     pub offset: FixedOffset,
-    /// Set once the scheduler has caught up after start.
+    /// Set once the scheduler has caught up after start (or stands by while another
+    /// host holds the county).
     caught_up: AtomicBool,
+    /// Set while this host cannot reach the county's lease (a database error): it runs
+    /// nothing for the county and says so in `/readyz`.
+    lease_unreachable: AtomicBool,
 }
 
 /// What the HTTP handlers share.
@@ -170,6 +174,7 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Arc<ServeState>> {
             watcher,
             offset,
             caught_up: AtomicBool::new(false),
+            lease_unreachable: AtomicBool::new(false),
         }));
     }
     // Delivery receipts of the HTTP gateway come back to /sms/receipts; county local
@@ -256,7 +261,12 @@ async fn readyz(State(state): State<Arc<ServeState>>) -> impl IntoResponse {
         not_ready.push(format!("database: {e}"));
     }
     for c in &state.counties {
-        if !c.caught_up.load(Ordering::Acquire) {
+        if c.lease_unreachable.load(Ordering::Acquire) {
+            not_ready.push(format!(
+                "county {}: its lease cannot be read or renewed (database error, see the log); this host runs none of its jobs",
+                c.host.county.county
+            ));
+        } else if !c.caught_up.load(Ordering::Acquire) {
             not_ready.push(format!(
                 "county {}: catching up after start",
                 c.host.county.county
@@ -297,7 +307,17 @@ pub async fn run(
     config: ServeConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = prepare(&config).await?;
+    let state = prepare(&config).await.map_err(|e| {
+        // SQLite's busy timeout (5 s) ran out at start: say what that means.
+        if format!("{e:#}").contains("database is locked") {
+            e.context(format!(
+                "another process holds {}'s write lock (a long import, a demo, a backup?); start again when it is done",
+                config.database.url
+            ))
+        } else {
+            e
+        }
+    })?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -323,7 +343,7 @@ pub async fn run(
         let (held_tx, held_rx) = watch::channel(None);
         tasks.spawn(lease_keeper(
             state.db.clone(),
-            c.host.county.county.clone(),
+            c.clone(),
             holder.clone(),
             Duration::from_secs(config.cluster.lease_seconds.max(3)),
             held_tx,
@@ -448,16 +468,17 @@ pub fn mornings_to_catch_up(
 /// Keeps this host's lease on the county: renews it every third of `ttl`, takes it over
 /// once another holder's has expired, and publishes whether it is held (`Some`, from the
 /// first attempt on). Gives it up on stop. A database error counts as "not held" (better
-/// idle than doubled).
+/// idle than doubled) and makes the host not ready until an attempt answers again.
 async fn lease_keeper(
     db: Db,
-    county: String,
+    runtime: Arc<CountyRuntime>,
     holder: String,
     ttl: Duration,
     held: watch::Sender<Option<bool>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let ttl_ms = ttl.as_millis() as i64;
+    let county = runtime.host.county.county.clone();
     let mut tick = tokio::time::interval(ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -466,7 +487,11 @@ async fn lease_keeper(
             _ = stop.changed() => break,
         }
         let now = lease::now_ms();
-        let is_held = match lease::acquire(&db, &county, &holder, now, ttl_ms).await {
+        let attempt = lease::acquire(&db, &county, &holder, now, ttl_ms).await;
+        runtime
+            .lease_unreachable
+            .store(attempt.is_err(), Ordering::Release);
+        let is_held = match attempt {
             Ok(LeaseState::Held { epoch, .. }) => {
                 if *held.borrow() != Some(true) {
                     tracing::info!(%county, %holder, epoch, "county lease acquired; this host runs its jobs");
