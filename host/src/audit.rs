@@ -608,11 +608,14 @@ pub struct DiffReport {
     pub warned: (u64, u64),
     /// Cutoff decisions that asked to disconnect or for approval to (recorded, candidate).
     pub disconnections: (u64, u64),
-    /// Tariff decisions whose charge is over the host's default charge ceiling
-    /// ([`crate::settlement::over_ceiling`] at [`crate::settlement::MAX_PRICE_YUAN_PER_KWH`]
-    /// yuan/kWh): settlement would hold those accounts instead of charging them
-    /// (recorded, candidate).
+    /// Tariff decisions whose charge is over the charge ceiling
+    /// ([`crate::settlement::over_ceiling`] at `max_price_yuan_per_kwh`): settlement
+    /// would hold those accounts instead of charging them (recorded, candidate).
     pub over_ceiling: (u64, u64),
+    /// The ceiling judged against, yuan/kWh: the engine's
+    /// ([`crate::config::PolicyLimits::max_price_yuan_per_kwh`]; for the CLI the default 5
+    /// or `FEEGATE_SETTLEMENT__MAX_PRICE_YUAN_PER_KWH`, as the hosts are configured).
+    pub max_price_yuan_per_kwh: rust_decimal::Decimal,
 }
 
 impl DiffReport {
@@ -623,6 +626,7 @@ impl DiffReport {
         candidate: &registry::Publication,
         from: &str,
         to: &str,
+        max_price_yuan_per_kwh: rust_decimal::Decimal,
     ) -> Self {
         Self {
             source,
@@ -641,6 +645,7 @@ impl DiffReport {
             warned: (0, 0),
             disconnections: (0, 0),
             over_ceiling: (0, 0),
+            max_price_yuan_per_kwh,
         }
     }
 
@@ -666,7 +671,7 @@ impl DiffReport {
                     crate::settlement::over_ceiling(
                         &kwh,
                         out.charge_fen,
-                        crate::settlement::MAX_PRICE_YUAN_PER_KWH,
+                        self.max_price_yuan_per_kwh,
                     )
                     .is_some()
                 })
@@ -828,7 +833,8 @@ pub async fn diff(
     let p = registry::resolve(db, county, kind, candidate).await?;
     let mut cache = ComponentCache::new(db, engine);
     let c = cache.get(kind, &p.component_sha256).await?;
-    let mut report = DiffReport::new("replay", county, kind, &p, from, to);
+    let max = engine.limits().max_price_yuan_per_kwh;
+    let mut report = DiffReport::new("replay", county, kind, &p, from, to, max);
     for log_kind in log_kinds(kind) {
         let f = Filter {
             county: county.to_string(),
@@ -849,13 +855,15 @@ pub async fn diff(
 
 /// Compares what the latest shadow of `county`'s `kind` recorded beside live decisions
 /// with business dates in `from..=to` (`shadow_decisions`) with the live, enforced
-/// outputs: the same report as [`diff`], without re-running anything.
+/// outputs: the same report as [`diff`], without re-running anything; tariff charges are
+/// judged against the charge ceiling `max_price_yuan_per_kwh` (yuan/kWh).
 pub async fn shadow_diff(
     db: &Db,
     county: &str,
     kind: PolicyKind,
     from: &str,
     to: &str,
+    max_price_yuan_per_kwh: rust_decimal::Decimal,
 ) -> Result<DiffReport, AuditError> {
     let event = crate::shadow::latest_start(db, county, kind).await?;
     let p = registry::publication(db, event.publication_id.unwrap_or_default())
@@ -864,7 +872,7 @@ pub async fn shadow_diff(
             what: "shadow event",
             detail: format!("publication {:?} missing", event.publication_id),
         })?;
-    let mut report = DiffReport::new("shadow", county, kind, &p, from, to);
+    let mut report = DiffReport::new("shadow", county, kind, &p, from, to, max_price_yuan_per_kwh);
     let rows = sqlx::query(
         &format!("SELECT d.decision_id, d.kind, d.account_id, d.business_date, d.component_sha256, d.input_json, d.outcome,
                 d.output_json, d.failure_json, d.fuel_used, d.parameters_sha256, dp.parameters,

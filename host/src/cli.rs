@@ -400,8 +400,10 @@ fn read_text(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
+/// The engine of the `policy` commands: default limits, and the hosts' charge ceiling
+/// when `FEEGATE_SETTLEMENT__MAX_PRICE_YUAN_PER_KWH` says it ([`PolicyLimits::from_env`]).
 fn engine() -> anyhow::Result<std::sync::Arc<PolicyEngine>> {
-    PolicyEngine::new(PolicyLimits::default())
+    PolicyEngine::new(PolicyLimits::from_env().map_err(anyhow::Error::msg)?)
 }
 
 fn short(sha: &str) -> &str {
@@ -857,7 +859,12 @@ pub async fn run_policy(args: PolicyArgs) -> anyhow::Result<bool> {
                     let engine = engine()?;
                     audit::diff(&db, &engine, &county, kind, &candidate, &from, &until).await?
                 }
-                _ => audit::shadow_diff(&db, &county, kind, &from, &until).await?,
+                _ => {
+                    let max = PolicyLimits::from_env()
+                        .map_err(anyhow::Error::msg)?
+                        .max_price_yuan_per_kwh;
+                    audit::shadow_diff(&db, &county, kind, &from, &until, max).await?
+                }
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);

@@ -41,6 +41,18 @@ pub struct PolicyLimits {
     /// ([`crate::policy::engine::KEEP_RESIDENT_BYTES`]) to be reset in place, so the pool
     /// costs at most 32 × 4 MiB of memory, and only as many slots as ran at once.
     pub instance_slots: u32,
+    /// The host's charge ceiling, yuan per kWh: a tariff decision that charges more than
+    /// the period's kWh × this (rounded up to the fen) is not posted at settlement; the
+    /// account is held and shows in `feegate holds list`
+    /// ([`crate::settlement::over_ceiling`]). Central operations' guard against a county's
+    /// component or parameters gone wrong, as the safety floor is for trips. A tariff
+    /// version whose check decision ([`crate::county::probe`]) is over it is refused at
+    /// `policy activate`/`rollback`, at load and by the running host's swap; `policy
+    /// diff` counts candidate decisions over it. Default
+    /// [`crate::settlement::MAX_PRICE_YUAN_PER_KWH`] (5 yuan/kWh); `feegate.toml`
+    /// `[settlement] max_price_yuan_per_kwh`, and `FEEGATE_SETTLEMENT__MAX_PRICE_YUAN_PER_KWH`
+    /// for `serve` and the `policy` commands alike.
+    pub max_price_yuan_per_kwh: rust_decimal::Decimal,
 }
 
 impl Default for PolicyLimits {
@@ -57,7 +69,31 @@ impl Default for PolicyLimits {
             max_sms_chars: 300,
             max_output_bytes: 64 << 10,
             instance_slots: 32,
+            max_price_yuan_per_kwh: crate::settlement::MAX_PRICE_YUAN_PER_KWH,
         }
+    }
+}
+
+impl PolicyLimits {
+    /// The defaults, with the charge ceiling from `FEEGATE_SETTLEMENT__MAX_PRICE_YUAN_PER_KWH`
+    /// when it is set (the variable `feegate serve` reads for `[settlement]
+    /// max_price_yuan_per_kwh`): the `policy` commands judge a version against the ceiling
+    /// the hosts enforce.
+    ///
+    /// # Errors
+    /// The variable is set but not a plain decimal over 0 and at most 100 (yuan/kWh).
+    pub fn from_env() -> Result<Self, String> {
+        const VAR: &str = "FEEGATE_SETTLEMENT__MAX_PRICE_YUAN_PER_KWH";
+        let mut limits = Self::default();
+        if let Ok(text) = std::env::var(VAR) {
+            let max = crate::channels::plain_decimal(text.trim())
+                .filter(|m| *m > rust_decimal::Decimal::ZERO && *m <= rust_decimal::Decimal::ONE_HUNDRED)
+                .ok_or_else(|| {
+                    format!("{VAR}={text:?}: the charge ceiling must be a plain decimal over 0 and at most 100 (yuan per kWh, e.g. 5.0000)")
+                })?;
+            limits.max_price_yuan_per_kwh = max;
+        }
+        Ok(limits)
     }
 }
 
@@ -79,13 +115,6 @@ pub struct SettlementConfig {
     /// batch_accounts`, 1..=10,000. Smaller batches commit more often (a crash loses
     /// less work in flight), larger ones amortise more.
     pub batch_accounts: usize,
-    /// The host's charge ceiling, yuan per kWh: a tariff decision that charges more than
-    /// the period's kWh × this (rounded up to the fen) is not posted; the account is held
-    /// and shows in `feegate holds list` ([`crate::settlement::over_ceiling`]). Central
-    /// operations' guard against a county's component or parameters gone wrong, as the
-    /// safety floor is for trips. Default [`crate::settlement::MAX_PRICE_YUAN_PER_KWH`]
-    /// (5 yuan/kWh); `feegate.toml` `[settlement] max_price_yuan_per_kwh`.
-    pub max_price_yuan_per_kwh: rust_decimal::Decimal,
 }
 
 impl Default for SettlementConfig {
@@ -95,7 +124,6 @@ impl Default for SettlementConfig {
             register_max_centi_kwh: 99_999_999,
             history_days: 30,
             batch_accounts: crate::settlement::BATCH_ACCOUNTS,
-            max_price_yuan_per_kwh: crate::settlement::MAX_PRICE_YUAN_PER_KWH,
         }
     }
 }

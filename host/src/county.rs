@@ -197,6 +197,28 @@ pub fn probe(
     engine: &PolicyEngine,
     active: &ActiveComponent,
 ) -> Result<(), crate::policy::PolicyFailure> {
+    probe_with(engine, active, false)
+}
+
+/// [`probe`], and for a tariff also the host's charge ceiling
+/// ([`crate::config::PolicyLimits::max_price_yuan_per_kwh`]): a decision (10 kWh on a
+/// January day, nothing used before) that charges more fails as `InvalidOutput`, since
+/// settlement would hold every account it prices. The check `policy activate` and
+/// `policy rollback` make before recording. (The running host's swap and the load do not
+/// refuse on the ceiling: keeping an older version in force would charge other prices
+/// than the registry says, where the activated one is held account by account, visibly.)
+pub fn probe_within_ceiling(
+    engine: &PolicyEngine,
+    active: &ActiveComponent,
+) -> Result<(), crate::policy::PolicyFailure> {
+    probe_with(engine, active, true)
+}
+
+fn probe_with(
+    engine: &PolicyEngine,
+    active: &ActiveComponent,
+    ceiling: bool,
+) -> Result<(), crate::policy::PolicyFailure> {
     use crate::policy::bindings::*;
     let day = Date {
         year: 2013,
@@ -213,24 +235,36 @@ pub fn probe(
     let params = active.parameters_json.clone();
     let c = &active.component;
     match c.kind {
-        PolicyKind::Tariff => engine
-            .price(
-                c,
-                &TariffInput {
-                    account_id: "probe".into(),
-                    customer_class: CustomerClass::LowVoltageResidential,
-                    period_first: day,
-                    period_last: day,
-                    kwh: yuan(1_000),
-                    year_to_date_kwh: yuan(0),
-                    month_to_date_kwh: yuan(0),
-                    tou_split: vec![],
-                    time_of_use_elected: false,
-                    parameters: params,
-                },
-            )
-            .outcome
-            .map(drop),
+        PolicyKind::Tariff => {
+            let kwh = yuan(1_000);
+            let out = engine
+                .price(
+                    c,
+                    &TariffInput {
+                        account_id: "probe".into(),
+                        customer_class: CustomerClass::LowVoltageResidential,
+                        period_first: day,
+                        period_last: day,
+                        kwh,
+                        year_to_date_kwh: yuan(0),
+                        month_to_date_kwh: yuan(0),
+                        tou_split: vec![],
+                        time_of_use_elected: false,
+                        parameters: params,
+                    },
+                )
+                .outcome?;
+            let max = engine.limits().max_price_yuan_per_kwh;
+            match crate::settlement::over_ceiling(&kwh, out.charge_fen, max) {
+                Some(_) if ceiling => Err(crate::policy::PolicyFailure::InvalidOutput {
+                    detail: format!(
+                        "its check decision charges {} yuan for 10 kWh, more than the host's charge ceiling of {max} yuan/kWh, so settlement would hold every account it prices; if these prices are right, raise [settlement] max_price_yuan_per_kwh on the hosts (FEEGATE_SETTLEMENT__MAX_PRICE_YUAN_PER_KWH for the `policy` commands too)",
+                        crate::money::format_yuan(out.charge_fen)
+                    ),
+                }),
+                _ => Ok(()),
+            }
+        }
         PolicyKind::Warning => engine
             .assess(
                 c,

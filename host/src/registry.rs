@@ -1087,9 +1087,9 @@ pub fn parse_time(s: &str) -> Result<NaiveDateTime, RegistryError> {
 }
 
 /// Records an activation event. The component must load in this host now and make
-/// the probe decision with its published parameters ([`crate::county::probe`], as a
-/// policy set at load), so a version the host cannot run, or one that would hold every
-/// account, is refused here, not at the swap or the next settlement. This covers
+/// the probe decision with its published parameters ([`crate::county::probe_within_ceiling`]:
+/// as a policy set at load, and a tariff's charge within the host's charge ceiling), so a
+/// version the host cannot run, or one that would hold every account, is refused here, not at the swap or the next settlement. This covers
 /// versions published before [`publish`] made the same check.
 pub async fn activate(
     db: &Db,
@@ -1121,18 +1121,21 @@ pub async fn activate(
 
 /// The check an activation and a rollback make before recording: the publication's
 /// component loads in this host now ([`RegistryError::Load`], or
-/// [`RegistryError::MissingBytes`]) and makes the probe decision with its parameters
-/// ([`crate::county::probe`]; [`RegistryError::ProbeFailed`]).
+/// [`RegistryError::MissingBytes`]) and makes the probe decision with its parameters,
+/// a tariff's charge within the engine's charge ceiling
+/// ([`crate::county::probe_within_ceiling`]; [`RegistryError::ProbeFailed`]).
 async fn check_runs(db: &Db, engine: &PolicyEngine, p: &Publication) -> Result<(), RegistryError> {
     let active = ActiveComponent {
         component: engine.load(p.kind, &component_bytes(db, &p.component_sha256).await?)?,
         parameters_json: p.parameters_json.clone(),
     };
-    crate::county::probe(engine, &active).map_err(|failure| RegistryError::ProbeFailed {
-        county: p.county.clone(),
-        kind: p.kind,
-        sha256: p.component_sha256.clone(),
-        failure,
+    crate::county::probe_within_ceiling(engine, &active).map_err(|failure| {
+        RegistryError::ProbeFailed {
+            county: p.county.clone(),
+            kind: p.kind,
+            sha256: p.component_sha256.clone(),
+            failure,
+        }
     })
 }
 

@@ -211,7 +211,7 @@ pub fn portion_in(
     per_day * overlap + if hi == last { remainder } else { 0 }
 }
 
-/// Default charge ceiling, yuan per kWh ([`crate::config::SettlementConfig::max_price_yuan_per_kwh`]).
+/// Default charge ceiling, yuan per kWh ([`crate::config::PolicyLimits::max_price_yuan_per_kwh`]).
 /// Our decision, not from a price notice: about six times the dearest step of the
 /// shipped Fujian example (0.7983 yuan/kWh, `policies/xianyou`), room for time-of-use
 /// adders and high-voltage tariffs, while a charge wrong by an order of magnitude (a
@@ -735,7 +735,11 @@ async fn settle_batch(
     let mut charged = Vec::new();
     for ((p, invocation), decision_id) in priced.iter().zip(&invocations).zip(&decision_ids) {
         let held_because = match &invocation.outcome {
-            Ok(out) => over_ceiling(&p.input.kwh, out.charge_fen, cfg.max_price_yuan_per_kwh),
+            Ok(out) => over_ceiling(
+                &p.input.kwh,
+                out.charge_fen,
+                engine.limits().max_price_yuan_per_kwh,
+            ),
             Err(failure) => Some(decision_log::hold_reason(failure)),
         };
         match (&invocation.outcome, held_because) {

@@ -910,6 +910,29 @@ async fn diff_reports_the_money_difference_and_loudly_a_candidate_that_disconnec
     assert_eq!(f.over_ceiling.0, 0, "nothing recorded was over the ceiling");
     assert!(f.over_ceiling.1 > 0, "{:?}", f.over_ceiling);
     assert!(f.over_ceiling_more());
+    assert_eq!(
+        f.max_price_yuan_per_kwh,
+        feegate::settlement::MAX_PRICE_YUAN_PER_KWH
+    );
+    // Judged against the ceiling of a host configured for 60 yuan/kWh, it is not over.
+    let generous = PolicyEngine::new(PolicyLimits {
+        max_price_yuan_per_kwh: rust_decimal::Decimal::from(60),
+        ..PolicyLimits::default()
+    })
+    .unwrap();
+    let g = audit::diff(
+        &db,
+        &generous,
+        "xianyou",
+        PolicyKind::Tariff,
+        &format!("#{}", f.candidate_publication_id),
+        from,
+        to,
+    )
+    .await
+    .unwrap();
+    assert_eq!(g.over_ceiling, (0, 0));
+    assert_eq!(g.max_price_yuan_per_kwh, rust_decimal::Decimal::from(60));
 
     // A cutoff candidate that disconnects everybody it is asked about.
     let cutoffs = audit::log(
@@ -2352,4 +2375,116 @@ async fn county_with_hostile_tariff_published(
     .await
     .unwrap();
     Some((s, tdb, hostile))
+}
+
+/// A tariff whose check decision charges more than the host's charge ceiling is refused
+/// at activation (settlement would hold every account it prices), naming the charge and
+/// the ceiling; a host configured with a higher ceiling takes it, and so do the `policy`
+/// commands given the same ceiling in `FEEGATE_SETTLEMENT__MAX_PRICE_YUAN_PER_KWH`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tariff_over_the_charge_ceiling_is_refused_at_activation() {
+    let Some((tdb, db, _)) =
+        temp_db("a_tariff_over_the_charge_ceiling_is_refused_at_activation").await
+    else {
+        return;
+    };
+    let (engine, key, _) = tariff_step_published(&db).await;
+    // Step 1 typed in fen (49.8300 yuan/kWh): 10 kWh cost 498.30 yuan.
+    let in_fen = TARIFF_PARAMS.replace("0.4983", "49.8300");
+    let p = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Tariff,
+        &wasm("policy_tariff_step"),
+        &in_fen,
+    )
+    .await
+    .expect("published: it may still be watched in shadow");
+    let version = format!("#{}", p.publication_id);
+    let activate = async |engine: &PolicyEngine| {
+        registry::activate(
+            &db,
+            engine,
+            &ActivateRequest {
+                county: "xianyou",
+                kind: PolicyKind::Tariff,
+                version: &version,
+                at: None,
+                stage: None,
+                who: "ops",
+                note: "new prices",
+                now: t("2013-01-02 09:00:00"),
+            },
+        )
+        .await
+    };
+    let e = activate(&engine).await.unwrap_err();
+    assert!(matches!(e, RegistryError::ProbeFailed { .. }), "{e:?}");
+    let message = e.to_string();
+    assert!(
+        message.contains("charges 498.30 yuan for 10 kWh")
+            && message.contains("charge ceiling of 5 yuan/kWh")
+            && message.contains("max_price_yuan_per_kwh"),
+        "{message}"
+    );
+    assert!(
+        registry::history(&db, "xianyou", Some(PolicyKind::Tariff))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let generous = PolicyEngine::new(PolicyLimits {
+        max_price_yuan_per_kwh: rust_decimal::Decimal::from(60),
+        ..PolicyLimits::default()
+    })
+    .unwrap();
+    activate(&generous)
+        .await
+        .expect("within a 60 yuan/kWh ceiling");
+
+    // The command line reads the hosts' ceiling from the same variable `serve` does.
+    let dir = tempfile::tempdir().unwrap();
+    let cli = common::Cli {
+        dir: dir.path(),
+        db: &tdb.url,
+    };
+    let activate_cli = |ceiling: Option<&str>| {
+        let mut c = std::process::Command::new(common::feegate_bin());
+        c.current_dir(dir.path())
+            .args([
+                "policy",
+                "activate",
+                "--county",
+                "xianyou",
+                "--kind",
+                "tariff",
+                "--version",
+                &version,
+                "--note",
+                "again",
+            ])
+            .env("FEEGATE_DB", cli.db)
+            .env("FEEGATE_WHO", "ops-test")
+            .env_remove("FEEGATE_SETTLEMENT__MAX_PRICE_YUAN_PER_KWH");
+        if let Some(v) = ceiling {
+            c.env("FEEGATE_SETTLEMENT__MAX_PRICE_YUAN_PER_KWH", v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = activate_cli(None);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("charge ceiling of 5 yuan/kWh"), "{stderr}");
+    let (code, stderr) = activate_cli(Some("1e2"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("FEEGATE_SETTLEMENT__MAX_PRICE_YUAN_PER_KWH"),
+        "{stderr}"
+    );
+    let (code, stderr) = activate_cli(Some("60"));
+    assert_eq!(code, Some(0), "{stderr}");
 }

@@ -13,6 +13,9 @@ use feegate::registry::{self, ActivateRequest, PublishRequest, RegistryError};
 use feegate::shadow::{self, StartRequest};
 use sqlx::Row;
 
+/// The default charge ceiling, yuan/kWh, that diffs judge tariff charges against.
+const MAX_PRICE: rust_decimal::Decimal = feegate::settlement::MAX_PRICE_YUAN_PER_KWH;
+
 fn wasm(name: &str) -> Vec<u8> {
     std::fs::read(common::component(name)).expect("built by `make plugins`")
 }
@@ -217,7 +220,7 @@ async fn a_shadow_runs_beside_every_live_decision_is_never_enforced_and_diff_sha
 
     // diff --shadow: the dearer tariff charges more, in the same report as a replay.
     let (from, to) = ("2013-01-01", "2013-01-31");
-    let d = audit::shadow_diff(db, "xianyou", PolicyKind::Tariff, from, to)
+    let d = audit::shadow_diff(db, "xianyou", PolicyKind::Tariff, from, to, MAX_PRICE)
         .await
         .unwrap();
     assert_eq!(d.source, "shadow");
@@ -248,7 +251,7 @@ async fn a_shadow_runs_beside_every_live_decision_is_never_enforced_and_diff_sha
     assert_eq!(replayed.charge_difference_fen, d.charge_difference_fen);
     assert_eq!(replayed.fuel_candidate, d.fuel_candidate);
 
-    let d = audit::shadow_diff(db, "xianyou", PolicyKind::Cutoff, from, to)
+    let d = audit::shadow_diff(db, "xianyou", PolicyKind::Cutoff, from, to, MAX_PRICE)
         .await
         .unwrap();
     assert!(d.disconnects_more(), "{:?}", d.disconnections);
@@ -408,6 +411,7 @@ async fn a_trapping_or_looping_shadow_changes_no_live_decision_and_a_looping_one
         PolicyKind::Warning,
         "2013-01-01",
         "2013-01-31",
+        MAX_PRICE,
     )
     .await
     .unwrap();

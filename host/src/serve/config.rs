@@ -295,7 +295,7 @@ pub struct SettlementSection {
     pub batch_accounts: usize,
     /// The charge ceiling, yuan per kWh, as a quoted decimal (`"5.0000"`): a tariff
     /// decision above kWh × this is held, not posted
-    /// (`crate::config::SettlementConfig::max_price_yuan_per_kwh`). Over 0, at most 100.
+    /// (`crate::config::PolicyLimits::max_price_yuan_per_kwh`). Over 0, at most 100.
     /// Plain digits and a point only (`crate::channels::plain_decimal`): no exponent, no
     /// unquoted number (a TOML float is not exact).
     #[serde(deserialize_with = "plain_price")]

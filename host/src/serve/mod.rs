@@ -85,7 +85,7 @@ pub async fn prepare(config: &ServeConfig) -> anyhow::Result<Arc<ServeState>> {
     let db = Db::open(&config.database.url).await?;
     let mut host_config = HostConfig::default();
     host_config.settlement.batch_accounts = config.settlement.batch_accounts;
-    host_config.settlement.max_price_yuan_per_kwh = config.settlement.max_price_yuan_per_kwh;
+    host_config.policy.max_price_yuan_per_kwh = config.settlement.max_price_yuan_per_kwh;
     let engine = PolicyEngine::new(host_config.policy.clone())?;
     let (timeout, retries, retry_backoff) = (
         Duration::from_millis(config.meters.timeout_ms),
