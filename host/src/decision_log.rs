@@ -326,11 +326,17 @@ pub async fn append(
             .await?;
     }
     // The tail: the last id (the next row's position follows it) and the last hash
-    // (chained rows end the log; rows from before migration 0002 have none).
+    // (chained rows end the log; rows from before migration 0002 have none). Never a
+    // prepared statement kept on the connection: a statement without parameters keeps
+    // the plan PostgreSQL made the first time, and made on an empty log that plan is a
+    // scan of the whole table — at a million accounts, 0.4 s a batch and growing (see
+    // "Settlement at scale" in README.md). Planned afresh, it reads the primary key's
+    // last entry.
     let tail = sqlx::query(
         "SELECT (SELECT MAX(decision_id) FROM decisions),
                 (SELECT row_hash FROM decisions WHERE row_hash IS NOT NULL ORDER BY decision_id DESC LIMIT 1)",
     )
+    .persistent(false)
     .fetch_one(&mut *conn)
     .await?;
     let mut next_id = tail.try_get::<Option<i64>, _>(0)?.unwrap_or(0) + 1;

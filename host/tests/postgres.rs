@@ -107,3 +107,72 @@ async fn two_reconnection_decisions_at_once_make_one_relay_command() {
     .get(0);
     assert_eq!(doubled, 0, "an account with two reconnection commands");
 }
+
+/// The morning's statements are planned for each execution, with the tables as they are
+/// then, and the decision chain's tail is never a statement kept on a connection. A plan
+/// kept from the first mornings — made while `decisions` and `settlements` were nearly
+/// empty — went on scanning them whole as they grew (README, "Settlement at scale"):
+/// PostgreSQL switches a prepared statement to a generic plan after five executions, and
+/// keeps a statement without parameters on its first plan for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_morning_s_statements_are_planned_afresh_on_postgresql() {
+    let Some(pg) =
+        common::pg_database("the_morning_s_statements_are_planned_afresh_on_postgresql").await
+    else {
+        return;
+    };
+    let mut opts = common::small_county(12, 8, 5);
+    opts.db_url = Some(pg.url.clone());
+    let mut s = demo::Scenario::new(&opts, &[]).await.unwrap();
+    // Eight mornings: each stage's statements run more than five times.
+    s.run_days(8).await.unwrap();
+    let pool = &s.host.db.pool;
+    // Every connection the pool holds (all idle now), each looked at on its own session.
+    let mut conns = Vec::new();
+    for _ in 0..pool.size() {
+        conns.push(pool.acquire().await.unwrap());
+    }
+    assert!(!conns.is_empty());
+    let (mut generic, mut custom, mut kept) = (0i64, 0i64, Vec::<String>::new());
+    for conn in &mut conns {
+        let mode: String = sqlx::query("SHOW plan_cache_mode")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(mode, "force_custom_plan");
+        for r in sqlx::query(
+            "SELECT statement, CAST(generic_plans AS BIGINT), CAST(custom_plans AS BIGINT),
+                    cardinality(parameter_types) FROM pg_prepared_statements",
+        )
+        .fetch_all(&mut **conn)
+        .await
+        .unwrap()
+        {
+            let statement: String = r.get(0);
+            // A statement without parameters has the one plan whatever the mode.
+            if r.get::<i32, _>(3) > 0 {
+                generic += r.get::<i64, _>(1);
+                custom += r.get::<i64, _>(2);
+            } else {
+                eprintln!("kept without parameters: {}", statement.replace('\n', " "));
+            }
+            kept.push(statement);
+        }
+    }
+    assert_eq!(generic, 0, "a generic plan was used");
+    assert!(
+        custom > 100,
+        "the mornings' statements were planned per execution ({custom})"
+    );
+    assert!(
+        kept.iter().any(|k| k.contains("INSERT INTO decisions")),
+        "the connections seen are the ones the mornings used"
+    );
+    assert!(
+        !kept
+            .iter()
+            .any(|k| k.contains("MAX(decision_id) FROM decisions)")),
+        "the chain's tail read is never kept: {kept:?}"
+    );
+}

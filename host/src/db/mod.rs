@@ -279,6 +279,18 @@ impl Db {
                         ] {
                             conn.execute(pragma).await?;
                         }
+                    } else {
+                        // A plan for each execution, made with the tables as they are
+                        // then. By default PostgreSQL keeps a generic plan for a prepared
+                        // statement after five executions, and sqlx keeps the statements
+                        // for the connection's life: a plan made when the morning's run
+                        // began, over empty `decisions` and `settlements`, went on
+                        // scanning them whole as they grew to a million rows each
+                        // (quadratic over the run; README, "Settlement at scale").
+                        // Planning again costs well under a millisecond a statement, and
+                        // batched statements are few. PostgreSQL 12 or later.
+                        conn.execute("SET plan_cache_mode = force_custom_plan")
+                            .await?;
                     }
                     Ok(())
                 })
