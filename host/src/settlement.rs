@@ -377,32 +377,29 @@ async fn openings_at(
     let mut keys: Vec<i64> = pairs.iter().map(|(_, id)| *id).collect();
     keys.sort_unstable();
     keys.dedup();
-    let style = crate::db::Placeholders::of(conn);
     let mut readings: HashMap<i64, (NaiveDate, CentiKwh, String)> =
         HashMap::with_capacity(keys.len());
-    for part in keys.chunks(crate::db::MAX_BOUND_PARAMETERS) {
-        let sql = format!(
-            "SELECT reading_id, reading_date, register_centi_kwh, meter_id FROM readings WHERE reading_id IN {}",
-            style.values(1, part.len())
+    let rows = crate::db::fetch_in(
+        conn,
+        "SELECT reading_id, reading_date, register_centi_kwh, meter_id FROM readings WHERE reading_id IN $IDS",
+        &keys,
+        None,
+    )
+    .await?;
+    for r in rows {
+        readings.insert(
+            r.try_get(0)?,
+            (
+                parse_ds(&r.try_get::<String, _>(1)?)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+            ),
         );
-        let mut q = sqlx::query(&sql);
-        for id in part {
-            q = q.bind(*id);
-        }
-        for r in q.fetch_all(&mut *conn).await? {
-            readings.insert(
-                r.try_get(0)?,
-                (
-                    parse_ds(&r.try_get::<String, _>(1)?)?,
-                    r.try_get(2)?,
-                    r.try_get(3)?,
-                ),
-            );
-        }
     }
     let mut out = HashMap::with_capacity(pairs.len());
     for (account, reading_id) in pairs {
-        // A reading a settlement or meter points at exists (foreign key, append-only).
+        // A reading a settlement or meter points at exists: it was checked when the
+        // settlement was written (migration 0021) and readings are never deleted.
         let Some((date, centi, meter_id)) = readings.get(&reading_id) else {
             continue;
         };

@@ -714,6 +714,118 @@ async fn the_database_refuses_a_second_relay_command_in_flight() {
     );
 }
 
+/// Migration 0021: a settlement row must name readings, a tariff decision and a ledger
+/// entry that exist, the decision and the entry the settled account's own (on PostgreSQL one
+/// check per statement instead of four locking foreign keys; on SQLite the keys and a
+/// trigger), and no reading is ever deleted or renumbered — while a person may still
+/// correct a reading's register value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_names_only_its_own_existing_readings_decision_and_entry() {
+    use sqlx::Row;
+    let Some((opts, _db)) = common::small_county_db(
+        "a_settlement_names_only_its_own_existing_readings_decision_and_entry",
+        3,
+        4,
+        21,
+    )
+    .await
+    else {
+        return;
+    };
+    let mut s = demo::Scenario::new(&opts, &[]).await.unwrap();
+    s.run_days(3).await.unwrap();
+    let pool = &s.host.db.pool;
+    let row = sqlx::query(
+        "SELECT account_id, from_reading_id, to_reading_id, decision_id, entry_id FROM settlements
+          WHERE account_id = '3500000001' ORDER BY business_date LIMIT 1",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let (account, from, to, decision, entry): (String, i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    let other = |sql: &'static str| async move {
+        sqlx::query(sql)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+            .get::<i64, _>(0)
+    };
+    let others_decision =
+        other("SELECT MIN(decision_id) FROM decisions WHERE account_id = '3500000002'").await;
+    let others_entry =
+        other("SELECT MIN(entry_id) FROM ledger_entries WHERE account_id = '3500000002'").await;
+    let count = || other("SELECT COUNT(*) FROM settlements");
+    let before = count().await;
+    let insert = |from: i64, to: i64, decision: i64, entry: i64| {
+        let account = account.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO settlements (account_id, business_date, period_first, period_last,
+                     from_reading_id, to_reading_id, kwh_centi, charge_fen, decision_id, entry_id)
+                 VALUES ($1, '2099-01-01', '2098-12-31', '2098-12-31', $2, $3, 0, 0, $4, $5)",
+            )
+            .bind(account)
+            .bind(from)
+            .bind(to)
+            .bind(decision)
+            .bind(entry)
+            .execute(pool)
+            .await
+        }
+    };
+    for (what, (f, t, d, e)) in [
+        ("a missing opening reading", (i64::MAX, to, decision, entry)),
+        (
+            "a missing closing reading",
+            (from, i64::MAX, decision, entry),
+        ),
+        ("a missing decision", (from, to, i64::MAX, entry)),
+        ("a missing ledger entry", (from, to, decision, i64::MAX)),
+        (
+            "another account's decision",
+            (from, to, others_decision, entry),
+        ),
+        (
+            "another account's ledger entry",
+            (from, to, decision, others_entry),
+        ),
+    ] {
+        let err = insert(f, t, d, e)
+            .await
+            .expect_err(&format!("a settlement naming {what} must be refused"))
+            .to_string();
+        assert!(
+            err.contains("settlements") || err.contains("FOREIGN KEY"),
+            "{what}: the refusal says what is wrong: {err}"
+        );
+    }
+    assert_eq!(count().await, before, "nothing was inserted");
+    // The same references, all the account's own, are accepted (on a day not settled).
+    insert(from, to, decision, entry).await.unwrap();
+    assert_eq!(count().await, before + 1);
+
+    for sql in [
+        "DELETE FROM readings WHERE reading_id = $1",
+        "UPDATE readings SET reading_id = reading_id + 1000000 WHERE reading_id = $1",
+    ] {
+        let err = sqlx::query(sql)
+            .bind(to)
+            .execute(pool)
+            .await
+            .expect_err(sql)
+            .to_string();
+        assert!(err.contains("readings are kept"), "{sql}: {err}");
+    }
+    sqlx::query(
+        "UPDATE readings SET register_centi_kwh = register_centi_kwh WHERE reading_id = $1",
+    )
+    .bind(to)
+    .execute(pool)
+    .await
+    .expect("a register value may be corrected");
+}
+
 /// A customer disconnected longer than the county's call-first limit pays twice (and the
 /// relays job sweeps meanwhile): one call-before-reconnection work order and one
 /// reconnection decision, not one per payment.

@@ -147,30 +147,36 @@ impl Placeholders {
 /// Runs `sql` for a batch of keys and fetches all rows: `$IDS` in `sql` becomes the
 /// placeholder list `($1, …, $n)` for `ids` (an `IN` list) and `$LAST` the placeholder
 /// after it, bound to `extra` ([`Placeholders::of`] the connection; `sql` must have no
-/// other parameters). No ids: no query, no rows. At most
-/// [`MAX_BOUND_PARAMETERS`] ids; callers pass batches of
-/// [`crate::settlement::BATCH_ACCOUNTS`].
-pub async fn fetch_in(
+/// other parameters). Keys are any bindable value (`&str` account ids, `i64` row ids).
+/// No ids: no query, no rows. More ids than one statement may bind
+/// ([`MAX_BOUND_PARAMETERS`]) run as several statements whose rows are concatenated, so
+/// `sql` must be a filter on the keys (each row answers one key), as every caller's is.
+pub async fn fetch_in<'k, K>(
     conn: &mut sqlx::AnyConnection,
     sql: &str,
-    ids: &[&str],
+    ids: &'k [K],
     extra: Option<i64>,
-) -> Result<Vec<sqlx::any::AnyRow>, DbError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
+) -> Result<Vec<sqlx::any::AnyRow>, DbError>
+where
+    K: sqlx::Encode<'k, sqlx::Any> + sqlx::Type<sqlx::Any> + Copy + Send + Sync + 'k,
+{
+    use sqlx::Arguments;
     let style = Placeholders::of(conn);
-    let sql = sql
-        .replace("$IDS", &style.values(1, ids.len()))
-        .replace("$LAST", &style.list(ids.len() + 1, 1));
-    let mut q = sqlx::query(&sql);
-    for id in ids {
-        q = q.bind(*id);
+    let mut rows = Vec::new();
+    for part in ids.chunks(MAX_BOUND_PARAMETERS - 1) {
+        let sql = sql
+            .replace("$IDS", &style.values(1, part.len()))
+            .replace("$LAST", &style.list(part.len() + 1, 1));
+        let mut args = sqlx::any::AnyArguments::default();
+        for id in part {
+            args.add(*id).map_err(sqlx::Error::Encode)?;
+        }
+        if let Some(x) = extra {
+            args.add(x).map_err(sqlx::Error::Encode)?;
+        }
+        rows.extend(sqlx::query_with(&sql, args).fetch_all(&mut *conn).await?);
     }
-    if let Some(x) = extra {
-        q = q.bind(x);
-    }
-    Ok(q.fetch_all(&mut *conn).await?)
+    Ok(rows)
 }
 
 /// Parses a stored date.
