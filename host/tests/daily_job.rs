@@ -826,6 +826,51 @@ async fn a_settlement_names_only_its_own_existing_readings_decision_and_entry() 
     .expect("a register value may be corrected");
 }
 
+/// The warning stage's history (`recent_days_many`, a per-account probe on PostgreSQL and a
+/// window on SQLite): each account's newest `days` settled days, oldest first, the same as
+/// reading them one account at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warning_history_is_each_account_s_newest_settled_days() {
+    use sqlx::Row;
+    let Some((opts, _db)) = common::small_county_db(
+        "the_warning_history_is_each_account_s_newest_settled_days",
+        4,
+        7,
+        23,
+    )
+    .await
+    else {
+        return;
+    };
+    let mut s = demo::Scenario::new(&opts, &[]).await.unwrap();
+    s.run_days(6).await.unwrap();
+    let mut conn = s.host.db.pool.acquire().await.unwrap();
+    let ids = ["3500000001", "3500000002", "3500000003", "no-such-account"];
+    let recent = feegate::accountview::recent_days_many(&mut conn, &ids, 3)
+        .await
+        .unwrap();
+    for id in &ids[..3] {
+        let mut newest: Vec<String> = sqlx::query(
+            "SELECT business_date FROM settlements WHERE account_id = $1 ORDER BY business_date DESC LIMIT 3",
+        )
+        .bind(*id)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+        newest.reverse();
+        assert_eq!(newest.len(), 3, "{id} has settled days to choose from");
+        let got: Vec<String> = recent[*id]
+            .iter()
+            .map(|d| format!("{:04}-{:02}-{:02}", d.date.year, d.date.month, d.date.day))
+            .collect();
+        assert_eq!(got, newest, "{id}");
+    }
+    assert!(!recent.contains_key("no-such-account"));
+}
+
 /// A customer disconnected longer than the county's call-first limit pays twice (and the
 /// relays job sweeps meanwhile): one call-before-reconnection work order and one
 /// reconnection decision, not one per payment.
