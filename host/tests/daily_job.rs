@@ -826,6 +826,127 @@ async fn a_settlement_names_only_its_own_existing_readings_decision_and_entry() 
     .expect("a register value may be corrected");
 }
 
+/// The other references a settlement day writes through, checked per row by SQLite's keys and
+/// per statement on PostgreSQL (migration 0022): a ledger entry, a settlement and an SMS name
+/// an existing account, a decision names stored parameters; and an account, which all of
+/// them name, is never deleted nor renumbered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_settlements_notices_and_decisions_name_rows_that_exist_and_accounts_are_kept() {
+    use sqlx::Row;
+    let Some((opts, _db)) = common::small_county_db(
+        "entries_settlements_notices_and_decisions_name_rows_that_exist_and_accounts_are_kept",
+        2,
+        5,
+        22,
+    )
+    .await
+    else {
+        return;
+    };
+    let mut s = demo::Scenario::new(&opts, &[]).await.unwrap();
+    s.run_days(3).await.unwrap();
+    let pool = &s.host.db.pool;
+    let settled = sqlx::query(
+        "SELECT from_reading_id, to_reading_id, decision_id, entry_id FROM settlements
+          WHERE account_id = '3500000001' ORDER BY business_date LIMIT 1",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let (from, to, decision, entry): (i64, i64, i64, i64) = (
+        settled.get(0),
+        settled.get(1),
+        settled.get(2),
+        settled.get(3),
+    );
+    let stored_parameters: String = sqlx::query(
+        "SELECT parameters_sha256 FROM decisions WHERE parameters_sha256 IS NOT NULL LIMIT 1",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+    .get(0);
+    let rows = |table: &'static str| async move {
+        sqlx::query(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(pool)
+            .await
+            .unwrap()
+            .get::<i64, _>(0)
+    };
+    let ledger = "INSERT INTO ledger_entries (account_id, kind, amount_fen, balance_after_fen, idempotency_key,
+                      business_date, posted_at, reference)
+                  VALUES ($1, 'correction', 0, 0, 'test:reference', '2099-01-01', '2099-01-01T00:00:00', 'test')";
+    let settlement = "INSERT INTO settlements (account_id, business_date, period_first, period_last,
+                          from_reading_id, to_reading_id, kwh_centi, charge_fen, decision_id, entry_id)
+                      VALUES ($1, '2099-01-01', '2098-12-31', '2098-12-31', $2, $3, 0, 0, $4, $5)";
+    let sms = "INSERT INTO sms_outbox (account_id, kind, dedup_key, mobile, body, status, created_at)
+               VALUES ($1, 'warning', 'test:reference', '13800000000', 'test', 'queued', '2099-01-01T00:00:00')";
+    let decision_row = "INSERT INTO decisions (decision_id, county, kind, account_id, business_date, decided_at,
+                            component_sha256, input_json, outcome, fuel_used, parameters_sha256)
+                        VALUES ((SELECT MAX(decision_id) + 1 FROM decisions), 'xianyou', 'tariff', '3500000001',
+                                '2099-01-01', '2099-01-01T00:00:00', 'test', '{}', 'ok', 0, $1)";
+    let unknown = "no-such-account";
+    for (table, refused) in [
+        ("ledger_entries", sqlx::query(ledger).bind(unknown)),
+        (
+            "settlements",
+            sqlx::query(settlement)
+                .bind(unknown)
+                .bind(from)
+                .bind(to)
+                .bind(decision)
+                .bind(entry),
+        ),
+        ("sms_outbox", sqlx::query(sms).bind(unknown)),
+        ("decisions", sqlx::query(decision_row).bind("0".repeat(64))),
+    ] {
+        let before = rows(table).await;
+        let err = refused
+            .execute(pool)
+            .await
+            .expect_err(&format!(
+                "{table}: a row naming a missing row must be refused"
+            ))
+            .to_string();
+        assert!(
+            err.contains(table) || err.contains("FOREIGN KEY"),
+            "{table}: the refusal says what is wrong: {err}"
+        );
+        assert_eq!(rows(table).await, before, "{table}: nothing was inserted");
+    }
+    // The same rows naming what exists are accepted.
+    for (table, accepted) in [
+        ("sms_outbox", sqlx::query(sms).bind("3500000001")),
+        (
+            "decisions",
+            sqlx::query(decision_row).bind(stored_parameters.as_str()),
+        ),
+    ] {
+        let before = rows(table).await;
+        accepted
+            .execute(pool)
+            .await
+            .unwrap_or_else(|e| panic!("{table}: {e}"));
+        assert_eq!(rows(table).await, before + 1, "{table}");
+    }
+
+    for sql in [
+        "DELETE FROM accounts WHERE account_id = '3500000002'",
+        "UPDATE accounts SET account_id = 'renumbered' WHERE account_id = '3500000002'",
+    ] {
+        let err = sqlx::query(sql)
+            .execute(pool)
+            .await
+            .expect_err(sql)
+            .to_string();
+        assert!(err.contains("accounts are kept"), "{sql}: {err}");
+    }
+    sqlx::query("UPDATE accounts SET balance_fen = balance_fen WHERE account_id = '3500000002'")
+        .execute(pool)
+        .await
+        .expect("an account's other columns change as before");
+}
+
 /// The warning stage's history (`recent_days_many`, a per-account probe on PostgreSQL and a
 /// window on SQLite): each account's newest `days` settled days, oldest first, the same as
 /// reading them one account at a time.
