@@ -1,0 +1,16 @@
+-- Every account's row is updated once a settlement day (its balance), a batch of them in one
+-- transaction. With full pages (fillfactor 100, the default) the new row version rarely fits
+-- on its own page, so the update is not HOT: it writes a new entry into each of the table's
+-- three indexes (primary key, customer_id, meter_id) as well. Measured at 100,000 accounts:
+-- 5,838 of the day's 100,000 balance updates were HOT, and the batch's balance UPDATE took
+-- 33 ms of server time.
+--
+-- A fillfactor of 50 leaves half of each page free when rows are inserted, room for one new
+-- version of every row on the page; the previous day's versions are pruned by the time the
+-- next day's come. No indexed column changes, so those updates can be HOT. The price is a
+-- table about twice the size (at a million accounts ≈ 230 MB → ≈ 460 MB).
+--
+-- The setting applies to pages written from now on. An existing table keeps its full pages
+-- until it is rewritten, e.g. `VACUUM FULL accounts` in a maintenance window (it locks the
+-- table) or pg_repack; new installations and new accounts get the room at once.
+ALTER TABLE accounts SET (fillfactor = 50);
