@@ -2,13 +2,16 @@
 -- transaction. With full pages (fillfactor 100, the default) the new row version rarely fits
 -- on its own page, so the update is not HOT: it writes a new entry into each of the table's
 -- three indexes (primary key, customer_id, meter_id) as well. Measured at 100,000 accounts:
--- 5,838 of the day's 100,000 balance updates were HOT, and the batch's balance UPDATE took
--- 33 ms of server time.
+-- 5,838 of the day's 100,000 balance updates were HOT. (The batch's balance UPDATE took
+-- 33-44 ms of server time, but most of that was a sequential scan of the table, mended by
+-- `random_page_cost` on the pool's connections: host/src/db/mod.rs.)
 --
 -- A fillfactor of 50 leaves half of each page free when rows are inserted, room for one new
 -- version of every row on the page; the previous day's versions are pruned by the time the
--- next day's come. No indexed column changes, so those updates can be HOT. The price is a
--- table about twice the size (at a million accounts ≈ 230 MB → ≈ 460 MB).
+-- next day's come. No indexed column changes, so those updates can be HOT. The price: freshly
+-- inserted accounts take twice the pages; after the first day the table is no larger than
+-- without the room (at 100,000 accounts 24 MB against 23 MB), because updates that are not
+-- HOT put their new versions on new pages anyway.
 --
 -- The setting applies to pages written from now on. An existing table keeps its full pages
 -- until it is rewritten, e.g. `VACUUM FULL accounts` in a maintenance window (it locks the
