@@ -9,9 +9,9 @@
 -- A fillfactor of 50 leaves half of each page free when rows are inserted, room for one new
 -- version of every row on the page; the previous day's versions are pruned by the time the
 -- next day's come. No indexed column changes, so those updates can be HOT. The price: freshly
--- inserted accounts take twice the pages; after the first day the table is no larger than
--- without the room (at 100,000 accounts 24 MB against 23 MB), because updates that are not
--- HOT put their new versions on new pages anyway.
+-- inserted accounts take twice the pages; after the first day the table is about the size it
+-- is without the room (at 100,000 accounts 24 MB against 23 MB): updates that are not HOT put
+-- their new versions on new pages anyway.
 --
 -- The setting applies to pages written from now on. An existing table keeps its full pages
 -- until it is rewritten, e.g. `VACUUM FULL accounts` in a maintenance window (it locks the
