@@ -286,35 +286,41 @@ impl Db {
                             conn.execute(pragma).await?;
                         }
                     } else {
-                        // A plan for each execution, made with the tables as they are
-                        // then. By default PostgreSQL keeps a generic plan for a prepared
-                        // statement after five executions, and sqlx keeps the statements
-                        // for the connection's life: a plan made when the morning's run
-                        // began, over empty `decisions` and `settlements`, went on
-                        // scanning them whole as they grew to a million rows each
-                        // (quadratic over the run; README, "Settlement at scale").
-                        // Planning again costs well under a millisecond a statement, and
-                        // batched statements are few. PostgreSQL 12 or later.
-                        conn.execute("SET plan_cache_mode = force_custom_plan")
-                            .await?;
-                        // No JIT compilation of plans: a settlement batch's statements
-                        // are planned at costs above `jit_above_cost` yet run for a few
-                        // milliseconds, and compiling them took longer than running
-                        // them (the warning stage's history read at a million accounts,
-                        // `EXPLAIN ANALYZE`: 4.4 ms to run, 3.5-12.7 ms of JIT on top).
-                        // The usual setting for short transactional statements.
-                        conn.execute("SET jit = off").await?;
-                        // A random page read costed at 1.1 sequential ones (default 4,
-                        // a spinning disk's ratio), the usual setting where the data is
-                        // on SSD or in memory. A batch reads and writes 1,000 accounts
-                        // by key, and at the default the planner answered that with a
-                        // hash join over the whole table: the batch's balance
-                        // `UPDATE … FROM (VALUES …)` scanned all of `accounts`, and the
-                        // warning stage's facts all of `agreements` and `customers`.
-                        // `EXPLAIN ANALYZE` at 100,000 accounts: the balance update
-                        // 42 ms a batch, 12 ms by key with this; the facts 40-44 ms,
-                        // 4.7-8.3 ms (README, "Settlement at scale").
-                        conn.execute("SET random_page_cost = 1.1").await?;
+                        for setting in [
+                            // A plan for each execution, made with the tables as they
+                            // are then. By default PostgreSQL keeps a generic plan for a
+                            // prepared statement after five executions, and sqlx keeps
+                            // the statements for the connection's life: a plan made when
+                            // the morning's run began, over empty `decisions` and
+                            // `settlements`, went on scanning them whole as they grew to
+                            // a million rows each (quadratic over the run; README,
+                            // "Settlement at scale"). Planning again costs well under a
+                            // millisecond a statement, and batched statements are few.
+                            // PostgreSQL 12 or later.
+                            "SET plan_cache_mode = force_custom_plan",
+                            // No JIT compilation of plans: a settlement batch's
+                            // statements are planned at costs above `jit_above_cost` yet
+                            // run for a few milliseconds, and compiling them took longer
+                            // than running them (the warning stage's history read at a
+                            // million accounts, `EXPLAIN ANALYZE`: 4.4 ms to run,
+                            // 3.5-12.7 ms of JIT on top). The usual setting for short
+                            // transactional statements.
+                            "SET jit = off",
+                            // A random page read costed at 1.1 sequential ones (default
+                            // 4, a spinning disk's ratio), the usual setting where the
+                            // data is on SSD or in memory. A batch reads and writes 1,000
+                            // accounts by key, and at the default the planner answered
+                            // that with a hash join over the whole table: the batch's
+                            // balance `UPDATE … FROM (VALUES …)` scanned all of
+                            // `accounts`, and the warning stage's facts all of
+                            // `agreements` and `customers`. `EXPLAIN ANALYZE` at 100,000
+                            // accounts: the balance update 42 ms a batch, 12 ms by key
+                            // with this; the facts 40-44 ms, 4.7-8.3 ms (README,
+                            // "Settlement at scale").
+                            "SET random_page_cost = 1.1",
+                        ] {
+                            conn.execute(setting).await?;
+                        }
                     }
                     Ok(())
                 })
