@@ -14,10 +14,11 @@
 //!    cycle-to-date usage; the decision, the charge entry, the balance move and the
 //!    `settlements` row are written in one transaction — one per batch of
 //!    [`SettlementConfig::batch_accounts`] accounts, read with a few range queries, priced on every core
-//!    and written with multi-row statements, each account's outcome the same as if it
-//!    were settled alone. The primary key of `settlements` (account, day) and the
-//!    entry's idempotency key make a re-run after a crash a no-op; a crash loses at most
-//!    the batch in flight, which the re-run settles.
+//!    while the batch before is written, and written with multi-row statements, each
+//!    account's outcome the same as if it were settled alone. The primary key of
+//!    `settlements` (account, day) and the entry's idempotency key make a re-run after a
+//!    crash a no-op; a crash loses at most the two batches in flight (one being written,
+//!    one decided), which the re-run settles.
 //! 4. A policy failure (trap, fuel, invalid output) records the failed decision and
 //!    holds the account: no charge is guessed.
 
@@ -27,14 +28,15 @@ use crate::db::{Db, DbError, ds, parse_ds, ts};
 use crate::decision_log::{self, DecisionRecord};
 use crate::ledger::{self, EntryKind, LedgerError, PostOutcome, Posting};
 use crate::money::{CentiKwh, Fen, centi_kwh_to_kwh};
-use crate::policy::bindings::{CustomerClass, Decimal as WitDecimal, TariffInput};
+use crate::policy::bindings::{CustomerClass, Decimal as WitDecimal, TariffInput, TariffOutput};
 use crate::policy::convert::{date_to_wit, to_wit};
-use crate::policy::{PolicyEngine, PolicyKind};
+use crate::policy::{Deciding, Invocation, PolicyEngine, PolicyKind};
 use crate::replacement::StoredReplacement;
 use chrono::{Datelike, NaiveDate, NaiveDateTime};
 use sqlx::AnyConnection;
 use sqlx::Row;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -249,9 +251,10 @@ pub fn over_ceiling(
 }
 
 /// Accounts settled per batch by default ([`SettlementConfig::batch_accounts`]): read together (a handful of range queries), priced in
-/// parallel ([`PolicyEngine::decide_all`]) and written in ONE transaction (multi-row
-/// inserts: [`decision_log::append`], [`ledger::post_many`]). A crash loses at most the
-/// batch in flight, which the re-run settles; a batch is all or nothing.
+/// parallel ([`PolicyEngine::spawn_decide_all`], while the batch before is written) and
+/// written in ONE transaction (multi-row inserts: [`decision_log::append`],
+/// [`ledger::post_many`]). A crash loses at most the two batches in flight, which the
+/// re-run settles; a batch is all or nothing.
 pub const BATCH_ACCOUNTS: usize = 1_000;
 
 struct Candidate {
@@ -282,66 +285,186 @@ fn class_of(s: &str) -> CustomerClass {
 /// a charge (decision, ledger entry, balance, `settlements` row) — see the module doc.
 pub async fn settle(
     db: &Db,
-    engine: &PolicyEngine,
+    engine: &Arc<PolicyEngine>,
     county: &str,
     policies: &PolicySnapshot,
     reading_date: NaiveDate,
     now: NaiveDateTime,
     cfg: &SettlementConfig,
 ) -> Result<SettlementReport, SettlementError> {
+    let run = Run {
+        db,
+        engine,
+        county,
+        policies,
+        reading_date,
+        now,
+        cfg,
+    };
     let mut report = SettlementReport::default();
     let mut after = String::new();
-    loop {
-        let rows = sqlx::query(
-            "SELECT a.account_id, m.meter_id, m.ct_ratio, m.pt_ratio, c.customer_class, g.time_of_use, r.reading_id, r.register_centi_kwh
-             FROM accounts a
-             JOIN meters m ON m.meter_id = a.meter_id
-             JOIN customers c ON c.customer_id = a.customer_id
-             JOIN agreements g ON g.agreement_id = a.agreement_id
-             JOIN readings r ON r.meter_id = m.meter_id AND r.reading_date = $2
-             WHERE a.county = $1 AND a.status = 'active' AND a.account_id > $3
-             ORDER BY a.account_id LIMIT $4",
-        )
-        .bind(county)
-        .bind(ds(reading_date))
-        .bind(&after)
-        .bind(cfg.batch_accounts.max(1) as i64)
-        .fetch_all(&db.pool)
-        .await?;
-        let batch = rows
-            .iter()
-            .map(|r| {
-                Ok(Candidate {
-                    account_id: r.try_get(0)?,
-                    meter_id: r.try_get(1)?,
-                    ct: r.try_get(2)?,
-                    pt: r.try_get(3)?,
-                    class: r.try_get(4)?,
-                    time_of_use: r.try_get::<i64, _>(5)? != 0,
-                    closing_id: r.try_get(6)?,
-                    closing_centi: r.try_get(7)?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let Some(last) = batch.last() else {
-            break;
+    // Two batches in flight: while one batch is written, the next one's tariff decisions
+    // run on the decision threads. The next batch is read before that write, or beside it
+    // when the pool has a second connection (PostgreSQL; SQLite's pool has one). Batches
+    // are disjoint ranges of account ids, a batch reads only rows of accounts in its own
+    // range (by id range or id list) and writes only rows of its own accounts, so the
+    // write changes nothing the next batch reads. A decision's charge is posted against
+    // the balance stored at the write, so a payment in between moves no charge. Whatever
+    // was decided before an error is still written.
+    let beside = db.pool.options().get_max_connections() > 1;
+    let mut decided: Option<Planned> = None;
+    let mut more = true;
+    while more || decided.is_some() {
+        let read = async {
+            match more {
+                true => Some(plan_batch(run, &mut after).await),
+                false => None,
+            }
         };
-        after = last.account_id.clone();
-        let run = Run {
-            db,
-            engine,
-            county,
-            policies,
-            reading_date,
-            now,
-            cfg,
+        let write = async {
+            match decided.take() {
+                Some(planned) => write_batch(run, planned).await.map(Some),
+                None => Ok(None),
+            }
         };
-        settle_batch(run, &batch, &mut report).await?;
-        if batch.len() < cfg.batch_accounts.max(1) {
-            break;
+        let (next, written) = if beside {
+            tokio::join!(read, write)
+        } else {
+            let next = read.await;
+            (next, write.await)
+        };
+        if let Some(tally) = written? {
+            report.absorb(tally);
+        }
+        match next.transpose()? {
+            Some(Some((mut planned, full))) => {
+                report.absorb(std::mem::take(&mut planned.tally));
+                decided = Some(planned);
+                more = full;
+            }
+            _ => more = false,
         }
     }
     Ok(report)
+}
+
+impl SettlementReport {
+    /// Adds a batch's counts (and its settled accounts, after those already here).
+    fn absorb(&mut self, batch: SettlementReport) {
+        self.settled += batch.settled;
+        self.charged_fen += batch.charged_fen;
+        self.kwh_centi += batch.kwh_centi;
+        self.held += batch.held;
+        self.baselines += batch.baselines;
+        self.already_settled += batch.already_settled;
+        self.settled_accounts.extend(batch.settled_accounts);
+    }
+}
+
+/// Reads the next batch of candidates (account ids after `after`, which moves to the
+/// batch's last), their facts and history, plans each and starts the tariff decisions
+/// ([`PolicyEngine::spawn_decide_all`]; each decision's log row is serialised there
+/// too). `None` when no candidate is left; the flag says whether the batch was full
+/// (more may follow).
+async fn plan_batch(
+    run: Run<'_>,
+    after: &mut String,
+) -> Result<Option<(Planned, bool)>, SettlementError> {
+    let Run {
+        db,
+        engine,
+        county,
+        policies,
+        reading_date,
+        now,
+        cfg,
+    } = run;
+    let batch_accounts = cfg.batch_accounts.max(1);
+    let rows = sqlx::query(
+        "SELECT a.account_id, m.meter_id, m.ct_ratio, m.pt_ratio, c.customer_class, g.time_of_use, r.reading_id, r.register_centi_kwh
+         FROM accounts a
+         JOIN meters m ON m.meter_id = a.meter_id
+         JOIN customers c ON c.customer_id = a.customer_id
+         JOIN agreements g ON g.agreement_id = a.agreement_id
+         JOIN readings r ON r.meter_id = m.meter_id AND r.reading_date = $2
+         WHERE a.county = $1 AND a.status = 'active' AND a.account_id > $3
+         ORDER BY a.account_id LIMIT $4",
+    )
+    .bind(county)
+    .bind(ds(reading_date))
+    .bind(after.as_str())
+    .bind(batch_accounts as i64)
+    .fetch_all(&db.pool)
+    .await?;
+    let batch = rows
+        .iter()
+        .map(|r| {
+            Ok(Candidate {
+                account_id: r.try_get(0)?,
+                meter_id: r.try_get(1)?,
+                ct: r.try_get(2)?,
+                pt: r.try_get(3)?,
+                class: r.try_get(4)?,
+                time_of_use: r.try_get::<i64, _>(5)? != 0,
+                closing_id: r.try_get(6)?,
+                closing_centi: r.try_get(7)?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let (Some(head), Some(tail)) = (batch.first(), batch.last()) else {
+        return Ok(None);
+    };
+    let (first, last) = (head.account_id.clone(), tail.account_id.clone());
+    let mut conn = db.pool.acquire().await?;
+    let facts = BatchFacts::load(&mut conn, &first, &last, reading_date).await?;
+    let tariff = policies.shared(PolicyKind::Tariff);
+    let mut report = SettlementReport::default();
+    let mut new_holds = Vec::new();
+    let (mut priced, mut inputs) = (Vec::new(), Vec::new());
+    for c in &batch {
+        match plan(c, &facts, reading_date, cfg, &tariff.parameters_json) {
+            Step::Baseline => report.baselines += 1,
+            Step::AlreadySettled => report.already_settled += 1,
+            Step::StillHeld => report.held += 1,
+            Step::Hold(reason) => {
+                new_holds.push((c.account_id.clone(), reason));
+                report.held += 1;
+            }
+            Step::Price(to_price) => {
+                let (p, input) = *to_price;
+                priced.push(p);
+                inputs.push(input);
+            }
+        }
+    }
+    fill_cycle_to_date(&mut conn, &first, &last, &priced, &mut inputs).await?;
+    drop(conn);
+    let business_date = ds(reading_date.pred_opt().expect("date after 0001-01-01"));
+    let (county, decided_at) = (county.to_string(), ts(now));
+    let decisions = engine.spawn_decide_all(inputs, move |engine, input| {
+        let invocation = engine.price(&tariff.component, input);
+        let row = decision_log::prepare(&DecisionRecord {
+            county: &county,
+            kind: "tariff",
+            account_id: &input.account_id,
+            business_date: &business_date,
+            decided_at: &decided_at,
+            component_sha256: &tariff.component.sha256,
+            input,
+            invocation: &invocation,
+            shadow: None,
+        });
+        (invocation, row)
+    });
+    *after = last;
+    let planned = Planned {
+        tally: report,
+        new_holds,
+        settlement_held: facts.settlement_held,
+        priced,
+        decisions,
+    };
+    Ok(Some((planned, batch.len() == batch_accounts)))
 }
 
 /// The reading a period opens on.
@@ -499,18 +622,32 @@ enum Step {
     StillHeld,
     /// A new `reading` hold, for this reason.
     Hold(String),
-    /// To be priced.
-    Price(Box<Priced>),
+    /// To be priced, with the tariff's input (its cycle-to-date usage is filled after
+    /// the read phase, [`fill_cycle_to_date`]).
+    Price(Box<(Priced, TariffInput)>),
 }
 
+/// What a priced account's write needs beside its tariff input (which is moved to the
+/// decision threads and comes back with the decision).
 struct Priced {
     opening_id: i64,
     closing_id: i64,
     period_first: NaiveDate,
     kwh_centi: CentiKwh,
-    /// The tariff's input; its cycle-to-date usage is filled after the read phase
-    /// ([`fill_cycle_to_date`]).
-    input: TariffInput,
+}
+
+/// A batch read and planned ([`plan_batch`]), its tariff decisions running.
+struct Planned {
+    /// What planning found: baselines, re-runs, holds.
+    tally: SettlementReport,
+    /// New `reading` holds: account, reason.
+    new_holds: Vec<(String, String)>,
+    /// Accounts with an open `settlement` hold (released when settled).
+    settlement_held: HashSet<String>,
+    /// The accounts to be charged, in the order of the decisions' inputs.
+    priced: Vec<Priced>,
+    /// Each priced account's tariff input, decision and decision-log row.
+    decisions: Deciding<TariffInput, (Invocation<TariffOutput>, decision_log::ChainedRow)>,
 }
 
 /// Checks one candidate's delta against its opening and replacements (module doc, steps
@@ -588,12 +725,14 @@ fn plan(
             c.ct, c.pt
         ));
     };
-    Step::Price(Box::new(Priced {
-        opening_id: opening.reading_id,
-        closing_id: c.closing_id,
-        period_first,
-        kwh_centi,
-        input: TariffInput {
+    Step::Price(Box::new((
+        Priced {
+            opening_id: opening.reading_id,
+            closing_id: c.closing_id,
+            period_first,
+            kwh_centi,
+        },
+        TariffInput {
             account_id: c.account_id.clone(),
             customer_class: class_of(&c.class),
             period_first: date_to_wit(period_first),
@@ -607,7 +746,7 @@ fn plan(
             time_of_use_elected: c.time_of_use,
             parameters: parameters.to_string(),
         },
-    }))
+    )))
 }
 
 /// Fills the cycle-to-date usage of each priced account (`year_to_date_kwh`,
@@ -617,7 +756,8 @@ async fn fill_cycle_to_date(
     conn: &mut AnyConnection,
     first: &str,
     last: &str,
-    priced: &mut [&mut Priced],
+    priced: &[Priced],
+    inputs: &mut [TariffInput],
 ) -> Result<(), SettlementError> {
     let Some(since) = priced
         .iter()
@@ -643,18 +783,18 @@ async fn fill_cycle_to_date(
             h.try_get(3)?,
         ));
     }
-    for p in priced.iter_mut() {
+    for (p, input) in priced.iter().zip(inputs.iter_mut()) {
         let year_start = NaiveDate::from_ymd_opt(p.period_first.year(), 1, 1).expect("valid date");
         let month_start = p.period_first.with_day(1).expect("valid date");
         let before = p.period_first.pred_opt().expect("valid date");
         let (mut ytd, mut mtd) = (0, 0);
-        for &(f, l, k) in history.get(&p.input.account_id).into_iter().flatten() {
+        for &(f, l, k) in history.get(&input.account_id).into_iter().flatten() {
             ytd += portion_in(k, f, l, year_start, before);
             mtd += portion_in(k, f, l, month_start, before);
         }
-        p.input.year_to_date_kwh =
+        input.year_to_date_kwh =
             to_wit(rust_decimal::Decimal::new(ytd, 3)).expect("milli-kWh fits");
-        p.input.month_to_date_kwh =
+        input.month_to_date_kwh =
             to_wit(rust_decimal::Decimal::new(mtd, 3)).expect("milli-kWh fits");
     }
     Ok(())
@@ -664,7 +804,7 @@ async fn fill_cycle_to_date(
 #[derive(Clone, Copy)]
 struct Run<'a> {
     db: &'a Db,
-    engine: &'a PolicyEngine,
+    engine: &'a Arc<PolicyEngine>,
     county: &'a str,
     policies: &'a PolicySnapshot,
     reading_date: NaiveDate,
@@ -672,74 +812,30 @@ struct Run<'a> {
     cfg: &'a SettlementConfig,
 }
 
-/// Settles one batch of candidates (in account-id order): read, plan, price, then one
-/// transaction for every write of the batch.
-async fn settle_batch(
-    run: Run<'_>,
-    batch: &[Candidate],
-    report: &mut SettlementReport,
-) -> Result<(), SettlementError> {
+/// Writes one planned batch once its decisions are in: one transaction for every write
+/// of the batch (holds, decisions, charges, `settlements` rows, arrears, released holds).
+async fn write_batch(run: Run<'_>, planned: Planned) -> Result<SettlementReport, SettlementError> {
     let Run {
         db,
         engine,
-        county,
         policies,
         reading_date,
         now,
-        cfg,
+        ..
     } = run;
-    let (first, last) = (&batch[0].account_id, &batch[batch.len() - 1].account_id);
-    let mut conn = db.pool.acquire().await?;
-    let facts = BatchFacts::load(&mut conn, first, last, reading_date).await?;
+    let Planned {
+        tally: _,
+        new_holds,
+        settlement_held,
+        priced,
+        decisions,
+    } = planned;
+    let (inputs, decided) = decisions.finish().await;
+    let (invocations, rows): (Vec<_>, Vec<_>) = decided.into_iter().unzip();
     let business_date = ds(reading_date.pred_opt().expect("date after 0001-01-01"));
     let posted_at = ts(now);
-    let tariff = policies.get(PolicyKind::Tariff);
-
-    let mut steps: Vec<Step> = batch
-        .iter()
-        .map(|c| plan(c, &facts, reading_date, cfg, &tariff.parameters_json))
-        .collect();
-    let mut new_holds = Vec::new();
-    for (c, step) in batch.iter().zip(&steps) {
-        match step {
-            Step::Baseline => report.baselines += 1,
-            Step::AlreadySettled => report.already_settled += 1,
-            Step::StillHeld => report.held += 1,
-            Step::Hold(reason) => {
-                new_holds.push((c.account_id.clone(), reason.clone()));
-                report.held += 1;
-            }
-            Step::Price(_) => {}
-        }
-    }
-    let mut priced: Vec<&mut Priced> = steps
-        .iter_mut()
-        .filter_map(|s| match s {
-            Step::Price(p) => Some(&mut **p),
-            _ => None,
-        })
-        .collect();
-    fill_cycle_to_date(&mut conn, first, last, &mut priced).await?;
-    let inputs: Vec<&TariffInput> = priced.iter().map(|p| &p.input).collect();
-    let invocations = engine.decide_all(&inputs, |input| engine.price(&tariff.component, input));
-    let rows: Vec<decision_log::ChainedRow> = inputs
-        .iter()
-        .zip(&invocations)
-        .map(|(input, invocation)| {
-            decision_log::prepare(&DecisionRecord {
-                county,
-                kind: "tariff",
-                account_id: &input.account_id,
-                business_date: &business_date,
-                decided_at: &posted_at,
-                component_sha256: &tariff.component.sha256,
-                input: *input,
-                invocation,
-                shadow: None,
-            })
-        })
-        .collect();
-
+    let mut report = SettlementReport::default();
+    let mut conn = db.pool.acquire().await?;
     let mut tx = crate::db::begin_write(&mut conn).await?;
     // PostgreSQL: lock the accounts to be charged first, in byte order of their ids, then
     // the decision chain — the order every other writer takes them in (the channel inbox
@@ -747,7 +843,7 @@ async fn settle_batch(
     // account, then the chain), so a batch and a payment never wait on each other in a
     // cycle. SQLite has one writer.
     if tx.backend_name() == "PostgreSQL" {
-        let charged: Vec<&str> = priced.iter().map(|p| p.input.account_id.as_str()).collect();
+        let charged: Vec<&str> = inputs.iter().map(|i| i.account_id.as_str()).collect();
         crate::db::fetch_in(
             &mut tx,
             "SELECT account_id FROM accounts WHERE account_id IN $IDS ORDER BY account_id COLLATE \"C\" FOR UPDATE",
@@ -777,27 +873,33 @@ async fn settle_batch(
     // Charges for the priced accounts whose tariff answered within the host's charge
     // ceiling; holds for the others.
     let mut charged = Vec::new();
-    for ((p, invocation), decision_id) in priced.iter().zip(&invocations).zip(&decision_ids) {
+    for (((p, input), invocation), decision_id) in priced
+        .iter()
+        .zip(&inputs)
+        .zip(&invocations)
+        .zip(&decision_ids)
+    {
         let held_because = match &invocation.outcome {
             Ok(out) => over_ceiling(
-                &p.input.kwh,
+                &input.kwh,
                 out.charge_fen,
                 engine.limits().max_price_yuan_per_kwh,
             ),
             Err(failure) => Some(decision_log::hold_reason(failure)),
         };
         match (&invocation.outcome, held_because) {
-            (Ok(out), None) => charged.push((
-                &**p,
-                out.charge_fen,
-                *decision_id,
-                format!("charge:{}:{business_date}", p.input.account_id),
-                format!("decision:{decision_id}"),
-            )),
+            (Ok(out), None) => charged.push(Charged {
+                priced: p,
+                account_id: &input.account_id,
+                charge_fen: out.charge_fen,
+                decision_id: *decision_id,
+                key: format!("charge:{}:{business_date}", input.account_id),
+                reference: format!("decision:{decision_id}"),
+            }),
             (_, why) => {
                 decision_log::hold(
                     &mut tx,
-                    &p.input.account_id,
+                    &input.account_id,
                     &business_date,
                     "settlement",
                     &why.unwrap_or_default(),
@@ -811,14 +913,14 @@ async fn settle_batch(
     }
     let postings: Vec<Posting<'_>> = charged
         .iter()
-        .map(|(p, charge_fen, _, key, reference)| Posting {
-            account_id: &p.input.account_id,
+        .map(|c| Posting {
+            account_id: c.account_id,
             kind: EntryKind::Charge,
-            amount_fen: -charge_fen,
-            idempotency_key: key,
+            amount_fen: -c.charge_fen,
+            idempotency_key: &c.key,
             business_date: &business_date,
             posted_at: &posted_at,
-            reference,
+            reference: &c.reference,
         })
         .collect();
     let posted = ledger::post_many(&mut tx, &postings).await?;
@@ -836,17 +938,17 @@ async fn settle_batch(
             crate::db::Placeholders::of(&tx).values(part.len(), SETTLEMENT_COLUMNS)
         );
         let mut q = sqlx::query(&sql);
-        for ((p, charge_fen, decision_id, _, _), outcome) in part {
+        for (c, outcome) in part {
             q = q
-                .bind(p.input.account_id.as_str())
+                .bind(c.account_id)
                 .bind(business_date.as_str())
-                .bind(ds(p.period_first))
+                .bind(ds(c.priced.period_first))
                 .bind(business_date.as_str())
-                .bind(p.opening_id)
-                .bind(p.closing_id)
-                .bind(p.kwh_centi)
-                .bind(*charge_fen)
-                .bind(*decision_id)
+                .bind(c.priced.opening_id)
+                .bind(c.priced.closing_id)
+                .bind(c.priced.kwh_centi)
+                .bind(c.charge_fen)
+                .bind(c.decision_id)
                 .bind(outcome.entry_id());
         }
         q.execute(&mut *tx).await?;
@@ -858,7 +960,7 @@ async fn settle_batch(
         .iter()
         .zip(&posted)
         .filter(|(_, o)| !matches!(o, PostOutcome::Posted { balance_after_fen, .. } if *balance_after_fen >= 0))
-        .map(|((p, ..), _)| p.input.account_id.as_str())
+        .map(|(c, _)| c.account_id)
         .collect();
     for part in into_arrears.chunks(crate::db::MAX_BOUND_PARAMETERS - 1) {
         let sql = format!(
@@ -872,24 +974,36 @@ async fn settle_batch(
         }
         q.execute(&mut *tx).await?;
     }
-    for (p, ..) in charged
+    for c in charged
         .iter()
-        .filter(|(p, ..)| facts.settlement_held.contains(&p.input.account_id))
+        .filter(|c| settlement_held.contains(c.account_id))
     {
         sqlx::query("UPDATE holds SET released_at = $2, released_by = 'settlement' WHERE account_id = $1 AND stage = 'settlement' AND released_at IS NULL")
-            .bind(&p.input.account_id)
+            .bind(c.account_id)
             .bind(&posted_at)
             .execute(&mut *tx)
             .await?;
     }
     tx.commit().await?;
-    for (p, charge_fen, ..) in &charged {
+    for c in &charged {
         report.settled += 1;
-        report.charged_fen += charge_fen;
-        report.kwh_centi += p.kwh_centi;
-        report.settled_accounts.push(p.input.account_id.clone());
+        report.charged_fen += c.charge_fen;
+        report.kwh_centi += c.priced.kwh_centi;
+        report.settled_accounts.push(c.account_id.to_string());
     }
-    Ok(())
+    Ok(report)
+}
+
+/// A priced account whose charge is posted: its tariff answered within the ceiling.
+struct Charged<'a> {
+    priced: &'a Priced,
+    account_id: &'a str,
+    charge_fen: Fen,
+    decision_id: i64,
+    /// The ledger entry's idempotency key.
+    key: String,
+    /// The ledger entry's reference (the decision).
+    reference: String,
 }
 
 #[cfg(test)]

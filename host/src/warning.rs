@@ -6,14 +6,16 @@
 use crate::accountview::{
     AccountFacts, auto_debits_in_flight, levels_already_notified, recent_days_many,
 };
-use crate::county::PolicySnapshot;
-use crate::db::{Db, DbError, ds, ts};
+use crate::county::{ActiveComponent, PolicySnapshot};
+use crate::db::{Db, DbError, ds, parse_ds, ts};
 use crate::decision_log::{self, DecisionRecord};
 use crate::outbox::{NoticeRequest, Queued, queue_notices};
-use crate::policy::bindings::{NoticeKind, WarningAction, WarningInput};
+use crate::policy::bindings::{NoticeKind, WarningAction, WarningInput, WarningOutput};
 use crate::policy::convert::{date_to_wit, fen_to_wit, from_wit};
-use crate::policy::{PolicyEngine, PolicyKind};
+use crate::policy::{Deciding, Invocation, PolicyEngine, PolicyKind};
 use chrono::{NaiveDate, NaiveDateTime};
+use sqlx::{AnyConnection, Row};
+use std::sync::Arc;
 
 /// Outcome of one warning run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,14 +41,17 @@ pub fn notice_for_level(level: u8) -> Option<NoticeKind> {
 }
 
 /// Assesses `accounts` (normally those settled today) on `today`, in batches of
-/// `cfg.batch_accounts` (with `cfg.history_days` of history each): each batch's facts are read with one query per
-/// kind of fact, its warning decisions run on every core
-/// ([`PolicyEngine::decide_all`], a fresh instance each) and everything the batch decides
-/// is written in one transaction. An account id that does not exist is an error.
+/// `cfg.batch_accounts` (with `cfg.history_days` of history each): each batch's facts are
+/// read with one query per kind of fact, its warning decisions run on every core
+/// ([`PolicyEngine::spawn_decide_all`], a fresh instance each) while the batch before is
+/// written, and everything a batch decides is written in one transaction; an account whose
+/// balance or arrears clock moved between the read and the write (a payment) is read and
+/// decided again inside that transaction. `accounts` must be distinct; an account id that
+/// does not exist, or is twice in one batch, is an error.
 #[allow(clippy::too_many_arguments)]
 pub async fn assess(
     db: &Db,
-    engine: &PolicyEngine,
+    engine: &Arc<PolicyEngine>,
     county: &str,
     policies: &PolicySnapshot,
     accounts: &[String],
@@ -55,50 +60,130 @@ pub async fn assess(
     cfg: &crate::config::SettlementConfig,
 ) -> Result<WarningReport, DbError> {
     let mut report = WarningReport::default();
-    for batch in accounts.chunks(cfg.batch_accounts.max(1)) {
-        assess_batch(
-            db,
-            engine,
-            county,
-            policies,
-            batch,
-            today,
-            now,
-            cfg.history_days,
-            &mut report,
-        )
-        .await?;
+    // Two batches in flight, as in settlement (`settlement::settle`): the next batch is
+    // read and its decisions started before the batch before is written, or beside that
+    // write when the pool has a second connection; the batches' accounts are disjoint and
+    // a batch reads only its own (and what a payment moves meanwhile is read again in the
+    // write, `moved_since_read`). Whatever was decided before an error is still written.
+    let beside = db.pool.options().get_max_connections() > 1;
+    let mut decided: Option<Assessing> = None;
+    let batches = accounts.chunks(cfg.batch_accounts.max(1));
+    for batch in batches.map(Some).chain([None]) {
+        let read = async {
+            match batch {
+                Some(batch) => Some(
+                    plan_assessment(
+                        db,
+                        engine,
+                        county,
+                        policies,
+                        batch,
+                        today,
+                        now,
+                        cfg.history_days,
+                    )
+                    .await,
+                ),
+                None => None,
+            }
+        };
+        let write = async {
+            match decided.take() {
+                Some(assessing) => {
+                    write_assessment(
+                        db,
+                        engine,
+                        county,
+                        policies,
+                        assessing,
+                        today,
+                        now,
+                        cfg.history_days,
+                        &mut report,
+                    )
+                    .await
+                }
+                None => Ok(()),
+            }
+        };
+        let (next, written) = if beside {
+            tokio::join!(read, write)
+        } else {
+            let next = read.await;
+            (next, write.await)
+        };
+        written?;
+        decided = next.transpose()?;
     }
     Ok(report)
 }
 
+/// A batch read ([`plan_assessment`]), its warning decisions running.
+struct Assessing {
+    /// The warning component and parameters the batch is decided with.
+    warning: Arc<ActiveComponent>,
+    /// Each account's facts, in the order of the decisions' inputs.
+    facts: Vec<AccountFacts>,
+    /// Each account's warning input, decision and decision-log row.
+    decisions: Deciding<WarningInput, (Invocation<WarningOutput>, decision_log::ChainedRow)>,
+}
+
+/// Reads one batch's facts and history and starts its warning decisions (each
+/// decision's log row is serialised on the decision threads too).
 #[allow(clippy::too_many_arguments)]
-async fn assess_batch(
+async fn plan_assessment(
     db: &Db,
-    engine: &PolicyEngine,
+    engine: &Arc<PolicyEngine>,
     county: &str,
     policies: &PolicySnapshot,
     batch: &[String],
     today: NaiveDate,
     now: NaiveDateTime,
     history_days: u32,
-    report: &mut WarningReport,
-) -> Result<(), DbError> {
-    let warning = policies.get(PolicyKind::Warning);
+) -> Result<Assessing, DbError> {
+    let warning = policies.shared(PolicyKind::Warning);
     let mut conn = db.pool.acquire().await?;
+    let (facts, inputs) = read_inputs(&mut conn, &warning, batch, today, history_days).await?;
+    drop(conn);
+    let (component, row) = (
+        warning.clone(),
+        RowContext::new(county, today, now, &warning),
+    );
+    let decisions = engine.spawn_decide_all(inputs, move |engine, input| {
+        let invocation = engine.assess(&component.component, input);
+        let record = row.prepare(input, &invocation);
+        (invocation, record)
+    });
+    Ok(Assessing {
+        warning,
+        facts,
+        decisions,
+    })
+}
+
+/// The facts and the warning input of each account of `batch`, in its order, read with
+/// one query per kind of fact.
+async fn read_inputs(
+    conn: &mut AnyConnection,
+    warning: &ActiveComponent,
+    batch: &[String],
+    today: NaiveDate,
+    history_days: u32,
+) -> Result<(Vec<AccountFacts>, Vec<WarningInput>), DbError> {
     let ids: Vec<&str> = batch.iter().map(String::as_str).collect();
-    let facts = AccountFacts::load_many(&mut conn, &ids).await?;
-    let mut recent = recent_days_many(&mut conn, &ids, history_days).await?;
-    let levels = levels_already_notified(&mut conn, &ids).await?;
-    let in_flight = auto_debits_in_flight(&mut conn, &ids).await?;
-    let mut assessed = Vec::with_capacity(batch.len());
+    let mut facts = AccountFacts::load_many(conn, &ids).await?;
+    let mut recent = recent_days_many(conn, &ids, history_days).await?;
+    let levels = levels_already_notified(conn, &ids).await?;
+    let in_flight = auto_debits_in_flight(conn, &ids).await?;
+    let mut ordered = Vec::with_capacity(batch.len());
+    let mut inputs = Vec::with_capacity(batch.len());
     for account_id in batch {
-        let facts = facts.get(account_id).ok_or_else(|| {
+        let facts = facts.remove(account_id).ok_or_else(|| {
             DbError::Corrupt(format!(
-                "account {account_id} was settled but does not exist"
+                "account {account_id} was settled but does not exist (or is twice in the batch)"
             ))
         })?;
-        let input = WarningInput {
+        inputs.push(WarningInput {
             account_id: account_id.clone(),
             today: date_to_wit(today),
             balance: fen_to_wit(facts.balance_fen),
@@ -108,31 +193,131 @@ async fn assess_batch(
             level_already_notified: levels.get(account_id).copied().unwrap_or(0),
             auto_debit_in_flight: in_flight.contains(account_id),
             parameters: warning.parameters_json.clone(),
-        };
-        assessed.push((facts, input));
+        });
+        ordered.push(facts);
     }
-    let invocations = engine.decide_all(&assessed, |(_, input)| {
-        engine.assess(&warning.component, input)
-    });
-    let (day, decided_at) = (ds(today), ts(now));
-    let rows: Vec<decision_log::ChainedRow> = assessed
-        .iter()
-        .zip(&invocations)
-        .map(|((_, input), invocation)| {
-            decision_log::prepare(&DecisionRecord {
-                county,
-                kind: "warning",
-                account_id: &input.account_id,
-                business_date: &day,
-                decided_at: &decided_at,
-                component_sha256: &warning.component.sha256,
-                input,
-                invocation,
-                shadow: None,
-            })
+    Ok((ordered, inputs))
+}
+
+/// What a warning decision's log row says besides its input and outcome.
+struct RowContext {
+    county: String,
+    day: String,
+    decided_at: String,
+    component_sha256: String,
+}
+
+impl RowContext {
+    fn new(county: &str, today: NaiveDate, now: NaiveDateTime, warning: &ActiveComponent) -> Self {
+        Self {
+            county: county.to_string(),
+            day: ds(today),
+            decided_at: ts(now),
+            component_sha256: warning.component.sha256.clone(),
+        }
+    }
+
+    fn prepare(
+        &self,
+        input: &WarningInput,
+        invocation: &Invocation<WarningOutput>,
+    ) -> decision_log::ChainedRow {
+        decision_log::prepare(&DecisionRecord {
+            county: &self.county,
+            kind: "warning",
+            account_id: &input.account_id,
+            business_date: &self.day,
+            decided_at: &self.decided_at,
+            component_sha256: &self.component_sha256,
+            input,
+            invocation,
+            shadow: None,
         })
-        .collect();
+    }
+}
+
+/// Positions in `facts` of the accounts whose balance or arrears clock is no longer what
+/// was read; on PostgreSQL locks every account of the batch `FOR SHARE` first (in byte
+/// order of their ids), so none can move until the transaction ends.
+async fn moved_since_read(
+    tx: &mut AnyConnection,
+    facts: &[AccountFacts],
+) -> Result<Vec<usize>, DbError> {
+    let ids: Vec<&str> = facts.iter().map(|f| f.account_id.as_str()).collect();
+    let sql = if tx.backend_name() == "PostgreSQL" {
+        "SELECT account_id, balance_fen, arrears_since FROM accounts WHERE account_id IN $IDS ORDER BY account_id COLLATE \"C\" FOR SHARE"
+    } else {
+        "SELECT account_id, balance_fen, arrears_since FROM accounts WHERE account_id IN $IDS"
+    };
+    let mut now_stored = std::collections::HashMap::with_capacity(ids.len());
+    for r in crate::db::fetch_in(tx, sql, &ids, None).await? {
+        let arrears_since: Option<String> = r.try_get(2)?;
+        now_stored.insert(
+            r.try_get::<String, _>(0)?,
+            (
+                r.try_get::<i64, _>(1)?,
+                arrears_since.as_deref().map(parse_ds).transpose()?,
+            ),
+        );
+    }
+    Ok(facts
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| now_stored.get(&f.account_id) != Some(&(f.balance_fen, f.arrears_since)))
+        .map(|(i, _)| i)
+        .collect())
+}
+
+/// Writes one assessed batch once its decisions are in, in one transaction: the
+/// decisions, holds for failed ones, follow-up work orders and the notices.
+#[allow(clippy::too_many_arguments)]
+async fn write_assessment(
+    db: &Db,
+    engine: &Arc<PolicyEngine>,
+    county: &str,
+    policies: &PolicySnapshot,
+    assessing: Assessing,
+    today: NaiveDate,
+    now: NaiveDateTime,
+    history_days: u32,
+    report: &mut WarningReport,
+) -> Result<(), DbError> {
+    let Assessing {
+        warning,
+        mut facts,
+        decisions,
+    } = assessing;
+    let (mut inputs, decided) = decisions.finish().await;
+    let (mut invocations, mut rows): (Vec<_>, Vec<_>) = decided.into_iter().unzip();
+    let (day, decided_at) = (ds(today), ts(now));
+    let mut conn = db.pool.acquire().await?;
     let mut tx = crate::db::begin_write(&mut conn).await?;
+    // The batch was read before this transaction began, and another batch was written
+    // meanwhile: a payment may have moved a balance (and with it the arrears clock)
+    // since. Those accounts are read and decided again here, where nothing can move them
+    // before the commit — SQLite holds the write lock; on PostgreSQL their rows are
+    // locked first, in byte order of their ids as every writer of accounts locks them —
+    // so a warning never quotes a balance that was already topped up.
+    let moved = moved_since_read(&mut tx, &facts).await?;
+    if !moved.is_empty() {
+        let ids: Vec<String> = moved.iter().map(|&i| facts[i].account_id.clone()).collect();
+        let (again, again_inputs) =
+            read_inputs(&mut tx, &warning, &ids, today, history_days).await?;
+        let again_decided = engine.decide_all(&again_inputs, |input| {
+            engine.assess(&warning.component, input)
+        });
+        let row = RowContext::new(county, today, now, &warning);
+        for (((i, f), input), invocation) in moved
+            .into_iter()
+            .zip(again)
+            .zip(again_inputs)
+            .zip(again_decided)
+        {
+            rows[i] = row.prepare(&input, &invocation);
+            (facts[i], inputs[i], invocations[i]) = (f, input, invocation);
+        }
+    }
+    let assessed: Vec<(&AccountFacts, &WarningInput)> = facts.iter().zip(&inputs).collect();
     let decision_ids = decision_log::append(&mut tx, &rows).await?;
     if let Some(shadow) = policies.shadow(engine, PolicyKind::Warning) {
         for (id, row) in decision_ids.iter().zip(&rows) {
@@ -249,4 +434,129 @@ pub async fn record_follow_up_done(
         now,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HostConfig;
+    use crate::ledger::{self, EntryKind, Posting};
+    use std::path::Path;
+
+    /// A top-up that lands after a batch was read and decided, before it is written: the
+    /// account is read and decided again inside the write, so no low-balance notice quotes
+    /// the balance from before the top-up. (In the daily job the window is the batch
+    /// before being written; this test opens it by hand.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_top_up_between_the_read_and_the_write_is_what_the_warning_sees() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Db::open(&format!("sqlite://{}", tmp.path().join("w.db").display()))
+            .await
+            .unwrap();
+        let config = HostConfig::default();
+        let engine = PolicyEngine::new(config.policy.clone()).unwrap();
+        let county = crate::county::County::load(
+            &engine,
+            &repo.join("policies/xianyou"),
+            &repo.join("target/wasm32-wasip2/plugin"),
+            config.floor.clone(),
+        )
+        .expect("policy components built (`make plugins`)");
+        let profiles = feegate_meter::profile::Profiles::load(
+            repo.join("../shared/data/lcl_2013_daily_kwh_100hh.csv"),
+        )
+        .unwrap();
+        let day0 = NaiveDate::from_ymd_opt(2013, 3, 1).unwrap();
+        // Every third account starts with 55 yuan, which the day takes under the 50-yuan
+        // alarm threshold for some of them.
+        crate::bench::settle::seed_accounts(&db, 30, &profiles, day0)
+            .await
+            .unwrap();
+        let (today, policies) = (day0.succ_opt().unwrap(), county.snapshot());
+        let now = today.and_hms_opt(0, 20, 0).unwrap();
+        let settled = crate::settlement::settle(
+            &db,
+            &engine,
+            "xianyou",
+            &policies,
+            today,
+            now,
+            &config.settlement,
+        )
+        .await
+        .unwrap();
+        assert_eq!(settled.settled, 30);
+        let batch = settled.settled_accounts;
+        let low: Vec<String> = sqlx::query_scalar(
+            "SELECT account_id FROM accounts WHERE balance_fen < 5000 ORDER BY account_id",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        assert!(low.len() >= 2, "accounts under the threshold: {low:?}");
+        let (topped_up, still_low) = (low[0].as_str(), &low[1..]);
+        let assessing = plan_assessment(&db, &engine, "xianyou", &policies, &batch, today, now, 30)
+            .await
+            .unwrap();
+        let mut conn = db.pool.acquire().await.unwrap();
+        ledger::post(
+            &mut conn,
+            &Posting {
+                account_id: topped_up,
+                kind: EntryKind::Payment,
+                amount_fen: 10_000,
+                idempotency_key: "top-up",
+                business_date: &ds(today),
+                posted_at: &ts(now),
+                reference: "test",
+            },
+        )
+        .await
+        .unwrap();
+        let balance_now: i64 =
+            sqlx::query_scalar("SELECT balance_fen FROM accounts WHERE account_id = $1")
+                .bind(topped_up)
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        drop(conn);
+        let mut report = WarningReport::default();
+        write_assessment(
+            &db,
+            &engine,
+            "xianyou",
+            &policies,
+            assessing,
+            today,
+            now,
+            30,
+            &mut report,
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.assessed, 30);
+        let notified: Vec<String> =
+            sqlx::query_scalar("SELECT account_id FROM sms_outbox ORDER BY account_id")
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            notified, still_low,
+            "{topped_up} topped up before the batch was written"
+        );
+        let input: String = sqlx::query_scalar(
+            "SELECT input_json FROM decisions WHERE kind = 'warning' AND account_id = $1",
+        )
+        .bind(topped_up)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        let input: serde_json::Value = serde_json::from_str(&input).unwrap();
+        let recorded = crate::policy::convert::from_wit(
+            &serde_json::from_value(input["balance"].clone()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(recorded, rust_decimal::Decimal::new(balance_now, 2));
+    }
 }

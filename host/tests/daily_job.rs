@@ -1118,3 +1118,106 @@ async fn a_meter_that_never_answers_does_not_hold_the_database_while_it_is_read(
     assert_eq!(report.attempted, 4, "{report:?}");
     assert_eq!((report.read_ok, report.failed), (3, 1), "{report:?}");
 }
+
+/// Settlement and warnings run two batches at a time (the next batch read and decided
+/// while the one before is written; on PostgreSQL read beside that write). In batches of
+/// 7 every account ends exactly as in one batch of 1,000: the same charge, balance,
+/// settled period, warning level and notice, and every account decided once per kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_settled_in_small_batches_end_as_in_one_batch() {
+    use feegate::config::{HostConfig, SettlementConfig};
+    use sqlx::Row;
+    const ACCOUNTS: usize = 50;
+    let (Some(small), Some(whole)) = (
+        common::test_database("accounts_settled_in_small_batches_small").await,
+        common::test_database("accounts_settled_in_small_batches_whole").await,
+    ) else {
+        return;
+    };
+    let config = HostConfig::default();
+    let engine = feegate::policy::PolicyEngine::new(config.policy.clone()).unwrap();
+    let county = feegate::county::County::load(
+        &engine,
+        &common::repo().join("policies/xianyou"),
+        &common::components_dir(),
+        config.floor.clone(),
+    )
+    .unwrap();
+    let date = chrono::NaiveDate::from_ymd_opt(2013, 3, 2).unwrap();
+    let now = date.and_hms_opt(0, 20, 0).unwrap();
+    let mut outcomes = Vec::new();
+    for (db, batch_accounts) in [(&small, 7), (&whole, 1_000)] {
+        let db = common::seeded_db(&db.url, ACCOUNTS).await;
+        let cfg = SettlementConfig {
+            batch_accounts,
+            ..SettlementConfig::default()
+        };
+        let policies = county.snapshot();
+        let settled =
+            feegate::settlement::settle(&db, &engine, "xianyou", &policies, date, now, &cfg)
+                .await
+                .unwrap();
+        assert_eq!(settled.settled as usize, ACCOUNTS, "{settled:?}");
+        let mut in_order = settled.settled_accounts.clone();
+        in_order.sort();
+        assert_eq!(
+            settled.settled_accounts, in_order,
+            "settled in account order"
+        );
+        let warned = feegate::warning::assess(
+            &db,
+            &engine,
+            "xianyou",
+            &policies,
+            &settled.settled_accounts,
+            date,
+            now,
+            &cfg,
+        )
+        .await
+        .unwrap();
+        assert_eq!(warned.assessed as usize, ACCOUNTS, "{warned:?}");
+        assert!(
+            warned.notices_queued > 0,
+            "a third of the accounts run low: {warned:?}"
+        );
+        let rows = sqlx::query(
+            "SELECT a.account_id, a.balance_fen, s.charge_fen, s.kwh_centi, s.period_first,
+                    (SELECT COUNT(*) FROM decisions d WHERE d.account_id = a.account_id AND d.kind = 'tariff'),
+                    (SELECT COUNT(*) FROM decisions d WHERE d.account_id = a.account_id AND d.kind = 'warning'),
+                    (SELECT MAX(d.output_json) FROM decisions d WHERE d.account_id = a.account_id AND d.kind = 'warning'),
+                    (SELECT COUNT(*) FROM sms_outbox o WHERE o.account_id = a.account_id),
+                    (SELECT CAST(SUM(e.amount_fen) AS BIGINT) FROM ledger_entries e WHERE e.account_id = a.account_id)
+             FROM accounts a JOIN settlements s ON s.account_id = a.account_id
+             ORDER BY a.account_id",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        let per_account: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                let (balance, sum): (i64, i64) = (r.get(1), r.get(9));
+                assert_eq!(balance, sum, "balance = sum of the ledger");
+                assert_eq!(
+                    (r.get::<i64, _>(5), r.get::<i64, _>(6)),
+                    (1, 1),
+                    "decided once"
+                );
+                format!(
+                    "{} balance {balance} charge {} kwh {} from {} warning {} notices {}",
+                    r.get::<String, _>(0),
+                    r.get::<i64, _>(2),
+                    r.get::<i64, _>(3),
+                    r.get::<String, _>(4),
+                    r.get::<String, _>(7),
+                    r.get::<i64, _>(8)
+                )
+            })
+            .collect();
+        assert_eq!(per_account.len(), ACCOUNTS);
+        outcomes.push(per_account);
+        db.pool.close().await;
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
+}

@@ -245,6 +245,56 @@ pub struct PolicyEngine {
 /// How many compiled components a [`PolicyEngine`] keeps for reuse.
 pub const COMPILED_KEPT: usize = 32;
 
+/// Decisions started with [`PolicyEngine::spawn_decide_all`], running.
+#[must_use = "the decisions are only collected by `finish`"]
+pub struct Deciding<I, R>(tokio::task::JoinHandle<(Vec<I>, Vec<R>)>);
+
+impl<I, R> Deciding<I, R> {
+    /// Waits for every decision and returns the inputs and their results, in input
+    /// order. A panic on a decision thread (a host bug: a guest's trap is an outcome,
+    /// not a panic) is raised again here, as [`PolicyEngine::decide_all`] raises it.
+    pub async fn finish(self) -> (Vec<I>, Vec<R>) {
+        match self.0.await {
+            Ok(done) => done,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => panic!("the decisions were cancelled: {e}"),
+            },
+        }
+    }
+}
+
+/// Threads to decide `inputs` decisions on: one per core, but at least
+/// [`MIN_DECISIONS_PER_THREAD`] decisions each (so 1 for a small batch).
+fn decision_threads(inputs: usize) -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(inputs / MIN_DECISIONS_PER_THREAD)
+}
+
+/// `inputs` split into `threads` contiguous parts, each decided on a scoped thread of
+/// its own (on the calling thread when `threads` ≤ 1); the results in input order.
+fn spread_over<I: Sync, R: Send>(
+    inputs: &[I],
+    threads: usize,
+    decide: &(impl Fn(&I) -> R + Sync),
+) -> Vec<R> {
+    if threads <= 1 {
+        return inputs.iter().map(decide).collect();
+    }
+    let per_thread = inputs.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = inputs
+            .chunks(per_thread)
+            .map(|part| scope.spawn(|| part.iter().map(decide).collect::<Vec<R>>()))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a decision thread does not panic"))
+            .collect()
+    })
+}
+
 /// Bytes of a pooled instance's linear memory (and table) reset in place rather than
 /// returned to the kernel when its decision ends; the shipped components touch far less.
 pub const KEEP_RESIDENT_BYTES: usize = 4 << 20;
@@ -475,29 +525,35 @@ impl PolicyEngine {
         decide: impl Fn(&I) -> R + Sync,
     ) -> Vec<R> {
         use tokio::runtime::{Handle, RuntimeFlavor};
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(inputs.len() / MIN_DECISIONS_PER_THREAD);
-        if threads <= 1 {
-            return inputs.iter().map(&decide).collect();
-        }
-        let per_thread = inputs.len().div_ceil(threads);
-        let spread = || {
-            std::thread::scope(|scope| {
-                let workers: Vec<_> = inputs
-                    .chunks(per_thread)
-                    .map(|part| scope.spawn(|| part.iter().map(&decide).collect::<Vec<R>>()))
-                    .collect();
-                workers
-                    .into_iter()
-                    .flat_map(|w| w.join().expect("a decision thread does not panic"))
-                    .collect()
-            })
-        };
+        let threads = decision_threads(inputs.len());
+        let spread = || spread_over(inputs, threads, &decide);
         match Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(spread),
+            Ok(RuntimeFlavor::MultiThread) if threads > 1 => tokio::task::block_in_place(spread),
             _ => spread(),
         }
+    }
+
+    /// [`Self::decide_all`] started on tokio's blocking threads, so that the task that
+    /// starts it can go on — write the batch before while this one is decided — and
+    /// collect the results later with [`Deciding::finish`], the inputs handed back
+    /// beside them in input order. `decide` gets the engine and one input; it may do more
+    /// than decide (serialise the decision's log row, say), so that work is spread too.
+    /// Each decision still gets its own store and instance, fuel and deadline.
+    pub fn spawn_decide_all<I, R>(
+        self: &Arc<Self>,
+        inputs: Vec<I>,
+        decide: impl Fn(&Self, &I) -> R + Send + Sync + 'static,
+    ) -> Deciding<I, R>
+    where
+        I: Send + Sync + 'static,
+        R: Send + 'static,
+    {
+        let engine = self.clone();
+        Deciding(tokio::task::spawn_blocking(move || {
+            let decide = |input: &I| decide(&engine, input);
+            let results = spread_over(&inputs, decision_threads(inputs.len()), &decide);
+            (inputs, results)
+        }))
     }
 
     /// Runs `call` in a fresh store and classifies the result. `validate` checks the

@@ -12,7 +12,9 @@ pub mod convert;
 pub mod engine;
 pub mod set;
 
-pub use engine::{Invocation, LoadedComponent, PolicyEngine, PolicyFailure, PolicyLoadError};
+pub use engine::{
+    Deciding, Invocation, LoadedComponent, PolicyEngine, PolicyFailure, PolicyLoadError,
+};
 
 use serde::{Deserialize, Serialize};
 
