@@ -63,6 +63,40 @@ impl Recordable for serde_json::Value {
     }
 }
 
+/// What a batch's decisions of one kind share in their log rows, owned, so that the
+/// rows can be prepared on the decision threads ([`crate::policy::PolicyEngine::spawn_decide_all`]).
+#[derive(Debug, Clone)]
+pub struct BatchRecord {
+    pub county: String,
+    /// tariff | warning | notice | cutoff | reconnection
+    pub kind: &'static str,
+    pub business_date: String,
+    pub decided_at: String,
+    pub component_sha256: String,
+}
+
+impl BatchRecord {
+    /// The row [`prepare`] makes for one of the batch's decisions (no shadow).
+    pub fn prepare<I: Recordable, O: Serialize + Explained>(
+        &self,
+        account_id: &str,
+        input: &I,
+        invocation: &Invocation<O>,
+    ) -> ChainedRow {
+        prepare(&DecisionRecord {
+            county: &self.county,
+            kind: self.kind,
+            account_id,
+            business_date: &self.business_date,
+            decided_at: &self.decided_at,
+            component_sha256: &self.component_sha256,
+            input,
+            invocation,
+            shadow: None,
+        })
+    }
+}
+
 /// What to record about one decision.
 pub struct DecisionRecord<'a, I: Recordable, O: Serialize> {
     pub county: &'a str,

@@ -25,7 +25,7 @@
 use crate::config::SettlementConfig;
 use crate::county::PolicySnapshot;
 use crate::db::{Db, DbError, ds, parse_ds, ts};
-use crate::decision_log::{self, DecisionRecord};
+use crate::decision_log::{self, BatchRecord};
 use crate::ledger::{self, EntryKind, LedgerError, PostOutcome, Posting};
 use crate::money::{CentiKwh, Fen, centi_kwh_to_kwh};
 use crate::policy::bindings::{CustomerClass, Decimal as WitDecimal, TariffInput, TariffOutput};
@@ -305,13 +305,12 @@ pub async fn settle(
     let mut after = String::new();
     // Two batches in flight: while one batch is written, the next one's tariff decisions
     // run on the decision threads. The next batch is read before that write, or beside it
-    // when the pool has a second connection (PostgreSQL; SQLite's pool has one). Batches
+    // when the pool has a second connection (`Db::read_beside_write`). Batches
     // are disjoint ranges of account ids, a batch reads only rows of accounts in its own
     // range (by id range or id list) and writes only rows of its own accounts, so the
     // write changes nothing the next batch reads. A decision's charge is posted against
     // the balance stored at the write, so a payment in between moves no charge. Whatever
     // was decided before an error is still written.
-    let beside = db.pool.options().get_max_connections() > 1;
     let mut decided: Option<Planned> = None;
     let mut more = true;
     while more || decided.is_some() {
@@ -327,18 +326,13 @@ pub async fn settle(
                 None => Ok(None),
             }
         };
-        let (next, written) = if beside {
-            tokio::join!(read, write)
-        } else {
-            let next = read.await;
-            (next, write.await)
-        };
+        let (next, written) = db.read_beside_write(read, write).await;
         if let Some(tally) = written? {
             report.absorb(tally);
         }
         match next.transpose()? {
-            Some(Some((mut planned, full))) => {
-                report.absorb(std::mem::take(&mut planned.tally));
+            Some(Some((planned, tally, full))) => {
+                report.absorb(tally);
                 decided = Some(planned);
                 more = full;
             }
@@ -364,12 +358,12 @@ impl SettlementReport {
 /// Reads the next batch of candidates (account ids after `after`, which moves to the
 /// batch's last), their facts and history, plans each and starts the tariff decisions
 /// ([`PolicyEngine::spawn_decide_all`]; each decision's log row is serialised there
-/// too). `None` when no candidate is left; the flag says whether the batch was full
-/// (more may follow).
+/// too). `None` when no candidate is left; else the planned batch, what planning found
+/// (baselines, re-runs, holds) and whether the batch was full (more may follow).
 async fn plan_batch(
     run: Run<'_>,
     after: &mut String,
-) -> Result<Option<(Planned, bool)>, SettlementError> {
+) -> Result<Option<(Planned, SettlementReport, bool)>, SettlementError> {
     let Run {
         db,
         engine,
@@ -439,32 +433,26 @@ async fn plan_batch(
     }
     fill_cycle_to_date(&mut conn, &first, &last, &priced, &mut inputs).await?;
     drop(conn);
-    let business_date = ds(reading_date.pred_opt().expect("date after 0001-01-01"));
-    let (county, decided_at) = (county.to_string(), ts(now));
+    let record = BatchRecord {
+        county: county.to_string(),
+        kind: "tariff",
+        business_date: ds(reading_date.pred_opt().expect("date after 0001-01-01")),
+        decided_at: ts(now),
+        component_sha256: tariff.component.sha256.clone(),
+    };
     let decisions = engine.spawn_decide_all(inputs, move |engine, input| {
         let invocation = engine.price(&tariff.component, input);
-        let row = decision_log::prepare(&DecisionRecord {
-            county: &county,
-            kind: "tariff",
-            account_id: &input.account_id,
-            business_date: &business_date,
-            decided_at: &decided_at,
-            component_sha256: &tariff.component.sha256,
-            input,
-            invocation: &invocation,
-            shadow: None,
-        });
+        let row = record.prepare(&input.account_id, input, &invocation);
         (invocation, row)
     });
     *after = last;
     let planned = Planned {
-        tally: report,
         new_holds,
         settlement_held: facts.settlement_held,
         priced,
         decisions,
     };
-    Ok(Some((planned, batch.len() == batch_accounts)))
+    Ok(Some((planned, report, batch.len() == batch_accounts)))
 }
 
 /// The reading a period opens on.
@@ -638,8 +626,6 @@ struct Priced {
 
 /// A batch read and planned ([`plan_batch`]), its tariff decisions running.
 struct Planned {
-    /// What planning found: baselines, re-runs, holds.
-    tally: SettlementReport,
     /// New `reading` holds: account, reason.
     new_holds: Vec<(String, String)>,
     /// Accounts with an open `settlement` hold (released when settled).
@@ -824,7 +810,6 @@ async fn write_batch(run: Run<'_>, planned: Planned) -> Result<SettlementReport,
         ..
     } = run;
     let Planned {
-        tally: _,
         new_holds,
         settlement_held,
         priced,

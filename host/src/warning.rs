@@ -8,7 +8,7 @@ use crate::accountview::{
 };
 use crate::county::{ActiveComponent, PolicySnapshot};
 use crate::db::{Db, DbError, ds, parse_ds, ts};
-use crate::decision_log::{self, DecisionRecord};
+use crate::decision_log::{self, BatchRecord};
 use crate::outbox::{NoticeRequest, Queued, queue_notices};
 use crate::policy::bindings::{NoticeKind, WarningAction, WarningInput, WarningOutput};
 use crate::policy::convert::{date_to_wit, fen_to_wit, from_wit};
@@ -62,10 +62,10 @@ pub async fn assess(
     let mut report = WarningReport::default();
     // Two batches in flight, as in settlement (`settlement::settle`): the next batch is
     // read and its decisions started before the batch before is written, or beside that
-    // write when the pool has a second connection; the batches' accounts are disjoint and
+    // write when the pool has a second connection (`Db::read_beside_write`); the batches'
+    // accounts are disjoint and
     // a batch reads only its own (and what a payment moves meanwhile is read again in the
     // write, `moved_since_read`). Whatever was decided before an error is still written.
-    let beside = db.pool.options().get_max_connections() > 1;
     let mut decided: Option<Assessing> = None;
     let batches = accounts.chunks(cfg.batch_accounts.max(1));
     for batch in batches.map(Some).chain([None]) {
@@ -106,12 +106,7 @@ pub async fn assess(
                 None => Ok(()),
             }
         };
-        let (next, written) = if beside {
-            tokio::join!(read, write)
-        } else {
-            let next = read.await;
-            (next, write.await)
-        };
+        let (next, written) = db.read_beside_write(read, write).await;
         written?;
         decided = next.transpose()?;
     }
@@ -145,14 +140,14 @@ async fn plan_assessment(
     let mut conn = db.pool.acquire().await?;
     let (facts, inputs) = read_inputs(&mut conn, &warning, batch, today, history_days).await?;
     drop(conn);
-    let (component, row) = (
+    let (component, record) = (
         warning.clone(),
-        RowContext::new(county, today, now, &warning),
+        warning_record(county, today, now, &warning),
     );
     let decisions = engine.spawn_decide_all(inputs, move |engine, input| {
         let invocation = engine.assess(&component.component, input);
-        let record = row.prepare(input, &invocation);
-        (invocation, record)
+        let row = record.prepare(&input.account_id, input, &invocation);
+        (invocation, row)
     });
     Ok(Assessing {
         warning,
@@ -199,40 +194,19 @@ async fn read_inputs(
     Ok((ordered, inputs))
 }
 
-/// What a warning decision's log row says besides its input and outcome.
-struct RowContext {
-    county: String,
-    day: String,
-    decided_at: String,
-    component_sha256: String,
-}
-
-impl RowContext {
-    fn new(county: &str, today: NaiveDate, now: NaiveDateTime, warning: &ActiveComponent) -> Self {
-        Self {
-            county: county.to_string(),
-            day: ds(today),
-            decided_at: ts(now),
-            component_sha256: warning.component.sha256.clone(),
-        }
-    }
-
-    fn prepare(
-        &self,
-        input: &WarningInput,
-        invocation: &Invocation<WarningOutput>,
-    ) -> decision_log::ChainedRow {
-        decision_log::prepare(&DecisionRecord {
-            county: &self.county,
-            kind: "warning",
-            account_id: &input.account_id,
-            business_date: &self.day,
-            decided_at: &self.decided_at,
-            component_sha256: &self.component_sha256,
-            input,
-            invocation,
-            shadow: None,
-        })
+/// The log rows' shared part for warning decisions made on `today` at `now`.
+fn warning_record(
+    county: &str,
+    today: NaiveDate,
+    now: NaiveDateTime,
+    warning: &ActiveComponent,
+) -> BatchRecord {
+    BatchRecord {
+        county: county.to_string(),
+        kind: "warning",
+        business_date: ds(today),
+        decided_at: ts(now),
+        component_sha256: warning.component.sha256.clone(),
     }
 }
 
@@ -306,14 +280,14 @@ async fn write_assessment(
         let again_decided = engine.decide_all(&again_inputs, |input| {
             engine.assess(&warning.component, input)
         });
-        let row = RowContext::new(county, today, now, &warning);
+        let record = warning_record(county, today, now, &warning);
         for (((i, f), input), invocation) in moved
             .into_iter()
             .zip(again)
             .zip(again_inputs)
             .zip(again_decided)
         {
-            rows[i] = row.prepare(&input, &invocation);
+            rows[i] = record.prepare(&input.account_id, &input, &invocation);
             (facts[i], inputs[i], invocations[i]) = (f, input, invocation);
         }
     }

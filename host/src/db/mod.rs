@@ -206,6 +206,24 @@ impl Db {
         }
     }
 
+    /// Runs `read` and `write` — the next batch's reads and the previous batch's
+    /// transaction, which touch disjoint rows — at once when the pool has a connection for
+    /// each (PostgreSQL), else `read` first and then `write` (SQLite's one connection, which
+    /// the write holds until it commits). Both always run to their end; their results come
+    /// back as they are, so the caller can keep what one did when the other failed.
+    pub async fn read_beside_write<R, W>(
+        &self,
+        read: impl Future<Output = R>,
+        write: impl Future<Output = W>,
+    ) -> (R, W) {
+        if self.pool.options().get_max_connections() > 1 {
+            tokio::join!(read, write)
+        } else {
+            let read = read.await;
+            (read, write.await)
+        }
+    }
+
     /// Opens (creating if needed) and migrates the database at `url`, e.g.
     /// `sqlite:///var/lib/feegate/county.db` or `postgres://feegate@db:5432/feegate`.
     /// Each backend has its own migrations (`migrations/sqlite`, `migrations/postgres`).
