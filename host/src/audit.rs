@@ -335,6 +335,17 @@ impl Run {
         }
     }
 
+    /// Replaces the run's fuel figure ([`diff`]: the recorded version's fuel run alone).
+    fn set_fuel_used(&mut self, fuel: u64) {
+        match self {
+            Run::Tariff(i) => i.fuel_used = fuel,
+            Run::Warning(i) => i.fuel_used = fuel,
+            Run::Notice(i) => i.fuel_used = fuel,
+            Run::Cutoff(i) => i.fuel_used = fuel,
+            Run::Reconnection(i) => i.fuel_used = fuel,
+        }
+    }
+
     pub fn fuel_used(&self) -> u64 {
         match self {
             Run::Tariff(i) => i.fuel_used,
@@ -514,7 +525,9 @@ pub struct Replayed {
     pub replayed: String,
     pub fuel_recorded: i64,
     pub fuel_replayed: u64,
-    /// Set when a mismatch is expected by nature (a wall-clock timeout).
+    /// Set when a mismatch is expected by nature (a wall-clock timeout), or when the
+    /// fuel differs because the decision was made many per call (contract 1.1: the log
+    /// holds its share of the call's fuel; a replay runs it alone).
     pub note: Option<String>,
 }
 
@@ -548,9 +561,19 @@ pub async fn replay(
         let matches = outcome == r.outcome && body == recorded_body;
         let timed_out = recorded_body.contains("\"failure\":\"timeout\"")
             || matches!(run.failure(), Some(PolicyFailure::Timeout { .. }));
-        let note = (!matches && timed_out).then(|| {
-            "a wall-clock timeout depends on the machine's load, not only on the input".to_string()
-        });
+        let note = if !matches && timed_out {
+            Some(
+                "a wall-clock timeout depends on the machine's load, not only on the input"
+                    .to_string(),
+            )
+        } else if c.decides_in_batches() && r.fuel_used as u64 != run.fuel_used() {
+            Some(format!(
+                "the recorded fuel is this decision's share of a call that decided up to {} at once (contract 1.1); run alone, it also parses the parameters",
+                crate::policy::engine::BATCH_MAX
+            ))
+        } else {
+            None
+        };
         out.push(Replayed {
             decision_id: r.id,
             kind: r.kind,
@@ -600,6 +623,9 @@ pub struct DiffReport {
     pub changed: Vec<Changed>,
     /// Sum over tariff decisions of candidate − recorded charge, fen.
     pub charge_difference_fen: Fen,
+    /// Fuel of the recorded decisions; for a version that decides many per call
+    /// (contract 1.1), its fuel run alone on each input, so that both figures are single
+    /// calls.
     pub fuel_recorded: u64,
     pub fuel_candidate: u64,
     /// Decisions that failed under the candidate but not as recorded.
@@ -844,9 +870,18 @@ pub async fn diff(
             ..Filter::default()
         };
         for r in recorded(db, &f, None).await? {
-            let before = r.run()?;
+            let mut before = r.run()?;
             let after = run_recorded(engine, &c, &r.kind, &r.input_json, Some(&p.parameters_json))
                 .map_err(|e| r.bad("input", e))?;
+            // A decision made many per call (contract 1.1) recorded a share of its call's
+            // fuel; the candidate runs alone. So that the fuel figures compare single
+            // calls with single calls, the recorded version runs alone too, for its fuel.
+            let recorded_component = cache.get(kind, &r.sha).await?;
+            if recorded_component.decides_in_batches() {
+                let alone = run_recorded(engine, &recorded_component, &r.kind, &r.input_json, None)
+                    .map_err(|e| r.bad("input", e))?;
+                before.set_fuel_used(alone.fuel_used());
+            }
             report.add(&r, &before, &after);
         }
     }

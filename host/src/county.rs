@@ -237,23 +237,41 @@ fn probe_with(
     match c.kind {
         PolicyKind::Tariff => {
             let kwh = yuan(1_000);
+            let input = TariffInput {
+                account_id: "probe".into(),
+                customer_class: CustomerClass::LowVoltageResidential,
+                period_first: day,
+                period_last: day,
+                kwh,
+                year_to_date_kwh: yuan(0),
+                month_to_date_kwh: yuan(0),
+                tou_split: vec![],
+                time_of_use_elected: false,
+                parameters: String::new(),
+            };
+            // Settlement prices many periods per call when the component can (contract
+            // 1.1 `price-batch`): that must answer as `price` does, or the version is
+            // not put in force.
+            let many = engine.price_many(c, &params, std::slice::from_ref(&input));
             let out = engine
                 .price(
                     c,
                     &TariffInput {
-                        account_id: "probe".into(),
-                        customer_class: CustomerClass::LowVoltageResidential,
-                        period_first: day,
-                        period_last: day,
-                        kwh,
-                        year_to_date_kwh: yuan(0),
-                        month_to_date_kwh: yuan(0),
-                        tou_split: vec![],
-                        time_of_use_elected: false,
                         parameters: params,
+                        ..input
                     },
                 )
                 .outcome?;
+            if c.decides_in_batches() && many.first().map(|m| &m.outcome) != Some(&Ok(out.clone()))
+            {
+                return Err(crate::policy::PolicyFailure::InvalidOutput {
+                    detail: format!(
+                        "its tariff-batch.price-batch answers the check decision with {:?}, where price answers {:?}; both must give the same answer for the same input",
+                        many.first().map(|m| &m.outcome),
+                        out
+                    ),
+                });
+            }
             let max = engine.limits().max_price_yuan_per_kwh;
             match crate::settlement::over_ceiling(&kwh, out.charge_fen, max) {
                 Some(_) if ceiling => Err(crate::policy::PolicyFailure::InvalidOutput {

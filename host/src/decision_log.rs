@@ -39,6 +39,54 @@ pub trait Recordable: Serialize {
     /// The input's `parameters` text; `None` when it has none (then the input is stored
     /// whole).
     fn parameters(&self) -> Option<&str>;
+
+    /// `json` (this input serialised, serde_json compact) with the place of `parameters`
+    /// holding `""`, as `input_json` stores it; `None` to store `json` whole. Default:
+    /// [`slim`].
+    fn slimmed(&self, json: &str, parameters: &str) -> Option<String> {
+        slim(json, parameters)
+    }
+}
+
+/// An input decided with its county parameters sent beside it, once for many inputs
+/// (contract 1.1 `price-batch`, [`crate::policy::PolicyEngine::price_many`]): `input`
+/// holds `"parameters":""` and `parameters` is what the component priced it with. Its
+/// row is the row of the same input with `parameters` inside it, byte for byte.
+pub struct SentApart<'a, I> {
+    input: &'a I,
+    parameters: &'a str,
+}
+
+impl<'a, I: Recordable> SentApart<'a, I> {
+    /// # Panics
+    /// When `input` carries parameters of its own (a host bug: its row would name
+    /// parameters the component never saw).
+    pub fn new(input: &'a I, parameters: &'a str) -> Self {
+        assert!(
+            input.parameters().is_none_or(str::is_empty),
+            "an input sent apart from its parameters carries none of its own"
+        );
+        Self { input, parameters }
+    }
+}
+
+impl<I: Serialize> Serialize for SentApart<'_, I> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.input.serialize(serializer)
+    }
+}
+
+impl<I: Recordable> Recordable for SentApart<'_, I> {
+    fn parameters(&self) -> Option<&str> {
+        Some(self.parameters)
+    }
+
+    /// `json` itself when its one `parameters` member is `""`, the slot the stored form
+    /// has; else `None` (stored whole, as [`slim`] does for an input it cannot slim).
+    fn slimmed(&self, json: &str, _parameters: &str) -> Option<String> {
+        let at = unique_parameters_value(json)?;
+        json[at..].starts_with("\"\"").then(|| json.to_string())
+    }
 }
 
 macro_rules! recordable {
@@ -64,7 +112,7 @@ impl Recordable for serde_json::Value {
 }
 
 /// What a batch's decisions of one kind share in their log rows, owned, so that the
-/// rows can be prepared on the decision threads ([`crate::policy::PolicyEngine::spawn_decide_all`]).
+/// rows can be prepared on the decision threads ([`crate::policy::PolicyEngine::spawn_decide_parts`]).
 #[derive(Debug, Clone)]
 pub struct BatchRecord {
     pub county: String,
@@ -76,6 +124,26 @@ pub struct BatchRecord {
 }
 
 impl BatchRecord {
+    /// Each decision's row, with its invocation: `invocations[i]` decided `inputs[i]` with
+    /// `parameters` sent apart ([`SentApart`]), for the account `account_of(inputs[i])`.
+    pub fn prepare_sent_apart<I: Recordable, O: Serialize + Explained>(
+        &self,
+        inputs: &[I],
+        parameters: &str,
+        invocations: Vec<Invocation<O>>,
+        account_of: impl Fn(&I) -> &str,
+    ) -> Vec<(Invocation<O>, ChainedRow)> {
+        invocations
+            .into_iter()
+            .zip(inputs)
+            .map(|(invocation, input)| {
+                let sent = SentApart::new(input, parameters);
+                let row = self.prepare(account_of(input), &sent, &invocation);
+                (invocation, row)
+            })
+            .collect()
+    }
+
     /// The row [`prepare`] makes for one of the batch's decisions (no shadow).
     pub fn prepare<I: Recordable, O: Serialize + Explained>(
         &self,
@@ -183,7 +251,7 @@ pub fn prepare<I: Recordable, O: Serialize + Explained>(
 ) -> ChainedRow {
     let full_input = serde_json::to_string(r.input).expect("policy inputs serialise");
     let (input_json, parameters) = match r.input.parameters().filter(|p| !p.is_empty()) {
-        Some(p) => match slim(&full_input, p) {
+        Some(p) => match r.input.slimmed(&full_input, p) {
             Some(slim) => (slim, Some(stored_parameters(p))),
             None => (full_input, None),
         },
@@ -641,6 +709,49 @@ mod tests {
         assert!(no_slot.contains("slot"), "{no_slot}");
         // Without a sha the stored input is the input.
         assert_eq!(recorded_input(whole.clone(), None, None).unwrap(), whole);
+    }
+
+    /// A decision priced with its parameters sent apart (contract 1.1 `price-batch`) is
+    /// logged exactly as the same decision with the parameters inside its input: same
+    /// row, same hash, same input back for replay.
+    #[test]
+    fn parameters_sent_apart_are_logged_as_if_inside_the_input() {
+        let p = r#"{"charge_rounding":"half-up","signature":"【仙游供电】"}"#;
+        let invocation: Invocation<TariffOutput> = Invocation {
+            outcome: Err(PolicyFailure::Refused {
+                code: "bad-parameters".into(),
+                message: "x".into(),
+            }),
+            fuel_used: 7,
+            guest_output: String::new(),
+        };
+        let batch = BatchRecord {
+            county: "xianyou".into(),
+            kind: "tariff",
+            business_date: "2013-03-01".into(),
+            decided_at: "2013-03-02 06:00:00".into(),
+            component_sha256: "ab".into(),
+        };
+        let whole = tariff_input(p);
+        let apart = tariff_input("");
+        let inside = batch.prepare("A1", &whole, &invocation);
+        let sent_apart = batch.prepare("A1", &SentApart::new(&apart, p), &invocation);
+        assert_eq!(sent_apart, inside);
+        assert!(inside.parameters_sha256.is_some());
+        assert_eq!(row_hash(&sent_apart, ""), row_hash(&inside, ""));
+        let back = recorded_input(
+            sent_apart.input_json.clone(),
+            sent_apart.parameters_sha256.as_deref(),
+            Some(p),
+        )
+        .unwrap();
+        assert_eq!(back, serde_json::to_string(&whole).unwrap());
+    }
+
+    #[test]
+    #[should_panic(expected = "carries none of its own")]
+    fn an_input_with_parameters_of_its_own_cannot_be_sent_apart() {
+        let _ = SentApart::new(&tariff_input(r#"{"other":1}"#), "{}");
     }
 
     #[test]

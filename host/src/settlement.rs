@@ -251,7 +251,7 @@ pub fn over_ceiling(
 }
 
 /// Accounts settled per batch by default ([`SettlementConfig::batch_accounts`]): read together (a handful of range queries), priced in
-/// parallel ([`PolicyEngine::spawn_decide_all`], while the batch before is written) and
+/// parallel ([`PolicyEngine::spawn_decide_parts`], while the batch before is written) and
 /// written in ONE transaction (multi-row inserts: [`decision_log::append`],
 /// [`ledger::post_many`]). A crash loses at most the two batches in flight, which the
 /// re-run settles; a batch is all or nothing.
@@ -357,8 +357,8 @@ impl SettlementReport {
 
 /// Reads the next batch of candidates (account ids after `after`, which moves to the
 /// batch's last), their facts and history, plans each and starts the tariff decisions
-/// ([`PolicyEngine::spawn_decide_all`]; each decision's log row is serialised there
-/// too). `None` when no candidate is left; else the planned batch, what planning found
+/// ([`PolicyEngine::spawn_decide_parts`] with [`PolicyEngine::price_many`]; each
+/// decision's log row is serialised there too). `None` when no candidate is left; else the planned batch, what planning found
 /// (baselines, re-runs, holds) and whether the batch was full (more may follow).
 async fn plan_batch(
     run: Run<'_>,
@@ -416,7 +416,7 @@ async fn plan_batch(
     let mut new_holds = Vec::new();
     let (mut priced, mut inputs) = (Vec::new(), Vec::new());
     for c in &batch {
-        match plan(c, &facts, reading_date, cfg, &tariff.parameters_json) {
+        match plan(c, &facts, reading_date, cfg) {
             Step::Baseline => report.baselines += 1,
             Step::AlreadySettled => report.already_settled += 1,
             Step::StillHeld => report.held += 1,
@@ -440,10 +440,12 @@ async fn plan_batch(
         decided_at: ts(now),
         component_sha256: tariff.component.sha256.clone(),
     };
-    let decisions = engine.spawn_decide_all(inputs, move |engine, input| {
-        let invocation = engine.price(&tariff.component, input);
-        let row = record.prepare(&input.account_id, input, &invocation);
-        (invocation, row)
+    // Many periods per call where the component exports `tariff-batch` (contract 1.1),
+    // one fresh instance per period otherwise; the county parameters go once per call.
+    let decisions = engine.spawn_decide_parts(inputs, move |engine, part| {
+        let parameters = &tariff.parameters_json;
+        let priced = engine.price_many(&tariff.component, parameters, part);
+        record.prepare_sent_apart(part, parameters, priced, |i| &i.account_id)
     });
     *after = last;
     let planned = Planned {
@@ -638,13 +640,12 @@ struct Planned {
 
 /// Checks one candidate's delta against its opening and replacements (module doc, steps
 /// 1–3) and says what to do; the cycle-to-date fields of the input are filled later from
-/// the history ([`fill_cycle_to_date`]). `parameters`: the tariff's county parameters.
+/// the history ([`fill_cycle_to_date`]); its `parameters` are left empty, sent apart.
 fn plan(
     c: &Candidate,
     facts: &BatchFacts,
     reading_date: NaiveDate,
     cfg: &SettlementConfig,
-    parameters: &str,
 ) -> Step {
     // Opening reading: where the last settlement closed, else the first reading ever.
     let Some(opening) = facts
@@ -730,7 +731,9 @@ fn plan(
             // step tariff alone until they are (documented in README).
             tou_split: vec![],
             time_of_use_elected: c.time_of_use,
-            parameters: parameters.to_string(),
+            // Sent once beside the batch's inputs ([`PolicyEngine::price_many`]) and
+            // recorded with each decision ([`decision_log::SentApart`]).
+            parameters: String::new(),
         },
     )))
 }

@@ -43,7 +43,8 @@ pub fn notice_for_level(level: u8) -> Option<NoticeKind> {
 /// Assesses `accounts` (normally those settled today) on `today`, in batches of
 /// `cfg.batch_accounts` (with `cfg.history_days` of history each): each batch's facts are
 /// read with one query per kind of fact, its warning decisions run on every core
-/// ([`PolicyEngine::spawn_decide_all`], a fresh instance each) while the batch before is
+/// ([`PolicyEngine::spawn_decide_parts`]; many balances per call with a contract 1.1
+/// component, [`PolicyEngine::assess_many`], else a fresh instance each) while the batch before is
 /// written, and everything a batch decides is written in one transaction; an account whose
 /// balance or arrears clock moved between the read and the write (a payment) is read and
 /// decided again inside that transaction. `accounts` must be distinct; an account id that
@@ -138,16 +139,14 @@ async fn plan_assessment(
 ) -> Result<Assessing, DbError> {
     let warning = policies.shared(PolicyKind::Warning);
     let mut conn = db.pool.acquire().await?;
-    let (facts, inputs) = read_inputs(&mut conn, &warning, batch, today, history_days).await?;
+    let (facts, inputs) = read_inputs(&mut conn, batch, today, history_days).await?;
     drop(conn);
     let (component, record) = (
         warning.clone(),
         warning_record(county, today, now, &warning),
     );
-    let decisions = engine.spawn_decide_all(inputs, move |engine, input| {
-        let invocation = engine.assess(&component.component, input);
-        let row = record.prepare(&input.account_id, input, &invocation);
-        (invocation, row)
+    let decisions = engine.spawn_decide_parts(inputs, move |engine, part| {
+        decide_and_record(engine, &component, &record, part)
     });
     Ok(Assessing {
         warning,
@@ -156,11 +155,24 @@ async fn plan_assessment(
     })
 }
 
+/// Decides `inputs` with the warning component — many balances per call where it exports
+/// `warning-batch` ([`PolicyEngine::assess_many`]) — and prepares each decision's log row,
+/// with the parameters the component saw.
+fn decide_and_record(
+    engine: &PolicyEngine,
+    warning: &ActiveComponent,
+    record: &decision_log::BatchRecord,
+    inputs: &[WarningInput],
+) -> Vec<(Invocation<WarningOutput>, decision_log::ChainedRow)> {
+    let parameters = &warning.parameters_json;
+    let assessed = engine.assess_many(&warning.component, parameters, inputs);
+    record.prepare_sent_apart(inputs, parameters, assessed, |i| &i.account_id)
+}
+
 /// The facts and the warning input of each account of `batch`, in its order, read with
-/// one query per kind of fact.
+/// one query per kind of fact; the inputs' `parameters` are left empty, sent apart.
 async fn read_inputs(
     conn: &mut AnyConnection,
-    warning: &ActiveComponent,
     batch: &[String],
     today: NaiveDate,
     history_days: u32,
@@ -187,7 +199,9 @@ async fn read_inputs(
             days_in_arrears: facts.days_in_arrears(today),
             level_already_notified: levels.get(account_id).copied().unwrap_or(0),
             auto_debit_in_flight: in_flight.contains(account_id),
-            parameters: warning.parameters_json.clone(),
+            // Sent once beside the inputs ([`PolicyEngine::assess_many`]) and recorded
+            // with each decision ([`decision_log::SentApart`]).
+            parameters: String::new(),
         });
         ordered.push(facts);
     }
@@ -275,19 +289,16 @@ async fn write_assessment(
     let moved = moved_since_read(&mut tx, &facts).await?;
     if !moved.is_empty() {
         let ids: Vec<String> = moved.iter().map(|&i| facts[i].account_id.clone()).collect();
-        let (again, again_inputs) =
-            read_inputs(&mut tx, &warning, &ids, today, history_days).await?;
-        let again_decided = engine.decide_all(&again_inputs, |input| {
-            engine.assess(&warning.component, input)
-        });
+        let (again, again_inputs) = read_inputs(&mut tx, &ids, today, history_days).await?;
         let record = warning_record(county, today, now, &warning);
-        for (((i, f), input), invocation) in moved
+        let again_decided = decide_and_record(engine, &warning, &record, &again_inputs);
+        for (((i, f), input), (invocation, row)) in moved
             .into_iter()
             .zip(again)
             .zip(again_inputs)
             .zip(again_decided)
         {
-            rows[i] = record.prepare(&input.account_id, &input, &invocation);
+            rows[i] = row;
             (facts[i], inputs[i], invocations[i]) = (f, input, invocation);
         }
     }

@@ -96,6 +96,59 @@ fn the_step_tariff_matches_hand_computed_charges_across_every_boundary() {
     }
 }
 
+/// The shipped tariff exports `tariff-batch` (contract 1.1): priced many per call, with
+/// the parameters sent once, every period gets what `price` gives it alone — charges,
+/// lines, explanation and refusals alike, across chunk boundaries — and a share of the
+/// call's fuel.
+#[test]
+fn the_step_tariff_prices_many_periods_per_call_as_it_prices_one() {
+    let (engine, county) = county();
+    let p = county.snapshot();
+    let active = p.get(PolicyKind::Tariff);
+    assert!(active.component.decides_in_batches());
+    assert_eq!(active.component.contract_version, "1.1.0");
+    let day = date(2013, 6, 1);
+    // 300 periods (three calls of at most 128): kWh and year-to-date vary, every 7th
+    // spans the year boundary, every 50th has a negative kWh (refused).
+    let inputs: Vec<TariffInput> = (0..300)
+        .map(|i| {
+            let (first, last) = if i % 7 == 0 {
+                (date(2013, 12, 30), date(2014, 1, 2))
+            } else {
+                (day, day)
+            };
+            let kwh = if i % 50 == 49 {
+                "-1".to_string()
+            } else {
+                format!("{}.{:02}", i % 40, i % 100)
+            };
+            let mut input = tariff_input(&p, first, last, &kwh, &format!("{}", i * 17), vec![]);
+            input.account_id = format!("35{i:08}");
+            input
+        })
+        .collect();
+    let apart: Vec<TariffInput> = inputs
+        .iter()
+        .map(|i| TariffInput {
+            parameters: String::new(),
+            ..i.clone()
+        })
+        .collect();
+    let many = engine.price_many(&active.component, &active.parameters_json, &apart);
+    assert_eq!(many.len(), inputs.len());
+    let mut refused = 0;
+    for (k, (m, input)) in many.iter().zip(&inputs).enumerate() {
+        let alone = engine.price(&active.component, input);
+        assert_eq!(m.outcome, alone.outcome, "period {k}");
+        refused += usize::from(m.outcome.is_err());
+        assert!(
+            m.fuel_used > 0 && m.fuel_used < alone.fuel_used,
+            "period {k}"
+        );
+    }
+    assert_eq!(refused, 6, "the six negative periods are refused, one each");
+}
+
 #[test]
 fn time_of_use_adders_apply_on_top_of_the_step_price() {
     let (engine, county) = county();

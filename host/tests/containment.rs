@@ -100,6 +100,110 @@ fn every_run_time_misbehaviour_is_contained() {
     assert!(ok.fuel_used > 0);
 }
 
+/// Many periods per call (contract 1.1 `price-batch`): a call that fails as a whole is
+/// discarded and each of its periods priced again alone, so a trap holds only the account
+/// whose input caused it; a call that returns the wrong number of results is not
+/// trusted; a runaway call costs one decision's fuel before each period gets its own.
+#[test]
+fn a_failed_batch_call_holds_only_the_account_that_caused_it() {
+    let limits = PolicyLimits {
+        fuel_per_decision: 20_000_000,
+        ..PolicyLimits::default()
+    };
+    let engine = engine(limits);
+    let c = engine.load(PolicyKind::Tariff, &hostile()).unwrap();
+    assert!(c.decides_in_batches());
+    let apart = |n: usize, trap_at: Option<usize>| -> Vec<TariffInput> {
+        (0..n)
+            .map(|i| TariffInput {
+                account_id: if Some(i) == trap_at {
+                    format!("35{i:08}-trap")
+                } else {
+                    format!("35{i:08}")
+                },
+                kwh: WitDecimal {
+                    mantissa: 100 * i as i64,
+                    scale: 2,
+                },
+                parameters: String::new(),
+                ..tariff_input("ok")
+            })
+            .collect()
+    };
+    let mode = |m: &str| format!("{{\"mode\":\"{m}\"}}");
+
+    // 300 periods in three calls, one trapping input in the second: 299 priced, as
+    // `price` prices them alone, and the one trap.
+    let inputs = apart(300, Some(200));
+    let many = engine.price_many(&c, &mode("trap-one"), &inputs);
+    assert_eq!(many.len(), 300);
+    for (i, m) in many.iter().enumerate() {
+        if i == 200 {
+            assert!(
+                matches!(&m.outcome, Err(PolicyFailure::Trap { .. })),
+                "{:?}",
+                m.outcome
+            );
+            // Decided again alone: the guest's panic message, naming the account, is kept.
+            assert!(
+                m.guest_output
+                    .contains("deliberate trap on 3500000200-trap"),
+                "{}",
+                m.guest_output
+            );
+        } else {
+            assert_eq!(
+                m.outcome.as_ref().unwrap().charge_fen,
+                i as i64,
+                "period {i}"
+            );
+        }
+    }
+
+    // A result short: the call is not trusted, every period priced alone (and right).
+    let many = engine.price_many(&c, &mode("miscount"), &apart(5, None));
+    let charges: Vec<i64> = many
+        .iter()
+        .map(|m| m.outcome.as_ref().unwrap().charge_fen)
+        .collect();
+    assert_eq!(charges, [0, 1, 2, 3, 4]);
+
+    // A loop: the call stops at one decision's fuel, then each period at its own.
+    let many = engine.price_many(&c, &mode("loop"), &apart(3, None));
+    assert_eq!(many.len(), 3);
+    for m in &many {
+        assert_eq!(
+            m.outcome,
+            Err(PolicyFailure::OutOfFuel { limit: 20_000_000 })
+        );
+    }
+
+    // An output the contract refuses fails its own period only, batched or not.
+    let many = engine.price_many(&c, &mode("negative"), &apart(3, None));
+    assert!(many.iter().all(|m| matches!(
+        &m.outcome,
+        Err(PolicyFailure::InvalidOutput { detail }) if detail.contains("negative")
+    )));
+}
+
+/// A version whose `price-batch` answers otherwise than its `price` is not put in force:
+/// the check decision `policy activate` (and the running host's swap) makes compares them.
+#[test]
+fn a_batch_export_that_disagrees_with_price_is_refused_at_activation() {
+    let engine = engine(PolicyLimits::default());
+    let component = engine.load(PolicyKind::Tariff, &hostile()).unwrap();
+    let active = |mode: &str| ActiveComponent {
+        component: component.clone(),
+        parameters_json: format!("{{\"mode\":\"{mode}\"}}"),
+    };
+    feegate::county::probe(&engine, &active("ok")).expect("an honest batch passes");
+    let err = feegate::county::probe(&engine, &active("batch-differs")).unwrap_err();
+    assert!(
+        matches!(&err, PolicyFailure::InvalidOutput { detail } if detail.contains("price-batch")),
+        "{err:?}"
+    );
+}
+
 #[test]
 fn a_loop_without_fuel_limit_is_stopped_by_the_epoch_deadline() {
     let limits = PolicyLimits {

@@ -29,6 +29,7 @@ use crate::demo::{self, DemoOptions};
 use crate::policy::bindings::{
     CutoffInput, NoticeInput, ReconnectionInput, TariffInput, WarningInput,
 };
+use crate::policy::engine::BATCH_MAX;
 use crate::policy::{Invocation, PolicyEngine, PolicyKind};
 use crate::registry::{self, ActivateRequest, PublishRequest};
 use anyhow::Context;
@@ -80,6 +81,23 @@ pub struct KindFigures {
     pub fuel_batched: u64,
 }
 
+/// One kind decided many inputs per call ([`PolicyEngine::price_many`],
+/// [`PolicyEngine::assess_many`]), the way the daily job decides with a contract 1.1
+/// component.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchCallFigures {
+    /// `tariff` or `warning`.
+    pub kind: String,
+    /// Inputs per batch call, at most ([`BATCH_MAX`]).
+    pub chunk: usize,
+    /// ns per decision.
+    pub ns: f64,
+    /// `ns ÷` the kind's `native_ns`.
+    pub over_native: f64,
+    /// Mean fuel per decision (a call's fuel shared over its periods).
+    pub fuel: u64,
+}
+
 /// The hot swap under load.
 #[derive(Debug, Clone, Serialize)]
 pub struct ActivationFigures {
@@ -103,6 +121,9 @@ pub struct BenchReport {
     pub kinds: Vec<KindFigures>,
     /// Where the batched tariff's time goes beyond native.
     pub tariff_breakdown: TariffBreakdown,
+    /// The kinds whose component decides many inputs per call (contract 1.1), the way
+    /// the daily job decides them.
+    pub batch_calls: Vec<BatchCallFigures>,
     pub activation: ActivationFigures,
 }
 
@@ -222,6 +243,7 @@ pub async fn policy(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
 
     let mut kinds = Vec::new();
     let mut tariff: Option<(String, Vec<TariffInput>)> = None;
+    let mut batch_calls = Vec::new();
     for log_kind in audit::LOG_KINDS {
         let rows = audit::log(
             &db,
@@ -294,6 +316,28 @@ pub async fn policy(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
                 policy_cutoff_habit::reconnection
             ),
         })?;
+        let batched = tokio::task::block_in_place(|| match log_kind {
+            "tariff" if c.decides_in_batches() => batch_call(
+                log_kind,
+                repeated(&recorded, opts.decisions)?,
+                |i: &mut TariffInput| &mut i.parameters,
+                |p, is| e.price_many(c, p, is),
+                |i| e.price(c, i),
+                figures.native_ns,
+            )
+            .map(Some),
+            "warning" if c.decides_in_batches() => batch_call(
+                log_kind,
+                repeated(&recorded, opts.decisions)?,
+                |i: &mut WarningInput| &mut i.parameters,
+                |p, is| e.assess_many(c, p, is),
+                |i| e.assess(c, i),
+                figures.native_ns,
+            )
+            .map(Some),
+            _ => Ok(None),
+        })?;
+        batch_calls.extend(batched);
         kinds.push(figures);
         if log_kind == "tariff" {
             let inputs = recorded
@@ -344,6 +388,7 @@ pub async fn policy(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         },
         kinds,
         tariff_breakdown,
+        batch_calls,
         activation,
     })
 }
@@ -492,6 +537,61 @@ async fn activation_under_load(
     })
 }
 
+/// The recorded inputs of one kind, parsed, repeated in order up to `decisions`.
+fn repeated<I: DeserializeOwned>(recorded: &[String], decisions: usize) -> anyhow::Result<Vec<I>> {
+    recorded
+        .iter()
+        .cycle()
+        .take(decisions.max(recorded.len()))
+        .map(|json| Ok(serde_json::from_str(json)?))
+        .collect()
+}
+
+/// Times `many` (a kind's batch path, [`PolicyEngine::price_many`] or
+/// [`PolicyEngine::assess_many`]: calls of at most [`BATCH_MAX`] inputs, a fresh instance
+/// each) over `inputs` with their shared parameters sent apart, and checks that every
+/// result is what `alone` (the single call) gives for the same input.
+fn batch_call<I: Clone, O: PartialEq + std::fmt::Debug>(
+    kind: &str,
+    mut inputs: Vec<I>,
+    parameters_of: impl Fn(&mut I) -> &mut String,
+    many: impl Fn(&str, &[I]) -> Vec<Invocation<O>>,
+    alone: impl Fn(&I) -> Invocation<O>,
+    native_ns: f64,
+) -> anyhow::Result<BatchCallFigures> {
+    let mut first = inputs.first().cloned().context("no recorded inputs")?;
+    let parameters = parameters_of(&mut first).clone();
+    let mut apart = inputs.clone();
+    for i in &mut apart {
+        let own = std::mem::take(parameters_of(i));
+        anyhow::ensure!(
+            own == parameters,
+            "{kind}: the recorded inputs do not share one parameters string"
+        );
+    }
+    let ns = time(apart.len(), || {
+        std::hint::black_box(many(&parameters, &apart));
+    });
+    let decided = many(&parameters, &apart);
+    anyhow::ensure!(decided.len() == inputs.len(), "{kind}: results lost");
+    for (k, (m, input)) in decided.iter().zip(&mut inputs).enumerate() {
+        let single = alone(input);
+        anyhow::ensure!(
+            m.outcome == single.outcome,
+            "{kind} input {k}: the batch call gave {:?}, the single call {:?}",
+            m.outcome,
+            single.outcome
+        );
+    }
+    Ok(BatchCallFigures {
+        kind: kind.to_string(),
+        chunk: BATCH_MAX,
+        ns,
+        over_native: ns / native_ns,
+        fuel: decided.iter().map(|m| m.fuel_used).sum::<u64>() / decided.len().max(1) as u64,
+    })
+}
+
 /// Prints the report for people.
 pub fn print(r: &BenchReport) {
     println!(
@@ -529,6 +629,15 @@ pub fn print(r: &BenchReport) {
         "tariff batched, taken apart: {:.0} ns on a bare engine with fuel and epochs (no pooling, refills or output checks), {:.0} ns with neither (unstoppable; {:.2}× native)",
         b.bare_metered_ns, b.bare_unmetered_ns, b.bare_unmetered_over_native
     );
+    for b in &r.batch_calls {
+        println!(
+            "{}, many decisions per call (contract 1.1, at most {} per call, a fresh instance per call, fuel and deadline on, outputs checked): {:.0} ns per decision, {:.2}× native, fuel {} per decision",
+            b.kind, b.chunk, b.ns, b.over_native, b.fuel
+        );
+    }
+    if r.batch_calls.is_empty() {
+        println!("no component decides many inputs per call (contract 1.1 batch interfaces)");
+    }
     let a = &r.activation;
     println!(
         "activation under load: took effect {:.1} ms after calling `policy activate` (the call itself {:.1} ms; watcher polls every {} ms); {} decisions during the swap, {} failed",

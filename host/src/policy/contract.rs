@@ -10,8 +10,11 @@
 use super::PolicyKind;
 
 /// Contract versions the host can call, per `package feegate:policy@X.Y.Z`. A component
-/// built against any of these exports e.g. `feegate:policy/tariff@1.0.0`.
-pub const SUPPORTED_CONTRACT: &[&str] = &["1.0.0"];
+/// built against any of these exports e.g. `feegate:policy/tariff@1.0.0`. 1.1.0 only
+/// added (the optional `tariff-batch` interface), so the host calls a 1.0.0 component
+/// through the same bindings: wasmtime finds `tariff@1.0.0` when asked for `tariff@1.1.0`
+/// (semver-compatible export lookup).
+pub const SUPPORTED_CONTRACT: &[&str] = &["1.0.0", "1.1.0"];
 
 /// Import prefixes a component may have (the deterministic WASI subset). Versions
 /// after `@` are not restricted: any wasi 0.2.x is fine.
@@ -70,6 +73,7 @@ mod tests {
             ("wasi:cli/stderr@0.2.0", true),
             ("wasi:io/streams@0.2.3", true),
             ("feegate:policy/types@1.0.0", true),
+            ("feegate:policy/types@1.1.0", true),
             ("wasi:clocks/wall-clock@0.2.3", false),
             ("wasi:clocks/monotonic-clock@0.2.3", false),
             ("wasi:random/random@0.2.3", false),

@@ -17,7 +17,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use thiserror::Error;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{
+    Component, ComponentExportIndex, ComponentType, Lift, Linker, Lower, ResourceTable, TypedFunc,
+};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
     Trap,
@@ -126,6 +128,26 @@ pub struct LoadedComponent {
     pub imports: Vec<String>,
     pub size_bytes: usize,
     pre: KindPre,
+    /// The kind's contract 1.1 batch export (`tariff-batch.price-batch`,
+    /// `warning-batch.assess-batch`), when the component has it.
+    batch: Option<BatchExport>,
+}
+
+/// A component's batch export, checked at load: the function and the instance it
+/// instantiates from.
+#[derive(Clone)]
+struct BatchExport {
+    pre: wasmtime::component::InstancePre<GuestState>,
+    func: ComponentExportIndex,
+}
+
+impl LoadedComponent {
+    /// The component exports its kind's contract 1.1 batch interface (`tariff-batch`,
+    /// `warning-batch`): the host decides many inputs per call with it
+    /// ([`PolicyEngine::price_many`], [`PolicyEngine::assess_many`]).
+    pub fn decides_in_batches(&self) -> bool {
+        self.batch.is_some()
+    }
 }
 
 impl std::fmt::Debug for LoadedComponent {
@@ -245,7 +267,7 @@ pub struct PolicyEngine {
 /// How many compiled components a [`PolicyEngine`] keeps for reuse.
 pub const COMPILED_KEPT: usize = 32;
 
-/// Decisions started with [`PolicyEngine::spawn_decide_all`], running.
+/// Decisions started with [`PolicyEngine::spawn_decide_parts`], running.
 #[must_use = "the decisions are only collected by `finish`"]
 pub struct Deciding<I, R>(tokio::task::JoinHandle<(Vec<I>, Vec<R>)>);
 
@@ -279,14 +301,27 @@ fn spread_over<I: Sync, R: Send>(
     threads: usize,
     decide: &(impl Fn(&I) -> R + Sync),
 ) -> Vec<R> {
+    spread_parts(inputs, threads, &|part: &[I]| {
+        part.iter().map(decide).collect()
+    })
+}
+
+/// `inputs` split into `threads` contiguous parts, each given whole to `decide` on a
+/// scoped thread of its own (on the calling thread when `threads` ≤ 1), which answers
+/// one result per input; the results in input order.
+fn spread_parts<I: Sync, R: Send>(
+    inputs: &[I],
+    threads: usize,
+    decide: &(impl Fn(&[I]) -> Vec<R> + Sync),
+) -> Vec<R> {
     if threads <= 1 {
-        return inputs.iter().map(decide).collect();
+        return decide(inputs);
     }
     let per_thread = inputs.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let workers: Vec<_> = inputs
             .chunks(per_thread)
-            .map(|part| scope.spawn(|| part.iter().map(decide).collect::<Vec<R>>()))
+            .map(|part| scope.spawn(|| decide(part)))
             .collect();
         workers
             .into_iter()
@@ -418,6 +453,7 @@ impl PolicyEngine {
             .instantiate_pre(&component)
             .map_err(|e| PolicyLoadError::Link(format!("{e:#}")))?;
         let link = |e: wasmtime::Error| PolicyLoadError::Link(format!("{e:#}"));
+        let batch = self.batch_export(kind, &component, &instance_pre)?;
         let pre = match kind {
             PolicyKind::Tariff => {
                 KindPre::Tariff(tariff::TariffPolicyPre::new(instance_pre).map_err(link)?)
@@ -439,7 +475,55 @@ impl PolicyEngine {
             imports,
             size_bytes: bytes.len(),
             pre,
+            batch,
         })
+    }
+
+    /// The kind's contract 1.1 batch export ([`BATCH_EXPORTS`]) when `component` has it,
+    /// checked against the host's signature in a scratch instance (with one decision's
+    /// limits), so that a wrong signature is refused at publish rather than found at
+    /// settlement. `None` for a component without it (contract 1.0, or a 1.1 component
+    /// that decides one input per call).
+    fn batch_export(
+        &self,
+        kind: PolicyKind,
+        component: &Component,
+        instance_pre: &wasmtime::component::InstancePre<GuestState>,
+    ) -> Result<Option<BatchExport>, PolicyLoadError> {
+        let Some(&(_, interface_name, func_name)) =
+            BATCH_EXPORTS.iter().find(|(k, _, _)| *k == kind)
+        else {
+            return Ok(None);
+        };
+        let Some(interface) = component.get_export_index(None, interface_name) else {
+            return Ok(None);
+        };
+        let wrong = |detail: String| {
+            PolicyLoadError::Link(format!(
+                "{interface_name}#{func_name}: {detail}; rebuild the component against the host's wit/"
+            ))
+        };
+        let func = component
+            .get_export_index(Some(&interface), func_name)
+            .ok_or_else(|| wrong("the interface is exported without the function".into()))?;
+        on_guest_thread(|| {
+            let _slot = self.slots.take();
+            let (mut store, _, _) = self.new_store();
+            let instance = instance_pre
+                .instantiate(&mut store)
+                .map_err(|e| wrong(format!("the component does not instantiate: {e:#}")))?;
+            match kind {
+                PolicyKind::Tariff => {
+                    batch_func::<TariffInput>(&instance, &mut store, &func).map(drop)
+                }
+                _ => batch_func::<WarningInput>(&instance, &mut store, &func).map(drop),
+            }
+            .map_err(|e| wrong(format!("the signature is not the contract's: {e:#}")))
+        })?;
+        Ok(Some(BatchExport {
+            pre: instance_pre.clone(),
+            func,
+        }))
     }
 
     /// Compiles `bytes` (whose sha256 is `sha256`), or reuses the compilation of the same
@@ -536,13 +620,18 @@ impl PolicyEngine {
     /// [`Self::decide_all`] started on tokio's blocking threads, so that the task that
     /// starts it can go on — write the batch before while this one is decided — and
     /// collect the results later with [`Deciding::finish`], the inputs handed back
-    /// beside them in input order. `decide` gets the engine and one input; it may do more
-    /// than decide (serialise the decision's log row, say), so that work is spread too.
-    /// Each decision still gets its own store and instance, fuel and deadline.
-    pub fn spawn_decide_all<I, R>(
+    /// beside them in input order. `decide` gets the engine and a contiguous part of the
+    /// inputs (one part per decision thread) and answers one result per input, in order:
+    /// it decides them — [`Self::price_many`], [`Self::assess_many`] — and may do more
+    /// (serialise each decision's log row, say), so that work is spread too.
+    ///
+    /// # Panics
+    /// In [`Deciding::finish`], when `decide` answers a part with a different number of
+    /// results than inputs (a host bug).
+    pub fn spawn_decide_parts<I, R>(
         self: &Arc<Self>,
         inputs: Vec<I>,
-        decide: impl Fn(&Self, &I) -> R + Send + Sync + 'static,
+        decide: impl Fn(&Self, &[I]) -> Vec<R> + Send + Sync + 'static,
     ) -> Deciding<I, R>
     where
         I: Send + Sync + 'static,
@@ -550,8 +639,12 @@ impl PolicyEngine {
     {
         let engine = self.clone();
         Deciding(tokio::task::spawn_blocking(move || {
-            let decide = |input: &I| decide(&engine, input);
-            let results = spread_over(&inputs, decision_threads(inputs.len()), &decide);
+            let decide = |part: &[I]| {
+                let results = decide(&engine, part);
+                assert_eq!(results.len(), part.len(), "one result per input");
+                results
+            };
+            let results = spread_parts(&inputs, decision_threads(inputs.len()), &decide);
             (inputs, results)
         }))
     }
@@ -568,19 +661,7 @@ impl PolicyEngine {
         call: impl FnOnce(&mut Store<GuestState>) -> wasmtime::Result<Result<R, PolicyError>> + Send,
         validate: impl FnOnce(&R, &PolicyLimits) -> Result<(), String> + Send,
     ) -> Invocation<R> {
-        use tokio::runtime::{Handle, RuntimeFlavor};
-        match Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(RuntimeFlavor::MultiThread) => {
-                tokio::task::block_in_place(|| self.run_here(call, validate))
-            }
-            Ok(_) => std::thread::scope(|scope| {
-                scope
-                    .spawn(|| self.run_here(call, validate))
-                    .join()
-                    .expect("policy thread does not panic")
-            }),
-            Err(_) => self.run_here(call, validate),
-        }
+        on_guest_thread(|| self.run_here(call, validate))
     }
 
     fn run_here<R: Serialize>(
@@ -745,6 +826,101 @@ impl PolicyEngine {
             inputs,
             |i, store, input| i.feegate_policy_tariff().call_price(store, input),
             validate_tariff,
+        )
+    }
+
+    /// Prices many periods of one county with a tariff component: results in input order,
+    /// one per input, each exactly what [`Self::price`] gives for that input with
+    /// `parameters` filled in.
+    ///
+    /// `parameters` is the county's canonical parameters JSON. Each input's own
+    /// `parameters` is not read (leave it empty: every input is copied into the guest).
+    ///
+    /// With a component that exports `tariff-batch` (contract 1.1) the inputs go in
+    /// chunks of at most [`BATCH_MAX`] through `price-batch`, each chunk in a fresh store
+    /// and instance with **one** decision's fuel and deadline for the whole chunk, so a
+    /// batch never lets a component run longer than one decision may. Each output is
+    /// checked as [`Self::price`] checks it; each result's `fuel_used` is the chunk's fuel
+    /// shared evenly (the first `fuel % n` results one unit more). A chunk whose call
+    /// fails as a whole — trap, fuel, time, memory, or a result count other than its
+    /// input count — is discarded and each of its inputs is priced again alone with
+    /// [`Self::price`], so a failure holds only the account it belongs to.
+    ///
+    /// Without `tariff-batch` each input is priced alone with [`Self::price`].
+    pub fn price_many(
+        &self,
+        c: &LoadedComponent,
+        parameters: &str,
+        inputs: &[TariffInput],
+    ) -> Vec<Invocation<TariffOutput>> {
+        self.decide_many(c, parameters, inputs)
+    }
+
+    /// [`Self::price_many`] for balances: `warning-batch.assess-batch` (contract 1.1) in
+    /// chunks when the warning component exports it, else [`Self::assess`] per input;
+    /// each result exactly what [`Self::assess`] gives for that input with `parameters`
+    /// filled in.
+    pub fn assess_many(
+        &self,
+        c: &LoadedComponent,
+        parameters: &str,
+        inputs: &[WarningInput],
+    ) -> Vec<Invocation<WarningOutput>> {
+        self.decide_many(c, parameters, inputs)
+    }
+
+    /// [`Self::price_many`] and [`Self::assess_many`], for any [`Batched`] kind.
+    fn decide_many<I: Batched>(
+        &self,
+        c: &LoadedComponent,
+        parameters: &str,
+        inputs: &[I],
+    ) -> Vec<Invocation<I::Output>> {
+        let alone = |input: &I| I::alone(self, c, &input.with_parameters(parameters));
+        let Some(batch) = c.batch.as_ref().filter(|_| c.kind == I::KIND) else {
+            return inputs.iter().map(alone).collect();
+        };
+        let mut out = Vec::with_capacity(inputs.len());
+        for chunk in inputs.chunks(BATCH_MAX) {
+            match on_guest_thread(|| self.decide_chunk(batch, parameters, chunk)) {
+                Some(decided) => out.extend(decided),
+                None => out.extend(chunk.iter().map(alone)),
+            }
+        }
+        out
+    }
+
+    /// One batch call in a fresh store ([`Self::decide_many`]); `None` when the call
+    /// failed as a whole.
+    fn decide_chunk<I: Batched>(
+        &self,
+        batch: &BatchExport,
+        parameters: &str,
+        chunk: &[I],
+    ) -> Option<Vec<Invocation<I::Output>>> {
+        let _slot = self.slots.take();
+        let (mut store, _, _) = self.new_store();
+        let instance = batch.pre.instantiate(&mut store).ok()?;
+        let func = batch_func::<I>(&instance, &mut store, &batch.func).ok()?;
+        let (results,) = func.call(&mut store, (parameters, chunk)).ok()?;
+        if results.len() != chunk.len() || store.data().limiter.hit.is_some() {
+            return None;
+        }
+        let fuel = self
+            .limits
+            .fuel_per_decision
+            .saturating_sub(store.get_fuel().unwrap_or(0));
+        let n = chunk.len() as u64;
+        Some(
+            results
+                .into_iter()
+                .enumerate()
+                .map(|(i, result)| Invocation {
+                    outcome: self.outcome(Ok(result), I::validate, None),
+                    fuel_used: fuel / n + u64::from((i as u64) < fuel % n),
+                    guest_output: String::new(),
+                })
+                .collect(),
         )
     }
 
@@ -925,6 +1101,101 @@ fn validate_cutoff(out: &CutoffOutput, limits: &PolicyLimits) -> Result<(), Stri
 /// Contract checks on a reconnection output (the common ones).
 fn validate_reconnection(out: &ReconnectionOutput, limits: &PolicyLimits) -> Result<(), String> {
     common_checks(&out.reason_code, &out.explanation, limits)
+}
+
+/// The contract 1.1 batch exports, per kind: (kind, interface, function). Looked up
+/// semver-compatibly, so a later 1.x component's export is found too.
+pub const BATCH_EXPORTS: &[(PolicyKind, &str, &str)] = &[
+    (
+        PolicyKind::Tariff,
+        "feegate:policy/tariff-batch@1.1.0",
+        "price-batch",
+    ),
+    (
+        PolicyKind::Warning,
+        "feegate:policy/warning-batch@1.1.0",
+        "assess-batch",
+    ),
+];
+
+/// Most inputs decided in one batch call ([`PolicyEngine::price_many`]): enough that
+/// entering the guest and instantiating are a small part of each decision, few enough
+/// that a chunk discarded for a failure costs little to decide again alone.
+pub const BATCH_MAX: usize = 128;
+
+/// An input kind with a contract 1.1 batch export (`price-batch`, `assess-batch`).
+trait Batched: Clone + Sync + ComponentType + Lower {
+    type Output: ComponentType + Lift + Serialize + Send + 'static;
+    const KIND: PolicyKind;
+    /// A copy of the input carrying `parameters`, as a single call sends it.
+    fn with_parameters(&self, parameters: &str) -> Self;
+    /// The single call ([`PolicyEngine::price`], [`PolicyEngine::assess`]).
+    fn alone(engine: &PolicyEngine, c: &LoadedComponent, input: &Self) -> Invocation<Self::Output>;
+    /// The single call's output checks.
+    fn validate(out: &Self::Output, limits: &PolicyLimits) -> Result<(), String>;
+}
+
+impl Batched for TariffInput {
+    type Output = TariffOutput;
+    const KIND: PolicyKind = PolicyKind::Tariff;
+    fn with_parameters(&self, parameters: &str) -> Self {
+        Self {
+            parameters: parameters.to_string(),
+            ..self.clone()
+        }
+    }
+    fn alone(engine: &PolicyEngine, c: &LoadedComponent, input: &Self) -> Invocation<TariffOutput> {
+        engine.price(c, input)
+    }
+    fn validate(out: &TariffOutput, limits: &PolicyLimits) -> Result<(), String> {
+        validate_tariff(out, limits)
+    }
+}
+
+impl Batched for WarningInput {
+    type Output = WarningOutput;
+    const KIND: PolicyKind = PolicyKind::Warning;
+    fn with_parameters(&self, parameters: &str) -> Self {
+        Self {
+            parameters: parameters.to_string(),
+            ..self.clone()
+        }
+    }
+    fn alone(
+        engine: &PolicyEngine,
+        c: &LoadedComponent,
+        input: &Self,
+    ) -> Invocation<WarningOutput> {
+        engine.assess(c, input)
+    }
+    fn validate(out: &WarningOutput, limits: &PolicyLimits) -> Result<(), String> {
+        validate_warning(out, limits)
+    }
+}
+
+/// A batch export as the host calls it: `(parameters, inputs) -> list<result<output,
+/// policy-error>>`, type-checked against the component.
+#[allow(clippy::type_complexity)]
+fn batch_func<'a, I: Batched>(
+    instance: &wasmtime::component::Instance,
+    store: &mut Store<GuestState>,
+    func: &ComponentExportIndex,
+) -> wasmtime::Result<TypedFunc<(&'a str, &'a [I]), (Vec<Result<I::Output, PolicyError>>,)>> {
+    instance.get_typed_func(store, func)
+}
+
+/// Runs `f`, which enters a guest, where wasmtime-wasi's synchronous streams can block:
+/// under `block_in_place` inside a multi-threaded tokio runtime, on a scoped thread of
+/// its own inside a current-thread runtime, and directly outside tokio.
+fn on_guest_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        Ok(_) => {
+            std::thread::scope(|scope| scope.spawn(f).join().expect("policy thread does not panic"))
+        }
+        Err(_) => f(),
+    }
 }
 
 fn wrong_kind<T>(c: &LoadedComponent, wanted: PolicyKind) -> Invocation<T> {

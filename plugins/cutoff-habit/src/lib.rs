@@ -1,5 +1,5 @@
 //! `cutoff-habit`: whether to disconnect an account in arrears (停电), and how to reconnect
-//! it after payment (复电), as a `feegate:policy/cutoff@1.0.0` component.
+//! it after payment (复电), as a `feegate:policy/cutoff@1.1.0` component.
 //!
 //! The county moves through rollout stages (notify-only → approval-gated 审批停电 →
 //! automatic 自动停电); inside the approval-gated stage this policy moves single customers
@@ -457,7 +457,7 @@ fn reconnection_checked(input: &ReconnectionInput) -> Result<ReconnectionOutput,
     })
 }
 
-/// The component: `feegate:policy/cutoff@1.0.0#decide` and `#reconnection`.
+/// The component: `feegate:policy/cutoff@1.1.0#decide` and `#reconnection`.
 pub struct Component;
 
 impl exports::feegate::policy::cutoff::Guest for Component {

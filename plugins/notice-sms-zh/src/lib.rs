@@ -1,5 +1,5 @@
 //! `notice-sms-zh`: the Chinese SMS wording of every fee-control notice (短信通知), as a
-//! `feegate:policy/notice@1.0.0` component.
+//! `feegate:policy/notice@1.1.0` component.
 //!
 //! Every text starts with the county's `signature` (短信签名, e.g. `【仙游供电】`, required by
 //! the carriers for SMS sent by a business) and ends with `咨询请拨<hotline>。`. Money is
@@ -247,7 +247,7 @@ fn word_checked(input: &NoticeInput) -> Result<NoticeOutput, SdkError> {
     })
 }
 
-/// The component: `feegate:policy/notice@1.0.0#word`.
+/// The component: `feegate:policy/notice@1.1.0#word`.
 pub struct Component;
 
 impl exports::feegate::policy::notice::Guest for Component {

@@ -1,4 +1,4 @@
-//! Shared helpers for Feegate policy components (Rust guests of `feegate:policy@1.0.0`).
+//! Shared helpers for Feegate policy components (Rust guests of `feegate:policy@1.1.0`).
 //!
 //! Every policy component is a pure function of its input (see `wit/policy.wit`), so this
 //! crate holds only deterministic arithmetic and parsing:

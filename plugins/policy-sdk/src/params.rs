@@ -68,6 +68,23 @@ impl<T> ParsedOnce<T> {
     }
 }
 
+/// The answers of a batch call (contract 1.1 `price-batch`, `assess-batch`): `decide` on
+/// every input with the parameters parsed once, in input order; when the parameters did
+/// not parse, their error for every input alike.
+pub fn answer_each<P, I, O, E: From<PolicyError>>(
+    parameters: Result<Rc<P>, PolicyError>,
+    inputs: &[I],
+    decide: impl Fn(&P, &I) -> Result<O, PolicyError>,
+) -> Vec<Result<O, E>> {
+    match parameters {
+        Ok(p) => inputs
+            .iter()
+            .map(|input| decide(&p, input).map_err(E::from))
+            .collect(),
+        Err(e) => inputs.iter().map(|_| Err(E::from(e.clone()))).collect(),
+    }
+}
+
 /// `a == b`, eight bytes at a time: on wasm32 `==` on slices is a byte-by-byte `memcmp`
 /// (no SIMD), which cost 5 % of a batched tariff decision for a 370-byte parameters string.
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {

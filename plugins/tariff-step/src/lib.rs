@@ -1,5 +1,6 @@
 //! `tariff-step`: the annual (or monthly) step tariff (阶梯电价) with optional time-of-use
-//! adders (峰谷电价), as a `feegate:policy/tariff@1.0.0` component.
+//! adders (峰谷电价), as a `feegate:policy/tariff@1.1.0` component that also exports
+//! `tariff-batch` (many periods per call, [`price_batch`]).
 //!
 //! Rules (parameters from the county's policy set, e.g. `policies/xianyou/policy-set.toml`,
 //! whose Fujian figures are an unverified example — see that file):
@@ -37,7 +38,7 @@ use tariff::{Band, Cycle, Segment, Tariff};
 
 wit_bindgen::generate!({
     path: "../../wit",
-    world: "tariff-policy",
+    world: "tariff-batch-policy",
     // serde: the host links this crate natively for `feegate bench policy` and reads the
     // recorded decision inputs (the host's serde JSON of the same WIT records) into it.
     additional_derives: [PartialEq, Eq, serde::Serialize, serde::Deserialize],
@@ -119,8 +120,25 @@ pub fn price(input: &TariffInput) -> Result<TariffOutput, PolicyError> {
     Ok(price_checked(input)?)
 }
 
+/// Price many periods under one parameters string: element `i` of the result is exactly
+/// [`price`] of `inputs[i]` with its `parameters` replaced by `parameters` (contract 1.1,
+/// `tariff-batch.price-batch`). The parameters are parsed once; parameters that do not
+/// parse give every input the same `bad-parameters` error.
+pub fn price_batch(
+    parameters: &str,
+    inputs: &[TariffInput],
+) -> Vec<Result<TariffOutput, PolicyError>> {
+    let tariff = PARAMS.with(|p| p.get(parameters, Tariff::from_json));
+    feegate_policy_sdk::params::answer_each(tariff, inputs, price_with)
+}
+
 fn price_checked(input: &TariffInput) -> Result<TariffOutput, SdkError> {
     let tariff = PARAMS.with(|p| p.get(&input.parameters, Tariff::from_json))?;
+    price_with(&tariff, input)
+}
+
+/// [`price`] with the parameters already parsed (`input.parameters` is not read).
+fn price_with(tariff: &Tariff, input: &TariffInput) -> Result<TariffOutput, SdkError> {
     let first = date(&input.period_first, "period-first")?;
     let last = date(&input.period_last, "period-last")?;
     let kwh = non_negative(dec(&input.kwh, "kwh")?, "kwh")?;
@@ -338,12 +356,22 @@ fn describe_segment_head(out: &mut String, cycle: Cycle, segment: &Segment, spli
     out.push_str(if split { " kWh): " } else { " kWh: " });
 }
 
-/// The component: `feegate:policy/tariff@1.0.0#price`.
+/// The component: `feegate:policy/tariff@1.1.0#price` and
+/// `feegate:policy/tariff-batch@1.1.0#price-batch`.
 pub struct Component;
 
 impl exports::feegate::policy::tariff::Guest for Component {
     fn price(input: TariffInput) -> Result<TariffOutput, PolicyError> {
         price(&input)
+    }
+}
+
+impl exports::feegate::policy::tariff_batch::Guest for Component {
+    fn price_batch(
+        parameters: String,
+        inputs: Vec<TariffInput>,
+    ) -> Vec<Result<TariffOutput, PolicyError>> {
+        price_batch(&parameters, &inputs)
     }
 }
 

@@ -639,3 +639,54 @@ fn xianyou_policy_set_matches() {
     let params: serde_json::Value = serde_json::to_value(&set["tariff"]["parameters"]).unwrap();
     assert_eq!(serde_json::to_string(&params).unwrap(), XIANYOU);
 }
+
+/// Contract 1.1: `price-batch` answers each input exactly as `price` does with the batch's
+/// parameters filled in — priced, refused and out-of-range inputs mixed in one list, in
+/// order, whatever the inputs' own `parameters` say — and bad parameters refuse every
+/// input alike.
+#[test]
+fn price_batch_is_price_of_each_input() {
+    use policy_tariff_step::price_batch;
+    let mut inputs = vec![
+        input(XIANYOU, "2013-06-01", "2013-06-01", "12.50", "1000", "0"),
+        input(XIANYOU, "2013-06-01", "2013-06-01", "-1", "1000", "0"),
+        input(XIANYOU, "2013-12-30", "2013-01-02", "3", "0", "0"),
+        input(XIANYOU, "2013-12-31", "2014-01-01", "40", "4790", "0"),
+    ];
+    let mut tou = input(XIANYOU, "2013-06-01", "2013-06-01", "10", "100", "0");
+    tou.time_of_use_elected = true;
+    tou.tou_split = split(&[(TouBand::Peak, "6"), (TouBand::Valley, "4")]);
+    inputs.push(tou);
+    let alone: Vec<_> = inputs.iter().map(price).collect();
+    assert!(alone.iter().filter(|r| r.is_ok()).count() >= 3);
+    assert!(alone.iter().any(|r| r.is_err()));
+
+    // The inputs' own parameters are ignored: empty, or another county's.
+    for own in ["", r#"{"cycle":"calendar-month"}"#] {
+        let stripped: Vec<_> = inputs
+            .iter()
+            .map(|i| policy_tariff_step::TariffInput {
+                parameters: own.to_string(),
+                ..i.clone()
+            })
+            .collect();
+        assert_eq!(
+            price_batch(XIANYOU, &stripped),
+            alone,
+            "own parameters {own:?}"
+        );
+        // Order is kept: reversed in, reversed out.
+        let mut reversed = stripped.clone();
+        reversed.reverse();
+        let mut expected = alone.clone();
+        expected.reverse();
+        assert_eq!(price_batch(XIANYOU, &reversed), expected);
+    }
+    assert!(price_batch(XIANYOU, &[]).is_empty());
+
+    let refused = price_batch("steps: 3", &inputs);
+    assert_eq!(refused.len(), inputs.len());
+    for r in &refused {
+        assert_eq!(r.as_ref().unwrap_err().code, "bad-parameters");
+    }
+}

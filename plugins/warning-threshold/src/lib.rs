@@ -1,5 +1,6 @@
 //! `warning-threshold`: low-balance warning levels (预警) after each settlement, as a
-//! `feegate:policy/warning@1.0.0` component.
+//! `feegate:policy/warning@1.1.0` component that also exports `warning-batch` (many
+//! balances per call, [`assess_batch`]).
 //!
 //! Rules (parameters from the county policy set, e.g. Xianyou's `[warning.parameters]`;
 //! thresholds from the Fujian fee-control example, `shared/data/fujian-residential-example.toml`):
@@ -38,7 +39,7 @@ use serde::Deserialize;
 
 wit_bindgen::generate!({
     path: "../../wit",
-    world: "warning-policy",
+    world: "warning-batch-policy",
     // serde: the host links this crate natively for `feegate bench policy` and reads the
     // recorded decision inputs (the host's serde JSON of the same WIT records) into it.
     additional_derives: [PartialEq, Eq, serde::Serialize, serde::Deserialize],
@@ -223,8 +224,25 @@ pub fn assess(input: &WarningInput) -> Result<WarningOutput, PolicyError> {
     Ok(assess_checked(input)?)
 }
 
+/// Assess many balances under one parameters string: element `i` of the result is exactly
+/// [`assess`] of `inputs[i]` with its `parameters` replaced by `parameters` (contract 1.1,
+/// `warning-batch.assess-batch`). The parameters are parsed once; parameters that do not
+/// parse give every input the same `bad-parameters` error.
+pub fn assess_batch(
+    parameters: &str,
+    inputs: &[WarningInput],
+) -> Vec<Result<WarningOutput, PolicyError>> {
+    let p = PARAMS.with(|p| p.get(parameters, WarningParams::from_json));
+    feegate_policy_sdk::params::answer_each(p, inputs, assess_with)
+}
+
 fn assess_checked(input: &WarningInput) -> Result<WarningOutput, SdkError> {
     let p = PARAMS.with(|p| p.get(&input.parameters, WarningParams::from_json))?;
+    assess_with(&p, input)
+}
+
+/// [`assess`] with the parameters already parsed (`input.parameters` is not read).
+fn assess_with(p: &WarningParams, input: &WarningInput) -> Result<WarningOutput, SdkError> {
     let date = |d: &Date, what: &str| {
         CivilDate::new(d.year, d.month, d.day)
             .map_err(|e| SdkError::invalid_input(format!("{what}: {e}")))
@@ -413,12 +431,22 @@ fn assess_checked(input: &WarningInput) -> Result<WarningOutput, SdkError> {
     })
 }
 
-/// The component: `feegate:policy/warning@1.0.0#assess`.
+/// The component: `feegate:policy/warning@1.1.0#assess` and
+/// `feegate:policy/warning-batch@1.1.0#assess-batch`.
 pub struct Component;
 
 impl exports::feegate::policy::warning::Guest for Component {
     fn assess(input: WarningInput) -> Result<WarningOutput, PolicyError> {
         assess(&input)
+    }
+}
+
+impl exports::feegate::policy::warning_batch::Guest for Component {
+    fn assess_batch(
+        parameters: String,
+        inputs: Vec<WarningInput>,
+    ) -> Vec<Result<WarningOutput, PolicyError>> {
+        assess_batch(&parameters, &inputs)
     }
 }
 

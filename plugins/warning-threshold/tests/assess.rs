@@ -473,3 +473,36 @@ fn xianyou_policy_set_matches() {
     let params = serde_json::to_value(&set["warning"]["parameters"]).unwrap();
     assert_eq!(serde_json::to_string(&params).unwrap(), XIANYOU);
 }
+
+/// Contract 1.1: `assess-batch` answers each input exactly as `assess` does with the
+/// batch's parameters — the whole table plus refused inputs, in order, whatever the
+/// inputs' own `parameters` say — and bad parameters refuse every input alike.
+#[test]
+fn assess_batch_is_assess_of_each_input() {
+    use policy_warning_threshold::assess_batch;
+    let mut inputs: Vec<WarningInput> = ROWS.iter().map(|r| input(r, XIANYOU)).collect();
+    let mut refused = input(&ROWS[0], XIANYOU);
+    refused.level_already_notified = 4;
+    inputs.insert(3, refused);
+    let alone: Vec<_> = inputs.iter().map(assess).collect();
+    assert_eq!(alone.iter().filter(|r| r.is_err()).count(), 1);
+    let apart: Vec<WarningInput> = inputs
+        .iter()
+        .map(|i| WarningInput {
+            parameters: String::new(),
+            ..i.clone()
+        })
+        .collect();
+    assert_eq!(assess_batch(XIANYOU, &apart), alone);
+    let mut reversed = apart.clone();
+    reversed.reverse();
+    let mut expected = alone.clone();
+    expected.reverse();
+    assert_eq!(assess_batch(XIANYOU, &reversed), expected);
+    let bad = assess_batch("{", &apart);
+    assert_eq!(bad.len(), apart.len());
+    assert!(
+        bad.iter()
+            .all(|r| r.as_ref().unwrap_err().code == "bad-parameters")
+    );
+}

@@ -14,15 +14,22 @@
 //! | `chatty` | prints 64 KiB to stdout (the bounded capture must stop it) |
 //! | `giant` | tariff: charges 10 billion yuan (the host's charge ceiling must hold it) |
 //! | `disconnect` | cutoff: asks to disconnect everyone, always (the floor must hold) |
+//! | `trap-one` | tariff: traps on an account id containing `trap`, prices the others |
+//! | `miscount` | tariff: `price-batch` drops its last result (the host must price again alone) |
+//! | `batch-differs` | tariff: `price-batch` charges 1 fen more than `price` (activation must refuse it) |
+//!
+//! It exports `tariff-batch` (contract 1.1) too: `price-batch` prices each input as
+//! `price` does, misbehaving in the same modes.
 
 wit_bindgen::generate!({
     inline: r#"
         package test:hostile;
         world hostile {
-            export feegate:policy/tariff@1.0.0;
-            export feegate:policy/warning@1.0.0;
-            export feegate:policy/notice@1.0.0;
-            export feegate:policy/cutoff@1.0.0;
+            export feegate:policy/tariff@1.1.0;
+            export feegate:policy/tariff-batch@1.1.0;
+            export feegate:policy/warning@1.1.0;
+            export feegate:policy/notice@1.1.0;
+            export feegate:policy/cutoff@1.1.0;
         }
     "#,
     path: "../../wit",
@@ -51,6 +58,9 @@ fn mode(parameters: &str) -> &'static str {
         "chatty",
         "disconnect",
         "giant",
+        "trap-one",
+        "miscount",
+        "batch-differs",
     ] {
         if parameters.contains(&format!("\"{m}\"")) {
             return m;
@@ -98,6 +108,9 @@ impl exports::feegate::policy::tariff::Guest for Hostile {
     fn price(input: TariffInput) -> Result<TariffOutput, PolicyError> {
         let m = mode(&input.parameters);
         misbehave(m);
+        if m == "trap-one" && input.account_id.contains("trap") {
+            panic!("hostile component: deliberate trap on {}", input.account_id);
+        }
         let whole_kwh = input.kwh.mantissa / 10i64.pow(u32::from(input.kwh.scale));
         Ok(TariffOutput {
             lines: vec![],
@@ -110,6 +123,37 @@ impl exports::feegate::policy::tariff::Guest for Hostile {
             reason_code: "hostile".into(),
             explanation: explanation(m),
         })
+    }
+}
+
+impl exports::feegate::policy::tariff_batch::Guest for Hostile {
+    fn price_batch(
+        parameters: String,
+        inputs: Vec<TariffInput>,
+    ) -> Vec<Result<TariffOutput, PolicyError>> {
+        use exports::feegate::policy::tariff::Guest;
+        let m = mode(&parameters);
+        let mut out: Vec<_> = inputs
+            .into_iter()
+            .map(|input| {
+                Hostile::price(TariffInput {
+                    parameters: parameters.clone(),
+                    ..input
+                })
+            })
+            .collect();
+        match m {
+            "miscount" => {
+                out.pop();
+            }
+            "batch-differs" => {
+                for o in out.iter_mut().flatten() {
+                    o.charge_fen += 1;
+                }
+            }
+            _ => {}
+        }
+        out
     }
 }
 
