@@ -566,7 +566,7 @@ pub async fn replay(
                 "a wall-clock timeout depends on the machine's load, not only on the input"
                     .to_string(),
             )
-        } else if c.decides_in_batches() && r.fuel_used as u64 != run.fuel_used() {
+        } else if matches && c.decides_in_batches() && r.fuel_used as u64 != run.fuel_used() {
             Some(format!(
                 "the recorded fuel is this decision's share of a call that decided up to {} at once (contract 1.1); run alone, it also parses the parameters",
                 crate::policy::engine::BATCH_MAX

@@ -249,28 +249,28 @@ fn probe_with(
                 time_of_use_elected: false,
                 parameters: String::new(),
             };
-            // Settlement prices many periods per call when the component can (contract
-            // 1.1 `price-batch`): that must answer as `price` does, or the version is
-            // not put in force.
-            let many = engine.price_many(c, &params, std::slice::from_ref(&input));
             let out = engine
                 .price(
                     c,
                     &TariffInput {
-                        parameters: params,
-                        ..input
+                        parameters: params.clone(),
+                        ..input.clone()
                     },
                 )
                 .outcome?;
-            if c.decides_in_batches() && many.first().map(|m| &m.outcome) != Some(&Ok(out.clone()))
-            {
-                return Err(crate::policy::PolicyFailure::InvalidOutput {
-                    detail: format!(
-                        "its tariff-batch.price-batch answers the check decision with {:?}, where price answers {:?}; both must give the same answer for the same input",
-                        many.first().map(|m| &m.outcome),
-                        out
-                    ),
-                });
+            // Settlement prices many periods per call when the component can (contract
+            // 1.1 `price-batch`): that must answer each input as `price` does, whatever
+            // else is in the call, or the version is not put in force.
+            let checks: Vec<TariffInput> = [(1_000, 0), (50_000, 276_000), (300, 479_500)]
+                .into_iter()
+                .map(|(kwh_centi, ytd_centi)| TariffInput {
+                    kwh: yuan(kwh_centi),
+                    year_to_date_kwh: yuan(ytd_centi),
+                    ..input.clone()
+                })
+                .collect();
+            if let Some(detail) = engine.price_batch_disagreement(c, &params, &checks) {
+                return Err(crate::policy::PolicyFailure::InvalidOutput { detail });
             }
             let max = engine.limits().max_price_yuan_per_kwh;
             match crate::settlement::over_ceiling(&kwh, out.charge_fen, max) {
@@ -283,23 +283,41 @@ fn probe_with(
                 _ => Ok(()),
             }
         }
-        PolicyKind::Warning => engine
-            .assess(
-                c,
-                &WarningInput {
-                    account_id: "probe".into(),
-                    today: day,
-                    balance: yuan(10_000),
-                    agreement,
-                    recent_days: vec![],
-                    days_in_arrears: 0,
-                    level_already_notified: 0,
-                    auto_debit_in_flight: false,
-                    parameters: params,
-                },
-            )
-            .outcome
-            .map(drop),
+        PolicyKind::Warning => {
+            let input = WarningInput {
+                account_id: "probe".into(),
+                today: day,
+                balance: yuan(10_000),
+                agreement,
+                recent_days: vec![],
+                days_in_arrears: 0,
+                level_already_notified: 0,
+                auto_debit_in_flight: false,
+                parameters: String::new(),
+            };
+            engine
+                .assess(
+                    c,
+                    &WarningInput {
+                        parameters: params.clone(),
+                        ..input.clone()
+                    },
+                )
+                .outcome?;
+            // The warning stage assesses many balances per call when it can (contract
+            // 1.1 `assess-batch`): checked as the tariff's `price-batch` is.
+            let checks: Vec<WarningInput> = [10_000, 900, -2_500]
+                .into_iter()
+                .map(|balance_fen| WarningInput {
+                    balance: yuan(balance_fen),
+                    ..input.clone()
+                })
+                .collect();
+            match engine.assess_batch_disagreement(c, &params, &checks) {
+                Some(detail) => Err(crate::policy::PolicyFailure::InvalidOutput { detail }),
+                None => Ok(()),
+            }
+        }
         PolicyKind::Notice => engine
             .word(
                 c,

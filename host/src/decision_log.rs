@@ -81,11 +81,19 @@ impl<I: Recordable> Recordable for SentApart<'_, I> {
         Some(self.parameters)
     }
 
-    /// `json` itself when its one `parameters` member is `""`, the slot the stored form
-    /// has; else `None` (stored whole, as [`slim`] does for an input it cannot slim).
+    /// `json` itself: its one `parameters` member is `""`, the slot the stored form has.
+    ///
+    /// # Panics
+    /// When `json` has no such slot (a host bug: stored whole, the row would not name
+    /// the parameters the component saw). [`SentApart::new`] makes sure the input's own
+    /// parameters are empty; the shipped input types serialise them once.
     fn slimmed(&self, json: &str, _parameters: &str) -> Option<String> {
-        let at = unique_parameters_value(json)?;
-        json[at..].starts_with("\"\"").then(|| json.to_string())
+        let slot = unique_parameters_value(json).filter(|&at| json[at..].starts_with("\"\""));
+        assert!(
+            slot.is_some(),
+            "an input sent apart serialises with one empty parameters member: {json}"
+        );
+        Some(json.to_string())
     }
 }
 

@@ -149,6 +149,48 @@ fn the_step_tariff_prices_many_periods_per_call_as_it_prices_one() {
     assert_eq!(refused, 6, "the six negative periods are refused, one each");
 }
 
+/// The shipped warning component exports `warning-batch` (contract 1.1): its table of
+/// balances assessed many per call, parameters sent once, gives each what `assess`
+/// gives it alone.
+#[test]
+fn the_warning_component_assesses_many_balances_per_call_as_it_assesses_one() {
+    let (engine, county) = county();
+    let p = county.snapshot();
+    let active = p.get(PolicyKind::Warning);
+    assert!(active.component.decides_in_batches());
+    let inputs: Vec<WarningInput> = (0..200)
+        .map(|i| WarningInput {
+            account_id: format!("35{i:08}"),
+            today: date(2013, 6, 16),
+            balance: dec(&format!("{}.{:02}", i - 40, i % 100)),
+            agreement: agreement(),
+            recent_days: vec![],
+            days_in_arrears: if i < 40 { (40 - i) as u32 / 5 } else { 0 },
+            level_already_notified: (i % 4) as u8,
+            auto_debit_in_flight: i % 3 == 0,
+            parameters: String::new(),
+        })
+        .collect();
+    let many = engine.assess_many(&active.component, &active.parameters_json, &inputs);
+    assert_eq!(many.len(), inputs.len());
+    let mut levels = std::collections::BTreeSet::new();
+    for (k, (m, input)) in many.iter().zip(&inputs).enumerate() {
+        let alone = engine.assess(
+            &active.component,
+            &WarningInput {
+                parameters: active.parameters_json.clone(),
+                ..input.clone()
+            },
+        );
+        assert_eq!(m.outcome, alone.outcome, "balance {k}");
+        levels.insert(m.outcome.as_ref().unwrap().level);
+    }
+    assert!(
+        levels.len() >= 3,
+        "the table reaches several levels: {levels:?}"
+    );
+}
+
 #[test]
 fn time_of_use_adders_apply_on_top_of_the_step_price() {
     let (engine, county) = county();

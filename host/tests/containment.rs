@@ -178,12 +178,80 @@ fn a_failed_batch_call_holds_only_the_account_that_caused_it() {
         );
     }
 
+    // An answer that depends on the input before it in the call: the chunk's last
+    // input, priced alone as a sample, gives it away, and the chunk is priced again alone.
+    let many = engine.price_many(&c, &mode("remember"), &apart(5, None));
+    let charges: Vec<i64> = many
+        .iter()
+        .map(|m| m.outcome.as_ref().unwrap().charge_fen)
+        .collect();
+    assert_eq!(charges, [0, 1, 2, 3, 4]);
+
     // An output the contract refuses fails its own period only, batched or not.
     let many = engine.price_many(&c, &mode("negative"), &apart(3, None));
     assert!(many.iter().all(|m| matches!(
         &m.outcome,
         Err(PolicyFailure::InvalidOutput { detail }) if detail.contains("negative")
     )));
+}
+
+/// A batch call gets ONE decision's fuel, not one per input: with a budget that one
+/// input fits in and three do not, a call of three runs out and each input is priced
+/// alone — each with exactly a single call's fuel; with room for three, the call
+/// succeeds and each records a share of it instead.
+#[test]
+fn a_batch_call_has_the_fuel_of_one_decision() {
+    let measure = engine(PolicyLimits::default());
+    let c = measure.load(PolicyKind::Tariff, &hostile()).unwrap();
+    let burn = r#"{"mode":"burn"}"#;
+    let one = measure.price(&c, &tariff_input("burn"));
+    assert!(one.outcome.is_ok(), "{:?}", one.outcome);
+    let single = one.fuel_used;
+    assert!(single > 1_000_000, "the burn mode spends fuel: {single}");
+    let apart: Vec<TariffInput> = (0..3)
+        .map(|i| TariffInput {
+            account_id: format!("35{i:08}"),
+            parameters: String::new(),
+            ..tariff_input("burn")
+        })
+        .collect();
+    let alone = |e: &PolicyEngine, c, i: &TariffInput| {
+        e.price(
+            c,
+            &TariffInput {
+                parameters: burn.into(),
+                ..i.clone()
+            },
+        )
+        .fuel_used
+    };
+
+    let tight = engine(PolicyLimits {
+        fuel_per_decision: single * 5 / 2,
+        ..PolicyLimits::default()
+    });
+    let c = tight.load(PolicyKind::Tariff, &hostile()).unwrap();
+    let many = tight.price_many(&c, burn, &apart);
+    for (m, i) in many.iter().zip(&apart) {
+        assert!(m.outcome.is_ok(), "{:?}", m.outcome);
+        assert_eq!(
+            m.fuel_used,
+            alone(&tight, &c, i),
+            "priced alone, after the call ran out"
+        );
+    }
+
+    let roomy = engine(PolicyLimits {
+        fuel_per_decision: single * 4,
+        ..PolicyLimits::default()
+    });
+    let c = roomy.load(PolicyKind::Tariff, &hostile()).unwrap();
+    let many = roomy.price_many(&c, burn, &apart);
+    for (m, i) in many.iter().zip(&apart) {
+        assert!(m.outcome.is_ok(), "{:?}", m.outcome);
+        // Fuel is exact: a share of the call's fuel, not what the input costs alone.
+        assert_ne!(m.fuel_used, alone(&roomy, &c, i), "a share of one call");
+    }
 }
 
 /// A version whose `price-batch` answers otherwise than its `price` is not put in force:
@@ -197,9 +265,29 @@ fn a_batch_export_that_disagrees_with_price_is_refused_at_activation() {
         parameters_json: format!("{{\"mode\":\"{mode}\"}}"),
     };
     feegate::county::probe(&engine, &active("ok")).expect("an honest batch passes");
+    for (mode, what) in [
+        ("batch-differs", "answers check input 0"),
+        ("remember", "answers check input 0"),
+        ("miscount", "failed as a whole"),
+    ] {
+        let err = feegate::county::probe(&engine, &active(mode)).unwrap_err();
+        assert!(
+            matches!(&err, PolicyFailure::InvalidOutput { detail }
+                if detail.contains("price-batch") && detail.contains(what)),
+            "{mode}: {err:?}"
+        );
+    }
+    // The warning kind's `assess-batch` is checked the same way.
+    let warning = engine.load(PolicyKind::Warning, &hostile()).unwrap();
+    assert!(warning.decides_in_batches());
+    let active = |mode: &str| ActiveComponent {
+        component: warning.clone(),
+        parameters_json: format!("{{\"mode\":\"{mode}\"}}"),
+    };
+    feegate::county::probe(&engine, &active("ok")).expect("an honest batch passes");
     let err = feegate::county::probe(&engine, &active("batch-differs")).unwrap_err();
     assert!(
-        matches!(&err, PolicyFailure::InvalidOutput { detail } if detail.contains("price-batch")),
+        matches!(&err, PolicyFailure::InvalidOutput { detail } if detail.contains("assess-batch")),
         "{err:?}"
     );
 }

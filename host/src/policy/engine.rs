@@ -1,9 +1,13 @@
 //! Compiling, checking and running policy components under limits.
 //!
 //! Shape (after Kubewarden's "pre-instantiate once, fresh evaluator per request"):
-//! a component is compiled, checked and pre-instantiated once at load; every decision
-//! runs in a fresh [`Store`] with its own fuel, memory limiter, epoch deadline and
-//! deny-all WASI context, so one misbehaving decision cannot leak state into the next.
+//! a component is compiled, checked and pre-instantiated once at load; every call runs in
+//! a fresh [`Store`] with its own fuel, memory limiter, epoch deadline and deny-all WASI
+//! context, so one misbehaving call cannot leak state into the next. A call decides one
+//! input, or — through a contract 1.1 batch export ([`PolicyEngine::price_many`],
+//! [`PolicyEngine::assess_many`]) — up to [`BATCH_MAX`] inputs of one county and day,
+//! which then share one instance and one decision's limits; see those functions for
+//! what keeps one input's answer from depending on another's.
 
 use super::PolicyKind;
 use super::bindings::{
@@ -718,9 +722,10 @@ impl PolicyEngine {
     /// decision's fuel and deadline and each output validated exactly as in [`Self::run`].
     ///
     /// For `feegate bench policy` only, to measure what per-decision instantiation costs:
-    /// decisions never run this way, because an instance could carry state from one
-    /// customer's decision into the next. A trap ends the batch (a trapped instance
-    /// cannot be entered again), so the result may be shorter than `inputs`.
+    /// decisions never run this way (the daily job's many-per-call path is a batch export,
+    /// [`Self::price_many`], with its own limits and checks). A trap ends the batch (a
+    /// trapped instance cannot be entered again), so the result may be shorter than
+    /// `inputs`.
     fn run_batch<I, X, R: Serialize>(
         &self,
         instantiate: impl FnOnce(&mut Store<GuestState>) -> wasmtime::Result<X>,
@@ -846,6 +851,11 @@ impl PolicyEngine {
     /// input count — is discarded and each of its inputs is priced again alone with
     /// [`Self::price`], so a failure holds only the account it belongs to.
     ///
+    /// Every chunk's last input is also priced alone, and a chunk whose answer for it
+    /// differs from the single call's is discarded the same way: an answer that depends on
+    /// the inputs before it in the call does not get through (at 1/[`BATCH_MAX`] of the
+    /// cost). Activation checks more ([`Self::price_batch_disagreement`]).
+    ///
     /// Without `tariff-batch` each input is priced alone with [`Self::price`].
     pub fn price_many(
         &self,
@@ -882,12 +892,82 @@ impl PolicyEngine {
         };
         let mut out = Vec::with_capacity(inputs.len());
         for chunk in inputs.chunks(BATCH_MAX) {
-            match on_guest_thread(|| self.decide_chunk(batch, parameters, chunk)) {
+            let decided =
+                on_guest_thread(|| self.decide_chunk(batch, parameters, chunk)).filter(|decided| {
+                    // The sample: the chunk's last input, priced alone (after the chunk's
+                    // store and slot are given back).
+                    let (Some(last), Some(answer)) = (chunk.last(), decided.last()) else {
+                        return false;
+                    };
+                    alone(last).outcome == answer.outcome
+                });
+            match decided {
                 Some(decided) => out.extend(decided),
                 None => out.extend(chunk.iter().map(alone)),
             }
         }
         out
+    }
+
+    /// Checks a tariff component's `price-batch` against its `price` before a version is
+    /// put in force: `inputs` in one call, then reversed in another, must each get what
+    /// `price` gives them alone (with `parameters` filled in), and neither call may fail
+    /// as a whole. `None` when they agree or the component has no `tariff-batch`; else
+    /// what differed, for the operator.
+    pub fn price_batch_disagreement(
+        &self,
+        c: &LoadedComponent,
+        parameters: &str,
+        inputs: &[TariffInput],
+    ) -> Option<String> {
+        self.batch_disagreement(c, parameters, inputs)
+    }
+
+    /// [`Self::price_batch_disagreement`] for a warning component's `assess-batch`.
+    pub fn assess_batch_disagreement(
+        &self,
+        c: &LoadedComponent,
+        parameters: &str,
+        inputs: &[WarningInput],
+    ) -> Option<String> {
+        self.batch_disagreement(c, parameters, inputs)
+    }
+
+    fn batch_disagreement<I: Batched>(
+        &self,
+        c: &LoadedComponent,
+        parameters: &str,
+        inputs: &[I],
+    ) -> Option<String> {
+        let batch = c.batch.as_ref().filter(|_| c.kind == I::KIND)?;
+        let (_, interface, func) = BATCH_EXPORTS.iter().find(|(k, _, _)| *k == I::KIND)?;
+        let single: Vec<_> = inputs
+            .iter()
+            .map(|i| I::alone(self, c, &i.with_parameters(parameters)).outcome)
+            .collect();
+        let mut reversed = inputs.to_vec();
+        reversed.reverse();
+        for (order, call) in [("in order", inputs), ("reversed", &reversed[..])] {
+            let Some(mut decided) = on_guest_thread(|| self.decide_chunk(batch, parameters, call))
+            else {
+                return Some(format!(
+                    "its {interface}#{func} failed as a whole on {} check inputs ({order}), which it decides one by one",
+                    inputs.len()
+                ));
+            };
+            if order == "reversed" {
+                decided.reverse();
+            }
+            for (k, (got, want)) in decided.iter().zip(&single).enumerate() {
+                if got.outcome != *want {
+                    return Some(format!(
+                        "its {interface}#{func} answers check input {k} ({order}) with {:?}, where it answers {:?} alone; both must give each input the same answer, whatever else is in the call",
+                        got.outcome, want
+                    ));
+                }
+            }
+        }
+        None
     }
 
     /// One batch call in a fresh store ([`Self::decide_many`]); `None` when the call
@@ -1125,7 +1205,7 @@ pub const BATCH_MAX: usize = 128;
 
 /// An input kind with a contract 1.1 batch export (`price-batch`, `assess-batch`).
 trait Batched: Clone + Sync + ComponentType + Lower {
-    type Output: ComponentType + Lift + Serialize + Send + 'static;
+    type Output: ComponentType + Lift + Serialize + Send + PartialEq + std::fmt::Debug + 'static;
     const KIND: PolicyKind;
     /// A copy of the input carrying `parameters`, as a single call sends it.
     fn with_parameters(&self, parameters: &str) -> Self;

@@ -16,10 +16,12 @@
 //! | `disconnect` | cutoff: asks to disconnect everyone, always (the floor must hold) |
 //! | `trap-one` | tariff: traps on an account id containing `trap`, prices the others |
 //! | `miscount` | tariff: `price-batch` drops its last result (the host must price again alone) |
-//! | `batch-differs` | tariff: `price-batch` charges 1 fen more than `price` (activation must refuse it) |
+//! | `batch-differs` | `price-batch` charges 1 fen more than `price`, `assess-batch` warns one level higher than `assess` (activation must refuse both) |
+//! | `burn` | tariff: spins a million loop turns per input, then prices (a test sizes the fuel budget so that one fits and a batch of three does not) |
+//! | `remember` | `price-batch` charges each input what the input before it in the call used (an answer depending on another account's input) |
 //!
-//! It exports `tariff-batch` (contract 1.1) too: `price-batch` prices each input as
-//! `price` does, misbehaving in the same modes.
+//! It exports `tariff-batch` and `warning-batch` (contract 1.1) too: they decide each
+//! input as `price` and `assess` do, misbehaving in the same modes.
 
 wit_bindgen::generate!({
     inline: r#"
@@ -27,6 +29,7 @@ wit_bindgen::generate!({
         world hostile {
             export feegate:policy/tariff@1.1.0;
             export feegate:policy/tariff-batch@1.1.0;
+            export feegate:policy/warning-batch@1.1.0;
             export feegate:policy/warning@1.1.0;
             export feegate:policy/notice@1.1.0;
             export feegate:policy/cutoff@1.1.0;
@@ -61,6 +64,8 @@ fn mode(parameters: &str) -> &'static str {
         "trap-one",
         "miscount",
         "batch-differs",
+        "burn",
+        "remember",
     ] {
         if parameters.contains(&format!("\"{m}\"")) {
             return m;
@@ -108,6 +113,12 @@ impl exports::feegate::policy::tariff::Guest for Hostile {
     fn price(input: TariffInput) -> Result<TariffOutput, PolicyError> {
         let m = mode(&input.parameters);
         misbehave(m);
+        if m == "burn" {
+            let mut x: u64 = 0;
+            for _ in 0..1_000_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
         if m == "trap-one" && input.account_id.contains("trap") {
             panic!("hostile component: deliberate trap on {}", input.account_id);
         }
@@ -151,9 +162,40 @@ impl exports::feegate::policy::tariff_batch::Guest for Hostile {
                     o.charge_fen += 1;
                 }
             }
+            "remember" => {
+                let mut before = 0;
+                for o in out.iter_mut().flatten() {
+                    (o.charge_fen, before) = (before, o.charge_fen);
+                }
+            }
             _ => {}
         }
         out
+    }
+}
+
+impl exports::feegate::policy::warning_batch::Guest for Hostile {
+    fn assess_batch(
+        parameters: String,
+        inputs: Vec<WarningInput>,
+    ) -> Vec<Result<WarningOutput, PolicyError>> {
+        use exports::feegate::policy::warning::Guest;
+        let m = mode(&parameters);
+        inputs
+            .into_iter()
+            .map(|input| {
+                let mut out = Hostile::assess(WarningInput {
+                    parameters: parameters.clone(),
+                    ..input
+                });
+                if m == "batch-differs"
+                    && let Ok(o) = &mut out
+                {
+                    o.level += 1;
+                }
+                out
+            })
+            .collect()
     }
 }
 
