@@ -4,6 +4,10 @@
 //!
 //! Parameters are Xianyou's policy set: steps 0.4983 / 0.5483 / 0.7983 yuan per kWh at
 //! 2760 and 4800 kWh a year, peak +0.0300, valley −0.2000, half-up to fen.
+//!
+//! Backward compatibility: `tests/legacy-policy`, a flat tariff built against the frozen
+//! contract 1.0.0, loads and is called through the host's 1.1.0 bindings; a component that
+//! claims a contract version the host does not list is refused at load.
 
 mod common;
 
@@ -11,7 +15,9 @@ use feegate::config::PolicyLimits;
 use feegate::county::{County, PolicySnapshot};
 use feegate::policy::PolicyEngine;
 use feegate::policy::PolicyKind;
+use feegate::policy::PolicyLoadError;
 use feegate::policy::bindings::*;
+use feegate::policy::contract::SUPPORTED_CONTRACT;
 use std::sync::Arc;
 
 fn county() -> (Arc<PolicyEngine>, County) {
@@ -505,4 +511,169 @@ fn a_policy_set_whose_parameters_the_component_refuses_does_not_load() {
             && msg.contains("abc"),
         "{msg}"
     );
+}
+
+/// The legacy component's parameters: 0.5283 yuan per kWh.
+const LEGACY_PARAMS: &str = r#"{"price_per_kwh":"0.5283"}"#;
+
+/// `mantissa`×10^−`scale` kWh at 0.5283 yuan/kWh, in fen rounded half up (for kWh ≥ 0):
+/// the exact amount is mantissa × 5283 / 10^(scale + 2) fen.
+fn legacy_fen(mantissa: i64, scale: u8) -> i64 {
+    let num = i128::from(mantissa) * 5283;
+    let den = 10i128.pow(u32::from(scale) + 2);
+    ((2 * num + den) / (2 * den)) as i64
+}
+
+/// A component built against contract 1.0.0 (`tests/legacy-policy`, from the frozen
+/// 1.0.0 WIT: `tariff@1.0.0`, no `tariff-batch`) loads in the host, whose bindings are
+/// 1.1.0, and is reported as deciding one input per call. `price_many` — the path
+/// settlement takes — then makes one fresh call per input: each result is exactly the
+/// single `price` call's (outcome, and fuel to the unit, where a batched decision would
+/// record a share of its call's fuel) and the flat charge worked out by hand.
+#[test]
+fn a_contract_1_0_0_component_loads_and_prices_one_input_per_call() {
+    let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
+    let bytes = std::fs::read(common::component("legacy_policy")).expect("built by `make plugins`");
+    let contains = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(contains("feegate:policy/tariff@1.0.0"));
+    assert!(
+        !contains("@1.1.0") && !contains("tariff-batch"),
+        "built from the 1.0.0 contract, which has no batch interface"
+    );
+    let c = engine
+        .load(PolicyKind::Tariff, &bytes)
+        .expect("the host accepts a contract 1.0.0 component");
+    assert_eq!(c.contract_version, "1.0.0");
+    assert!(SUPPORTED_CONTRACT.contains(&"1.0.0"));
+    assert!(!c.decides_in_batches());
+    // The check a version must pass before it is put in force (`policy activate`, the
+    // running host's swap) takes a component without a batch export.
+    feegate::county::probe(
+        &engine,
+        &feegate::county::ActiveComponent {
+            component: c.clone(),
+            parameters_json: LEGACY_PARAMS.into(),
+        },
+    )
+    .expect("the activation check passes");
+
+    let input = |i: usize, mantissa: i64, scale: u8| TariffInput {
+        account_id: format!("35{i:08}"),
+        customer_class: CustomerClass::LowVoltageResidential,
+        period_first: date(2013, 6, 1),
+        period_last: date(2013, 6, 1),
+        kwh: Decimal { mantissa, scale },
+        year_to_date_kwh: dec("0"),
+        month_to_date_kwh: dec("0"),
+        tou_split: vec![],
+        time_of_use_elected: false,
+        parameters: String::new(),
+    };
+    // (kWh as mantissa and scale, expected fen worked out by hand)
+    let by_hand = [
+        (1235, 2, 652),        // 12.35 × 0.5283 = 6.524505 yuan
+        (0, 0, 0),             // nothing used
+        (100, 0, 5283),        // 100 × 0.5283 = 52.83
+        (1, 2, 1),             // 0.01 × 0.5283 = 0.005283 → 0.01
+        (9, 3, 0),             // 0.009 × 0.5283 = 0.0047547 → 0.00
+        (3_312_500, 4, 17500), // 331.25 × 0.5283 = 174.999375 → 175.00
+        (500_000, 4, 2642),    // 50 × 0.5283 = 26.415, exactly half a fen: up
+    ];
+    for (mantissa, scale, fen) in by_hand {
+        assert_eq!(legacy_fen(mantissa, scale), fen, "{mantissa}e-{scale}");
+    }
+    // 300 periods (more than two batch calls' worth): the hand-checked ones, then kWh
+    // varying at scales 2 and 3; period 150 has a negative kWh (refused, alone).
+    let inputs: Vec<TariffInput> = (0..300)
+        .map(|i| match by_hand.get(i) {
+            Some(&(mantissa, scale, _)) => input(i, mantissa, scale),
+            None if i == 150 => input(i, -100, 2),
+            None => input(i, (i as i64 * 7919) % 100_000, 2 + (i % 2) as u8),
+        })
+        .collect();
+    let many = engine.price_many(&c, LEGACY_PARAMS, &inputs);
+    assert_eq!(many.len(), inputs.len());
+    for (i, (m, input)) in many.iter().zip(&inputs).enumerate() {
+        let alone = engine.price(
+            &c,
+            &TariffInput {
+                parameters: LEGACY_PARAMS.into(),
+                ..input.clone()
+            },
+        );
+        assert_eq!(m.outcome, alone.outcome, "period {i}");
+        assert!(m.fuel_used > 0);
+        assert_eq!(
+            m.fuel_used, alone.fuel_used,
+            "period {i}: a call of its own"
+        );
+        if i == 150 {
+            assert!(
+                matches!(&m.outcome, Err(feegate::policy::PolicyFailure::Refused { code, .. }) if code == "invalid-input"),
+                "{:?}",
+                m.outcome
+            );
+            continue;
+        }
+        let out = m
+            .outcome
+            .as_ref()
+            .unwrap_or_else(|f| panic!("period {i}: {f}"));
+        assert_eq!(
+            out.charge_fen,
+            legacy_fen(input.kwh.mantissa, input.kwh.scale),
+            "period {i}: {}",
+            out.explanation
+        );
+        assert_eq!(out.reason_code, "legacy-flat-tariff");
+        assert_eq!(out.lines.len(), 1);
+        assert_eq!(out.lines[0].kwh, input.kwh);
+        assert_eq!(out.lines[0].price, dec("0.5283"));
+    }
+
+    // Parameters it cannot read: every period refused alike, batched path or not.
+    let refused = engine.price_many(&c, r#"{"price":"0.5283"}"#, &inputs[..3]);
+    assert!(refused.iter().all(|m| matches!(
+        &m.outcome,
+        Err(feegate::policy::PolicyFailure::Refused { code, .. }) if code == "bad-parameters"
+    )));
+}
+
+/// A component that claims a contract version the host does not list in
+/// `SUPPORTED_CONTRACT` is refused at load, naming what it exports and what the host
+/// supports — a later minor (1.2.0) that wasmtime's semver-compatible lookup would
+/// happily call, a major (2.0.0) and an older one (0.9.0) alike. The components are the
+/// legacy component's bytes relabelled, so the version is the only difference: the same
+/// bytes relabelled 1.1.0 load.
+#[test]
+fn a_component_of_a_contract_version_the_host_does_not_list_is_refused_at_load() {
+    let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
+    for version in ["1.2.0", "2.0.0", "0.9.0"] {
+        assert!(!SUPPORTED_CONTRACT.contains(&version));
+        let err = engine
+            .load(PolicyKind::Tariff, &common::legacy_relabelled(version))
+            .unwrap_err();
+        match &err {
+            PolicyLoadError::UnsupportedContract {
+                interface,
+                found,
+                supported,
+            } => {
+                assert_eq!(*interface, "feegate:policy/tariff");
+                assert_eq!(found, &format!("feegate:policy/tariff@{version}"));
+                assert_eq!(*supported, SUPPORTED_CONTRACT);
+            }
+            other => panic!("{version}: expected UnsupportedContract, got {other:?}"),
+        }
+        let message = err.to_string();
+        assert!(
+            message.contains(version) && message.contains("rebuild it against"),
+            "{message}"
+        );
+    }
+    let relabelled = engine
+        .load(PolicyKind::Tariff, &common::legacy_relabelled("1.1.0"))
+        .expect("the relabelling keeps the component well-formed");
+    assert_eq!(relabelled.contract_version, "1.1.0");
+    assert!(!relabelled.decides_in_batches());
 }

@@ -100,6 +100,47 @@ fn every_run_time_misbehaviour_is_contained() {
     assert!(ok.fuel_used > 0);
 }
 
+/// An output whose strings point at the same bytes many times over (the canonical ABI
+/// allows it) is refused while it is lifted, before the host copies it: 200,000 charge
+/// lines naming one 16 MiB string would be 3 TiB of host `String`s. Alone and in a batch
+/// call, the period is an invalid output, the host lives on, and the next call is fine.
+#[test]
+fn an_output_whose_strings_share_bytes_is_refused_before_it_is_copied() {
+    let engine = engine(PolicyLimits::default());
+    let c = engine.load(PolicyKind::Tariff, &hostile()).unwrap();
+    let refused = |outcome: &Result<_, PolicyFailure>| {
+        matches!(
+            outcome,
+            Err(PolicyFailure::InvalidOutput { detail })
+                if detail.contains("share bytes") && detail.contains("67108864 bytes")
+        )
+    };
+    let alone = engine.price(&c, &tariff_input("alias"));
+    assert!(refused(&alone.outcome), "{:?}", alone.outcome);
+
+    let inputs: Vec<TariffInput> = (0..3)
+        .map(|i| TariffInput {
+            account_id: format!("35{i:08}"),
+            parameters: String::new(),
+            ..tariff_input("ok")
+        })
+        .collect();
+    let many = engine.price_many(&c, "{\"mode\":\"alias\"}", &inputs);
+    assert_eq!(many.len(), 3);
+    for m in &many {
+        assert!(refused(&m.outcome), "{:?}", m.outcome);
+    }
+
+    // Nothing stuck: the same component, behaving, prices as always, alone and batched.
+    let ok = engine.price(&c, &tariff_input("ok"));
+    assert_eq!(ok.outcome.expect("ok mode").charge_fen, 12);
+    let many = engine.price_many(&c, "{\"mode\":\"ok\"}", &inputs);
+    assert!(
+        many.iter()
+            .all(|m| m.outcome.as_ref().unwrap().charge_fen == 12)
+    );
+}
+
 /// Many periods per call (contract 1.1 `price-batch`): a call that fails as a whole is
 /// discarded and each of its periods priced again alone, so a trap holds only the account
 /// whose input caused it; a call that returns the wrong number of results is not

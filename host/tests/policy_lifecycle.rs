@@ -2509,3 +2509,166 @@ async fn a_tariff_over_the_charge_ceiling_is_refused_at_activation() {
     let (code, stderr) = activate_cli(Some("60"));
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// `tests/legacy-policy`'s parameters: a flat 0.5283 yuan per kWh, half up to fen.
+const LEGACY_PARAMS: &str = r#"{"price_per_kwh":"0.5283"}"#;
+
+/// Backward compatibility, end to end: a tariff built against contract 1.0.0
+/// (`tests/legacy-policy`: no `tariff-batch`) is published — refused, though well
+/// signed, when relabelled as contract 2.0.0 — activated and put in force by the running
+/// host; the next morning's settlement charges each account its kWh × 0.5283 yuan,
+/// half up to fen, one decision per call, and `audit replay` reproduces every one of
+/// those decisions bit for bit, with the recorded fuel (a single call's) to the unit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contract_1_0_0_tariff_is_activated_settles_a_day_and_replays() {
+    let Some((opts, _tdb)) = common::small_county_db(
+        "a_contract_1_0_0_tariff_is_activated_settles_a_day_and_replays",
+        8,
+        3,
+        11,
+    )
+    .await
+    else {
+        return;
+    };
+    let mut s = Scenario::new(&opts, &[]).await.unwrap();
+    for day in 0..2 {
+        s.run_day(opts.start + chrono::Duration::days(day), false)
+            .await
+            .unwrap();
+    }
+    let db = s.host.db.clone();
+    let engine = s.host.engine.clone();
+    let key = trusting_county(&db).await;
+
+    let err = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Tariff,
+        &common::legacy_relabelled("2.0.0"),
+        LEGACY_PARAMS,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::Load(PolicyLoadError::UnsupportedContract { found, .. })
+            if found == "feegate:policy/tariff@2.0.0"),
+        "{err}"
+    );
+
+    let legacy = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Tariff,
+        &wasm("legacy_policy"),
+        LEGACY_PARAMS,
+    )
+    .await
+    .expect("a contract 1.0.0 component is published");
+    assert_eq!(legacy.contract_version, "1.0.0");
+    registry::activate(
+        &db,
+        &engine,
+        &ActivateRequest {
+            county: "xianyou",
+            kind: PolicyKind::Tariff,
+            version: &legacy.component_sha256,
+            at: None,
+            stage: None,
+            who: "ops",
+            note: "flat 0.5283 trial on a contract 1.0.0 component",
+            now: s.clock.now(),
+        },
+    )
+    .await
+    .expect("activated: the activation check takes a component without tariff-batch");
+
+    // The third morning: the watcher puts it in force, then the settlement of day 2.
+    let morning = opts.start + chrono::Duration::days(2);
+    let stats = s.run_day(morning, true).await.unwrap();
+    let snapshot = s.host.county.snapshot();
+    let tariff = &snapshot.get(PolicyKind::Tariff).component;
+    assert_eq!(tariff.sha256, legacy.component_sha256);
+    assert_eq!(tariff.contract_version, "1.0.0");
+    assert!(!tariff.decides_in_batches());
+
+    let day = feegate::db::ds(morning - chrono::Duration::days(1));
+    let rows = sqlx::query(
+        "SELECT s.account_id, s.kwh_centi, s.charge_fen, l.amount_fen, d.component_sha256,
+                d.reason_code
+         FROM settlements s
+         JOIN ledger_entries l ON l.entry_id = s.entry_id
+         JOIN decisions d ON d.decision_id = s.decision_id
+         WHERE s.business_date = $1 ORDER BY s.account_id",
+    )
+    .bind(&day)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(rows.len() >= 4, "{} of 8 accounts settled", rows.len());
+    assert_eq!(stats.settled as usize, rows.len());
+    let mut charged = 0;
+    for r in &rows {
+        let account: String = r.get(0);
+        let kwh_centi: i64 = r.get(1);
+        let charge_fen: i64 = r.get(2);
+        // kwh_centi × 0.5283 yuan/100 = kwh_centi × 5283 / 10^4 fen, half up.
+        let expected = (2 * kwh_centi * 5283 + 10_000) / 20_000;
+        assert_eq!(charge_fen, expected, "{account}: {kwh_centi} centi-kWh");
+        assert_eq!(
+            r.get::<i64, _>(3),
+            -charge_fen,
+            "{account}: the ledger entry"
+        );
+        assert_eq!(r.get::<String, _>(4), legacy.component_sha256, "{account}");
+        assert_eq!(r.get::<String, _>(5), "legacy-flat-tariff", "{account}");
+        charged += charge_fen;
+    }
+    assert!(charged > 0, "the day used some energy");
+    assert_eq!(stats.charged_fen, charged);
+    let held: i64 =
+        sqlx::query("SELECT COUNT(*) FROM holds WHERE stage = 'settlement' AND business_date = $1")
+            .bind(&day)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(held, 0, "no tariff decision failed");
+
+    let replayed = audit::replay(
+        &db,
+        &engine,
+        &Filter {
+            kind: "tariff".into(),
+            from: day.clone(),
+            to: day.clone(),
+            ..Filter::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        replayed.len(),
+        rows.len(),
+        "one decision per settled account"
+    );
+    for r in &replayed {
+        assert_eq!(r.component_sha256, legacy.component_sha256);
+        assert!(
+            r.matches,
+            "decision {} differs:\n{}\n{}",
+            r.decision_id, r.recorded, r.replayed
+        );
+        // Decided alone (no batch export): the log holds the single call's fuel, which
+        // the replay reproduces exactly, with no shared-fuel note.
+        assert_eq!(r.note, None, "decision {}", r.decision_id);
+        assert_eq!(
+            r.fuel_recorded as u64, r.fuel_replayed,
+            "decision {}",
+            r.decision_id
+        );
+    }
+}

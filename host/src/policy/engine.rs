@@ -16,6 +16,9 @@ use super::bindings::{
     tariff, warning,
 };
 use super::contract::{SUPPORTED_CONTRACT, export_version, refused_import_reason};
+use super::lift::{
+    self, BoundedList, OutputOverBudget, RawPolicyError, RawTariffOutput, RawWarningOutput,
+};
 use crate::config::PolicyLimits;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -112,7 +115,9 @@ pub struct Invocation<T> {
 
 #[derive(Clone)]
 enum KindPre {
-    Tariff(tariff::TariffPolicyPre<GuestState>),
+    /// The generated bindings' pre-instance and the `price` export, which the host calls
+    /// itself to lift its output within the output budget ([`super::lift`]).
+    Tariff(tariff::TariffPolicyPre<GuestState>, ComponentExportIndex),
     Warning(warning::WarningPolicyPre<GuestState>),
     Notice(notice::NoticePolicyPre<GuestState>),
     Cutoff(cutoff::CutoffPolicyPre<GuestState>),
@@ -460,7 +465,19 @@ impl PolicyEngine {
         let batch = self.batch_export(kind, &component, &instance_pre)?;
         let pre = match kind {
             PolicyKind::Tariff => {
-                KindPre::Tariff(tariff::TariffPolicyPre::new(instance_pre).map_err(link)?)
+                let (interface_name, func_name) = TARIFF_PRICE;
+                let price = component
+                    .get_export_index(None, interface_name)
+                    .and_then(|i| component.get_export_index(Some(&i), func_name))
+                    .ok_or_else(|| {
+                        PolicyLoadError::Link(format!(
+                            "{interface_name}#{func_name} is not exported"
+                        ))
+                    })?;
+                KindPre::Tariff(
+                    tariff::TariffPolicyPre::new(instance_pre).map_err(link)?,
+                    price,
+                )
             }
             PolicyKind::Warning => {
                 KindPre::Warning(warning::WarningPolicyPre::new(instance_pre).map_err(link)?)
@@ -788,6 +805,11 @@ impl PolicyEngine {
         if let Some(detail) = memory_hit {
             return PolicyFailure::MemoryLimit { detail };
         }
+        if let Some(over) = e.downcast_ref::<OutputOverBudget>() {
+            return PolicyFailure::InvalidOutput {
+                detail: over.to_string(),
+            };
+        }
         match e.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => PolicyFailure::OutOfFuel {
                 limit: self.limits.fuel_per_decision,
@@ -802,15 +824,25 @@ impl PolicyEngine {
     }
 
     /// Prices a period's consumption with a tariff component.
+    ///
+    /// The output is lifted within the guest's memory limit ([`super::lift`]): one whose
+    /// strings share bytes so that copying them would take more is an invalid output
+    /// before it is copied.
     pub fn price(&self, c: &LoadedComponent, input: &TariffInput) -> Invocation<TariffOutput> {
-        let KindPre::Tariff(pre) = &c.pre else {
+        let KindPre::Tariff(pre, price) = &c.pre else {
             return wrong_kind(c, PolicyKind::Tariff);
         };
+        let budget = self.limits.memory_bytes;
         self.run(
             |store| {
-                pre.instantiate(&mut *store)?
-                    .feegate_policy_tariff()
-                    .call_price(&mut *store, input)
+                let instance = pre.instance_pre().instantiate(&mut *store)?;
+                let func = instance
+                    .get_typed_func::<(&TariffInput,), (Result<RawTariffOutput, RawPolicyError>,)>(
+                        &mut *store,
+                        price,
+                    )?;
+                let (result,) = lift::with_budget(budget, || func.call(&mut *store, (input,)))?;
+                Ok(lift::into_result(result))
             },
             validate_tariff,
         )
@@ -823,7 +855,7 @@ impl PolicyEngine {
         c: &LoadedComponent,
         inputs: &[TariffInput],
     ) -> Vec<Invocation<TariffOutput>> {
-        let KindPre::Tariff(pre) = &c.pre else {
+        let KindPre::Tariff(pre, _) = &c.pre else {
             return vec![wrong_kind(c, PolicyKind::Tariff)];
         };
         self.run_batch(
@@ -982,7 +1014,10 @@ impl PolicyEngine {
         let (mut store, _, _) = self.new_store();
         let instance = batch.pre.instantiate(&mut store).ok()?;
         let func = batch_func::<I>(&instance, &mut store, &batch.func).ok()?;
-        let (results,) = func.call(&mut store, (parameters, chunk)).ok()?;
+        // The whole call's output within the guest's memory (`super::lift`).
+        let budget = self.limits.memory_bytes;
+        let (BoundedList(results),) =
+            lift::with_budget(budget, || func.call(&mut store, (parameters, chunk))).ok()?;
         if results.len() != chunk.len() || store.data().limiter.hit.is_some() {
             return None;
         }
@@ -996,7 +1031,7 @@ impl PolicyEngine {
                 .into_iter()
                 .enumerate()
                 .map(|(i, result)| Invocation {
-                    outcome: self.outcome(Ok(result), I::validate, None),
+                    outcome: self.outcome(Ok(lift::into_result(result)), I::validate, None),
                     fuel_used: fuel / n + u64::from((i as u64) < fuel % n),
                     guest_output: String::new(),
                 })
@@ -1198,6 +1233,10 @@ pub const BATCH_EXPORTS: &[(PolicyKind, &str, &str)] = &[
     ),
 ];
 
+/// The single-call tariff export the host calls itself ([`PolicyEngine::price`]), looked up
+/// semver-compatibly like [`BATCH_EXPORTS`] (a 1.0.0 component's `tariff@1.0.0` is found).
+const TARIFF_PRICE: (&str, &str) = ("feegate:policy/tariff@1.1.0", "price");
+
 /// Most inputs decided in one batch call ([`PolicyEngine::price_many`]): enough that
 /// entering the guest and instantiating are a small part of each decision, few enough
 /// that a chunk discarded for a failure costs little to decide again alone.
@@ -1205,7 +1244,9 @@ pub const BATCH_MAX: usize = 128;
 
 /// An input kind with a contract 1.1 batch export (`price-batch`, `assess-batch`).
 trait Batched: Clone + Sync + ComponentType + Lower {
-    type Output: ComponentType + Lift + Serialize + Send + PartialEq + std::fmt::Debug + 'static;
+    type Output: Serialize + Send + PartialEq + std::fmt::Debug + 'static;
+    /// The output as lifted within the output budget ([`super::lift`]).
+    type Raw: ComponentType + Lift + Into<Self::Output> + 'static;
     const KIND: PolicyKind;
     /// A copy of the input carrying `parameters`, as a single call sends it.
     fn with_parameters(&self, parameters: &str) -> Self;
@@ -1217,6 +1258,7 @@ trait Batched: Clone + Sync + ComponentType + Lower {
 
 impl Batched for TariffInput {
     type Output = TariffOutput;
+    type Raw = RawTariffOutput;
     const KIND: PolicyKind = PolicyKind::Tariff;
     fn with_parameters(&self, parameters: &str) -> Self {
         Self {
@@ -1234,6 +1276,7 @@ impl Batched for TariffInput {
 
 impl Batched for WarningInput {
     type Output = WarningOutput;
+    type Raw = RawWarningOutput;
     const KIND: PolicyKind = PolicyKind::Warning;
     fn with_parameters(&self, parameters: &str) -> Self {
         Self {
@@ -1260,7 +1303,8 @@ fn batch_func<'a, I: Batched>(
     instance: &wasmtime::component::Instance,
     store: &mut Store<GuestState>,
     func: &ComponentExportIndex,
-) -> wasmtime::Result<TypedFunc<(&'a str, &'a [I]), (Vec<Result<I::Output, PolicyError>>,)>> {
+) -> wasmtime::Result<TypedFunc<(&'a str, &'a [I]), (BoundedList<Result<I::Raw, RawPolicyError>>,)>>
+{
     instance.get_typed_func(store, func)
 }
 

@@ -10,6 +10,7 @@ pub mod bindings;
 pub mod contract;
 pub mod convert;
 pub mod engine;
+pub mod lift;
 pub mod set;
 
 pub use engine::{

@@ -30,6 +30,34 @@ pub fn component(name: &str) -> PathBuf {
     components_dir().join(format!("{name}.wasm"))
 }
 
+/// The bytes of `tests/legacy-policy` (a contract 1.0.0 component) relabelled as contract
+/// `version`: every `feegate:policy/tariff@1.0.0` and `feegate:policy/types@1.0.0` name in
+/// it becomes `…@{version}`. `version` has five characters, like `1.0.0`, so every
+/// length prefix stays right and the binary stays a well-formed component: only the
+/// version it claims changes.
+pub fn legacy_relabelled(version: &str) -> Vec<u8> {
+    assert_eq!(version.len(), "1.0.0".len(), "{version}: same length only");
+    let mut bytes = std::fs::read(component("legacy_policy")).expect("built by `make plugins`");
+    let mut replaced = 0;
+    for interface in ["tariff", "types"] {
+        let from = format!("feegate:policy/{interface}@1.0.0");
+        let to = format!("feegate:policy/{interface}@{version}");
+        let n = from.len();
+        let mut at = 0;
+        while at + n <= bytes.len() {
+            if &bytes[at..at + n] == from.as_bytes() {
+                bytes[at..at + n].copy_from_slice(to.as_bytes());
+                replaced += 1;
+                at += n;
+            } else {
+                at += 1;
+            }
+        }
+    }
+    assert!(replaced > 0, "the legacy component names its contract");
+    bytes
+}
+
 /// `../shared/data/<file>`.
 pub fn shared_data(file: &str) -> PathBuf {
     repo().join("../shared/data").join(file)

@@ -18,6 +18,7 @@
 //! | `miscount` | tariff: `price-batch` drops its last result (the host must price again alone) |
 //! | `batch-differs` | `price-batch` charges 1 fen more than `price`, `assess-batch` warns one level higher than `assess` (activation must refuse both) |
 //! | `burn` | tariff: spins a million loop turns per input, then prices (a test sizes the fuel budget so that one fits and a batch of three does not) |
+//! | `alias` | tariff: returns 200,000 charge `lines` whose `item` strings all point at one 16 MiB string (40 MiB of guest memory; copied line by line it would be 3 TiB: the host must refuse it before copying) |
 //! | `remember` | `price-batch` charges each input what the input before it in the call used (an answer depending on another account's input) |
 //!
 //! It exports `tariff-batch` and `warning-batch` (contract 1.1) too: they decide each
@@ -45,7 +46,7 @@ use exports::feegate::policy::cutoff::{
     ReconnectionOutput,
 };
 use exports::feegate::policy::notice::{NoticeInput, NoticeOutput};
-use exports::feegate::policy::tariff::{TariffInput, TariffOutput};
+use exports::feegate::policy::tariff::{ChargeLine, TariffInput, TariffOutput};
 use exports::feegate::policy::warning::{WarningInput, WarningOutput};
 use feegate::policy::types::PolicyError;
 
@@ -66,6 +67,7 @@ fn mode(parameters: &str) -> &'static str {
         "batch-differs",
         "burn",
         "remember",
+        "alias",
     ] {
         if parameters.contains(&format!("\"{m}\"")) {
             return m;
@@ -124,7 +126,11 @@ impl exports::feegate::policy::tariff::Guest for Hostile {
         }
         let whole_kwh = input.kwh.mantissa / 10i64.pow(u32::from(input.kwh.scale));
         Ok(TariffOutput {
-            lines: vec![],
+            lines: if m == "alias" {
+                aliased_lines()
+            } else {
+                vec![]
+            },
             charge_fen: match m {
                 "negative" => -100,
                 // Ten billion yuan: within the contract (non-negative), absurd in fact.
@@ -135,6 +141,29 @@ impl exports::feegate::policy::tariff::Guest for Hostile {
             explanation: explanation(m),
         })
     }
+}
+
+/// 200,000 charge lines whose `item` strings share one leaked 16 MiB buffer: the canonical
+/// ABI carries only (pointer, length) pairs, so the host sees 200,000 strings of 16 MiB.
+/// The guest never frees them twice in a test: the host refuses the output while lifting
+/// it, before the component's `post-return` would run.
+fn aliased_lines() -> Vec<ChargeLine> {
+    let shared: &'static mut str = "x".repeat(16 << 20).leak();
+    let (ptr, len) = (shared.as_mut_ptr(), shared.len());
+    let zero = feegate::policy::types::Decimal {
+        mantissa: 0,
+        scale: 0,
+    };
+    (0..200_000)
+        .map(|_| ChargeLine {
+            // SAFETY (for the test's purpose): every line claims the same leaked bytes; see
+            // the function doc for why they are never freed through these `String`s.
+            item: unsafe { String::from_raw_parts(ptr, len, len) },
+            kwh: zero,
+            price: zero,
+            amount: zero,
+        })
+        .collect()
 }
 
 impl exports::feegate::policy::tariff_batch::Guest for Hostile {
