@@ -116,7 +116,7 @@ pub struct Invocation<T> {
 #[derive(Clone)]
 enum KindPre {
     /// The generated bindings' pre-instance and the `price` export, which the host calls
-    /// itself to lift its output within the output budget ([`super::lift`]).
+    /// itself to lift its output within the guest's memory ([`super::lift`]).
     Tariff(tariff::TariffPolicyPre<GuestState>, ComponentExportIndex),
     Warning(warning::WarningPolicyPre<GuestState>),
     Notice(notice::NoticePolicyPre<GuestState>),
@@ -1245,7 +1245,7 @@ pub const BATCH_MAX: usize = 128;
 /// An input kind with a contract 1.1 batch export (`price-batch`, `assess-batch`).
 trait Batched: Clone + Sync + ComponentType + Lower {
     type Output: Serialize + Send + PartialEq + std::fmt::Debug + 'static;
-    /// The output as lifted within the output budget ([`super::lift`]).
+    /// The output as lifted within the guest's memory ([`super::lift`]).
     type Raw: ComponentType + Lift + Into<Self::Output> + 'static;
     const KIND: PolicyKind;
     /// A copy of the input carrying `parameters`, as a single call sends it.
