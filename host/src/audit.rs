@@ -56,6 +56,11 @@ pub struct LogLine {
     pub reason_code: Option<String>,
     pub explanation: Option<String>,
     pub fuel_used: i64,
+    /// Set when one batch call (contract 1.1) made this decision and others: how many it
+    /// made, and `fuel_used` is this decision's share of the call's fuel. Absent for a
+    /// decision made alone, and for decisions recorded before migration 0024.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_decisions: Option<i64>,
 }
 
 /// Which decisions to list or replay. Empty strings mean "any".
@@ -78,10 +83,9 @@ const FILTER_SQL: &str =
 
 /// Decisions matching `f`, in log order.
 pub async fn log(db: &Db, f: &Filter) -> Result<Vec<LogLine>, AuditError> {
+    use crate::query::policies::{DECISION_COLUMNS, line_from};
     let rows = sqlx::query(&format!(
-        "SELECT decision_id, county, kind, account_id, business_date, decided_at, component_sha256, outcome,
-                reason_code, explanation, fuel_used, output_json
-         FROM decisions WHERE {FILTER_SQL} ORDER BY decision_id LIMIT $6"
+        "SELECT {DECISION_COLUMNS} FROM decisions d WHERE {FILTER_SQL} ORDER BY decision_id LIMIT $6"
     ))
     .bind(&f.county)
     .bind(&f.kind)
@@ -91,26 +95,7 @@ pub async fn log(db: &Db, f: &Filter) -> Result<Vec<LogLine>, AuditError> {
     .bind(if f.limit > 0 { f.limit } else { i64::MAX })
     .fetch_all(&db.pool)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(LogLine {
-                decision_id: r.try_get(0)?,
-                county: r.try_get(1)?,
-                kind: r.try_get(2)?,
-                account_id: r.try_get(3)?,
-                business_date: r.try_get(4)?,
-                decided_at: r.try_get(5)?,
-                component_sha256: r.try_get(6)?,
-                outcome: r.try_get(7)?,
-                reason_code: r.try_get(8)?,
-                explanation: decision_log::explanation(
-                    r.try_get(9)?,
-                    r.try_get::<Option<String>, _>(11)?.as_deref(),
-                ),
-                fuel_used: r.try_get(10)?,
-            })
-        })
-        .collect()
+    Ok(rows.iter().map(line_from).collect::<Result<_, _>>()?)
 }
 
 // ---------------------------------------------------------------------------------
@@ -166,7 +151,7 @@ pub async fn verify(db: &Db, expect_head: Option<&str>) -> Result<VerifyReport, 
     let mut stream = sqlx::query(
         "SELECT decision_id, county, kind, account_id, business_date, decided_at, component_sha256, input_json,
                 output_json, outcome, failure_json, reason_code, explanation, fuel_used, guest_output, prev_hash, row_hash,
-                parameters_sha256
+                parameters_sha256, call_decisions
          FROM decisions ORDER BY decision_id",
     )
     .fetch(&mut *conn);
@@ -203,6 +188,7 @@ pub async fn verify(db: &Db, expect_head: Option<&str>) -> Result<VerifyReport, 
             guest_output: r.try_get(14)?,
             parameters_sha256: r.try_get(17)?,
             parameters: None,
+            call_decisions: r.try_get(18)?,
         };
         if stored_prev != prev {
             report.breaks.push(ChainBreak {
@@ -457,11 +443,16 @@ struct Recorded {
     output_json: Option<String>,
     failure_json: Option<String>,
     fuel_used: i64,
+    /// `decisions.call_decisions` (migration 0024): the size of the batch call that made
+    /// this decision, whose fuel `fuel_used` is a share of; `None` when it was made alone
+    /// or before the column existed.
+    call_decisions: Option<i64>,
 }
 
 impl Recorded {
-    /// Reads columns 0..=11 of a query shaped like [`recorded`]'s: the decision's
-    /// columns, then `d.parameters_sha256, dp.parameters` ([`PARAMETERS_JOIN`]).
+    /// Reads columns 0..=12 of a query shaped like [`recorded`]'s: the decision's
+    /// columns, then `d.parameters_sha256, dp.parameters` ([`PARAMETERS_JOIN`]), then
+    /// `d.call_decisions`.
     fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, AuditError> {
         let id: i64 = r.try_get(0)?;
         let input_json = decision_log::recorded_input(
@@ -485,6 +476,7 @@ impl Recorded {
             output_json: r.try_get(7)?,
             failure_json: r.try_get(8)?,
             fuel_used: r.try_get(9)?,
+            call_decisions: r.try_get(12)?,
         })
     }
 }
@@ -492,7 +484,7 @@ impl Recorded {
 async fn recorded(db: &Db, f: &Filter, one: Option<i64>) -> Result<Vec<Recorded>, AuditError> {
     let sql = format!(
         "SELECT d.decision_id, d.kind, d.account_id, d.business_date, d.component_sha256, d.input_json, d.outcome, d.output_json,
-                d.failure_json, d.fuel_used, d.parameters_sha256, dp.parameters
+                d.failure_json, d.fuel_used, d.parameters_sha256, dp.parameters, d.call_decisions
          FROM decisions d {PARAMETERS_JOIN} WHERE ($7 = 0 OR d.decision_id = $7) AND {FILTER_SQL} ORDER BY d.decision_id LIMIT $6"
     );
     let rows = sqlx::query(&sql)
@@ -544,6 +536,14 @@ pub async fn replay(
     {
         return Err(AuditError::NoSuchDecision(id));
     }
+    // Rows from this id on say whether a batch call made them (migration 0024); a NULL
+    // `call_decisions` before it says nothing.
+    let sized_from: i64 = sqlx::query_scalar(
+        "SELECT decision_id FROM decision_log_marks WHERE mark = 'call_decisions_from'",
+    )
+    .fetch_optional(&db.pool)
+    .await?
+    .unwrap_or(0);
     let mut cache = ComponentCache::new(db, engine);
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
@@ -566,11 +566,19 @@ pub async fn replay(
                 "a wall-clock timeout depends on the machine's load, not only on the input"
                     .to_string(),
             )
-        } else if matches && c.decides_in_batches() && r.fuel_used as u64 != run.fuel_used() {
-            Some(format!(
-                "the recorded fuel is this decision's share of a call that decided up to {} at once (contract 1.1); run alone, it also parses the parameters",
-                crate::policy::engine::BATCH_MAX
-            ))
+        } else if matches && r.fuel_used as u64 != run.fuel_used() {
+            // Since migration 0024 the log says which decisions a batch call made; rows
+            // from before only say which component made them.
+            match r.call_decisions {
+                Some(n) => Some(format!(
+                    "the recorded fuel is this decision's share of one call that made {n} decisions (contract 1.1); run alone, it also parses the parameters"
+                )),
+                None if r.id < sized_from && c.decides_in_batches() => Some(format!(
+                    "the recorded fuel may be this decision's share of a call that decided up to {} at once (contract 1.1; recorded before the log kept the call's size); run alone, it also parses the parameters",
+                    crate::policy::engine::BATCH_MAX
+                )),
+                None => None,
+            }
         } else {
             None
         };
@@ -777,6 +785,8 @@ fn recorded_run(kind: &str, outcome: &str, body: &str, fuel: i64) -> Result<Run,
             outcome,
             fuel_used: fuel.max(0) as u64,
             guest_output: String::new(),
+            // Not needed to compare outcomes; `Recorded::call_decisions` has it.
+            call_decisions: None,
         })
     }
     Ok(match kind {
@@ -910,7 +920,7 @@ pub async fn shadow_diff(
     let mut report = DiffReport::new("shadow", county, kind, &p, from, to, max_price_yuan_per_kwh);
     let rows = sqlx::query(
         &format!("SELECT d.decision_id, d.kind, d.account_id, d.business_date, d.component_sha256, d.input_json, d.outcome,
-                d.output_json, d.failure_json, d.fuel_used, d.parameters_sha256, dp.parameters,
+                d.output_json, d.failure_json, d.fuel_used, d.parameters_sha256, dp.parameters, d.call_decisions,
                 s.outcome, s.output_json, s.failure_json, s.fuel_used
          FROM shadow_decisions s JOIN decisions d ON d.decision_id = s.decision_id {PARAMETERS_JOIN}
          WHERE s.county = $1 AND s.publication_id = $2 AND s.business_date >= $3 AND s.business_date <= $4
@@ -925,10 +935,12 @@ pub async fn shadow_diff(
     for row in &rows {
         let r = Recorded::from_row(row)?;
         let shadow = Recorded {
-            outcome: row.try_get(12)?,
-            output_json: row.try_get(13)?,
-            failure_json: row.try_get(14)?,
-            fuel_used: row.try_get(15)?,
+            outcome: row.try_get(13)?,
+            output_json: row.try_get(14)?,
+            failure_json: row.try_get(15)?,
+            fuel_used: row.try_get(16)?,
+            // The shadow ran alone beside the decision.
+            call_decisions: None,
             ..r.clone()
         };
         report.add(&r, &r.run()?, &shadow.run()?);

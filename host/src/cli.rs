@@ -1137,8 +1137,14 @@ pub async fn run_audit(args: AuditArgs) -> anyhow::Result<bool> {
                 println!("{}", serde_json::to_string_pretty(&lines)?);
             } else {
                 for l in lines {
+                    // A decision made many per call (contract 1.1) holds a share of the
+                    // call's fuel; say so, and of how many.
+                    let call = match l.call_decisions {
+                        Some(n) => format!(" (share of a call of {n})"),
+                        None => String::new(),
+                    };
                     println!(
-                        "#{:<7} {} {:<12} {} {} {} {:<6} {:>9} fuel  {}: {}",
+                        "#{:<7} {} {:<12} {} {} {} {:<6} {:>9} fuel{call}  {}: {}",
                         l.decision_id,
                         l.decided_at,
                         l.kind,

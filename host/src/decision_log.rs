@@ -300,6 +300,7 @@ pub fn prepare<I: Recordable, O: Serialize + Explained>(
         guest_output: r.invocation.guest_output.clone(),
         parameters_sha256: parameters.as_ref().map(|p| p.sha256.clone()),
         parameters,
+        call_decisions: r.invocation.call_decisions.map(i64::from),
     }
 }
 
@@ -409,7 +410,7 @@ pub const PARAMETERS_JOIN: &str =
     "LEFT JOIN decision_parameters dp ON dp.sha256 = d.parameters_sha256";
 
 /// Columns of one `decisions` row as [`append`] inserts them.
-const DECISION_COLUMNS: usize = 18;
+const DECISION_COLUMNS: usize = 19;
 
 /// Appends `rows` to the chain in their order and returns their decision ids in the same
 /// order. Must run inside the caller's transaction: on PostgreSQL it takes [`CHAIN_LOCK`]
@@ -476,7 +477,7 @@ pub async fn append(
         let sql = format!(
             "INSERT INTO decisions (decision_id, county, kind, account_id, business_date, decided_at, component_sha256, input_json,
                                     output_json, outcome, failure_json, reason_code, explanation, fuel_used, guest_output,
-                                    parameters_sha256, prev_hash, row_hash)
+                                    parameters_sha256, call_decisions, prev_hash, row_hash)
              VALUES {}",
             style.values(part.len(), DECISION_COLUMNS)
         );
@@ -500,6 +501,7 @@ pub async fn append(
                 .bind(row.fuel_used)
                 .bind(row.guest_output.as_str())
                 .bind(row.parameters_sha256.as_deref())
+                .bind(row.call_decisions)
                 .bind(std::mem::replace(&mut prev_hash, hash.clone()))
                 .bind(hash);
             ids.push(next_id);
@@ -539,6 +541,13 @@ pub struct ChainedRow {
     /// was read back from the database (not hashed).
     #[serde(skip)]
     pub parameters: Option<StoredParameters>,
+    /// Decisions made by the one component call that made this one (contract 1.1 batch
+    /// call, [`Invocation::call_decisions`]; migration 0024), whose fuel `fuel_used` is a
+    /// share of; `None` for a decision made alone. Hashed into the chain only when set,
+    /// so rows from before keep their hashes. (Serialised after `parameters_sha256`:
+    /// the hash's field order is this struct's.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_decisions: Option<i64>,
 }
 
 /// Lowercase hex sha256 of `prev_hash` and the row's content, serialised as one JSON
@@ -732,6 +741,7 @@ mod tests {
             }),
             fuel_used: 7,
             guest_output: String::new(),
+            call_decisions: Some(3),
         };
         let batch = BatchRecord {
             county: "xianyou".into(),
@@ -746,6 +756,11 @@ mod tests {
         let sent_apart = batch.prepare("A1", &SentApart::new(&apart, p), &invocation);
         assert_eq!(sent_apart, inside);
         assert!(inside.parameters_sha256.is_some());
+        assert_eq!(
+            inside.call_decisions,
+            Some(3),
+            "the call's size is recorded"
+        );
         assert_eq!(row_hash(&sent_apart, ""), row_hash(&inside, ""));
         let back = recorded_input(
             sent_apart.input_json.clone(),
@@ -774,7 +789,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_without_stored_parameters_hash_as_before_migration_0017() {
+    fn rows_without_stored_parameters_or_a_call_size_hash_as_before_migrations_0017_and_0024() {
         // The chain's canonical form gained a member only when it is set, so a row
         // written before (parameters_sha256 NULL) keeps its row_hash.
         let row = ChainedRow {
@@ -794,6 +809,7 @@ mod tests {
             guest_output: String::new(),
             parameters_sha256: None,
             parameters: None,
+            call_decisions: None,
         };
         let before = serde_json::to_string(&(
             "",
@@ -822,5 +838,19 @@ mod tests {
             row_hash(&with, ""),
             "the sha is chained when set"
         );
+        // Migration 0024's call size likewise: absent from the hash when NULL (above),
+        // chained when set.
+        let batched = ChainedRow {
+            call_decisions: Some(128),
+            ..row.clone()
+        };
+        assert_ne!(
+            row_hash(&row, ""),
+            row_hash(&batched, ""),
+            "the call size is chained when set"
+        );
+        let ours: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&("", &batched)).unwrap()).unwrap();
+        assert_eq!(ours[1]["call_decisions"], 128);
     }
 }

@@ -56,4 +56,6 @@ pub mod serve;
 pub mod settlement;
 pub mod shadow;
 pub mod sms;
+#[doc(hidden)]
+pub mod testdb;
 pub mod warning;

@@ -431,14 +431,20 @@ mod tests {
     /// A top-up that lands after a batch was read and decided, before it is written: the
     /// account is read and decided again inside the write, so no low-balance notice quotes
     /// the balance from before the top-up. (In the daily job the window is the batch
-    /// before being written; this test opens it by hand.)
+    /// before being written; this test opens it by hand.) On the backend under test
+    /// (`make test-postgres` runs it on PostgreSQL, where the write re-reads the batch's
+    /// balances `FOR SHARE`).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_top_up_between_the_read_and_the_write_is_what_the_warning_sees() {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let tmp = tempfile::tempdir().unwrap();
-        let db = Db::open(&format!("sqlite://{}", tmp.path().join("w.db").display()))
-            .await
-            .unwrap();
+        let Some(test_db) = crate::testdb::test_database(
+            "warning::tests::a_top_up_between_the_read_and_the_write_is_what_the_warning_sees",
+        )
+        .await
+        else {
+            return;
+        };
+        let db = Db::open(&test_db.url).await.unwrap();
         let config = HostConfig::default();
         let engine = PolicyEngine::new(config.policy.clone()).unwrap();
         let county = crate::county::County::load(

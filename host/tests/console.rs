@@ -436,6 +436,28 @@ async fn console_checks(dir: &tempfile::TempDir, db: &str) {
         cust.get(&format!("/console/decisions/{neighbour}")).status,
         404
     );
+    // A tariff decision made many per call says its fuel is a share, of a call of how
+    // many (migration 0024).
+    let batched = scalar_i64(
+        &db,
+        "SELECT MAX(decision_id) FROM decisions WHERE account_id = $1 AND kind = 'tariff' AND call_decisions IS NOT NULL",
+        "3500000001",
+    )
+    .await;
+    let size = scalar_i64(
+        &db,
+        "SELECT call_decisions FROM decisions WHERE CAST(decision_id AS TEXT) = $1",
+        &batched.to_string(),
+    )
+    .await;
+    let page = cust.get(&format!("/console/decisions/{batched}"));
+    let fuel = page
+        .body
+        .split("id=\"fuel\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</td>").next())
+        .unwrap_or_default();
+    assert!(fuel.ends_with(&format!(" {size})")), "{fuel:?}");
 
     // A county engineer: policies, not customers or work orders. An auditor reads
     // everything and changes nothing.

@@ -280,6 +280,8 @@ fn a_batch_call_has_the_fuel_of_one_decision() {
             alone(&tight, &c, i),
             "priced alone, after the call ran out"
         );
+        // And the log will say it was made alone (migration 0024).
+        assert_eq!(m.call_decisions, None);
     }
 
     let roomy = engine(PolicyLimits {
@@ -292,6 +294,8 @@ fn a_batch_call_has_the_fuel_of_one_decision() {
         assert!(m.outcome.is_ok(), "{:?}", m.outcome);
         // Fuel is exact: a share of the call's fuel, not what the input costs alone.
         assert_ne!(m.fuel_used, alone(&roomy, &c, i), "a share of one call");
+        // Of how many, for the log (migration 0024).
+        assert_eq!(m.call_decisions, Some(apart.len() as u32));
     }
 }
 

@@ -17,6 +17,9 @@ fn failed() -> Invocation<TariffOutput> {
         }),
         fuel_used: 7,
         guest_output: String::new(),
+        // As if one batch call (contract 1.1) had made it and three others: the call's
+        // size is chained too (migration 0024), so `audit verify` reads it back.
+        call_decisions: Some(4),
     }
 }
 
@@ -233,6 +236,7 @@ async fn a_log_written_before_migration_0018_goes_on_after_its_last_id() {
             guest_output: String::new(),
             parameters_sha256: None,
             parameters: None,
+            call_decisions: None,
         };
         let hash = decision_log::row_hash(&row, &prev);
         let (column, value) = match id {
@@ -277,4 +281,31 @@ async fn a_log_written_before_migration_0018_goes_on_after_its_last_id() {
     let report = feegate::audit::verify(&db, None).await.unwrap();
     assert_eq!(report.rows, 5);
     assert!(report.ok(), "{:?}", report.breaks);
+    // Migration 0024 recorded where the call size begins: after the old rows, so theirs
+    // (NULL, the column did not exist) say nothing, and the new rows carry theirs.
+    let sized_from: i64 = sqlx::query_scalar(
+        "SELECT decision_id FROM decision_log_marks WHERE mark = 'call_decisions_from'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(sized_from, 8);
+    let sizes: Vec<Option<i64>> =
+        sqlx::query_scalar("SELECT call_decisions FROM decisions ORDER BY decision_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(sizes, [None, None, None, Some(4), Some(4)]);
+    // Neither the mark nor a row's call size can be changed in place, and a size below
+    // one is refused.
+    for sql in [
+        "UPDATE decision_log_marks SET decision_id = 1",
+        "DELETE FROM decision_log_marks",
+        "UPDATE decisions SET call_decisions = 1 WHERE decision_id = 8",
+    ] {
+        assert!(
+            sqlx::query(sql).execute(&db.pool).await.is_err(),
+            "{sql} must be refused"
+        );
+    }
 }

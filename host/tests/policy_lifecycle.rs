@@ -665,7 +665,7 @@ async fn every_recorded_decision_replays_bit_for_bit_including_failures() {
         // its share of the call's fuel, and says so; alone it also parses the
         // parameters, so it uses more.
         match &r.note {
-            Some(note) if note.contains("share of a call") => assert!(
+            Some(note) if note.contains("share of one call that made") => assert!(
                 0 < r.fuel_recorded && (r.fuel_recorded as u64) < r.fuel_replayed,
                 "decision {}: {} recorded, {} replayed",
                 r.decision_id,
@@ -683,6 +683,25 @@ async fn every_recorded_decision_replays_bit_for_bit_including_failures() {
         all.iter().any(|r| r.kind == "tariff" && r.note.is_some()),
         "the tariff decisions were made many per call"
     );
+    // `audit log` says so for each of them: by one call of how many (migration 0024).
+    let tariff_lines = audit::log(
+        &db,
+        &Filter {
+            kind: "tariff".into(),
+            ..Filter::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!tariff_lines.is_empty());
+    for l in &tariff_lines {
+        assert!(
+            l.call_decisions.is_some_and(|n| (1..=128).contains(&n)),
+            "decision {}: {:?}",
+            l.decision_id,
+            l.call_decisions
+        );
+    }
     assert!(
         all.iter().any(|r| r.note.is_none() && r.kind == "warning"),
         "the hostile warning component decides one per call"
@@ -760,7 +779,49 @@ async fn verify_detects_an_edited_a_removed_and_a_cut_off_decision() {
         let err = sqlx::query(sql).execute(&db.pool).await.unwrap_err();
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
     }
+    // The tariff and warning decisions were made many per call (contract 1.1), and each
+    // row says by a call of how many (migration 0024); notices and cutoffs alone.
+    let (batched, first_batched): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), MIN(decision_id) FROM decisions WHERE call_decisions IS NOT NULL
+         AND kind IN ('tariff', 'warning') AND call_decisions BETWEEN 1 AND 128",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(batched > 0, "no decision recorded its call's size");
+    let alone_with_size: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM decisions WHERE call_decisions IS NOT NULL AND kind NOT IN ('tariff', 'warning')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        alone_with_size, 0,
+        "notices and cutoffs are decided one per call"
+    );
     db.pool.close().await;
+
+    // Edited: a batched decision's call size, which says what its fuel is a share of —
+    // changed, or removed so that its fuel would read as its own. Both are chained.
+    for (name, value) in [("size.db", "call_decisions + 1"), ("unsized.db", "NULL")] {
+        let db = tampered_copy(
+            dir.path(),
+            name,
+            &format!(
+                "UPDATE decisions SET call_decisions = {value} WHERE decision_id = {first_batched}"
+            ),
+        )
+        .await;
+        let r = audit::verify(&db, None).await.unwrap();
+        assert_eq!(r.breaks.len(), 1, "{name}: {:?}", r.breaks);
+        assert_eq!(r.breaks[0].decision_id, first_batched, "{name}");
+        assert!(
+            r.breaks[0].problem.contains("edited"),
+            "{name}: {:?}",
+            r.breaks
+        );
+        db.pool.close().await;
+    }
 
     // Edited: one charge made smaller.
     let smaller = "UPDATE decisions SET output_json = replace(output_json, '\"charge_fen\":', '\"charge_fen\":1')

@@ -109,8 +109,14 @@ pub struct Invocation<T> {
     pub outcome: Result<T, PolicyFailure>,
     /// Fuel consumed (≈ WebAssembly instructions executed).
     pub fuel_used: u64,
-    /// Guest stdout and stderr, captured and bounded (lossy UTF-8).
+    /// Guest stdout and stderr, captured and bounded (lossy UTF-8); empty for a decision
+    /// made many per call (a batch call's output is not kept per decision).
     pub guest_output: String,
+    /// `Some(n)` when one batch call (contract 1.1, [`PolicyEngine::price_many`]) made this
+    /// decision and `n - 1` others, and `fuel_used` is this decision's share of that call's
+    /// fuel; `None` when the single-call export made it alone. The decision log records it
+    /// (`decisions.call_decisions`, migration 0024).
+    pub call_decisions: Option<u32>,
 }
 
 #[derive(Clone)]
@@ -710,6 +716,7 @@ impl PolicyEngine {
             outcome,
             fuel_used,
             guest_output,
+            call_decisions: None,
         }
     }
 
@@ -761,6 +768,7 @@ impl PolicyEngine {
                     outcome: Err(self.classify(&e, store.data().limiter.hit.clone())),
                     fuel_used: 0,
                     guest_output: String::new(),
+                    call_decisions: None,
                 }];
             }
         };
@@ -778,6 +786,8 @@ impl PolicyEngine {
                 fuel_used,
                 // Guest output is not kept per decision in a batch.
                 guest_output: String::new(),
+                // A call per decision (bench only), so each fuel figure is its own.
+                call_decisions: None,
             });
             if trapped {
                 break;
@@ -1034,6 +1044,7 @@ impl PolicyEngine {
                     outcome: self.outcome(Ok(lift::into_result(result)), I::validate, None),
                     fuel_used: fuel / n + u64::from((i as u64) < fuel % n),
                     guest_output: String::new(),
+                    call_decisions: Some(chunk.len() as u32),
                 })
                 .collect(),
         )
@@ -1332,6 +1343,7 @@ fn wrong_kind<T>(c: &LoadedComponent, wanted: PolicyKind) -> Invocation<T> {
         }),
         fuel_used: 0,
         guest_output: String::new(),
+        call_decisions: None,
     }
 }
 

@@ -172,11 +172,14 @@ pub struct DecisionFilter {
     pub to: Option<String>,
 }
 
-const DECISION_COLUMNS: &str =
+/// The columns [`line_from`] reads, of `decisions d`.
+pub(crate) const DECISION_COLUMNS: &str =
     "d.decision_id, d.county, d.kind, d.account_id, d.business_date, d.decided_at,
-        d.component_sha256, d.outcome, d.reason_code, d.explanation, d.fuel_used, d.output_json";
+        d.component_sha256, d.outcome, d.reason_code, d.explanation, d.fuel_used, d.output_json,
+        d.call_decisions";
 
-fn line_from(r: &AnyRow) -> Result<DecisionLine, sqlx::Error> {
+/// One decision's summary line from a row of [`DECISION_COLUMNS`].
+pub(crate) fn line_from(r: &AnyRow) -> Result<DecisionLine, sqlx::Error> {
     Ok(DecisionLine {
         decision_id: r.try_get("decision_id")?,
         county: r.try_get("county")?,
@@ -192,6 +195,7 @@ fn line_from(r: &AnyRow) -> Result<DecisionLine, sqlx::Error> {
             r.try_get::<Option<String>, _>("output_json")?.as_deref(),
         ),
         fuel_used: r.try_get("fuel_used")?,
+        call_decisions: r.try_get("call_decisions")?,
     })
 }
 
