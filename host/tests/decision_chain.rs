@@ -308,4 +308,13 @@ async fn a_log_written_before_migration_0018_goes_on_after_its_last_id() {
             "{sql} must be refused"
         );
     }
+    let zero = sqlx::query(
+        "INSERT INTO decisions (decision_id, county, kind, account_id, business_date, decided_at, component_sha256,
+                                input_json, outcome, failure_json, fuel_used, guest_output, prev_hash, row_hash, call_decisions)
+         VALUES (100, 'xianyou', 'tariff', 'X', '2013-03-01', '2013-03-02 00:10:00', '00', '{}', 'failed', '{}', 0, '', 'p', 'h', 0)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap_err();
+    assert!(zero.to_string().contains("call_decisions"), "{zero}");
 }

@@ -5,12 +5,11 @@
 -- whose `fuel_used` is its own. `audit log` shows it and `audit replay` uses it to say why a
 -- replayed decision's fuel differs. The column is part of the hash chain (only when set, as
 -- `parameters_sha256`, so rows written before keep their hashes). Rows are never updated.
--- The column has no CHECK (SQLite would test every existing row of the largest table
--- while adding it); a trigger checks new rows instead.
-ALTER TABLE decisions ADD COLUMN call_decisions INTEGER;
-CREATE TRIGGER decisions_call_decisions_positive BEFORE INSERT ON decisions
-    WHEN NEW.call_decisions IS NOT NULL AND NEW.call_decisions < 1
-BEGIN SELECT RAISE(ABORT, 'decisions.call_decisions must be at least 1'); END;
+-- SQLite tests a new column's CHECK against every existing row once, while adding it
+-- (all NULL here, so it passes): about 0.3 s per 400 MB of log, measured. A BEFORE INSERT
+-- trigger would have avoided that scan but cost 0.6-1.5 us on every row inserted ever after
+-- (measured on 200,000 rows), so the check is a CHECK.
+ALTER TABLE decisions ADD COLUMN call_decisions INTEGER CHECK (call_decisions >= 1);
 
 -- Where the column begins: a NULL `call_decisions` on a row with a smaller id says nothing
 -- (the column did not exist yet); from this id on it means "made alone". `audit replay`
