@@ -7,7 +7,7 @@
 CARGO ?= cargo
 ARGS ?=
 PLUGINS := tariff-step warning-threshold notice-sms-zh cutoff-habit
-PLUGIN_FLAGS := $(foreach p,$(PLUGINS),-p policy-$(p)) -p hostile-policy -p impure-policy -p legacy-policy
+PLUGIN_FLAGS := $(foreach p,$(PLUGINS),-p policy-$(p)) -p hostile-policy -p impure-policy -p legacy-policy -p legacy-warning
 
 .PHONY: demo test test-postgres plugins wasm-target fmt lint test-tools
 

@@ -7,6 +7,12 @@ use feegate::demo::{self, DemoOptions};
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// jemalloc for the whole process: Rust's allocations and, through the unprefixed
+/// `malloc`/`free` it defines, SQLite's (see `host/Cargo.toml`).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Remote prepaid fee control (远程费控) for an electricity supply company.
 #[derive(Parser)]
 #[command(name = "feegate", version, about)]

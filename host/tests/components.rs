@@ -6,8 +6,9 @@
 //! 2760 and 4800 kWh a year, peak +0.0300, valley −0.2000, half-up to fen.
 //!
 //! Backward compatibility: `tests/legacy-policy`, a flat tariff built against the frozen
-//! contract 1.0.0, loads and is called through the host's 1.1.0 bindings; a component that
-//! claims a contract version the host does not list is refused at load.
+//! contract 1.0.0, and its warning twin `tests/legacy-warning`, a threshold warning built
+//! from the same frozen WIT, load and are called through the host's 1.1.0 bindings; a
+//! component that claims a contract version the host does not list is refused at load.
 
 mod common;
 
@@ -637,6 +638,180 @@ fn a_contract_1_0_0_component_loads_and_prices_one_input_per_call() {
         &m.outcome,
         Err(feegate::policy::PolicyFailure::Refused { code, .. }) if code == "bad-parameters"
     )));
+}
+
+/// The legacy warning component's parameters: a balance below 20.00 yuan is low.
+const LEGACY_WARNING_PARAMS: &str = r#"{"low_below_fen":2000}"#;
+
+/// `tests/legacy-warning`'s level for a balance of `mantissa`×10^−`scale` yuan, worked out
+/// by hand: 1 below 20.00 yuan, else 0. Both sides as integers at scale `scale + 2`:
+/// mantissa × 10^2 against 2000 × 10^scale.
+fn legacy_level(mantissa: i64, scale: u8) -> u8 {
+    let balance = i128::from(mantissa) * 100;
+    let threshold = 2000 * 10i128.pow(u32::from(scale));
+    u8::from(balance < threshold)
+}
+
+/// The warning twin of the test above: `tests/legacy-warning`, built from the same frozen
+/// 1.0.0 WIT (`warning@1.0.0`, no `warning-batch`), loads as a warning component and is
+/// reported as deciding one input per call. `assess_many` — the path the warning stage
+/// takes — then makes one fresh call per balance: each result is exactly the single
+/// `assess` call's (outcome, and fuel to the unit), made alone (`call_decisions` none),
+/// and the level worked out by hand: 1 with `notify` below 20.00 yuan, 0 at or above it,
+/// whatever else the input says.
+#[test]
+fn a_contract_1_0_0_warning_component_loads_and_assesses_one_input_per_call() {
+    let engine = PolicyEngine::new(PolicyLimits::default()).unwrap();
+    let bytes =
+        std::fs::read(common::component("legacy_warning")).expect("built by `make plugins`");
+    let contains = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(contains("feegate:policy/warning@1.0.0"));
+    assert!(
+        !contains("@1.1.0") && !contains("warning-batch"),
+        "built from the 1.0.0 contract, which has no batch interface"
+    );
+    let c = engine
+        .load(PolicyKind::Warning, &bytes)
+        .expect("the host accepts a contract 1.0.0 warning component");
+    assert_eq!(c.kind, PolicyKind::Warning);
+    assert_eq!(c.contract_version, "1.0.0");
+    assert!(!c.decides_in_batches());
+    // The activation check takes a warning component without a batch export, and still
+    // refuses parameters the component cannot read.
+    let active = |parameters: &str| feegate::county::ActiveComponent {
+        component: c.clone(),
+        parameters_json: parameters.into(),
+    };
+    feegate::county::probe(&engine, &active(LEGACY_WARNING_PARAMS))
+        .expect("the activation check passes");
+    assert!(matches!(
+        feegate::county::probe(&engine, &active(r#"{"low_below":2000}"#)),
+        Err(feegate::policy::PolicyFailure::Refused { code, .. }) if code == "bad-parameters"
+    ));
+
+    // (balance as mantissa and scale, expected level worked out by hand)
+    let by_hand = [
+        (1999, 2, 1),       // 19.99 < 20.00
+        (2000, 2, 0),       // exactly at the threshold: not below
+        (20, 0, 0),         // 20, exactly at it at another scale
+        (200_000, 4, 0),    // 20.0000, exactly at it again
+        (2001, 2, 0),       // 20.01
+        (19_999, 3, 1),     // 19.999
+        (20_001, 3, 0),     // 20.001
+        (0, 0, 1),          // empty
+        (-2_500, 2, 1),     // −25.00, arrears: still level 1, nothing more
+        (10_000_000, 2, 0), // 100,000.00
+    ];
+    for (mantissa, scale, level) in by_hand {
+        assert_eq!(legacy_level(mantissa, scale), level, "{mantissa}e-{scale}");
+    }
+    // 300 balances (more than two batch calls' worth): the hand-checked ones, then
+    // −10.00 to 49.99 yuan at scales 2 to 4, every 29th exactly at the threshold. The rest
+    // of the input varies too (agreement, history, arrears, levels already notified,
+    // auto-debit in flight), and must not change the level.
+    let inputs: Vec<WarningInput> = (0..300usize)
+        .map(|i| {
+            let (mantissa, scale) = match by_hand.get(i) {
+                Some(&(mantissa, scale, _)) => (mantissa, scale),
+                None => {
+                    let scale = 2 + (i % 3) as u8;
+                    let cents = if i % 29 == 0 {
+                        2000
+                    } else {
+                        (i as i64 * 7919) % 6000 - 1000
+                    };
+                    (cents * 10i64.pow(u32::from(scale) - 2), scale)
+                }
+            };
+            WarningInput {
+                account_id: format!("35{i:08}"),
+                today: date(2013, 6, 16),
+                balance: Decimal { mantissa, scale },
+                agreement: Agreement {
+                    alarm_threshold: dec(if i % 2 == 0 { "50.00" } else { "5.00" }),
+                    auto_debit_amount: (i % 5 == 0).then(|| dec("100.00")),
+                    keep_power: i % 7 == 0,
+                    mobile_verified: i % 3 != 0,
+                },
+                recent_days: (1..=(i % 4) as u8)
+                    .map(|d| DayUsage {
+                        date: date(2013, 6, d),
+                        kwh: dec("10.00"),
+                        charge: dec("5.00"),
+                    })
+                    .collect(),
+                days_in_arrears: (i % 11) as u32,
+                level_already_notified: (i % 4) as u8,
+                auto_debit_in_flight: i % 6 == 0,
+                parameters: String::new(),
+            }
+        })
+        .collect();
+    let many = engine.assess_many(&c, LEGACY_WARNING_PARAMS, &inputs);
+    assert_eq!(many.len(), inputs.len());
+    let mut levels = [0usize; 2];
+    let mut at_threshold = 0;
+    for (i, (m, input)) in many.iter().zip(&inputs).enumerate() {
+        let alone = engine.assess(
+            &c,
+            &WarningInput {
+                parameters: LEGACY_WARNING_PARAMS.into(),
+                ..input.clone()
+            },
+        );
+        assert_eq!(m.outcome, alone.outcome, "balance {i}");
+        assert!(m.fuel_used > 0);
+        assert_eq!(
+            m.fuel_used, alone.fuel_used,
+            "balance {i}: a call of its own"
+        );
+        assert_eq!(m.call_decisions, None, "balance {i}: decided alone");
+        assert_eq!(alone.call_decisions, None);
+        let out = m
+            .outcome
+            .as_ref()
+            .unwrap_or_else(|f| panic!("balance {i}: {f}"));
+        let (mantissa, scale) = (input.balance.mantissa, input.balance.scale);
+        let level = legacy_level(mantissa, scale);
+        assert_eq!(out.level, level, "balance {i}: {}", out.explanation);
+        let notify: &[WarningAction] = if level == 1 {
+            &[WarningAction::Notify]
+        } else {
+            &[]
+        };
+        assert_eq!(out.actions, notify, "balance {i}");
+        assert_eq!(out.days_of_credit_left, None);
+        assert_eq!(out.reason_code, "legacy-threshold-warning");
+        levels[usize::from(level)] += 1;
+        if i128::from(mantissa) * 100 == 2000 * 10i128.pow(u32::from(scale)) {
+            at_threshold += 1;
+        }
+    }
+    assert!(
+        levels[0] > 50 && levels[1] > 50,
+        "both sides of the threshold: {levels:?}"
+    );
+    assert!(
+        at_threshold >= 10,
+        "{at_threshold} exactly at the threshold"
+    );
+
+    // Parameters it cannot read: every balance refused alike.
+    for bad in [r#"{"low_below":2000}"#, r#"{"low_below_fen":"20.00"}"#] {
+        let refused = engine.assess_many(&c, bad, &inputs);
+        assert_eq!(refused.len(), inputs.len());
+        for (i, m) in refused.iter().enumerate() {
+            assert!(
+                matches!(
+                    &m.outcome,
+                    Err(feegate::policy::PolicyFailure::Refused { code, .. }) if code == "bad-parameters"
+                ),
+                "{bad}, balance {i}: {:?}",
+                m.outcome
+            );
+            assert_eq!(m.call_decisions, None);
+        }
+    }
 }
 
 /// A component that claims a contract version the host does not list in

@@ -2698,33 +2698,227 @@ async fn a_contract_1_0_0_tariff_is_activated_settles_a_day_and_replays() {
             .get(0);
     assert_eq!(held, 0, "no tariff decision failed");
 
-    let replayed = audit::replay(
+    replays_alone_exactly(
         &db,
         &engine,
+        "tariff",
+        &day,
+        &legacy.component_sha256,
+        rows.len(),
+    )
+    .await;
+}
+
+/// Backward compatibility of the warning stage, end to end: a warning component built
+/// against contract 1.0.0 (`tests/legacy-warning`: no `warning-batch`; level 1 with
+/// `notify` below `low_below_fen`, else level 0) is published, activated and put in force
+/// by the running host. The next morning's warning stage assesses every settled account
+/// with it, one call per account: each decision is logged as made alone
+/// (`call_decisions` NULL), the accounts below the threshold — and only those — get their
+/// low-balance notice queued, the decision log's chain verifies, and `audit replay`
+/// reproduces each decision bit for bit, with the recorded fuel to the unit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contract_1_0_0_warning_component_is_activated_warns_below_its_threshold_and_replays() {
+    let Some((opts, _tdb)) = common::small_county_db(
+        "a_contract_1_0_0_warning_component_is_activated_warns_below_its_threshold_and_replays",
+        8,
+        3,
+        11,
+    )
+    .await
+    else {
+        return;
+    };
+    let mut s = Scenario::new(&opts, &[]).await.unwrap();
+    for day in 0..2 {
+        s.run_day(opts.start + chrono::Duration::days(day), false)
+            .await
+            .unwrap();
+    }
+    let db = s.host.db.clone();
+    let engine = s.host.engine.clone();
+    let key = trusting_county(&db).await;
+
+    // The threshold: the middle of today's balances, so that the accounts fall on both
+    // sides of it (a morning's charges are small beside their spread).
+    let mut balances: Vec<i64> = sqlx::query_scalar("SELECT balance_fen FROM accounts")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    balances.sort_unstable();
+    let threshold_fen = balances[balances.len() / 2];
+    let params = format!(r#"{{"low_below_fen":{threshold_fen}}}"#);
+    let legacy = publish(
+        &db,
+        &engine,
+        &key,
+        PolicyKind::Warning,
+        &wasm("legacy_warning"),
+        &params,
+    )
+    .await
+    .expect("a contract 1.0.0 warning component is published");
+    assert_eq!(legacy.contract_version, "1.0.0");
+    registry::activate(
+        &db,
+        &engine,
+        &ActivateRequest {
+            county: "xianyou",
+            kind: PolicyKind::Warning,
+            version: &legacy.component_sha256,
+            at: None,
+            stage: None,
+            who: "ops",
+            note: "threshold warning trial on a contract 1.0.0 component",
+            now: s.clock.now(),
+        },
+    )
+    .await
+    .expect("activated: the activation check takes a component without warning-batch");
+
+    // The third morning: the watcher puts it in force, then settlement and the warning
+    // stage (and nothing after: no payment or delivery moves a balance or a message).
+    let morning = opts.start + chrono::Duration::days(2);
+    let stats = s.run_day(morning, true).await.unwrap();
+    let snapshot = s.host.county.snapshot();
+    let warning = &snapshot.get(PolicyKind::Warning).component;
+    assert_eq!(warning.sha256, legacy.component_sha256);
+    assert_eq!(warning.contract_version, "1.0.0");
+    assert!(!warning.decides_in_batches());
+
+    let today = feegate::db::ds(morning);
+    let rows = sqlx::query(
+        "SELECT d.account_id, a.balance_fen, d.input_json, d.output_json, d.outcome,
+                d.component_sha256, d.reason_code, d.call_decisions
+         FROM decisions d JOIN accounts a ON a.account_id = d.account_id
+         WHERE d.kind = 'warning' AND d.business_date = $1 ORDER BY d.account_id",
+    )
+    .bind(&today)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(rows.len() >= 4, "{} of 8 accounts assessed", rows.len());
+    assert_eq!(
+        rows.len(),
+        stats.settled as usize,
+        "one warning decision per settled account"
+    );
+    let (mut low, mut fine) = (0, 0);
+    for r in &rows {
+        let account: String = r.get(0);
+        let balance_fen: i64 = r.get(1);
+        let input: serde_json::Value = serde_json::from_str(&r.get::<String, _>(2)).unwrap();
+        assert_eq!(
+            input["balance"],
+            serde_json::json!({"mantissa": balance_fen, "scale": 2}),
+            "{account}: assessed the balance as it stands"
+        );
+        assert_eq!(r.get::<String, _>(4), "ok", "{account}");
+        assert_eq!(r.get::<String, _>(5), legacy.component_sha256, "{account}");
+        assert_eq!(
+            r.get::<String, _>(6),
+            "legacy-threshold-warning",
+            "{account}"
+        );
+        assert_eq!(
+            r.get::<Option<i64>, _>(7),
+            None,
+            "{account}: decided alone, one call of its own"
+        );
+        let output: serde_json::Value = serde_json::from_str(&r.get::<String, _>(3)).unwrap();
+        let below = balance_fen < threshold_fen;
+        assert_eq!(
+            output["level"],
+            u8::from(below),
+            "{account}: {balance_fen} fen against {threshold_fen}: {output}"
+        );
+        // Its low-balance notice, worded and queued for the primary contact, or none.
+        let queued: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sms_outbox WHERE notice_key = $1 AND contact = 'primary'
+               AND kind = 'low-balance' AND warning_level = 1 AND status = 'queued'",
+        )
+        .bind(format!("warn:{account}:L1:{today}"))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        let any_warning_today: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sms_outbox WHERE account_id = $1 AND notice_key LIKE $2",
+        )
+        .bind(&account)
+        .bind(format!("warn:{account}:%:{today}"))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if below {
+            low += 1;
+            assert_eq!(queued, 1, "{account}: {balance_fen} fen is below, warned");
+        } else {
+            fine += 1;
+            assert_eq!(
+                any_warning_today, 0,
+                "{account}: {balance_fen} fen is not below, no warning"
+            );
+        }
+    }
+    assert!(
+        low > 0 && fine > 0,
+        "accounts on both sides of {threshold_fen} fen: {low} below, {fine} not"
+    );
+    let held: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM holds WHERE stage IN ('warning', 'notice') AND business_date = $1",
+    )
+    .bind(&today)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(held, 0, "no warning or notice decision failed");
+
+    let verified = audit::verify(&db, None).await.unwrap();
+    assert!(verified.ok(), "{:?}", verified.breaks);
+    replays_alone_exactly(
+        &db,
+        &engine,
+        "warning",
+        &today,
+        &legacy.component_sha256,
+        rows.len(),
+    )
+    .await;
+}
+
+/// `audit replay` of the day's `kind` decisions, all made by the contract 1.0.0
+/// component `sha256`: exactly `decisions` of them, each reproduced bit for bit and, since
+/// it was decided alone (no batch export), with the fuel the log holds to the unit and no
+/// shared-fuel note.
+async fn replays_alone_exactly(
+    db: &Db,
+    engine: &PolicyEngine,
+    kind: &str,
+    day: &str,
+    sha256: &str,
+    decisions: usize,
+) {
+    let replayed = audit::replay(
+        db,
+        engine,
         &Filter {
-            kind: "tariff".into(),
-            from: day.clone(),
-            to: day.clone(),
+            kind: kind.into(),
+            from: day.into(),
+            to: day.into(),
             ..Filter::default()
         },
         None,
     )
     .await
     .unwrap();
-    assert_eq!(
-        replayed.len(),
-        rows.len(),
-        "one decision per settled account"
-    );
+    assert_eq!(replayed.len(), decisions, "one {kind} decision per account");
     for r in &replayed {
-        assert_eq!(r.component_sha256, legacy.component_sha256);
+        assert_eq!(r.component_sha256, sha256);
         assert!(
             r.matches,
             "decision {} differs:\n{}\n{}",
             r.decision_id, r.recorded, r.replayed
         );
-        // Decided alone (no batch export): the log holds the single call's fuel, which
-        // the replay reproduces exactly, with no shared-fuel note.
         assert_eq!(r.note, None, "decision {}", r.decision_id);
         assert_eq!(
             r.fuel_recorded as u64, r.fuel_replayed,

@@ -308,6 +308,9 @@ pub async fn settle(
     seed_accounts(&db, n, &profiles, day0)
         .await
         .context("seeding accounts (the database must be empty)")?;
+    // Progress on stderr (`FEEGATE_LOG=info`): a million accounts take minutes to seed,
+    // and a profiler can be attached once the timed part begins.
+    tracing::info!(accounts = n, "seeded; settling");
     let policies = county.snapshot();
     let date = NaiveDate::from_ymd_opt(2013, 3, 2).expect("valid date");
     let now = date.and_hms_opt(0, 20, 0).expect("valid time");
@@ -323,6 +326,7 @@ pub async fn settle(
     )
     .await?;
     let settle_seconds = t.elapsed().as_secs_f64();
+    tracing::info!(settle_seconds, "settled; assessing warnings");
     anyhow::ensure!(
         report.settled as usize == n,
         "settled {} of {n} accounts: {report:?}",
@@ -341,6 +345,10 @@ pub async fn settle(
     )
     .await?;
     let warning_seconds = t.elapsed().as_secs_f64();
+    tracing::info!(
+        warning_seconds,
+        "warnings assessed; seeding the bare baseline"
+    );
     db.pool.close().await;
 
     // Baseline: the same ledger rows and balance moves, bare — batched as settlement
@@ -362,6 +370,7 @@ pub async fn settle(
     };
     let db = Db::open(&base_url).await?;
     seed_accounts(&db, n, &profiles, day0).await?;
+    tracing::info!("baseline seeded; timing it");
     let t = Instant::now();
     let posted_at = format!("{DAY1} 00:20:00");
     for start in (0..n).step_by(crate::settlement::BATCH_ACCOUNTS) {
@@ -386,6 +395,7 @@ pub async fn settle(
         tx.commit().await?;
     }
     let baseline_seconds = t.elapsed().as_secs_f64();
+    tracing::info!(baseline_seconds, "bare baseline done");
     db.pool.close().await;
     if let Some(scratch) = scratch {
         scratch.drop_database().await?;
