@@ -676,8 +676,9 @@ fn a_contract_1_0_0_warning_component_loads_and_assesses_one_input_per_call() {
     assert_eq!(c.kind, PolicyKind::Warning);
     assert_eq!(c.contract_version, "1.0.0");
     assert!(!c.decides_in_batches());
-    // The activation check takes a warning component without a batch export, and still
-    // refuses parameters the component cannot read.
+    // The activation check (`county::probe`: one ordinary decision with the version's
+    // parameters) takes a warning component without a batch export, and still refuses
+    // parameters the component cannot read.
     let active = |parameters: &str| feegate::county::ActiveComponent {
         component: c.clone(),
         parameters_json: parameters.into(),

@@ -19,7 +19,7 @@
 //!
 //! Nothing else in the input counts (agreement, history, levels already notified); there
 //! is never a forecast (`days-of-credit-left` is none). Reason code [`REASON`] on every
-//! assessment.
+//! successful assessment.
 
 use feegate_policy_sdk::decimal::{fixed, from_parts};
 use feegate_policy_sdk::params;
