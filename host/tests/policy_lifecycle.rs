@@ -2582,22 +2582,12 @@ const LEGACY_PARAMS: &str = r#"{"price_per_kwh":"0.5283"}"#;
 /// those decisions bit for bit, with the recorded fuel (a single call's) to the unit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contract_1_0_0_tariff_is_activated_settles_a_day_and_replays() {
-    let Some((opts, _tdb)) = common::small_county_db(
-        "a_contract_1_0_0_tariff_is_activated_settles_a_day_and_replays",
-        8,
-        3,
-        11,
-    )
-    .await
+    let Some((opts, _tdb, mut s)) =
+        county_after_two_days("a_contract_1_0_0_tariff_is_activated_settles_a_day_and_replays")
+            .await
     else {
         return;
     };
-    let mut s = Scenario::new(&opts, &[]).await.unwrap();
-    for day in 0..2 {
-        s.run_day(opts.start + chrono::Duration::days(day), false)
-            .await
-            .unwrap();
-    }
     let db = s.host.db.clone();
     let engine = s.host.engine.clone();
     let key = trusting_county(&db).await;
@@ -2648,12 +2638,13 @@ async fn a_contract_1_0_0_tariff_is_activated_settles_a_day_and_replays() {
 
     // The third morning: the watcher puts it in force, then the settlement of day 2.
     let morning = opts.start + chrono::Duration::days(2);
-    let stats = s.run_day(morning, true).await.unwrap();
-    let snapshot = s.host.county.snapshot();
-    let tariff = &snapshot.get(PolicyKind::Tariff).component;
-    assert_eq!(tariff.sha256, legacy.component_sha256);
-    assert_eq!(tariff.contract_version, "1.0.0");
-    assert!(!tariff.decides_in_batches());
+    let stats = third_morning_on(
+        &mut s,
+        morning,
+        PolicyKind::Tariff,
+        &legacy.component_sha256,
+    )
+    .await;
 
     let day = feegate::db::ds(morning - chrono::Duration::days(1));
     let rows = sqlx::query(
@@ -2719,22 +2710,13 @@ async fn a_contract_1_0_0_tariff_is_activated_settles_a_day_and_replays() {
 /// reproduces each decision bit for bit, with the recorded fuel to the unit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contract_1_0_0_warning_component_is_activated_warns_below_its_threshold_and_replays() {
-    let Some((opts, _tdb)) = common::small_county_db(
+    let Some((opts, _tdb, mut s)) = county_after_two_days(
         "a_contract_1_0_0_warning_component_is_activated_warns_below_its_threshold_and_replays",
-        8,
-        3,
-        11,
     )
     .await
     else {
         return;
     };
-    let mut s = Scenario::new(&opts, &[]).await.unwrap();
-    for day in 0..2 {
-        s.run_day(opts.start + chrono::Duration::days(day), false)
-            .await
-            .unwrap();
-    }
     let db = s.host.db.clone();
     let engine = s.host.engine.clone();
     let key = trusting_county(&db).await;
@@ -2782,12 +2764,13 @@ async fn a_contract_1_0_0_warning_component_is_activated_warns_below_its_thresho
     // The third morning: the watcher puts it in force, then settlement and the warning
     // stage (and nothing after: no payment or delivery moves a balance or a message).
     let morning = opts.start + chrono::Duration::days(2);
-    let stats = s.run_day(morning, true).await.unwrap();
-    let snapshot = s.host.county.snapshot();
-    let warning = &snapshot.get(PolicyKind::Warning).component;
-    assert_eq!(warning.sha256, legacy.component_sha256);
-    assert_eq!(warning.contract_version, "1.0.0");
-    assert!(!warning.decides_in_batches());
+    let stats = third_morning_on(
+        &mut s,
+        morning,
+        PolicyKind::Warning,
+        &legacy.component_sha256,
+    )
+    .await;
 
     let today = feegate::db::ds(morning);
     let rows = sqlx::query(
@@ -2888,6 +2871,39 @@ async fn a_contract_1_0_0_warning_component_is_activated_warns_below_its_thresho
         rows.len(),
     )
     .await;
+}
+
+/// The small county (8 meters, seed 11) the 1.0.0 end-to-end tests start from, its first
+/// two days run; `None` where the backend under test is not reachable.
+async fn county_after_two_days(
+    test: &str,
+) -> Option<(feegate::demo::DemoOptions, common::TestDb, Scenario)> {
+    let (opts, tdb) = common::small_county_db(test, 8, 3, 11).await?;
+    let mut s = Scenario::new(&opts, &[]).await.unwrap();
+    for day in 0..2 {
+        s.run_day(opts.start + chrono::Duration::days(day), false)
+            .await
+            .unwrap();
+    }
+    Some((opts, tdb, s))
+}
+
+/// Runs the `morning` (the third) of a county in which a contract 1.0.0 `kind` component
+/// `sha256` was activated: the watcher puts it in force, as a 1.0.0 component that decides
+/// one input per call, before the morning's job.
+async fn third_morning_on(
+    s: &mut Scenario,
+    morning: chrono::NaiveDate,
+    kind: PolicyKind,
+    sha256: &str,
+) -> feegate::demo::DayStats {
+    let stats = s.run_day(morning, true).await.unwrap();
+    let snapshot = s.host.county.snapshot();
+    let component = &snapshot.get(kind).component;
+    assert_eq!(component.sha256, sha256, "{kind:?} in force");
+    assert_eq!(component.contract_version, "1.0.0");
+    assert!(!component.decides_in_batches());
+    stats
 }
 
 /// `audit replay` of the day's `kind` decisions, all made by the contract 1.0.0
