@@ -304,8 +304,9 @@ pub async fn settle(
     let mut report = SettlementReport::default();
     let mut after = String::new();
     // Two batches in flight: while one batch is written, the next one's tariff decisions
-    // run on the decision threads. The next batch is read before that write, or beside it
-    // when the pool has a second connection (`Db::read_beside_write`). Batches
+    // run on the decision threads, and the batch after it is read beside that write, on
+    // a connection of its own (`Db::reads`; before the write only for an in-memory SQLite
+    // database, `Db::read_beside_write`). Batches
     // are disjoint ranges of account ids, a batch reads only rows of accounts in its own
     // range (by id range or id list) and writes only rows of its own accounts, so the
     // write changes nothing the next batch reads. A decision's charge is posted against
@@ -388,7 +389,7 @@ async fn plan_batch(
     .bind(ds(reading_date))
     .bind(after.as_str())
     .bind(batch_accounts as i64)
-    .fetch_all(&db.pool)
+    .fetch_all(db.reads())
     .await?;
     let batch = rows
         .iter()
@@ -409,7 +410,7 @@ async fn plan_batch(
         return Ok(None);
     };
     let (first, last) = (head.account_id.clone(), tail.account_id.clone());
-    let mut conn = db.pool.acquire().await?;
+    let mut conn = db.reads().acquire().await?;
     let facts = BatchFacts::load(&mut conn, &first, &last, reading_date).await?;
     let tariff = policies.shared(PolicyKind::Tariff);
     let mut report = SettlementReport::default();

@@ -62,9 +62,8 @@ pub async fn assess(
 ) -> Result<WarningReport, DbError> {
     let mut report = WarningReport::default();
     // Two batches in flight, as in settlement (`settlement::settle`): the next batch is
-    // read and its decisions started before the batch before is written, or beside that
-    // write when the pool has a second connection (`Db::read_beside_write`); the batches'
-    // accounts are disjoint and
+    // read (on `Db::reads`) and its decisions started beside the write of the batch
+    // before (`Db::read_beside_write`); the batches' accounts are disjoint and
     // a batch reads only its own (and what a payment moves meanwhile is read again in the
     // write, `moved_since_read`). Whatever was decided before an error is still written.
     let mut decided: Option<Assessing> = None;
@@ -138,7 +137,7 @@ async fn plan_assessment(
     history_days: u32,
 ) -> Result<Assessing, DbError> {
     let warning = policies.shared(PolicyKind::Warning);
-    let mut conn = db.pool.acquire().await?;
+    let mut conn = db.reads().acquire().await?;
     let (facts, inputs) = read_inputs(&mut conn, batch, today, history_days).await?;
     drop(conn);
     let (component, record) = (

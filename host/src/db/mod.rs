@@ -37,6 +37,10 @@ pub enum DbError {
 #[derive(Clone, Debug)]
 pub struct Db {
     pub pool: AnyPool,
+    /// A SQLite file's second, read-only connection ([`Db::reads`]); `None` on PostgreSQL,
+    /// whose pool has connections enough, and for an in-memory SQLite database, which a
+    /// second connection would not see.
+    reads: Option<AnyPool>,
 }
 
 /// Begins a transaction that reads and then writes, holding the write lock from its
@@ -206,18 +210,49 @@ impl Db {
         }
     }
 
-    /// Runs `read` and `write` — the next batch's reads and the previous batch's
-    /// transaction, which touch disjoint rows — at once when the pool has a connection for
-    /// each (PostgreSQL), else `read` first and then `write` (SQLite's one connection, which
-    /// the write holds until it commits). Both always run to their end; their results come
-    /// back as they are, so the caller can keep what one did when the other failed.
-    pub async fn read_beside_write<R, W>(
+    /// The pool for a batch's reads that may run beside another batch's write
+    /// ([`Db::read_beside_write`]): on a SQLite file its own read-only connection, which
+    /// WAL lets read the last committed state while the one writing connection holds the
+    /// write lock (each statement sees what was committed when it began, so a read must
+    /// not depend on rows the write beside it changes); elsewhere [`Db::pool`].
+    pub fn reads(&self) -> &AnyPool {
+        self.reads.as_ref().unwrap_or(&self.pool)
+    }
+
+    /// Runs `read` and `write` — the next batch's reads (on [`Db::reads`]) and the
+    /// previous batch's transaction, which touch disjoint rows — at once when each has a
+    /// connection of its own (PostgreSQL's pool, a SQLite file's read-only connection),
+    /// else `read` first and then `write` (an in-memory SQLite database's one connection,
+    /// which the write holds until it commits). Both always run to their end; their
+    /// results come back as they are, so the caller can keep what one did when the other
+    /// failed.
+    ///
+    /// On a multi-threaded runtime the two run on two threads (`block_in_place` and a
+    /// scoped thread), not interleaved on one task: both turn rows into values and values
+    /// into statement arguments on the calling thread between their statements, and
+    /// sharing one thread left the SQLite writer idle while the read's rows were decoded.
+    /// A panic in either is passed on once both have ended.
+    pub async fn read_beside_write<R: Send, W: Send>(
         &self,
-        read: impl Future<Output = R>,
-        write: impl Future<Output = W>,
+        read: impl Future<Output = R> + Send,
+        write: impl Future<Output = W> + Send,
     ) -> (R, W) {
-        if self.pool.options().get_max_connections() > 1 {
-            tokio::join!(read, write)
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        if self.reads.is_some() || self.pool.options().get_max_connections() > 1 {
+            let handle = Handle::current();
+            if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
+                return tokio::join!(read, write);
+            }
+            tokio::task::block_in_place(|| {
+                std::thread::scope(|scope| {
+                    let reading = scope.spawn(|| handle.block_on(read));
+                    let written = handle.block_on(write);
+                    let read = reading
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    (read, written)
+                })
+            })
         } else {
             let read = read.await;
             (read, write.await)
@@ -230,7 +265,10 @@ impl Db {
     ///
     /// SQLite runs with WAL, foreign keys on, a 5 s busy timeout, and a single pooled
     /// connection: SQLite has one writer anyway, and one connection rules out
-    /// SQLITE_BUSY deadlocks between transactions that read then write.
+    /// SQLITE_BUSY deadlocks between transactions that read then write. A SQLite file
+    /// also gets one read-only connection, opened when first used, for the daily job's
+    /// batch reads beside a write ([`Db::reads`]); it never writes, so it takes no lock
+    /// a writer could wait for.
     pub async fn open(url: &str) -> Result<Self, DbError> {
         Self::open_with(url, true).await
     }
@@ -278,6 +316,11 @@ impl Db {
         let options = AnyConnectOptions::from_str(&url_with_create)
             .map_err(open_err)?
             .disable_statement_logging();
+        let reads = if is_sqlite && !url.contains(":memory:") {
+            Some(sqlite_reader(&url_with_create).map_err(open_err)?)
+        } else {
+            None
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(if is_sqlite { 1 } else { 8 })
             .after_connect(move |conn, _| {
@@ -399,8 +442,37 @@ impl Db {
             }
             sqlx::migrate!("../migrations/postgres").run(&pool).await?;
         }
-        Ok(Self { pool })
+        Ok(Self { pool, reads })
     }
+}
+
+/// The read-only pool of the SQLite file `url` (one connection, opened when first used).
+///
+/// `mode=ro`: SQLite refuses any write through it (SQLITE_READONLY), so it never takes
+/// the write lock. In WAL mode a reader sees the last commit at the start of each of its
+/// read transactions and neither waits for the writer nor makes it wait. Its page cache
+/// is emptied whenever another connection has committed (SQLite's WAL pager), so it is
+/// kept small: 8 MiB, enough for one batch's reads. Errors: a URL sqlx cannot parse.
+fn sqlite_reader(url: &str) -> Result<AnyPool, sqlx::Error> {
+    let url = match url.find("mode=") {
+        Some(at) => {
+            let end = url[at..].find('&').map_or(url.len(), |e| at + e);
+            format!("{}mode=ro{}", &url[..at], &url[end..])
+        }
+        None => format!("{url}{}mode=ro", if url.contains('?') { '&' } else { '?' }),
+    };
+    let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
+    Ok(AnyPoolOptions::new()
+        .max_connections(1)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                for pragma in ["PRAGMA busy_timeout = 5000", "PRAGMA cache_size = -8192"] {
+                    conn.execute(pragma).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_lazy_with(options))
 }
 
 #[cfg(test)]
@@ -418,5 +490,122 @@ mod placeholders_tests {
         assert_eq!(Placeholders::Numbered.list(4, 2), "$4, $5");
         assert_eq!(rows_per_statement(16), 2_000);
         assert_eq!(rows_per_statement(0), 32_000);
+    }
+}
+
+#[cfg(test)]
+mod reads_tests {
+    use super::*;
+
+    /// A SQLite file's batch reads run on a connection of their own: they see the last
+    /// commit while the writing connection holds an open write transaction (and do not
+    /// wait for it), see that transaction's rows once it commits, and cannot write.
+    #[tokio::test]
+    async fn a_sqlite_file_is_read_beside_an_open_write_and_never_written_through_its_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("reads.db").display());
+        let db = Db::open(&url).await.unwrap();
+        let count = "SELECT COUNT(*) FROM counties";
+        let before: i64 = sqlx::query_scalar(count)
+            .fetch_one(db.reads())
+            .await
+            .unwrap();
+        let mut tx = db.begin_write().await.unwrap();
+        sqlx::query(
+            "INSERT INTO counties (county, display_name, rollout_stage) VALUES ('reads', 'Reads', 'notify-only')",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        let during = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            sqlx::query_scalar::<_, i64>(count).fetch_one(db.reads()),
+        )
+        .await
+        .expect("the reader does not wait for the open write transaction")
+        .unwrap();
+        assert_eq!(during, before, "an uncommitted row is not read");
+        tx.commit().await.unwrap();
+        let after: i64 = sqlx::query_scalar(count)
+            .fetch_one(db.reads())
+            .await
+            .unwrap();
+        assert_eq!(after, before + 1, "a committed row is read");
+        let refused = sqlx::query("DELETE FROM counties")
+            .execute(db.reads())
+            .await
+            .expect_err("the reader is read-only");
+        assert!(
+            refused.to_string().contains("readonly"),
+            "refused with: {refused}"
+        );
+        let kept: i64 = sqlx::query_scalar(count).fetch_one(&db.pool).await.unwrap();
+        assert_eq!(kept, before + 1);
+    }
+
+    fn failing_read() -> u8 {
+        panic!("a read that fails")
+    }
+
+    /// On a multi-threaded runtime a batch's read and the write beside it run on two
+    /// threads at once (each waits for the other here, so run one after the other
+    /// they would never end); a panic in the read reaches the caller only after the
+    /// write has run to its end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_and_a_write_beside_it_run_on_two_threads_and_both_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("beside.db").display());
+        let db = Db::open(&url).await.unwrap();
+        let (to_write, written) = tokio::sync::oneshot::channel();
+        let (to_read, read) = tokio::sync::oneshot::channel();
+        let (reader, writer) = db
+            .read_beside_write(
+                async {
+                    to_write.send(()).unwrap();
+                    read.await.unwrap();
+                    std::thread::current().id()
+                },
+                async {
+                    written.await.unwrap();
+                    to_read.send(()).unwrap();
+                    std::thread::current().id()
+                },
+            )
+            .await;
+        assert_ne!(reader, writer, "the read and the write share a thread");
+
+        let wrote = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (db2, flag) = (db.clone(), wrote.clone());
+        let outcome = tokio::spawn(async move {
+            db2.read_beside_write(async { failing_read() }, async {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+            .await
+        })
+        .await;
+        assert!(
+            outcome.unwrap_err().is_panic(),
+            "the read's panic is passed on"
+        );
+        assert!(
+            wrote.load(std::sync::atomic::Ordering::SeqCst),
+            "the write ran to its end first"
+        );
+    }
+
+    /// An in-memory SQLite database has only its one connection (a second would open
+    /// another, empty database), so its reads share it.
+    #[tokio::test]
+    async fn an_in_memory_sqlite_database_reads_on_its_one_connection() {
+        let db = Db::open("sqlite::memory:").await.unwrap();
+        assert!(db.reads.is_none());
+        let tables: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'accounts'",
+        )
+        .fetch_one(db.reads())
+        .await
+        .unwrap();
+        assert_eq!(tables, 1);
     }
 }
