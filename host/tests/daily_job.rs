@@ -1120,7 +1120,8 @@ async fn a_meter_that_never_answers_does_not_hold_the_database_while_it_is_read(
 }
 
 /// Settlement and warnings run two batches at a time (the next batch read and decided
-/// while the one before is written; on PostgreSQL read beside that write). In batches of
+/// while the one before is written, beside that write and on another thread: on
+/// PostgreSQL on a second pooled connection, on a SQLite file on its read-only one). In batches of
 /// 7 every account ends exactly as in one batch of 1,000: the same charge, balance,
 /// settled period, warning level and notice, and every account decided once per kind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

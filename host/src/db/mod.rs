@@ -231,7 +231,9 @@ impl Db {
     /// scoped thread), not interleaved on one task: both turn rows into values and values
     /// into statement arguments on the calling thread between their statements, and
     /// sharing one thread left the SQLite writer idle while the read's rows were decoded.
-    /// A panic in either is passed on once both have ended.
+    /// A panic in either is passed on once both have ended. The calling task is blocked
+    /// until both end, so a `timeout` or `select!` around a stage takes effect between
+    /// batches, not during one.
     pub async fn read_beside_write<R: Send, W: Send>(
         &self,
         read: impl Future<Output = R> + Send,
@@ -316,10 +318,9 @@ impl Db {
         let options = AnyConnectOptions::from_str(&url_with_create)
             .map_err(open_err)?
             .disable_statement_logging();
-        let reads = if is_sqlite && !url.contains(":memory:") {
-            Some(sqlite_reader(&url_with_create).map_err(open_err)?)
-        } else {
-            None
+        let reads = match is_sqlite.then(|| reader_url(&url_with_create)).flatten() {
+            Some(reader) => Some(sqlite_reader(&reader).map_err(open_err)?),
+            None => None,
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if is_sqlite { 1 } else { 8 })
@@ -446,22 +447,39 @@ impl Db {
     }
 }
 
-/// The read-only pool of the SQLite file `url` (one connection, opened when first used).
+/// The URL of a read-only connection to the same SQLite file as `url`: its query's
+/// `mode=` set to `ro` (added when absent). `None` where a second connection would not
+/// read what the first one committed on a snapshot of its own: an in-memory database
+/// (`:memory:`, `mode=memory`), whose second connection would open another, empty one,
+/// and a shared cache (`cache=shared`), whose connections share one cache and its table
+/// locks instead of WAL snapshots. Only the query part (after the first `?`) is looked
+/// at, so a path that contains `mode=` is left as it is.
+fn reader_url(url: &str) -> Option<String> {
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+    if path.contains(":memory:")
+        || params
+            .iter()
+            .any(|p| *p == "mode=memory" || *p == "cache=shared")
+    {
+        return None;
+    }
+    params.retain(|p| !p.starts_with("mode="));
+    params.push("mode=ro");
+    Some(format!("{path}?{}", params.join("&")))
+}
+
+/// The read-only pool of the SQLite file at `url` ([`reader_url`]; one connection,
+/// opened when first used).
 ///
 /// `mode=ro`: SQLite refuses any write through it (SQLITE_READONLY), so it never takes
-/// the write lock. In WAL mode a reader sees the last commit at the start of each of its
-/// read transactions and neither waits for the writer nor makes it wait. Its page cache
-/// is emptied whenever another connection has committed (SQLite's WAL pager), so it is
-/// kept small: 8 MiB, enough for one batch's reads. Errors: a URL sqlx cannot parse.
+/// the write lock. In WAL mode (every database [`Db::open`] creates is) a reader sees
+/// the last commit at the start of each of its read transactions and neither waits for
+/// the writer nor makes it wait. Its page cache is emptied whenever another connection
+/// has committed (SQLite's WAL pager), so it is kept small: 8 MiB, enough for one
+/// batch's reads. Errors: a URL sqlx cannot parse.
 fn sqlite_reader(url: &str) -> Result<AnyPool, sqlx::Error> {
-    let url = match url.find("mode=") {
-        Some(at) => {
-            let end = url[at..].find('&').map_or(url.len(), |e| at + e);
-            format!("{}mode=ro{}", &url[..at], &url[end..])
-        }
-        None => format!("{url}{}mode=ro", if url.contains('?') { '&' } else { '?' }),
-    };
-    let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
+    let options = AnyConnectOptions::from_str(url)?.disable_statement_logging();
     Ok(AnyPoolOptions::new()
         .max_connections(1)
         .after_connect(|conn, _| {
@@ -558,8 +576,8 @@ mod reads_tests {
         let db = Db::open(&url).await.unwrap();
         let (to_write, written) = tokio::sync::oneshot::channel();
         let (to_read, read) = tokio::sync::oneshot::channel();
-        let (reader, writer) = db
-            .read_beside_write(
+        let beside = tokio::spawn(async move {
+            db.read_beside_write(
                 async {
                     to_write.send(()).unwrap();
                     read.await.unwrap();
@@ -571,9 +589,15 @@ mod reads_tests {
                     std::thread::current().id()
                 },
             )
-            .await;
+            .await
+        });
+        let (reader, writer) = tokio::time::timeout(std::time::Duration::from_secs(10), beside)
+            .await
+            .expect("the read and the write run at once (one after the other, they wait forever)")
+            .unwrap();
         assert_ne!(reader, writer, "the read and the write share a thread");
 
+        let db = Db::open(&url).await.unwrap();
         let wrote = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (db2, flag) = (db.clone(), wrote.clone());
         let outcome = tokio::spawn(async move {
@@ -592,6 +616,36 @@ mod reads_tests {
             wrote.load(std::sync::atomic::Ordering::SeqCst),
             "the write ran to its end first"
         );
+    }
+
+    /// The reader's URL: the same file, `mode=ro` whatever mode the writer's URL asks
+    /// for; none for an in-memory database or a shared cache.
+    #[test]
+    fn the_reader_opens_the_same_file_read_only_or_not_at_all() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                "sqlite:///var/lib/feegate/county.db?mode=rwc",
+                Some("sqlite:///var/lib/feegate/county.db?mode=ro"),
+            ),
+            ("sqlite://county.db", Some("sqlite://county.db?mode=ro")),
+            ("sqlite:county.db?mode=rw", Some("sqlite:county.db?mode=ro")),
+            (
+                "sqlite:///d/c.db?foo=1&mode=rwc&bar=2",
+                Some("sqlite:///d/c.db?foo=1&bar=2&mode=ro"),
+            ),
+            (
+                "sqlite:///mode=rw/c.db?mode=rwc",
+                Some("sqlite:///mode=rw/c.db?mode=ro"),
+            ),
+            ("sqlite::memory:", None),
+            ("sqlite::memory:?mode=rwc", None),
+            ("sqlite:c.db?mode=memory", None),
+            ("sqlite://?mode=memory&cache=shared", None),
+            ("sqlite:///d/c.db?cache=shared&mode=rwc", None),
+        ];
+        for (url, want) in cases {
+            assert_eq!(reader_url(url).as_deref(), *want, "{url}");
+        }
     }
 
     /// An in-memory SQLite database has only its one connection (a second would open
