@@ -305,8 +305,8 @@ pub async fn settle(
     let mut after = String::new();
     // Two batches in flight: while one batch is written, the next one's tariff decisions
     // run on the decision threads, and the batch after it is read beside that write, on
-    // a connection of its own (`Db::reads`; before the write only for an in-memory SQLite
-    // database, `Db::read_beside_write`). Batches
+    // a connection of its own (`Db::reads`; before the write only for an in-memory or
+    // shared-cache SQLite database, `Db::read_beside_write`). Batches
     // are disjoint ranges of account ids, a batch reads only rows of accounts in its own
     // range (by id range or id list) and writes only rows of its own accounts, so the
     // write changes nothing the next batch reads. A decision's charge is posted against

@@ -38,8 +38,9 @@ pub enum DbError {
 pub struct Db {
     pub pool: AnyPool,
     /// A SQLite file's second, read-only connection ([`Db::reads`]); `None` on PostgreSQL,
-    /// whose pool has connections enough, and for an in-memory SQLite database, which a
-    /// second connection would not see.
+    /// whose pool has connections enough, and for an in-memory or shared-cache SQLite
+    /// database, which a second connection would not read as a snapshot of its own
+    /// (`reader_url`).
     reads: Option<AnyPool>,
 }
 
@@ -222,8 +223,8 @@ impl Db {
     /// Runs `read` and `write` — the next batch's reads (on [`Db::reads`]) and the
     /// previous batch's transaction, which touch disjoint rows — at once when each has a
     /// connection of its own (PostgreSQL's pool, a SQLite file's read-only connection),
-    /// else `read` first and then `write` (an in-memory SQLite database's one connection,
-    /// which the write holds until it commits). Both always run to their end; their
+    /// else `read` first and then `write` (an in-memory or shared-cache SQLite database's
+    /// one connection, which the write holds until it commits). Both always run to their end; their
     /// results come back as they are, so the caller can keep what one did when the other
     /// failed.
     ///
