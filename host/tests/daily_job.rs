@@ -1218,7 +1218,7 @@ async fn accounts_settled_in_small_batches_end_as_in_one_batch() {
             .collect();
         assert_eq!(per_account.len(), ACCOUNTS);
         outcomes.push(per_account);
-        db.pool.close().await;
+        db.close().await;
     }
     assert_eq!(outcomes[0], outcomes[1]);
 }

@@ -624,7 +624,7 @@ async fn recorded_county(url: &str, days: u32, overrides: &[ComponentOverride]) 
         .await
         .unwrap();
     }
-    s.host.db.pool.close().await;
+    s.host.db.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -799,7 +799,7 @@ async fn verify_detects_an_edited_a_removed_and_a_cut_off_decision() {
         alone_with_size, 0,
         "notices and cutoffs are decided one per call"
     );
-    db.pool.close().await;
+    db.close().await;
 
     // Edited: a batched decision's call size, which says what its fuel is a share of —
     // changed, or removed so that its fuel would read as its own. Both are chained.
@@ -820,7 +820,7 @@ async fn verify_detects_an_edited_a_removed_and_a_cut_off_decision() {
             "{name}: {:?}",
             r.breaks
         );
-        db.pool.close().await;
+        db.close().await;
     }
 
     // Edited: one charge made smaller.
@@ -869,7 +869,7 @@ async fn verify_detects_an_edited_a_removed_and_a_cut_off_decision() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("do not match"), "{err}");
-    db.pool.close().await;
+    db.close().await;
 
     // Removed parameters: every decision that named them is reported.
     let db = tampered_copy(
@@ -889,7 +889,7 @@ async fn verify_detects_an_edited_a_removed_and_a_cut_off_decision() {
         "{:?}",
         r.breaks
     );
-    db.pool.close().await;
+    db.close().await;
 
     // Cut off the end: only the head recorded earlier shows it.
     let db = tampered_copy(

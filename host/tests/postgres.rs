@@ -54,7 +54,7 @@ async fn the_postgresql_ledger_and_decision_log_refuse_edits() {
         let err = sqlx::query(sql).execute(&db.pool).await.unwrap_err();
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
     }
-    db.pool.close().await;
+    db.close().await;
 }
 
 /// Two reconnection decisions for one account at the same moment — the relays job's
@@ -239,5 +239,5 @@ async fn a_day_s_balance_updates_are_hot_on_postgresql() {
     assert_eq!(updated, ACCOUNTS as i64);
     assert_eq!(hot, updated, "balance updates that were not HOT");
     tx.rollback().await.unwrap();
-    db.pool.close().await;
+    db.close().await;
 }

@@ -349,7 +349,7 @@ pub async fn settle(
         warning_seconds,
         "warnings assessed; seeding the bare baseline"
     );
-    db.pool.close().await;
+    db.close().await;
 
     // Baseline: the same ledger rows and balance moves, bare — batched as settlement
     // batches them (one transaction and one `ledger::post_many` per BATCH_ACCOUNTS), so the
@@ -396,7 +396,7 @@ pub async fn settle(
     }
     let baseline_seconds = t.elapsed().as_secs_f64();
     tracing::info!(baseline_seconds, "bare baseline done");
-    db.pool.close().await;
+    db.close().await;
     if let Some(scratch) = scratch {
         scratch.drop_database().await?;
     }

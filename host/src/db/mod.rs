@@ -211,6 +211,17 @@ impl Db {
         }
     }
 
+    /// Closes the reader, then the writing pool, waiting for their connections to be
+    /// returned. The writing connection, closed last, checkpoints a SQLite file's WAL into
+    /// the file (SQLite does so when a database's last connection closes), so the file
+    /// alone then holds everything committed, e.g. to be copied.
+    pub async fn close(&self) {
+        if let Some(reads) = &self.reads {
+            reads.close().await;
+        }
+        self.pool.close().await;
+    }
+
     /// The pool for a batch's reads that may run beside another batch's write
     /// ([`Db::read_beside_write`]): on a SQLite file its own read-only connection, which
     /// WAL lets read the last committed state while the one writing connection holds the
